@@ -1,0 +1,98 @@
+//! Compiles the protos with protox (no system `protoc` needed).
+//!
+//! Messages and the client come from tonic-prost-build. The server trait is
+//! generated separately with tonic-build's manual builder so that the two
+//! streaming methods can send `WireServerMessage`, a byte-compatible twin of
+//! `ServerMessage` whose view frames are encoded once and shared by every
+//! subscriber of a view.
+
+use std::path::PathBuf;
+
+use prost::Message;
+use tonic_build::manual::{Method, Service};
+
+const PROTOS: &[&str] = &[
+    "arcana/v1/value.proto",
+    "arcana/v1/view.proto",
+    "arcana/v1/describe.proto",
+    "arcana/v1/service.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    std::fs::write(out.join("arcana_descriptor.bin"), fds.encode_to_vec())?;
+
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        // The rpc is named Connect, which would clash with the client's
+        // `connect` constructor: build clients with `new(channel)` instead.
+        .build_transport(false)
+        .bytes(".arcana.v1.Value")
+        .compile_fds(fds)?;
+
+    let unary = |name: &str, route: &str, input: &str, output: &str| {
+        Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(format!("crate::proto::{input}"))
+            .output_type(format!("crate::proto::{output}"))
+            .codec_path("tonic_prost::ProstCodec")
+            .build()
+    };
+    let service = Service::builder()
+        .name("ArcanaService")
+        .package("arcana.v1")
+        .method(
+            Method::builder()
+                .name("connect")
+                .route_name("Connect")
+                .input_type("crate::proto::ClientMessage")
+                .output_type("crate::grpc::wire::WireServerMessage")
+                .codec_path("tonic_prost::ProstCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
+        .method(
+            Method::builder()
+                .name("open_session")
+                .route_name("OpenSession")
+                .input_type("crate::proto::OpenSessionRequest")
+                .output_type("crate::grpc::wire::WireServerMessage")
+                .codec_path("tonic_prost::ProstCodec")
+                .server_streaming()
+                .build(),
+        )
+        .method(unary(
+            "subscribe",
+            "Subscribe",
+            "SubscribeRequest",
+            "SubscribeResponse",
+        ))
+        .method(unary(
+            "unsubscribe",
+            "Unsubscribe",
+            "UnsubscribeRequest",
+            "UnsubscribeResponse",
+        ))
+        .method(unary("sync", "Sync", "SyncRequest", "SyncResponse"))
+        .method(unary("mutate", "Mutate", "MutateRequest", "MutateResponse"))
+        .method(unary("notify", "Notify", "NotifyRequest", "NotifyResponse"))
+        .method(unary(
+            "describe",
+            "Describe",
+            "DescribeRequest",
+            "DescribeResponse",
+        ))
+        .method(unary("stats", "Stats", "StatsRequest", "StatsResponse"))
+        .build();
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .build_server(true)
+        .build_transport(false)
+        .compile(&[service]);
+    Ok(())
+}

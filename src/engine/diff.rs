@@ -1,0 +1,352 @@
+//! Minimal diffs as RFC 6902 JSON Patch.
+//!
+//! Row fields diff key by key (`add`, `remove`, `replace` at `/<field>`, keys
+//! escaped per RFC 6901). Refs diff as a sequential patch over the refs array:
+//! removals first (from the end, so indices stay valid), then each ref in new
+//! order is either left alone (it is on a longest increasing run of kept refs,
+//! so it is already in place), moved once, or added. Reorders therefore cost
+//! one `move` per ref that actually changed its relative position.
+
+use std::collections::HashMap;
+
+use super::result::{Ref, RowKey};
+use super::value::{Fields, Value};
+
+/// The kind of a patch step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Insert at a path.
+    Add,
+    /// Delete at a path.
+    Remove,
+    /// Overwrite at a path.
+    Replace,
+    /// Take from `from` and insert at `path`.
+    Move,
+}
+
+/// One JSON Patch step carrying values of type `T`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Patch<T> {
+    /// The operation.
+    pub op: Op,
+    /// An RFC 6901 pointer.
+    pub path: String,
+    /// The source pointer of a move.
+    pub from: Option<String>,
+    /// The value of an add or replace.
+    pub value: Option<T>,
+}
+
+/// A step on a row's fields.
+pub type FieldOp = Patch<Value>;
+/// A step on a view's refs.
+pub type RefOp = Patch<Ref>;
+
+/// Escapes one reference token per RFC 6901.
+pub fn escape_token(s: &str) -> String {
+    s.replace('~', "~0").replace('/', "~1")
+}
+
+/// Reverses [`escape_token`].
+pub fn unescape_token(s: &str) -> String {
+    s.replace("~1", "/").replace("~0", "~")
+}
+
+/// The field-level patch turning `old` into `new`.
+pub fn diff_fields(old: &Fields, new: &Fields) -> Vec<FieldOp> {
+    let mut ops = Vec::new();
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            ops.push(Patch {
+                op: Op::Remove,
+                path: format!("/{}", escape_token(k)),
+                from: None,
+                value: None,
+            });
+        }
+    }
+    for (k, v) in new {
+        match old.get(k) {
+            None => ops.push(Patch {
+                op: Op::Add,
+                path: format!("/{}", escape_token(k)),
+                from: None,
+                value: Some(v.clone()),
+            }),
+            Some(o) if o != v => ops.push(Patch {
+                op: Op::Replace,
+                path: format!("/{}", escape_token(k)),
+                from: None,
+                value: Some(v.clone()),
+            }),
+            Some(_) => {}
+        }
+    }
+    ops
+}
+
+/// Applies a field patch in place.
+pub fn apply_fields(fields: &mut Fields, ops: &[FieldOp]) -> Result<(), String> {
+    for op in ops {
+        let key = op
+            .path
+            .strip_prefix('/')
+            .map(unescape_token)
+            .ok_or_else(|| format!("bad field path {:?}", op.path))?;
+        match op.op {
+            Op::Add | Op::Replace => {
+                let v = op.value.clone().ok_or("add/replace without a value")?;
+                if op.op == Op::Replace && !fields.contains_key(&key) {
+                    return Err(format!("replace of missing field {key}"));
+                }
+                fields.insert(key, v);
+            }
+            Op::Remove => {
+                fields
+                    .remove(&key)
+                    .ok_or_else(|| format!("remove of missing field {key}"))?;
+            }
+            Op::Move => return Err("move is not used on fields".into()),
+        }
+    }
+    Ok(())
+}
+
+/// Identity of a ref within a list: its row, and which occurrence of that row
+/// it is (a list may name the same row twice).
+type Slot = (RowKey, usize);
+
+fn slots(refs: &[Ref]) -> Vec<Slot> {
+    let mut seen: HashMap<&RowKey, usize> = HashMap::new();
+    refs.iter()
+        .map(|r| {
+            let n = seen.entry(&r.key).or_insert(0);
+            *n += 1;
+            (r.key.clone(), *n - 1)
+        })
+        .collect()
+}
+
+/// The sequential patch turning refs `old` into `new`.
+pub fn diff_refs(old: &[Ref], new: &[Ref]) -> Vec<RefOp> {
+    let old_slots = slots(old);
+    let new_slots = slots(new);
+    let new_pos: HashMap<&Slot, usize> =
+        new_slots.iter().enumerate().map(|(i, s)| (s, i)).collect();
+    let old_pos: HashMap<&Slot, usize> =
+        old_slots.iter().enumerate().map(|(i, s)| (s, i)).collect();
+    let mut ops = Vec::new();
+
+    // 1. Removals, from the end so earlier indices stay valid.
+    let mut current: Vec<Slot> = Vec::with_capacity(old.len());
+    for (i, s) in old_slots.iter().enumerate().rev() {
+        if !new_pos.contains_key(s) {
+            ops.push(Patch {
+                op: Op::Remove,
+                path: format!("/{i}"),
+                from: None,
+                value: None,
+            });
+        }
+    }
+    for s in &old_slots {
+        if new_pos.contains_key(s) {
+            current.push(s.clone());
+        }
+    }
+
+    // 2. Kept refs on a longest increasing run (by new position) stay put.
+    let seq: Vec<usize> = current.iter().map(|s| new_pos[s]).collect();
+    let stay: std::collections::HashSet<usize> = longest_increasing(&seq)
+        .into_iter()
+        .map(|i| seq[i])
+        .collect();
+
+    // 3. Walk the new order, placing each ref right after its predecessor.
+    let mut index: HashMap<Slot, usize> = HashMap::new();
+    let reindex = |current: &Vec<Slot>, index: &mut HashMap<Slot, usize>| {
+        index.clear();
+        for (i, s) in current.iter().enumerate() {
+            index.insert(s.clone(), i);
+        }
+    };
+    reindex(&current, &mut index);
+    for (j, s) in new_slots.iter().enumerate() {
+        let target = if j == 0 {
+            0
+        } else {
+            index[&new_slots[j - 1]] + 1
+        };
+        match old_pos.get(s) {
+            Some(_) if stay.contains(&j) => {}
+            Some(_) => {
+                let from = index[s];
+                let to = if from < target { target - 1 } else { target };
+                if from != to {
+                    let item = current.remove(from);
+                    current.insert(to, item);
+                    ops.push(Patch {
+                        op: Op::Move,
+                        path: format!("/{to}"),
+                        from: Some(format!("/{from}")),
+                        value: None,
+                    });
+                    reindex(&current, &mut index);
+                }
+            }
+            None => {
+                current.insert(target, s.clone());
+                ops.push(Patch {
+                    op: Op::Add,
+                    path: format!("/{target}"),
+                    from: None,
+                    value: Some(new[j].clone()),
+                });
+                reindex(&current, &mut index);
+            }
+        }
+    }
+
+    // 4. Same row, different nested refs or fields: replace in place.
+    for (j, s) in new_slots.iter().enumerate() {
+        if let Some(&i) = old_pos.get(s) {
+            if old[i] != new[j] {
+                ops.push(Patch {
+                    op: Op::Replace,
+                    path: format!("/{j}"),
+                    from: None,
+                    value: Some(new[j].clone()),
+                });
+            }
+        }
+    }
+    ops
+}
+
+/// Indices into `seq` of one longest strictly increasing subsequence.
+fn longest_increasing(seq: &[usize]) -> Vec<usize> {
+    let mut tails: Vec<usize> = Vec::new(); // indices into seq
+    let mut prev: Vec<Option<usize>> = vec![None; seq.len()];
+    for i in 0..seq.len() {
+        let pos = tails.partition_point(|&t| seq[t] < seq[i]);
+        prev[i] = if pos > 0 { Some(tails[pos - 1]) } else { None };
+        if pos == tails.len() {
+            tails.push(i);
+        } else {
+            tails[pos] = i;
+        }
+    }
+    let mut out = Vec::with_capacity(tails.len());
+    let mut cur = tails.last().copied();
+    while let Some(i) = cur {
+        out.push(i);
+        cur = prev[i];
+    }
+    out.reverse();
+    out
+}
+
+fn index_of(path: &str, len: usize, allow_end: bool) -> Result<usize, String> {
+    let tok = path
+        .strip_prefix('/')
+        .ok_or_else(|| format!("bad index path {path:?}"))?;
+    let i = if tok == "-" {
+        len
+    } else {
+        tok.parse::<usize>()
+            .map_err(|_| format!("bad index path {path:?}"))?
+    };
+    if i > len || (!allow_end && i == len) {
+        return Err(format!("index {i} out of range for {len} refs"));
+    }
+    Ok(i)
+}
+
+/// Applies a refs patch in place.
+pub fn apply_refs(refs: &mut Vec<Ref>, ops: &[RefOp]) -> Result<(), String> {
+    for op in ops {
+        match op.op {
+            Op::Add => {
+                let i = index_of(&op.path, refs.len(), true)?;
+                refs.insert(i, op.value.clone().ok_or("add without a value")?);
+            }
+            Op::Remove => {
+                let i = index_of(&op.path, refs.len(), false)?;
+                refs.remove(i);
+            }
+            Op::Replace => {
+                let i = index_of(&op.path, refs.len(), false)?;
+                refs[i] = op.value.clone().ok_or("replace without a value")?;
+            }
+            Op::Move => {
+                let from = index_of(
+                    op.from.as_deref().ok_or("move without from")?,
+                    refs.len(),
+                    false,
+                )?;
+                let item = refs.remove(from);
+                let to = index_of(&op.path, refs.len(), true)?;
+                refs.insert(to, item);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(ids: &[&str]) -> Vec<Ref> {
+        ids.iter().map(|i| Ref::new("t", i)).collect()
+    }
+
+    #[test]
+    fn rotating_a_list_is_one_move() {
+        let old = refs(&["a", "b", "c", "d"]);
+        let new = refs(&["b", "c", "d", "a"]);
+        let ops = diff_refs(&old, &new);
+        assert_eq!(ops.len(), 1, "{ops:?}");
+        assert_eq!(ops[0].op, Op::Move);
+        let mut got = old.clone();
+        apply_refs(&mut got, &ops).unwrap();
+        assert_eq!(got, new);
+    }
+
+    #[test]
+    fn swaps_adds_and_removes_apply_in_order() {
+        let old = refs(&["a", "b", "c", "d", "e"]);
+        let new = refs(&["e", "x", "c", "b", "y"]);
+        let ops = diff_refs(&old, &new);
+        let mut got = old.clone();
+        apply_refs(&mut got, &ops).unwrap();
+        assert_eq!(got, new);
+        assert_eq!(ops.iter().filter(|o| o.op == Op::Remove).count(), 2);
+        assert_eq!(ops.iter().filter(|o| o.op == Op::Add).count(), 2);
+    }
+
+    #[test]
+    fn changed_nested_refs_are_replaced() {
+        let old = vec![Ref::new("t", "1").with_nested("owner", Ref::new("u", "1"))];
+        let new = vec![Ref::new("t", "1").with_nested("owner", Ref::new("u", "2"))];
+        let ops = diff_refs(&old, &new);
+        assert_eq!(ops.len(), 1);
+        assert_eq!(ops[0].op, Op::Replace);
+    }
+
+    #[test]
+    fn field_keys_are_escaped() {
+        let mut old = Fields::new();
+        old.insert("a/b".into(), Value::Int(1));
+        let mut new = Fields::new();
+        new.insert("a/b".into(), Value::Int(2));
+        new.insert("c~d".into(), Value::Null);
+        let ops = diff_fields(&old, &new);
+        assert_eq!(ops[0].path, "/a~1b");
+        assert_eq!(ops[1].path, "/c~0d");
+        let mut got = old.clone();
+        apply_fields(&mut got, &ops).unwrap();
+        assert_eq!(got, new);
+    }
+}

@@ -1,0 +1,590 @@
+//! The transport-agnostic core: registry, params, results, the normalized
+//! store, diffs, live views, invalidation, sessions, sync and mutations.
+//!
+//! Data flows one way: a change enters [`Engine::notify`] (or a change source
+//! calls [`Engine::changes`]), invalidation finds the views it touches, each
+//! view re-evaluates and diffs, the diff becomes one shared [`Frame`], and the
+//! frame is queued on every subscribed [`Session`], from which the transport
+//! streams it. Nothing here knows about gRPC or SQL drivers.
+
+pub mod diff;
+pub mod error;
+pub mod frame;
+pub mod identity;
+mod invalidation;
+pub mod params;
+pub mod registry;
+pub mod result;
+pub mod session;
+pub mod stats;
+pub mod store;
+pub mod value;
+pub mod view;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+pub use diff::{FieldOp, Op, Patch, RefOp};
+pub use error::{EngineError, EvalError, EvalErrorKind};
+pub use frame::{Frame, FrameBody, Snapshot, ViewDiff};
+pub use identity::{Identity, Scope};
+pub use invalidation::ChangeBatch;
+pub use params::{ParamSchema, ParamSpec, ParamType, Params};
+pub use registry::{
+    Change, Factory, GraphDef, MutationDef, MutationHandler, MutationOutput, Registry, TableDep,
+};
+pub use result::{GraphResult, Ref, RowKey};
+pub use session::{Outbound, QueueError, Session};
+pub use value::{row_id, Fields, Value};
+pub use view::{SyncMode, View, ViewInfo};
+
+use stats::Stats;
+use store::Store;
+use view::ViewKey;
+
+/// The wire protocol version reported by Describe.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Engine limits and tuning. The defaults suit the demo.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Most subscriptions one session may hold.
+    pub max_subscriptions_per_session: usize,
+    /// Diffs kept per view for catch-up; a client further behind gets a snapshot.
+    pub history_len: usize,
+    /// Frames queued per session before it is cut over to a resync.
+    pub session_queue: usize,
+    /// Change batches queued before `notify` waits.
+    pub change_queue: usize,
+    /// Views re-evaluated at once.
+    pub eval_concurrency: usize,
+    /// Reject params a graph or mutation does not declare.
+    pub strict_params: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_subscriptions_per_session: 100,
+            history_len: 50,
+            session_queue: 256,
+            change_queue: 1024,
+            eval_concurrency: 8,
+            strict_params: true,
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Views {
+    by_key: HashMap<ViewKey, Arc<View>>,
+    graphs: HashMap<Arc<str>, HashSet<ViewKey>>,
+}
+
+impl Views {
+    pub(crate) fn by_graph<'a>(&'a self, graph: &str) -> impl Iterator<Item = &'a Arc<View>> + 'a {
+        self.graphs
+            .get(graph)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.by_key.get(k))
+    }
+
+    fn remove(&mut self, view: &Arc<View>) {
+        if self
+            .by_key
+            .get(&view.key)
+            .is_some_and(|v| Arc::ptr_eq(v, view))
+        {
+            self.by_key.remove(&view.key);
+            if let Some(set) = self.graphs.get_mut(&view.key.graph) {
+                set.remove(&view.key);
+            }
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    registry: Arc<Registry>,
+    config: EngineConfig,
+    views: Mutex<Views>,
+    store: Mutex<Store>,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    changes: mpsc::Sender<ChangeBatch>,
+    stats: Arc<Stats>,
+}
+
+/// The result of a subscribe.
+#[derive(Debug, Clone)]
+pub struct Subscribed {
+    /// The view id within the session.
+    pub view_id: Arc<str>,
+    /// The view's epoch.
+    pub epoch: u64,
+    /// The version of the snapshot queued on the session.
+    pub version: u64,
+    /// The canonical params hash.
+    pub params_hash: Arc<str>,
+}
+
+/// One view in a sync request.
+#[derive(Debug, Clone)]
+pub struct SyncView {
+    /// The graph.
+    pub graph: String,
+    /// The params as originally given.
+    pub params: HashMap<String, Value>,
+    /// The epoch the client saw.
+    pub epoch: u64,
+    /// The last version the client applied.
+    pub version: u64,
+}
+
+/// The answer for one view of a sync request.
+#[derive(Debug, Clone)]
+pub struct SyncOutcome {
+    /// The view id (empty if the view could not be resolved).
+    pub view_id: Arc<str>,
+    /// What was queued, or why the view failed.
+    pub result: Result<(SyncMode, u64, u64), EngineError>,
+}
+
+/// Counters and a per-view breakdown.
+#[derive(Debug, Clone)]
+pub struct EngineStats {
+    /// Open sessions.
+    pub sessions: usize,
+    /// Live views.
+    pub views: usize,
+    /// Subscriptions across sessions.
+    pub subscriptions: usize,
+    /// Rows in the normalized store.
+    pub store_rows: usize,
+    /// Evaluations run.
+    pub evaluations: u64,
+    /// Evaluations that failed.
+    pub eval_errors: u64,
+    /// Changes received.
+    pub changes: u64,
+    /// Invalidation rounds.
+    pub batches: u64,
+    /// Frames queued to sessions.
+    pub frames: u64,
+    /// Session resyncs after falling behind.
+    pub resyncs: u64,
+    /// Each live view.
+    pub view_info: Vec<ViewInfo>,
+}
+
+/// The engine. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Starts an engine with the given graphs and mutations. Must be called
+    /// inside a Tokio runtime: it spawns the invalidation task, which ends
+    /// once every clone of the engine is dropped.
+    pub fn new(registry: Registry, config: EngineConfig) -> Engine {
+        let (tx, rx) = mpsc::channel(config.change_queue.max(1));
+        let inner = Arc::new(Inner {
+            registry: Arc::new(registry),
+            config,
+            views: Mutex::new(Views::default()),
+            store: Mutex::new(Store::default()),
+            sessions: Mutex::new(HashMap::new()),
+            changes: tx,
+            stats: Arc::new(Stats::default()),
+        });
+        tokio::spawn(invalidation::run(Arc::downgrade(&inner), rx));
+        Engine { inner }
+    }
+
+    /// The graphs and mutations.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    fn views(&self) -> MutexGuard<'_, Views> {
+        self.inner.views.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.inner
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a session for `identity`.
+    pub fn open_session(&self, identity: Identity) -> Arc<Session> {
+        let id: Arc<str> = format!("{:032x}", rand::random::<u128>()).into();
+        let s = Arc::new(Session::new(
+            id.clone(),
+            identity,
+            self.inner.config.session_queue,
+            self.inner.stats.clone(),
+        ));
+        self.sessions().insert(id, s.clone());
+        s
+    }
+
+    /// A session by id.
+    pub fn session(&self, id: &str) -> Option<Arc<Session>> {
+        self.sessions().get(id).cloned()
+    }
+
+    /// Closes a session and releases every view it held.
+    pub fn close_session(&self, id: &str) {
+        let Some(s) = self.sessions().remove(id) else {
+            return;
+        };
+        for v in s.close() {
+            self.release(&v, &s.id);
+        }
+    }
+
+    fn release(&self, view: &Arc<View>, session_id: &str) {
+        if view.detach(session_id, &self.inner.store) {
+            self.views().remove(view);
+        }
+    }
+
+    /// Resolves graph, permission and params into a view key.
+    fn resolve(
+        &self,
+        identity: &Identity,
+        graph: &str,
+        raw: HashMap<String, Value>,
+    ) -> Result<(Arc<GraphDef>, Params, ViewKey), EngineError> {
+        let g = self.inner.registry.graph(graph).ok_or_else(|| {
+            let known: Vec<&str> = self
+                .inner
+                .registry
+                .graphs()
+                .map(|g| g.name.as_str())
+                .collect();
+            EngineError::NotFound(format!(
+                "unknown graph `{graph}`; known graphs: {}",
+                known.join(", ")
+            ))
+        })?;
+        if let Some(p) = identity.missing(&g.permissions) {
+            return Err(EngineError::PermissionDenied(format!(
+                "graph `{graph}` needs the `{p}` permission"
+            )));
+        }
+        let params = params::validate(
+            &format!("graph `{graph}`"),
+            &g.params,
+            raw,
+            self.inner.config.strict_params,
+        )?;
+        let key = ViewKey {
+            graph: g.name.as_str().into(),
+            params: params.canonical(),
+            scope: Scope {
+                workspace_id: identity.workspace_id.clone(),
+                user_id: g.per_user.then(|| identity.user_id.clone()),
+            },
+        };
+        Ok((g.clone(), params, key))
+    }
+
+    fn view_for(&self, graph: Arc<GraphDef>, params: Params, key: ViewKey) -> Arc<View> {
+        let mut views = self.views();
+        if let Some(v) = views.by_key.get(&key) {
+            if !v.is_closed() {
+                return v.clone();
+            }
+        }
+        let v = Arc::new(View::new(key.clone(), graph, params));
+        views
+            .graphs
+            .entry(key.graph.clone())
+            .or_default()
+            .insert(key.clone());
+        views.by_key.insert(key, v.clone());
+        v
+    }
+
+    /// Finds or creates the shared view and makes sure it has a first result.
+    async fn ready_view(
+        &self,
+        graph: Arc<GraphDef>,
+        params: Params,
+        key: ViewKey,
+    ) -> Result<Arc<View>, EngineError> {
+        let view = self.view_for(graph, params, key);
+        if let Err(e) = view
+            .ensure_ready(
+                &self.inner.store,
+                &self.inner.stats,
+                self.inner.config.history_len,
+            )
+            .await
+        {
+            if view.close_if_unused(&self.inner.store) {
+                self.views().remove(&view);
+            }
+            return Err(e);
+        }
+        Ok(view)
+    }
+
+    /// Subscribes `session` to `graph` with `params`. The snapshot is queued on
+    /// the session; `reply` (given the snapshot version) may return an encoded
+    /// message to queue just before it.
+    pub async fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        graph: &str,
+        params: HashMap<String, Value>,
+        reply: impl Fn(&Subscribed) -> Option<Bytes>,
+    ) -> Result<Subscribed, EngineError> {
+        let (g, params, key) = self.resolve(&session.identity, graph, params)?;
+        let view_id = format!("{}/{}", g.name, params.hash());
+        let limit = self.inner.config.max_subscriptions_per_session;
+        let reserved = match session.reserve(&view_id, limit) {
+            Ok(existing) => existing.is_none(),
+            Err(limit) => {
+                return Err(EngineError::ResourceExhausted(format!(
+                    "this session already holds {limit} subscriptions, the limit; unsubscribe from a view first"
+                )))
+            }
+        };
+        let outcome = self.attach_loop(
+            session,
+            g,
+            params,
+            key,
+            reserved,
+            |view, session, reserved| {
+                let mut out = None;
+                let version = view.attach(session, reserved, |version| {
+                    let s = Subscribed {
+                        view_id: view.id.clone(),
+                        epoch: view.epoch,
+                        version,
+                        params_hash: view.params_hash.clone(),
+                    };
+                    let bytes = reply(&s);
+                    out = Some(s);
+                    bytes
+                })?;
+                debug_assert!(version > 0);
+                out
+            },
+        );
+        match outcome.await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                if reserved {
+                    session.release_reservation();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Gets a ready view and attaches to it, retrying if it closed between the
+    /// lookup and the attach (its last subscriber left meanwhile).
+    async fn attach_loop<T>(
+        &self,
+        session: &Arc<Session>,
+        g: Arc<GraphDef>,
+        params: Params,
+        key: ViewKey,
+        reserved: bool,
+        mut attach: impl FnMut(&Arc<View>, &Arc<Session>, bool) -> Option<T>,
+    ) -> Result<T, EngineError> {
+        loop {
+            if session.is_closed() {
+                return Err(EngineError::NotFound("the session is closed".into()));
+            }
+            let view = self
+                .ready_view(g.clone(), params.clone(), key.clone())
+                .await?;
+            if let Some(t) = attach(&view, session, reserved) {
+                return Ok(t);
+            }
+        }
+    }
+
+    /// Unsubscribes `session` from a view.
+    pub fn unsubscribe(&self, session: &Arc<Session>, view_id: &str) -> Result<(), EngineError> {
+        let view = session.remove_subscription(view_id).ok_or_else(|| {
+            EngineError::NotFound(format!(
+                "this session is not subscribed to view `{view_id}`"
+            ))
+        })?;
+        self.release(&view, &session.id);
+        Ok(())
+    }
+
+    /// Resubscribes a new session to views a client held before, queuing for
+    /// each the diffs it missed or a snapshot. Views are independent: one
+    /// failing does not affect the others.
+    pub async fn sync(&self, session: &Arc<Session>, views: Vec<SyncView>) -> Vec<SyncOutcome> {
+        let mut out = Vec::with_capacity(views.len());
+        for sv in views {
+            let (g, params, key) = match self.resolve(&session.identity, &sv.graph, sv.params) {
+                Ok(r) => r,
+                Err(e) => {
+                    out.push(SyncOutcome {
+                        view_id: "".into(),
+                        result: Err(e),
+                    });
+                    continue;
+                }
+            };
+            let view_id: Arc<str> = format!("{}/{}", g.name, params.hash()).into();
+            let limit = self.inner.config.max_subscriptions_per_session;
+            let reserved = match session.reserve(&view_id, limit) {
+                Ok(existing) => existing.is_none(),
+                Err(limit) => {
+                    out.push(SyncOutcome {
+                        view_id,
+                        result: Err(EngineError::ResourceExhausted(format!(
+                            "this session already holds {limit} subscriptions, the limit"
+                        ))),
+                    });
+                    continue;
+                }
+            };
+            let res = self
+                .attach_loop(
+                    session,
+                    g,
+                    params,
+                    key,
+                    reserved,
+                    |view, session, reserved| {
+                        view.attach_sync(session, reserved, sv.epoch, sv.version)
+                            .map(|(m, v)| (m, view.epoch, v))
+                    },
+                )
+                .await;
+            if res.is_err() && reserved {
+                session.release_reservation();
+            }
+            out.push(SyncOutcome {
+                view_id,
+                result: res,
+            });
+        }
+        out
+    }
+
+    /// Runs a mutation for `identity`, then feeds its changes into
+    /// invalidation and waits until the resulting diffs are queued, so the
+    /// caller's views already reflect the write when this returns.
+    pub async fn mutate(
+        &self,
+        identity: &Identity,
+        name: &str,
+        raw: HashMap<String, Value>,
+    ) -> Result<MutationOutput, EngineError> {
+        let m = self.inner.registry.mutation(name).ok_or_else(|| {
+            let known: Vec<&str> = self
+                .inner
+                .registry
+                .mutations()
+                .map(|m| m.name.as_str())
+                .collect();
+            EngineError::NotFound(format!(
+                "unknown mutation `{name}`; known mutations: {}",
+                known.join(", ")
+            ))
+        })?;
+        if let Some(p) = identity.missing(&m.permissions) {
+            return Err(EngineError::PermissionDenied(format!(
+                "mutation `{name}` needs the `{p}` permission"
+            )));
+        }
+        let params = params::validate(
+            &format!("mutation `{name}`"),
+            &m.params,
+            raw,
+            self.inner.config.strict_params,
+        )?;
+        let scope = Scope {
+            workspace_id: identity.workspace_id.clone(),
+            user_id: Some(identity.user_id.clone()),
+        };
+        let out = m.handler.run(scope, params).await?;
+        if !out.changes.is_empty() {
+            self.notify(out.changes.clone()).await?;
+        }
+        Ok(out)
+    }
+
+    /// Reports changes and waits until the affected views' diffs are queued.
+    pub async fn notify(&self, changes: Vec<Change>) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.changes(ChangeBatch {
+            changes,
+            done: Some(tx),
+        })
+        .await?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Queues a batch of changes (waiting while the queue is full). Change
+    /// sources use `done` to learn when the batch has been applied.
+    pub async fn changes(&self, batch: ChangeBatch) -> Result<(), EngineError> {
+        self.inner
+            .changes
+            .send(batch)
+            .await
+            .map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Counters and a per-view breakdown.
+    pub fn stats(&self) -> EngineStats {
+        let views: Vec<Arc<View>> = self.views().by_key.values().cloned().collect();
+        let (sessions, subscriptions) = {
+            let s = self.sessions();
+            (s.len(), s.values().map(|s| s.view_ids().len()).sum())
+        };
+        let st = &self.inner.stats;
+        let mut view_info: Vec<ViewInfo> = views.iter().map(|v| v.info()).collect();
+        view_info.sort_by(|a, b| (&a.graph, &a.params_hash).cmp(&(&b.graph, &b.params_hash)));
+        EngineStats {
+            sessions,
+            views: views.len(),
+            subscriptions,
+            store_rows: self
+                .inner
+                .store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len(),
+            evaluations: st.evaluations.get(),
+            eval_errors: st.eval_errors.get(),
+            changes: st.changes.get(),
+            batches: st.batches.get(),
+            frames: st.frames.get(),
+            resyncs: st.resyncs.get(),
+            view_info,
+        }
+    }
+
+    /// Closes every session; their streams end after what is already queued
+    /// is dropped. Changes keep being accepted until the engine is dropped.
+    pub fn shutdown(&self) {
+        let ids: Vec<Arc<str>> = self.sessions().keys().cloned().collect();
+        for id in ids {
+            self.close_session(&id);
+        }
+    }
+}

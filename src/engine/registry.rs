@@ -1,0 +1,361 @@
+//! Graphs and mutations by name, and the indexes invalidation needs:
+//! table -> graphs that read it (with the columns they care about), and the
+//! representation table (table -> every column any graph reads).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use super::error::EvalError;
+use super::identity::Scope;
+use super::params::{ParamSchema, Params};
+use super::result::GraphResult;
+use super::value::Fields;
+
+/// Runs a graph's query for one scope and parameter set.
+pub trait Factory: Send + Sync + 'static {
+    /// Evaluates the graph.
+    fn evaluate(
+        &self,
+        scope: Scope,
+        params: Params,
+    ) -> BoxFuture<'static, Result<GraphResult, EvalError>>;
+}
+
+impl<F, Fut> Factory for F
+where
+    F: Fn(Scope, Params) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<GraphResult, EvalError>> + Send + 'static,
+{
+    fn evaluate(
+        &self,
+        scope: Scope,
+        params: Params,
+    ) -> BoxFuture<'static, Result<GraphResult, EvalError>> {
+        Box::pin(self(scope, params))
+    }
+}
+
+/// A table a graph reads and the columns whose changes concern it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TableDep {
+    /// The table.
+    pub table: String,
+    /// `None`: every column.
+    pub columns: Option<BTreeSet<String>>,
+}
+
+impl TableDep {
+    /// A dependency on some columns of `table`.
+    pub fn columns<S: Into<String>>(table: &str, cols: impl IntoIterator<Item = S>) -> Self {
+        TableDep {
+            table: table.to_owned(),
+            columns: Some(cols.into_iter().map(Into::into).collect()),
+        }
+    }
+    /// A dependency on every column of `table`.
+    pub fn all(table: &str) -> Self {
+        TableDep {
+            table: table.to_owned(),
+            columns: None,
+        }
+    }
+}
+
+/// A named, parameterized graph.
+#[derive(Clone)]
+pub struct GraphDef {
+    /// The name clients subscribe by.
+    pub name: String,
+    /// Shown by Describe.
+    pub description: String,
+    /// Accepted parameters.
+    pub params: ParamSchema,
+    /// Tables and columns whose changes re-evaluate the graph's views.
+    pub deps: Vec<TableDep>,
+    /// Permissions needed to subscribe.
+    pub permissions: Vec<String>,
+    /// One view per user rather than per workspace.
+    pub per_user: bool,
+    /// The table of the top-level refs (informational).
+    pub table: Option<String>,
+    /// Nested ref names and their tables (informational).
+    pub nested: BTreeMap<String, String>,
+    /// Produces the result.
+    pub factory: Arc<dyn Factory>,
+}
+
+impl GraphDef {
+    /// A graph with no params, deps or permissions yet.
+    pub fn new(name: &str, factory: impl Factory) -> Self {
+        GraphDef {
+            name: name.to_owned(),
+            description: String::new(),
+            params: ParamSchema::new(),
+            deps: Vec::new(),
+            permissions: Vec::new(),
+            per_user: false,
+            table: None,
+            nested: BTreeMap::new(),
+            factory: Arc::new(factory),
+        }
+    }
+}
+
+/// A data change: a row of a table, and the columns that changed (empty: any).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    /// The table.
+    pub table: String,
+    /// The row id, when known.
+    pub id: String,
+    /// Changed columns; empty means any.
+    pub columns: Vec<String>,
+}
+
+impl Change {
+    /// A change to any column of `table`.
+    pub fn table(table: &str) -> Self {
+        Change {
+            table: table.to_owned(),
+            id: String::new(),
+            columns: Vec::new(),
+        }
+    }
+    /// A change to some columns of one row.
+    pub fn row<S: Into<String>>(
+        table: &str,
+        id: &str,
+        columns: impl IntoIterator<Item = S>,
+    ) -> Self {
+        Change {
+            table: table.to_owned(),
+            id: id.to_owned(),
+            columns: columns.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// What a mutation returns.
+#[derive(Clone, Debug, Default)]
+pub struct MutationOutput {
+    /// Data for the caller (for example the new row's id).
+    pub data: Fields,
+    /// Changes to feed into invalidation.
+    pub changes: Vec<Change>,
+}
+
+/// Runs a mutation's writes.
+pub trait MutationHandler: Send + Sync + 'static {
+    /// Performs the mutation for `scope` (which carries the user).
+    fn run(
+        &self,
+        scope: Scope,
+        params: Params,
+    ) -> BoxFuture<'static, Result<MutationOutput, EvalError>>;
+}
+
+impl<F, Fut> MutationHandler for F
+where
+    F: Fn(Scope, Params) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<MutationOutput, EvalError>> + Send + 'static,
+{
+    fn run(
+        &self,
+        scope: Scope,
+        params: Params,
+    ) -> BoxFuture<'static, Result<MutationOutput, EvalError>> {
+        Box::pin(self(scope, params))
+    }
+}
+
+/// A named write.
+#[derive(Clone)]
+pub struct MutationDef {
+    /// The name clients call it by.
+    pub name: String,
+    /// Shown by Describe.
+    pub description: String,
+    /// Accepted parameters.
+    pub params: ParamSchema,
+    /// Permissions needed to call it.
+    pub permissions: Vec<String>,
+    /// Tables it declares it changes (informational; the handler's output counts).
+    pub changes: Vec<TableDep>,
+    /// Performs the writes.
+    pub handler: Arc<dyn MutationHandler>,
+}
+
+impl MutationDef {
+    /// A mutation with no params or permissions yet.
+    pub fn new(name: &str, handler: impl MutationHandler) -> Self {
+        MutationDef {
+            name: name.to_owned(),
+            description: String::new(),
+            params: ParamSchema::new(),
+            permissions: Vec::new(),
+            changes: Vec::new(),
+            handler: Arc::new(handler),
+        }
+    }
+}
+
+/// All graphs and mutations, with the indexes built once at registration.
+#[derive(Default)]
+pub struct Registry {
+    graphs: BTreeMap<String, Arc<GraphDef>>,
+    mutations: BTreeMap<String, Arc<MutationDef>>,
+    /// table -> (graph, columns or None for all)
+    by_table: HashMap<String, Vec<(Arc<str>, Option<BTreeSet<String>>)>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a graph. Names must be unique.
+    pub fn register(&mut self, graph: GraphDef) -> Result<(), String> {
+        if self.graphs.contains_key(&graph.name) {
+            return Err(format!("graph `{}` is registered twice", graph.name));
+        }
+        if graph.deps.is_empty() {
+            return Err(format!(
+                "graph `{}` declares no deps, so no change would ever update it",
+                graph.name
+            ));
+        }
+        let name: Arc<str> = graph.name.as_str().into();
+        for dep in &graph.deps {
+            self.by_table
+                .entry(dep.table.clone())
+                .or_default()
+                .push((name.clone(), dep.columns.clone()));
+        }
+        self.graphs.insert(graph.name.clone(), Arc::new(graph));
+        Ok(())
+    }
+
+    /// Adds a mutation. Names must be unique.
+    pub fn register_mutation(&mut self, m: MutationDef) -> Result<(), String> {
+        if self.mutations.contains_key(&m.name) {
+            return Err(format!("mutation `{}` is registered twice", m.name));
+        }
+        self.mutations.insert(m.name.clone(), Arc::new(m));
+        Ok(())
+    }
+
+    /// A graph by name.
+    pub fn graph(&self, name: &str) -> Option<&Arc<GraphDef>> {
+        self.graphs.get(name)
+    }
+    /// A mutation by name.
+    pub fn mutation(&self, name: &str) -> Option<&Arc<MutationDef>> {
+        self.mutations.get(name)
+    }
+    /// All graphs, by name.
+    pub fn graphs(&self) -> impl Iterator<Item = &Arc<GraphDef>> {
+        self.graphs.values()
+    }
+    /// All mutations, by name.
+    pub fn mutations(&self) -> impl Iterator<Item = &Arc<MutationDef>> {
+        self.mutations.values()
+    }
+
+    /// The graphs a change concerns: those that read its table and either
+    /// read every column, or read one of the changed columns, or the change
+    /// names no columns.
+    pub fn graphs_for<'a>(&'a self, change: &'a Change) -> impl Iterator<Item = &'a Arc<str>> + 'a {
+        self.by_table
+            .get(&change.table)
+            .into_iter()
+            .flatten()
+            .filter_map(move |(g, cols)| {
+                let hit = match cols {
+                    None => true,
+                    Some(_) if change.columns.is_empty() => true,
+                    Some(cols) => change.columns.iter().any(|c| cols.contains(c)),
+                };
+                hit.then_some(g)
+            })
+    }
+
+    /// Every table any graph reads, with the union of columns (`None`: all),
+    /// and the graphs reading it.
+    pub fn representation(&self) -> BTreeMap<String, (Option<BTreeSet<String>>, Vec<String>)> {
+        let mut out: BTreeMap<String, (Option<BTreeSet<String>>, Vec<String>)> = BTreeMap::new();
+        for (table, users) in &self.by_table {
+            let mut cols: Option<BTreeSet<String>> = Some(BTreeSet::new());
+            let mut graphs = Vec::new();
+            for (g, c) in users {
+                graphs.push(g.to_string());
+                cols = match (cols, c) {
+                    (Some(mut acc), Some(c)) => {
+                        acc.extend(c.iter().cloned());
+                        Some(acc)
+                    }
+                    _ => None,
+                };
+            }
+            graphs.sort();
+            graphs.dedup();
+            out.insert(table.clone(), (cols, graphs));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph(name: &str, deps: Vec<TableDep>) -> GraphDef {
+        let mut g = GraphDef::new(name, |_s: Scope, _p: Params| async {
+            Ok(GraphResult::new())
+        });
+        g.deps = deps;
+        g
+    }
+
+    #[test]
+    fn changes_reach_only_graphs_reading_the_changed_columns() {
+        let mut r = Registry::new();
+        r.register(graph(
+            "titles",
+            vec![TableDep::columns("tasks", ["id", "title"])],
+        ))
+        .unwrap();
+        r.register(graph("all", vec![TableDep::all("tasks")]))
+            .unwrap();
+        r.register(graph("users", vec![TableDep::columns("users", ["name"])]))
+            .unwrap();
+        let hit = |c: Change| {
+            let mut v: Vec<String> = r.graphs_for(&c).map(|g| g.to_string()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            hit(Change::row("tasks", "1", ["title"])),
+            vec!["all", "titles"]
+        );
+        assert_eq!(hit(Change::row("tasks", "1", ["notes"])), vec!["all"]);
+        assert_eq!(hit(Change::table("tasks")), vec!["all", "titles"]);
+        assert_eq!(
+            hit(Change::row("users", "1", ["email"])),
+            Vec::<String>::new()
+        );
+        let rep = r.representation();
+        assert_eq!(rep["tasks"].0, None);
+        assert_eq!(rep["users"].0.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn duplicate_names_and_missing_deps_are_rejected() {
+        let mut r = Registry::new();
+        r.register(graph("a", vec![TableDep::all("t")])).unwrap();
+        assert!(r.register(graph("a", vec![TableDep::all("t")])).is_err());
+        assert!(r.register(graph("b", vec![])).is_err());
+    }
+}

@@ -1,0 +1,408 @@
+//! Live views: one per graph + canonical params + workspace (+ user for
+//! per-user graphs), shared by every subscriber with that key.
+//!
+//! A view owns its last result (refs, the rows it references, the total), its
+//! version and a bounded history of diff frames for catch-up. Evaluations of
+//! one view are serialized by `eval`; the state lock is held only to compare
+//! results and queue frames, never across a database call.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use super::diff::{diff_fields, diff_refs};
+use super::error::EngineError;
+use super::frame::{Frame, FrameBody, Snapshot, ViewDiff};
+use super::identity::Scope;
+use super::params::Params;
+use super::registry::GraphDef;
+use super::result::{Ref, RowKey};
+use super::session::Session;
+use super::stats::Stats;
+use super::store::Store;
+use super::value::SharedFields;
+
+/// What makes two subscriptions share a view.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ViewKey {
+    /// The graph.
+    pub graph: Arc<str>,
+    /// Canonical params text.
+    pub params: String,
+    /// The scope (workspace, and user for per-user graphs).
+    pub scope: Scope,
+}
+
+#[derive(Default)]
+struct State {
+    ready: bool,
+    closed: bool,
+    version: u64,
+    refs: Vec<Ref>,
+    rows: HashMap<RowKey, SharedFields>,
+    total: Option<i64>,
+    history: VecDeque<Arc<Frame>>,
+    subscribers: HashMap<Arc<str>, Arc<Session>>,
+    evaluations: u64,
+}
+
+/// How a sync request was answered for one view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// Missed diffs were queued.
+    CatchUp(u32),
+    /// A snapshot was queued.
+    Snapshot,
+    /// The client was current.
+    Current,
+}
+
+/// A point-in-time summary of a view, for stats.
+#[derive(Debug, Clone)]
+pub struct ViewInfo {
+    /// The graph.
+    pub graph: Arc<str>,
+    /// The params hash.
+    pub params_hash: Arc<str>,
+    /// The workspace.
+    pub workspace_id: Arc<str>,
+    /// Current version.
+    pub version: u64,
+    /// Number of subscribed sessions.
+    pub subscribers: usize,
+    /// Evaluations run so far.
+    pub evaluations: u64,
+    /// Number of top-level refs.
+    pub refs: usize,
+}
+
+/// One live view.
+pub struct View {
+    /// The sharing key.
+    pub key: ViewKey,
+    /// `<graph>/<params_hash>`, the id clients address the view by.
+    pub id: Arc<str>,
+    /// The canonical params hash.
+    pub params_hash: Arc<str>,
+    /// Random per life of the view, so versions of an earlier life never match.
+    pub epoch: u64,
+    /// The graph definition.
+    pub graph: Arc<GraphDef>,
+    /// Validated params.
+    pub params: Params,
+    eval: tokio::sync::Mutex<()>,
+    state: Mutex<State>,
+}
+
+/// Whether an evaluation changed anything.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// A new version was pushed.
+    Changed,
+    /// The result was identical.
+    Unchanged,
+    /// The view is closed or not yet initialized; nothing ran.
+    Skipped,
+}
+
+impl View {
+    pub(crate) fn new(key: ViewKey, graph: Arc<GraphDef>, params: Params) -> Self {
+        let params_hash: Arc<str> = params.hash().into();
+        View {
+            id: format!("{}/{}", graph.name, params_hash).into(),
+            params_hash,
+            epoch: rand::random::<u64>() >> 11, // fits a JS number exactly
+            key,
+            graph,
+            params,
+            eval: tokio::sync::Mutex::new(()),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the view has been closed (its last subscriber left).
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Runs the first evaluation if no one has yet.
+    pub(crate) async fn ensure_ready(
+        &self,
+        store: &Mutex<Store>,
+        stats: &Stats,
+        history: usize,
+    ) -> Result<(), EngineError> {
+        let _eval = self.eval.lock().await;
+        {
+            let st = self.lock();
+            if st.ready || st.closed {
+                return Ok(());
+            }
+        }
+        self.run(store, stats, history).await.map(|_| ())
+    }
+
+    /// Re-evaluates after a change. Failures are pushed to subscribers as
+    /// error frames; the view keeps its last good state.
+    pub(crate) async fn refresh(
+        &self,
+        store: &Mutex<Store>,
+        stats: &Stats,
+        history: usize,
+    ) -> Refresh {
+        let _eval = self.eval.lock().await;
+        {
+            let st = self.lock();
+            if !st.ready || st.closed {
+                return Refresh::Skipped;
+            }
+        }
+        match self.run(store, stats, history).await {
+            Ok(r) => r,
+            Err(e) => {
+                stats.eval_errors.inc();
+                tracing::warn!(view = %self.id, error = %e, "view evaluation failed");
+                let st = self.lock();
+                let frame = Frame::new(
+                    self.id.clone(),
+                    self.epoch,
+                    st.version,
+                    0,
+                    FrameBody::Error(e),
+                );
+                for s in st.subscribers.values() {
+                    s.push_frame(frame.clone());
+                }
+                Refresh::Unchanged
+            }
+        }
+    }
+
+    /// Evaluates and applies. Must hold `eval`.
+    async fn run(
+        &self,
+        store: &Mutex<Store>,
+        stats: &Stats,
+        history: usize,
+    ) -> Result<Refresh, EngineError> {
+        stats.evaluations.inc();
+        let result = self
+            .graph
+            .factory
+            .evaluate(self.key.scope.clone(), self.params.clone())
+            .await;
+        let mut st = self.lock();
+        st.evaluations += 1;
+        if st.closed {
+            return Ok(Refresh::Skipped);
+        }
+        let (refs, rows, total) = result?.referenced_rows()?;
+        let ws = &self.key.scope.workspace_id;
+        let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+        let mut diff = ViewDiff {
+            refs: diff_refs(&st.refs, &refs),
+            ..ViewDiff::default()
+        };
+        let mut next: HashMap<RowKey, SharedFields> = HashMap::with_capacity(rows.len());
+        for (k, fields) in rows {
+            let shared = match st.rows.get(&k) {
+                None => {
+                    let shared = store.acquire(ws, &k, fields);
+                    diff.rows.push((k.clone(), shared.clone()));
+                    shared
+                }
+                Some(old) if **old == fields => old.clone(),
+                Some(old) => {
+                    let ops = diff_fields(old, &fields);
+                    diff.patches.push((k.clone(), ops));
+                    store.update(ws, &k, fields)
+                }
+            };
+            next.insert(k, shared);
+        }
+        for k in st.rows.keys() {
+            if !next.contains_key(k) {
+                store.release(ws, k);
+            }
+        }
+        drop(store);
+        if total != st.total {
+            diff.total = total;
+        }
+        st.refs = refs;
+        st.rows = next;
+        st.total = total;
+        if !st.ready {
+            st.ready = true;
+            st.version = 1;
+            return Ok(Refresh::Changed);
+        }
+        if diff.is_empty() {
+            return Ok(Refresh::Unchanged);
+        }
+        diff.rows.sort_by(|a, b| a.0.cmp(&b.0));
+        diff.patches.sort_by(|a, b| a.0.cmp(&b.0));
+        st.version += 1;
+        let frame = Frame::new(
+            self.id.clone(),
+            self.epoch,
+            st.version,
+            st.version - 1,
+            FrameBody::Diff(diff),
+        );
+        st.history.push_back(frame.clone());
+        while st.history.len() > history {
+            st.history.pop_front();
+        }
+        for s in st.subscribers.values() {
+            s.push_frame(frame.clone());
+        }
+        stats.frames.add(st.subscribers.len() as u64);
+        Ok(Refresh::Changed)
+    }
+
+    fn snapshot_frame(&self, st: &State) -> Arc<Frame> {
+        let mut rows: Vec<(RowKey, SharedFields)> = st
+            .rows
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        Frame::new(
+            self.id.clone(),
+            self.epoch,
+            st.version,
+            0,
+            FrameBody::Snapshot(Snapshot {
+                graph: self.key.graph.clone(),
+                params_hash: self.params_hash.clone(),
+                refs: st.refs.clone(),
+                rows,
+                total: st.total,
+            }),
+        )
+    }
+
+    /// Adds a subscriber and queues `reply` then a snapshot on its session.
+    /// Returns the version, or `None` if the view closed meanwhile.
+    pub(crate) fn attach(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        reserved: bool,
+        reply: impl FnOnce(u64) -> Option<Bytes>,
+    ) -> Option<u64> {
+        let mut st = self.lock();
+        if st.closed || !st.ready {
+            return None;
+        }
+        st.subscribers.insert(session.id.clone(), session.clone());
+        let snapshot = self.snapshot_frame(&st);
+        session.attach(self.clone(), reserved, reply(st.version), Some(snapshot));
+        Some(st.version)
+    }
+
+    /// Adds a subscriber that last saw `version` of `epoch` and queues what
+    /// it missed: diffs from history, or a snapshot when history is too short.
+    pub(crate) fn attach_sync(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        reserved: bool,
+        epoch: u64,
+        version: u64,
+    ) -> Option<(SyncMode, u64)> {
+        let mut st = self.lock();
+        if st.closed || !st.ready {
+            return None;
+        }
+        st.subscribers.insert(session.id.clone(), session.clone());
+        let current = st.version;
+        if epoch == self.epoch && version == current {
+            session.attach(self.clone(), reserved, None, None);
+            return Some((SyncMode::Current, current));
+        }
+        let covered = epoch == self.epoch
+            && version < current
+            && st
+                .history
+                .front()
+                .is_some_and(|f| f.prev_version <= version);
+        if covered {
+            session.attach(self.clone(), reserved, None, None);
+            let missed: Vec<Arc<Frame>> = st
+                .history
+                .iter()
+                .filter(|f| f.version > version)
+                .cloned()
+                .collect();
+            let n = missed.len() as u32;
+            for f in missed {
+                session.push_frame(f);
+            }
+            return Some((SyncMode::CatchUp(n), current));
+        }
+        let snapshot = self.snapshot_frame(&st);
+        session.attach(self.clone(), reserved, None, Some(snapshot));
+        Some((SyncMode::Snapshot, current))
+    }
+
+    /// Builds the snapshot a session that fell behind is owed, if it still is.
+    pub(crate) fn resync_snapshot(&self, session: &Session) -> Option<Arc<Frame>> {
+        let st = self.lock();
+        if !session.take_resync(self) || st.closed {
+            return None;
+        }
+        Some(self.snapshot_frame(&st))
+    }
+
+    /// Removes a subscriber. When it was the last one the view closes and
+    /// lets go of its rows; returns true then.
+    pub(crate) fn detach(&self, session_id: &str, store: &Mutex<Store>) -> bool {
+        let mut st = self.lock();
+        st.subscribers.remove(session_id);
+        if !st.subscribers.is_empty() || st.closed {
+            return false;
+        }
+        self.close_locked(&mut st, store);
+        true
+    }
+
+    /// Closes the view if nobody subscribed (after a failed first evaluation).
+    pub(crate) fn close_if_unused(&self, store: &Mutex<Store>) -> bool {
+        let mut st = self.lock();
+        if !st.subscribers.is_empty() || st.closed {
+            return false;
+        }
+        self.close_locked(&mut st, store);
+        true
+    }
+
+    fn close_locked(&self, st: &mut State, store: &Mutex<Store>) {
+        st.closed = true;
+        let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+        for k in st.rows.keys() {
+            store.release(&self.key.scope.workspace_id, k);
+        }
+        st.rows.clear();
+        st.refs.clear();
+        st.history.clear();
+    }
+
+    /// A summary for stats.
+    pub fn info(&self) -> ViewInfo {
+        let st = self.lock();
+        ViewInfo {
+            graph: self.key.graph.clone(),
+            params_hash: self.params_hash.clone(),
+            workspace_id: self.key.scope.workspace_id.clone(),
+            version: st.version,
+            subscribers: st.subscribers.len(),
+            evaluations: st.evaluations,
+            refs: st.refs.len(),
+        }
+    }
+}

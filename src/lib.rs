@@ -9,4 +9,8 @@ pub mod proto {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("arcana_descriptor");
 }
 
+pub mod app;
+pub mod config;
 pub mod engine;
+pub mod grpc;
+pub mod postgres;

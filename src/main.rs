@@ -1,1 +1,161 @@
-fn main() {}
+//! The `arcana` command: `serve` a config, or run the `demo`.
+
+use std::path::PathBuf;
+
+use arcana::app::{App, DEMO_CONFIG, DEMO_SCHEMA};
+use arcana::config::Config;
+use arcana::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "arcana",
+    version,
+    about = "Reactive graph sync engine for PostgreSQL, served over gRPC"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the graphs and mutations of a config file.
+    Serve {
+        /// The TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides `database.url`.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// Overrides `server.listen`.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run the task-board demo. Without a database URL, starts a throwaway
+    /// PostgreSQL from the local binaries and removes it on exit.
+    Demo {
+        /// Use this database instead (the demo schema is loaded into it).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: String,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,tower_http=warn".into()),
+        )
+        .init();
+    let result = match Cli::parse().command {
+        Command::Serve {
+            config,
+            database_url,
+            listen,
+        } => serve(config, database_url, listen).await,
+        Command::Demo {
+            database_url,
+            listen,
+        } => demo(database_url, listen).await,
+    };
+    if let Err(e) = result {
+        eprintln!("arcana: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn listen(addr: &str) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+async fn run_until_ctrl_c(mut app: App) -> Result<(), String> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::select! {
+        r = app.wait() => r,
+        _ = term.recv() => {
+            tracing::info!("terminated; shutting down");
+            app.stop().await
+        }
+        _ = tokio::signal::ctrl_c() => {
+            tracing::info!("shutting down");
+            app.stop().await
+        }
+    }
+}
+
+async fn serve(
+    path: PathBuf,
+    database_url: Option<String>,
+    listen_on: Option<String>,
+) -> Result<(), String> {
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let config = Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let url = database_url
+        .or_else(|| config.database.url.clone())
+        .ok_or("no database: set database.url in the config, DATABASE_URL, or --database-url")?;
+    let addr = listen_on.unwrap_or_else(|| config.server.listen.clone());
+    let app = App::start(&config, &url, listen(&addr).await?).await?;
+    tracing::info!(addr = %app.addr, "serving");
+    run_until_ctrl_c(app).await
+}
+
+async fn demo(database_url: Option<String>, addr: String) -> Result<(), String> {
+    let config = Config::parse(DEMO_CONFIG)?;
+    let listener = listen(&addr).await?;
+    let (cluster, url) = match database_url {
+        Some(url) => (None, url),
+        None => {
+            eprintln!("starting a throwaway PostgreSQL...");
+            let pg = EmbeddedPostgres::start(EmbeddedOptions::default()).await?;
+            let url = pg.url("postgres");
+            eprintln!("PostgreSQL is up at {url} (data in {})", pg.dir().display());
+            (Some(pg), url)
+        }
+    };
+    arcana::postgres::execute_script(&url, DEMO_SCHEMA)
+        .await
+        .map_err(|e| format!("loading the demo schema: {e} (an existing database must not already hold the demo tables)"))?;
+    let app = App::start(&config, &url, listener).await?;
+    print_tour(&app.addr.to_string(), &url);
+    let r = run_until_ctrl_c(app).await;
+    if let Some(pg) = cluster {
+        tokio::task::spawn_blocking(move || pg.stop())
+            .await
+            .map_err(|e| e.to_string())?;
+        eprintln!("throwaway PostgreSQL stopped and removed");
+    }
+    r
+}
+
+fn print_tour(addr: &str, url: &str) {
+    println!(
+        r#"
+Arcana demo serving on {addr}   (Ctrl-C to stop)
+
+Tokens: dev-alice (acme, read+write), dev-bob (acme, read), dev-carol (globex), dev-service (acme, notify+stats)
+
+List services and describe the registry:
+  grpcurl -plaintext {addr} list
+  grpcurl -plaintext -H 'authorization: Bearer dev-alice' {addr} arcana.v1.ArcanaService/Describe
+
+Subscribe to project 1's tasks (leave it running; it prints a snapshot, then diffs):
+  grpcurl -plaintext -H 'authorization: Bearer dev-alice' -d '{{"request_id": 1, "subscribe": {{"graph": "project_tasks", "params": {{"project_id": {{"int": 1}}}}}}}}' {addr} arcana.v1.ArcanaService/Connect
+
+In another terminal, add a task and watch the subscription update:
+  grpcurl -plaintext -H 'authorization: Bearer dev-alice' -d '{{"mutation": "create_task", "params": {{"project_id": {{"int": 1}}, "title": {{"string": "Try Arcana"}}}}}}' {addr} arcana.v1.ArcanaService/Mutate
+
+Or write with psql and tell the engine (the Notify call is for trusted services):
+  psql '{url}' -c "UPDATE tasks SET title = 'Renamed' WHERE id = 2"
+  grpcurl -plaintext -H 'authorization: Bearer dev-service' -d '{{"changes": [{{"table": "tasks", "id": "2", "columns": ["title"]}}]}}' {addr} arcana.v1.ArcanaService/Notify
+"#
+    );
+}

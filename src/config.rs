@@ -1,0 +1,468 @@
+//! The standalone server's TOML config: server and engine settings, auth,
+//! and graphs and mutations declared as SQL. See README.md for the reference.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use serde::Deserialize;
+
+use crate::engine::{
+    EngineConfig, GraphDef, MutationDef, ParamSchema, ParamSpec, ParamType, Registry, TableDep,
+    Value,
+};
+use crate::postgres::sql::{
+    ChangeSpec, NestedSpec, SqlGraph, SqlMutation, Statement, USER_PARAM, WORKSPACE_PARAM,
+};
+
+/// The whole config file.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener and message limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Database connection.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// Engine limits.
+    #[serde(default)]
+    pub engine: EngineSection,
+    /// Tokens and JWT settings.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Graphs.
+    #[serde(default)]
+    pub graphs: Vec<GraphConfig>,
+    /// Mutations.
+    #[serde(default)]
+    pub mutations: Vec<MutationConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// Largest request message accepted, in bytes.
+    pub max_message_bytes: usize,
+    /// Origins allowed for grpc-web from browsers; `["*"]` allows any.
+    pub cors_origins: Vec<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:50051".into(),
+            max_message_bytes: 1 << 20,
+            cors_origins: vec!["*".into()],
+        }
+    }
+}
+
+/// `[database]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Connection URL; `DATABASE_URL` overrides it.
+    pub url: Option<String>,
+    /// Pool size.
+    pub pool_size: usize,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            pool_size: 16,
+        }
+    }
+}
+
+/// `[engine]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSection {
+    /// See [`EngineConfig::max_subscriptions_per_session`].
+    pub max_subscriptions_per_session: usize,
+    /// See [`EngineConfig::history_len`].
+    pub history_len: usize,
+    /// See [`EngineConfig::session_queue`].
+    pub session_queue: usize,
+    /// See [`EngineConfig::change_queue`].
+    pub change_queue: usize,
+    /// See [`EngineConfig::eval_concurrency`].
+    pub eval_concurrency: usize,
+    /// See [`EngineConfig::strict_params`].
+    pub strict_params: bool,
+}
+
+impl Default for EngineSection {
+    fn default() -> Self {
+        let d = EngineConfig::default();
+        EngineSection {
+            max_subscriptions_per_session: d.max_subscriptions_per_session,
+            history_len: d.history_len,
+            session_queue: d.session_queue,
+            change_queue: d.change_queue,
+            eval_concurrency: d.eval_concurrency,
+            strict_params: d.strict_params,
+        }
+    }
+}
+
+impl EngineSection {
+    /// The engine configuration.
+    pub fn to_engine(&self) -> EngineConfig {
+        EngineConfig {
+            max_subscriptions_per_session: self.max_subscriptions_per_session,
+            history_len: self.history_len,
+            session_queue: self.session_queue,
+            change_queue: self.change_queue,
+            eval_concurrency: self.eval_concurrency,
+            strict_params: self.strict_params,
+        }
+    }
+}
+
+/// `[auth]`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Static bearer tokens, for development and trusted services.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+    /// HS256 JWT settings.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// One static token.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The bearer token.
+    pub token: String,
+    /// User id.
+    pub user: String,
+    /// Workspace id.
+    pub workspace: String,
+    /// Role.
+    #[serde(default)]
+    pub role: String,
+    /// Permissions.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+/// `[auth.jwt]`: HS256-signed tokens.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The shared secret.
+    pub secret: Option<String>,
+    /// An environment variable holding the secret (preferred).
+    pub secret_env: Option<String>,
+    /// Required `iss`, if set.
+    pub issuer: Option<String>,
+    /// Required `aud`, if set.
+    pub audience: Option<String>,
+    /// The claim holding the workspace id.
+    #[serde(default = "default_workspace_claim")]
+    pub workspace_claim: String,
+}
+
+fn default_workspace_claim() -> String {
+    "workspace".into()
+}
+
+/// One `[graphs.params.<name>]` or `[mutations.params.<name>]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ParamConfig {
+    /// string, int, float, bool, uuid or timestamp.
+    #[serde(rename = "type")]
+    pub ty: ParamType,
+    /// Must be given.
+    #[serde(default)]
+    pub required: bool,
+    /// Used when not given.
+    pub default: Option<toml::Value>,
+    /// The only accepted values.
+    #[serde(default)]
+    pub one_of: Vec<toml::Value>,
+    /// Shown by Describe.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A nested ref read from `<name>.<column>` columns.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct NestedConfig {
+    /// The table of the nested rows.
+    pub table: String,
+    /// Its key column(s).
+    #[serde(default = "default_key")]
+    pub key: Vec<String>,
+}
+
+fn default_key() -> Vec<String> {
+    vec!["id".into()]
+}
+
+/// One `[[graphs]]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct GraphConfig {
+    /// Name clients subscribe by.
+    pub name: String,
+    /// Shown by Describe.
+    #[serde(default)]
+    pub description: String,
+    /// The table of the rows the query returns.
+    pub table: String,
+    /// Its key column(s).
+    #[serde(default = "default_key")]
+    pub key: Vec<String>,
+    /// The query; one row per top-level ref, in order.
+    pub sql: String,
+    /// Optional count of all matching rows.
+    pub total_sql: Option<String>,
+    /// Parameters.
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamConfig>,
+    /// Nested refs by name.
+    #[serde(default)]
+    pub nested: BTreeMap<String, NestedConfig>,
+    /// table -> columns whose changes matter (`["*"]`: all).
+    pub deps: BTreeMap<String, Vec<String>>,
+    /// Permissions needed to subscribe.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// One view per user (required when the SQL uses :user_id).
+    #[serde(default)]
+    pub per_user: bool,
+}
+
+/// A declared change of a mutation.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeConfig {
+    /// The table.
+    pub table: String,
+    /// Changed columns; empty or absent: any.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// A returned column holding the row id.
+    pub id: Option<String>,
+}
+
+/// One `[[mutations]]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct MutationConfig {
+    /// Name clients call it by.
+    pub name: String,
+    /// Shown by Describe.
+    #[serde(default)]
+    pub description: String,
+    /// Statements run in one transaction (a string or a list).
+    pub sql: SqlList,
+    /// Parameters.
+    #[serde(default)]
+    pub params: BTreeMap<String, ParamConfig>,
+    /// Changes fed into invalidation after commit.
+    #[serde(default)]
+    pub changes: Vec<ChangeConfig>,
+    /// Permissions needed.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+}
+
+/// One statement or several.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum SqlList {
+    /// A single statement.
+    One(String),
+    /// Several, in order.
+    Many(Vec<String>),
+}
+
+impl Config {
+    /// Parses a config file's text.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Builds the registry of SQL graphs and mutations on `pool`.
+    pub fn registry(&self, pool: &Pool) -> Result<Registry, String> {
+        let mut reg = Registry::new();
+        for g in &self.graphs {
+            reg.register(graph(g, pool).map_err(|e| format!("graph `{}`: {e}", g.name))?)?;
+        }
+        for m in &self.mutations {
+            reg.register_mutation(
+                mutation(m, pool).map_err(|e| format!("mutation `{}`: {e}", m.name))?,
+            )?;
+        }
+        Ok(reg)
+    }
+}
+
+fn schema(params: &BTreeMap<String, ParamConfig>) -> Result<ParamSchema, String> {
+    let mut out = ParamSchema::new();
+    for (name, p) in params {
+        if name == WORKSPACE_PARAM || name == USER_PARAM {
+            return Err(format!(
+                "param `{name}` is reserved: it always holds the caller's identity"
+            ));
+        }
+        let conv = |v: &toml::Value| value_of(p.ty, v).map_err(|e| format!("param `{name}`: {e}"));
+        let mut spec = ParamSpec::new(p.ty);
+        spec.required = p.required;
+        spec.default = p.default.as_ref().map(conv).transpose()?;
+        spec.one_of = p.one_of.iter().map(conv).collect::<Result<_, _>>()?;
+        spec.description = p.description.clone();
+        out.insert(name.clone(), spec);
+    }
+    Ok(out)
+}
+
+fn value_of(ty: ParamType, v: &toml::Value) -> Result<Value, String> {
+    Ok(match (ty, v) {
+        (ParamType::String, toml::Value::String(s)) => Value::String(s.clone()),
+        (ParamType::Uuid, toml::Value::String(s)) => Value::Uuid(
+            crate::engine::params::parse_uuid(s).ok_or_else(|| format!("{s:?} is not a UUID"))?,
+        ),
+        (ParamType::Int, toml::Value::Integer(i)) => Value::Int(*i),
+        (ParamType::Float, toml::Value::Float(f)) => Value::Float(*f),
+        (ParamType::Float, toml::Value::Integer(i)) => Value::Float(*i as f64),
+        (ParamType::Bool, toml::Value::Boolean(b)) => Value::Bool(*b),
+        (ty, other) => return Err(format!("{other} is not a valid {} value", ty.name())),
+    })
+}
+
+fn deps(map: &BTreeMap<String, Vec<String>>) -> Vec<TableDep> {
+    map.iter()
+        .map(|(t, cols)| {
+            if cols.is_empty() || cols.iter().any(|c| c == "*") {
+                TableDep::all(t)
+            } else {
+                TableDep {
+                    table: t.clone(),
+                    columns: Some(cols.iter().cloned().collect::<BTreeSet<_>>()),
+                }
+            }
+        })
+        .collect()
+}
+
+fn graph(g: &GraphConfig, pool: &Pool) -> Result<GraphDef, String> {
+    let params = schema(&g.params)?;
+    let declared: Vec<&str> = params.keys().map(String::as_str).collect();
+    let query = Statement::parse(&g.sql, &declared).map_err(|e| format!("sql: {e}"))?;
+    let total = g
+        .total_sql
+        .as_deref()
+        .map(|s| Statement::parse(s, &declared))
+        .transpose()
+        .map_err(|e| format!("total_sql: {e}"))?;
+    let uses_user = query.uses_user() || total.as_ref().is_some_and(Statement::uses_user);
+    if uses_user && !g.per_user {
+        return Err(
+            "the SQL uses :user_id, so set per_user = true (otherwise users would share one view)"
+                .into(),
+        );
+    }
+    if g.key.is_empty() {
+        return Err("key must name at least one column".into());
+    }
+    if g.deps.is_empty() {
+        return Err(
+            "deps must name the tables the query reads, e.g. deps = { tasks = [\"*\"] }".into(),
+        );
+    }
+    let nested: Vec<NestedSpec> = g
+        .nested
+        .iter()
+        .map(|(name, n)| NestedSpec {
+            name: name.clone(),
+            table: n.table.clone(),
+            key: n.key.clone(),
+        })
+        .collect();
+    let factory = Arc::new(SqlGraph {
+        name: g.name.clone(),
+        pool: pool.clone(),
+        query,
+        total,
+        table: g.table.clone(),
+        key: g.key.clone(),
+        nested,
+    });
+    let mut def = GraphDef::new(&g.name, factory);
+    def.description = g.description.clone();
+    def.params = params;
+    def.deps = deps(&g.deps);
+    def.permissions = g.permissions.clone();
+    def.per_user = g.per_user;
+    def.table = Some(g.table.clone());
+    def.nested = g
+        .nested
+        .iter()
+        .map(|(k, v)| (k.clone(), v.table.clone()))
+        .collect();
+    Ok(def)
+}
+
+fn mutation(m: &MutationConfig, pool: &Pool) -> Result<MutationDef, String> {
+    let params = schema(&m.params)?;
+    let declared: Vec<&str> = params.keys().map(String::as_str).collect();
+    let sqls = match &m.sql {
+        SqlList::One(s) => vec![s.clone()],
+        SqlList::Many(v) => v.clone(),
+    };
+    if sqls.is_empty() {
+        return Err("sql must hold at least one statement".into());
+    }
+    let statements = sqls
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            Statement::parse(s, &declared).map_err(|e| format!("statement {}: {e}", i + 1))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let changes: Vec<ChangeSpec> = m
+        .changes
+        .iter()
+        .map(|c| ChangeSpec {
+            table: c.table.clone(),
+            columns: c.columns.clone(),
+            id_from: c.id.clone(),
+        })
+        .collect();
+    let handler = Arc::new(SqlMutation {
+        name: m.name.clone(),
+        pool: pool.clone(),
+        statements,
+        changes,
+    });
+    let mut def = MutationDef::new(&m.name, handler);
+    def.description = m.description.clone();
+    def.params = params;
+    def.permissions = m.permissions.clone();
+    def.changes = m
+        .changes
+        .iter()
+        .map(|c| {
+            if c.columns.is_empty() {
+                TableDep::all(&c.table)
+            } else {
+                TableDep::columns(&c.table, c.columns.clone())
+            }
+        })
+        .collect();
+    Ok(def)
+}

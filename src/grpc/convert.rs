@@ -1,0 +1,296 @@
+//! Conversions between engine types and protobuf messages, both ways.
+
+use std::collections::HashMap;
+
+use prost::Message;
+
+use crate::engine::{self, Frame, FrameBody, Op, Patch};
+use crate::proto::{self as pb, value::Kind};
+
+/// Engine value to protobuf.
+pub fn value_to_pb(v: &engine::Value) -> pb::Value {
+    let kind = match v {
+        engine::Value::Null => Kind::Null(0),
+        engine::Value::Bool(b) => Kind::Bool(*b),
+        engine::Value::Int(i) => Kind::Int(*i),
+        engine::Value::Float(f) => Kind::Float(*f),
+        engine::Value::String(s) => Kind::String(s.clone()),
+        engine::Value::Numeric(s) => Kind::Numeric(s.clone()),
+        engine::Value::Timestamp(t) => Kind::Timestamp(prost_types::Timestamp {
+            seconds: t.div_euclid(1_000_000),
+            nanos: (t.rem_euclid(1_000_000) * 1000) as i32,
+        }),
+        engine::Value::Json(s) => Kind::Json(s.clone()),
+        engine::Value::Bytes(b) => Kind::Bytes(b.clone().into()),
+        engine::Value::Uuid(s) => Kind::Uuid(s.clone()),
+        engine::Value::Date(s) => Kind::Date(s.clone()),
+    };
+    pb::Value { kind: Some(kind) }
+}
+
+/// Protobuf value to engine; an unset value reads as null.
+pub fn value_from_pb(v: pb::Value) -> engine::Value {
+    match v.kind {
+        None | Some(Kind::Null(_)) => engine::Value::Null,
+        Some(Kind::Bool(b)) => engine::Value::Bool(b),
+        Some(Kind::Int(i)) => engine::Value::Int(i),
+        Some(Kind::Float(f)) => engine::Value::Float(f),
+        Some(Kind::String(s)) => engine::Value::String(s),
+        Some(Kind::Numeric(s)) => engine::Value::Numeric(s),
+        Some(Kind::Timestamp(t)) => engine::Value::Timestamp(
+            t.seconds
+                .saturating_mul(1_000_000)
+                .saturating_add(i64::from(t.nanos) / 1000),
+        ),
+        Some(Kind::Json(s)) => engine::Value::Json(s),
+        Some(Kind::Bytes(b)) => engine::Value::Bytes(b.to_vec()),
+        Some(Kind::Uuid(s)) => engine::Value::Uuid(s),
+        Some(Kind::Date(s)) => engine::Value::Date(s),
+    }
+}
+
+/// A protobuf params map to engine values.
+pub fn params_from_pb(m: HashMap<String, pb::Value>) -> HashMap<String, engine::Value> {
+    m.into_iter().map(|(k, v)| (k, value_from_pb(v))).collect()
+}
+
+/// Engine fields to a protobuf map.
+pub fn fields_to_pb(f: &engine::Fields) -> HashMap<String, pb::Value> {
+    f.iter().map(|(k, v)| (k.clone(), value_to_pb(v))).collect()
+}
+
+/// Protobuf fields to engine fields.
+pub fn fields_from_pb(m: HashMap<String, pb::Value>) -> engine::Fields {
+    m.into_iter().map(|(k, v)| (k, value_from_pb(v))).collect()
+}
+
+/// Engine ref to protobuf.
+pub fn ref_to_pb(r: &engine::Ref) -> pb::Ref {
+    pb::Ref {
+        table: r.key.table.to_string(),
+        id: r.key.id.to_string(),
+        fields: r.fields.clone(),
+        nested: r
+            .nested
+            .iter()
+            .map(|(k, n)| (k.clone(), ref_to_pb(n)))
+            .collect(),
+    }
+}
+
+/// Protobuf ref to engine.
+pub fn ref_from_pb(r: pb::Ref) -> engine::Ref {
+    let mut out = engine::Ref::new(&r.table, &r.id);
+    out.fields = r.fields;
+    out.nested = r
+        .nested
+        .into_iter()
+        .map(|(k, n)| (k, ref_from_pb(n)))
+        .collect();
+    out
+}
+
+fn op_to_pb(op: Op) -> i32 {
+    (match op {
+        Op::Add => pb::PatchOp::Add,
+        Op::Remove => pb::PatchOp::Remove,
+        Op::Replace => pb::PatchOp::Replace,
+        Op::Move => pb::PatchOp::Move,
+    }) as i32
+}
+
+/// Protobuf patch op to engine.
+pub fn op_from_pb(op: i32) -> Result<Op, String> {
+    match pb::PatchOp::try_from(op) {
+        Ok(pb::PatchOp::Add) => Ok(Op::Add),
+        Ok(pb::PatchOp::Remove) => Ok(Op::Remove),
+        Ok(pb::PatchOp::Replace) => Ok(Op::Replace),
+        Ok(pb::PatchOp::Move) => Ok(Op::Move),
+        _ => Err(format!("unknown patch op {op}")),
+    }
+}
+
+fn row_to_pb(k: &engine::RowKey, f: &engine::Fields) -> pb::Row {
+    pb::Row {
+        table: k.table.to_string(),
+        id: k.id.to_string(),
+        fields: fields_to_pb(f),
+    }
+}
+
+/// An engine frame as a protobuf message.
+pub fn frame_to_pb(f: &Frame) -> pb::ViewFrame {
+    use pb::view_frame::Body;
+    let body = match &f.body {
+        FrameBody::Snapshot(s) => Body::Snapshot(pb::Snapshot {
+            graph: s.graph.to_string(),
+            params_hash: s.params_hash.to_string(),
+            refs: s.refs.iter().map(ref_to_pb).collect(),
+            rows: s.rows.iter().map(|(k, f)| row_to_pb(k, f)).collect(),
+            total: s.total,
+        }),
+        FrameBody::Diff(d) => Body::Diff(pb::ViewDiff {
+            refs: d
+                .refs
+                .iter()
+                .map(|p: &Patch<engine::Ref>| pb::RefOp {
+                    op: op_to_pb(p.op),
+                    path: p.path.clone(),
+                    from: p.from.clone().unwrap_or_default(),
+                    value: p.value.as_ref().map(ref_to_pb),
+                })
+                .collect(),
+            rows: d.rows.iter().map(|(k, f)| row_to_pb(k, f)).collect(),
+            patches: d
+                .patches
+                .iter()
+                .map(|(k, ops)| pb::RowPatch {
+                    table: k.table.to_string(),
+                    id: k.id.to_string(),
+                    ops: ops
+                        .iter()
+                        .map(|p| pb::FieldOp {
+                            op: op_to_pb(p.op),
+                            path: p.path.clone(),
+                            value: p.value.as_ref().map(value_to_pb),
+                        })
+                        .collect(),
+                })
+                .collect(),
+            total: d.total,
+        }),
+        FrameBody::Error(e) => Body::Error(pb::ViewError {
+            code: super::status::to_status(e.clone()).code() as i32,
+            message: e.to_string(),
+        }),
+    };
+    pb::ViewFrame {
+        view_id: f.view_id.to_string(),
+        epoch: f.epoch,
+        version: f.version,
+        prev_version: f.prev_version,
+        body: Some(body),
+    }
+}
+
+/// The frame's encoding as a whole `ServerMessage`, computed once per frame
+/// and shared by every session it goes to.
+pub fn encoded_frame(f: &Frame) -> bytes::Bytes {
+    f.encoded
+        .get_or_init(|| {
+            pb::ServerMessage {
+                kind: Some(pb::server_message::Kind::Frame(frame_to_pb(f))),
+            }
+            .encode_to_vec()
+            .into()
+        })
+        .clone()
+}
+
+/// Encodes any `ServerMessage` kind.
+pub fn encode_message(kind: pb::server_message::Kind) -> bytes::Bytes {
+    pb::ServerMessage { kind: Some(kind) }
+        .encode_to_vec()
+        .into()
+}
+
+/// The registry as a Describe response.
+pub fn describe(reg: &engine::Registry) -> pb::DescribeResponse {
+    let params = |s: &engine::ParamSchema| -> Vec<pb::ParamInfo> {
+        s.iter()
+            .map(|(name, p)| pb::ParamInfo {
+                name: name.clone(),
+                r#type: (match p.ty {
+                    engine::ParamType::String => pb::ParamType::String,
+                    engine::ParamType::Int => pb::ParamType::Int,
+                    engine::ParamType::Float => pb::ParamType::Float,
+                    engine::ParamType::Bool => pb::ParamType::Bool,
+                    engine::ParamType::Uuid => pb::ParamType::Uuid,
+                    engine::ParamType::Timestamp => pb::ParamType::Timestamp,
+                }) as i32,
+                required: p.required,
+                default: p.default.as_ref().map(value_to_pb),
+                one_of: p.one_of.iter().map(value_to_pb).collect(),
+                description: p.description.clone(),
+            })
+            .collect()
+    };
+    let deps = |d: &[engine::TableDep]| -> Vec<pb::TableDep> {
+        d.iter()
+            .map(|t| pb::TableDep {
+                table: t.table.clone(),
+                columns: t.columns.iter().flatten().cloned().collect(),
+            })
+            .collect()
+    };
+    pb::DescribeResponse {
+        protocol_version: engine::PROTOCOL_VERSION,
+        graphs: reg
+            .graphs()
+            .map(|g| pb::GraphInfo {
+                name: g.name.clone(),
+                description: g.description.clone(),
+                params: params(&g.params),
+                deps: deps(&g.deps),
+                permissions: g.permissions.clone(),
+                per_user: g.per_user,
+                nested: g
+                    .nested
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                table: g.table.clone().unwrap_or_default(),
+            })
+            .collect(),
+        mutations: reg
+            .mutations()
+            .map(|m| pb::MutationInfo {
+                name: m.name.clone(),
+                description: m.description.clone(),
+                params: params(&m.params),
+                permissions: m.permissions.clone(),
+                changes: deps(&m.changes),
+            })
+            .collect(),
+        tables: reg
+            .representation()
+            .into_iter()
+            .map(|(name, (cols, graphs))| pb::TableInfo {
+                name,
+                columns: cols
+                    .map(|c| c.into_iter().collect())
+                    .unwrap_or_else(|| vec!["*".into()]),
+                graphs,
+            })
+            .collect(),
+    }
+}
+
+/// Engine stats as a protobuf response.
+pub fn stats_to_pb(s: engine::EngineStats) -> pb::StatsResponse {
+    pb::StatsResponse {
+        sessions: s.sessions as u32,
+        views: s.views as u32,
+        subscriptions: s.subscriptions as u32,
+        store_rows: s.store_rows as u64,
+        evaluations: s.evaluations,
+        changes: s.changes,
+        batches: s.batches,
+        frames_sent: s.frames,
+        resyncs: s.resyncs,
+        evaluation_errors: s.eval_errors,
+        view_stats: s
+            .view_info
+            .into_iter()
+            .map(|v| pb::ViewStats {
+                graph: v.graph.to_string(),
+                params_hash: v.params_hash.to_string(),
+                workspace_id: v.workspace_id.to_string(),
+                version: v.version,
+                subscribers: v.subscribers as u32,
+                evaluations: v.evaluations,
+                refs: v.refs as u32,
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,13 @@
+//! The gRPC surface: the tonic service, proto conversions, authentication,
+//! grpc-web, health and reflection. The engine knows none of this.
+
+pub mod auth;
+pub mod convert;
+pub mod server;
+pub mod service;
+pub mod status;
+pub mod wire;
+
+pub use auth::{Authenticator, TokenAuthenticator};
+pub use server::{serve, ServeOptions};
+pub use service::Service;

@@ -1,0 +1,449 @@
+//! The `arcana.v1.ArcanaService` implementation: authenticates each call,
+//! converts messages, and hands work to the engine.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::auth::{identify, Authenticator};
+use super::convert::{describe, encode_message, encoded_frame, params_from_pb, stats_to_pb};
+use super::server::arcana_service_server::ArcanaService;
+use super::status::{to_pb_error, to_status};
+use super::wire::WireServerMessage;
+use crate::engine::{
+    Change, Engine, Identity, Outbound, QueueError, Session, Subscribed, SyncMode, SyncView,
+    PROTOCOL_VERSION,
+};
+use crate::proto::{self as pb, reply, server_message};
+
+/// The permission the Notify call needs.
+pub const NOTIFY_PERMISSION: &str = "arcana:notify";
+/// The permission the Stats call needs.
+pub const ADMIN_PERMISSION: &str = "arcana:admin";
+
+/// The gRPC service.
+#[derive(Clone)]
+pub struct Service {
+    engine: Engine,
+    auth: Arc<dyn Authenticator>,
+}
+
+type WireStream = Pin<Box<dyn Stream<Item = Result<WireServerMessage, Status>> + Send>>;
+
+impl Service {
+    /// A service over `engine`, authenticating with `auth`.
+    pub fn new(engine: Engine, auth: Arc<dyn Authenticator>) -> Self {
+        Service { engine, auth }
+    }
+
+    async fn identity<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        identify(&*self.auth, req.metadata()).await
+    }
+
+    /// Authenticates and finds the caller's session for the unary calls.
+    async fn session_of<T>(
+        &self,
+        req: &Request<T>,
+        session_id: &str,
+    ) -> Result<Arc<Session>, Status> {
+        let id = self.identity(req).await?;
+        if session_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "session_id is required: open a session with OpenSession first",
+            ));
+        }
+        let s = self.engine.session(session_id).ok_or_else(|| {
+            Status::not_found(format!(
+                "no open session `{session_id}`; it may have ended: open a new one with OpenSession and Sync your views"
+            ))
+        })?;
+        if s.identity.user_id != id.user_id || s.identity.workspace_id != id.workspace_id {
+            return Err(Status::permission_denied(format!(
+                "session `{session_id}` belongs to another identity"
+            )));
+        }
+        Ok(s)
+    }
+
+    fn open(&self, identity: Identity) -> Arc<Session> {
+        let session = self.engine.open_session(identity);
+        let opened = encode_message(server_message::Kind::Opened(pb::SessionOpened {
+            session_id: session.id.to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            user_id: session.identity.user_id.to_string(),
+            workspace_id: session.identity.workspace_id.to_string(),
+        }));
+        let _ = session.push_message(opened);
+        session
+    }
+}
+
+/// Closes the session when the response stream is dropped (client gone).
+struct Guard {
+    engine: Engine,
+    session: Arc<Session>,
+    fail: Option<oneshot::Receiver<Status>>,
+    done: bool,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.engine.close_session(&self.session.id);
+    }
+}
+
+fn session_stream(
+    engine: Engine,
+    session: Arc<Session>,
+    fail: Option<oneshot::Receiver<Status>>,
+) -> WireStream {
+    let guard = Guard {
+        engine,
+        session,
+        fail,
+        done: false,
+    };
+    Box::pin(futures_util::stream::unfold(guard, |mut g| async move {
+        if g.done {
+            return None;
+        }
+        let item = match g.fail.as_mut() {
+            Some(fail) => tokio::select! {
+                biased;
+                r = fail => match r {
+                    Ok(status) => {
+                        g.done = true;
+                        return Some((Err(status), g));
+                    }
+                    Err(_) => {
+                        g.fail = None;
+                        g.session.next().await
+                    }
+                },
+                item = g.session.next() => item,
+            },
+            None => g.session.next().await,
+        };
+        let bytes = match item? {
+            Outbound::Message(b) => b,
+            Outbound::Frame(f) => encoded_frame(&f),
+        };
+        Some((Ok(WireServerMessage(bytes)), g))
+    }))
+}
+
+fn subscribed(s: &Subscribed) -> pb::SubscribeResponse {
+    pb::SubscribeResponse {
+        view_id: s.view_id.to_string(),
+        epoch: s.epoch,
+        version: s.version,
+        params_hash: s.params_hash.to_string(),
+    }
+}
+
+fn sync_views(views: Vec<pb::SyncView>) -> Vec<SyncView> {
+    views
+        .into_iter()
+        .map(|v| SyncView {
+            graph: v.graph,
+            params: params_from_pb(v.params),
+            epoch: v.epoch,
+            version: v.version,
+        })
+        .collect()
+}
+
+async fn run_sync(
+    engine: &Engine,
+    session: &Arc<Session>,
+    views: Vec<pb::SyncView>,
+) -> pb::SyncResponse {
+    let results = engine
+        .sync(session, sync_views(views))
+        .await
+        .into_iter()
+        .map(|o| match o.result {
+            Ok((mode, epoch, version)) => {
+                let (mode, frames) = match mode {
+                    SyncMode::CatchUp(n) => (pb::SyncMode::CatchUp, n),
+                    SyncMode::Snapshot => (pb::SyncMode::Snapshot, 0),
+                    SyncMode::Current => (pb::SyncMode::Current, 0),
+                };
+                pb::SyncResult {
+                    view_id: o.view_id.to_string(),
+                    mode: mode as i32,
+                    epoch,
+                    version,
+                    error: None,
+                    frames,
+                }
+            }
+            Err(e) => pb::SyncResult {
+                view_id: o.view_id.to_string(),
+                error: Some(to_pb_error(&to_status(e))),
+                ..Default::default()
+            },
+        })
+        .collect();
+    pb::SyncResponse { results }
+}
+
+fn notify_changes(changes: Vec<pb::Change>) -> Result<Vec<Change>, Status> {
+    if changes.is_empty() {
+        return Err(Status::invalid_argument(
+            "changes is empty: name at least one table",
+        ));
+    }
+    changes
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            if c.table.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "changes[{i}].table is empty"
+                )));
+            }
+            Ok(Change {
+                table: c.table,
+                id: c.id,
+                columns: c.columns,
+            })
+        })
+        .collect()
+}
+
+/// Handles one request of the bidirectional stream. Errors end the stream.
+async fn handle(
+    engine: &Engine,
+    session: &Arc<Session>,
+    msg: pb::ClientMessage,
+) -> Result<(), Status> {
+    let rid = msg.request_id;
+    let reply = |r: reply::Result| {
+        encode_message(server_message::Kind::Reply(pb::Reply {
+            request_id: rid,
+            result: Some(r),
+        }))
+    };
+    let error = |s: Status| reply(reply::Result::Error(to_pb_error(&s)));
+    let out = match msg.kind {
+        None => error(Status::invalid_argument(
+            "empty ClientMessage: set one of subscribe, unsubscribe, sync, mutate or ping",
+        )),
+        Some(pb::client_message::Kind::Subscribe(req)) => {
+            let r = engine
+                .subscribe(session, &req.graph, params_from_pb(req.params), |s| {
+                    Some(reply(reply::Result::Subscribe(subscribed(s))))
+                })
+                .await;
+            match r {
+                Ok(_) => return Ok(()), // the reply went out ahead of the snapshot
+                Err(e) => error(to_status(e)),
+            }
+        }
+        Some(pb::client_message::Kind::Unsubscribe(req)) => {
+            match engine.unsubscribe(session, &req.view_id) {
+                Ok(()) => reply(reply::Result::Unsubscribe(pb::UnsubscribeResponse {})),
+                Err(e) => error(to_status(e)),
+            }
+        }
+        Some(pb::client_message::Kind::Sync(req)) => reply(reply::Result::Sync(
+            run_sync(engine, session, req.views).await,
+        )),
+        Some(pb::client_message::Kind::Mutate(req)) => {
+            match engine
+                .mutate(&session.identity, &req.mutation, params_from_pb(req.params))
+                .await
+            {
+                Ok(out) => reply(reply::Result::Mutate(mutate_response(out))),
+                Err(e) => error(to_status(e)),
+            }
+        }
+        Some(pb::client_message::Kind::Ping(_)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            reply(reply::Result::Ping(pb::PingResponse {
+                server_time_unix_ms: now,
+            }))
+        }
+    };
+    session.push_message(out).map_err(|e| match e {
+        QueueError::Full => Status::resource_exhausted(
+            "too many unread replies: the client must read the stream; session closed",
+        ),
+        QueueError::Closed => Status::cancelled("the session was closed"),
+    })
+}
+
+fn mutate_response(out: crate::engine::MutationOutput) -> pb::MutateResponse {
+    pb::MutateResponse {
+        data: super::convert::fields_to_pb(&out.data),
+        changes: out
+            .changes
+            .into_iter()
+            .map(|c| pb::Change {
+                table: c.table,
+                id: c.id,
+                columns: c.columns,
+            })
+            .collect(),
+    }
+}
+
+/// Rewrites tonic's status for an oversized request to RESOURCE_EXHAUSTED.
+pub fn oversized(status: Status) -> Status {
+    if status.code() == tonic::Code::OutOfRange
+        && status.message().contains("message length too large")
+    {
+        Status::resource_exhausted(format!(
+            "{}; send smaller messages or raise server.max_message_bytes",
+            status.message().trim_start_matches("Error, ")
+        ))
+    } else {
+        status
+    }
+}
+
+#[tonic::async_trait]
+impl ArcanaService for Service {
+    type ConnectStream = WireStream;
+    type OpenSessionStream = WireStream;
+
+    async fn connect(
+        &self,
+        req: Request<Streaming<pb::ClientMessage>>,
+    ) -> Result<Response<WireStream>, Status> {
+        let identity = self.identity(&req).await?;
+        let session = self.open(identity);
+        let (fail_tx, fail_rx) = oneshot::channel();
+        let mut inbound = req.into_inner();
+        let (engine, s) = (self.engine.clone(), session.clone());
+        tokio::spawn(async move {
+            loop {
+                match inbound.message().await {
+                    Ok(Some(msg)) => {
+                        if let Err(status) = handle(&engine, &s, msg).await {
+                            let _ = fail_tx.send(status);
+                            break;
+                        }
+                    }
+                    Ok(None) => break, // half-closed: keep streaming until the client leaves
+                    Err(status) => {
+                        let _ = fail_tx.send(oversized(status));
+                        break;
+                    }
+                }
+                if s.is_closed() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(session_stream(
+            self.engine.clone(),
+            session,
+            Some(fail_rx),
+        )))
+    }
+
+    async fn open_session(
+        &self,
+        req: Request<pb::OpenSessionRequest>,
+    ) -> Result<Response<WireStream>, Status> {
+        let identity = self.identity(&req).await?;
+        let session = self.open(identity);
+        Ok(Response::new(session_stream(
+            self.engine.clone(),
+            session,
+            None,
+        )))
+    }
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<pb::SubscribeResponse>, Status> {
+        let session = self.session_of(&req, &req.get_ref().session_id).await?;
+        let r = req.into_inner();
+        let s = self
+            .engine
+            .subscribe(&session, &r.graph, params_from_pb(r.params), |_| None)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(subscribed(&s)))
+    }
+
+    async fn unsubscribe(
+        &self,
+        req: Request<pb::UnsubscribeRequest>,
+    ) -> Result<Response<pb::UnsubscribeResponse>, Status> {
+        let session = self.session_of(&req, &req.get_ref().session_id).await?;
+        self.engine
+            .unsubscribe(&session, &req.get_ref().view_id)
+            .map_err(to_status)?;
+        Ok(Response::new(pb::UnsubscribeResponse {}))
+    }
+
+    async fn sync(
+        &self,
+        req: Request<pb::SyncRequest>,
+    ) -> Result<Response<pb::SyncResponse>, Status> {
+        let session = self.session_of(&req, &req.get_ref().session_id).await?;
+        Ok(Response::new(
+            run_sync(&self.engine, &session, req.into_inner().views).await,
+        ))
+    }
+
+    async fn mutate(
+        &self,
+        req: Request<pb::MutateRequest>,
+    ) -> Result<Response<pb::MutateResponse>, Status> {
+        let identity = self.identity(&req).await?;
+        let r = req.into_inner();
+        let out = self
+            .engine
+            .mutate(&identity, &r.mutation, params_from_pb(r.params))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(mutate_response(out)))
+    }
+
+    async fn notify(
+        &self,
+        req: Request<pb::NotifyRequest>,
+    ) -> Result<Response<pb::NotifyResponse>, Status> {
+        let identity = self.identity(&req).await?;
+        if !identity.has_permission(NOTIFY_PERMISSION) {
+            return Err(Status::permission_denied(format!(
+                "Notify needs the `{NOTIFY_PERMISSION}` permission"
+            )));
+        }
+        let changes = notify_changes(req.into_inner().changes)?;
+        self.engine.notify(changes).await.map_err(to_status)?;
+        Ok(Response::new(pb::NotifyResponse {}))
+    }
+
+    async fn describe(
+        &self,
+        req: Request<pb::DescribeRequest>,
+    ) -> Result<Response<pb::DescribeResponse>, Status> {
+        self.identity(&req).await?;
+        Ok(Response::new(describe(self.engine.registry())))
+    }
+
+    async fn stats(
+        &self,
+        req: Request<pb::StatsRequest>,
+    ) -> Result<Response<pb::StatsResponse>, Status> {
+        let identity = self.identity(&req).await?;
+        if !identity.has_permission(ADMIN_PERMISSION) {
+            return Err(Status::permission_denied(format!(
+                "Stats needs the `{ADMIN_PERMISSION}` permission"
+            )));
+        }
+        Ok(Response::new(stats_to_pb(self.engine.stats())))
+    }
+}

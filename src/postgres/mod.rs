@@ -1,0 +1,46 @@
+//! PostgreSQL: connection pools, SQL graphs and mutations, value
+//! conversion, and the throwaway cluster used by the demo and tests.
+
+pub mod embedded;
+pub mod named;
+pub mod sql;
+pub mod values;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+
+/// Builds a pool for `url` with at most `size` connections. Connections are
+/// opened lazily; an unreachable database surfaces on first use.
+pub fn pool(url: &str, size: usize) -> Result<Pool, String> {
+    let cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| format!("invalid database URL: {e}"))?;
+    let mgr = Manager::from_config(
+        cfg,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(size.max(1))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Runs a script of several statements (schema, seed data).
+pub async fn execute_script(url: &str, script: &str) -> Result<(), String> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("connecting to {url}: {e}"))?;
+    let task = tokio::spawn(conn);
+    let r = client
+        .batch_execute(script)
+        .await
+        .map_err(|e| match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        });
+    drop(client);
+    let _ = task.await;
+    r
+}

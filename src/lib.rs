@@ -10,6 +10,7 @@ pub mod proto {
 }
 
 pub mod app;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod grpc;

@@ -1,0 +1,345 @@
+//! Test harness: one throwaway PostgreSQL per test binary, a fresh database
+//! per test, the real server on a random port, and a live client over the
+//! real bidirectional gRPC stream.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use arcana::app::{App, DEMO_CONFIG, DEMO_SCHEMA};
+use arcana::client::ViewState;
+use arcana::config::Config;
+use arcana::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use arcana::proto::{
+    self as pb, arcana_service_client::ArcanaServiceClient, client_message::Kind as Req,
+    server_message::Kind as Msg,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Request, Status, Streaming};
+
+/// Limit for anything a test waits on.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+pub fn cluster() -> &'static EmbeddedPostgres {
+    static PG: OnceLock<EmbeddedPostgres> = OnceLock::new();
+    PG.get_or_init(|| {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(EmbeddedPostgres::start(EmbeddedOptions {
+                fast: true,
+                ..Default::default()
+            }))
+            .expect("start PostgreSQL")
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// Creates a fresh database loaded with the demo schema; returns its URL.
+pub async fn fresh_database() -> String {
+    let pg = cluster();
+    let name = format!("t_{:016x}", rand::random::<u64>());
+    arcana::postgres::execute_script(&pg.url("postgres"), &format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let url = pg.url(&name);
+    arcana::postgres::execute_script(&url, DEMO_SCHEMA)
+        .await
+        .unwrap();
+    url
+}
+
+#[derive(Clone)]
+pub struct Bearer(pub String);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        if !self.0.is_empty() {
+            req.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {}", self.0).parse().unwrap(),
+            );
+        }
+        Ok(req)
+    }
+}
+
+pub type Client = ArcanaServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub struct Harness {
+    pub app: Option<App>,
+    pub db_url: String,
+    pub config: Config,
+}
+
+impl Harness {
+    pub async fn start() -> Harness {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(f: impl FnOnce(&mut Config)) -> Harness {
+        let db_url = fresh_database().await;
+        let mut config = Config::parse(DEMO_CONFIG).unwrap();
+        f(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = App::start(&config, &db_url, listener).await.unwrap();
+        Harness {
+            app: Some(app),
+            db_url,
+            config,
+        }
+    }
+
+    pub fn app(&self) -> &App {
+        self.app.as_ref().unwrap()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.app().addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn client(&self, token: &str) -> Client {
+        ArcanaServiceClient::with_interceptor(self.channel().await, Bearer(token.into()))
+    }
+
+    pub async fn live(&self, token: &str) -> Live {
+        Live::connect(self.client(token).await).await.unwrap()
+    }
+
+    /// Runs SQL on the test database from a plain connection.
+    pub async fn sql(&self, q: &str) {
+        arcana::postgres::execute_script(&self.db_url, q)
+            .await
+            .unwrap();
+    }
+
+    pub async fn query_i64(&self, q: &str) -> i64 {
+        let (c, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.query_one(q, &[]).await.unwrap().get(0)
+    }
+
+    /// Tells the engine about changes, as a trusted service would.
+    pub async fn notify(&self, table: &str, id: &str, columns: &[&str]) {
+        let mut c = self.client("dev-service").await;
+        c.notify(pb::NotifyRequest {
+            changes: vec![pb::Change {
+                table: table.into(),
+                id: id.into(),
+                columns: columns.iter().map(|s| s.to_string()).collect(),
+            }],
+        })
+        .await
+        .unwrap();
+    }
+
+    /// What a new subscriber would get right now.
+    pub async fn fresh(
+        &self,
+        token: &str,
+        graph: &str,
+        params: HashMap<String, pb::Value>,
+    ) -> ViewState {
+        let mut l = self.live(token).await;
+        let r = l.subscribe(graph, params).await.unwrap();
+        l.views.remove(&r.view_id).unwrap()
+    }
+}
+
+pub fn int(i: i64) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::Int(i)),
+    }
+}
+
+pub fn text(s: &str) -> pb::Value {
+    pb::Value {
+        kind: Some(pb::value::Kind::String(s.into())),
+    }
+}
+
+pub fn params(pairs: &[(&str, pb::Value)]) -> HashMap<String, pb::Value> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
+}
+
+/// A session over the bidirectional `Connect` call that applies every frame
+/// it reads to per-view state.
+pub struct Live {
+    tx: mpsc::Sender<pb::ClientMessage>,
+    rx: Streaming<pb::ServerMessage>,
+    next_id: u64,
+    pub session_id: String,
+    pub views: HashMap<String, ViewState>,
+    /// Every frame received, in order.
+    pub frames: Vec<pb::ViewFrame>,
+    /// Replies read while waiting for something else.
+    replies: HashMap<u64, pb::Reply>,
+}
+
+impl Live {
+    pub async fn connect(mut client: Client) -> Result<Live, Status> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut stream = client.connect(ReceiverStream::new(rx)).await?.into_inner();
+        let first = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("opened in time")?;
+        let session_id = match first.and_then(|m| m.kind) {
+            Some(Msg::Opened(o)) => o.session_id,
+            other => panic!("expected `opened` first, got {other:?}"),
+        };
+        Ok(Live {
+            tx,
+            rx: stream,
+            next_id: 0,
+            session_id,
+            views: HashMap::new(),
+            frames: Vec::new(),
+            replies: HashMap::new(),
+        })
+    }
+
+    /// Reads one message; frames are applied, replies stored.
+    pub async fn read_one(&mut self) -> Result<(), Status> {
+        let msg = tokio::time::timeout(WAIT, self.rx.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("test wait"))??;
+        match msg.and_then(|m| m.kind) {
+            Some(Msg::Frame(f)) => {
+                let v = self.views.entry(f.view_id.clone()).or_default();
+                v.apply(&f)
+                    .unwrap_or_else(|e| panic!("applying frame of {}: {e}", f.view_id));
+                self.frames.push(f);
+            }
+            Some(Msg::Reply(r)) => {
+                self.replies.insert(r.request_id, r);
+            }
+            Some(Msg::Opened(_)) => panic!("second `opened`"),
+            None => return Err(Status::aborted("stream ended")),
+        }
+        Ok(())
+    }
+
+    pub async fn send(&mut self, kind: Req) -> u64 {
+        self.next_id += 1;
+        self.tx
+            .send(pb::ClientMessage {
+                request_id: self.next_id,
+                kind: Some(kind),
+            })
+            .await
+            .expect("stream open");
+        self.next_id
+    }
+
+    /// Sends a request and reads until its reply arrives.
+    pub async fn request(&mut self, kind: Req) -> Result<pb::reply::Result, pb::Error> {
+        let id = self.send(kind).await;
+        loop {
+            if let Some(r) = self.replies.remove(&id) {
+                return match r.result.expect("reply has a result") {
+                    pb::reply::Result::Error(e) => Err(e),
+                    ok => Ok(ok),
+                };
+            }
+            self.read_one().await.expect("stream alive");
+        }
+    }
+
+    pub async fn subscribe(
+        &mut self,
+        graph: &str,
+        params: HashMap<String, pb::Value>,
+    ) -> Result<pb::SubscribeResponse, pb::Error> {
+        let r = self
+            .request(Req::Subscribe(pb::SubscribeRequest {
+                graph: graph.into(),
+                params,
+                session_id: String::new(),
+            }))
+            .await?;
+        let pb::reply::Result::Subscribe(s) = r else {
+            panic!("wrong reply {r:?}")
+        };
+        self.wait_version(&s.view_id, s.version).await;
+        Ok(s)
+    }
+
+    pub async fn unsubscribe(&mut self, view_id: &str) -> Result<(), pb::Error> {
+        self.request(Req::Unsubscribe(pb::UnsubscribeRequest {
+            view_id: view_id.into(),
+            session_id: String::new(),
+        }))
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn mutate(
+        &mut self,
+        name: &str,
+        params: HashMap<String, pb::Value>,
+    ) -> Result<pb::MutateResponse, pb::Error> {
+        match self
+            .request(Req::Mutate(pb::MutateRequest {
+                mutation: name.into(),
+                params,
+            }))
+            .await?
+        {
+            pb::reply::Result::Mutate(m) => Ok(m),
+            other => panic!("wrong reply {other:?}"),
+        }
+    }
+
+    pub async fn sync(&mut self, views: Vec<pb::SyncView>) -> pb::SyncResponse {
+        match self
+            .request(Req::Sync(pb::SyncRequest {
+                views,
+                session_id: String::new(),
+            }))
+            .await
+            .expect("sync")
+        {
+            pb::reply::Result::Sync(s) => s,
+            other => panic!("wrong reply {other:?}"),
+        }
+    }
+
+    /// A round trip: every frame queued before it has been applied after it.
+    pub async fn ping(&mut self) {
+        self.request(Req::Ping(pb::PingRequest {}))
+            .await
+            .expect("ping");
+    }
+
+    /// Reads until `view_id` is at `version` or later.
+    pub async fn wait_version(&mut self, view_id: &str, version: u64) {
+        while self.views.get(view_id).is_none_or(|v| v.version < version) {
+            self.read_one().await.expect("stream alive");
+        }
+    }
+
+    pub fn view(&self, view_id: &str) -> &ViewState {
+        self.views.get(view_id).expect("view present")
+    }
+}

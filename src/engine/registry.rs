@@ -201,13 +201,16 @@ impl MutationDef {
     }
 }
 
+/// A graph reading a table, with the columns it reads (`None`: all).
+type TableReader = (Arc<str>, Option<BTreeSet<String>>);
+
 /// All graphs and mutations, with the indexes built once at registration.
 #[derive(Default)]
 pub struct Registry {
     graphs: BTreeMap<String, Arc<GraphDef>>,
     mutations: BTreeMap<String, Arc<MutationDef>>,
     /// table -> (graph, columns or None for all)
-    by_table: HashMap<String, Vec<(Arc<str>, Option<BTreeSet<String>>)>>,
+    by_table: HashMap<String, Vec<TableReader>>,
 }
 
 impl Registry {

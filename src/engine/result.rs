@@ -59,6 +59,9 @@ impl Ref {
     }
 }
 
+/// A result reduced to what a view holds: refs, the rows they reach, the total.
+pub type ViewContent = (Vec<Ref>, HashMap<RowKey, Fields>, Option<i64>);
+
 /// The output of one evaluation of a graph.
 #[derive(Clone, Debug, Default)]
 pub struct GraphResult {
@@ -90,9 +93,7 @@ impl GraphResult {
 
     /// Checks that every referenced row is present, and returns the rows the
     /// refs reach (rows no ref reaches are not part of the view).
-    pub fn referenced_rows(
-        mut self,
-    ) -> Result<(Vec<Ref>, HashMap<RowKey, Fields>, Option<i64>), EvalError> {
+    pub fn referenced_rows(mut self) -> Result<ViewContent, EvalError> {
         let mut used = HashMap::with_capacity(self.rows.len());
         let mut missing = None;
         for r in &self.refs {

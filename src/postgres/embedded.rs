@@ -15,21 +15,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Options for [`EmbeddedPostgres::start`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EmbeddedOptions {
     /// Trade durability for speed (fsync off); for tests.
     pub fast: bool,
     /// Extra `-c name=value` settings.
     pub settings: Vec<(String, String)>,
-}
-
-impl Default for EmbeddedOptions {
-    fn default() -> Self {
-        EmbeddedOptions {
-            fast: false,
-            settings: Vec::new(),
-        }
-    }
 }
 
 /// A running throwaway cluster.

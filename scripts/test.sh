@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test: formatting and lints, the Rust unit and end-to-end tests
+# (real PostgreSQL, real gRPC), the grpcurl smoke test, and each client's
+# tests against the real server. Installs what a fresh machine lacks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v grpcurl >/dev/null && [ ! -x "$(go env GOPATH)/bin/grpcurl" ]; then
+  echo "installing grpcurl"
+  go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
+fi
+
+cargo fmt --all -- --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo build --locked --bin arcana
+cargo test --locked
+bash scripts/grpcurl-smoke.sh
+for client in clients/go clients/ts; do
+  if [ -f "$client/test.sh" ]; then
+    echo "== $client"
+    bash "$client/test.sh"
+  fi
+done
+echo "all tests passed"

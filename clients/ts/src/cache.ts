@@ -1,0 +1,140 @@
+// The normalized row cache shared by every view of a client.
+import type { FieldValue } from "./values.js";
+
+/** A row's fields, decoded. Replaced (never mutated) when the row changes. */
+export type Fields = Readonly<Record<string, FieldValue>>;
+
+/** One field step of a row patch, already decoded. */
+export interface FieldStep {
+  op: "add" | "remove" | "replace";
+  field: string;
+  value?: FieldValue;
+}
+
+interface Entry {
+  fields: Fields;
+  /** How many views reach this row. */
+  holders: number;
+}
+
+/** The cache key of a row. */
+export function rowKey(table: string, id: string): string {
+  return `${table}\u0000${id}`;
+}
+
+/** Splits a cache key into table and id. */
+export function splitKey(key: string): { table: string; id: string } {
+  const i = key.indexOf("\u0000");
+  return { table: key.slice(0, i), id: key.slice(i + 1) };
+}
+
+/**
+ * Rows by (table, id). A row stays while at least one view reaches it
+ * (reference counted by the views) and is dropped when the last one lets go.
+ * Views that select different columns of one table share the row: fields
+ * they deliver are merged.
+ */
+export class RowCache {
+  private readonly rows = new Map<string, Entry>();
+  private readonly listeners = new Set<(keys: ReadonlySet<string>) => void>();
+
+  /** Number of rows held. */
+  get size(): number {
+    return this.rows.size;
+  }
+
+  /** A row's fields, if some view holds it. */
+  get(table: string, id: string): Fields | undefined {
+    return this.rows.get(rowKey(table, id))?.fields;
+  }
+
+  /** A row by cache key. */
+  getByKey(key: string): Fields | undefined {
+    return this.rows.get(key)?.fields;
+  }
+
+  /** How many views reach a row (0 when absent). */
+  holders(table: string, id: string): number {
+    return this.rows.get(rowKey(table, id))?.holders ?? 0;
+  }
+
+  /** All cache keys held. */
+  keys(): IterableIterator<string> {
+    return this.rows.keys();
+  }
+
+  /** Calls `fn` with the keys of rows whose fields changed, after each frame. */
+  onChange(fn: (keys: ReadonlySet<string>) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  /** Writes a full row as a view delivered it, merging with fields held already. */
+  put(key: string, fields: Record<string, FieldValue>, changed: Set<string>): void {
+    const e = this.rows.get(key);
+    if (!e) {
+      this.rows.set(key, { fields: Object.freeze({ ...fields }), holders: 0 });
+      changed.add(key);
+      return;
+    }
+    let same = true;
+    for (const [k, v] of Object.entries(fields)) {
+      if (!sameValue(e.fields[k], v)) {
+        same = false;
+        break;
+      }
+    }
+    if (same) return;
+    e.fields = Object.freeze({ ...e.fields, ...fields });
+    changed.add(key);
+  }
+
+  /** Applies field steps to a held row; false if the row is not held. */
+  patch(key: string, steps: readonly FieldStep[], changed: Set<string>): boolean {
+    const e = this.rows.get(key);
+    if (!e) return false;
+    const next: Record<string, FieldValue> = { ...e.fields };
+    for (const s of steps) {
+      if (s.op === "remove") delete next[s.field];
+      else next[s.field] = s.value ?? null;
+    }
+    e.fields = Object.freeze(next);
+    changed.add(key);
+    return true;
+  }
+
+  /** Counts one more view reaching `key`. */
+  retain(key: string): void {
+    const e = this.rows.get(key);
+    if (e) e.holders++;
+  }
+
+  /** Counts one view fewer reaching `key`; drops the row at zero. */
+  release(key: string): void {
+    const e = this.rows.get(key);
+    if (!e) return;
+    e.holders--;
+    if (e.holders <= 0) this.rows.delete(key);
+  }
+
+  /** Drops rows written by a frame that no view ended up reaching. */
+  sweep(keys: Iterable<string>): void {
+    for (const k of keys) {
+      const e = this.rows.get(k);
+      if (e && e.holders <= 0) this.rows.delete(k);
+    }
+  }
+
+  /** @internal */
+  emit(changed: ReadonlySet<string>): void {
+    if (changed.size === 0) return;
+    for (const fn of [...this.listeners]) fn(changed);
+  }
+}
+
+function sameValue(a: FieldValue | undefined, b: FieldValue): boolean {
+  if (a === b) return true;
+  if (a instanceof Date && b instanceof Date) return a.getTime() === b.getTime();
+  if (typeof a === "object" || typeof b === "object") return false; // json, bytes: assume changed
+  return false;
+}

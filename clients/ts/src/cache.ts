@@ -36,7 +36,7 @@ export function splitKey(key: string): { table: string; id: string } {
  */
 export class RowCache {
   private readonly rows = new Map<string, Entry>();
-  private readonly listeners = new Set<(keys: ReadonlySet<string>) => void>();
+  private readonly listeners = new Set<(keys: ReadonlySet<string>, source: unknown) => void>();
 
   /** Number of rows held. */
   get size(): number {
@@ -64,7 +64,7 @@ export class RowCache {
   }
 
   /** Calls `fn` with the keys of rows whose fields changed, after each frame. */
-  onChange(fn: (keys: ReadonlySet<string>) => void): () => void {
+  onChange(fn: (keys: ReadonlySet<string>, source: unknown) => void): () => void {
     this.listeners.add(fn);
     return () => this.listeners.delete(fn);
   }
@@ -126,9 +126,9 @@ export class RowCache {
   }
 
   /** @internal */
-  emit(changed: ReadonlySet<string>): void {
+  emit(changed: ReadonlySet<string>, source: unknown): void {
     if (changed.size === 0) return;
-    for (const fn of [...this.listeners]) fn(changed);
+    for (const fn of [...this.listeners]) fn(changed, source);
   }
 }
 

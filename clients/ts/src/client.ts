@@ -1,0 +1,476 @@
+// The reactive client: views over a shared row cache, kept live across reconnects.
+import { create } from "@bufbuild/protobuf";
+import { type Transport, createClient } from "@connectrpc/connect";
+import type { DescribeResponse } from "./gen/arcana/v1/describe_pb.js";
+import type { Change } from "./gen/arcana/v1/value_pb.js";
+import {
+  ArcanaService,
+  type SyncResult,
+  SyncMode,
+  SyncViewSchema,
+} from "./gen/arcana/v1/service_pb.js";
+import type { ViewFrame } from "./gen/arcana/v1/view_pb.js";
+import { RowCache } from "./cache.js";
+import { ArcanaError, Code, isRetryable } from "./errors.js";
+import { type Session, type SessionMode, type TokenSource, authHeaders, openSession } from "./session.js";
+import { type DecodeOptions, type FieldValue, type Params, fromFields, stringifyJson, toParams, toValue } from "./values.js";
+import { type Item, LiveView, type SyncInfo, type ViewHost } from "./view.js";
+
+/** Where the client's connection stands. */
+export type ClientStatus = "idle" | "connecting" | "open" | "reconnecting" | "failed" | "closed";
+
+export interface BackoffOptions {
+  /** First delay, in ms (default 200). */
+  initialMs?: number;
+  /** Longest delay, in ms (default 10000). */
+  maxMs?: number;
+  /** Growth per failed attempt (default 2). */
+  factor?: number;
+}
+
+export interface ClientOptions {
+  /** A Connect transport: gRPC (HTTP/2) for "bidi", gRPC or grpc-web for "stream". */
+  transport: Transport;
+  /** "bidi": one Connect stream; "stream": OpenSession plus unary calls (grpc-web). */
+  session: SessionMode;
+  /** Bearer token, or a function returning one (called for every connection and call). */
+  token?: TokenSource;
+  backoff?: BackoffOptions;
+  /** Bidi only: app-level ping interval in ms (default 15000; 0 disables). */
+  pingIntervalMs?: number;
+  /** How values are decoded. */
+  decode?: DecodeOptions;
+}
+
+/** The result of a mutation. */
+export interface MutationResult<D = Record<string, FieldValue>> {
+  /** The first row the mutation returned, decoded ({} when none). */
+  data: D;
+  /** The changes the server fed into invalidation. */
+  changes: Change[];
+}
+
+/** Frames for view ids not (yet) known are kept this long, for the unary subscribe race. */
+const ORPHAN_TTL_MS = 30_000;
+const ORPHAN_MAX = 1000;
+
+function viewKey(graph: string, params: Params): string {
+  const entries = Object.entries(params)
+    .filter(([, v]) => v !== undefined)
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([k, v]) => [k, describeParam(v)]);
+  return `${graph}\u0000${JSON.stringify(entries)}`;
+}
+
+function describeParam(v: unknown): string {
+  const value = toValue(v as never);
+  const k = value.kind;
+  switch (k.case) {
+    case "int":
+    case "bytes":
+      return `${k.case}:${String(k.value)}`;
+    case "timestamp":
+      return `ts:${k.value.seconds}.${k.value.nanos}`;
+    case undefined:
+      return "none";
+    default:
+      return `${k.case}:${typeof k.value === "string" ? k.value : stringifyJson(k.value as never)}`;
+  }
+}
+
+/**
+ * A reactive Arcana client. Views share one normalized row cache; the client
+ * opens a session lazily, reconnects with backoff when it drops, and brings
+ * every view back with Sync (catch-up diffs or a snapshot).
+ */
+export class ArcanaClient {
+  /** Rows of every open view, by table and id. */
+  readonly cache = new RowCache();
+  private readonly views = new Map<string, LiveView<any>>();
+  /** Views by server view id; two param spellings may name one server view. */
+  private readonly byId = new Map<string, Set<LiveView<any>>>();
+  private orphans: { frame: ViewFrame; at: number }[] = [];
+  private session: Session | undefined;
+  private connecting: Promise<Session> | undefined;
+  private _status: ClientStatus = "idle";
+  private _error: ArcanaError | undefined;
+  private attempt = 0;
+  private retryTimer: ReturnType<typeof setTimeout> | undefined;
+  private readonly statusListeners = new Set<(s: ClientStatus, e?: ArcanaError) => void>();
+  private readonly host: ViewHost;
+  private readonly rpc;
+  private generation = 0;
+
+  constructor(private readonly opts: ClientOptions) {
+    this.rpc = createClient(ArcanaService, opts.transport);
+    const decode = opts.decode ?? {};
+    this.host = {
+      cache: this.cache,
+      decode,
+      release: (v) => this.release(v),
+      resync: (v) => this.resync(v),
+    };
+    this.cache.onChange((keys, source) => {
+      for (const v of this.views.values()) if (v !== source) v.rowsChanged(keys);
+    });
+  }
+
+  /** The connection's state. */
+  get status(): ClientStatus {
+    return this._status;
+  }
+
+  /** The error behind the last failed connection attempt, if any. */
+  get lastError(): ArcanaError | undefined {
+    return this._error;
+  }
+
+  /** The identity and id of the current session, when open. */
+  get sessionInfo() {
+    return this.session?.info;
+  }
+
+  /** Calls `fn` on every status change. */
+  onStatus(fn: (s: ClientStatus, error?: ArcanaError) => void): () => void {
+    this.statusListeners.add(fn);
+    return () => this.statusListeners.delete(fn);
+  }
+
+  /**
+   * A live view of `graph` with `params`. Views with equal graph and params
+   * are shared; balance each call with `view.close()`.
+   */
+  view<T = Item>(graph: string, params: Params = {}): LiveView<T> {
+    if (this._status === "closed") throw new ArcanaError(Code.CANCELLED, "the client is closed");
+    const key = viewKey(graph, params);
+    let v = this.views.get(key) as LiveView<T> | undefined;
+    if (v && v.status !== "failed") {
+      v.handles++;
+      return v;
+    }
+    v = new LiveView<T>(graph, { ...params }, key, this.host);
+    v.handles = 1;
+    this.views.set(key, v);
+    if (this._status === "failed") {
+      v.setStatus("failed", this._error);
+    } else if (this.session) {
+      void this.subscribeView(v, this.session);
+    } else {
+      void this.ensureSession().catch(() => {});
+    }
+    return v;
+  }
+
+  /**
+   * Runs a mutation. With a bidi session it goes over the session, so the
+   * promise resolves after the frames it caused were applied; otherwise it is
+   * a unary call.
+   */
+  async mutate<D = Record<string, FieldValue>>(mutation: string, params: Params = {}): Promise<MutationResult<D>> {
+    const p = toParams(params);
+    let res;
+    if (this.opts.session === "bidi") {
+      const s = await this.ensureSession();
+      res = await s.mutate(mutation, p);
+    } else {
+      try {
+        res = await this.rpc.mutate({ mutation, params: p }, { headers: await authHeaders(this.opts.token) });
+      } catch (err) {
+        throw ArcanaError.from(err);
+      }
+    }
+    return { data: fromFields(res.data, this.opts.decode) as D, changes: res.changes };
+  }
+
+  /** The server's registry: graphs, mutations and tables. */
+  async describe(): Promise<DescribeResponse> {
+    try {
+      return await this.rpc.describe({}, { headers: await authHeaders(this.opts.token) });
+    } catch (err) {
+      throw ArcanaError.from(err);
+    }
+  }
+
+  /** Opens the session now (it otherwise opens with the first view or mutation). */
+  connect(): Promise<void> {
+    return this.ensureSession().then(() => undefined);
+  }
+
+  /**
+   * Drops the current session as if the network had failed; the client
+   * reconnects and syncs. Useful to test recovery, or after a network change.
+   */
+  dropSession(): void {
+    const s = this.session;
+    if (!s) return;
+    s.close();
+    this.sessionLost(s, new ArcanaError(Code.UNAVAILABLE, "session dropped by the client"));
+  }
+
+  /** After a "failed" status (say, a bad token was replaced): try again. */
+  retry(): void {
+    if (this._status !== "failed") return;
+    this._error = undefined;
+    this.setStatus("idle");
+    this.attempt = 0;
+    void this.ensureSession().catch(() => {});
+  }
+
+  /** Closes every view and the session. */
+  close(): void {
+    if (this._status === "closed") return;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.generation++;
+    const s = this.session;
+    this.session = undefined;
+    s?.close();
+    for (const v of this.views.values()) {
+      v.dropRows();
+      v.setStatus("closed");
+    }
+    this.views.clear();
+    this.byId.clear();
+    this.orphans = [];
+    this.setStatus("closed");
+  }
+
+  // ---- sessions -------------------------------------------------------------
+
+  private setStatus(s: ClientStatus, error?: ArcanaError): void {
+    if (s === this._status) return;
+    this._status = s;
+    for (const fn of [...this.statusListeners]) fn(s, error);
+  }
+
+  private ensureSession(): Promise<Session> {
+    if (this.session) return Promise.resolve(this.session);
+    if (this._status === "closed") return Promise.reject(new ArcanaError(Code.CANCELLED, "the client is closed"));
+    if (this._status === "failed") return Promise.reject(this._error);
+    if (!this.connecting) {
+      this.connecting = this.openNow().finally(() => (this.connecting = undefined));
+    }
+    return this.connecting;
+  }
+
+  private async openNow(): Promise<Session> {
+    if (this.retryTimer) {
+      clearTimeout(this.retryTimer);
+      this.retryTimer = undefined;
+    }
+    const gen = this.generation;
+    this.setStatus(this.attempt === 0 && this._status === "idle" ? "connecting" : "reconnecting");
+    let s: Session;
+    try {
+      s = await openSession(
+        this.opts.session,
+        { transport: this.opts.transport, token: this.opts.token, pingIntervalMs: this.opts.pingIntervalMs },
+        {
+          onFrame: (f) => {
+            if (this.session === s) this.onFrame(f);
+          },
+          onClose: (e) => this.sessionLost(s, e),
+        },
+      );
+    } catch (err) {
+      const e = ArcanaError.from(err);
+      this._error = e;
+      if (gen !== this.generation) throw e;
+      if (isRetryable(e)) this.scheduleRetry();
+      else this.fail(e);
+      throw e;
+    }
+    if (gen !== this.generation || this._status === "closed") {
+      s.close();
+      throw new ArcanaError(Code.CANCELLED, "the client is closed");
+    }
+    this.session = s;
+    this.attempt = 0;
+    this._error = undefined;
+    this.setStatus("open");
+    void this.restore(s);
+    return s;
+  }
+
+  private fail(e: ArcanaError): void {
+    this.setStatus("failed", e);
+    for (const v of this.views.values()) {
+      if (v.status !== "closed") v.setStatus("failed", e);
+    }
+  }
+
+  private scheduleRetry(): void {
+    if (this.retryTimer || this._status === "closed") return;
+    const b = this.opts.backoff ?? {};
+    const base = Math.min(b.maxMs ?? 10_000, (b.initialMs ?? 200) * (b.factor ?? 2) ** this.attempt);
+    const delay = base / 2 + (Math.random() * base) / 2;
+    this.attempt++;
+    this.setStatus("reconnecting", this._error);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      if (this.session || this._status === "closed") return;
+      void this.ensureSession().catch(() => {});
+    }, delay);
+  }
+
+  private sessionLost(s: Session, e: ArcanaError): void {
+    if (this.session !== s) return;
+    this.session = undefined;
+    this._error = e;
+    for (const v of this.views.values()) if (v.status === "live") v.setStatus("stale");
+    if (isRetryable(e)) this.scheduleRetry();
+    else this.fail(e);
+  }
+
+  /** On a new session: Sync the views that had state, subscribe the others. */
+  private async restore(s: Session): Promise<void> {
+    const held: LiveView<any>[] = [];
+    const fresh: LiveView<any>[] = [];
+    for (const v of this.views.values()) {
+      if (v.status === "closed" || v.status === "failed") continue;
+      if (v.epoch !== undefined && v.id) held.push(v);
+      else fresh.push(v);
+    }
+    for (const v of fresh) void this.subscribeView(v, s);
+    if (held.length === 0) return;
+    for (const v of held) v.resyncing = true;
+    try {
+      const res = await s.sync(held.map((v) => this.syncView(v)));
+      res.results.forEach((r, i) => this.onSyncResult(held[i]!, r));
+    } catch (err) {
+      // The session failed meanwhile; the next one retries.
+      for (const v of held) v.resyncing = false;
+      if (this.session === s) this.dropSession();
+      void err;
+    }
+  }
+
+  private syncView(v: LiveView<any>) {
+    return create(SyncViewSchema, {
+      graph: v.graph,
+      params: toParams(v.params),
+      epoch: v.epoch ?? 0n,
+      version: v.version,
+    });
+  }
+
+  private onSyncResult(v: LiveView<any>, r: SyncResult): void {
+    v.resyncing = false;
+    if (r.error) {
+      this.failView(v, new ArcanaError(r.error.code, r.error.message));
+      return;
+    }
+    const mode = r.mode === SyncMode.CATCH_UP ? "catch_up" : r.mode === SyncMode.SNAPSHOT ? "snapshot" : "current";
+    const info: SyncInfo = { mode, epoch: r.epoch, version: r.version, frames: r.frames };
+    v.lastSync = info;
+    if (r.viewId && r.viewId !== v.id) this.bind(v, r.viewId);
+    if (mode === "current" && v.status === "stale") v.setStatus("live");
+    this.drainOrphans(v);
+    v.changed();
+  }
+
+  private async subscribeView(v: LiveView<any>, s: Session): Promise<void> {
+    try {
+      const r = await s.subscribe(v.graph, toParams(v.params));
+      if (v.status === "closed") {
+        if (!this.byId.has(r.viewId)) void s.unsubscribe(r.viewId).catch(() => {});
+        return;
+      }
+      this.bind(v, r.viewId);
+      this.drainOrphans(v);
+      // Another view already held this server view and may have taken the
+      // snapshot meant for this one: ask for a fresh one.
+      const peers = this.byId.get(r.viewId);
+      if (v.epoch === undefined && peers && [...peers].some((p) => p !== v && p.epoch !== undefined)) {
+        this.resync(v);
+      }
+    } catch (err) {
+      const e = ArcanaError.from(err);
+      if (this.session !== s || e.code === Code.UNAVAILABLE || e.code === Code.CANCELLED) {
+        return; // the session is gone: the next one subscribes again
+      }
+      this.failView(v, e);
+    }
+  }
+
+  private bind(v: LiveView<any>, id: string): void {
+    if (v.id === id) return;
+    this.unbind(v);
+    v.id = id;
+    let set = this.byId.get(id);
+    if (!set) this.byId.set(id, (set = new Set()));
+    set.add(v);
+  }
+
+  /** Forgets a view's id; true when no other view uses it any more. */
+  private unbind(v: LiveView<any>): boolean {
+    if (!v.id) return false;
+    const set = this.byId.get(v.id);
+    if (!set || !set.delete(v)) return false;
+    if (set.size > 0) return false;
+    this.byId.delete(v.id);
+    return true;
+  }
+
+  private failView(v: LiveView<any>, e: ArcanaError): void {
+    this.unbind(v);
+    this.views.delete(v.key);
+    v.dropRows();
+    v.setStatus("failed", e);
+  }
+
+  private release(v: LiveView<any>): void {
+    v.handles--;
+    if (v.handles > 0) return;
+    if (this.views.get(v.key) === v) this.views.delete(v.key);
+    if (v.id && this.unbind(v)) {
+      const s = this.session;
+      if (s) void s.unsubscribe(v.id).catch(() => {});
+    }
+    v.dropRows();
+    v.setStatus("closed");
+  }
+
+  /** Brings a view that missed frames back in line, on the same session. */
+  private resync(v: LiveView<any>): void {
+    const s = this.session;
+    if (!s || v.resyncing) return;
+    v.resyncing = true;
+    s.sync([this.syncView(v)]).then(
+      (res) => {
+        const r = res.results[0];
+        if (r) this.onSyncResult(v, r);
+        else v.resyncing = false;
+      },
+      () => {
+        v.resyncing = false;
+      },
+    );
+  }
+
+  // ---- frames ---------------------------------------------------------------
+
+  private onFrame(f: ViewFrame): void {
+    const views = this.byId.get(f.viewId);
+    if (!views) {
+      const now = Date.now();
+      this.orphans = this.orphans.filter((o) => now - o.at < ORPHAN_TTL_MS);
+      if (this.orphans.length >= ORPHAN_MAX) this.orphans.shift();
+      this.orphans.push({ frame: f, at: now });
+      return;
+    }
+    for (const v of [...views]) this.applyFrame(v, f);
+  }
+
+  private applyFrame(v: LiveView<any>, f: ViewFrame): void {
+    const r = v.apply(f);
+    if (r === "gap" && !v.resyncing) this.resync(v);
+  }
+
+  private drainOrphans(v: LiveView<any>): void {
+    if (!v.id || this.orphans.length === 0) return;
+    const mine = this.orphans.filter((o) => o.frame.viewId === v.id);
+    if (mine.length === 0) return;
+    this.orphans = this.orphans.filter((o) => o.frame.viewId !== v.id);
+    for (const o of mine) this.applyFrame(v, o.frame);
+  }
+}

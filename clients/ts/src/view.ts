@@ -1,0 +1,436 @@
+// Live views: the state of one subscription, kept up to date by frames.
+import type { Ref, RowPatch } from "./gen/arcana/v1/value_pb.js";
+import { PatchOp } from "./gen/arcana/v1/value_pb.js";
+import type { ViewFrame } from "./gen/arcana/v1/view_pb.js";
+import { type FieldStep, type Fields, type RowCache, rowKey } from "./cache.js";
+import { ArcanaError } from "./errors.js";
+import { type DecodeOptions, type FieldValue, type Params, fromFields, fromValue } from "./values.js";
+
+/** A row of a view: its fields, plus one property per nested reference. */
+export type Item = { readonly [field: string]: FieldValue | Item | undefined };
+
+/** Where a view stands. */
+export type ViewStatus =
+  /** Waiting for the first snapshot. */
+  | "loading"
+  /** Up to date with the server. */
+  | "live"
+  /** Showing the last state seen while the connection is re-established. */
+  | "stale"
+  /** The subscription was refused or cannot be restored; see `error`. */
+  | "failed"
+  /** Closed by the caller. */
+  | "closed";
+
+/** How a view was restored after a reconnect. */
+export interface SyncInfo {
+  mode: "catch_up" | "snapshot" | "current";
+  epoch: bigint;
+  version: bigint;
+  /** Number of diff frames the server replayed (catch-up only). */
+  frames: number;
+}
+
+/** An immutable picture of a view; a new object after every change. */
+export interface ViewSnapshot<T = Item> {
+  readonly items: readonly T[];
+  readonly total: bigint | undefined;
+  readonly status: ViewStatus;
+  /** The last error: a failed subscription, or an error frame (data kept). */
+  readonly error: ArcanaError | undefined;
+  readonly epoch: bigint | undefined;
+  readonly version: bigint;
+}
+
+/** The outcome of applying a frame. */
+export type Applied = "applied" | "stale" | "gap" | "error";
+
+interface Memo {
+  row: Fields | undefined;
+  nested: Item[];
+  item: Item;
+}
+
+/** @internal The hooks a view uses to talk to its client. */
+export interface ViewHost {
+  readonly cache: RowCache;
+  readonly decode: DecodeOptions;
+  release(view: LiveView<any>): void;
+  /** Asks the server to bring the view back in line (after a gap). */
+  resync(view: LiveView<any>): void;
+}
+
+/**
+ * A live view of one graph with one set of params. Shared: every
+ * `client.view()` call with the same graph and params returns the same view,
+ * and each call must be balanced by a `close()`.
+ */
+export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
+  /** The view id, "<graph>/<params_hash>", once subscribed. */
+  id: string | undefined;
+  private _epoch: bigint | undefined;
+  private _version = 0n;
+  private _refs: Ref[] = [];
+  private _total: bigint | undefined;
+  private _reached = new Set<string>();
+  private _status: ViewStatus = "loading";
+  private _error: ArcanaError | undefined;
+  private _snapshot: ViewSnapshot<T> | undefined;
+  private _memo = new WeakMap<Ref, Memo>();
+  private readonly listeners = new Set<(s: ViewSnapshot<T>) => void>();
+  /** @internal Handles open on this view. */
+  handles = 0;
+  /** @internal The last sync outcome after a reconnect. */
+  lastSync: SyncInfo | undefined;
+  /** @internal Set while a resync request is in flight. */
+  resyncing = false;
+
+  constructor(
+    readonly graph: string,
+    readonly params: Params,
+    /** @internal */ readonly key: string,
+    private readonly host: ViewHost,
+  ) {}
+
+  get status(): ViewStatus {
+    return this._status;
+  }
+  get error(): ArcanaError | undefined {
+    return this._error;
+  }
+  get epoch(): bigint | undefined {
+    return this._epoch;
+  }
+  get version(): bigint {
+    return this._version;
+  }
+  get total(): bigint | undefined {
+    return this._total;
+  }
+  /** The top-level refs, in order. */
+  get refs(): readonly Ref[] {
+    return this._refs;
+  }
+  /** Cache keys of every row the view reaches (nested included). */
+  get reached(): ReadonlySet<string> {
+    return this._reached;
+  }
+  get items(): readonly T[] {
+    return this.snapshot.items;
+  }
+
+  /** The current state as an immutable object (stable until the next change). */
+  get snapshot(): ViewSnapshot<T> {
+    if (!this._snapshot) {
+      this._snapshot = Object.freeze({
+        items: Object.freeze(this._refs.map((r) => this.materialize(r) as T)),
+        total: this._total,
+        status: this._status,
+        error: this._error,
+        epoch: this._epoch,
+        version: this._version,
+      });
+    }
+    return this._snapshot;
+  }
+
+  /** Calls `fn` after every change; returns the function that stops it. */
+  subscribe(fn: (s: ViewSnapshot<T>) => void): () => void {
+    this.listeners.add(fn);
+    return () => {
+      this.listeners.delete(fn);
+    };
+  }
+
+  /** Resolves with the first snapshot; rejects if the subscription fails. */
+  ready(): Promise<ViewSnapshot<T>> {
+    return this.until((s) => s.epoch !== undefined);
+  }
+
+  /**
+   * Resolves with the first state `pred` accepts (the current one included).
+   * Rejects when the view fails or closes first, or after `timeoutMs`.
+   */
+  until(pred: (s: ViewSnapshot<T>) => boolean, timeoutMs?: number): Promise<ViewSnapshot<T>> {
+    return new Promise((resolve, reject) => {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const check = (s: ViewSnapshot<T>): boolean => {
+        if (pred(s)) {
+          resolve(s);
+          return true;
+        }
+        if (s.status === "failed") {
+          reject(s.error ?? new ArcanaError(2, "view failed"));
+          return true;
+        }
+        if (s.status === "closed") {
+          reject(new ArcanaError(1, `view ${this.graph} was closed`));
+          return true;
+        }
+        return false;
+      };
+      if (check(this.snapshot)) return;
+      const off = this.subscribe((s) => {
+        if (check(s)) {
+          off();
+          if (timer) clearTimeout(timer);
+        }
+      });
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          off();
+          reject(new ArcanaError(4, `view ${this.graph}: condition not met within ${timeoutMs} ms`));
+        }, timeoutMs);
+      }
+    });
+  }
+
+  /** Yields the current state, then every change (coalescing if the reader is slow). */
+  [Symbol.asyncIterator](): AsyncIterator<ViewSnapshot<T>> {
+    let latest: ViewSnapshot<T> | undefined = this.snapshot;
+    let wake: (() => void) | undefined;
+    let done = false;
+    const off = this.subscribe((s) => {
+      latest = s;
+      wake?.();
+    });
+    const finish = (): IteratorResult<ViewSnapshot<T>> => {
+      done = true;
+      off();
+      return { done: true, value: undefined };
+    };
+    return {
+      next: async () => {
+        for (;;) {
+          if (done) return { done: true, value: undefined };
+          if (latest) {
+            const s: ViewSnapshot<T> = latest;
+            latest = undefined;
+            if (s.status === "failed") {
+              finish();
+              throw s.error ?? new ArcanaError(2, "view failed");
+            }
+            if (s.status === "closed") return finish();
+            return { done: false, value: s };
+          }
+          await new Promise<void>((r) => (wake = r));
+          wake = undefined;
+        }
+      },
+      return: async () => finish(),
+    };
+  }
+
+  /** Lets go of this handle; the subscription ends when the last one closes. */
+  close(): void {
+    if (this._status === "closed" || this.handles <= 0) return;
+    this.host.release(this);
+  }
+
+  // ---- internal: driven by the client ------------------------------------
+
+  /** @internal */
+  setStatus(status: ViewStatus, error?: ArcanaError): void {
+    if (status === this._status && error === undefined) return;
+    this._status = status;
+    if (error !== undefined) this._error = error;
+    this.changed();
+  }
+
+  /** @internal Applies one frame for this view. */
+  apply(frame: ViewFrame): Applied {
+    const body = frame.body;
+    switch (body.case) {
+      case "snapshot": {
+        if (this._epoch === frame.epoch && frame.version < this._version) return "stale";
+        const s = body.value;
+        const changed = new Set<string>();
+        const written: string[] = [];
+        for (const row of s.rows) {
+          const k = rowKey(row.table, row.id);
+          this.host.cache.put(k, fromFields(row.fields, this.host.decode), changed);
+          written.push(k);
+        }
+        this._refs = s.refs;
+        this._total = s.total;
+        this.commit(frame, changed, written);
+        return "applied";
+      }
+      case "diff": {
+        if (this._epoch === frame.epoch && frame.version <= this._version) return "stale";
+        if (this._epoch !== frame.epoch || frame.prevVersion !== this._version) return "gap";
+        const d = body.value;
+        const refs = applyRefOps(this._refs, d.refs);
+        if (!refs) return "gap";
+        const steps = d.patches.map((p) => [rowKey(p.table, p.id), fieldSteps(p, this.host.decode)] as const);
+        const newRows = new Set(d.rows.map((r) => rowKey(r.table, r.id)));
+        for (const [k] of steps) {
+          if (!this.host.cache.getByKey(k) && !newRows.has(k)) return "gap";
+        }
+        const changed = new Set<string>();
+        const written: string[] = [];
+        for (const row of d.rows) {
+          const k = rowKey(row.table, row.id);
+          this.host.cache.put(k, fromFields(row.fields, this.host.decode), changed);
+          written.push(k);
+        }
+        for (const [k, st] of steps) this.host.cache.patch(k, st, changed);
+        this._refs = refs;
+        if (d.total !== undefined) this._total = d.total;
+        this.commit(frame, changed, written);
+        return "applied";
+      }
+      case "error": {
+        const e = body.value;
+        this._error = new ArcanaError(e.code, e.message);
+        this.changed();
+        return "error";
+      }
+      default:
+        return "stale";
+    }
+  }
+
+  private commit(frame: ViewFrame, changed: Set<string>, written: string[]): void {
+    const cache = this.host.cache;
+    const next = new Set<string>();
+    for (const r of this._refs) collectKeys(r, next);
+    for (const k of next) if (!this._reached.has(k)) cache.retain(k);
+    for (const k of this._reached) if (!next.has(k)) cache.release(k);
+    cache.sweep(written);
+    this._reached = next;
+    this._epoch = frame.epoch;
+    this._version = frame.version;
+    this._error = undefined;
+    if (this._status === "loading" || this._status === "stale") this._status = "live";
+    if (this.resyncing) this.resyncing = false;
+    // Other views reaching a changed row re-render too.
+    cache.emit(changed, this);
+    this.changed();
+  }
+
+  /** @internal Called when another view changed rows in the shared cache. */
+  rowsChanged(keys: ReadonlySet<string>): void {
+    for (const k of keys) {
+      if (this._reached.has(k)) {
+        this.changed();
+        return;
+      }
+    }
+  }
+
+  /** @internal Drops the view's rows from the cache (on close or failure). */
+  dropRows(): void {
+    for (const k of this._reached) this.host.cache.release(k);
+    this._reached = new Set();
+    this._refs = [];
+  }
+
+  /** @internal */
+  changed(): void {
+    this._snapshot = undefined;
+    if (this.listeners.size === 0) return;
+    const s = this.snapshot;
+    for (const fn of [...this.listeners]) {
+      try {
+        fn(s);
+      } catch (err) {
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+  }
+
+  private materialize(r: Ref): Item {
+    const row = this.host.cache.get(r.table, r.id);
+    const names = Object.keys(r.nested);
+    const nested = names.map((n) => this.materialize(r.nested[n]!));
+    const m = this._memo.get(r);
+    if (m && m.row === row && m.nested.every((x, i) => x === nested[i])) return m.item;
+    let item: Item;
+    if (names.length === 0 && row) {
+      item = row;
+    } else {
+      const o: Record<string, FieldValue | Item | undefined> = { ...(row ?? {}) };
+      names.forEach((n, i) => (o[n] = nested[i]));
+      item = Object.freeze(o);
+    }
+    this._memo.set(r, { row, nested, item });
+    return item;
+  }
+}
+
+function collectKeys(r: Ref, out: Set<string>): void {
+  out.add(rowKey(r.table, r.id));
+  for (const n of Object.values(r.nested)) collectKeys(n, out);
+}
+
+function index(path: string, len: number, allowEnd: boolean): number | undefined {
+  if (!path.startsWith("/")) return undefined;
+  const tok = path.slice(1);
+  const i = tok === "-" ? len : /^(0|[1-9]\d*)$/.test(tok) ? Number(tok) : NaN;
+  if (!Number.isInteger(i) || i > len || (!allowEnd && i === len)) return undefined;
+  return i;
+}
+
+/** Applies an RFC 6902 patch to a refs array; undefined when it does not fit. */
+export function applyRefOps(
+  refs: readonly Ref[],
+  ops: readonly { op: PatchOp; path: string; from: string; value?: Ref }[],
+): Ref[] | undefined {
+  const out = refs.slice();
+  for (const op of ops) {
+    switch (op.op) {
+      case PatchOp.ADD: {
+        const i = index(op.path, out.length, true);
+        if (i === undefined || !op.value) return undefined;
+        out.splice(i, 0, op.value);
+        break;
+      }
+      case PatchOp.REMOVE: {
+        const i = index(op.path, out.length, false);
+        if (i === undefined) return undefined;
+        out.splice(i, 1);
+        break;
+      }
+      case PatchOp.REPLACE: {
+        const i = index(op.path, out.length, false);
+        if (i === undefined || !op.value) return undefined;
+        out[i] = op.value;
+        break;
+      }
+      case PatchOp.MOVE: {
+        const from = index(op.from, out.length, false);
+        if (from === undefined) return undefined;
+        const [item] = out.splice(from, 1);
+        const to = index(op.path, out.length, true);
+        if (to === undefined) return undefined;
+        out.splice(to, 0, item!);
+        break;
+      }
+      default:
+        return undefined;
+    }
+  }
+  return out;
+}
+
+/** Decodes the RFC 6901 field pointer "/a~1b" to "a/b". */
+export function unescapeField(path: string): string {
+  return path.slice(1).replace(/~1/g, "/").replace(/~0/g, "~");
+}
+
+function fieldSteps(p: RowPatch, decode: DecodeOptions): FieldStep[] {
+  return p.ops.map((o) => {
+    const field = unescapeField(o.path);
+    switch (o.op) {
+      case PatchOp.REMOVE:
+        return { op: "remove", field };
+      case PatchOp.ADD:
+        return { op: "add", field, value: fromValue(o.value, decode) };
+      default:
+        return { op: "replace", field, value: fromValue(o.value, decode) };
+    }
+  });
+}

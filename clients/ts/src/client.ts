@@ -191,6 +191,21 @@ export class ArcanaClient {
     }
   }
 
+  /**
+   * Reports data changes written outside Arcana (needs the `arcana:notify`
+   * permission). No id means any row of the table; no columns, any column.
+   */
+  async notify(changes: { table: string; id?: string; columns?: string[] }[]): Promise<void> {
+    try {
+      await this.rpc.notify(
+        { changes: changes.map((c) => ({ table: c.table, id: c.id ?? "", columns: c.columns ?? [] })) },
+        { headers: await authHeaders(this.opts.token) },
+      );
+    } catch (err) {
+      throw ArcanaError.from(err);
+    }
+  }
+
   /** Opens the session now (it otherwise opens with the first view or mutation). */
   connect(): Promise<void> {
     return this.ensureSession().then(() => undefined);
@@ -363,9 +378,14 @@ export class ArcanaClient {
     const info: SyncInfo = { mode, epoch: r.epoch, version: r.version, frames: r.frames };
     v.lastSync = info;
     if (r.viewId && r.viewId !== v.id) this.bind(v, r.viewId);
-    if (mode === "current" && v.status === "stale") v.setStatus("live");
     this.drainOrphans(v);
-    v.changed();
+    // Caught up already (frames came first, or nothing was missed)? Then live;
+    // otherwise the frames still on their way make it live.
+    if (v.epoch === r.epoch && v.version >= r.version && (v.status === "stale" || v.status === "loading")) {
+      v.setStatus("live");
+    } else {
+      v.changed();
+    }
   }
 
   private async subscribeView(v: LiveView<any>, s: Session): Promise<void> {

@@ -302,8 +302,8 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     this._epoch = frame.epoch;
     this._version = frame.version;
     this._error = undefined;
-    if (this._status === "loading" || this._status === "stale") this._status = "live";
-    if (this.resyncing) this.resyncing = false;
+    // While a sync is in flight the view is live only once the reply confirms it.
+    if (!this.resyncing && (this._status === "loading" || this._status === "stale")) this._status = "live";
     // Other views reaching a changed row re-render too.
     cache.emit(changed, this);
     this.changed();

@@ -1,0 +1,77 @@
+// The OpenSession + unary strategy (what browsers use), from Node over grpc-web.
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { createGrpcWebTransport } from "@connectrpc/connect-node";
+import { ArcanaClient, Code, type Item } from "../../src/index.js";
+import { type DemoServer, startDemo } from "../support/server.js";
+
+interface Task {
+  id: bigint;
+  title: string;
+  points: bigint | null;
+}
+
+let server: DemoServer;
+const clients: ArcanaClient[] = [];
+
+function client(token: string | undefined): ArcanaClient {
+  const transport = createGrpcWebTransport({ baseUrl: server.baseUrl, httpVersion: "1.1" });
+  const c = new ArcanaClient({ transport, session: "stream", token });
+  clients.push(c);
+  return c;
+}
+
+before(async () => {
+  server = await startDemo();
+});
+after(async () => {
+  for (const c of clients) c.close();
+  await server?.stop();
+});
+
+describe("stream sessions over grpc-web", () => {
+  it("subscribes, applies diffs of unary mutations, and resyncs after a drop", async () => {
+    const c = client("dev-alice");
+    const v = c.view<Task>("project_tasks", { project_id: 1 });
+    const a = c.view<Task>("project_tasks", { project_id: 2 });
+    const [s] = await Promise.all([v.ready(), a.ready()]);
+    assert.ok(s.items.length >= 4);
+    assert.match(c.sessionInfo!.sessionId, /\S/);
+
+    const r = await c.mutate<{ id: bigint }>("create_task", { project_id: 1, title: "Over grpc-web" });
+    // A unary mutation does not wait for the session's frames.
+    await v.until((s) => s.items.some((t) => t.id === r.data.id), 10_000);
+    assert.equal(v.total, s.total! + 1n);
+
+    // Drop the session, write meanwhile from elsewhere, and watch it come back.
+    const watcher = client("dev-alice").view<Task>("project_tasks", { project_id: 1 });
+    await watcher.ready();
+    c.dropSession();
+    assert.equal(v.status, "stale");
+    await client("dev-alice").mutate("update_task", { id: r.data.id, title: "Renamed while away" });
+    const back = await v.until((s) => s.status === "live" && s.items.some((t) => t.title === "Renamed while away"), 20_000);
+    assert.equal(v.lastSync?.mode, "catch_up");
+    assert.equal(back.version, watcher.version);
+
+    await c.mutate("delete_task", { id: r.data.id });
+    await v.until((s) => !s.items.some((t) => t.id === r.data.id), 10_000);
+    v.close();
+    a.close();
+  });
+
+  it("keeps int64 exact and reports error codes", async () => {
+    const carol = client("dev-carol");
+    const v = carol.view<Task>("project_tasks", { project_id: 3 });
+    const s = await v.ready();
+    assert.equal(s.items[0]!.points, 9007199254740993n);
+    await assert.rejects(carol.view("no_such_graph").ready(), { code: Code.NOT_FOUND });
+    await assert.rejects(carol.view("project_tasks", { project_id: "three" }).ready(), { code: Code.INVALID_ARGUMENT });
+    await assert.rejects(client(undefined).view("projects").ready(), { code: Code.UNAUTHENTICATED });
+    const d = await carol.describe();
+    assert.deepEqual(
+      d.graphs.map((g) => g.name).sort(),
+      ["my_tasks", "project_tasks", "projects"],
+    );
+    v.close();
+  });
+});

@@ -370,7 +370,7 @@ func (c *Client) runSession() (opened bool, err error) {
 	}
 	views := make([]*viewState, 0, len(c.views))
 	for _, vs := range c.views {
-		vs.resyncing = false // a resync in flight died with the old session
+		vs.resyncing.Store(false) // a resync in flight died with the old session
 		views = append(views, vs)
 	}
 	c.unsub = map[string]uint64{}
@@ -438,7 +438,7 @@ func (c *Client) sendSync(s *session, views []*viewState) error {
 
 func (c *Client) onSyncReply(s *session, views []*viewState, r *pb.Reply) {
 	for _, vs := range views {
-		vs.resyncing = false
+		vs.resyncing.Store(false)
 	}
 	if e := r.GetError(); e != nil {
 		// The whole request failed: report it; the views keep their state
@@ -638,10 +638,9 @@ func (c *Client) publish(vs *viewState, u Update) {
 
 // resync asks for what the view missed, once at a time per view.
 func (c *Client) resync(s *session, vs *viewState, why string) {
-	if vs.resyncing {
+	if !vs.resyncing.CompareAndSwap(false, true) {
 		return
 	}
-	vs.resyncing = true
 	c.log.Warn("arcana: resyncing view", "view", vs.id, "why", why)
 	go func() {
 		if err := c.sendSync(s, []*viewState{vs}); err != nil {

@@ -94,8 +94,8 @@ type viewState struct {
 	mu      sync.Mutex
 	changed chan struct{}
 
-	// resyncing is only touched by the session reader goroutine.
-	resyncing bool
+	// resyncing is set while a Sync for this view alone is in flight.
+	resyncing atomic.Bool
 
 	// handles is guarded by Client.mu.
 	handles map[*View]struct{}

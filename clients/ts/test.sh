@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what the TS client's tests need, builds, and runs the Node and
+# browser tests against a real `arcana demo` server. Exits non-zero on failure.
+set -euo pipefail
+cd "$(dirname "$0")"
+HERE=$(pwd)
+ROOT=$(cd ../.. && pwd)
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "npm ci"
+npm ci --no-audit --no-fund
+
+if [ ! -x /usr/bin/chromium ]; then
+  step "installing Debian's chromium"
+  SUDO=""
+  if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y chromium
+fi
+
+if [ ! -x "$ROOT/target/debug/arcana" ] || [ "${ARCANA_REBUILD:-}" = 1 ]; then
+  step "building the server"
+  (cd "$ROOT" && cargo build --bin arcana)
+fi
+
+step "checking that src/gen matches the protos"
+./generate.sh
+if git -C "$ROOT" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  git -C "$ROOT" diff --exit-code -- "$HERE/src/gen"
+  if [ -n "$(git -C "$ROOT" status --porcelain -- "$HERE/src/gen")" ]; then
+    echo "src/gen has files git does not track: run ./generate.sh and commit" >&2
+    exit 1
+  fi
+fi
+
+step "building"
+rm -rf dist dist-test
+npx tsc -p tsconfig.json
+npx tsc -p tsconfig.test.json
+
+status=0
+step "Node tests"
+node --test --test-concurrency=1 dist-test/test/node/*.test.js || status=1
+
+step "browser test (headless Chromium)"
+node --test dist-test/test/browser/*.test.js || status=1
+
+if [ "$status" = 0 ]; then
+  echo "screenshot: $HERE/artifacts/browser.png"
+fi
+exit "$status"

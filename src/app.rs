@@ -8,9 +8,13 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::config::{ChangeMode, Config};
 use crate::engine::Engine;
 use crate::grpc::{serve, ServeOptions, TokenAuthenticator};
+use crate::postgres::listen::{self, NotifyListener};
+use crate::postgres::wal::{self, Tracking, WalListener, WalOptions};
 
 /// The demo's schema and seed data.
 pub const DEMO_SCHEMA: &str = include_str!("../demo/schema.sql");
@@ -25,6 +29,59 @@ pub struct App {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), String>>>,
+    source: Source,
+}
+
+/// The running change source.
+enum Source {
+    Wal(WalListener),
+    Notify(NotifyListener),
+    None,
+}
+
+/// Tables any graph reads, with the columns tracked (`None`: all).
+pub fn tracked_tables(engine: &Engine) -> BTreeMap<String, Option<BTreeSet<String>>> {
+    engine
+        .registry()
+        .representation()
+        .into_iter()
+        .map(|(t, (cols, _))| (t, cols))
+        .collect()
+}
+
+async fn start_source(config: &Config, engine: &Engine, url: &str) -> Result<Source, String> {
+    let tables = tracked_tables(engine);
+    let c = &config.changes;
+    Ok(match c.mode {
+        ChangeMode::None => Source::None,
+        ChangeMode::Wal => {
+            let opts = WalOptions {
+                slot: c.slot.clone(),
+                publication: c.publication.clone(),
+                create: c.create,
+                ..WalOptions::default()
+            };
+            let names: Vec<String> = tables.keys().cloned().collect();
+            let mut keys = wal::prepare(url, &opts, &names).await?;
+            keys.extend(config.table_keys());
+            let tracking = Tracking {
+                columns: tables.into_iter().collect(),
+                keys,
+            };
+            Source::Wal(wal::spawn(engine.clone(), url.to_owned(), opts, tracking)?)
+        }
+        ChangeMode::Notify => {
+            if c.install_triggers {
+                crate::postgres::triggers::install(url, &c.channel, &tables, &config.table_keys())
+                    .await?;
+            }
+            Source::Notify(listen::spawn(
+                engine.clone(),
+                url.to_owned(),
+                c.channel.clone(),
+            ))
+        }
+    })
 }
 
 impl App {
@@ -38,6 +95,7 @@ impl App {
         let pool = crate::postgres::pool(database_url, config.database.pool_size)?;
         let registry = config.registry(&pool)?;
         let engine = Engine::new(registry, config.engine.to_engine());
+        let source = start_source(config, &engine, database_url).await?;
         let auth = Arc::new(TokenAuthenticator::from_config(&config.auth)?);
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let opts = ServeOptions {
@@ -53,12 +111,18 @@ impl App {
             addr,
             stop: Some(stop),
             task: Some(task),
+            source,
         })
     }
 
     /// Stops accepting calls, ends every session and waits for the listener
     /// to drain.
     pub async fn stop(mut self) -> Result<(), String> {
+        match std::mem::replace(&mut self.source, Source::None) {
+            Source::Wal(l) => l.stop().await,
+            Source::Notify(l) => l.stop().await,
+            Source::None => {}
+        }
         self.engine.shutdown();
         if let Some(s) = self.stop.take() {
             let _ = s.send(());

@@ -37,6 +37,52 @@ pub struct Config {
     /// Mutations.
     #[serde(default)]
     pub mutations: Vec<MutationConfig>,
+    /// Change detection.
+    #[serde(default)]
+    pub changes: ChangesConfig,
+}
+
+/// How the server learns about writes made outside its mutations.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeMode {
+    /// Logical replication (`wal_level = logical`).
+    Wal,
+    /// LISTEN/NOTIFY with generated triggers.
+    Notify,
+    /// Only mutations and the Notify call.
+    None,
+}
+
+/// `[changes]`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChangesConfig {
+    /// `wal` (default), `notify` or `none`.
+    pub mode: ChangeMode,
+    /// Replication slot (wal).
+    pub slot: String,
+    /// Publication (wal).
+    pub publication: String,
+    /// Create the slot and publication when missing (wal).
+    pub create: bool,
+    /// NOTIFY channel (notify).
+    pub channel: String,
+    /// Install the triggers at startup (notify).
+    pub install_triggers: bool,
+}
+
+impl Default for ChangesConfig {
+    fn default() -> Self {
+        ChangesConfig {
+            mode: ChangeMode::Wal,
+            slot: "arcana_slot".into(),
+            publication: "arcana_pub".into(),
+            create: true,
+            channel: "arcana_changes".into(),
+            install_triggers: true,
+        }
+    }
 }
 
 /// `[server]`.
@@ -294,6 +340,18 @@ impl Config {
     /// Parses a config file's text.
     pub fn parse(text: &str) -> Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Key columns of tables as the graphs declare them (main and nested).
+    pub fn table_keys(&self) -> std::collections::HashMap<String, Vec<String>> {
+        let mut out = std::collections::HashMap::new();
+        for g in &self.graphs {
+            out.insert(g.table.clone(), g.key.clone());
+            for n in g.nested.values() {
+                out.insert(n.table.clone(), n.key.clone());
+            }
+        }
+        out
     }
 
     /// Builds the registry of SQL graphs and mutations on `pool`.

@@ -42,6 +42,33 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: String,
     },
+    /// Trigger SQL for LISTEN/NOTIFY change detection (changes.mode = "notify").
+    Triggers {
+        #[command(subcommand)]
+        action: TriggerAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TriggerAction {
+    /// Print the SQL.
+    Sql {
+        /// The TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides `database.url` (used to read primary keys).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Apply the SQL in one transaction.
+    Install {
+        /// The TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides `database.url`.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
 }
 
 #[tokio::main]
@@ -62,6 +89,7 @@ async fn main() {
             database_url,
             listen,
         } => demo(database_url, listen).await,
+        Command::Triggers { action } => triggers(action).await,
     };
     if let Err(e) = result {
         eprintln!("arcana: {e}");
@@ -91,17 +119,58 @@ async fn run_until_ctrl_c(mut app: App) -> Result<(), String> {
     }
 }
 
+fn load(path: &PathBuf) -> Result<Config, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn database(config: &Config, url: Option<String>) -> Result<String, String> {
+    url.or_else(|| config.database.url.clone()).ok_or_else(|| {
+        "no database: set database.url in the config, DATABASE_URL, or --database-url".into()
+    })
+}
+
+async fn triggers(action: TriggerAction) -> Result<(), String> {
+    let (path, url, apply) = match action {
+        TriggerAction::Sql {
+            config,
+            database_url,
+        } => (config, database_url, false),
+        TriggerAction::Install {
+            config,
+            database_url,
+        } => (config, database_url, true),
+    };
+    let config = load(&path)?;
+    let url = database(&config, url)?;
+    // The registry is only needed for the tracked tables and columns.
+    let pool = arcana::postgres::pool(&url, 1)?;
+    let engine = arcana::engine::Engine::new(config.registry(&pool)?, config.engine.to_engine());
+    let tables = arcana::app::tracked_tables(&engine);
+    let channel = &config.changes.channel;
+    if apply {
+        let n = arcana::postgres::triggers::install(&url, channel, &tables, &config.table_keys())
+            .await?;
+        eprintln!("installed change triggers on {n} tables (channel `{channel}`)");
+    } else {
+        for stmt in
+            arcana::postgres::triggers::all_sql(&url, channel, &tables, &config.table_keys())
+                .await?
+        {
+            println!("{stmt};\n");
+        }
+    }
+    Ok(())
+}
+
 async fn serve(
     path: PathBuf,
     database_url: Option<String>,
     listen_on: Option<String>,
 ) -> Result<(), String> {
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let config = Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    let url = database_url
-        .or_else(|| config.database.url.clone())
-        .ok_or("no database: set database.url in the config, DATABASE_URL, or --database-url")?;
+    let config = load(&path)?;
+    let url = database(&config, database_url)?;
     let addr = listen_on.unwrap_or_else(|| config.server.listen.clone());
     let app = App::start(&config, &url, listen(&addr).await?).await?;
     tracing::info!(addr = %app.addr, "serving");

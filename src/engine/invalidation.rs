@@ -26,6 +26,20 @@ pub struct ChangeBatch {
     pub changes: Vec<Change>,
     /// Fired once every affected view's diff is queued.
     pub done: Option<oneshot::Sender<()>>,
+    /// Refresh every live view, whatever the changes say. Change sources set
+    /// it after an outage in which changes may have been missed.
+    pub everything: bool,
+}
+
+impl ChangeBatch {
+    /// A batch of `changes` that signals `done` once applied.
+    pub fn new(changes: Vec<Change>, done: Option<oneshot::Sender<()>>) -> Self {
+        ChangeBatch {
+            changes,
+            done,
+            everything: false,
+        }
+    }
 }
 
 /// Most batches merged into one round.
@@ -70,6 +84,9 @@ fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Vec<Arc<View>> {
         }
     }
     let views = inner.views.lock().unwrap_or_else(|e| e.into_inner());
+    if batches.iter().any(|b| b.everything) {
+        return views.all().cloned().collect();
+    }
     let mut out: HashMap<*const View, Arc<View>> = HashMap::new();
     for g in graphs {
         for v in views.by_graph(g) {

@@ -93,6 +93,10 @@ impl Views {
             .filter_map(|k| self.by_key.get(k))
     }
 
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<View>> {
+        self.by_key.values()
+    }
+
     fn remove(&mut self, view: &Arc<View>) {
         if self
             .by_key
@@ -531,11 +535,7 @@ impl Engine {
     /// Reports changes and waits until the affected views' diffs are queued.
     pub async fn notify(&self, changes: Vec<Change>) -> Result<(), EngineError> {
         let (tx, rx) = oneshot::channel();
-        self.changes(ChangeBatch {
-            changes,
-            done: Some(tx),
-        })
-        .await?;
+        self.changes(ChangeBatch::new(changes, Some(tx))).await?;
         rx.await.map_err(|_| EngineError::ShuttingDown)
     }
 
@@ -547,6 +547,30 @@ impl Engine {
             .send(batch)
             .await
             .map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Re-evaluates every live view and waits until their diffs are queued.
+    /// Change sources call it after an outage in which changes may have been
+    /// lost, so clients converge anyway.
+    pub async fn refresh_all(&self) -> Result<(), EngineError> {
+        let (tx, rx) = oneshot::channel();
+        self.changes(ChangeBatch {
+            changes: Vec::new(),
+            done: Some(tx),
+            everything: true,
+        })
+        .await?;
+        rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// The fields every live view holds for a row (one entry per workspace
+    /// holding it). Change detection compares new values against these.
+    pub fn held_fields(&self, key: &RowKey) -> Vec<Arc<Fields>> {
+        self.inner
+            .store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .held(key)
     }
 
     /// Counters and a per-view breakdown.

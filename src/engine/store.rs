@@ -2,6 +2,9 @@
 //! number of live views referencing it. Views keep `Arc`s of the rows they
 //! last sent; equal rows share one allocation through the store. A row leaves
 //! the store when its last view lets go of it.
+//!
+//! Entries are indexed by row key first (then workspace), so change detection
+//! can find every held copy of a row without knowing its workspace.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +14,7 @@ use super::value::{Fields, SharedFields};
 
 #[derive(Debug)]
 struct Entry {
+    workspace: Arc<str>,
     row: SharedFields,
     refs: u32,
 }
@@ -18,30 +22,41 @@ struct Entry {
 /// Rows of all workspaces with reference counts.
 #[derive(Debug, Default)]
 pub struct Store {
-    rows: HashMap<(Arc<str>, RowKey), Entry>,
+    rows: HashMap<RowKey, Vec<Entry>>,
+    len: usize,
 }
 
 impl Store {
+    fn entry(&mut self, ws: &Arc<str>, key: &RowKey) -> Option<&mut Entry> {
+        self.rows
+            .get_mut(key)?
+            .iter_mut()
+            .find(|e| e.workspace == *ws)
+    }
+
     /// Takes a reference on a row for one view and returns the shared copy
     /// (reusing the stored allocation when the fields are equal).
     pub fn acquire(&mut self, ws: &Arc<str>, key: &RowKey, fields: Fields) -> SharedFields {
-        let e = self
-            .rows
-            .entry((ws.clone(), key.clone()))
-            .or_insert_with(|| Entry {
-                row: Arc::new(Fields::new()),
-                refs: 0,
-            });
-        e.refs += 1;
-        if *e.row != fields {
-            e.row = Arc::new(fields);
+        if let Some(e) = self.entry(ws, key) {
+            e.refs += 1;
+            if *e.row != fields {
+                e.row = Arc::new(fields);
+            }
+            return e.row.clone();
         }
-        e.row.clone()
+        let row = Arc::new(fields);
+        self.rows.entry(key.clone()).or_default().push(Entry {
+            workspace: ws.clone(),
+            row: row.clone(),
+            refs: 1,
+        });
+        self.len += 1;
+        row
     }
 
     /// Records new fields for a row a view already holds; returns the shared copy.
     pub fn update(&mut self, ws: &Arc<str>, key: &RowKey, fields: Fields) -> SharedFields {
-        match self.rows.get_mut(&(ws.clone(), key.clone())) {
+        match self.entry(ws, key) {
             Some(e) => {
                 if *e.row != fields {
                     e.row = Arc::new(fields);
@@ -57,29 +72,44 @@ impl Store {
 
     /// Drops one view's reference; the row leaves when none remain.
     pub fn release(&mut self, ws: &Arc<str>, key: &RowKey) {
-        let k = (ws.clone(), key.clone());
-        if let Some(e) = self.rows.get_mut(&k) {
-            e.refs -= 1;
-            if e.refs == 0 {
-                self.rows.remove(&k);
+        let Some(list) = self.rows.get_mut(key) else {
+            return;
+        };
+        if let Some(i) = list.iter().position(|e| e.workspace == *ws) {
+            list[i].refs -= 1;
+            if list[i].refs == 0 {
+                list.swap_remove(i);
+                self.len -= 1;
+                if list.is_empty() {
+                    self.rows.remove(key);
+                }
             }
         }
     }
 
+    /// The fields held for `key` in every workspace that holds it.
+    pub fn held(&self, key: &RowKey) -> Vec<SharedFields> {
+        self.rows
+            .get(key)
+            .map(|l| l.iter().map(|e| e.row.clone()).collect())
+            .unwrap_or_default()
+    }
+
     /// Number of rows held, all workspaces.
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.len
     }
 
     /// Whether no row is held.
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len == 0
     }
 
     /// The reference count of a row (0 when absent).
     pub fn ref_count(&self, ws: &str, key: &RowKey) -> u32 {
         self.rows
-            .get(&(Arc::from(ws), key.clone()))
+            .get(key)
+            .and_then(|l| l.iter().find(|e| &*e.workspace == ws))
             .map_or(0, |e| e.refs)
     }
 }
@@ -93,6 +123,7 @@ mod tests {
     fn rows_live_while_referenced_and_equal_rows_share_memory() {
         let mut s = Store::default();
         let ws: Arc<str> = "w".into();
+        let other: Arc<str> = "v".into();
         let k = RowKey::new("tasks", "1");
         let mut f = Fields::new();
         f.insert("title".into(), Value::from("a"));
@@ -100,9 +131,14 @@ mod tests {
         let b = s.acquire(&ws, &k, f.clone());
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(s.ref_count("w", &k), 2);
+        s.acquire(&other, &k, Fields::new());
+        assert_eq!(s.held(&k).len(), 2);
+        assert_eq!(s.len(), 2);
         s.release(&ws, &k);
-        assert_eq!(s.len(), 1);
+        assert_eq!(s.len(), 2);
         s.release(&ws, &k);
+        s.release(&other, &k);
         assert!(s.is_empty());
+        assert!(s.held(&k).is_empty());
     }
 }

@@ -2,9 +2,13 @@
 //! conversion, and the throwaway cluster used by the demo and tests.
 
 pub mod embedded;
+pub mod listen;
 pub mod named;
+pub mod pgoutput;
 pub mod sql;
+pub mod triggers;
 pub mod values;
+pub mod wal;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 

@@ -88,6 +88,9 @@ impl Harness {
     pub async fn with(f: impl FnOnce(&mut Config)) -> Harness {
         let db_url = fresh_database().await;
         let mut config = Config::parse(DEMO_CONFIG).unwrap();
+        // Tests of the engine use explicit notifications; change-detection
+        // tests opt into a mode.
+        config.changes.mode = arcana::config::ChangeMode::None;
         f(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let app = App::start(&config, &db_url, listener).await.unwrap();

@@ -1,0 +1,592 @@
+//! Change detection from the WAL: logical replication with `pgoutput`.
+//!
+//! [`prepare`] checks the server (`wal_level`, replication rights) and
+//! creates the publication and the permanent slot when missing. [`spawn`]
+//! runs the listener: it decodes each transaction, works out which tracked
+//! columns changed, and feeds the transaction to the engine as one batch.
+//! The slot's confirmed position only advances once the engine reports the
+//! batch's diffs queued, in commit order, so a crash replays rather than
+//! skips. Lost connections are retried with backoff; after a reconnect every
+//! live view is refreshed so clients converge whatever happened meanwhile.
+//!
+//! Built on `pgwire-replication`, which speaks the replication protocol
+//! (tokio-postgres does not) and sends standby status on time, with our own
+//! pgoutput decoder (`pgoutput.rs`), so values are decoded by the same code
+//! as query results and compare exactly with what views hold.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
+use postgres_types::{FromSql, Type};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use super::pgoutput::{decode, Datum, Message, Relation};
+use super::values::SqlValue;
+use crate::engine::{row_id, Change, ChangeBatch, Engine, RowKey, Value};
+
+/// Where the listener reads from.
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// The logical replication slot (created when missing and `create`).
+    pub slot: String,
+    /// The publication (created, or extended with missing tables, when `create`).
+    pub publication: String,
+    /// Create or extend the slot and publication.
+    pub create: bool,
+    /// How often standby status is sent at most while positions advance.
+    pub status_interval: Duration,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            slot: "arcana_slot".into(),
+            publication: "arcana_pub".into(),
+            create: true,
+            status_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Quotes an identifier, splitting `schema.table`.
+pub fn quote_table(t: &str) -> String {
+    t.split('.')
+        .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// Checks that logical replication can work, creates what is missing, and
+/// returns each table's primary key columns from the catalog.
+pub async fn prepare(
+    url: &str,
+    opts: &WalOptions,
+    tables: &[String],
+) -> Result<HashMap<String, Vec<String>>, String> {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("connecting for WAL setup: {e}"))?;
+    let task = tokio::spawn(conn);
+    let q = |e: tokio_postgres::Error| match e.as_db_error() {
+        Some(d) => format!("{} ({})", d.message(), d.code().code()),
+        None => e.to_string(),
+    };
+    let level: String = c.query_one("SHOW wal_level", &[]).await.map_err(q)?.get(0);
+    if level != "logical" {
+        return Err(format!(
+            "wal_level is `{level}`, but WAL change detection needs `logical`: run ALTER SYSTEM SET wal_level = logical \
+             and restart PostgreSQL, or set changes.mode = \"notify\" to use triggers instead"
+        ));
+    }
+    let rights: bool = c
+        .query_one(
+            "SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(q)?
+        .get(0);
+    if !rights {
+        let user: String = c
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .map_err(q)?
+            .get(0);
+        return Err(format!(
+            "role `{user}` may not start replication: run ALTER ROLE \"{user}\" REPLICATION, or set changes.mode = \"notify\""
+        ));
+    }
+    let keys = primary_keys(&c, tables).await?;
+    let pub_exists = c
+        .query_opt(
+            "SELECT 1 FROM pg_publication WHERE pubname = $1",
+            &[&opts.publication],
+        )
+        .await
+        .map_err(q)?
+        .is_some();
+    let list = tables
+        .iter()
+        .map(|t| quote_table(t))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let pubname = quote_table(&opts.publication);
+    if !pub_exists {
+        if !opts.create {
+            return Err(format!(
+                "publication `{}` does not exist (and changes.create is false)",
+                opts.publication
+            ));
+        }
+        c.batch_execute(&format!("CREATE PUBLICATION {pubname} FOR TABLE {list}"))
+            .await
+            .map_err(q)?;
+    } else {
+        let have: BTreeSet<String> = c
+            .query(
+                "SELECT CASE WHEN schemaname = 'public' THEN tablename::text ELSE schemaname || '.' || tablename END \
+                 FROM pg_publication_tables WHERE pubname = $1",
+                &[&opts.publication],
+            )
+            .await
+            .map_err(q)?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let all: bool = c
+            .query_one(
+                "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+                &[&opts.publication],
+            )
+            .await
+            .map_err(q)?
+            .get(0);
+        let missing: Vec<&String> = tables.iter().filter(|t| !have.contains(*t)).collect();
+        if !all && !missing.is_empty() {
+            if !opts.create {
+                return Err(format!(
+                    "publication `{}` lacks tables {missing:?} (and changes.create is false)",
+                    opts.publication
+                ));
+            }
+            let add = missing
+                .iter()
+                .map(|t| quote_table(t))
+                .collect::<Vec<_>>()
+                .join(", ");
+            c.batch_execute(&format!("ALTER PUBLICATION {pubname} ADD TABLE {add}"))
+                .await
+                .map_err(q)?;
+        }
+    }
+    let slot = c
+        .query_opt(
+            "SELECT plugin::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&opts.slot],
+        )
+        .await
+        .map_err(q)?;
+    match slot {
+        Some(row) => {
+            let plugin: Option<String> = row.get(0);
+            if plugin.as_deref() != Some("pgoutput") {
+                return Err(format!(
+                    "replication slot `{}` exists but does not use pgoutput",
+                    opts.slot
+                ));
+            }
+        }
+        None if opts.create => {
+            c.query_one(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')::text",
+                &[&opts.slot],
+            )
+            .await
+            .map_err(q)?;
+        }
+        None => {
+            return Err(format!(
+                "replication slot `{}` does not exist (and changes.create is false)",
+                opts.slot
+            ))
+        }
+    }
+    drop(c);
+    let _ = task.await;
+    Ok(keys)
+}
+
+/// Each table's primary key columns, in key order, from the catalog. Fails
+/// for a table that does not exist.
+pub async fn primary_keys(
+    c: &tokio_postgres::Client,
+    tables: &[String],
+) -> Result<HashMap<String, Vec<String>>, String> {
+    let q = |e: tokio_postgres::Error| e.to_string();
+    let mut keys = HashMap::new();
+    for t in tables {
+        let exists: Option<String> = c
+            .query_one("SELECT to_regclass($1)::text", &[&quote_table(t)])
+            .await
+            .map_err(q)?
+            .get(0);
+        if exists.is_none() {
+            return Err(format!(
+                "a graph depends on table `{t}`, which does not exist"
+            ));
+        }
+        let rows = c
+            .query(
+                "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                 WHERE i.indrelid = $1::text::regclass AND i.indisprimary ORDER BY array_position(i.indkey::int2[], a.attnum)",
+                &[&quote_table(t)],
+            )
+            .await
+            .map_err(q)?;
+        keys.insert(
+            t.clone(),
+            rows.iter().map(|r| r.get::<_, String>(0)).collect(),
+        );
+    }
+    Ok(keys)
+}
+
+/// What the listener needs to know about tracked tables.
+#[derive(Debug, Clone, Default)]
+pub struct Tracking {
+    /// table -> tracked columns (`None`: all).
+    pub columns: HashMap<String, Option<BTreeSet<String>>>,
+    /// table -> key columns (config first, then the primary key).
+    pub keys: HashMap<String, Vec<String>>,
+}
+
+/// A running listener.
+pub struct WalListener {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl WalListener {
+    /// Stops the listener after the transaction in hand.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn replication_config(url: &str, opts: &WalOptions) -> Result<ReplicationConfig, String> {
+    let cfg: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| format!("invalid database URL: {e}"))?;
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(5432);
+    let password = cfg
+        .get_password()
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    Ok(ReplicationConfig::new(
+        host,
+        cfg.get_user().unwrap_or("postgres"),
+        password,
+        cfg.get_dbname().unwrap_or("postgres"),
+        opts.slot.clone(),
+        opts.publication.clone(),
+    )
+    .with_port(port)
+    .with_binary(true)
+    .with_status_interval(opts.status_interval)
+    .with_application_name("arcana"))
+}
+
+/// Starts the listener task.
+pub fn spawn(
+    engine: Engine,
+    url: String,
+    opts: WalOptions,
+    tracking: Tracking,
+) -> Result<WalListener, String> {
+    let cfg = replication_config(&url, &opts)?;
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        let mut outage = false;
+        loop {
+            let mut state = Stream::new(&engine, &tracking);
+            let r = tokio::select! {
+                r = state.run(cfg.clone(), outage) => r,
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            match r {
+                Ok(()) => return,
+                Err((e, progressed)) => {
+                    if progressed {
+                        backoff = Duration::from_millis(100);
+                    }
+                    tracing::warn!(error = %e, retry_in = ?backoff, "WAL listener lost its connection");
+                    outage = true;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stopped.wait_for(|s| *s) => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
+    Ok(WalListener { stop, task })
+}
+
+/// A column value as the listener sees it.
+#[derive(Debug, Clone, PartialEq)]
+enum Cell {
+    Known(Value),
+    /// A value we cannot decode: always counts as changed.
+    Unknown,
+    /// An unchanged TOASTed value: never counts as changed.
+    Unchanged,
+}
+
+fn cell(d: &Datum, oid: u32) -> Cell {
+    match d {
+        Datum::Null => Cell::Known(Value::Null),
+        Datum::Unchanged => Cell::Unchanged,
+        Datum::Text(_) => Cell::Unknown,
+        Datum::Binary(b) => match Type::from_oid(oid) {
+            Some(ty) => SqlValue::from_sql(&ty, b)
+                .map(|v| Cell::Known(v.0))
+                .unwrap_or(Cell::Unknown),
+            None => Cell::Unknown,
+        },
+    }
+}
+
+/// Changes of one transaction, per table.
+#[derive(Default)]
+struct TxChanges {
+    tables: HashMap<String, (bool, BTreeSet<String>, Option<String>, usize)>,
+}
+
+impl TxChanges {
+    fn add(&mut self, table: &str, id: Option<String>, columns: Option<BTreeSet<String>>) {
+        let e = self
+            .tables
+            .entry(table.to_owned())
+            .or_insert((false, BTreeSet::new(), None, 0));
+        match columns {
+            None => e.0 = true,
+            Some(c) => e.1.extend(c),
+        }
+        e.3 += 1;
+        if e.3 == 1 {
+            e.2 = id;
+        } else {
+            e.2 = None;
+        }
+    }
+
+    fn into_changes(self) -> Vec<Change> {
+        self.tables
+            .into_iter()
+            .map(|(table, (all, cols, id, _))| Change {
+                table,
+                id: id.unwrap_or_default(),
+                columns: if all {
+                    Vec::new()
+                } else {
+                    cols.into_iter().collect()
+                },
+            })
+            .collect()
+    }
+}
+
+struct Stream<'a> {
+    engine: &'a Engine,
+    tracking: &'a Tracking,
+    relations: HashMap<u32, Relation>,
+}
+
+type RunError = (String, bool);
+
+impl<'a> Stream<'a> {
+    fn new(engine: &'a Engine, tracking: &'a Tracking) -> Self {
+        Stream {
+            engine,
+            tracking,
+            relations: HashMap::new(),
+        }
+    }
+
+    async fn run(&mut self, cfg: ReplicationConfig, after_outage: bool) -> Result<(), RunError> {
+        let mut client = ReplicationClient::connect(cfg)
+            .await
+            .map_err(|e| (e.to_string(), false))?;
+        client
+            .wait_started()
+            .await
+            .map_err(|e| (e.to_string(), false))?;
+        tracing::info!("WAL listener streaming");
+        if after_outage {
+            // Whatever failed while we were away (evaluations, missed
+            // notifications of other sources) converges now.
+            self.engine
+                .refresh_all()
+                .await
+                .map_err(|e| (e.to_string(), true))?;
+        }
+        // Batches handed to the engine, oldest first, with the position to
+        // confirm once each is applied.
+        let mut pending: VecDeque<(oneshot::Receiver<()>, Lsn)> = VecDeque::new();
+        let mut tx: Option<TxChanges> = None;
+        const MAX_PENDING: usize = 4096;
+        loop {
+            tokio::select! {
+                biased;
+                done = async { (&mut pending.front_mut().expect("guarded").0).await }, if !pending.is_empty() => {
+                    let (_, lsn) = pending.pop_front().expect("guarded");
+                    if done.is_err() {
+                        return Err(("the engine stopped".into(), true));
+                    }
+                    client.update_applied_lsn(lsn);
+                }
+                ev = client.recv(), if pending.len() < MAX_PENDING => {
+                    let ev = ev.map_err(|e| (e.to_string(), true))?;
+                    match ev {
+                        None => return Ok(()),
+                        Some(ReplicationEvent::Begin { .. }) => tx = Some(TxChanges::default()),
+                        Some(ReplicationEvent::XLogData { data, .. }) => {
+                            let msg = decode(data).map_err(|e| (e, true))?;
+                            let changes = tx.get_or_insert_with(TxChanges::default);
+                            self.handle(msg, changes);
+                        }
+                        Some(ReplicationEvent::Commit { end_lsn, .. }) => {
+                            let changes = tx.take().map(TxChanges::into_changes).unwrap_or_default();
+                            if changes.is_empty() {
+                                if pending.is_empty() {
+                                    client.update_applied_lsn(end_lsn);
+                                } else {
+                                    let (t, r) = oneshot::channel();
+                                    let _ = t.send(());
+                                    pending.push_back((r, end_lsn));
+                                }
+                            } else {
+                                let (t, r) = oneshot::channel();
+                                self.engine.changes(ChangeBatch::new(changes, Some(t))).await.map_err(|e| (e.to_string(), true))?;
+                                pending.push_back((r, end_lsn));
+                            }
+                        }
+                        Some(ReplicationEvent::KeepAlive { wal_end, .. }) => {
+                            if tx.is_none() && pending.is_empty() {
+                                client.update_applied_lsn(wal_end);
+                            }
+                        }
+                        Some(ReplicationEvent::Message { .. }) => {}
+                        Some(ReplicationEvent::StoppedAt { .. }) => return Ok(()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn key_of(&self, rel: &Relation, table: &str, tuple: &[Datum]) -> Option<String> {
+        let names: Vec<&str> = match self.tracking.keys.get(table).filter(|k| !k.is_empty()) {
+            Some(k) => k.iter().map(String::as_str).collect(),
+            None => rel
+                .columns
+                .iter()
+                .filter(|c| c.key)
+                .map(|c| c.name.as_str())
+                .collect(),
+        };
+        let mut parts = Vec::with_capacity(names.len());
+        for n in names {
+            let i = rel.columns.iter().position(|c| c.name == n)?;
+            match cell(tuple.get(i)?, rel.columns[i].type_oid) {
+                Cell::Known(v) => parts.push(v),
+                _ => return None,
+            }
+        }
+        (!parts.is_empty()).then(|| row_id(&parts))
+    }
+
+    fn handle(&mut self, msg: Message, out: &mut TxChanges) {
+        match msg {
+            Message::Relation(r) => {
+                self.relations.insert(r.id, r);
+            }
+            Message::Insert { rel, new } => {
+                if let Some((r, table)) = self.tracked(rel) {
+                    out.add(&table, self.key_of(r, &table, &new), None);
+                }
+            }
+            Message::Delete { rel, old: (_, old) } => {
+                if let Some((r, table)) = self.tracked(rel) {
+                    out.add(&table, self.key_of(r, &table, &old), None);
+                }
+            }
+            Message::Truncate { rels } => {
+                for rel in rels {
+                    if let Some((_, table)) = self.tracked(rel) {
+                        out.add(&table, None, None);
+                    }
+                }
+            }
+            Message::Update { rel, old, new } => {
+                let Some((r, table)) = self.tracked(rel) else {
+                    return;
+                };
+                let id = self.key_of(r, &table, &new);
+                let tracked = self.tracking.columns.get(&table).cloned().flatten();
+                let is_tracked = |c: &str| tracked.as_ref().is_none_or(|t| t.contains(c));
+                let changed: BTreeSet<String> = match &old {
+                    Some((b'K', _)) => {
+                        // The key changed: the row left one id and took another.
+                        let old_id = old.as_ref().and_then(|(_, t)| self.key_of(r, &table, t));
+                        out.add(&table, old_id, None);
+                        out.add(&table, id, None);
+                        return;
+                    }
+                    Some((_, old)) => r
+                        .columns
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| is_tracked(&c.name))
+                        .filter(|(i, c)| {
+                            let n = new.get(*i).map_or(Cell::Unknown, |d| cell(d, c.type_oid));
+                            let o = old.get(*i).map_or(Cell::Unknown, |d| cell(d, c.type_oid));
+                            match (o, n) {
+                                (_, Cell::Unchanged) => false,
+                                (Cell::Known(a), Cell::Known(b)) => a != b,
+                                _ => true,
+                            }
+                        })
+                        .map(|(_, c)| c.name.clone())
+                        .collect(),
+                    None => {
+                        let held = id
+                            .as_ref()
+                            .map(|id| self.engine.held_fields(&RowKey::new(&table, id)))
+                            .unwrap_or_default();
+                        r.columns
+                            .iter()
+                            .enumerate()
+                            .filter(|(_, c)| is_tracked(&c.name))
+                            .filter(|(i, c)| {
+                                match new.get(*i).map_or(Cell::Unknown, |d| cell(d, c.type_oid)) {
+                                    Cell::Unchanged => false,
+                                    Cell::Unknown => true,
+                                    Cell::Known(v) => {
+                                        // Without the old row, compare with what views hold;
+                                        // a column no view holds may have changed.
+                                        held.is_empty()
+                                            || held.iter().any(|h| h.get(&c.name) != Some(&v))
+                                    }
+                                }
+                            })
+                            .map(|(_, c)| c.name.clone())
+                            .collect()
+                    }
+                };
+                if !changed.is_empty() {
+                    out.add(&table, id, Some(changed));
+                }
+            }
+            Message::Other(_) => {}
+        }
+    }
+
+    fn tracked(&self, rel: u32) -> Option<(&Relation, String)> {
+        let r = self.relations.get(&rel)?;
+        let name = r.qualified();
+        self.tracking
+            .columns
+            .contains_key(&name)
+            .then_some((r, name))
+    }
+}

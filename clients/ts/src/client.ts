@@ -370,6 +370,12 @@ export class ArcanaClient {
 
   private onSyncResult(v: LiveView<any>, r: SyncResult): void {
     v.resyncing = false;
+    if (v.status === "closed") {
+      // Closed while the sync was in flight: let the server know, unless a twin holds it.
+      const s = this.session;
+      if (r.viewId && !this.byId.has(r.viewId) && s) void s.unsubscribe(r.viewId).catch(() => {});
+      return;
+    }
     if (r.error) {
       this.failView(v, new ArcanaError(r.error.code, r.error.message));
       return;

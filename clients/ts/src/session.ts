@@ -306,8 +306,22 @@ class StreamSession implements Session {
     try {
       return await fn(await authHeaders(this.token));
     } catch (err) {
-      throw ArcanaError.from(err);
+      const e = ArcanaError.from(err);
+      if (e.code === Code.NOT_FOUND && e.rawMessage.includes(this.info.sessionId)) {
+        // The server no longer knows this session: treat it as lost.
+        const lost = new ArcanaError(Code.UNAVAILABLE, e.rawMessage, { cause: e });
+        this.lose(lost);
+        throw lost;
+      }
+      throw e;
     }
+  }
+
+  private lose(e: ArcanaError): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.abort.abort();
+    this.handlers.onClose(e);
   }
 
   subscribe(graph: string, params: Record<string, Value>): Promise<SubscribeResponse> {

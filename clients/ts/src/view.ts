@@ -80,7 +80,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   private readonly listeners = new Set<(s: ViewSnapshot<T>) => void>();
   /** @internal Handles open on this view. */
   handles = 0;
-  /** @internal The last sync outcome after a reconnect. */
+  /** How the view was last restored by Sync (after a reconnect or a gap). */
   lastSync: SyncInfo | undefined;
   /** @internal Set while a resync request is in flight. */
   resyncing = false;

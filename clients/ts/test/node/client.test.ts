@@ -137,6 +137,24 @@ describe("views", () => {
     assert.equal(c.cache.size, 0);
   });
 
+  it("two spellings of the same params share one server view", async () => {
+    const c = client("dev-alice");
+    const a = c.view<Task>("project_tasks", { project_id: 1 });
+    const b = c.view<Task>("project_tasks", { project_id: 1, limit: 50 });
+    await Promise.all([a.ready(), b.ready()]);
+    assert.notEqual(a, b);
+    assert.equal(a.id, b.id, "the default limit makes the same view");
+    assert.deepEqual(titles(a.items), titles(b.items));
+    // Closing one must not unsubscribe the other from the server.
+    a.close();
+    const r = await c.mutate<{ id: bigint }>("create_task", { project_id: 1, title: "Twin" });
+    assert.equal(b.items.at(-1)!.title, "Twin");
+    await c.mutate("delete_task", { id: r.data.id });
+    assert.ok(!b.items.some((t) => t.id === r.data.id));
+    b.close();
+    assert.equal(c.cache.size, 0);
+  });
+
   it("the async iterator yields the state and then each change", async () => {
     const c = client("dev-alice");
     const v = c.view<Task>("project_tasks", { project_id: 2 });

@@ -51,6 +51,11 @@ pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>)
     while rx.recv_many(&mut round, MAX_COALESCE).await > 0 {
         let Some(inner) = inner.upgrade() else { return };
         let views = affected(&inner, &round);
+        tracing::debug!(
+            batches = round.len(),
+            views = views.len(),
+            "invalidation round"
+        );
         inner.stats.batches.inc();
         let limit = inner.config.eval_concurrency.max(1);
         futures_util::stream::iter(views)

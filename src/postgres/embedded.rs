@@ -170,8 +170,8 @@ impl EmbeddedPostgres {
                 ("listen_addresses".into(), "127.0.0.1".into()),
                 ("unix_socket_directories".into(), dir.display().to_string()),
                 ("wal_level".into(), "logical".into()),
-                ("max_wal_senders".into(), "10".into()),
-                ("max_replication_slots".into(), "10".into()),
+                ("max_wal_senders".into(), "64".into()),
+                ("max_replication_slots".into(), "64".into()),
                 ("max_connections".into(), "200".into()),
                 ("synchronous_commit".into(), "on".into()),
             ];

@@ -299,7 +299,7 @@ pub fn spawn(
         loop {
             let mut state = Stream::new(&engine, &tracking);
             let r = tokio::select! {
-                r = state.run(cfg.clone(), outage) => r,
+                r = state.run(&url, cfg.clone(), outage) => r,
                 _ = stopped.wait_for(|s| *s) => return,
             };
             match r {
@@ -322,7 +322,71 @@ pub fn spawn(
     Ok(WalListener { stop, task })
 }
 
+/// Waits until transaction `xid` (32-bit, as pgoutput reports it) is visible
+/// to new snapshots: committed and gone from the running set.
+async fn wait_visible(c: &tokio_postgres::Client, xid: u32) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    loop {
+        let snap: String = c
+            .query_one("SELECT txid_current_snapshot()::text", &[])
+            .await
+            .map_err(|e| e.to_string())?
+            .get(0);
+        if visible(&snap, xid) {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            tracing::warn!(
+                xid,
+                "transaction still not visible after 10s; evaluating anyway"
+            );
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Whether `xid` is visible in a `txid_current_snapshot()` text
+/// (`xmin:xmax:xip,...`, 64-bit ids). The 32-bit xid is widened to the
+/// epoch that puts it within 2^31 of `xmax`.
+fn visible(snapshot: &str, xid: u32) -> bool {
+    let mut parts = snapshot.split(':');
+    let (Some(_xmin), Some(xmax), Some(xip)) = (parts.next(), parts.next(), parts.next()) else {
+        return true;
+    };
+    let Ok(xmax) = xmax.parse::<u64>() else {
+        return true;
+    };
+    // The signed 32-bit distance from xmax places xid in the right epoch.
+    let delta = xid.wrapping_sub(xmax as u32) as i32;
+    if delta >= 0 {
+        return false;
+    }
+    let full = xmax.wrapping_add_signed(i64::from(delta));
+    !xip.split(',')
+        .filter(|s| !s.is_empty())
+        .any(|s| s.parse::<u64>().ok() == Some(full))
+}
+
 /// A column value as the listener sees it.
+#[cfg(test)]
+mod tests {
+    use super::visible;
+
+    #[test]
+    fn visibility_follows_the_snapshot() {
+        assert!(visible("100:105:", 104));
+        assert!(!visible("100:105:", 105));
+        assert!(!visible("100:105:101,103", 103));
+        assert!(visible("100:105:101,103", 102));
+        // Across a 32-bit wraparound: epoch 1.
+        let xmax = (1u64 << 32) + 5;
+        assert!(visible(&format!("{}:{xmax}:", xmax - 10), 0xFFFF_FFFE));
+        assert!(!visible(&format!("{}:{xmax}:{}", xmax - 10, xmax - 2), 3));
+        assert!(visible(&format!("{}:{xmax}:{}", xmax - 10, xmax - 2), 4));
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 enum Cell {
     Known(Value),
@@ -349,6 +413,7 @@ fn cell(d: &Datum, oid: u32) -> Cell {
 /// Changes of one transaction, per table.
 #[derive(Default)]
 struct TxChanges {
+    xid: u32,
     tables: HashMap<String, (bool, BTreeSet<String>, Option<String>, usize)>,
 }
 
@@ -403,7 +468,28 @@ impl<'a> Stream<'a> {
         }
     }
 
-    async fn run(&mut self, cfg: ReplicationConfig, after_outage: bool) -> Result<(), RunError> {
+    async fn run(
+        &mut self,
+        url: &str,
+        cfg: ReplicationConfig,
+        after_outage: bool,
+    ) -> Result<(), RunError> {
+        let (checker, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| (e.to_string(), false))?;
+        let conn_task = tokio::spawn(conn);
+        let r = self.stream(&checker, cfg, after_outage).await;
+        drop(checker);
+        conn_task.abort();
+        r
+    }
+
+    async fn stream(
+        &mut self,
+        checker: &tokio_postgres::Client,
+        cfg: ReplicationConfig,
+        after_outage: bool,
+    ) -> Result<(), RunError> {
         let mut client = ReplicationClient::connect(cfg)
             .await
             .map_err(|e| (e.to_string(), false))?;
@@ -439,14 +525,18 @@ impl<'a> Stream<'a> {
                     let ev = ev.map_err(|e| (e.to_string(), true))?;
                     match ev {
                         None => return Ok(()),
-                        Some(ReplicationEvent::Begin { .. }) => tx = Some(TxChanges::default()),
+                        Some(ReplicationEvent::Begin { xid, .. }) => tx = Some(TxChanges { xid, ..TxChanges::default() }),
                         Some(ReplicationEvent::XLogData { data, .. }) => {
                             let msg = decode(data).map_err(|e| (e, true))?;
+                            tracing::trace!(?msg, "pgoutput");
                             let changes = tx.get_or_insert_with(TxChanges::default);
                             self.handle(msg, changes);
                         }
                         Some(ReplicationEvent::Commit { end_lsn, .. }) => {
-                            let changes = tx.take().map(TxChanges::into_changes).unwrap_or_default();
+                            let done = tx.take().unwrap_or_default();
+                            let xid = done.xid;
+                            let changes = done.into_changes();
+                            tracing::debug!(?end_lsn, ?changes, "transaction decoded");
                             if changes.is_empty() {
                                 if pending.is_empty() {
                                     client.update_applied_lsn(end_lsn);
@@ -456,6 +546,10 @@ impl<'a> Stream<'a> {
                                     pending.push_back((r, end_lsn));
                                 }
                             } else {
+                                // The WAL can announce a commit a moment before the
+                                // transaction is visible to new snapshots; evaluating
+                                // then would miss it.
+                                wait_visible(checker, xid).await.map_err(|e| (e, true))?;
                                 let (t, r) = oneshot::channel();
                                 self.engine.changes(ChangeBatch::new(changes, Some(t))).await.map_err(|e| (e.to_string(), true))?;
                                 pending.push_back((r, end_lsn));

@@ -86,8 +86,25 @@ impl Harness {
     }
 
     pub async fn with(f: impl FnOnce(&mut Config)) -> Harness {
+        Self::with_extra("", "", f).await
+    }
+
+    /// Like `with`, plus extra schema SQL and extra config TOML (graphs,
+    /// mutations) appended to the demo's.
+    pub async fn with_extra(schema: &str, toml: &str, f: impl FnOnce(&mut Config)) -> Harness {
+        if let Ok(filter) = std::env::var("ARCANA_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
+        }
         let db_url = fresh_database().await;
-        let mut config = Config::parse(DEMO_CONFIG).unwrap();
+        if !schema.is_empty() {
+            arcana::postgres::execute_script(&db_url, schema)
+                .await
+                .unwrap();
+        }
+        let mut config = Config::parse(&format!("{DEMO_CONFIG}\n{toml}")).unwrap();
         // Tests of the engine use explicit notifications; change-detection
         // tests opt into a mode.
         config.changes.mode = arcana::config::ChangeMode::None;
@@ -99,6 +116,27 @@ impl Harness {
             db_url,
             config,
         }
+    }
+
+    /// Stops the server and starts a new one on the same database and config.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start_again().await;
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            app.stop().await.unwrap();
+        }
+    }
+
+    pub async fn start_again(&mut self) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.app = Some(
+            App::start(&self.config, &self.db_url, listener)
+                .await
+                .unwrap(),
+        );
     }
 
     pub fn app(&self) -> &App {
@@ -338,6 +376,19 @@ impl Live {
     /// Reads until `view_id` is at `version` or later.
     pub async fn wait_version(&mut self, view_id: &str, version: u64) {
         while self.views.get(view_id).is_none_or(|v| v.version < version) {
+            self.read_one().await.expect("stream alive");
+        }
+    }
+
+    /// Reads until `pred` holds for the view.
+    pub async fn wait_until(&mut self, view_id: &str, pred: impl Fn(&ViewState) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.views.get(view_id).is_some_and(&pred) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "condition not reached; view: {:?}",
+                self.views.get(view_id)
+            );
             self.read_one().await.expect("stream alive");
         }
     }

@@ -128,7 +128,17 @@ impl App {
             let _ = s.send(());
         }
         match self.task.take() {
-            Some(t) => t.await.map_err(|e| e.to_string())?,
+            // Calls drain; a client that never lets go does not hold shutdown up.
+            Some(mut t) => {
+                match tokio::time::timeout(std::time::Duration::from_secs(10), &mut t).await {
+                    Ok(r) => r.map_err(|e| e.to_string())?,
+                    Err(_) => {
+                        tracing::warn!("calls still open after 10s; closing them");
+                        t.abort();
+                        Ok(())
+                    }
+                }
+            }
             None => Ok(()),
         }
     }

@@ -82,16 +82,22 @@ impl Service {
 }
 
 /// Closes the session when the response stream is dropped (client gone).
+/// Also stops the request reader, so a closed session releases the whole
+/// call even while the client keeps its side open.
 struct Guard {
     engine: Engine,
     session: Arc<Session>,
     fail: Option<oneshot::Receiver<Status>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
     done: bool,
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         self.engine.close_session(&self.session.id);
+        if let Some(r) = self.reader.take() {
+            r.abort();
+        }
     }
 }
 
@@ -99,11 +105,13 @@ fn session_stream(
     engine: Engine,
     session: Arc<Session>,
     fail: Option<oneshot::Receiver<Status>>,
+    reader: Option<tokio::task::JoinHandle<()>>,
 ) -> WireStream {
     let guard = Guard {
         engine,
         session,
         fail,
+        reader,
         done: false,
     };
     Box::pin(futures_util::stream::unfold(guard, |mut g| async move {
@@ -322,7 +330,7 @@ impl ArcanaService for Service {
         let (fail_tx, fail_rx) = oneshot::channel();
         let mut inbound = req.into_inner();
         let (engine, s) = (self.engine.clone(), session.clone());
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             loop {
                 match inbound.message().await {
                     Ok(Some(msg)) => {
@@ -346,6 +354,7 @@ impl ArcanaService for Service {
             self.engine.clone(),
             session,
             Some(fail_rx),
+            Some(reader),
         )))
     }
 
@@ -358,6 +367,7 @@ impl ArcanaService for Service {
         Ok(Response::new(session_stream(
             self.engine.clone(),
             session,
+            None,
             None,
         )))
     }

@@ -29,6 +29,9 @@ pub struct EmbeddedPostgres {
     port: u16,
     pid: i32,
     waiter: Option<std::thread::JoinHandle<()>>,
+    bin: PathBuf,
+    ids: Option<(u32, u32)>,
+    settings: Vec<(String, String)>,
 }
 
 const DIR_PREFIX: &str = "arcana-pg-";
@@ -161,71 +164,92 @@ impl EmbeddedPostgres {
             ));
         }
 
+        let mut settings: Vec<(String, String)> = vec![
+            ("listen_addresses".into(), "127.0.0.1".into()),
+            ("unix_socket_directories".into(), dir.display().to_string()),
+            ("wal_level".into(), "logical".into()),
+            ("max_wal_senders".into(), "64".into()),
+            ("max_replication_slots".into(), "64".into()),
+            ("max_connections".into(), "200".into()),
+            ("synchronous_commit".into(), "on".into()),
+        ];
+        if opts.fast {
+            settings.push(("fsync".into(), "off".into()));
+            settings.push(("full_page_writes".into(), "off".into()));
+        }
+        settings.extend(opts.settings.iter().cloned());
+        let mut pg = EmbeddedPostgres {
+            dir: dir.clone(),
+            port: 0,
+            pid: 0,
+            waiter: None,
+            bin,
+            ids,
+            settings,
+        };
         let mut last_err = String::new();
         for _ in 0..5 {
-            let port = free_port().map_err(|e| e.to_string())?;
-            let mut cmd = Command::new(bin.join("postgres"));
-            cmd.arg("-D").arg(&data).args(["-p", &port.to_string()]);
-            let mut settings: Vec<(String, String)> = vec![
-                ("listen_addresses".into(), "127.0.0.1".into()),
-                ("unix_socket_directories".into(), dir.display().to_string()),
-                ("wal_level".into(), "logical".into()),
-                ("max_wal_senders".into(), "64".into()),
-                ("max_replication_slots".into(), "64".into()),
-                ("max_connections".into(), "200".into()),
-                ("synchronous_commit".into(), "on".into()),
-            ];
-            if opts.fast {
-                settings.push(("fsync".into(), "off".into()));
-                settings.push(("full_page_writes".into(), "off".into()));
-            }
-            settings.extend(opts.settings.iter().cloned());
-            for (k, v) in &settings {
-                cmd.arg("-c").arg(format!("{k}={v}"));
-            }
-            cmd.stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .stdin(Stdio::null());
-            if let Some((uid, gid)) = ids {
-                cmd.uid(uid).gid(gid);
-            }
-            // SAFETY: prctl is async-signal-safe; it runs after setuid so the setting survives.
-            unsafe {
-                cmd.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
-                    Ok(())
-                });
-            }
-            // The death signal fires when the spawning *thread* exits, so a
-            // dedicated thread spawns the server and waits for it.
-            let (tx, rx) = std::sync::mpsc::channel();
-            let waiter = std::thread::spawn(move || match cmd.spawn() {
-                Ok(mut child) => {
-                    let _ = tx.send(Ok(child.id() as i32));
-                    let _ = child.wait();
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e.to_string()));
-                }
-            });
-            let pid = rx.recv().map_err(|e| e.to_string())??;
-            let pg = EmbeddedPostgres {
-                dir: dir.clone(),
-                port,
-                pid,
-                waiter: Some(waiter),
-            };
-            match pg.wait_ready(Duration::from_secs(30)) {
+            pg.port = free_port().map_err(|e| e.to_string())?;
+            match pg.launch() {
                 Ok(()) => return Ok(pg),
-                Err(e) => {
-                    last_err = e;
-                    pg.kill_and_wait();
-                    std::mem::forget(pg); // keep the directory for the next try
-                }
+                Err(e) => last_err = e,
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
         Err(format!("PostgreSQL did not start: {last_err}"))
+    }
+
+    /// Spawns the server on `self.port` and waits until it is ready.
+    fn launch(&mut self) -> Result<(), String> {
+        let mut cmd = Command::new(self.bin.join("postgres"));
+        cmd.arg("-D")
+            .arg(self.dir.join("data"))
+            .args(["-p", &self.port.to_string()]);
+        for (k, v) in &self.settings {
+            cmd.arg("-c").arg(format!("{k}={v}"));
+        }
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        if let Some((uid, gid)) = self.ids {
+            cmd.uid(uid).gid(gid);
+        }
+        // SAFETY: prctl is async-signal-safe; it runs after setuid so the setting survives.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT);
+                Ok(())
+            });
+        }
+        // The death signal fires when the spawning *thread* exits, so a
+        // dedicated thread spawns the server and waits for it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || match cmd.spawn() {
+            Ok(mut child) => {
+                let _ = tx.send(Ok(child.id() as i32));
+                let _ = child.wait();
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+            }
+        });
+        self.pid = rx.recv().map_err(|e| e.to_string())??;
+        self.waiter = Some(waiter);
+        if let Err(e) = self.wait_ready(Duration::from_secs(30)) {
+            self.kill_and_wait();
+            self.waiter = None;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Stops the server (fast shutdown) and starts it again on the same port
+    /// and data; clients see their connections drop. Blocks.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill_and_wait();
+        if let Some(w) = self.waiter.take() {
+            let _ = w.join();
+        }
+        self.launch()
     }
 
     fn wait_ready(&self, limit: Duration) -> Result<(), String> {

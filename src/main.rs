@@ -222,8 +222,10 @@ Subscribe to project 1's tasks (leave it running; it prints a snapshot, then dif
 In another terminal, add a task and watch the subscription update:
   grpcurl -plaintext -H 'authorization: Bearer dev-alice' -d '{{"mutation": "create_task", "params": {{"project_id": {{"int": 1}}, "title": {{"string": "Try Arcana"}}}}}}' {addr} arcana.v1.ArcanaService/Mutate
 
-Or write with psql and tell the engine (the Notify call is for trusted services):
+Or write with psql: the demo watches the WAL, so the subscription updates by itself:
   psql '{url}' -c "UPDATE tasks SET title = 'Renamed' WHERE id = 2"
+
+A trusted service can also report changes explicitly:
   grpcurl -plaintext -H 'authorization: Bearer dev-service' -d '{{"changes": [{{"table": "tasks", "id": "2", "columns": ["title"]}}]}}' {addr} arcana.v1.ArcanaService/Notify
 "#
     );

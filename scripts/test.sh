@@ -16,9 +16,13 @@ cargo build --locked --bin arcana
 cargo test --locked
 bash scripts/grpcurl-smoke.sh
 for client in clients/go clients/ts; do
-  if [ -f "$client/test.sh" ]; then
-    echo "== $client"
-    bash "$client/test.sh"
-  fi
+  echo "== $client"
+  bash "$client/test.sh"
 done
+
+echo "== generated code is current"
+bash scripts/generate.sh
+git diff --exit-code -- clients/ts/src/gen clients/go/arcanapb clients/ts/examples/demo-types.ts clients/go/examples/demotypes \
+  || { echo "generated code is out of date: run scripts/generate.sh and commit"; exit 1; }
+(cd clients/ts && npx tsc -p examples --noEmit)
 echo "all tests passed"

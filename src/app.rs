@@ -93,7 +93,7 @@ impl App {
         listener: TcpListener,
     ) -> Result<App, String> {
         let pool = crate::postgres::pool(database_url, config.database.pool_size)?;
-        let registry = config.registry(&pool)?;
+        let registry = config.registry(&pool).await?;
         let engine = Engine::new(registry, config.engine.to_engine());
         let source = start_source(config, &engine, database_url).await?;
         let auth = Arc::new(TokenAuthenticator::from_config(&config.auth)?);

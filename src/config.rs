@@ -355,15 +355,27 @@ impl Config {
     }
 
     /// Builds the registry of SQL graphs and mutations on `pool`.
-    pub fn registry(&self, pool: &Pool) -> Result<Registry, String> {
+    ///
+    /// Every statement is prepared against the database first, so a broken
+    /// query, an unreadable column type or a missing key column stops
+    /// startup with a message naming the graph or mutation.
+    pub async fn registry(&self, pool: &Pool) -> Result<Registry, String> {
+        let client = pool
+            .get()
+            .await
+            .map_err(|e| format!("connecting to the database: {e}"))?;
         let mut reg = Registry::new();
         for g in &self.graphs {
-            reg.register(graph(g, pool).map_err(|e| format!("graph `{}`: {e}", g.name))?)?;
+            let named = |e: String| format!("graph `{}`: {e}", g.name);
+            let (mut def, sql) = graph(g, pool).map_err(named)?;
+            def.fields = sql.shape(&client).await.map_err(named)?;
+            reg.register(def)?;
         }
         for m in &self.mutations {
-            reg.register_mutation(
-                mutation(m, pool).map_err(|e| format!("mutation `{}`: {e}", m.name))?,
-            )?;
+            let named = |e: String| format!("mutation `{}`: {e}", m.name);
+            let (def, sql) = mutation(m, pool).map_err(named)?;
+            sql.check(&client).await.map_err(named)?;
+            reg.register_mutation(def)?;
         }
         Ok(reg)
     }
@@ -417,7 +429,7 @@ fn deps(map: &BTreeMap<String, Vec<String>>) -> Vec<TableDep> {
         .collect()
 }
 
-fn graph(g: &GraphConfig, pool: &Pool) -> Result<GraphDef, String> {
+fn graph(g: &GraphConfig, pool: &Pool) -> Result<(GraphDef, Arc<SqlGraph>), String> {
     let params = schema(&g.params)?;
     let declared: Vec<&str> = params.keys().map(String::as_str).collect();
     let query = Statement::parse(&g.sql, &declared).map_err(|e| format!("sql: {e}"))?;
@@ -460,7 +472,7 @@ fn graph(g: &GraphConfig, pool: &Pool) -> Result<GraphDef, String> {
         key: g.key.clone(),
         nested,
     });
-    let mut def = GraphDef::new(&g.name, factory);
+    let mut def = GraphDef::new(&g.name, factory.clone());
     def.description = g.description.clone();
     def.params = params;
     def.deps = deps(&g.deps);
@@ -472,10 +484,10 @@ fn graph(g: &GraphConfig, pool: &Pool) -> Result<GraphDef, String> {
         .iter()
         .map(|(k, v)| (k.clone(), v.table.clone()))
         .collect();
-    Ok(def)
+    Ok((def, factory))
 }
 
-fn mutation(m: &MutationConfig, pool: &Pool) -> Result<MutationDef, String> {
+fn mutation(m: &MutationConfig, pool: &Pool) -> Result<(MutationDef, Arc<SqlMutation>), String> {
     let params = schema(&m.params)?;
     let declared: Vec<&str> = params.keys().map(String::as_str).collect();
     let sqls = match &m.sql {
@@ -507,7 +519,7 @@ fn mutation(m: &MutationConfig, pool: &Pool) -> Result<MutationDef, String> {
         statements,
         changes,
     });
-    let mut def = MutationDef::new(&m.name, handler);
+    let mut def = MutationDef::new(&m.name, handler.clone());
     def.description = m.description.clone();
     def.params = params;
     def.permissions = m.permissions.clone();
@@ -522,5 +534,5 @@ fn mutation(m: &MutationConfig, pool: &Pool) -> Result<MutationDef, String> {
             }
         })
         .collect();
-    Ok(def)
+    Ok((def, handler))
 }

@@ -42,6 +42,24 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: String,
     },
+    /// Typed params and rows for every graph and mutation of a running server.
+    Codegen {
+        /// `ts` or `go`.
+        #[arg(long, value_parser = ["ts", "go"])]
+        lang: String,
+        /// The server to ask (Describe).
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        server: String,
+        /// A bearer token for Describe.
+        #[arg(long, env = "ARCANA_TOKEN")]
+        token: String,
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The Go package name.
+        #[arg(long, default_value = "arcanatypes")]
+        package: String,
+    },
     /// Trigger SQL for LISTEN/NOTIFY change detection (changes.mode = "notify").
     Triggers {
         #[command(subcommand)]
@@ -90,6 +108,13 @@ async fn main() {
             listen,
         } => demo(database_url, listen).await,
         Command::Triggers { action } => triggers(action).await,
+        Command::Codegen {
+            lang,
+            server,
+            token,
+            out,
+            package,
+        } => codegen(&lang, server, &token, out, &package).await,
     };
     if let Err(e) = result {
         eprintln!("arcana: {e}");
@@ -115,6 +140,42 @@ async fn run_until_ctrl_c(mut app: App) -> Result<(), String> {
         _ = tokio::signal::ctrl_c() => {
             tracing::info!("shutting down");
             app.stop().await
+        }
+    }
+}
+
+async fn codegen(
+    lang: &str,
+    server: String,
+    token: &str,
+    out: Option<PathBuf>,
+    package: &str,
+) -> Result<(), String> {
+    let channel = tonic::transport::Endpoint::from_shared(server.clone())
+        .map_err(|e| format!("bad --server {server}: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("connecting to {server}: {e}"))?;
+    let mut client = arcana::proto::arcana_service_client::ArcanaServiceClient::new(channel);
+    let mut req = tonic::Request::new(arcana::proto::DescribeRequest {});
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "the token is not valid header text".to_owned())?;
+    req.metadata_mut().insert("authorization", value);
+    let d = client
+        .describe(req)
+        .await
+        .map_err(|s| format!("Describe: {:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let text = match lang {
+        "ts" => arcana::codegen::typescript(&d),
+        _ => arcana::codegen::go(&d, package),
+    };
+    match out {
+        Some(p) => std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display())),
+        None => {
+            print!("{text}");
+            Ok(())
         }
     }
 }
@@ -146,7 +207,8 @@ async fn triggers(action: TriggerAction) -> Result<(), String> {
     let url = database(&config, url)?;
     // The registry is only needed for the tracked tables and columns.
     let pool = arcana::postgres::pool(&url, 1)?;
-    let engine = arcana::engine::Engine::new(config.registry(&pool)?, config.engine.to_engine());
+    let engine =
+        arcana::engine::Engine::new(config.registry(&pool).await?, config.engine.to_engine());
     let tables = arcana::app::tracked_tables(&engine);
     let channel = &config.changes.channel;
     if apply {

@@ -442,6 +442,16 @@ async fn describe_and_health_answer() {
     assert_eq!(p.r#type, pb::ParamType::Int as i32);
     assert_eq!(g.nested["assignee"], "users");
     assert!(d.mutations.iter().any(|m| m.name == "create_task"));
+    let kind = |nested: &str, name: &str| {
+        g.fields
+            .iter()
+            .find(|f| f.nested == nested && f.name == name)
+            .map(|f| f.kind.clone())
+    };
+    assert_eq!(kind("", "points").as_deref(), Some("int"));
+    assert_eq!(kind("", "estimate").as_deref(), Some("numeric"));
+    assert_eq!(kind("", "meta").as_deref(), Some("json"));
+    assert_eq!(kind("assignee", "name").as_deref(), Some("string"));
     assert!(d
         .tables
         .iter()
@@ -459,4 +469,29 @@ async fn describe_and_health_answer() {
         s.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
+}
+
+#[tokio::test]
+async fn a_broken_graph_stops_startup_with_the_reason() {
+    let url = fresh_database().await;
+    let cases = [
+        (
+            "SELECT id, nope FROM tasks",
+            "column \"nope\" does not exist",
+        ),
+        ("SELECT title FROM tasks", "no `id` column"),
+        ("SELECT id, ctid FROM tasks", "type tid is not supported"),
+    ];
+    for (sql, why) in cases {
+        let toml = format!(
+            "[[auth.tokens]]\ntoken = \"t\"\nuser = \"u\"\nworkspace = \"w\"\n[[graphs]]\nname = \"broken\"\ntable = \"tasks\"\nsql = {sql:?}\ndeps = {{ tasks = [\"*\"] }}\n[changes]\nmode = \"none\"\n"
+        );
+        let config = arcana::config::Config::parse(&toml).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let err = arcana::app::App::start(&config, &url, listener)
+            .await
+            .err()
+            .expect("startup fails");
+        assert!(err.contains("graph `broken`") && err.contains(why), "{err}");
+    }
 }

@@ -34,7 +34,8 @@ pub use identity::{Identity, Scope};
 pub use invalidation::ChangeBatch;
 pub use params::{ParamSchema, ParamSpec, ParamType, Params};
 pub use registry::{
-    Change, Factory, GraphDef, MutationDef, MutationHandler, MutationOutput, Registry, TableDep,
+    Change, Factory, FieldShape, GraphDef, MutationDef, MutationHandler, MutationOutput, Registry,
+    TableDep,
 };
 pub use result::{GraphResult, Ref, RowKey};
 pub use session::{Outbound, QueueError, Session};

@@ -63,6 +63,17 @@ impl TableDep {
     }
 }
 
+/// One field of a graph's rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldShape {
+    /// The nested ref it belongs to; empty for the graph's own rows.
+    pub nested: String,
+    /// The field name.
+    pub name: String,
+    /// The [`crate::engine::Value`] kind it arrives as (`int`, `string`, ...).
+    pub kind: &'static str,
+}
+
 /// A named, parameterized graph.
 #[derive(Clone)]
 pub struct GraphDef {
@@ -82,6 +93,8 @@ pub struct GraphDef {
     pub table: Option<String>,
     /// Nested ref names and their tables (informational).
     pub nested: BTreeMap<String, String>,
+    /// The fields of the rows, when known (for Describe and codegen).
+    pub fields: Vec<FieldShape>,
     /// Produces the result.
     pub factory: Arc<dyn Factory>,
 }
@@ -98,6 +111,7 @@ impl GraphDef {
             per_user: false,
             table: None,
             nested: BTreeMap::new(),
+            fields: Vec::new(),
             factory: Arc::new(factory),
         }
     }

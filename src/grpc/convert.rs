@@ -240,6 +240,15 @@ pub fn describe(reg: &engine::Registry) -> pb::DescribeResponse {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 table: g.table.clone().unwrap_or_default(),
+                fields: g
+                    .fields
+                    .iter()
+                    .map(|f| pb::FieldInfo {
+                        nested: f.nested.clone(),
+                        name: f.name.clone(),
+                        kind: f.kind.to_owned(),
+                    })
+                    .collect(),
             })
             .collect(),
         mutations: reg

@@ -43,6 +43,11 @@ impl Statement {
         Ok(Statement { named })
     }
 
+    /// The statement with positional parameters, as sent to Postgres.
+    pub fn sql(&self) -> &str {
+        &self.named.sql
+    }
+
     /// Whether the statement reads the caller's user id.
     pub fn uses_user(&self) -> bool {
         self.named.names.iter().any(|n| n == USER_PARAM)
@@ -232,6 +237,94 @@ impl SqlGraph {
 
 fn source_text(e: &tokio_postgres::Error) -> String {
     std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string())
+}
+
+impl SqlGraph {
+    /// Prepares the graph's statements on `client` and returns its row
+    /// fields, checking that key columns are present and types are readable.
+    /// Startup fails here, with the database's words, on a broken query.
+    pub async fn shape(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<Vec<crate::engine::FieldShape>, String> {
+        let db = |e: tokio_postgres::Error| {
+            e.as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+        };
+        let stmt = client
+            .prepare(self.query.sql())
+            .await
+            .map_err(|e| format!("sql: {}", db(e)))?;
+        let mut fields = Vec::new();
+        for col in stmt.columns() {
+            let kind = super::values::kind_of(col.type_())
+                .map_err(|e| format!("column `{}`: {e}", col.name()))?;
+            let (nested, name) = match col.name().split_once('.') {
+                Some((n, f)) => {
+                    if !self.nested.iter().any(|s| s.name == n) {
+                        return Err(format!(
+                            "column `{}` names nested ref `{n}`, which the graph does not declare",
+                            col.name()
+                        ));
+                    }
+                    (n.to_owned(), f.to_owned())
+                }
+                None => (String::new(), col.name().to_owned()),
+            };
+            fields.push(crate::engine::FieldShape { nested, name, kind });
+        }
+        let has =
+            |nested: &str, name: &str| fields.iter().any(|f| f.nested == nested && f.name == name);
+        for k in &self.key {
+            if !has("", k) {
+                return Err(format!(
+                    "the query returns no `{k}` column, which is the key of `{}`",
+                    self.table
+                ));
+            }
+        }
+        for n in &self.nested {
+            for k in &n.key {
+                if !has(&n.name, k) {
+                    return Err(format!(
+                        "the query returns no `{}.{k}` column, the key of nested ref `{}`",
+                        n.name, n.name
+                    ));
+                }
+            }
+        }
+        if let Some(t) = &self.total {
+            let stmt = client
+                .prepare(t.sql())
+                .await
+                .map_err(|e| format!("total_sql: {}", db(e)))?;
+            let ok = stmt.columns().len() == 1
+                && super::values::kind_of(stmt.columns()[0].type_()) == Ok("int");
+            if !ok {
+                return Err(
+                    "total_sql must return one integer column, such as SELECT count(*) ...".into(),
+                );
+            }
+        }
+        Ok(fields)
+    }
+}
+
+impl SqlMutation {
+    /// Prepares every statement, so a broken one fails startup.
+    pub async fn check(&self, client: &tokio_postgres::Client) -> Result<(), String> {
+        for (i, s) in self.statements.iter().enumerate() {
+            client.prepare(s.sql()).await.map_err(|e| {
+                format!(
+                    "statement {}: {}",
+                    i + 1,
+                    e.as_db_error()
+                        .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+                )
+            })?;
+        }
+        Ok(())
+    }
 }
 
 impl Factory for Arc<SqlGraph> {

@@ -74,6 +74,29 @@ impl<'a> FromSql<'a> for SqlValue {
     }
 }
 
+/// The [`Value`] kind a column of type `ty` is read as, or why it cannot be.
+pub fn kind_of(ty: &Type) -> Result<&'static str, String> {
+    Ok(match *ty {
+        Type::BOOL => "bool",
+        Type::INT2 | Type::INT4 | Type::INT8 | Type::OID => "int",
+        Type::FLOAT4 | Type::FLOAT8 => "float",
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => "string",
+        Type::NUMERIC => "numeric",
+        Type::TIMESTAMP | Type::TIMESTAMPTZ => "timestamp",
+        Type::DATE => "date",
+        Type::JSON | Type::JSONB => "json",
+        Type::BYTEA => "bytes",
+        Type::UUID => "uuid",
+        _ if matches!(ty.kind(), Kind::Enum(_)) => "string",
+        _ => {
+            return Err(format!(
+                "type {} is not supported; cast the column in the query, for example `col::text` or `to_jsonb(col)`",
+                ty.name()
+            ))
+        }
+    })
+}
+
 fn uuid_text(raw: &[u8]) -> Result<String, BoxError> {
     if raw.len() != 16 {
         return Err("bad uuid length".into());

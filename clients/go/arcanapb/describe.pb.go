@@ -223,6 +223,70 @@ func (x *TableDep) GetColumns() []string {
 	return nil
 }
 
+// One field of a graph's rows, as the server reads it from its query.
+type FieldInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The nested ref the field belongs to; empty for the graph's own rows.
+	Nested string `protobuf:"bytes,1,opt,name=nested,proto3" json:"nested,omitempty"`
+	Name   string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The Value kind it arrives as: bool, int, float, string, numeric,
+	// timestamp, date, json, bytes or uuid. Any field may also be null.
+	Kind          string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FieldInfo) Reset() {
+	*x = FieldInfo{}
+	mi := &file_arcana_v1_describe_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FieldInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FieldInfo) ProtoMessage() {}
+
+func (x *FieldInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_arcana_v1_describe_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FieldInfo.ProtoReflect.Descriptor instead.
+func (*FieldInfo) Descriptor() ([]byte, []int) {
+	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FieldInfo) GetNested() string {
+	if x != nil {
+		return x.Nested
+	}
+	return ""
+}
+
+func (x *FieldInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FieldInfo) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
 type GraphInfo struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -236,14 +300,16 @@ type GraphInfo struct {
 	// Nested reference names and the table each points to.
 	Nested map[string]string `protobuf:"bytes,7,rep,name=nested,proto3" json:"nested,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The table of the graph's top-level refs, when it has one.
-	Table         string `protobuf:"bytes,8,opt,name=table,proto3" json:"table,omitempty"`
+	Table string `protobuf:"bytes,8,opt,name=table,proto3" json:"table,omitempty"`
+	// The fields of its rows, when known (SQL graphs always know them).
+	Fields        []*FieldInfo `protobuf:"bytes,9,rep,name=fields,proto3" json:"fields,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GraphInfo) Reset() {
 	*x = GraphInfo{}
-	mi := &file_arcana_v1_describe_proto_msgTypes[2]
+	mi := &file_arcana_v1_describe_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -255,7 +321,7 @@ func (x *GraphInfo) String() string {
 func (*GraphInfo) ProtoMessage() {}
 
 func (x *GraphInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_describe_proto_msgTypes[2]
+	mi := &file_arcana_v1_describe_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -268,7 +334,7 @@ func (x *GraphInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GraphInfo.ProtoReflect.Descriptor instead.
 func (*GraphInfo) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{2}
+	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GraphInfo) GetName() string {
@@ -327,6 +393,13 @@ func (x *GraphInfo) GetTable() string {
 	return ""
 }
 
+func (x *GraphInfo) GetFields() []*FieldInfo {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
 type MutationInfo struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -341,7 +414,7 @@ type MutationInfo struct {
 
 func (x *MutationInfo) Reset() {
 	*x = MutationInfo{}
-	mi := &file_arcana_v1_describe_proto_msgTypes[3]
+	mi := &file_arcana_v1_describe_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -353,7 +426,7 @@ func (x *MutationInfo) String() string {
 func (*MutationInfo) ProtoMessage() {}
 
 func (x *MutationInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_describe_proto_msgTypes[3]
+	mi := &file_arcana_v1_describe_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -366,7 +439,7 @@ func (x *MutationInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MutationInfo.ProtoReflect.Descriptor instead.
 func (*MutationInfo) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{3}
+	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MutationInfo) GetName() string {
@@ -416,7 +489,7 @@ type TableInfo struct {
 
 func (x *TableInfo) Reset() {
 	*x = TableInfo{}
-	mi := &file_arcana_v1_describe_proto_msgTypes[4]
+	mi := &file_arcana_v1_describe_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -428,7 +501,7 @@ func (x *TableInfo) String() string {
 func (*TableInfo) ProtoMessage() {}
 
 func (x *TableInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_describe_proto_msgTypes[4]
+	mi := &file_arcana_v1_describe_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -441,7 +514,7 @@ func (x *TableInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TableInfo.ProtoReflect.Descriptor instead.
 func (*TableInfo) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{4}
+	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *TableInfo) GetName() string {
@@ -473,7 +546,7 @@ type DescribeRequest struct {
 
 func (x *DescribeRequest) Reset() {
 	*x = DescribeRequest{}
-	mi := &file_arcana_v1_describe_proto_msgTypes[5]
+	mi := &file_arcana_v1_describe_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -485,7 +558,7 @@ func (x *DescribeRequest) String() string {
 func (*DescribeRequest) ProtoMessage() {}
 
 func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_describe_proto_msgTypes[5]
+	mi := &file_arcana_v1_describe_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -498,7 +571,7 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{5}
+	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{6}
 }
 
 type DescribeResponse struct {
@@ -513,7 +586,7 @@ type DescribeResponse struct {
 
 func (x *DescribeResponse) Reset() {
 	*x = DescribeResponse{}
-	mi := &file_arcana_v1_describe_proto_msgTypes[6]
+	mi := &file_arcana_v1_describe_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -525,7 +598,7 @@ func (x *DescribeResponse) String() string {
 func (*DescribeResponse) ProtoMessage() {}
 
 func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_describe_proto_msgTypes[6]
+	mi := &file_arcana_v1_describe_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -538,7 +611,7 @@ func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeResponse.ProtoReflect.Descriptor instead.
 func (*DescribeResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{6}
+	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DescribeResponse) GetProtocolVersion() uint32 {
@@ -585,7 +658,11 @@ const file_arcana_v1_describe_proto_rawDesc = "" +
 	"\b_default\":\n" +
 	"\bTableDep\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x18\n" +
-	"\acolumns\x18\x02 \x03(\tR\acolumns\"\xe0\x02\n" +
+	"\acolumns\x18\x02 \x03(\tR\acolumns\"K\n" +
+	"\tFieldInfo\x12\x16\n" +
+	"\x06nested\x18\x01 \x01(\tR\x06nested\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\"\x8e\x03\n" +
 	"\tGraphInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12,\n" +
@@ -594,7 +671,8 @@ const file_arcana_v1_describe_proto_rawDesc = "" +
 	"\vpermissions\x18\x05 \x03(\tR\vpermissions\x12\x19\n" +
 	"\bper_user\x18\x06 \x01(\bR\aperUser\x128\n" +
 	"\x06nested\x18\a \x03(\v2 .arcana.v1.GraphInfo.NestedEntryR\x06nested\x12\x14\n" +
-	"\x05table\x18\b \x01(\tR\x05table\x1a9\n" +
+	"\x05table\x18\b \x01(\tR\x05table\x12,\n" +
+	"\x06fields\x18\t \x03(\v2\x14.arcana.v1.FieldInfoR\x06fields\x1a9\n" +
 	"\vNestedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x01\n" +
@@ -636,36 +714,38 @@ func file_arcana_v1_describe_proto_rawDescGZIP() []byte {
 }
 
 var file_arcana_v1_describe_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_arcana_v1_describe_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_arcana_v1_describe_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_arcana_v1_describe_proto_goTypes = []any{
 	(ParamType)(0),           // 0: arcana.v1.ParamType
 	(*ParamInfo)(nil),        // 1: arcana.v1.ParamInfo
 	(*TableDep)(nil),         // 2: arcana.v1.TableDep
-	(*GraphInfo)(nil),        // 3: arcana.v1.GraphInfo
-	(*MutationInfo)(nil),     // 4: arcana.v1.MutationInfo
-	(*TableInfo)(nil),        // 5: arcana.v1.TableInfo
-	(*DescribeRequest)(nil),  // 6: arcana.v1.DescribeRequest
-	(*DescribeResponse)(nil), // 7: arcana.v1.DescribeResponse
-	nil,                      // 8: arcana.v1.GraphInfo.NestedEntry
-	(*Value)(nil),            // 9: arcana.v1.Value
+	(*FieldInfo)(nil),        // 3: arcana.v1.FieldInfo
+	(*GraphInfo)(nil),        // 4: arcana.v1.GraphInfo
+	(*MutationInfo)(nil),     // 5: arcana.v1.MutationInfo
+	(*TableInfo)(nil),        // 6: arcana.v1.TableInfo
+	(*DescribeRequest)(nil),  // 7: arcana.v1.DescribeRequest
+	(*DescribeResponse)(nil), // 8: arcana.v1.DescribeResponse
+	nil,                      // 9: arcana.v1.GraphInfo.NestedEntry
+	(*Value)(nil),            // 10: arcana.v1.Value
 }
 var file_arcana_v1_describe_proto_depIdxs = []int32{
 	0,  // 0: arcana.v1.ParamInfo.type:type_name -> arcana.v1.ParamType
-	9,  // 1: arcana.v1.ParamInfo.default:type_name -> arcana.v1.Value
-	9,  // 2: arcana.v1.ParamInfo.one_of:type_name -> arcana.v1.Value
+	10, // 1: arcana.v1.ParamInfo.default:type_name -> arcana.v1.Value
+	10, // 2: arcana.v1.ParamInfo.one_of:type_name -> arcana.v1.Value
 	1,  // 3: arcana.v1.GraphInfo.params:type_name -> arcana.v1.ParamInfo
 	2,  // 4: arcana.v1.GraphInfo.deps:type_name -> arcana.v1.TableDep
-	8,  // 5: arcana.v1.GraphInfo.nested:type_name -> arcana.v1.GraphInfo.NestedEntry
-	1,  // 6: arcana.v1.MutationInfo.params:type_name -> arcana.v1.ParamInfo
-	2,  // 7: arcana.v1.MutationInfo.changes:type_name -> arcana.v1.TableDep
-	3,  // 8: arcana.v1.DescribeResponse.graphs:type_name -> arcana.v1.GraphInfo
-	4,  // 9: arcana.v1.DescribeResponse.mutations:type_name -> arcana.v1.MutationInfo
-	5,  // 10: arcana.v1.DescribeResponse.tables:type_name -> arcana.v1.TableInfo
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	9,  // 5: arcana.v1.GraphInfo.nested:type_name -> arcana.v1.GraphInfo.NestedEntry
+	3,  // 6: arcana.v1.GraphInfo.fields:type_name -> arcana.v1.FieldInfo
+	1,  // 7: arcana.v1.MutationInfo.params:type_name -> arcana.v1.ParamInfo
+	2,  // 8: arcana.v1.MutationInfo.changes:type_name -> arcana.v1.TableDep
+	4,  // 9: arcana.v1.DescribeResponse.graphs:type_name -> arcana.v1.GraphInfo
+	5,  // 10: arcana.v1.DescribeResponse.mutations:type_name -> arcana.v1.MutationInfo
+	6,  // 11: arcana.v1.DescribeResponse.tables:type_name -> arcana.v1.TableInfo
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_arcana_v1_describe_proto_init() }
@@ -681,7 +761,7 @@ func file_arcana_v1_describe_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_arcana_v1_describe_proto_rawDesc), len(file_arcana_v1_describe_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

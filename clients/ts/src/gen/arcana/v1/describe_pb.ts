@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file arcana/v1/describe.proto.
  */
 export const file_arcana_v1_describe: GenFile = /*@__PURE__*/
-  fileDesc("ChhhcmNhbmEvdjEvZGVzY3JpYmUucHJvdG8SCWFyY2FuYS52MSK6AQoJUGFyYW1JbmZvEgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmFyY2FuYS52MS5QYXJhbVR5cGUSEAoIcmVxdWlyZWQYAyABKAgSJgoHZGVmYXVsdBgEIAEoCzIQLmFyY2FuYS52MS5WYWx1ZUgAiAEBEiAKBm9uZV9vZhgFIAMoCzIQLmFyY2FuYS52MS5WYWx1ZRITCgtkZXNjcmlwdGlvbhgGIAEoCUIKCghfZGVmYXVsdCIqCghUYWJsZURlcBINCgV0YWJsZRgBIAEoCRIPCgdjb2x1bW5zGAIgAygJIo4CCglHcmFwaEluZm8SDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIkCgZwYXJhbXMYAyADKAsyFC5hcmNhbmEudjEuUGFyYW1JbmZvEiEKBGRlcHMYBCADKAsyEy5hcmNhbmEudjEuVGFibGVEZXASEwoLcGVybWlzc2lvbnMYBSADKAkSEAoIcGVyX3VzZXIYBiABKAgSMAoGbmVzdGVkGAcgAygLMiAuYXJjYW5hLnYxLkdyYXBoSW5mby5OZXN0ZWRFbnRyeRINCgV0YWJsZRgIIAEoCRotCgtOZXN0ZWRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIpIBCgxNdXRhdGlvbkluZm8SDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIkCgZwYXJhbXMYAyADKAsyFC5hcmNhbmEudjEuUGFyYW1JbmZvEhMKC3Blcm1pc3Npb25zGAQgAygJEiQKB2NoYW5nZXMYBSADKAsyEy5hcmNhbmEudjEuVGFibGVEZXAiOgoJVGFibGVJbmZvEgwKBG5hbWUYASABKAkSDwoHY29sdW1ucxgCIAMoCRIOCgZncmFwaHMYAyADKAkiEQoPRGVzY3JpYmVSZXF1ZXN0IqQBChBEZXNjcmliZVJlc3BvbnNlEhgKEHByb3RvY29sX3ZlcnNpb24YASABKA0SJAoGZ3JhcGhzGAIgAygLMhQuYXJjYW5hLnYxLkdyYXBoSW5mbxIqCgltdXRhdGlvbnMYAyADKAsyFy5hcmNhbmEudjEuTXV0YXRpb25JbmZvEiQKBnRhYmxlcxgEIAMoCzIULmFyY2FuYS52MS5UYWJsZUluZm8qrAEKCVBhcmFtVHlwZRIaChZQQVJBTV9UWVBFX1VOU1BFQ0lGSUVEEAASFQoRUEFSQU1fVFlQRV9TVFJJTkcQARISCg5QQVJBTV9UWVBFX0lOVBACEhQKEFBBUkFNX1RZUEVfRkxPQVQQAxITCg9QQVJBTV9UWVBFX0JPT0wQBBITCg9QQVJBTV9UWVBFX1VVSUQQBRIYChRQQVJBTV9UWVBFX1RJTUVTVEFNUBAGYgZwcm90bzM", [file_arcana_v1_value]);
+  fileDesc("ChhhcmNhbmEvdjEvZGVzY3JpYmUucHJvdG8SCWFyY2FuYS52MSK6AQoJUGFyYW1JbmZvEgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmFyY2FuYS52MS5QYXJhbVR5cGUSEAoIcmVxdWlyZWQYAyABKAgSJgoHZGVmYXVsdBgEIAEoCzIQLmFyY2FuYS52MS5WYWx1ZUgAiAEBEiAKBm9uZV9vZhgFIAMoCzIQLmFyY2FuYS52MS5WYWx1ZRITCgtkZXNjcmlwdGlvbhgGIAEoCUIKCghfZGVmYXVsdCIqCghUYWJsZURlcBINCgV0YWJsZRgBIAEoCRIPCgdjb2x1bW5zGAIgAygJIjcKCUZpZWxkSW5mbxIOCgZuZXN0ZWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRraW5kGAMgASgJIrQCCglHcmFwaEluZm8SDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIkCgZwYXJhbXMYAyADKAsyFC5hcmNhbmEudjEuUGFyYW1JbmZvEiEKBGRlcHMYBCADKAsyEy5hcmNhbmEudjEuVGFibGVEZXASEwoLcGVybWlzc2lvbnMYBSADKAkSEAoIcGVyX3VzZXIYBiABKAgSMAoGbmVzdGVkGAcgAygLMiAuYXJjYW5hLnYxLkdyYXBoSW5mby5OZXN0ZWRFbnRyeRINCgV0YWJsZRgIIAEoCRIkCgZmaWVsZHMYCSADKAsyFC5hcmNhbmEudjEuRmllbGRJbmZvGi0KC05lc3RlZEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEikgEKDE11dGF0aW9uSW5mbxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEiQKBnBhcmFtcxgDIAMoCzIULmFyY2FuYS52MS5QYXJhbUluZm8SEwoLcGVybWlzc2lvbnMYBCADKAkSJAoHY2hhbmdlcxgFIAMoCzITLmFyY2FuYS52MS5UYWJsZURlcCI6CglUYWJsZUluZm8SDAoEbmFtZRgBIAEoCRIPCgdjb2x1bW5zGAIgAygJEg4KBmdyYXBocxgDIAMoCSIRCg9EZXNjcmliZVJlcXVlc3QipAEKEERlc2NyaWJlUmVzcG9uc2USGAoQcHJvdG9jb2xfdmVyc2lvbhgBIAEoDRIkCgZncmFwaHMYAiADKAsyFC5hcmNhbmEudjEuR3JhcGhJbmZvEioKCW11dGF0aW9ucxgDIAMoCzIXLmFyY2FuYS52MS5NdXRhdGlvbkluZm8SJAoGdGFibGVzGAQgAygLMhQuYXJjYW5hLnYxLlRhYmxlSW5mbyqsAQoJUGFyYW1UeXBlEhoKFlBBUkFNX1RZUEVfVU5TUEVDSUZJRUQQABIVChFQQVJBTV9UWVBFX1NUUklORxABEhIKDlBBUkFNX1RZUEVfSU5UEAISFAoQUEFSQU1fVFlQRV9GTE9BVBADEhMKD1BBUkFNX1RZUEVfQk9PTBAEEhMKD1BBUkFNX1RZUEVfVVVJRBAFEhgKFFBBUkFNX1RZUEVfVElNRVNUQU1QEAZiBnByb3RvMw", [file_arcana_v1_value]);
 
 /**
  * @generated from message arcana.v1.ParamInfo
@@ -87,6 +87,40 @@ export const TableDepSchema: GenMessage<TableDep> = /*@__PURE__*/
   messageDesc(file_arcana_v1_describe, 1);
 
 /**
+ * One field of a graph's rows, as the server reads it from its query.
+ *
+ * @generated from message arcana.v1.FieldInfo
+ */
+export type FieldInfo = Message<"arcana.v1.FieldInfo"> & {
+  /**
+   * The nested ref the field belongs to; empty for the graph's own rows.
+   *
+   * @generated from field: string nested = 1;
+   */
+  nested: string;
+
+  /**
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * The Value kind it arrives as: bool, int, float, string, numeric,
+   * timestamp, date, json, bytes or uuid. Any field may also be null.
+   *
+   * @generated from field: string kind = 3;
+   */
+  kind: string;
+};
+
+/**
+ * Describes the message arcana.v1.FieldInfo.
+ * Use `create(FieldInfoSchema)` to create a new message.
+ */
+export const FieldInfoSchema: GenMessage<FieldInfo> = /*@__PURE__*/
+  messageDesc(file_arcana_v1_describe, 2);
+
+/**
  * @generated from message arcana.v1.GraphInfo
  */
 export type GraphInfo = Message<"arcana.v1.GraphInfo"> & {
@@ -137,6 +171,13 @@ export type GraphInfo = Message<"arcana.v1.GraphInfo"> & {
    * @generated from field: string table = 8;
    */
   table: string;
+
+  /**
+   * The fields of its rows, when known (SQL graphs always know them).
+   *
+   * @generated from field: repeated arcana.v1.FieldInfo fields = 9;
+   */
+  fields: FieldInfo[];
 };
 
 /**
@@ -144,7 +185,7 @@ export type GraphInfo = Message<"arcana.v1.GraphInfo"> & {
  * Use `create(GraphInfoSchema)` to create a new message.
  */
 export const GraphInfoSchema: GenMessage<GraphInfo> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_describe, 2);
+  messageDesc(file_arcana_v1_describe, 3);
 
 /**
  * @generated from message arcana.v1.MutationInfo
@@ -183,7 +224,7 @@ export type MutationInfo = Message<"arcana.v1.MutationInfo"> & {
  * Use `create(MutationInfoSchema)` to create a new message.
  */
 export const MutationInfoSchema: GenMessage<MutationInfo> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_describe, 3);
+  messageDesc(file_arcana_v1_describe, 4);
 
 /**
  * A table as seen by all graphs together: the union of the columns they read.
@@ -212,7 +253,7 @@ export type TableInfo = Message<"arcana.v1.TableInfo"> & {
  * Use `create(TableInfoSchema)` to create a new message.
  */
 export const TableInfoSchema: GenMessage<TableInfo> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_describe, 4);
+  messageDesc(file_arcana_v1_describe, 5);
 
 /**
  * @generated from message arcana.v1.DescribeRequest
@@ -225,7 +266,7 @@ export type DescribeRequest = Message<"arcana.v1.DescribeRequest"> & {
  * Use `create(DescribeRequestSchema)` to create a new message.
  */
 export const DescribeRequestSchema: GenMessage<DescribeRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_describe, 5);
+  messageDesc(file_arcana_v1_describe, 6);
 
 /**
  * @generated from message arcana.v1.DescribeResponse
@@ -257,7 +298,7 @@ export type DescribeResponse = Message<"arcana.v1.DescribeResponse"> & {
  * Use `create(DescribeResponseSchema)` to create a new message.
  */
 export const DescribeResponseSchema: GenMessage<DescribeResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_describe, 6);
+  messageDesc(file_arcana_v1_describe, 7);
 
 /**
  * The type of a graph or mutation parameter.

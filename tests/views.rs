@@ -276,3 +276,42 @@ async fn values_keep_their_type_and_precision() {
         .unwrap();
     assert!(unassigned.nested.is_empty());
 }
+
+#[tokio::test]
+async fn a_failing_evaluation_reaches_subscribers_and_the_view_recovers() {
+    let h = Harness::start().await;
+    let mut l = h.live("dev-alice").await;
+    let v = l
+        .subscribe("project_tasks", project(1))
+        .await
+        .unwrap()
+        .view_id;
+    let good = l.view(&v).clone();
+
+    // Break the graph's query under the running server.
+    h.sql("ALTER TABLE tasks RENAME COLUMN title TO title_renamed")
+        .await;
+    h.notify("tasks", "1", &["title"]).await;
+    l.ping().await;
+    let err = l.view(&v).error.clone().expect("an error frame arrived");
+    assert!(err.contains("title"), "{err}");
+    assert_eq!(
+        l.view(&v).content(),
+        good.content(),
+        "the last good state stands"
+    );
+    assert!(h.app().engine.stats().eval_errors >= 1);
+
+    // Repair it and change something: the next diff continues from the last good state.
+    h.sql("ALTER TABLE tasks RENAME COLUMN title_renamed TO title; UPDATE tasks SET title = 'recovered' WHERE id = 1").await;
+    h.notify("tasks", "1", &["title"]).await;
+    l.ping().await;
+    assert!(l.view(&v).error.is_none());
+    assert_eq!(l.view(&v).version, good.version + 1);
+    assert_eq!(
+        l.view(&v).content(),
+        h.fresh("dev-alice", "project_tasks", project(1))
+            .await
+            .content()
+    );
+}

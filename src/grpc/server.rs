@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -145,7 +145,11 @@ pub async fn serve(
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        // Nagle's algorithm would hold small frames back for up to 40 ms.
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await
         .map_err(|e| e.to_string())
 }

@@ -1053,8 +1053,10 @@ func (x *SyncResult) GetFrames() uint32 {
 }
 
 type SyncResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Results       []*SyncResult          `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per requested view, in request order. A view that could not
+	// be resolved (unknown graph, bad params) has an empty view_id and an error.
+	Results       []*SyncResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

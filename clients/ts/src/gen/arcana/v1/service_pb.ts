@@ -445,6 +445,9 @@ export const SyncResultSchema: GenMessage<SyncResult> = /*@__PURE__*/
  */
 export type SyncResponse = Message<"arcana.v1.SyncResponse"> & {
   /**
+   * One result per requested view, in request order. A view that could not
+   * be resolved (unknown graph, bad params) has an empty view_id and an error.
+   *
    * @generated from field: repeated arcana.v1.SyncResult results = 1;
    */
   results: SyncResult[];

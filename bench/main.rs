@@ -62,7 +62,7 @@ impl Server {
             );
         let path = dir.join("arcana.toml");
         std::fs::write(&path, cfg).unwrap();
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(&path)
             .args(["--database-url", url])
@@ -85,6 +85,8 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("arcana serve did not start");
     }
 

@@ -384,7 +384,11 @@ async fn the_triggers_command_prints_and_installs_the_trigger_sql() {
     let dir = std::env::temp_dir().join(format!("arcana-cli-{:08x}", rand::random::<u32>()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("arcana.toml");
-    std::fs::write(&config, format!("{}\n{EXTRA_CONFIG}", arcana::app::DEMO_CONFIG)).unwrap();
+    std::fs::write(
+        &config,
+        format!("{}\n{EXTRA_CONFIG}", arcana::app::DEMO_CONFIG),
+    )
+    .unwrap();
     let run = |action: &'static str| {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_arcana"))
             .args(["triggers", action, "--config"])
@@ -393,14 +397,32 @@ async fn the_triggers_command_prints_and_installs_the_trigger_sql() {
             .output()
     };
     let out = run("sql").await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let sql = String::from_utf8(out.stdout).unwrap();
     for table in ["tasks", "users", "projects", "memberships", "labels"] {
-        assert!(sql.contains(&format!("AFTER INSERT OR UPDATE OR DELETE ON \"{table}\"")), "no trigger for {table}:\n{sql}");
+        assert!(
+            sql.contains(&format!("AFTER INSERT OR UPDATE OR DELETE ON \"{table}\"")),
+            "no trigger for {table}:\n{sql}"
+        );
     }
-    assert!(sql.contains("array_to_json(ARRAY[NEW.\"org\"::text, NEW.\"member\"::text])"), "composite key:\n{sql}");
+    assert!(
+        sql.contains("array_to_json(ARRAY[NEW.\"org\"::text, NEW.\"member\"::text])"),
+        "composite key:\n{sql}"
+    );
     let out = run("install").await.unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(h.query_i64("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'arcana_notify_%'").await, 10);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        h.query_i64("SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'arcana_notify_%'")
+            .await,
+        10
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -247,6 +247,7 @@ async fn bad_requests_get_precise_statuses_and_nothing_else_breaks() {
         .client("dev-alice")
         .await
         .mutate(pb::MutateRequest {
+            session_id: String::new(),
             mutation: "create_task".into(),
             params: params(&[("project_id", int(1)), ("title", text(&big))]),
         })
@@ -258,6 +259,7 @@ async fn bad_requests_get_precise_statuses_and_nothing_else_breaks() {
     // An oversized message on a stream ends that stream with the same status.
     let mut s = h.live("dev-alice").await;
     s.send(pb::client_message::Kind::Mutate(pb::MutateRequest {
+        session_id: String::new(),
         mutation: "create_task".into(),
         params: params(&[("title", text(&big))]),
     }))
@@ -402,14 +404,19 @@ async fn grpc_web_style_sessions_use_one_stream_and_unary_calls() {
     let f = next_frame(stream.message().await.unwrap());
     assert_eq!(f.view_id, r.view_id);
     state.apply(&f).unwrap();
-    c.mutate(pb::MutateRequest {
-        mutation: "update_task".into(),
-        params: params(&[("id", int(2)), ("title", text("web"))]),
-    })
-    .await
-    .unwrap();
+    // With the session named, the response says which version shows the write.
+    let m = c
+        .mutate(pb::MutateRequest {
+            mutation: "update_task".into(),
+            params: params(&[("id", int(2)), ("title", text("web"))]),
+            session_id: opened.session_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     let f = next_frame(stream.message().await.unwrap());
     state.apply(&f).unwrap();
+    assert_eq!(m.view_versions.get(&r.view_id), Some(&f.version), "{m:?}");
     assert_eq!(
         state.content(),
         h.fresh("dev-alice", "project_tasks", project(1))

@@ -16,11 +16,13 @@ async fn write_n(h: &Harness, n: usize) {
         // Alternate structural and field-only changes.
         let req = if i % 2 == 0 {
             pb::MutateRequest {
+                session_id: String::new(),
                 mutation: "update_task".into(),
                 params: params(&[("id", int(2)), ("title", text(&format!("Venue {i}")))]),
             }
         } else {
             pb::MutateRequest {
+                session_id: String::new(),
                 mutation: "move_task".into(),
                 params: params(&[
                     ("id", int(3)),
@@ -194,6 +196,7 @@ async fn a_session_that_stops_reading_is_resynced_without_blocking_others() {
     let mut w = h.client("dev-alice").await;
     for i in 0..120 {
         w.mutate(pb::MutateRequest {
+            session_id: String::new(),
             mutation: "update_task".into(),
             params: params(&[
                 ("id", int(1)),

@@ -247,6 +247,11 @@ impl Session {
         self.lock().closed
     }
 
+    /// The views the session is subscribed to.
+    pub fn views(&self) -> Vec<Arc<View>> {
+        self.lock().subscriptions.values().cloned().collect()
+    }
+
     /// The ids of the views the session is subscribed to.
     pub fn view_ids(&self) -> Vec<Arc<str>> {
         self.lock().subscriptions.keys().cloned().collect()

@@ -125,6 +125,11 @@ impl View {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The current version.
+    pub fn version(&self) -> u64 {
+        self.lock().version
+    }
+
     /// Whether the view has been closed (its last subscriber left).
     pub fn is_closed(&self) -> bool {
         self.lock().closed

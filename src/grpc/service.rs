@@ -266,7 +266,7 @@ async fn handle(
                 .mutate(&session.identity, &req.mutation, params_from_pb(req.params))
                 .await
             {
-                Ok(out) => reply(reply::Result::Mutate(mutate_response(out))),
+                Ok(out) => reply(reply::Result::Mutate(mutate_response(out, Some(session)))),
                 Err(e) => error(to_status(e)),
             }
         }
@@ -287,7 +287,12 @@ async fn handle(
     })
 }
 
-fn mutate_response(out: crate::engine::MutationOutput) -> pb::MutateResponse {
+/// The response, with the versions of `session`'s views: the mutation waited
+/// for invalidation, so these versions include its effects.
+fn mutate_response(
+    out: crate::engine::MutationOutput,
+    session: Option<&Session>,
+) -> pb::MutateResponse {
     pb::MutateResponse {
         data: super::convert::fields_to_pb(&out.data),
         changes: out
@@ -299,6 +304,14 @@ fn mutate_response(out: crate::engine::MutationOutput) -> pb::MutateResponse {
                 columns: c.columns,
             })
             .collect(),
+        view_versions: session
+            .map(|s| {
+                s.views()
+                    .iter()
+                    .map(|v| (v.id.to_string(), v.version()))
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -412,13 +425,17 @@ impl ArcanaService for Service {
         req: Request<pb::MutateRequest>,
     ) -> Result<Response<pb::MutateResponse>, Status> {
         let identity = self.identity(&req).await?;
+        let session = match req.get_ref().session_id.as_str() {
+            "" => None,
+            id => Some(self.session_of(&req, id).await?),
+        };
         let r = req.into_inner();
         let out = self
             .engine
             .mutate(&identity, &r.mutation, params_from_pb(r.params))
             .await
             .map_err(to_status)?;
-        Ok(Response::new(mutate_response(out)))
+        Ok(Response::new(mutate_response(out, session.as_deref())))
     }
 
     async fn notify(

@@ -342,6 +342,7 @@ impl Live {
     ) -> Result<pb::MutateResponse, pb::Error> {
         match self
             .request(Req::Mutate(pb::MutateRequest {
+                session_id: String::new(),
                 mutation: name.into(),
                 params,
             }))

@@ -1099,9 +1099,12 @@ func (x *SyncResponse) GetResults() []*SyncResult {
 }
 
 type MutateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Mutation      string                 `protobuf:"bytes,1,opt,name=mutation,proto3" json:"mutation,omitempty"`
-	Params        map[string]*Value      `protobuf:"bytes,2,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Mutation string                 `protobuf:"bytes,1,opt,name=mutation,proto3" json:"mutation,omitempty"`
+	Params   map[string]*Value      `protobuf:"bytes,2,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Optional, for the unary call: a session of the caller's whose views
+	// should be reported in `view_versions`.
+	SessionId     string `protobuf:"bytes,3,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1150,12 +1153,24 @@ func (x *MutateRequest) GetParams() map[string]*Value {
 	return nil
 }
 
+func (x *MutateRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
 type MutateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The first row the mutation's last statement returned, if any.
 	Data map[string]*Value `protobuf:"bytes,1,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The changes fed into invalidation.
-	Changes       []*Change `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
+	Changes []*Change `protobuf:"bytes,2,rep,name=changes,proto3" json:"changes,omitempty"`
+	// For the session the call came on (Connect) or named (session_id): each
+	// view's version once this write is applied. A client that waits until its
+	// views reach these versions reads its own write, even when frames and
+	// the response travel on different HTTP requests.
+	ViewVersions  map[string]uint64 `protobuf:"bytes,3,rep,name=view_versions,json=viewVersions,proto3" json:"view_versions,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1200,6 +1215,13 @@ func (x *MutateResponse) GetData() map[string]*Value {
 func (x *MutateResponse) GetChanges() []*Change {
 	if x != nil {
 		return x.Changes
+	}
+	return nil
+}
+
+func (x *MutateResponse) GetViewVersions() map[string]uint64 {
+	if x != nil {
+		return x.ViewVersions
 	}
 	return nil
 }
@@ -1695,19 +1717,25 @@ const file_arcana_v1_service_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\v2\x10.arcana.v1.ErrorR\x05error\x12\x16\n" +
 	"\x06frames\x18\x06 \x01(\rR\x06frames\"?\n" +
 	"\fSyncResponse\x12/\n" +
-	"\aresults\x18\x01 \x03(\v2\x15.arcana.v1.SyncResultR\aresults\"\xb6\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x15.arcana.v1.SyncResultR\aresults\"\xd5\x01\n" +
 	"\rMutateRequest\x12\x1a\n" +
 	"\bmutation\x18\x01 \x01(\tR\bmutation\x12<\n" +
-	"\x06params\x18\x02 \x03(\v2$.arcana.v1.MutateRequest.ParamsEntryR\x06params\x1aK\n" +
+	"\x06params\x18\x02 \x03(\v2$.arcana.v1.MutateRequest.ParamsEntryR\x06params\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x03 \x01(\tR\tsessionId\x1aK\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12&\n" +
-	"\x05value\x18\x02 \x01(\v2\x10.arcana.v1.ValueR\x05value:\x028\x01\"\xc1\x01\n" +
+	"\x05value\x18\x02 \x01(\v2\x10.arcana.v1.ValueR\x05value:\x028\x01\"\xd4\x02\n" +
 	"\x0eMutateResponse\x127\n" +
 	"\x04data\x18\x01 \x03(\v2#.arcana.v1.MutateResponse.DataEntryR\x04data\x12+\n" +
-	"\achanges\x18\x02 \x03(\v2\x11.arcana.v1.ChangeR\achanges\x1aI\n" +
+	"\achanges\x18\x02 \x03(\v2\x11.arcana.v1.ChangeR\achanges\x12P\n" +
+	"\rview_versions\x18\x03 \x03(\v2+.arcana.v1.MutateResponse.ViewVersionsEntryR\fviewVersions\x1aI\n" +
 	"\tDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12&\n" +
-	"\x05value\x18\x02 \x01(\v2\x10.arcana.v1.ValueR\x05value:\x028\x01\"\r\n" +
+	"\x05value\x18\x02 \x01(\v2\x10.arcana.v1.ValueR\x05value:\x028\x01\x1a?\n" +
+	"\x11ViewVersionsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\r\n" +
 	"\vPingRequest\"=\n" +
 	"\fPingResponse\x12-\n" +
 	"\x13server_time_unix_ms\x18\x01 \x01(\x03R\x10serverTimeUnixMs\"<\n" +
@@ -1769,7 +1797,7 @@ func file_arcana_v1_service_proto_rawDescGZIP() []byte {
 }
 
 var file_arcana_v1_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_arcana_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_arcana_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_arcana_v1_service_proto_goTypes = []any{
 	(SyncMode)(0),               // 0: arcana.v1.SyncMode
 	(*ClientMessage)(nil),       // 1: arcana.v1.ClientMessage
@@ -1799,11 +1827,12 @@ var file_arcana_v1_service_proto_goTypes = []any{
 	nil,                         // 25: arcana.v1.SyncView.ParamsEntry
 	nil,                         // 26: arcana.v1.MutateRequest.ParamsEntry
 	nil,                         // 27: arcana.v1.MutateResponse.DataEntry
-	(*ViewFrame)(nil),           // 28: arcana.v1.ViewFrame
-	(*Change)(nil),              // 29: arcana.v1.Change
-	(*Value)(nil),               // 30: arcana.v1.Value
-	(*DescribeRequest)(nil),     // 31: arcana.v1.DescribeRequest
-	(*DescribeResponse)(nil),    // 32: arcana.v1.DescribeResponse
+	nil,                         // 28: arcana.v1.MutateResponse.ViewVersionsEntry
+	(*ViewFrame)(nil),           // 29: arcana.v1.ViewFrame
+	(*Change)(nil),              // 30: arcana.v1.Change
+	(*Value)(nil),               // 31: arcana.v1.Value
+	(*DescribeRequest)(nil),     // 32: arcana.v1.DescribeRequest
+	(*DescribeResponse)(nil),    // 33: arcana.v1.DescribeResponse
 }
 var file_arcana_v1_service_proto_depIdxs = []int32{
 	7,  // 0: arcana.v1.ClientMessage.subscribe:type_name -> arcana.v1.SubscribeRequest
@@ -1813,7 +1842,7 @@ var file_arcana_v1_service_proto_depIdxs = []int32{
 	17, // 4: arcana.v1.ClientMessage.ping:type_name -> arcana.v1.PingRequest
 	3,  // 5: arcana.v1.ServerMessage.opened:type_name -> arcana.v1.SessionOpened
 	4,  // 6: arcana.v1.ServerMessage.reply:type_name -> arcana.v1.Reply
-	28, // 7: arcana.v1.ServerMessage.frame:type_name -> arcana.v1.ViewFrame
+	29, // 7: arcana.v1.ServerMessage.frame:type_name -> arcana.v1.ViewFrame
 	5,  // 8: arcana.v1.Reply.error:type_name -> arcana.v1.Error
 	8,  // 9: arcana.v1.Reply.subscribe:type_name -> arcana.v1.SubscribeResponse
 	10, // 10: arcana.v1.Reply.unsubscribe:type_name -> arcana.v1.UnsubscribeResponse
@@ -1828,36 +1857,37 @@ var file_arcana_v1_service_proto_depIdxs = []int32{
 	13, // 19: arcana.v1.SyncResponse.results:type_name -> arcana.v1.SyncResult
 	26, // 20: arcana.v1.MutateRequest.params:type_name -> arcana.v1.MutateRequest.ParamsEntry
 	27, // 21: arcana.v1.MutateResponse.data:type_name -> arcana.v1.MutateResponse.DataEntry
-	29, // 22: arcana.v1.MutateResponse.changes:type_name -> arcana.v1.Change
-	29, // 23: arcana.v1.NotifyRequest.changes:type_name -> arcana.v1.Change
-	22, // 24: arcana.v1.StatsResponse.view_stats:type_name -> arcana.v1.ViewStats
-	30, // 25: arcana.v1.SubscribeRequest.ParamsEntry.value:type_name -> arcana.v1.Value
-	30, // 26: arcana.v1.SyncView.ParamsEntry.value:type_name -> arcana.v1.Value
-	30, // 27: arcana.v1.MutateRequest.ParamsEntry.value:type_name -> arcana.v1.Value
-	30, // 28: arcana.v1.MutateResponse.DataEntry.value:type_name -> arcana.v1.Value
-	1,  // 29: arcana.v1.ArcanaService.Connect:input_type -> arcana.v1.ClientMessage
-	6,  // 30: arcana.v1.ArcanaService.OpenSession:input_type -> arcana.v1.OpenSessionRequest
-	7,  // 31: arcana.v1.ArcanaService.Subscribe:input_type -> arcana.v1.SubscribeRequest
-	9,  // 32: arcana.v1.ArcanaService.Unsubscribe:input_type -> arcana.v1.UnsubscribeRequest
-	11, // 33: arcana.v1.ArcanaService.Sync:input_type -> arcana.v1.SyncRequest
-	15, // 34: arcana.v1.ArcanaService.Mutate:input_type -> arcana.v1.MutateRequest
-	19, // 35: arcana.v1.ArcanaService.Notify:input_type -> arcana.v1.NotifyRequest
-	31, // 36: arcana.v1.ArcanaService.Describe:input_type -> arcana.v1.DescribeRequest
-	21, // 37: arcana.v1.ArcanaService.Stats:input_type -> arcana.v1.StatsRequest
-	2,  // 38: arcana.v1.ArcanaService.Connect:output_type -> arcana.v1.ServerMessage
-	2,  // 39: arcana.v1.ArcanaService.OpenSession:output_type -> arcana.v1.ServerMessage
-	8,  // 40: arcana.v1.ArcanaService.Subscribe:output_type -> arcana.v1.SubscribeResponse
-	10, // 41: arcana.v1.ArcanaService.Unsubscribe:output_type -> arcana.v1.UnsubscribeResponse
-	14, // 42: arcana.v1.ArcanaService.Sync:output_type -> arcana.v1.SyncResponse
-	16, // 43: arcana.v1.ArcanaService.Mutate:output_type -> arcana.v1.MutateResponse
-	20, // 44: arcana.v1.ArcanaService.Notify:output_type -> arcana.v1.NotifyResponse
-	32, // 45: arcana.v1.ArcanaService.Describe:output_type -> arcana.v1.DescribeResponse
-	23, // 46: arcana.v1.ArcanaService.Stats:output_type -> arcana.v1.StatsResponse
-	38, // [38:47] is the sub-list for method output_type
-	29, // [29:38] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	30, // 22: arcana.v1.MutateResponse.changes:type_name -> arcana.v1.Change
+	28, // 23: arcana.v1.MutateResponse.view_versions:type_name -> arcana.v1.MutateResponse.ViewVersionsEntry
+	30, // 24: arcana.v1.NotifyRequest.changes:type_name -> arcana.v1.Change
+	22, // 25: arcana.v1.StatsResponse.view_stats:type_name -> arcana.v1.ViewStats
+	31, // 26: arcana.v1.SubscribeRequest.ParamsEntry.value:type_name -> arcana.v1.Value
+	31, // 27: arcana.v1.SyncView.ParamsEntry.value:type_name -> arcana.v1.Value
+	31, // 28: arcana.v1.MutateRequest.ParamsEntry.value:type_name -> arcana.v1.Value
+	31, // 29: arcana.v1.MutateResponse.DataEntry.value:type_name -> arcana.v1.Value
+	1,  // 30: arcana.v1.ArcanaService.Connect:input_type -> arcana.v1.ClientMessage
+	6,  // 31: arcana.v1.ArcanaService.OpenSession:input_type -> arcana.v1.OpenSessionRequest
+	7,  // 32: arcana.v1.ArcanaService.Subscribe:input_type -> arcana.v1.SubscribeRequest
+	9,  // 33: arcana.v1.ArcanaService.Unsubscribe:input_type -> arcana.v1.UnsubscribeRequest
+	11, // 34: arcana.v1.ArcanaService.Sync:input_type -> arcana.v1.SyncRequest
+	15, // 35: arcana.v1.ArcanaService.Mutate:input_type -> arcana.v1.MutateRequest
+	19, // 36: arcana.v1.ArcanaService.Notify:input_type -> arcana.v1.NotifyRequest
+	32, // 37: arcana.v1.ArcanaService.Describe:input_type -> arcana.v1.DescribeRequest
+	21, // 38: arcana.v1.ArcanaService.Stats:input_type -> arcana.v1.StatsRequest
+	2,  // 39: arcana.v1.ArcanaService.Connect:output_type -> arcana.v1.ServerMessage
+	2,  // 40: arcana.v1.ArcanaService.OpenSession:output_type -> arcana.v1.ServerMessage
+	8,  // 41: arcana.v1.ArcanaService.Subscribe:output_type -> arcana.v1.SubscribeResponse
+	10, // 42: arcana.v1.ArcanaService.Unsubscribe:output_type -> arcana.v1.UnsubscribeResponse
+	14, // 43: arcana.v1.ArcanaService.Sync:output_type -> arcana.v1.SyncResponse
+	16, // 44: arcana.v1.ArcanaService.Mutate:output_type -> arcana.v1.MutateResponse
+	20, // 45: arcana.v1.ArcanaService.Notify:output_type -> arcana.v1.NotifyResponse
+	33, // 46: arcana.v1.ArcanaService.Describe:output_type -> arcana.v1.DescribeResponse
+	23, // 47: arcana.v1.ArcanaService.Stats:output_type -> arcana.v1.StatsResponse
+	39, // [39:48] is the sub-list for method output_type
+	30, // [30:39] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_arcana_v1_service_proto_init() }
@@ -1894,7 +1924,7 @@ func file_arcana_v1_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_arcana_v1_service_proto_rawDesc), len(file_arcana_v1_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -14,7 +14,7 @@ import { RowCache } from "./cache.js";
 import { ArcanaError, Code, isRetryable } from "./errors.js";
 import { type Session, type SessionMode, type TokenSource, authHeaders, openSession } from "./session.js";
 import { type DecodeOptions, type FieldValue, type Params, fromFields, stringifyJson, toParams, toValue } from "./values.js";
-import { type Item, LiveView, type SyncInfo, type ViewHost } from "./view.js";
+import { type Item, LiveView, type SyncInfo, type ViewHost, type ViewSnapshot } from "./view.js";
 
 /** Where the client's connection stands. */
 export type ClientStatus = "idle" | "connecting" | "open" | "reconnecting" | "failed" | "closed";
@@ -162,9 +162,10 @@ export class ArcanaClient {
   }
 
   /**
-   * Runs a mutation. With a bidi session it goes over the session, so the
-   * promise resolves after the frames it caused were applied; otherwise it is
-   * a unary call.
+   * Runs a mutation. Either way the promise resolves once this client's views
+   * show the write: a bidi session carries the mutation itself, ahead of its
+   * reply; with a stream session the unary call names the session and the
+   * response lists the view versions to wait for.
    */
   async mutate<D = Record<string, FieldValue>>(mutation: string, params: Params = {}): Promise<MutationResult<D>> {
     const p = toParams(params);
@@ -173,13 +174,35 @@ export class ArcanaClient {
       const s = await this.ensureSession();
       res = await s.mutate(mutation, p);
     } else {
+      const s = this.session;
       try {
-        res = await this.rpc.mutate({ mutation, params: p }, { headers: await authHeaders(this.opts.token) });
+        res = s
+          ? await s.mutate(mutation, p)
+          : await this.rpc.mutate({ mutation, params: p }, { headers: await authHeaders(this.opts.token) });
       } catch (err) {
         throw ArcanaError.from(err);
       }
+      // Frames travel on the session stream, the response on its own request:
+      // wait until our views show the write before resolving.
+      await this.caughtUp(res.viewVersions);
     }
     return { data: fromFields(res.data, this.opts.decode) as D, changes: res.changes };
+  }
+
+  /** Resolves once every listed view reached its version (or moved to a new epoch, or closed). */
+  private async caughtUp(versions: { [viewId: string]: bigint }): Promise<void> {
+    const waits: Promise<unknown>[] = [];
+    for (const [id, version] of Object.entries(versions)) {
+      for (const v of this.byId.get(id) ?? []) {
+        let epoch: bigint | undefined | null = null;
+        const reached = (snap: ViewSnapshot<unknown>) => {
+          if (epoch === null) epoch = snap.epoch;
+          return snap.version >= version || snap.epoch !== epoch;
+        };
+        waits.push(v.until(reached, 10_000).catch(() => undefined));
+      }
+    }
+    await Promise.all(waits);
   }
 
   /** The server's registry: graphs, mutations and tables. */

@@ -338,7 +338,11 @@ class StreamSession implements Session {
     return this.call((headers) => this.client.sync({ views, sessionId: this.info.sessionId }, { headers }));
   }
   mutate(mutation: string, params: Record<string, Value>): Promise<MutateResponse> {
-    return this.call((headers) => this.client.mutate({ mutation, params }, { headers }));
+    // Naming the session makes the response carry the versions of our views
+    // that include this write (see ArcanaClient.mutate).
+    return this.call((headers) =>
+      this.client.mutate({ mutation, params, sessionId: this.info.sessionId }, { headers }),
+    );
   }
   close(): void {
     this.closed = true;

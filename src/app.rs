@@ -94,7 +94,7 @@ impl App {
     ) -> Result<App, String> {
         let pool = crate::postgres::pool(database_url, config.database.pool_size)?;
         let registry = config.registry(&pool).await?;
-        let engine = Engine::new(registry, config.engine.to_engine());
+        let engine = Engine::new(registry, config.engine.clone());
         let source = start_source(config, &engine, database_url).await?;
         let auth = Arc::new(TokenAuthenticator::from_config(&config.auth)?);
         let addr = listener.local_addr().map_err(|e| e.to_string())?;

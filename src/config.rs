@@ -27,7 +27,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     /// Engine limits.
     #[serde(default)]
-    pub engine: EngineSection,
+    pub engine: EngineConfig,
     /// Tokens and JWT settings.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -122,52 +122,6 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: None,
             pool_size: 16,
-        }
-    }
-}
-
-/// `[engine]`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct EngineSection {
-    /// See [`EngineConfig::max_subscriptions_per_session`].
-    pub max_subscriptions_per_session: usize,
-    /// See [`EngineConfig::history_len`].
-    pub history_len: usize,
-    /// See [`EngineConfig::session_queue`].
-    pub session_queue: usize,
-    /// See [`EngineConfig::change_queue`].
-    pub change_queue: usize,
-    /// See [`EngineConfig::eval_concurrency`].
-    pub eval_concurrency: usize,
-    /// See [`EngineConfig::strict_params`].
-    pub strict_params: bool,
-}
-
-impl Default for EngineSection {
-    fn default() -> Self {
-        let d = EngineConfig::default();
-        EngineSection {
-            max_subscriptions_per_session: d.max_subscriptions_per_session,
-            history_len: d.history_len,
-            session_queue: d.session_queue,
-            change_queue: d.change_queue,
-            eval_concurrency: d.eval_concurrency,
-            strict_params: d.strict_params,
-        }
-    }
-}
-
-impl EngineSection {
-    /// The engine configuration.
-    pub fn to_engine(&self) -> EngineConfig {
-        EngineConfig {
-            max_subscriptions_per_session: self.max_subscriptions_per_session,
-            history_len: self.history_len,
-            session_queue: self.session_queue,
-            change_queue: self.change_queue,
-            eval_concurrency: self.eval_concurrency,
-            strict_params: self.strict_params,
         }
     }
 }

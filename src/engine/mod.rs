@@ -49,8 +49,10 @@ use view::ViewKey;
 /// The wire protocol version reported by Describe.
 pub const PROTOCOL_VERSION: u32 = 1;
 
-/// Engine limits and tuning. The defaults suit the demo.
-#[derive(Clone, Debug)]
+/// Engine limits and tuning (the config's `[engine]` section). The
+/// defaults suit the demo.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct EngineConfig {
     /// Most subscriptions one session may hold.
     pub max_subscriptions_per_session: usize,
@@ -264,6 +266,41 @@ impl Engine {
         }
     }
 
+    /// The checks every graph or mutation call passes: it exists, the caller
+    /// holds its permissions, and the params validate against its schema.
+    #[allow(clippy::too_many_arguments)]
+    fn admit<'a, T>(
+        &self,
+        identity: &Identity,
+        kind: &str,
+        name: &str,
+        found: Option<&'a Arc<T>>,
+        known: impl Iterator<Item = &'a str>,
+        rules: impl Fn(&T) -> (&Vec<String>, &ParamSchema),
+        raw: HashMap<String, Value>,
+    ) -> Result<(Arc<T>, Params), EngineError> {
+        let def = found.ok_or_else(|| {
+            let known: Vec<&str> = known.collect();
+            EngineError::NotFound(format!(
+                "unknown {kind} `{name}`; known {kind}s: {}",
+                known.join(", ")
+            ))
+        })?;
+        let (permissions, schema) = rules(def);
+        if let Some(p) = identity.missing(permissions) {
+            return Err(EngineError::PermissionDenied(format!(
+                "{kind} `{name}` needs the `{p}` permission"
+            )));
+        }
+        let params = params::validate(
+            &format!("{kind} `{name}`"),
+            schema,
+            raw,
+            self.inner.config.strict_params,
+        )?;
+        Ok((def.clone(), params))
+    }
+
     /// Resolves graph, permission and params into a view key.
     fn resolve(
         &self,
@@ -271,28 +308,16 @@ impl Engine {
         graph: &str,
         raw: HashMap<String, Value>,
     ) -> Result<(Arc<GraphDef>, Params, ViewKey), EngineError> {
-        let g = self.inner.registry.graph(graph).ok_or_else(|| {
-            let known: Vec<&str> = self
-                .inner
-                .registry
-                .graphs()
-                .map(|g| g.name.as_str())
-                .collect();
-            EngineError::NotFound(format!(
-                "unknown graph `{graph}`; known graphs: {}",
-                known.join(", ")
-            ))
-        })?;
-        if let Some(p) = identity.missing(&g.permissions) {
-            return Err(EngineError::PermissionDenied(format!(
-                "graph `{graph}` needs the `{p}` permission"
-            )));
-        }
-        let params = params::validate(
-            &format!("graph `{graph}`"),
-            &g.params,
+        let found = self.inner.registry.graph(graph);
+        let known = self.inner.registry.graphs().map(|g| g.name.as_str());
+        let (g, params) = self.admit(
+            identity,
+            "graph",
+            graph,
+            found,
+            known,
+            |g| (&g.permissions, &g.params),
             raw,
-            self.inner.config.strict_params,
         )?;
         let key = ViewKey {
             graph: g.name.as_str().into(),
@@ -302,7 +327,7 @@ impl Engine {
                 user_id: g.per_user.then(|| identity.user_id.clone()),
             },
         };
-        Ok((g.clone(), params, key))
+        Ok((g, params, key))
     }
 
     fn view_for(&self, graph: Arc<GraphDef>, params: Params, key: ViewKey) -> Arc<View> {
@@ -499,28 +524,16 @@ impl Engine {
         name: &str,
         raw: HashMap<String, Value>,
     ) -> Result<MutationOutput, EngineError> {
-        let m = self.inner.registry.mutation(name).ok_or_else(|| {
-            let known: Vec<&str> = self
-                .inner
-                .registry
-                .mutations()
-                .map(|m| m.name.as_str())
-                .collect();
-            EngineError::NotFound(format!(
-                "unknown mutation `{name}`; known mutations: {}",
-                known.join(", ")
-            ))
-        })?;
-        if let Some(p) = identity.missing(&m.permissions) {
-            return Err(EngineError::PermissionDenied(format!(
-                "mutation `{name}` needs the `{p}` permission"
-            )));
-        }
-        let params = params::validate(
-            &format!("mutation `{name}`"),
-            &m.params,
+        let found = self.inner.registry.mutation(name);
+        let known = self.inner.registry.mutations().map(|m| m.name.as_str());
+        let (m, params) = self.admit(
+            identity,
+            "mutation",
+            name,
+            found,
+            known,
+            |m| (&m.permissions, &m.params),
             raw,
-            self.inner.config.strict_params,
         )?;
         let scope = Scope {
             workspace_id: identity.workspace_id.clone(),

@@ -13,8 +13,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::{ChangeMode, Config};
 use crate::engine::Engine;
 use crate::grpc::{serve, ServeOptions, TokenAuthenticator};
-use crate::postgres::listen::{self, NotifyListener};
-use crate::postgres::wal::{self, Tracking, WalListener, WalOptions};
+use crate::postgres::listen;
+use crate::postgres::wal::{self, Tracking, WalOptions};
+use crate::postgres::Listener;
 
 /// The demo's schema and seed data.
 pub const DEMO_SCHEMA: &str = include_str!("../demo/schema.sql");
@@ -29,14 +30,8 @@ pub struct App {
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), String>>>,
-    source: Source,
-}
-
-/// The running change source.
-enum Source {
-    Wal(WalListener),
-    Notify(NotifyListener),
-    None,
+    /// The running change listener, if `changes.mode` has one.
+    source: Option<Listener>,
 }
 
 /// Tables any graph reads, with the columns tracked (`None`: all).
@@ -49,11 +44,15 @@ pub fn tracked_tables(engine: &Engine) -> BTreeMap<String, Option<BTreeSet<Strin
         .collect()
 }
 
-async fn start_source(config: &Config, engine: &Engine, url: &str) -> Result<Source, String> {
+async fn start_source(
+    config: &Config,
+    engine: &Engine,
+    url: &str,
+) -> Result<Option<Listener>, String> {
     let tables = tracked_tables(engine);
     let c = &config.changes;
     Ok(match c.mode {
-        ChangeMode::None => Source::None,
+        ChangeMode::None => None,
         ChangeMode::Wal => {
             let opts = WalOptions {
                 slot: c.slot.clone(),
@@ -68,14 +67,14 @@ async fn start_source(config: &Config, engine: &Engine, url: &str) -> Result<Sou
                 columns: tables.into_iter().collect(),
                 keys,
             };
-            Source::Wal(wal::spawn(engine.clone(), url.to_owned(), opts, tracking)?)
+            Some(wal::spawn(engine.clone(), url.to_owned(), opts, tracking)?)
         }
         ChangeMode::Notify => {
             if c.install_triggers {
                 crate::postgres::triggers::install(url, &c.channel, &tables, &config.table_keys())
                     .await?;
             }
-            Source::Notify(listen::spawn(
+            Some(listen::spawn(
                 engine.clone(),
                 url.to_owned(),
                 c.channel.clone(),
@@ -118,10 +117,8 @@ impl App {
     /// Stops accepting calls, ends every session and waits for the listener
     /// to drain.
     pub async fn stop(mut self) -> Result<(), String> {
-        match std::mem::replace(&mut self.source, Source::None) {
-            Source::Wal(l) => l.stop().await,
-            Source::Notify(l) => l.stop().await,
-            Source::None => {}
+        if let Some(l) = self.source.take() {
+            l.stop().await;
         }
         self.engine.shutdown();
         if let Some(s) = self.stop.take() {

@@ -11,24 +11,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
 
+use super::Listener;
 use crate::engine::{Change, ChangeBatch, Engine};
-
-/// A running listener.
-pub struct NotifyListener {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl NotifyListener {
-    /// Stops listening.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-}
 
 /// One parsed notification: its transaction and change.
 fn parse(payload: &str) -> Option<(String, Change)> {
@@ -48,7 +34,7 @@ fn parse(payload: &str) -> Option<(String, Change)> {
 }
 
 /// Starts listening on `channel`.
-pub fn spawn(engine: Engine, url: String, channel: String) -> NotifyListener {
+pub fn spawn(engine: Engine, url: String, channel: String) -> Listener {
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
@@ -67,7 +53,7 @@ pub fn spawn(engine: Engine, url: String, channel: String) -> NotifyListener {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     });
-    NotifyListener { stop, task }
+    Listener { stop, task }
 }
 
 /// Listens until the connection fails; returns why.

@@ -11,6 +11,22 @@ pub mod values;
 pub mod wal;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// A running change listener (WAL or NOTIFY).
+pub struct Listener {
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) task: JoinHandle<()>,
+}
+
+impl Listener {
+    /// Stops the listener after the batch in hand and waits for it.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
 
 /// Builds a pool for `url` with at most `size` connections. Connections are
 /// opened lazily; an unreachable database surfaces on first use.

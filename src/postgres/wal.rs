@@ -20,10 +20,10 @@ use std::time::Duration;
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
 use postgres_types::{FromSql, Type};
 use tokio::sync::{oneshot, watch};
-use tokio::task::JoinHandle;
 
 use super::pgoutput::{decode, Datum, Message, Relation};
 use super::values::SqlValue;
+use super::Listener;
 use crate::engine::{row_id, Change, ChangeBatch, Engine, RowKey, Value};
 
 /// Where the listener reads from.
@@ -242,20 +242,6 @@ pub struct Tracking {
     pub keys: HashMap<String, Vec<String>>,
 }
 
-/// A running listener.
-pub struct WalListener {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl WalListener {
-    /// Stops the listener after the transaction in hand.
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.task.await;
-    }
-}
-
 fn replication_config(url: &str, opts: &WalOptions) -> Result<ReplicationConfig, String> {
     let cfg: tokio_postgres::Config = url
         .parse()
@@ -290,7 +276,7 @@ pub fn spawn(
     url: String,
     opts: WalOptions,
     tracking: Tracking,
-) -> Result<WalListener, String> {
+) -> Result<Listener, String> {
     let cfg = replication_config(&url, &opts)?;
     let (stop, mut stopped) = watch::channel(false);
     let task = tokio::spawn(async move {
@@ -319,7 +305,7 @@ pub fn spawn(
             }
         }
     });
-    Ok(WalListener { stop, task })
+    Ok(Listener { stop, task })
 }
 
 /// Waits until transaction `xid` (32-bit, as pgoutput reports it) is visible

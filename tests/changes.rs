@@ -426,3 +426,83 @@ async fn the_triggers_command_prints_and_installs_the_trigger_sql() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn wal_unchanged_toasted_values_are_neither_changes_nor_nulls() {
+    let h = Harness::with_extra(
+        "CREATE TABLE docs (id int PRIMARY KEY, title text NOT NULL, body text NOT NULL, notes text NOT NULL DEFAULT '');
+         ALTER TABLE docs ALTER COLUMN body SET STORAGE EXTERNAL;
+         INSERT INTO docs (id, title, body) SELECT 1, 'doc', string_agg(md5(i::text || random()::text), '') FROM generate_series(1, 300) i;",
+        r#"
+[[graphs]]
+name = "docs"
+table = "docs"
+sql = "SELECT id, title, body FROM docs ORDER BY id"
+deps = { docs = ["id", "title", "body"] }
+"#,
+        |c| {
+            c.changes.mode = ChangeMode::Wal;
+            c.changes.slot = format!("slot_{:016x}", rand::random::<u64>());
+        },
+    )
+    .await;
+    // The body is stored out of line, uncompressed (TOAST): updates that leave it
+    // alone send it as "unchanged" rather than its value.
+    assert_eq!(
+        h.query_i64("SELECT pg_column_size(body)::int8 FROM docs")
+            .await,
+        9600
+    );
+    let mut l = h.live("dev-alice").await;
+    let v = l.subscribe("docs", params(&[])).await.unwrap().view_id;
+    let body = l.view(&v).rows[&RowKey::new("docs", "1")]["body"].clone();
+    assert!(matches!(&body, Value::String(s) if s.len() == 9600));
+    let before = h.app().engine.stats().evaluations;
+    h.sql("UPDATE docs SET notes = 'untracked' WHERE id = 1")
+        .await;
+    h.sql("UPDATE docs SET title = 'retitled' WHERE id = 1")
+        .await;
+    l.wait_until(&v, |s| {
+        s.rows
+            .get(&RowKey::new("docs", "1"))
+            .is_some_and(|r| r["title"] == Value::from("retitled"))
+    })
+    .await;
+    assert_eq!(
+        h.app().engine.stats().evaluations,
+        before + 1,
+        "the untouched TOASTed body did not count as a change"
+    );
+    assert_eq!(
+        l.view(&v).rows[&RowKey::new("docs", "1")]["body"],
+        body,
+        "and was not read as NULL"
+    );
+}
+
+#[tokio::test]
+async fn trigger_payloads_over_the_notify_limit_still_notify() {
+    let h = harness(ChangeMode::Notify).await;
+    let long = "k".repeat(8000);
+    h.sql(&format!(
+        "INSERT INTO labels (name, color) VALUES ('{long}', 'grey')"
+    ))
+    .await;
+    let mut l = h.live("dev-alice").await;
+    let v = l.subscribe("labels", params(&[])).await.unwrap().view_id;
+    // The key alone is over the limit: the payload drops it and the column list.
+    h.sql(&format!(
+        "UPDATE labels SET color = 'black' WHERE name = '{long}'"
+    ))
+    .await;
+    l.wait_until(&v, |s| {
+        s.rows
+            .get(&RowKey::new("labels", &long))
+            .is_some_and(|r| r["color"] == Value::from("black"))
+    })
+    .await;
+    assert_eq!(
+        l.view(&v).content(),
+        h.fresh("dev-alice", "labels", params(&[])).await.content()
+    );
+}

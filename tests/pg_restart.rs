@@ -91,3 +91,32 @@ async fn wal_mode_recovers_from_a_postgres_restart() {
 async fn trigger_mode_recovers_from_a_postgres_restart() {
     restart_and_converge(ChangeMode::Notify).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_mode_on_a_server_without_logical_decoding_says_what_to_change() {
+    let pg = EmbeddedPostgres::start(EmbeddedOptions {
+        fast: true,
+        settings: vec![("wal_level".into(), "replica".into())],
+    })
+    .await
+    .unwrap();
+    let url = pg.url("postgres");
+    arcana::postgres::execute_script(&url, DEMO_SCHEMA)
+        .await
+        .unwrap();
+    let config = Config::parse(DEMO_CONFIG).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = App::start(&config, &url, listener)
+        .await
+        .err()
+        .expect("startup fails");
+    assert!(
+        err.contains("wal_level is `replica`")
+            && err.contains("wal_level = logical")
+            && err.contains("notify"),
+        "{err}"
+    );
+    tokio::task::spawn_blocking(move || pg.stop())
+        .await
+        .unwrap();
+}

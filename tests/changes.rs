@@ -31,6 +31,21 @@ sql = "SELECT name, color FROM labels ORDER BY name"
 deps = { labels = ["name", "color"] }
 "#;
 
+/// Two tests running `$body`: one in WAL mode, one in trigger mode.
+macro_rules! in_both_modes {
+    ($wal:ident, $trigger:ident, $body:ident) => {
+        #[tokio::test]
+        async fn $wal() {
+            $body(ChangeMode::Wal).await;
+        }
+
+        #[tokio::test]
+        async fn $trigger() {
+            $body(ChangeMode::Notify).await;
+        }
+    };
+}
+
 async fn harness(mode: ChangeMode) -> Harness {
     Harness::with_extra(EXTRA_SCHEMA, EXTRA_CONFIG, |c| {
         c.changes.mode = mode;
@@ -100,15 +115,11 @@ async fn inserts_updates_deletes_and_truncates_arrive(mode: ChangeMode) {
     assert!(l.view(&v).rows.is_empty());
 }
 
-#[tokio::test]
-async fn wal_inserts_updates_deletes_and_truncates_arrive() {
-    inserts_updates_deletes_and_truncates_arrive(ChangeMode::Wal).await;
-}
-
-#[tokio::test]
-async fn trigger_inserts_updates_deletes_and_truncates_arrive() {
-    inserts_updates_deletes_and_truncates_arrive(ChangeMode::Notify).await;
-}
+in_both_modes!(
+    wal_inserts_updates_deletes_and_truncates_arrive,
+    trigger_inserts_updates_deletes_and_truncates_arrive,
+    inserts_updates_deletes_and_truncates_arrive
+);
 
 async fn transactions_arrive_whole_and_rollbacks_not_at_all(mode: ChangeMode) {
     let h = harness(mode).await;
@@ -173,15 +184,11 @@ async fn transactions_arrive_whole_and_rollbacks_not_at_all(mode: ChangeMode) {
     assert_eq!(title(&l, &v, "1"), Some(Value::from("tx one")));
 }
 
-#[tokio::test]
-async fn wal_transactions_arrive_whole_and_rollbacks_not_at_all() {
-    transactions_arrive_whole_and_rollbacks_not_at_all(ChangeMode::Wal).await;
-}
-
-#[tokio::test]
-async fn trigger_transactions_arrive_whole_and_rollbacks_not_at_all() {
-    transactions_arrive_whole_and_rollbacks_not_at_all(ChangeMode::Notify).await;
-}
+in_both_modes!(
+    wal_transactions_arrive_whole_and_rollbacks_not_at_all,
+    trigger_transactions_arrive_whole_and_rollbacks_not_at_all,
+    transactions_arrive_whole_and_rollbacks_not_at_all
+);
 
 async fn untracked_columns_cause_no_evaluation(mode: ChangeMode) {
     let h = harness(mode).await;
@@ -271,15 +278,11 @@ async fn untracked_columns_cause_no_evaluation(mode: ChangeMode) {
     );
 }
 
-#[tokio::test]
-async fn wal_untracked_columns_schema_changes_and_odd_keys() {
-    untracked_columns_cause_no_evaluation(ChangeMode::Wal).await;
-}
-
-#[tokio::test]
-async fn trigger_untracked_columns_schema_changes_and_odd_keys() {
-    untracked_columns_cause_no_evaluation(ChangeMode::Notify).await;
-}
+in_both_modes!(
+    wal_untracked_columns_schema_changes_and_odd_keys,
+    trigger_untracked_columns_schema_changes_and_odd_keys,
+    untracked_columns_cause_no_evaluation
+);
 
 #[tokio::test]
 async fn wal_writes_made_while_the_server_was_down_reach_clients_after_restart() {

@@ -1,19 +1,25 @@
 //! Invalidation: change batches in, re-evaluated views out.
 //!
-//! One task drains the bounded change queue. It waits for the first batch,
-//! then takes every batch already queued (no fixed delay: an idle engine
-//! reacts at once, a busy one coalesces whatever piled up while it worked),
-//! finds the views the changes can touch by table and column, and refreshes
-//! each once, several at a time. A batch is never split, so a transaction's
-//! changes land in one evaluation. Each batch's `done` fires only after its
-//! diffs are queued to sessions, which is what lets a change source
-//! acknowledge (a WAL position, a mutation reply) safely.
+//! One task drains the bounded change queue and, for each batch, finds the
+//! views its changes can touch by table and column. Each view then refreshes
+//! on its own schedule: a view not refreshing starts at once (no fixed delay
+//! when idle); a view already refreshing is marked dirty and runs once more
+//! when it finishes, covering every batch that arrived meanwhile (bursts
+//! coalesce per view). A slow view therefore never holds up the others, and
+//! at most `eval_concurrency` evaluations run at a time.
+//!
+//! A batch is never split, so a transaction's changes land in one evaluation.
+//! Its `done` fires once every view it touched has completed an evaluation
+//! that started after the batch arrived, i.e. once its diffs are queued to
+//! sessions: that is what lets a change source acknowledge safely (a WAL
+//! position, a mutation reply). Batches not yet done are bounded
+//! (`change_queue`); past that the loop stops reading and writers wait.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
-use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::registry::Change;
 use super::view::View;
@@ -42,35 +48,103 @@ impl ChangeBatch {
     }
 }
 
-/// Most batches merged into one round.
-const MAX_COALESCE: usize = 1024;
+/// Most batches taken from the queue at once.
+const MAX_TAKE: usize = 1024;
+
+/// Completion of one batch: fires `done` when the last view it touched has
+/// refreshed. Holds a permit of the outstanding-batch budget until dropped.
+struct Ack {
+    remaining: AtomicUsize,
+    done: Mutex<Option<oneshot::Sender<()>>>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Ack {
+    fn release(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(tx) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+/// A view's refresh schedule.
+#[derive(Default)]
+pub(crate) struct Schedule {
+    running: bool,
+    dirty: bool,
+    waiting: Vec<Arc<Ack>>,
+}
 
 /// Runs until the engine is dropped (its sender closes the queue).
 pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>) {
-    let mut round = Vec::new();
-    while rx.recv_many(&mut round, MAX_COALESCE).await > 0 {
-        let Some(inner) = inner.upgrade() else { return };
-        let views = affected(&inner, &round);
-        tracing::debug!(
-            batches = round.len(),
-            views = views.len(),
-            "invalidation round"
-        );
-        inner.stats.batches.inc();
-        let limit = inner.config.eval_concurrency.max(1);
-        futures_util::stream::iter(views)
-            .for_each_concurrent(limit, |v| {
-                let inner = inner.clone();
-                async move {
-                    v.refresh(&inner.store, &inner.stats, inner.config.history_len)
-                        .await;
-                }
-            })
-            .await;
-        for b in round.drain(..) {
-            if let Some(done) = b.done {
-                let _ = done.send(());
+    let Some(budget) = inner
+        .upgrade()
+        .map(|i| Arc::new(Semaphore::new(i.config.change_queue.max(1))))
+    else {
+        return;
+    };
+    let mut taken = Vec::new();
+    while rx.recv_many(&mut taken, MAX_TAKE).await > 0 {
+        for batch in taken.drain(..) {
+            let Ok(permit) = budget.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(inner) = inner.upgrade() else { return };
+            inner.stats.batches.inc();
+            let views = affected(&inner, std::slice::from_ref(&batch));
+            tracing::debug!(views = views.len(), "change batch");
+            let ack = Arc::new(Ack {
+                remaining: AtomicUsize::new(views.len()),
+                done: Mutex::new(batch.done),
+                _permit: permit,
+            });
+            if views.is_empty() {
+                ack.remaining.store(1, Ordering::Release);
+                ack.release();
             }
+            for v in views {
+                schedule(&inner, v, ack.clone());
+            }
+        }
+    }
+}
+
+/// Marks `view` dirty for `ack`'s batch and starts its refresh loop if idle.
+fn schedule(inner: &Arc<Inner>, view: Arc<View>, ack: Arc<Ack>) {
+    let start = {
+        let mut s = view.schedule.lock().unwrap_or_else(|e| e.into_inner());
+        s.waiting.push(ack);
+        s.dirty = true;
+        !std::mem::replace(&mut s.running, true)
+    };
+    if start {
+        tokio::spawn(refresh_loop(inner.clone(), view));
+    }
+}
+
+/// Refreshes `view` until no batch is waiting on it.
+async fn refresh_loop(inner: Arc<Inner>, view: Arc<View>) {
+    loop {
+        let acks = {
+            let mut s = view.schedule.lock().unwrap_or_else(|e| e.into_inner());
+            if !s.dirty {
+                s.running = false;
+                return;
+            }
+            s.dirty = false;
+            std::mem::take(&mut s.waiting)
+        };
+        {
+            let _slot = inner.evaluations.acquire().await;
+            let r = view
+                .refresh(&inner.store, &inner.stats, inner.config.history_len)
+                .await;
+            tracing::debug!(view = %view.id, result = ?r, "refreshed");
+        }
+        for a in acks {
+            a.release();
         }
     }
 }

@@ -122,6 +122,8 @@ pub(crate) struct Inner {
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     changes: mpsc::Sender<ChangeBatch>,
     stats: Arc<Stats>,
+    /// Evaluations running at once, across views.
+    evaluations: tokio::sync::Semaphore,
 }
 
 /// The result of a subscribe.
@@ -197,6 +199,7 @@ impl Engine {
     /// inside a Tokio runtime: it spawns the invalidation task, which ends
     /// once every clone of the engine is dropped.
     pub fn new(registry: Registry, config: EngineConfig) -> Engine {
+        let eval_concurrency = config.eval_concurrency.max(1);
         let (tx, rx) = mpsc::channel(config.change_queue.max(1));
         let inner = Arc::new(Inner {
             registry: Arc::new(registry),
@@ -206,6 +209,7 @@ impl Engine {
             sessions: Mutex::new(HashMap::new()),
             changes: tx,
             stats: Arc::new(Stats::default()),
+            evaluations: tokio::sync::Semaphore::new(eval_concurrency),
         });
         tokio::spawn(invalidation::run(Arc::downgrade(&inner), rx));
         Engine { inner }

@@ -93,6 +93,8 @@ pub struct View {
     pub params: Params,
     eval: tokio::sync::Mutex<()>,
     state: Mutex<State>,
+    /// When invalidation refreshes this view (see `invalidation.rs`).
+    pub(crate) schedule: Mutex<super::invalidation::Schedule>,
 }
 
 /// Whether an evaluation changed anything.
@@ -118,6 +120,7 @@ impl View {
             params,
             eval: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::default()),
+            schedule: Mutex::default(),
         }
     }
 

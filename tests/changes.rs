@@ -86,12 +86,8 @@ async fn inserts_updates_deletes_and_truncates_arrive(mode: ChangeMode) {
 
     h.sql("UPDATE tasks SET title = 'Edited in psql' WHERE id = 2")
         .await;
-    l.wait_until(&v, |s| {
-        s.rows
-            .get(&RowKey::new("tasks", "2"))
-            .is_some_and(|r| r["title"] == Value::from("Edited in psql"))
-    })
-    .await;
+    l.wait_field(&v, "tasks", "2", "title", "Edited in psql")
+        .await;
     assert_eq!(
         l.view(&v).content(),
         h.fresh("dev-alice", "project_tasks", project(1))
@@ -170,12 +166,7 @@ async fn transactions_arrive_whole_and_rollbacks_not_at_all(mode: ChangeMode) {
         .await;
     h.sql("UPDATE tasks SET title = 'marker' WHERE id = 4")
         .await;
-    l.wait_until(&v, |s| {
-        s.rows
-            .get(&RowKey::new("tasks", "4"))
-            .is_some_and(|r| r["title"] == Value::from("marker"))
-    })
-    .await;
+    l.wait_field(&v, "tasks", "4", "title", "marker").await;
     assert_eq!(
         l.view(&v).version,
         start + 2,
@@ -209,12 +200,7 @@ async fn untracked_columns_cause_no_evaluation(mode: ChangeMode) {
         .await;
     h.sql("UPDATE tasks SET title = 'tracked' WHERE id = 2")
         .await;
-    l.wait_until(&v, |s| {
-        s.rows
-            .get(&RowKey::new("tasks", "2"))
-            .is_some_and(|r| r["title"] == Value::from("tracked"))
-    })
-    .await;
+    l.wait_field(&v, "tasks", "2", "title", "tracked").await;
     assert_eq!(
         h.app().engine.stats().evaluations,
         before + 1,
@@ -227,12 +213,7 @@ async fn untracked_columns_cause_no_evaluation(mode: ChangeMode) {
         .await;
     h.sql("UPDATE tasks SET title = 'after alter', extra = 8 WHERE id = 2")
         .await;
-    l.wait_until(&v, |s| {
-        s.rows
-            .get(&RowKey::new("tasks", "2"))
-            .is_some_and(|r| r["title"] == Value::from("after alter"))
-    })
-    .await;
+    l.wait_field(&v, "tasks", "2", "title", "after alter").await;
     assert_eq!(
         l.view(&v).content(),
         h.fresh("dev-alice", "project_tasks", project(1))
@@ -353,12 +334,8 @@ async fn wal_writes_made_while_the_server_was_down_reach_clients_after_restart()
     let start = back.view(&v).version;
     h.sql("UPDATE tasks SET title = 'after restart' WHERE id = 2")
         .await;
-    back.wait_until(&v, |s| {
-        s.rows
-            .get(&RowKey::new("tasks", "2"))
-            .is_some_and(|r| r["title"] == Value::from("after restart"))
-    })
-    .await;
+    back.wait_field(&v, "tasks", "2", "title", "after restart")
+        .await;
     assert_eq!(back.view(&v).version, start + 1);
 }
 
@@ -465,12 +442,7 @@ deps = { docs = ["id", "title", "body"] }
         .await;
     h.sql("UPDATE docs SET title = 'retitled' WHERE id = 1")
         .await;
-    l.wait_until(&v, |s| {
-        s.rows
-            .get(&RowKey::new("docs", "1"))
-            .is_some_and(|r| r["title"] == Value::from("retitled"))
-    })
-    .await;
+    l.wait_field(&v, "docs", "1", "title", "retitled").await;
     assert_eq!(
         h.app().engine.stats().evaluations,
         before + 1,
@@ -498,12 +470,7 @@ async fn trigger_payloads_over_the_notify_limit_still_notify() {
         "UPDATE labels SET color = 'black' WHERE name = '{long}'"
     ))
     .await;
-    l.wait_until(&v, |s| {
-        s.rows
-            .get(&RowKey::new("labels", &long))
-            .is_some_and(|r| r["color"] == Value::from("black"))
-    })
-    .await;
+    l.wait_field(&v, "labels", &long, "color", "black").await;
     assert_eq!(
         l.view(&v).content(),
         h.fresh("dev-alice", "labels", params(&[])).await.content()

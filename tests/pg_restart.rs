@@ -5,7 +5,7 @@ mod common;
 
 use arcana::app::{App, DEMO_CONFIG, DEMO_SCHEMA};
 use arcana::config::{ChangeMode, Config};
-use arcana::engine::{RowKey, Value};
+
 use arcana::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use common::*;
 
@@ -61,12 +61,8 @@ async fn restart_and_converge(mode: ChangeMode) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(done, "PostgreSQL came back");
-    l.wait_until(&v, |s| {
-        s.rows
-            .get(&RowKey::new("tasks", "1"))
-            .is_some_and(|r| r["title"] == Value::from("after pg restart"))
-    })
-    .await;
+    l.wait_field(&v, "tasks", "1", "title", "after pg restart")
+        .await;
 
     // And the view equals a fresh snapshot.
     let mut fresh = Live::connect(client("dev-bob")).await.unwrap();

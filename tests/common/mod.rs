@@ -394,6 +394,24 @@ impl Live {
         }
     }
 
+    /// Reads until `table/id` in the view has `field` equal to `value`.
+    pub async fn wait_field(
+        &mut self,
+        view_id: &str,
+        table: &str,
+        id: &str,
+        field: &str,
+        value: impl Into<arcana::engine::Value>,
+    ) {
+        let (key, value) = (arcana::engine::RowKey::new(table, id), value.into());
+        self.wait_until(view_id, |s| {
+            s.rows
+                .get(&key)
+                .is_some_and(|r| r.get(field) == Some(&value))
+        })
+        .await;
+    }
+
     pub fn view(&self, view_id: &str) -> &ViewState {
         self.views.get(view_id).expect("view present")
     }

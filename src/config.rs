@@ -95,6 +95,9 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     /// Origins allowed for grpc-web from browsers; `["*"]` allows any.
     pub cors_origins: Vec<String>,
+    /// Frames that queue up for a session go out as one message of up to
+    /// this many bytes; 0 sends every frame on its own.
+    pub max_batch_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -103,6 +106,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:50051".into(),
             max_message_bytes: 1 << 20,
             cors_origins: vec!["*".into()],
+            max_batch_bytes: crate::grpc::DEFAULT_BATCH_BYTES,
         }
     }
 }

@@ -35,6 +35,32 @@ async fn write_n(h: &Harness, n: usize) {
 }
 
 #[tokio::test]
+async fn without_batching_a_catch_up_arrives_frame_by_frame() {
+    let h = Harness::with(|c| c.server.max_batch_bytes = 0).await;
+    let mut l = h.live("dev-alice").await;
+    let s = l.subscribe("project_tasks", project(1)).await.unwrap();
+    let before = l.view(&s.view_id).clone();
+    let mut keeper = h.live("dev-bob").await;
+    keeper.subscribe("project_tasks", project(1)).await.unwrap();
+    drop(l);
+    write_n(&h, 3).await;
+    let mut back = h.live("dev-alice").await;
+    back.views.insert(s.view_id.clone(), before.clone());
+    let r = back
+        .sync(vec![pb::SyncView {
+            graph: "project_tasks".into(),
+            params: project(1),
+            epoch: before.epoch,
+            version: before.version,
+        }])
+        .await;
+    assert_eq!(r.results[0].frames, 3);
+    assert_eq!(back.frames.len(), 3);
+    assert_eq!(back.batches, 0);
+    assert_eq!(back.view(&s.view_id).version, before.version + 3);
+}
+
+#[tokio::test]
 async fn a_client_that_missed_a_few_versions_catches_up_exactly() {
     let h = Harness::with(|c| c.engine.history_len = 8).await;
     let mut l = h.live("dev-alice").await;
@@ -63,6 +89,10 @@ async fn a_client_that_missed_a_few_versions_catches_up_exactly() {
     assert_eq!(res.frames, 5);
     assert_eq!(res.version, before.version + 5);
     assert_eq!(back.view(&s.view_id).version, res.version);
+    assert_eq!(
+        back.batches, 1,
+        "the missed diffs were queued together and arrive as one batch message"
+    );
     assert!(
         back.frames
             .iter()

@@ -87,32 +87,43 @@ impl Session {
 
     /// Queues a view frame. Called with the view's state locked.
     pub(crate) fn push_frame(&self, frame: Arc<Frame>) {
+        self.push_frames(std::iter::once(frame));
+    }
+
+    /// Queues frames together, so the stream sees all of them at once (and
+    /// can send them as one batch). Called with the view's state locked.
+    pub(crate) fn push_frames(&self, frames: impl IntoIterator<Item = Arc<Frame>>) {
         let mut g = self.lock();
-        if g.closed
-            || !g.subscriptions.contains_key(&frame.view_id)
-            || g.resync.iter().any(|v| v.id == frame.view_id)
-        {
-            return;
-        }
-        if g.frames_queued >= self.frame_capacity {
-            g.queue.retain(|o| matches!(o, Outbound::Message(_)));
-            g.frames_queued = 0;
-            let views: Vec<Arc<View>> = g.subscriptions.values().cloned().collect();
-            for v in views {
-                if !g.resync.iter().any(|r| Arc::ptr_eq(r, &v)) {
-                    g.resync.push(v);
-                }
+        let mut queued = false;
+        for frame in frames {
+            if g.closed
+                || !g.subscriptions.contains_key(&frame.view_id)
+                || g.resync.iter().any(|v| v.id == frame.view_id)
+            {
+                continue;
             }
-            g.overflows += 1;
-            drop(g);
-            self.stats.resyncs.inc();
-            self.wake.notify_one();
-            return;
+            if g.frames_queued >= self.frame_capacity {
+                g.queue.retain(|o| matches!(o, Outbound::Message(_)));
+                g.frames_queued = 0;
+                let views: Vec<Arc<View>> = g.subscriptions.values().cloned().collect();
+                for v in views {
+                    if !g.resync.iter().any(|r| Arc::ptr_eq(r, &v)) {
+                        g.resync.push(v);
+                    }
+                }
+                g.overflows += 1;
+                self.stats.resyncs.inc();
+                queued = true;
+                break;
+            }
+            g.queue.push_back(Outbound::Frame(frame));
+            g.frames_queued += 1;
+            queued = true;
         }
-        g.queue.push_back(Outbound::Frame(frame));
-        g.frames_queued += 1;
         drop(g);
-        self.wake.notify_one();
+        if queued {
+            self.wake.notify_one();
+        }
     }
 
     /// Queues an encoded message. Fails when the client stopped reading.
@@ -156,6 +167,22 @@ impl Session {
                 }
                 None => self.wake.notified().await,
             }
+        }
+    }
+
+    /// The next queued item if it is a frame, without waiting: the stream
+    /// uses it to gather frames that queued up into one batch.
+    pub fn try_next_frame(&self) -> Option<Arc<Frame>> {
+        let mut g = self.lock();
+        if !matches!(g.queue.front(), Some(Outbound::Frame(_))) {
+            return None;
+        }
+        match g.queue.pop_front() {
+            Some(Outbound::Frame(f)) => {
+                g.frames_queued -= 1;
+                Some(f)
+            }
+            _ => None,
         }
     }
 

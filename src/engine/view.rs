@@ -348,9 +348,7 @@ impl View {
                 .cloned()
                 .collect();
             let n = missed.len() as u32;
-            for f in missed {
-                session.push_frame(f);
-            }
+            session.push_frames(missed);
             return Some((SyncMode::CatchUp(n), current));
         }
         let snapshot = self.snapshot_frame(&st);

@@ -10,4 +10,4 @@ pub mod wire;
 
 pub use auth::{Authenticator, TokenAuthenticator};
 pub use server::{serve, ServeOptions};
-pub use service::Service;
+pub use service::{Service, DEFAULT_BATCH_BYTES};

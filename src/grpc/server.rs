@@ -30,6 +30,8 @@ pub struct ServeOptions {
     pub max_message_bytes: usize,
     /// Browser origins allowed for grpc-web; `*` allows any.
     pub cors_origins: Vec<String>,
+    /// Queued frames sent as one batch message, up to this many bytes.
+    pub max_batch_bytes: usize,
 }
 
 impl Default for ServeOptions {
@@ -37,6 +39,7 @@ impl Default for ServeOptions {
         ServeOptions {
             max_message_bytes: 1 << 20,
             cors_origins: vec!["*".into()],
+            max_batch_bytes: super::service::DEFAULT_BATCH_BYTES,
         }
     }
 }
@@ -121,8 +124,9 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    let svc = ArcanaServiceServer::new(Service::new(engine, auth))
-        .max_decoding_message_size(opts.max_message_bytes);
+    let svc =
+        ArcanaServiceServer::new(Service::new(engine, auth).with_batch_bytes(opts.max_batch_bytes))
+            .max_decoding_message_size(opts.max_message_bytes);
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ArcanaServiceServer<Service>>().await;
     let reflection = tonic_reflection::server::Builder::configure()

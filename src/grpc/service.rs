@@ -24,11 +24,15 @@ pub const NOTIFY_PERMISSION: &str = "arcana:notify";
 /// The permission the Stats call needs.
 pub const ADMIN_PERMISSION: &str = "arcana:admin";
 
+/// The default for [`Service::with_batch_bytes`].
+pub const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
+
 /// The gRPC service.
 #[derive(Clone)]
 pub struct Service {
     engine: Engine,
     auth: Arc<dyn Authenticator>,
+    batch_bytes: usize,
 }
 
 type WireStream = Pin<Box<dyn Stream<Item = Result<WireServerMessage, Status>> + Send>>;
@@ -36,7 +40,18 @@ type WireStream = Pin<Box<dyn Stream<Item = Result<WireServerMessage, Status>> +
 impl Service {
     /// A service over `engine`, authenticating with `auth`.
     pub fn new(engine: Engine, auth: Arc<dyn Authenticator>) -> Self {
-        Service { engine, auth }
+        Service {
+            engine,
+            auth,
+            batch_bytes: DEFAULT_BATCH_BYTES,
+        }
+    }
+
+    /// Sets how many bytes of queued frames may go out as one batch message
+    /// (0: every frame on its own).
+    pub fn with_batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes;
+        self
     }
 
     async fn identity<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
@@ -87,6 +102,7 @@ impl Service {
 struct Guard {
     engine: Engine,
     session: Arc<Session>,
+    batch_bytes: usize,
     fail: Option<oneshot::Receiver<Status>>,
     reader: Option<tokio::task::JoinHandle<()>>,
     done: bool,
@@ -102,14 +118,15 @@ impl Drop for Guard {
 }
 
 fn session_stream(
-    engine: Engine,
+    svc: &Service,
     session: Arc<Session>,
     fail: Option<oneshot::Receiver<Status>>,
     reader: Option<tokio::task::JoinHandle<()>>,
 ) -> WireStream {
     let guard = Guard {
-        engine,
+        engine: svc.engine.clone(),
         session,
+        batch_bytes: svc.batch_bytes,
         fail,
         reader,
         done: false,
@@ -135,11 +152,26 @@ fn session_stream(
             },
             None => g.session.next().await,
         };
-        let bytes = match item? {
-            Outbound::Message(b) => b,
-            Outbound::Frame(f) => encoded_frame(&f),
+        let msg = match item? {
+            Outbound::Message(b) => WireServerMessage::One(b),
+            Outbound::Frame(f) => {
+                // Frames that queued up while the client was reading go out
+                // as one message: per-message costs dominate fan-out.
+                let first = encoded_frame(&f);
+                let mut size = first.len();
+                let mut pieces = vec![first];
+                while size < g.batch_bytes {
+                    let Some(f) = g.session.try_next_frame() else {
+                        break;
+                    };
+                    let b = encoded_frame(&f);
+                    size += b.len();
+                    pieces.push(b);
+                }
+                WireServerMessage::frames(pieces)
+            }
         };
-        Some((Ok(WireServerMessage(bytes)), g))
+        Some((Ok(msg), g))
     }))
 }
 
@@ -364,7 +396,7 @@ impl ArcanaService for Service {
             }
         });
         Ok(Response::new(session_stream(
-            self.engine.clone(),
+            self,
             session,
             Some(fail_rx),
             Some(reader),
@@ -377,12 +409,7 @@ impl ArcanaService for Service {
     ) -> Result<Response<WireStream>, Status> {
         let identity = self.identity(&req).await?;
         let session = self.open(identity);
-        Ok(Response::new(session_stream(
-            self.engine.clone(),
-            session,
-            None,
-            None,
-        )))
+        Ok(Response::new(session_stream(self, session, None, None)))
     }
 
     async fn subscribe(

@@ -4,18 +4,68 @@
 //! frame is serialized once and its bytes are copied into every subscriber's
 //! stream. The bytes are a complete `ServerMessage`, so what goes on the wire
 //! is exactly what encoding the message would have produced.
+//!
+//! A batch (`ServerMessage.frames`) is assembled from frames that are each
+//! already encoded as `ServerMessage { frame }`: an element of
+//! `FrameBatch.frames` is the same length-delimited `ViewFrame`, under field
+//! 1 instead of field 3, so only the first byte of each piece differs.
 
 use bytes::{Buf, BufMut, Bytes};
-use prost::encoding::{skip_field, DecodeContext, WireType};
+use prost::encoding::{encode_varint, encoded_len_varint, skip_field, DecodeContext, WireType};
 use prost::DecodeError;
 
-/// Pre-encoded `ServerMessage` bytes.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct WireServerMessage(pub Bytes);
+/// The key byte of `ServerMessage.frame` (field 3, length-delimited).
+const FRAME_KEY: u8 = 3 << 3 | 2;
+/// The key byte of `ServerMessage.frames` (field 4, length-delimited).
+const BATCH_KEY: u8 = 4 << 3 | 2;
+/// The key byte of `FrameBatch.frames` (field 1, length-delimited).
+const ELEMENT_KEY: u8 = 1 << 3 | 2;
+
+/// Pre-encoded `ServerMessage` bytes, or several encoded frames sent as one
+/// `FrameBatch`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WireServerMessage {
+    /// A complete `ServerMessage`.
+    One(Bytes),
+    /// Encoded `ServerMessage { frame }` messages, sent as one batch.
+    Batch(Vec<Bytes>),
+}
+
+impl Default for WireServerMessage {
+    fn default() -> Self {
+        WireServerMessage::One(Bytes::new())
+    }
+}
+
+impl WireServerMessage {
+    /// Frames from `encoded` (each a `ServerMessage { frame }`): one as
+    /// itself, several as a batch.
+    pub fn frames(mut encoded: Vec<Bytes>) -> Self {
+        if encoded.len() == 1 {
+            return WireServerMessage::One(encoded.pop().expect("one"));
+        }
+        debug_assert!(encoded.iter().all(|b| b.first() == Some(&FRAME_KEY)));
+        WireServerMessage::Batch(encoded)
+    }
+
+    fn batch_body_len(pieces: &[Bytes]) -> usize {
+        pieces.iter().map(Bytes::len).sum()
+    }
+}
 
 impl prost::Message for WireServerMessage {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
+        match self {
+            WireServerMessage::One(b) => buf.put_slice(b),
+            WireServerMessage::Batch(pieces) => {
+                buf.put_u8(BATCH_KEY);
+                encode_varint(Self::batch_body_len(pieces) as u64, buf);
+                for p in pieces {
+                    buf.put_u8(ELEMENT_KEY);
+                    buf.put_slice(&p[1..]);
+                }
+            }
+        }
     }
 
     fn merge_field(
@@ -30,11 +80,17 @@ impl prost::Message for WireServerMessage {
     }
 
     fn encoded_len(&self) -> usize {
-        self.0.len()
+        match self {
+            WireServerMessage::One(b) => b.len(),
+            WireServerMessage::Batch(pieces) => {
+                let body = Self::batch_body_len(pieces);
+                1 + encoded_len_varint(body as u64) + body
+            }
+        }
     }
 
     fn clear(&mut self) {
-        self.0.clear();
+        *self = WireServerMessage::default();
     }
 }
 
@@ -54,7 +110,57 @@ mod tests {
                 workspace_id: "w".into(),
             })),
         };
-        let wire = WireServerMessage(msg.encode_to_vec().into());
+        let wire = WireServerMessage::One(msg.encode_to_vec().into());
+        let bytes = wire.encode_to_vec();
+        assert_eq!(proto::ServerMessage::decode(bytes.as_slice()).unwrap(), msg);
+    }
+
+    fn frame(version: u64, view: &str) -> proto::ViewFrame {
+        proto::ViewFrame {
+            view_id: view.into(),
+            epoch: 7,
+            version,
+            prev_version: version - 1,
+            body: Some(proto::view_frame::Body::Diff(proto::ViewDiff {
+                total: Some(version as i64 * 1000),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_batch_decodes_as_frame_batch_in_order() {
+        // One frame large enough that its length takes a two-byte varint.
+        let big = "v".repeat(300);
+        let frames = vec![frame(2, "a/1"), frame(3, &big), frame(4, "a/1")];
+        let encoded: Vec<Bytes> = frames
+            .iter()
+            .map(|f| {
+                proto::ServerMessage {
+                    kind: Some(proto::server_message::Kind::Frame(f.clone())),
+                }
+                .encode_to_vec()
+                .into()
+            })
+            .collect();
+        let wire = WireServerMessage::frames(encoded);
+        let bytes = wire.encode_to_vec();
+        assert_eq!(bytes.len(), wire.encoded_len());
+        let got = proto::ServerMessage::decode(bytes.as_slice()).unwrap();
+        assert_eq!(
+            got.kind,
+            Some(proto::server_message::Kind::Frames(proto::FrameBatch {
+                frames
+            }))
+        );
+    }
+
+    #[test]
+    fn a_single_frame_is_sent_as_itself() {
+        let msg = proto::ServerMessage {
+            kind: Some(proto::server_message::Kind::Frame(frame(5, "b/2"))),
+        };
+        let wire = WireServerMessage::frames(vec![msg.encode_to_vec().into()]);
         let bytes = wire.encode_to_vec();
         assert_eq!(proto::ServerMessage::decode(bytes.as_slice()).unwrap(), msg);
     }

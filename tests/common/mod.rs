@@ -236,6 +236,8 @@ pub struct Live {
     pub frames: Vec<pb::ViewFrame>,
     /// Replies read while waiting for something else.
     replies: HashMap<u64, pb::Reply>,
+    /// Batch messages (`frames`) received.
+    pub batches: usize,
 }
 
 impl Live {
@@ -257,6 +259,7 @@ impl Live {
             views: HashMap::new(),
             frames: Vec::new(),
             replies: HashMap::new(),
+            batches: 0,
         })
     }
 
@@ -266,11 +269,13 @@ impl Live {
             .await
             .map_err(|_| Status::deadline_exceeded("test wait"))??;
         match msg.and_then(|m| m.kind) {
-            Some(Msg::Frame(f)) => {
-                let v = self.views.entry(f.view_id.clone()).or_default();
-                v.apply(&f)
-                    .unwrap_or_else(|e| panic!("applying frame of {}: {e}", f.view_id));
-                self.frames.push(f);
+            Some(Msg::Frame(f)) => self.take_frame(f),
+            Some(Msg::Frames(batch)) => {
+                assert!(batch.frames.len() > 1, "a batch carries several frames");
+                self.batches += 1;
+                for f in batch.frames {
+                    self.take_frame(f);
+                }
             }
             Some(Msg::Reply(r)) => {
                 self.replies.insert(r.request_id, r);
@@ -279,6 +284,13 @@ impl Live {
             None => return Err(Status::aborted("stream ended")),
         }
         Ok(())
+    }
+
+    fn take_frame(&mut self, f: pb::ViewFrame) {
+        let v = self.views.entry(f.view_id.clone()).or_default();
+        v.apply(&f)
+            .unwrap_or_else(|e| panic!("applying frame of {}: {e}", f.view_id));
+        self.frames.push(f);
     }
 
     pub async fn send(&mut self, kind: Req) -> u64 {

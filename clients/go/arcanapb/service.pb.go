@@ -222,6 +222,7 @@ type ServerMessage struct {
 	//	*ServerMessage_Opened
 	//	*ServerMessage_Reply
 	//	*ServerMessage_Frame
+	//	*ServerMessage_Frames
 	Kind          isServerMessage_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -291,6 +292,15 @@ func (x *ServerMessage) GetFrame() *ViewFrame {
 	return nil
 }
 
+func (x *ServerMessage) GetFrames() *FrameBatch {
+	if x != nil {
+		if x, ok := x.Kind.(*ServerMessage_Frames); ok {
+			return x.Frames
+		}
+	}
+	return nil
+}
+
 type isServerMessage_Kind interface {
 	isServerMessage_Kind()
 }
@@ -307,11 +317,67 @@ type ServerMessage_Frame struct {
 	Frame *ViewFrame `protobuf:"bytes,3,opt,name=frame,proto3,oneof"`
 }
 
+type ServerMessage_Frames struct {
+	// Several frames at once: sent when frames queued up while the client
+	// was reading (a busy client, a burst of changes, a catch-up). Apply them
+	// in order, exactly as if each had arrived as `frame`.
+	Frames *FrameBatch `protobuf:"bytes,4,opt,name=frames,proto3,oneof"`
+}
+
 func (*ServerMessage_Opened) isServerMessage_Kind() {}
 
 func (*ServerMessage_Reply) isServerMessage_Kind() {}
 
 func (*ServerMessage_Frame) isServerMessage_Kind() {}
+
+func (*ServerMessage_Frames) isServerMessage_Kind() {}
+
+// Frames in the order they were queued. The encoding of each element is the
+// same as a ViewFrame's, so servers can assemble batches from frames they
+// already encoded.
+type FrameBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Frames        []*ViewFrame           `protobuf:"bytes,1,rep,name=frames,proto3" json:"frames,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FrameBatch) Reset() {
+	*x = FrameBatch{}
+	mi := &file_arcana_v1_service_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FrameBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FrameBatch) ProtoMessage() {}
+
+func (x *FrameBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_arcana_v1_service_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FrameBatch.ProtoReflect.Descriptor instead.
+func (*FrameBatch) Descriptor() ([]byte, []int) {
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *FrameBatch) GetFrames() []*ViewFrame {
+	if x != nil {
+		return x.Frames
+	}
+	return nil
+}
 
 type SessionOpened struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -326,7 +392,7 @@ type SessionOpened struct {
 
 func (x *SessionOpened) Reset() {
 	*x = SessionOpened{}
-	mi := &file_arcana_v1_service_proto_msgTypes[2]
+	mi := &file_arcana_v1_service_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -338,7 +404,7 @@ func (x *SessionOpened) String() string {
 func (*SessionOpened) ProtoMessage() {}
 
 func (x *SessionOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[2]
+	mi := &file_arcana_v1_service_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -351,7 +417,7 @@ func (x *SessionOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionOpened.ProtoReflect.Descriptor instead.
 func (*SessionOpened) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{2}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *SessionOpened) GetSessionId() string {
@@ -400,7 +466,7 @@ type Reply struct {
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_arcana_v1_service_proto_msgTypes[3]
+	mi := &file_arcana_v1_service_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +478,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[3]
+	mi := &file_arcana_v1_service_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +491,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{3}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Reply) GetRequestId() uint64 {
@@ -548,7 +614,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_arcana_v1_service_proto_msgTypes[4]
+	mi := &file_arcana_v1_service_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +626,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[4]
+	mi := &file_arcana_v1_service_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +639,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{4}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Error) GetCode() int32 {
@@ -598,7 +664,7 @@ type OpenSessionRequest struct {
 
 func (x *OpenSessionRequest) Reset() {
 	*x = OpenSessionRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[5]
+	mi := &file_arcana_v1_service_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +676,7 @@ func (x *OpenSessionRequest) String() string {
 func (*OpenSessionRequest) ProtoMessage() {}
 
 func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[5]
+	mi := &file_arcana_v1_service_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +689,7 @@ func (x *OpenSessionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenSessionRequest.ProtoReflect.Descriptor instead.
 func (*OpenSessionRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{5}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{6}
 }
 
 type SubscribeRequest struct {
@@ -638,7 +704,7 @@ type SubscribeRequest struct {
 
 func (x *SubscribeRequest) Reset() {
 	*x = SubscribeRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[6]
+	mi := &file_arcana_v1_service_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +716,7 @@ func (x *SubscribeRequest) String() string {
 func (*SubscribeRequest) ProtoMessage() {}
 
 func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[6]
+	mi := &file_arcana_v1_service_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +729,7 @@ func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
 func (*SubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{6}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SubscribeRequest) GetGraph() string {
@@ -700,7 +766,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[7]
+	mi := &file_arcana_v1_service_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -712,7 +778,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[7]
+	mi := &file_arcana_v1_service_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -725,7 +791,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{7}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SubscribeResponse) GetViewId() string {
@@ -766,7 +832,7 @@ type UnsubscribeRequest struct {
 
 func (x *UnsubscribeRequest) Reset() {
 	*x = UnsubscribeRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[8]
+	mi := &file_arcana_v1_service_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +844,7 @@ func (x *UnsubscribeRequest) String() string {
 func (*UnsubscribeRequest) ProtoMessage() {}
 
 func (x *UnsubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[8]
+	mi := &file_arcana_v1_service_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +857,7 @@ func (x *UnsubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsubscribeRequest.ProtoReflect.Descriptor instead.
 func (*UnsubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{8}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UnsubscribeRequest) GetViewId() string {
@@ -816,7 +882,7 @@ type UnsubscribeResponse struct {
 
 func (x *UnsubscribeResponse) Reset() {
 	*x = UnsubscribeResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[9]
+	mi := &file_arcana_v1_service_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -828,7 +894,7 @@ func (x *UnsubscribeResponse) String() string {
 func (*UnsubscribeResponse) ProtoMessage() {}
 
 func (x *UnsubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[9]
+	mi := &file_arcana_v1_service_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -841,7 +907,7 @@ func (x *UnsubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsubscribeResponse.ProtoReflect.Descriptor instead.
 func (*UnsubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{9}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{10}
 }
 
 type SyncRequest struct {
@@ -854,7 +920,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[10]
+	mi := &file_arcana_v1_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -866,7 +932,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[10]
+	mi := &file_arcana_v1_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -879,7 +945,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{10}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SyncRequest) GetViews() []*SyncView {
@@ -909,7 +975,7 @@ type SyncView struct {
 
 func (x *SyncView) Reset() {
 	*x = SyncView{}
-	mi := &file_arcana_v1_service_proto_msgTypes[11]
+	mi := &file_arcana_v1_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +987,7 @@ func (x *SyncView) String() string {
 func (*SyncView) ProtoMessage() {}
 
 func (x *SyncView) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[11]
+	mi := &file_arcana_v1_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1000,7 @@ func (x *SyncView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncView.ProtoReflect.Descriptor instead.
 func (*SyncView) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{11}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SyncView) GetGraph() string {
@@ -982,7 +1048,7 @@ type SyncResult struct {
 
 func (x *SyncResult) Reset() {
 	*x = SyncResult{}
-	mi := &file_arcana_v1_service_proto_msgTypes[12]
+	mi := &file_arcana_v1_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -994,7 +1060,7 @@ func (x *SyncResult) String() string {
 func (*SyncResult) ProtoMessage() {}
 
 func (x *SyncResult) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[12]
+	mi := &file_arcana_v1_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1007,7 +1073,7 @@ func (x *SyncResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResult.ProtoReflect.Descriptor instead.
 func (*SyncResult) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{12}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SyncResult) GetViewId() string {
@@ -1063,7 +1129,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[13]
+	mi := &file_arcana_v1_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1075,7 +1141,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[13]
+	mi := &file_arcana_v1_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1088,7 +1154,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{13}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SyncResponse) GetResults() []*SyncResult {
@@ -1111,7 +1177,7 @@ type MutateRequest struct {
 
 func (x *MutateRequest) Reset() {
 	*x = MutateRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[14]
+	mi := &file_arcana_v1_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1189,7 @@ func (x *MutateRequest) String() string {
 func (*MutateRequest) ProtoMessage() {}
 
 func (x *MutateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[14]
+	mi := &file_arcana_v1_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1202,7 @@ func (x *MutateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MutateRequest.ProtoReflect.Descriptor instead.
 func (*MutateRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{14}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *MutateRequest) GetMutation() string {
@@ -1177,7 +1243,7 @@ type MutateResponse struct {
 
 func (x *MutateResponse) Reset() {
 	*x = MutateResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[15]
+	mi := &file_arcana_v1_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1255,7 @@ func (x *MutateResponse) String() string {
 func (*MutateResponse) ProtoMessage() {}
 
 func (x *MutateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[15]
+	mi := &file_arcana_v1_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1268,7 @@ func (x *MutateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MutateResponse.ProtoReflect.Descriptor instead.
 func (*MutateResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{15}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MutateResponse) GetData() map[string]*Value {
@@ -1234,7 +1300,7 @@ type PingRequest struct {
 
 func (x *PingRequest) Reset() {
 	*x = PingRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[16]
+	mi := &file_arcana_v1_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1246,7 +1312,7 @@ func (x *PingRequest) String() string {
 func (*PingRequest) ProtoMessage() {}
 
 func (x *PingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[16]
+	mi := &file_arcana_v1_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1259,7 +1325,7 @@ func (x *PingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingRequest.ProtoReflect.Descriptor instead.
 func (*PingRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{16}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{17}
 }
 
 type PingResponse struct {
@@ -1271,7 +1337,7 @@ type PingResponse struct {
 
 func (x *PingResponse) Reset() {
 	*x = PingResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[17]
+	mi := &file_arcana_v1_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1283,7 +1349,7 @@ func (x *PingResponse) String() string {
 func (*PingResponse) ProtoMessage() {}
 
 func (x *PingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[17]
+	mi := &file_arcana_v1_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1296,7 +1362,7 @@ func (x *PingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingResponse.ProtoReflect.Descriptor instead.
 func (*PingResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{17}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PingResponse) GetServerTimeUnixMs() int64 {
@@ -1315,7 +1381,7 @@ type NotifyRequest struct {
 
 func (x *NotifyRequest) Reset() {
 	*x = NotifyRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[18]
+	mi := &file_arcana_v1_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1393,7 @@ func (x *NotifyRequest) String() string {
 func (*NotifyRequest) ProtoMessage() {}
 
 func (x *NotifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[18]
+	mi := &file_arcana_v1_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1406,7 @@ func (x *NotifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotifyRequest.ProtoReflect.Descriptor instead.
 func (*NotifyRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{18}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NotifyRequest) GetChanges() []*Change {
@@ -1358,7 +1424,7 @@ type NotifyResponse struct {
 
 func (x *NotifyResponse) Reset() {
 	*x = NotifyResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[19]
+	mi := &file_arcana_v1_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1436,7 @@ func (x *NotifyResponse) String() string {
 func (*NotifyResponse) ProtoMessage() {}
 
 func (x *NotifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[19]
+	mi := &file_arcana_v1_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1449,7 @@ func (x *NotifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotifyResponse.ProtoReflect.Descriptor instead.
 func (*NotifyResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{19}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{20}
 }
 
 type StatsRequest struct {
@@ -1394,7 +1460,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[20]
+	mi := &file_arcana_v1_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1472,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[20]
+	mi := &file_arcana_v1_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1485,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{20}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{21}
 }
 
 type ViewStats struct {
@@ -1437,7 +1503,7 @@ type ViewStats struct {
 
 func (x *ViewStats) Reset() {
 	*x = ViewStats{}
-	mi := &file_arcana_v1_service_proto_msgTypes[21]
+	mi := &file_arcana_v1_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1515,7 @@ func (x *ViewStats) String() string {
 func (*ViewStats) ProtoMessage() {}
 
 func (x *ViewStats) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[21]
+	mi := &file_arcana_v1_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1528,7 @@ func (x *ViewStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ViewStats.ProtoReflect.Descriptor instead.
 func (*ViewStats) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{21}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ViewStats) GetGraph() string {
@@ -1533,7 +1599,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[22]
+	mi := &file_arcana_v1_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1545,7 +1611,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[22]
+	mi := &file_arcana_v1_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1558,7 +1624,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{22}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StatsResponse) GetSessions() uint32 {
@@ -1651,12 +1717,16 @@ const file_arcana_v1_service_proto_rawDesc = "" +
 	"\x04sync\x18\x04 \x01(\v2\x16.arcana.v1.SyncRequestH\x00R\x04sync\x122\n" +
 	"\x06mutate\x18\x05 \x01(\v2\x18.arcana.v1.MutateRequestH\x00R\x06mutate\x12,\n" +
 	"\x04ping\x18\x06 \x01(\v2\x16.arcana.v1.PingRequestH\x00R\x04pingB\x06\n" +
-	"\x04kind\"\xa3\x01\n" +
+	"\x04kind\"\xd4\x01\n" +
 	"\rServerMessage\x122\n" +
 	"\x06opened\x18\x01 \x01(\v2\x18.arcana.v1.SessionOpenedH\x00R\x06opened\x12(\n" +
 	"\x05reply\x18\x02 \x01(\v2\x10.arcana.v1.ReplyH\x00R\x05reply\x12,\n" +
-	"\x05frame\x18\x03 \x01(\v2\x14.arcana.v1.ViewFrameH\x00R\x05frameB\x06\n" +
-	"\x04kind\"\x95\x01\n" +
+	"\x05frame\x18\x03 \x01(\v2\x14.arcana.v1.ViewFrameH\x00R\x05frame\x12/\n" +
+	"\x06frames\x18\x04 \x01(\v2\x15.arcana.v1.FrameBatchH\x00R\x06framesB\x06\n" +
+	"\x04kind\":\n" +
+	"\n" +
+	"FrameBatch\x12,\n" +
+	"\x06frames\x18\x01 \x03(\v2\x14.arcana.v1.ViewFrameR\x06frames\"\x95\x01\n" +
 	"\rSessionOpened\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12)\n" +
@@ -1797,97 +1867,100 @@ func file_arcana_v1_service_proto_rawDescGZIP() []byte {
 }
 
 var file_arcana_v1_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_arcana_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_arcana_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_arcana_v1_service_proto_goTypes = []any{
 	(SyncMode)(0),               // 0: arcana.v1.SyncMode
 	(*ClientMessage)(nil),       // 1: arcana.v1.ClientMessage
 	(*ServerMessage)(nil),       // 2: arcana.v1.ServerMessage
-	(*SessionOpened)(nil),       // 3: arcana.v1.SessionOpened
-	(*Reply)(nil),               // 4: arcana.v1.Reply
-	(*Error)(nil),               // 5: arcana.v1.Error
-	(*OpenSessionRequest)(nil),  // 6: arcana.v1.OpenSessionRequest
-	(*SubscribeRequest)(nil),    // 7: arcana.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),   // 8: arcana.v1.SubscribeResponse
-	(*UnsubscribeRequest)(nil),  // 9: arcana.v1.UnsubscribeRequest
-	(*UnsubscribeResponse)(nil), // 10: arcana.v1.UnsubscribeResponse
-	(*SyncRequest)(nil),         // 11: arcana.v1.SyncRequest
-	(*SyncView)(nil),            // 12: arcana.v1.SyncView
-	(*SyncResult)(nil),          // 13: arcana.v1.SyncResult
-	(*SyncResponse)(nil),        // 14: arcana.v1.SyncResponse
-	(*MutateRequest)(nil),       // 15: arcana.v1.MutateRequest
-	(*MutateResponse)(nil),      // 16: arcana.v1.MutateResponse
-	(*PingRequest)(nil),         // 17: arcana.v1.PingRequest
-	(*PingResponse)(nil),        // 18: arcana.v1.PingResponse
-	(*NotifyRequest)(nil),       // 19: arcana.v1.NotifyRequest
-	(*NotifyResponse)(nil),      // 20: arcana.v1.NotifyResponse
-	(*StatsRequest)(nil),        // 21: arcana.v1.StatsRequest
-	(*ViewStats)(nil),           // 22: arcana.v1.ViewStats
-	(*StatsResponse)(nil),       // 23: arcana.v1.StatsResponse
-	nil,                         // 24: arcana.v1.SubscribeRequest.ParamsEntry
-	nil,                         // 25: arcana.v1.SyncView.ParamsEntry
-	nil,                         // 26: arcana.v1.MutateRequest.ParamsEntry
-	nil,                         // 27: arcana.v1.MutateResponse.DataEntry
-	nil,                         // 28: arcana.v1.MutateResponse.ViewVersionsEntry
-	(*ViewFrame)(nil),           // 29: arcana.v1.ViewFrame
-	(*Change)(nil),              // 30: arcana.v1.Change
-	(*Value)(nil),               // 31: arcana.v1.Value
-	(*DescribeRequest)(nil),     // 32: arcana.v1.DescribeRequest
-	(*DescribeResponse)(nil),    // 33: arcana.v1.DescribeResponse
+	(*FrameBatch)(nil),          // 3: arcana.v1.FrameBatch
+	(*SessionOpened)(nil),       // 4: arcana.v1.SessionOpened
+	(*Reply)(nil),               // 5: arcana.v1.Reply
+	(*Error)(nil),               // 6: arcana.v1.Error
+	(*OpenSessionRequest)(nil),  // 7: arcana.v1.OpenSessionRequest
+	(*SubscribeRequest)(nil),    // 8: arcana.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),   // 9: arcana.v1.SubscribeResponse
+	(*UnsubscribeRequest)(nil),  // 10: arcana.v1.UnsubscribeRequest
+	(*UnsubscribeResponse)(nil), // 11: arcana.v1.UnsubscribeResponse
+	(*SyncRequest)(nil),         // 12: arcana.v1.SyncRequest
+	(*SyncView)(nil),            // 13: arcana.v1.SyncView
+	(*SyncResult)(nil),          // 14: arcana.v1.SyncResult
+	(*SyncResponse)(nil),        // 15: arcana.v1.SyncResponse
+	(*MutateRequest)(nil),       // 16: arcana.v1.MutateRequest
+	(*MutateResponse)(nil),      // 17: arcana.v1.MutateResponse
+	(*PingRequest)(nil),         // 18: arcana.v1.PingRequest
+	(*PingResponse)(nil),        // 19: arcana.v1.PingResponse
+	(*NotifyRequest)(nil),       // 20: arcana.v1.NotifyRequest
+	(*NotifyResponse)(nil),      // 21: arcana.v1.NotifyResponse
+	(*StatsRequest)(nil),        // 22: arcana.v1.StatsRequest
+	(*ViewStats)(nil),           // 23: arcana.v1.ViewStats
+	(*StatsResponse)(nil),       // 24: arcana.v1.StatsResponse
+	nil,                         // 25: arcana.v1.SubscribeRequest.ParamsEntry
+	nil,                         // 26: arcana.v1.SyncView.ParamsEntry
+	nil,                         // 27: arcana.v1.MutateRequest.ParamsEntry
+	nil,                         // 28: arcana.v1.MutateResponse.DataEntry
+	nil,                         // 29: arcana.v1.MutateResponse.ViewVersionsEntry
+	(*ViewFrame)(nil),           // 30: arcana.v1.ViewFrame
+	(*Change)(nil),              // 31: arcana.v1.Change
+	(*Value)(nil),               // 32: arcana.v1.Value
+	(*DescribeRequest)(nil),     // 33: arcana.v1.DescribeRequest
+	(*DescribeResponse)(nil),    // 34: arcana.v1.DescribeResponse
 }
 var file_arcana_v1_service_proto_depIdxs = []int32{
-	7,  // 0: arcana.v1.ClientMessage.subscribe:type_name -> arcana.v1.SubscribeRequest
-	9,  // 1: arcana.v1.ClientMessage.unsubscribe:type_name -> arcana.v1.UnsubscribeRequest
-	11, // 2: arcana.v1.ClientMessage.sync:type_name -> arcana.v1.SyncRequest
-	15, // 3: arcana.v1.ClientMessage.mutate:type_name -> arcana.v1.MutateRequest
-	17, // 4: arcana.v1.ClientMessage.ping:type_name -> arcana.v1.PingRequest
-	3,  // 5: arcana.v1.ServerMessage.opened:type_name -> arcana.v1.SessionOpened
-	4,  // 6: arcana.v1.ServerMessage.reply:type_name -> arcana.v1.Reply
-	29, // 7: arcana.v1.ServerMessage.frame:type_name -> arcana.v1.ViewFrame
-	5,  // 8: arcana.v1.Reply.error:type_name -> arcana.v1.Error
-	8,  // 9: arcana.v1.Reply.subscribe:type_name -> arcana.v1.SubscribeResponse
-	10, // 10: arcana.v1.Reply.unsubscribe:type_name -> arcana.v1.UnsubscribeResponse
-	14, // 11: arcana.v1.Reply.sync:type_name -> arcana.v1.SyncResponse
-	16, // 12: arcana.v1.Reply.mutate:type_name -> arcana.v1.MutateResponse
-	18, // 13: arcana.v1.Reply.ping:type_name -> arcana.v1.PingResponse
-	24, // 14: arcana.v1.SubscribeRequest.params:type_name -> arcana.v1.SubscribeRequest.ParamsEntry
-	12, // 15: arcana.v1.SyncRequest.views:type_name -> arcana.v1.SyncView
-	25, // 16: arcana.v1.SyncView.params:type_name -> arcana.v1.SyncView.ParamsEntry
-	0,  // 17: arcana.v1.SyncResult.mode:type_name -> arcana.v1.SyncMode
-	5,  // 18: arcana.v1.SyncResult.error:type_name -> arcana.v1.Error
-	13, // 19: arcana.v1.SyncResponse.results:type_name -> arcana.v1.SyncResult
-	26, // 20: arcana.v1.MutateRequest.params:type_name -> arcana.v1.MutateRequest.ParamsEntry
-	27, // 21: arcana.v1.MutateResponse.data:type_name -> arcana.v1.MutateResponse.DataEntry
-	30, // 22: arcana.v1.MutateResponse.changes:type_name -> arcana.v1.Change
-	28, // 23: arcana.v1.MutateResponse.view_versions:type_name -> arcana.v1.MutateResponse.ViewVersionsEntry
-	30, // 24: arcana.v1.NotifyRequest.changes:type_name -> arcana.v1.Change
-	22, // 25: arcana.v1.StatsResponse.view_stats:type_name -> arcana.v1.ViewStats
-	31, // 26: arcana.v1.SubscribeRequest.ParamsEntry.value:type_name -> arcana.v1.Value
-	31, // 27: arcana.v1.SyncView.ParamsEntry.value:type_name -> arcana.v1.Value
-	31, // 28: arcana.v1.MutateRequest.ParamsEntry.value:type_name -> arcana.v1.Value
-	31, // 29: arcana.v1.MutateResponse.DataEntry.value:type_name -> arcana.v1.Value
-	1,  // 30: arcana.v1.ArcanaService.Connect:input_type -> arcana.v1.ClientMessage
-	6,  // 31: arcana.v1.ArcanaService.OpenSession:input_type -> arcana.v1.OpenSessionRequest
-	7,  // 32: arcana.v1.ArcanaService.Subscribe:input_type -> arcana.v1.SubscribeRequest
-	9,  // 33: arcana.v1.ArcanaService.Unsubscribe:input_type -> arcana.v1.UnsubscribeRequest
-	11, // 34: arcana.v1.ArcanaService.Sync:input_type -> arcana.v1.SyncRequest
-	15, // 35: arcana.v1.ArcanaService.Mutate:input_type -> arcana.v1.MutateRequest
-	19, // 36: arcana.v1.ArcanaService.Notify:input_type -> arcana.v1.NotifyRequest
-	32, // 37: arcana.v1.ArcanaService.Describe:input_type -> arcana.v1.DescribeRequest
-	21, // 38: arcana.v1.ArcanaService.Stats:input_type -> arcana.v1.StatsRequest
-	2,  // 39: arcana.v1.ArcanaService.Connect:output_type -> arcana.v1.ServerMessage
-	2,  // 40: arcana.v1.ArcanaService.OpenSession:output_type -> arcana.v1.ServerMessage
-	8,  // 41: arcana.v1.ArcanaService.Subscribe:output_type -> arcana.v1.SubscribeResponse
-	10, // 42: arcana.v1.ArcanaService.Unsubscribe:output_type -> arcana.v1.UnsubscribeResponse
-	14, // 43: arcana.v1.ArcanaService.Sync:output_type -> arcana.v1.SyncResponse
-	16, // 44: arcana.v1.ArcanaService.Mutate:output_type -> arcana.v1.MutateResponse
-	20, // 45: arcana.v1.ArcanaService.Notify:output_type -> arcana.v1.NotifyResponse
-	33, // 46: arcana.v1.ArcanaService.Describe:output_type -> arcana.v1.DescribeResponse
-	23, // 47: arcana.v1.ArcanaService.Stats:output_type -> arcana.v1.StatsResponse
-	39, // [39:48] is the sub-list for method output_type
-	30, // [30:39] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	8,  // 0: arcana.v1.ClientMessage.subscribe:type_name -> arcana.v1.SubscribeRequest
+	10, // 1: arcana.v1.ClientMessage.unsubscribe:type_name -> arcana.v1.UnsubscribeRequest
+	12, // 2: arcana.v1.ClientMessage.sync:type_name -> arcana.v1.SyncRequest
+	16, // 3: arcana.v1.ClientMessage.mutate:type_name -> arcana.v1.MutateRequest
+	18, // 4: arcana.v1.ClientMessage.ping:type_name -> arcana.v1.PingRequest
+	4,  // 5: arcana.v1.ServerMessage.opened:type_name -> arcana.v1.SessionOpened
+	5,  // 6: arcana.v1.ServerMessage.reply:type_name -> arcana.v1.Reply
+	30, // 7: arcana.v1.ServerMessage.frame:type_name -> arcana.v1.ViewFrame
+	3,  // 8: arcana.v1.ServerMessage.frames:type_name -> arcana.v1.FrameBatch
+	30, // 9: arcana.v1.FrameBatch.frames:type_name -> arcana.v1.ViewFrame
+	6,  // 10: arcana.v1.Reply.error:type_name -> arcana.v1.Error
+	9,  // 11: arcana.v1.Reply.subscribe:type_name -> arcana.v1.SubscribeResponse
+	11, // 12: arcana.v1.Reply.unsubscribe:type_name -> arcana.v1.UnsubscribeResponse
+	15, // 13: arcana.v1.Reply.sync:type_name -> arcana.v1.SyncResponse
+	17, // 14: arcana.v1.Reply.mutate:type_name -> arcana.v1.MutateResponse
+	19, // 15: arcana.v1.Reply.ping:type_name -> arcana.v1.PingResponse
+	25, // 16: arcana.v1.SubscribeRequest.params:type_name -> arcana.v1.SubscribeRequest.ParamsEntry
+	13, // 17: arcana.v1.SyncRequest.views:type_name -> arcana.v1.SyncView
+	26, // 18: arcana.v1.SyncView.params:type_name -> arcana.v1.SyncView.ParamsEntry
+	0,  // 19: arcana.v1.SyncResult.mode:type_name -> arcana.v1.SyncMode
+	6,  // 20: arcana.v1.SyncResult.error:type_name -> arcana.v1.Error
+	14, // 21: arcana.v1.SyncResponse.results:type_name -> arcana.v1.SyncResult
+	27, // 22: arcana.v1.MutateRequest.params:type_name -> arcana.v1.MutateRequest.ParamsEntry
+	28, // 23: arcana.v1.MutateResponse.data:type_name -> arcana.v1.MutateResponse.DataEntry
+	31, // 24: arcana.v1.MutateResponse.changes:type_name -> arcana.v1.Change
+	29, // 25: arcana.v1.MutateResponse.view_versions:type_name -> arcana.v1.MutateResponse.ViewVersionsEntry
+	31, // 26: arcana.v1.NotifyRequest.changes:type_name -> arcana.v1.Change
+	23, // 27: arcana.v1.StatsResponse.view_stats:type_name -> arcana.v1.ViewStats
+	32, // 28: arcana.v1.SubscribeRequest.ParamsEntry.value:type_name -> arcana.v1.Value
+	32, // 29: arcana.v1.SyncView.ParamsEntry.value:type_name -> arcana.v1.Value
+	32, // 30: arcana.v1.MutateRequest.ParamsEntry.value:type_name -> arcana.v1.Value
+	32, // 31: arcana.v1.MutateResponse.DataEntry.value:type_name -> arcana.v1.Value
+	1,  // 32: arcana.v1.ArcanaService.Connect:input_type -> arcana.v1.ClientMessage
+	7,  // 33: arcana.v1.ArcanaService.OpenSession:input_type -> arcana.v1.OpenSessionRequest
+	8,  // 34: arcana.v1.ArcanaService.Subscribe:input_type -> arcana.v1.SubscribeRequest
+	10, // 35: arcana.v1.ArcanaService.Unsubscribe:input_type -> arcana.v1.UnsubscribeRequest
+	12, // 36: arcana.v1.ArcanaService.Sync:input_type -> arcana.v1.SyncRequest
+	16, // 37: arcana.v1.ArcanaService.Mutate:input_type -> arcana.v1.MutateRequest
+	20, // 38: arcana.v1.ArcanaService.Notify:input_type -> arcana.v1.NotifyRequest
+	33, // 39: arcana.v1.ArcanaService.Describe:input_type -> arcana.v1.DescribeRequest
+	22, // 40: arcana.v1.ArcanaService.Stats:input_type -> arcana.v1.StatsRequest
+	2,  // 41: arcana.v1.ArcanaService.Connect:output_type -> arcana.v1.ServerMessage
+	2,  // 42: arcana.v1.ArcanaService.OpenSession:output_type -> arcana.v1.ServerMessage
+	9,  // 43: arcana.v1.ArcanaService.Subscribe:output_type -> arcana.v1.SubscribeResponse
+	11, // 44: arcana.v1.ArcanaService.Unsubscribe:output_type -> arcana.v1.UnsubscribeResponse
+	15, // 45: arcana.v1.ArcanaService.Sync:output_type -> arcana.v1.SyncResponse
+	17, // 46: arcana.v1.ArcanaService.Mutate:output_type -> arcana.v1.MutateResponse
+	21, // 47: arcana.v1.ArcanaService.Notify:output_type -> arcana.v1.NotifyResponse
+	34, // 48: arcana.v1.ArcanaService.Describe:output_type -> arcana.v1.DescribeResponse
+	24, // 49: arcana.v1.ArcanaService.Stats:output_type -> arcana.v1.StatsResponse
+	41, // [41:50] is the sub-list for method output_type
+	32, // [32:41] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_arcana_v1_service_proto_init() }
@@ -1909,8 +1982,9 @@ func file_arcana_v1_service_proto_init() {
 		(*ServerMessage_Opened)(nil),
 		(*ServerMessage_Reply)(nil),
 		(*ServerMessage_Frame)(nil),
+		(*ServerMessage_Frames)(nil),
 	}
-	file_arcana_v1_service_proto_msgTypes[3].OneofWrappers = []any{
+	file_arcana_v1_service_proto_msgTypes[4].OneofWrappers = []any{
 		(*Reply_Error)(nil),
 		(*Reply_Subscribe)(nil),
 		(*Reply_Unsubscribe)(nil),
@@ -1924,7 +1998,7 @@ func file_arcana_v1_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_arcana_v1_service_proto_rawDesc), len(file_arcana_v1_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   28,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file arcana/v1/service.proto.
  */
 export const file_arcana_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("ChdhcmNhbmEvdjEvc2VydmljZS5wcm90bxIJYXJjYW5hLnYxIo8CCg1DbGllbnRNZXNzYWdlEhIKCnJlcXVlc3RfaWQYASABKAQSMAoJc3Vic2NyaWJlGAIgASgLMhsuYXJjYW5hLnYxLlN1YnNjcmliZVJlcXVlc3RIABI0Cgt1bnN1YnNjcmliZRgDIAEoCzIdLmFyY2FuYS52MS5VbnN1YnNjcmliZVJlcXVlc3RIABImCgRzeW5jGAQgASgLMhYuYXJjYW5hLnYxLlN5bmNSZXF1ZXN0SAASKgoGbXV0YXRlGAUgASgLMhguYXJjYW5hLnYxLk11dGF0ZVJlcXVlc3RIABImCgRwaW5nGAYgASgLMhYuYXJjYW5hLnYxLlBpbmdSZXF1ZXN0SABCBgoEa2luZCKNAQoNU2VydmVyTWVzc2FnZRIqCgZvcGVuZWQYASABKAsyGC5hcmNhbmEudjEuU2Vzc2lvbk9wZW5lZEgAEiEKBXJlcGx5GAIgASgLMhAuYXJjYW5hLnYxLlJlcGx5SAASJQoFZnJhbWUYAyABKAsyFC5hcmNhbmEudjEuVmlld0ZyYW1lSABCBgoEa2luZCJkCg1TZXNzaW9uT3BlbmVkEhIKCnNlc3Npb25faWQYASABKAkSGAoQcHJvdG9jb2xfdmVyc2lvbhgCIAEoDRIPCgd1c2VyX2lkGAMgASgJEhQKDHdvcmtzcGFjZV9pZBgEIAEoCSKxAgoFUmVwbHkSEgoKcmVxdWVzdF9pZBgBIAEoBBIhCgVlcnJvchgCIAEoCzIQLmFyY2FuYS52MS5FcnJvckgAEjEKCXN1YnNjcmliZRgDIAEoCzIcLmFyY2FuYS52MS5TdWJzY3JpYmVSZXNwb25zZUgAEjUKC3Vuc3Vic2NyaWJlGAQgASgLMh4uYXJjYW5hLnYxLlVuc3Vic2NyaWJlUmVzcG9uc2VIABInCgRzeW5jGAUgASgLMhcuYXJjYW5hLnYxLlN5bmNSZXNwb25zZUgAEisKBm11dGF0ZRgGIAEoCzIZLmFyY2FuYS52MS5NdXRhdGVSZXNwb25zZUgAEicKBHBpbmcYByABKAsyFy5hcmNhbmEudjEuUGluZ1Jlc3BvbnNlSABCCAoGcmVzdWx0IiYKBUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSIUChJPcGVuU2Vzc2lvblJlcXVlc3QirwEKEFN1YnNjcmliZVJlcXVlc3QSDQoFZ3JhcGgYASABKAkSNwoGcGFyYW1zGAIgAygLMicuYXJjYW5hLnYxLlN1YnNjcmliZVJlcXVlc3QuUGFyYW1zRW50cnkSEgoKc2Vzc2lvbl9pZBgDIAEoCRo/CgtQYXJhbXNFbnRyeRILCgNrZXkYASABKAkSHwoFdmFsdWUYAiABKAsyEC5hcmNhbmEudjEuVmFsdWU6AjgBIlkKEVN1YnNjcmliZVJlc3BvbnNlEg8KB3ZpZXdfaWQYASABKAkSDQoFZXBvY2gYAiABKAQSDwoHdmVyc2lvbhgDIAEoBBITCgtwYXJhbXNfaGFzaBgEIAEoCSI5ChJVbnN1YnNjcmliZVJlcXVlc3QSDwoHdmlld19pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhUKE1Vuc3Vic2NyaWJlUmVzcG9uc2UiRQoLU3luY1JlcXVlc3QSIgoFdmlld3MYASADKAsyEy5hcmNhbmEudjEuU3luY1ZpZXcSEgoKc2Vzc2lvbl9pZBgCIAEoCSKrAQoIU3luY1ZpZXcSDQoFZ3JhcGgYASABKAkSLwoGcGFyYW1zGAIgAygLMh8uYXJjYW5hLnYxLlN5bmNWaWV3LlBhcmFtc0VudHJ5Eg0KBWVwb2NoGAMgASgEEg8KB3ZlcnNpb24YBCABKAQaPwoLUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEh8KBXZhbHVlGAIgASgLMhAuYXJjYW5hLnYxLlZhbHVlOgI4ASKRAQoKU3luY1Jlc3VsdBIPCgd2aWV3X2lkGAEgASgJEiEKBG1vZGUYAiABKA4yEy5hcmNhbmEudjEuU3luY01vZGUSDQoFZXBvY2gYAyABKAQSDwoHdmVyc2lvbhgEIAEoBBIfCgVlcnJvchgFIAEoCzIQLmFyY2FuYS52MS5FcnJvchIOCgZmcmFtZXMYBiABKA0iNgoMU3luY1Jlc3BvbnNlEiYKB3Jlc3VsdHMYASADKAsyFS5hcmNhbmEudjEuU3luY1Jlc3VsdCKsAQoNTXV0YXRlUmVxdWVzdBIQCghtdXRhdGlvbhgBIAEoCRI0CgZwYXJhbXMYAiADKAsyJC5hcmNhbmEudjEuTXV0YXRlUmVxdWVzdC5QYXJhbXNFbnRyeRISCgpzZXNzaW9uX2lkGAMgASgJGj8KC1BhcmFtc0VudHJ5EgsKA2tleRgBIAEoCRIfCgV2YWx1ZRgCIAEoCzIQLmFyY2FuYS52MS5WYWx1ZToCOAEinwIKDk11dGF0ZVJlc3BvbnNlEjEKBGRhdGEYASADKAsyIy5hcmNhbmEudjEuTXV0YXRlUmVzcG9uc2UuRGF0YUVudHJ5EiIKB2NoYW5nZXMYAiADKAsyES5hcmNhbmEudjEuQ2hhbmdlEkIKDXZpZXdfdmVyc2lvbnMYAyADKAsyKy5hcmNhbmEudjEuTXV0YXRlUmVzcG9uc2UuVmlld1ZlcnNpb25zRW50cnkaPQoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRIfCgV2YWx1ZRgCIAEoCzIQLmFyY2FuYS52MS5WYWx1ZToCOAEaMwoRVmlld1ZlcnNpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ASINCgtQaW5nUmVxdWVzdCIrCgxQaW5nUmVzcG9uc2USGwoTc2VydmVyX3RpbWVfdW5peF9tcxgBIAEoAyIzCg1Ob3RpZnlSZXF1ZXN0EiIKB2NoYW5nZXMYASADKAsyES5hcmNhbmEudjEuQ2hhbmdlIhAKDk5vdGlmeVJlc3BvbnNlIg4KDFN0YXRzUmVxdWVzdCKOAQoJVmlld1N0YXRzEg0KBWdyYXBoGAEgASgJEhMKC3BhcmFtc19oYXNoGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgEEhMKC3N1YnNjcmliZXJzGAUgASgNEhMKC2V2YWx1YXRpb25zGAYgASgEEgwKBHJlZnMYByABKA0i/QEKDVN0YXRzUmVzcG9uc2USEAoIc2Vzc2lvbnMYASABKA0SDQoFdmlld3MYAiABKA0SFQoNc3Vic2NyaXB0aW9ucxgDIAEoDRISCgpzdG9yZV9yb3dzGAQgASgEEhMKC2V2YWx1YXRpb25zGAUgASgEEg8KB2NoYW5nZXMYBiABKAQSDwoHYmF0Y2hlcxgHIAEoBBITCgtmcmFtZXNfc2VudBgIIAEoBBIPCgdyZXN5bmNzGAkgASgEEigKCnZpZXdfc3RhdHMYCiADKAsyFC5hcmNhbmEudjEuVmlld1N0YXRzEhkKEWV2YWx1YXRpb25fZXJyb3JzGAsgASgEKmwKCFN5bmNNb2RlEhkKFVNZTkNfTU9ERV9VTlNQRUNJRklFRBAAEhYKElNZTkNfTU9ERV9DQVRDSF9VUBABEhYKElNZTkNfTU9ERV9TTkFQU0hPVBACEhUKEVNZTkNfTU9ERV9DVVJSRU5UEAMy6gQKDUFyY2FuYVNlcnZpY2USQQoHQ29ubmVjdBIYLmFyY2FuYS52MS5DbGllbnRNZXNzYWdlGhguYXJjYW5hLnYxLlNlcnZlck1lc3NhZ2UoATABEkgKC09wZW5TZXNzaW9uEh0uYXJjYW5hLnYxLk9wZW5TZXNzaW9uUmVxdWVzdBoYLmFyY2FuYS52MS5TZXJ2ZXJNZXNzYWdlMAESRgoJU3Vic2NyaWJlEhsuYXJjYW5hLnYxLlN1YnNjcmliZVJlcXVlc3QaHC5hcmNhbmEudjEuU3Vic2NyaWJlUmVzcG9uc2USTAoLVW5zdWJzY3JpYmUSHS5hcmNhbmEudjEuVW5zdWJzY3JpYmVSZXF1ZXN0Gh4uYXJjYW5hLnYxLlVuc3Vic2NyaWJlUmVzcG9uc2USNwoEU3luYxIWLmFyY2FuYS52MS5TeW5jUmVxdWVzdBoXLmFyY2FuYS52MS5TeW5jUmVzcG9uc2USPQoGTXV0YXRlEhguYXJjYW5hLnYxLk11dGF0ZVJlcXVlc3QaGS5hcmNhbmEudjEuTXV0YXRlUmVzcG9uc2USPQoGTm90aWZ5EhguYXJjYW5hLnYxLk5vdGlmeVJlcXVlc3QaGS5hcmNhbmEudjEuTm90aWZ5UmVzcG9uc2USQwoIRGVzY3JpYmUSGi5hcmNhbmEudjEuRGVzY3JpYmVSZXF1ZXN0GhsuYXJjYW5hLnYxLkRlc2NyaWJlUmVzcG9uc2USOgoFU3RhdHMSFy5hcmNhbmEudjEuU3RhdHNSZXF1ZXN0GhguYXJjYW5hLnYxLlN0YXRzUmVzcG9uc2ViBnByb3RvMw", [file_arcana_v1_describe, file_arcana_v1_value, file_arcana_v1_view]);
+  fileDesc("ChdhcmNhbmEvdjEvc2VydmljZS5wcm90bxIJYXJjYW5hLnYxIo8CCg1DbGllbnRNZXNzYWdlEhIKCnJlcXVlc3RfaWQYASABKAQSMAoJc3Vic2NyaWJlGAIgASgLMhsuYXJjYW5hLnYxLlN1YnNjcmliZVJlcXVlc3RIABI0Cgt1bnN1YnNjcmliZRgDIAEoCzIdLmFyY2FuYS52MS5VbnN1YnNjcmliZVJlcXVlc3RIABImCgRzeW5jGAQgASgLMhYuYXJjYW5hLnYxLlN5bmNSZXF1ZXN0SAASKgoGbXV0YXRlGAUgASgLMhguYXJjYW5hLnYxLk11dGF0ZVJlcXVlc3RIABImCgRwaW5nGAYgASgLMhYuYXJjYW5hLnYxLlBpbmdSZXF1ZXN0SABCBgoEa2luZCK2AQoNU2VydmVyTWVzc2FnZRIqCgZvcGVuZWQYASABKAsyGC5hcmNhbmEudjEuU2Vzc2lvbk9wZW5lZEgAEiEKBXJlcGx5GAIgASgLMhAuYXJjYW5hLnYxLlJlcGx5SAASJQoFZnJhbWUYAyABKAsyFC5hcmNhbmEudjEuVmlld0ZyYW1lSAASJwoGZnJhbWVzGAQgASgLMhUuYXJjYW5hLnYxLkZyYW1lQmF0Y2hIAEIGCgRraW5kIjIKCkZyYW1lQmF0Y2gSJAoGZnJhbWVzGAEgAygLMhQuYXJjYW5hLnYxLlZpZXdGcmFtZSJkCg1TZXNzaW9uT3BlbmVkEhIKCnNlc3Npb25faWQYASABKAkSGAoQcHJvdG9jb2xfdmVyc2lvbhgCIAEoDRIPCgd1c2VyX2lkGAMgASgJEhQKDHdvcmtzcGFjZV9pZBgEIAEoCSKxAgoFUmVwbHkSEgoKcmVxdWVzdF9pZBgBIAEoBBIhCgVlcnJvchgCIAEoCzIQLmFyY2FuYS52MS5FcnJvckgAEjEKCXN1YnNjcmliZRgDIAEoCzIcLmFyY2FuYS52MS5TdWJzY3JpYmVSZXNwb25zZUgAEjUKC3Vuc3Vic2NyaWJlGAQgASgLMh4uYXJjYW5hLnYxLlVuc3Vic2NyaWJlUmVzcG9uc2VIABInCgRzeW5jGAUgASgLMhcuYXJjYW5hLnYxLlN5bmNSZXNwb25zZUgAEisKBm11dGF0ZRgGIAEoCzIZLmFyY2FuYS52MS5NdXRhdGVSZXNwb25zZUgAEicKBHBpbmcYByABKAsyFy5hcmNhbmEudjEuUGluZ1Jlc3BvbnNlSABCCAoGcmVzdWx0IiYKBUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSIUChJPcGVuU2Vzc2lvblJlcXVlc3QirwEKEFN1YnNjcmliZVJlcXVlc3QSDQoFZ3JhcGgYASABKAkSNwoGcGFyYW1zGAIgAygLMicuYXJjYW5hLnYxLlN1YnNjcmliZVJlcXVlc3QuUGFyYW1zRW50cnkSEgoKc2Vzc2lvbl9pZBgDIAEoCRo/CgtQYXJhbXNFbnRyeRILCgNrZXkYASABKAkSHwoFdmFsdWUYAiABKAsyEC5hcmNhbmEudjEuVmFsdWU6AjgBIlkKEVN1YnNjcmliZVJlc3BvbnNlEg8KB3ZpZXdfaWQYASABKAkSDQoFZXBvY2gYAiABKAQSDwoHdmVyc2lvbhgDIAEoBBITCgtwYXJhbXNfaGFzaBgEIAEoCSI5ChJVbnN1YnNjcmliZVJlcXVlc3QSDwoHdmlld19pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhUKE1Vuc3Vic2NyaWJlUmVzcG9uc2UiRQoLU3luY1JlcXVlc3QSIgoFdmlld3MYASADKAsyEy5hcmNhbmEudjEuU3luY1ZpZXcSEgoKc2Vzc2lvbl9pZBgCIAEoCSKrAQoIU3luY1ZpZXcSDQoFZ3JhcGgYASABKAkSLwoGcGFyYW1zGAIgAygLMh8uYXJjYW5hLnYxLlN5bmNWaWV3LlBhcmFtc0VudHJ5Eg0KBWVwb2NoGAMgASgEEg8KB3ZlcnNpb24YBCABKAQaPwoLUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEh8KBXZhbHVlGAIgASgLMhAuYXJjYW5hLnYxLlZhbHVlOgI4ASKRAQoKU3luY1Jlc3VsdBIPCgd2aWV3X2lkGAEgASgJEiEKBG1vZGUYAiABKA4yEy5hcmNhbmEudjEuU3luY01vZGUSDQoFZXBvY2gYAyABKAQSDwoHdmVyc2lvbhgEIAEoBBIfCgVlcnJvchgFIAEoCzIQLmFyY2FuYS52MS5FcnJvchIOCgZmcmFtZXMYBiABKA0iNgoMU3luY1Jlc3BvbnNlEiYKB3Jlc3VsdHMYASADKAsyFS5hcmNhbmEudjEuU3luY1Jlc3VsdCKsAQoNTXV0YXRlUmVxdWVzdBIQCghtdXRhdGlvbhgBIAEoCRI0CgZwYXJhbXMYAiADKAsyJC5hcmNhbmEudjEuTXV0YXRlUmVxdWVzdC5QYXJhbXNFbnRyeRISCgpzZXNzaW9uX2lkGAMgASgJGj8KC1BhcmFtc0VudHJ5EgsKA2tleRgBIAEoCRIfCgV2YWx1ZRgCIAEoCzIQLmFyY2FuYS52MS5WYWx1ZToCOAEinwIKDk11dGF0ZVJlc3BvbnNlEjEKBGRhdGEYASADKAsyIy5hcmNhbmEudjEuTXV0YXRlUmVzcG9uc2UuRGF0YUVudHJ5EiIKB2NoYW5nZXMYAiADKAsyES5hcmNhbmEudjEuQ2hhbmdlEkIKDXZpZXdfdmVyc2lvbnMYAyADKAsyKy5hcmNhbmEudjEuTXV0YXRlUmVzcG9uc2UuVmlld1ZlcnNpb25zRW50cnkaPQoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRIfCgV2YWx1ZRgCIAEoCzIQLmFyY2FuYS52MS5WYWx1ZToCOAEaMwoRVmlld1ZlcnNpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ASINCgtQaW5nUmVxdWVzdCIrCgxQaW5nUmVzcG9uc2USGwoTc2VydmVyX3RpbWVfdW5peF9tcxgBIAEoAyIzCg1Ob3RpZnlSZXF1ZXN0EiIKB2NoYW5nZXMYASADKAsyES5hcmNhbmEudjEuQ2hhbmdlIhAKDk5vdGlmeVJlc3BvbnNlIg4KDFN0YXRzUmVxdWVzdCKOAQoJVmlld1N0YXRzEg0KBWdyYXBoGAEgASgJEhMKC3BhcmFtc19oYXNoGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgEEhMKC3N1YnNjcmliZXJzGAUgASgNEhMKC2V2YWx1YXRpb25zGAYgASgEEgwKBHJlZnMYByABKA0i/QEKDVN0YXRzUmVzcG9uc2USEAoIc2Vzc2lvbnMYASABKA0SDQoFdmlld3MYAiABKA0SFQoNc3Vic2NyaXB0aW9ucxgDIAEoDRISCgpzdG9yZV9yb3dzGAQgASgEEhMKC2V2YWx1YXRpb25zGAUgASgEEg8KB2NoYW5nZXMYBiABKAQSDwoHYmF0Y2hlcxgHIAEoBBITCgtmcmFtZXNfc2VudBgIIAEoBBIPCgdyZXN5bmNzGAkgASgEEigKCnZpZXdfc3RhdHMYCiADKAsyFC5hcmNhbmEudjEuVmlld1N0YXRzEhkKEWV2YWx1YXRpb25fZXJyb3JzGAsgASgEKmwKCFN5bmNNb2RlEhkKFVNZTkNfTU9ERV9VTlNQRUNJRklFRBAAEhYKElNZTkNfTU9ERV9DQVRDSF9VUBABEhYKElNZTkNfTU9ERV9TTkFQU0hPVBACEhUKEVNZTkNfTU9ERV9DVVJSRU5UEAMy6gQKDUFyY2FuYVNlcnZpY2USQQoHQ29ubmVjdBIYLmFyY2FuYS52MS5DbGllbnRNZXNzYWdlGhguYXJjYW5hLnYxLlNlcnZlck1lc3NhZ2UoATABEkgKC09wZW5TZXNzaW9uEh0uYXJjYW5hLnYxLk9wZW5TZXNzaW9uUmVxdWVzdBoYLmFyY2FuYS52MS5TZXJ2ZXJNZXNzYWdlMAESRgoJU3Vic2NyaWJlEhsuYXJjYW5hLnYxLlN1YnNjcmliZVJlcXVlc3QaHC5hcmNhbmEudjEuU3Vic2NyaWJlUmVzcG9uc2USTAoLVW5zdWJzY3JpYmUSHS5hcmNhbmEudjEuVW5zdWJzY3JpYmVSZXF1ZXN0Gh4uYXJjYW5hLnYxLlVuc3Vic2NyaWJlUmVzcG9uc2USNwoEU3luYxIWLmFyY2FuYS52MS5TeW5jUmVxdWVzdBoXLmFyY2FuYS52MS5TeW5jUmVzcG9uc2USPQoGTXV0YXRlEhguYXJjYW5hLnYxLk11dGF0ZVJlcXVlc3QaGS5hcmNhbmEudjEuTXV0YXRlUmVzcG9uc2USPQoGTm90aWZ5EhguYXJjYW5hLnYxLk5vdGlmeVJlcXVlc3QaGS5hcmNhbmEudjEuTm90aWZ5UmVzcG9uc2USQwoIRGVzY3JpYmUSGi5hcmNhbmEudjEuRGVzY3JpYmVSZXF1ZXN0GhsuYXJjYW5hLnYxLkRlc2NyaWJlUmVzcG9uc2USOgoFU3RhdHMSFy5hcmNhbmEudjEuU3RhdHNSZXF1ZXN0GhguYXJjYW5hLnYxLlN0YXRzUmVzcG9uc2ViBnByb3RvMw", [file_arcana_v1_describe, file_arcana_v1_value, file_arcana_v1_view]);
 
 /**
  * @generated from message arcana.v1.ClientMessage
@@ -97,6 +97,16 @@ export type ServerMessage = Message<"arcana.v1.ServerMessage"> & {
      */
     value: ViewFrame;
     case: "frame";
+  } | {
+    /**
+     * Several frames at once: sent when frames queued up while the client
+     * was reading (a busy client, a burst of changes, a catch-up). Apply them
+     * in order, exactly as if each had arrived as `frame`.
+     *
+     * @generated from field: arcana.v1.FrameBatch frames = 4;
+     */
+    value: FrameBatch;
+    case: "frames";
   } | { case: undefined; value?: undefined };
 };
 
@@ -106,6 +116,27 @@ export type ServerMessage = Message<"arcana.v1.ServerMessage"> & {
  */
 export const ServerMessageSchema: GenMessage<ServerMessage> = /*@__PURE__*/
   messageDesc(file_arcana_v1_service, 1);
+
+/**
+ * Frames in the order they were queued. The encoding of each element is the
+ * same as a ViewFrame's, so servers can assemble batches from frames they
+ * already encoded.
+ *
+ * @generated from message arcana.v1.FrameBatch
+ */
+export type FrameBatch = Message<"arcana.v1.FrameBatch"> & {
+  /**
+   * @generated from field: repeated arcana.v1.ViewFrame frames = 1;
+   */
+  frames: ViewFrame[];
+};
+
+/**
+ * Describes the message arcana.v1.FrameBatch.
+ * Use `create(FrameBatchSchema)` to create a new message.
+ */
+export const FrameBatchSchema: GenMessage<FrameBatch> = /*@__PURE__*/
+  messageDesc(file_arcana_v1_service, 2);
 
 /**
  * @generated from message arcana.v1.SessionOpened
@@ -139,7 +170,7 @@ export type SessionOpened = Message<"arcana.v1.SessionOpened"> & {
  * Use `create(SessionOpenedSchema)` to create a new message.
  */
 export const SessionOpenedSchema: GenMessage<SessionOpened> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 2);
+  messageDesc(file_arcana_v1_service, 3);
 
 /**
  * @generated from message arcana.v1.Reply
@@ -197,7 +228,7 @@ export type Reply = Message<"arcana.v1.Reply"> & {
  * Use `create(ReplySchema)` to create a new message.
  */
 export const ReplySchema: GenMessage<Reply> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 3);
+  messageDesc(file_arcana_v1_service, 4);
 
 /**
  * A failed request on the bidirectional stream; the stream stays open.
@@ -223,7 +254,7 @@ export type Error = Message<"arcana.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 4);
+  messageDesc(file_arcana_v1_service, 5);
 
 /**
  * @generated from message arcana.v1.OpenSessionRequest
@@ -236,7 +267,7 @@ export type OpenSessionRequest = Message<"arcana.v1.OpenSessionRequest"> & {
  * Use `create(OpenSessionRequestSchema)` to create a new message.
  */
 export const OpenSessionRequestSchema: GenMessage<OpenSessionRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 5);
+  messageDesc(file_arcana_v1_service, 6);
 
 /**
  * @generated from message arcana.v1.SubscribeRequest
@@ -265,7 +296,7 @@ export type SubscribeRequest = Message<"arcana.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 6);
+  messageDesc(file_arcana_v1_service, 7);
 
 /**
  * @generated from message arcana.v1.SubscribeResponse
@@ -299,7 +330,7 @@ export type SubscribeResponse = Message<"arcana.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 7);
+  messageDesc(file_arcana_v1_service, 8);
 
 /**
  * @generated from message arcana.v1.UnsubscribeRequest
@@ -321,7 +352,7 @@ export type UnsubscribeRequest = Message<"arcana.v1.UnsubscribeRequest"> & {
  * Use `create(UnsubscribeRequestSchema)` to create a new message.
  */
 export const UnsubscribeRequestSchema: GenMessage<UnsubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 8);
+  messageDesc(file_arcana_v1_service, 9);
 
 /**
  * @generated from message arcana.v1.UnsubscribeResponse
@@ -334,7 +365,7 @@ export type UnsubscribeResponse = Message<"arcana.v1.UnsubscribeResponse"> & {
  * Use `create(UnsubscribeResponseSchema)` to create a new message.
  */
 export const UnsubscribeResponseSchema: GenMessage<UnsubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 9);
+  messageDesc(file_arcana_v1_service, 10);
 
 /**
  * @generated from message arcana.v1.SyncRequest
@@ -356,7 +387,7 @@ export type SyncRequest = Message<"arcana.v1.SyncRequest"> & {
  * Use `create(SyncRequestSchema)` to create a new message.
  */
 export const SyncRequestSchema: GenMessage<SyncRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 10);
+  messageDesc(file_arcana_v1_service, 11);
 
 /**
  * A view the client held before it lost its session, and the last version it saw.
@@ -390,7 +421,7 @@ export type SyncView = Message<"arcana.v1.SyncView"> & {
  * Use `create(SyncViewSchema)` to create a new message.
  */
 export const SyncViewSchema: GenMessage<SyncView> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 11);
+  messageDesc(file_arcana_v1_service, 12);
 
 /**
  * @generated from message arcana.v1.SyncResult
@@ -438,7 +469,7 @@ export type SyncResult = Message<"arcana.v1.SyncResult"> & {
  * Use `create(SyncResultSchema)` to create a new message.
  */
 export const SyncResultSchema: GenMessage<SyncResult> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 12);
+  messageDesc(file_arcana_v1_service, 13);
 
 /**
  * @generated from message arcana.v1.SyncResponse
@@ -458,7 +489,7 @@ export type SyncResponse = Message<"arcana.v1.SyncResponse"> & {
  * Use `create(SyncResponseSchema)` to create a new message.
  */
 export const SyncResponseSchema: GenMessage<SyncResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 13);
+  messageDesc(file_arcana_v1_service, 14);
 
 /**
  * @generated from message arcana.v1.MutateRequest
@@ -488,7 +519,7 @@ export type MutateRequest = Message<"arcana.v1.MutateRequest"> & {
  * Use `create(MutateRequestSchema)` to create a new message.
  */
 export const MutateRequestSchema: GenMessage<MutateRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 14);
+  messageDesc(file_arcana_v1_service, 15);
 
 /**
  * @generated from message arcana.v1.MutateResponse
@@ -524,7 +555,7 @@ export type MutateResponse = Message<"arcana.v1.MutateResponse"> & {
  * Use `create(MutateResponseSchema)` to create a new message.
  */
 export const MutateResponseSchema: GenMessage<MutateResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 15);
+  messageDesc(file_arcana_v1_service, 16);
 
 /**
  * @generated from message arcana.v1.PingRequest
@@ -537,7 +568,7 @@ export type PingRequest = Message<"arcana.v1.PingRequest"> & {
  * Use `create(PingRequestSchema)` to create a new message.
  */
 export const PingRequestSchema: GenMessage<PingRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 16);
+  messageDesc(file_arcana_v1_service, 17);
 
 /**
  * @generated from message arcana.v1.PingResponse
@@ -554,7 +585,7 @@ export type PingResponse = Message<"arcana.v1.PingResponse"> & {
  * Use `create(PingResponseSchema)` to create a new message.
  */
 export const PingResponseSchema: GenMessage<PingResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 17);
+  messageDesc(file_arcana_v1_service, 18);
 
 /**
  * @generated from message arcana.v1.NotifyRequest
@@ -571,7 +602,7 @@ export type NotifyRequest = Message<"arcana.v1.NotifyRequest"> & {
  * Use `create(NotifyRequestSchema)` to create a new message.
  */
 export const NotifyRequestSchema: GenMessage<NotifyRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 18);
+  messageDesc(file_arcana_v1_service, 19);
 
 /**
  * @generated from message arcana.v1.NotifyResponse
@@ -584,7 +615,7 @@ export type NotifyResponse = Message<"arcana.v1.NotifyResponse"> & {
  * Use `create(NotifyResponseSchema)` to create a new message.
  */
 export const NotifyResponseSchema: GenMessage<NotifyResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 19);
+  messageDesc(file_arcana_v1_service, 20);
 
 /**
  * @generated from message arcana.v1.StatsRequest
@@ -597,7 +628,7 @@ export type StatsRequest = Message<"arcana.v1.StatsRequest"> & {
  * Use `create(StatsRequestSchema)` to create a new message.
  */
 export const StatsRequestSchema: GenMessage<StatsRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 20);
+  messageDesc(file_arcana_v1_service, 21);
 
 /**
  * @generated from message arcana.v1.ViewStats
@@ -644,7 +675,7 @@ export type ViewStats = Message<"arcana.v1.ViewStats"> & {
  * Use `create(ViewStatsSchema)` to create a new message.
  */
 export const ViewStatsSchema: GenMessage<ViewStats> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 21);
+  messageDesc(file_arcana_v1_service, 22);
 
 /**
  * @generated from message arcana.v1.StatsResponse
@@ -711,7 +742,7 @@ export type StatsResponse = Message<"arcana.v1.StatsResponse"> & {
  * Use `create(StatsResponseSchema)` to create a new message.
  */
 export const StatsResponseSchema: GenMessage<StatsResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 22);
+  messageDesc(file_arcana_v1_service, 23);
 
 /**
  * @generated from enum arcana.v1.SyncMode

@@ -35,6 +35,11 @@ CREATE TABLE tasks (
 
 CREATE INDEX tasks_project ON tasks (project_id, position, id);
 
+-- Old row values in the WAL, so a task moving between projects is routed
+-- to the views of both (see `route` in arcana.toml).
+ALTER TABLE tasks REPLICA IDENTITY FULL;
+ALTER TABLE projects REPLICA IDENTITY FULL;
+
 INSERT INTO workspaces VALUES ('acme', 'Acme Corp'), ('globex', 'Globex');
 
 INSERT INTO users VALUES

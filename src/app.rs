@@ -61,11 +61,18 @@ async fn start_source(
                 ..WalOptions::default()
             };
             let names: Vec<String> = tables.keys().cloned().collect();
-            let mut keys = wal::prepare(url, &opts, &names).await?;
+            let routes: std::collections::HashMap<_, _> = names
+                .iter()
+                .map(|t| (t.clone(), engine.registry().route_columns(t)))
+                .filter(|(_, cols)| !cols.is_empty())
+                .collect();
+            let routed: Vec<String> = routes.keys().cloned().collect();
+            let mut keys = wal::prepare(url, &opts, &names, &routed).await?;
             keys.extend(config.table_keys());
             let tracking = Tracking {
                 columns: tables.into_iter().collect(),
                 keys,
+                routes,
             };
             Some(wal::spawn(engine.clone(), url.to_owned(), opts, tracking)?)
         }

@@ -8,8 +8,8 @@ use deadpool_postgres::Pool;
 use serde::Deserialize;
 
 use crate::engine::{
-    EngineConfig, GraphDef, MutationDef, ParamSchema, ParamSpec, ParamType, Registry, TableDep,
-    Value,
+    EngineConfig, GraphDef, MutationDef, ParamSchema, ParamSpec, ParamType, Registry, Route,
+    TableDep, Value,
 };
 use crate::postgres::sql::{
     ChangeSpec, NestedSpec, SqlGraph, SqlMutation, Statement, USER_PARAM, WORKSPACE_PARAM,
@@ -247,6 +247,27 @@ pub struct GraphConfig {
     /// One view per user (required when the SQL uses :user_id).
     #[serde(default)]
     pub per_user: bool,
+    /// table -> the column that always equals a param in the query's rows
+    /// (`"project_id"`, or `{ column = "project_id", param = "project" }`).
+    /// Changes of that table then re-evaluate only the views they can
+    /// touch. See `Route`.
+    #[serde(default)]
+    pub route: BTreeMap<String, RouteConfig>,
+}
+
+/// One graph's route for a table.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum RouteConfig {
+    /// A column equal to the param of the same name.
+    Column(String),
+    /// A column and the param it equals.
+    Explicit {
+        /// The column.
+        column: String,
+        /// The param; the column's name when absent.
+        param: Option<String>,
+    },
 }
 
 /// A declared change of a mutation.
@@ -436,6 +457,24 @@ fn graph(g: &GraphConfig, pool: &Pool) -> Result<(GraphDef, Arc<SqlGraph>), Stri
     def.deps = deps(&g.deps);
     def.permissions = g.permissions.clone();
     def.per_user = g.per_user;
+    def.routes = g
+        .route
+        .iter()
+        .map(|(table, r)| {
+            let (column, param) = match r {
+                RouteConfig::Column(c) => (c.clone(), c.clone()),
+                RouteConfig::Explicit { column, param } => (
+                    column.clone(),
+                    param.clone().unwrap_or_else(|| column.clone()),
+                ),
+            };
+            Route {
+                table: table.clone(),
+                column,
+                param,
+            }
+        })
+        .collect();
     def.table = Some(g.table.clone());
     def.nested = g
         .nested

@@ -15,7 +15,7 @@
 //! position, a mutation reply). Batches not yet done are bounded
 //! (`change_queue`); past that the loop stops reading and writers wait.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -149,27 +149,44 @@ async fn refresh_loop(inner: Arc<Inner>, view: Arc<View>) {
     }
 }
 
-/// The live views any change in `batches` can touch, each once.
+/// The live views any change in `batches` can touch, each once. A graph
+/// with a route on the changed table and known values for its column
+/// contributes only the views routed to those values; otherwise all its views.
 fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Vec<Arc<View>> {
-    let mut graphs: Vec<&Arc<str>> = Vec::new();
     for b in batches {
         inner.stats.changes.add(b.changes.len() as u64);
-        for c in &b.changes {
-            for g in inner.registry.graphs_for(c) {
-                if !graphs.contains(&g) {
-                    graphs.push(g);
-                }
-            }
-        }
     }
     let views = inner.views.lock().unwrap_or_else(|e| e.into_inner());
     if batches.iter().any(|b| b.everything) {
         return views.all().cloned().collect();
     }
     let mut out: HashMap<*const View, Arc<View>> = HashMap::new();
-    for g in graphs {
-        for v in views.by_graph(g) {
-            out.entry(Arc::as_ptr(v)).or_insert_with(|| v.clone());
+    let mut whole: HashSet<&Arc<str>> = HashSet::new();
+    let mut add = |v: &Arc<View>| {
+        out.entry(Arc::as_ptr(v)).or_insert_with(|| v.clone());
+    };
+    for c in batches.iter().flat_map(|b| &b.changes) {
+        for g in inner.registry.graphs_for(c) {
+            if whole.contains(g) {
+                continue;
+            }
+            let routed = inner.registry.graph(g).and_then(|def| {
+                def.routes
+                    .iter()
+                    .filter(|r| r.table == c.table)
+                    .find_map(|r| c.route_values.get(&r.column).map(|vals| (r, vals)))
+            });
+            match routed {
+                Some((route, values)) => {
+                    for value in values {
+                        views.by_route(g, &route.param, value).for_each(&mut add);
+                    }
+                }
+                None => {
+                    whole.insert(g);
+                    views.by_graph(g).for_each(&mut add);
+                }
+            }
         }
     }
     out.into_values().collect()

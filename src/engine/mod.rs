@@ -35,7 +35,7 @@ pub use invalidation::ChangeBatch;
 pub use params::{ParamSchema, ParamSpec, ParamType, Params};
 pub use registry::{
     Change, Factory, FieldShape, GraphDef, MutationDef, MutationHandler, MutationOutput, Registry,
-    TableDep,
+    Route, TableDep,
 };
 pub use result::{GraphResult, Ref, RowKey};
 pub use session::{Outbound, QueueError, Session};
@@ -81,10 +81,14 @@ impl Default for EngineConfig {
     }
 }
 
+/// (graph, route param, value as key text): the views routed there.
+type RouteKey = (Arc<str>, String, String);
+
 #[derive(Default)]
 pub(crate) struct Views {
     by_key: HashMap<ViewKey, Arc<View>>,
     graphs: HashMap<Arc<str>, HashSet<ViewKey>>,
+    routed: HashMap<RouteKey, HashSet<ViewKey>>,
 }
 
 impl Views {
@@ -100,6 +104,49 @@ impl Views {
         self.by_key.values()
     }
 
+    /// The views of `graph` whose route `param` has `value`.
+    pub(crate) fn by_route<'a>(
+        &'a self,
+        graph: &Arc<str>,
+        param: &str,
+        value: &str,
+    ) -> impl Iterator<Item = &'a Arc<View>> + 'a {
+        self.routed
+            .get(&(graph.clone(), param.to_owned(), value.to_owned()))
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.by_key.get(k))
+    }
+
+    fn route_keys(view: &View) -> Vec<RouteKey> {
+        let mut keys: Vec<RouteKey> = view
+            .graph
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    view.key.graph.clone(),
+                    r.param.clone(),
+                    view.route_value(&r.param),
+                )
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    fn insert(&mut self, view: Arc<View>) {
+        self.graphs
+            .entry(view.key.graph.clone())
+            .or_default()
+            .insert(view.key.clone());
+        for rk in Self::route_keys(&view) {
+            self.routed.entry(rk).or_default().insert(view.key.clone());
+        }
+        self.by_key.insert(view.key.clone(), view);
+    }
+
     fn remove(&mut self, view: &Arc<View>) {
         if self
             .by_key
@@ -109,6 +156,14 @@ impl Views {
             self.by_key.remove(&view.key);
             if let Some(set) = self.graphs.get_mut(&view.key.graph) {
                 set.remove(&view.key);
+            }
+            for rk in Self::route_keys(view) {
+                if let Some(set) = self.routed.get_mut(&rk) {
+                    set.remove(&view.key);
+                    if set.is_empty() {
+                        self.routed.remove(&rk);
+                    }
+                }
             }
         }
     }
@@ -341,13 +396,8 @@ impl Engine {
                 return v.clone();
             }
         }
-        let v = Arc::new(View::new(key.clone(), graph, params));
-        views
-            .graphs
-            .entry(key.graph.clone())
-            .or_default()
-            .insert(key.clone());
-        views.by_key.insert(key, v.clone());
+        let v = Arc::new(View::new(key, graph, params));
+        views.insert(v.clone());
         v
     }
 

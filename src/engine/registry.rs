@@ -11,7 +11,7 @@ use super::error::EvalError;
 use super::identity::Scope;
 use super::params::{ParamSchema, Params};
 use super::result::GraphResult;
-use super::value::Fields;
+use super::value::{Fields, Value};
 
 /// Runs a graph's query for one scope and parameter set.
 pub trait Factory: Send + Sync + 'static {
@@ -63,6 +63,27 @@ impl TableDep {
     }
 }
 
+/// A promise about a graph's query that lets invalidation skip views: every
+/// row of `table` the query can use has `column` equal to the view's
+/// `param` (for example `WHERE t.project_id = :project_id`). A change to a
+/// row whose `column` held value `v` before or after it then affects only
+/// the views whose `param` is `v`. `param` names a required param of the
+/// graph, or `workspace_id` / `user_id` for the caller's scope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// The table.
+    pub table: String,
+    /// Its column.
+    pub column: String,
+    /// The param (or scope name) the column equals.
+    pub param: String,
+}
+
+/// The scope name a route may use for the view's workspace.
+pub const SCOPE_WORKSPACE: &str = "workspace_id";
+/// The scope name a route may use for the view's user (per-user graphs).
+pub const SCOPE_USER: &str = "user_id";
+
 /// One field of a graph's rows.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FieldShape {
@@ -95,6 +116,8 @@ pub struct GraphDef {
     pub nested: BTreeMap<String, String>,
     /// The fields of the rows, when known (for Describe and codegen).
     pub fields: Vec<FieldShape>,
+    /// Routes narrowing which views of the graph a change affects.
+    pub routes: Vec<Route>,
     /// Produces the result.
     pub factory: Arc<dyn Factory>,
 }
@@ -112,13 +135,14 @@ impl GraphDef {
             table: None,
             nested: BTreeMap::new(),
             fields: Vec::new(),
+            routes: Vec::new(),
             factory: Arc::new(factory),
         }
     }
 }
 
 /// A data change: a row of a table, and the columns that changed (empty: any).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Change {
     /// The table.
     pub table: String,
@@ -126,6 +150,11 @@ pub struct Change {
     pub id: String,
     /// Changed columns; empty means any.
     pub columns: Vec<String>,
+    /// For columns graphs route on (see [`Route`]): every value, as key
+    /// text, the changed rows held in the column before or after the
+    /// change. A column missing here is unknown, and every view of a graph
+    /// routed on it is affected.
+    pub route_values: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Change {
@@ -133,8 +162,7 @@ impl Change {
     pub fn table(table: &str) -> Self {
         Change {
             table: table.to_owned(),
-            id: String::new(),
-            columns: Vec::new(),
+            ..Change::default()
         }
     }
     /// A change to some columns of one row.
@@ -147,6 +175,7 @@ impl Change {
             table: table.to_owned(),
             id: id.to_owned(),
             columns: columns.into_iter().map(Into::into).collect(),
+            route_values: BTreeMap::new(),
         }
     }
 }
@@ -244,6 +273,9 @@ impl Registry {
                 graph.name
             ));
         }
+        for r in &graph.routes {
+            check_route(&graph, r)?;
+        }
         let name: Arc<str> = graph.name.as_str().into();
         for dep in &graph.deps {
             self.by_table
@@ -299,6 +331,17 @@ impl Registry {
             })
     }
 
+    /// The columns any graph routes `table` on; a change source reports
+    /// their values in [`Change::route_values`].
+    pub fn route_columns(&self, table: &str) -> BTreeSet<String> {
+        self.graphs
+            .values()
+            .flat_map(|g| g.routes.iter())
+            .filter(|r| r.table == table)
+            .map(|r| r.column.clone())
+            .collect()
+    }
+
     /// Every table any graph reads, with the union of columns (`None`: all),
     /// and the graphs reading it.
     pub fn representation(&self) -> BTreeMap<String, (Option<BTreeSet<String>>, Vec<String>)> {
@@ -321,6 +364,37 @@ impl Registry {
             out.insert(table.clone(), (cols, graphs));
         }
         out
+    }
+}
+
+/// A route must name a table the graph reads and a param every view has.
+fn check_route(graph: &GraphDef, r: &Route) -> Result<(), String> {
+    let g = &graph.name;
+    if !graph.deps.iter().any(|d| d.table == r.table) {
+        return Err(format!(
+            "graph `{g}` routes table `{}`, which is not among its deps",
+            r.table
+        ));
+    }
+    match graph.params.get(&r.param) {
+        Some(spec)
+            if spec.required || spec.default.as_ref().is_some_and(|d| *d != Value::Null) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(format!(
+            "graph `{g}` routes `{}.{}` on param `{}`, which is optional: a view without it would be skipped; make it required or drop the route",
+            r.table, r.column, r.param
+        )),
+        None if r.param == SCOPE_WORKSPACE => Ok(()),
+        None if r.param == SCOPE_USER && graph.per_user => Ok(()),
+        None if r.param == SCOPE_USER => Err(format!(
+            "graph `{g}` routes on `{SCOPE_USER}` but is not per_user"
+        )),
+        None => Err(format!(
+            "graph `{g}` routes `{}.{}` on `{}`, which is neither a declared param nor `{SCOPE_WORKSPACE}` / `{SCOPE_USER}`",
+            r.table, r.column, r.param
+        )),
     }
 }
 
@@ -366,6 +440,39 @@ mod tests {
         let rep = r.representation();
         assert_eq!(rep["tasks"].0, None);
         assert_eq!(rep["users"].0.as_ref().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn routes_must_name_a_dep_and_a_param_every_view_has() {
+        use crate::engine::{ParamSpec, ParamType};
+        let route = |table: &str, column: &str, param: &str| Route {
+            table: table.into(),
+            column: column.into(),
+            param: param.into(),
+        };
+        let try_route = |r: Route, per_user: bool| {
+            let mut g = graph("routed", vec![TableDep::all("tasks")]);
+            g.per_user = per_user;
+            let mut required = ParamSpec::new(ParamType::Int);
+            required.required = true;
+            let mut defaulted = ParamSpec::new(ParamType::Int);
+            defaulted.default = Some(Value::Int(50));
+            g.params.insert("project_id".into(), required);
+            g.params.insert("limit".into(), defaulted);
+            g.params
+                .insert("status".into(), ParamSpec::new(ParamType::String));
+            g.routes = vec![r];
+            Registry::new().register(g)
+        };
+        assert!(try_route(route("tasks", "project_id", "project_id"), false).is_ok());
+        assert!(try_route(route("tasks", "n", "limit"), false).is_ok());
+        assert!(try_route(route("tasks", "workspace_id", SCOPE_WORKSPACE), false).is_ok());
+        assert!(try_route(route("tasks", "assignee_id", SCOPE_USER), true).is_ok());
+        let err = |r: Route, per_user: bool| try_route(r, per_user).unwrap_err();
+        assert!(err(route("users", "id", "project_id"), false).contains("not among its deps"));
+        assert!(err(route("tasks", "status", "status"), false).contains("optional"));
+        assert!(err(route("tasks", "assignee_id", SCOPE_USER), false).contains("not per_user"));
+        assert!(err(route("tasks", "x", "nope"), false).contains("neither a declared param"));
     }
 
     #[test]

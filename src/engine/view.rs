@@ -67,6 +67,8 @@ pub struct ViewInfo {
     pub params_hash: Arc<str>,
     /// The workspace.
     pub workspace_id: Arc<str>,
+    /// The user, for per-user graphs.
+    pub user_id: Option<Arc<str>>,
     /// Current version.
     pub version: u64,
     /// Number of subscribed sessions.
@@ -126,6 +128,25 @@ impl View {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The view's value for a route param (see [`super::registry::Route`]),
+    /// as key text.
+    pub fn route_value(&self, param: &str) -> String {
+        if self.graph.params.contains_key(param) {
+            return self.params.get(param).key_text();
+        }
+        match param {
+            super::registry::SCOPE_WORKSPACE => self.key.scope.workspace_id.to_string(),
+            super::registry::SCOPE_USER => self
+                .key
+                .scope
+                .user_id
+                .as_deref()
+                .unwrap_or_default()
+                .to_owned(),
+            _ => String::new(),
+        }
     }
 
     /// The current version.
@@ -405,6 +426,7 @@ impl View {
             graph: self.key.graph.clone(),
             params_hash: self.params_hash.clone(),
             workspace_id: self.key.scope.workspace_id.clone(),
+            user_id: self.key.scope.user_id.clone(),
             version: st.version,
             subscribers: st.subscribers.len(),
             evaluations: st.evaluations,

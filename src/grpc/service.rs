@@ -250,6 +250,7 @@ fn notify_changes(changes: Vec<pb::Change>) -> Result<Vec<Change>, Status> {
                 table: c.table,
                 id: c.id,
                 columns: c.columns,
+                route_values: Default::default(),
             })
         })
         .collect()

@@ -30,7 +30,13 @@ fn parse(payload: &str) -> Option<(String, Change)> {
         _ => Vec::new(),
     };
     let xid = v.get("x").and_then(|x| x.as_str()).unwrap_or("").to_owned();
-    Some((xid, Change { table, id, columns }))
+    let change = Change {
+        table,
+        id,
+        columns,
+        route_values: Default::default(),
+    };
+    Some((xid, change))
 }
 
 /// Starts listening on `channel`.
@@ -144,7 +150,8 @@ mod tests {
             Change {
                 table: "tasks".into(),
                 id: "it's \"q\"".into(),
-                columns: vec!["title".into()]
+                columns: vec!["title".into()],
+                route_values: Default::default(),
             }
         );
         let (_, c) = parse(r#"{"t":"tasks","op":"INSERT","k":"1","c":null,"x":"78"}"#).unwrap();

@@ -430,6 +430,7 @@ impl MutationHandler for Arc<SqlMutation> {
                         .map(Value::key_text)
                         .unwrap_or_default(),
                     columns: c.columns.clone(),
+                    route_values: Default::default(),
                 })
                 .collect();
             Ok(MutationOutput { data, changes })

@@ -14,7 +14,7 @@
 //! pgoutput decoder (`pgoutput.rs`), so values are decoded by the same code
 //! as query results and compare exactly with what views hold.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
@@ -64,6 +64,7 @@ pub async fn prepare(
     url: &str,
     opts: &WalOptions,
     tables: &[String],
+    routed: &[String],
 ) -> Result<HashMap<String, Vec<String>>, String> {
     let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
@@ -99,6 +100,7 @@ pub async fn prepare(
         ));
     }
     let keys = primary_keys(&c, tables).await?;
+    warn_partial_identity(&c, routed).await;
     let pub_exists = c
         .query_opt(
             "SELECT 1 FROM pg_publication WHERE pubname = $1",
@@ -240,6 +242,8 @@ pub struct Tracking {
     pub columns: HashMap<String, Option<BTreeSet<String>>>,
     /// table -> key columns (config first, then the primary key).
     pub keys: HashMap<String, Vec<String>>,
+    /// table -> the columns graphs route it on (see `Route`).
+    pub routes: HashMap<String, BTreeSet<String>>,
 }
 
 fn replication_config(url: &str, opts: &WalOptions) -> Result<ReplicationConfig, String> {
@@ -306,6 +310,30 @@ pub fn spawn(
         }
     });
     Ok(Listener { stop, task })
+}
+
+/// Routing an update needs the row's old values, which the WAL carries only
+/// with `REPLICA IDENTITY FULL`; says so for routed tables without it.
+async fn warn_partial_identity(c: &tokio_postgres::Client, routed: &[String]) {
+    for t in routed {
+        let full = c
+            .query_opt(
+                "SELECT relreplident = 'f' FROM pg_class WHERE oid = to_regclass($1)",
+                &[&quote_table(t)],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, bool>(0));
+        if full == Some(false) {
+            tracing::warn!(
+                table = %t,
+                "graphs route changes of this table, but without REPLICA IDENTITY FULL the WAL lacks old values, \
+                 so updates and deletes re-evaluate every view of those graphs; run ALTER TABLE {} REPLICA IDENTITY FULL",
+                quote_table(t)
+            );
+        }
+    }
 }
 
 /// Waits until transaction `xid` (32-bit, as pgoutput reports it) is visible
@@ -407,42 +435,74 @@ fn cell(d: &Datum, oid: u32) -> Cell {
     }
 }
 
+/// What one transaction changed in one table.
+#[derive(Default)]
+struct TableChanges {
+    /// Some change touched every column (insert, delete, truncate, new key).
+    all: bool,
+    columns: BTreeSet<String>,
+    /// The row id while exactly one row changed.
+    id: Option<String>,
+    rows: usize,
+    /// Route column -> values seen before and after, for the routed tables.
+    route_values: BTreeMap<String, BTreeSet<String>>,
+    /// Route columns with a value the WAL did not carry.
+    route_unknown: BTreeSet<String>,
+}
+
+/// The values of a table's route columns in one row change: known values,
+/// and columns whose value was not in the WAL.
+#[derive(Default)]
+struct RouteCells {
+    known: Vec<(String, String)>,
+    unknown: Vec<String>,
+}
+
 /// Changes of one transaction, per table.
 #[derive(Default)]
 struct TxChanges {
     xid: u32,
-    tables: HashMap<String, (bool, BTreeSet<String>, Option<String>, usize)>,
+    tables: HashMap<String, TableChanges>,
 }
 
 impl TxChanges {
-    fn add(&mut self, table: &str, id: Option<String>, columns: Option<BTreeSet<String>>) {
-        let e = self
-            .tables
-            .entry(table.to_owned())
-            .or_insert((false, BTreeSet::new(), None, 0));
+    fn add(
+        &mut self,
+        table: &str,
+        id: Option<String>,
+        columns: Option<BTreeSet<String>>,
+        routes: RouteCells,
+    ) {
+        let e = self.tables.entry(table.to_owned()).or_default();
         match columns {
-            None => e.0 = true,
-            Some(c) => e.1.extend(c),
+            None => e.all = true,
+            Some(c) => e.columns.extend(c),
         }
-        e.3 += 1;
-        if e.3 == 1 {
-            e.2 = id;
-        } else {
-            e.2 = None;
+        e.rows += 1;
+        e.id = if e.rows == 1 { id } else { None };
+        for (col, v) in routes.known {
+            e.route_values.entry(col).or_default().insert(v);
         }
+        e.route_unknown.extend(routes.unknown);
     }
 
     fn into_changes(self) -> Vec<Change> {
         self.tables
             .into_iter()
-            .map(|(table, (all, cols, id, _))| Change {
-                table,
-                id: id.unwrap_or_default(),
-                columns: if all {
-                    Vec::new()
-                } else {
-                    cols.into_iter().collect()
-                },
+            .map(|(table, mut t)| {
+                for col in &t.route_unknown {
+                    t.route_values.remove(col);
+                }
+                Change {
+                    table,
+                    id: t.id.unwrap_or_default(),
+                    columns: if t.all {
+                        Vec::new()
+                    } else {
+                        t.columns.into_iter().collect()
+                    },
+                    route_values: t.route_values,
+                }
             })
             .collect()
     }
@@ -587,6 +647,29 @@ impl<'a> Stream<'a> {
         (!parts.is_empty()).then(|| row_id(&parts))
     }
 
+    /// The route columns' values in the given images of a row (before
+    /// and/or after the change). A column missing from an image, or
+    /// unchanged-TOASTed in it, is unknown.
+    fn route_cells(&self, rel: &Relation, table: &str, images: &[&[Datum]]) -> RouteCells {
+        let mut out = RouteCells::default();
+        let Some(cols) = self.tracking.routes.get(table) else {
+            return out;
+        };
+        for col in cols {
+            let Some(i) = rel.columns.iter().position(|c| &c.name == col) else {
+                out.unknown.push(col.clone());
+                continue;
+            };
+            for image in images {
+                match image.get(i).map(|d| cell(d, rel.columns[i].type_oid)) {
+                    Some(Cell::Known(v)) => out.known.push((col.clone(), v.key_text())),
+                    _ => out.unknown.push(col.clone()),
+                }
+            }
+        }
+        out
+    }
+
     fn handle(&mut self, msg: Message, out: &mut TxChanges) {
         match msg {
             Message::Relation(r) => {
@@ -594,18 +677,26 @@ impl<'a> Stream<'a> {
             }
             Message::Insert { rel, new } => {
                 if let Some((r, table)) = self.tracked(rel) {
-                    out.add(&table, self.key_of(r, &table, &new), None);
+                    let routes = self.route_cells(r, &table, &[&new]);
+                    out.add(&table, self.key_of(r, &table, &new), None, routes);
                 }
             }
             Message::Delete { rel, old: (_, old) } => {
                 if let Some((r, table)) = self.tracked(rel) {
-                    out.add(&table, self.key_of(r, &table, &old), None);
+                    // With the default replica identity the old row carries
+                    // only its key: other route columns are then unknown.
+                    let routes = self.route_cells(r, &table, &[&old]);
+                    out.add(&table, self.key_of(r, &table, &old), None, routes);
                 }
             }
             Message::Truncate { rels } => {
                 for rel in rels {
                     if let Some((_, table)) = self.tracked(rel) {
-                        out.add(&table, None, None);
+                        let mut routes = RouteCells::default();
+                        if let Some(cols) = self.tracking.routes.get(&table) {
+                            routes.unknown.extend(cols.iter().cloned());
+                        }
+                        out.add(&table, None, None, routes);
                     }
                 }
             }
@@ -614,14 +705,30 @@ impl<'a> Stream<'a> {
                     return;
                 };
                 let id = self.key_of(r, &table, &new);
+                // Without the old row (default replica identity, key
+                // unchanged) a route column may have changed unseen.
+                let routes = match &old {
+                    Some((_, o)) => self.route_cells(r, &table, &[o, &new]),
+                    None => {
+                        let mut cells = self.route_cells(r, &table, &[&new]);
+                        let cols = self
+                            .tracking
+                            .routes
+                            .get(&table)
+                            .cloned()
+                            .unwrap_or_default();
+                        cells.unknown.extend(cols);
+                        cells
+                    }
+                };
                 let tracked = self.tracking.columns.get(&table).cloned().flatten();
                 let is_tracked = |c: &str| tracked.as_ref().is_none_or(|t| t.contains(c));
                 let changed: BTreeSet<String> = match &old {
                     Some((b'K', _)) => {
                         // The key changed: the row left one id and took another.
                         let old_id = old.as_ref().and_then(|(_, t)| self.key_of(r, &table, t));
-                        out.add(&table, old_id, None);
-                        out.add(&table, id, None);
+                        out.add(&table, old_id, None, RouteCells::default());
+                        out.add(&table, id, None, routes);
                         return;
                     }
                     Some((_, old)) => r
@@ -666,7 +773,7 @@ impl<'a> Stream<'a> {
                     }
                 };
                 if !changed.is_empty() {
-                    out.add(&table, id, Some(changed));
+                    out.add(&table, id, Some(changed), routes);
                 }
             }
             Message::Other(_) => {}

@@ -42,6 +42,14 @@ export interface ClientOptions {
   decode?: DecodeOptions;
 }
 
+/** Frames this client received, for diagnostics and tests. */
+export interface FrameCounts {
+  /** Frames, whether they came alone or in a batch. */
+  readonly frames: number;
+  /** Batch messages (`ServerMessage.frames`) among them. */
+  readonly batches: number;
+}
+
 /** The result of a mutation. */
 export interface MutationResult<D = Record<string, FieldValue>> {
   /** The first row the mutation returned, decoded ({} when none). */
@@ -100,6 +108,10 @@ export class ArcanaClient {
   private readonly host: ViewHost;
   private readonly rpc;
   private generation = 0;
+  private frameCount = 0;
+  private batchCount = 0;
+  /** While frames are being applied: the views whose listeners are still to be told. */
+  private deferred: Set<LiveView<any>> | undefined;
 
   constructor(private readonly opts: ClientOptions) {
     this.rpc = createClient(ArcanaService, opts.transport);
@@ -109,6 +121,11 @@ export class ArcanaClient {
       decode,
       release: (v) => this.release(v),
       resync: (v) => this.resync(v),
+      defer: (v) => {
+        if (!this.deferred) return false;
+        this.deferred.add(v);
+        return true;
+      },
     };
     this.cache.onChange((keys, source) => {
       for (const v of this.views.values()) if (v !== source) v.rowsChanged(keys);
@@ -128,6 +145,11 @@ export class ArcanaClient {
   /** The identity and id of the current session, when open. */
   get sessionInfo() {
     return this.session?.info;
+  }
+
+  /** How many frames and batch messages this client received, over all its sessions. */
+  get received(): FrameCounts {
+    return { frames: this.frameCount, batches: this.batchCount };
   }
 
   /** Calls `fn` on every status change. */
@@ -303,8 +325,8 @@ export class ArcanaClient {
         this.opts.session,
         { transport: this.opts.transport, token: this.opts.token, pingIntervalMs: this.opts.pingIntervalMs },
         {
-          onFrame: (f) => {
-            if (this.session === s) this.onFrame(f);
+          onFrames: (frames, batch) => {
+            if (this.session === s) this.onFrames(frames, batch);
           },
           onClose: (e) => this.sessionLost(s, e),
         },
@@ -497,6 +519,27 @@ export class ArcanaClient {
   }
 
   // ---- frames ---------------------------------------------------------------
+
+  /**
+   * Applies frames in order, each as if it had come alone. Listeners are told
+   * once all of them are applied: a view's listeners see each batch as one
+   * change, and every view is consistent with the others when they do.
+   */
+  private onFrames(frames: readonly ViewFrame[], batch: boolean): void {
+    this.frameCount += frames.length;
+    if (batch) this.batchCount++;
+    const outer = this.deferred === undefined;
+    if (outer) this.deferred = new Set();
+    try {
+      for (const f of frames) this.onFrame(f);
+    } finally {
+      if (outer) {
+        const views = this.deferred!;
+        this.deferred = undefined;
+        for (const v of views) v.changed();
+      }
+    }
+  }
 
   private onFrame(f: ViewFrame): void {
     const views = this.byId.get(f.viewId);

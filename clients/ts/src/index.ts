@@ -1,7 +1,7 @@
 // @arcana/client: transport-neutral core. Use "@arcana/client/node" or
 // "@arcana/client/web" for ready-made transports.
 export { ArcanaClient } from "./client.js";
-export type { BackoffOptions, ClientOptions, ClientStatus, MutationResult } from "./client.js";
+export type { BackoffOptions, ClientOptions, ClientStatus, FrameCounts, MutationResult } from "./client.js";
 export { LiveView, applyRefOps, unescapeField } from "./view.js";
 export type { Item, SyncInfo, ViewSnapshot, ViewStatus } from "./view.js";
 export { RowCache, rowKey, splitKey } from "./cache.js";

@@ -22,7 +22,11 @@ export type TokenSource = string | undefined | (() => string | undefined | Promi
 
 /** What a session reports to its owner. */
 export interface SessionHandlers {
-  onFrame(frame: ViewFrame): void;
+  /**
+   * Frames in the order the server sent them: one for a `frame` message, all
+   * of a `frames` message (`batch` true) at once.
+   */
+  onFrames(frames: readonly ViewFrame[], batch: boolean): void;
   /** Called once when the session ends on its own (not after `close()`). */
   onClose(error: ArcanaError): void;
 }
@@ -186,7 +190,10 @@ class BidiSession implements Session {
   private dispatch(msg: ServerMessage): void {
     switch (msg.kind.case) {
       case "frame":
-        this.handlers.onFrame(msg.kind.value);
+        this.handlers.onFrames([msg.kind.value], false);
+        return;
+      case "frames":
+        this.handlers.onFrames(msg.kind.value.frames, true);
         return;
       case "reply": {
         const r = msg.kind.value;
@@ -280,7 +287,8 @@ class StreamSession implements Session {
             opened(msg.kind.value);
             continue;
           }
-          if (msg.kind.case === "frame") handlers.onFrame(msg.kind.value);
+          if (msg.kind.case === "frame") handlers.onFrames([msg.kind.value], false);
+          else if (msg.kind.case === "frames") handlers.onFrames(msg.kind.value.frames, true);
         }
         error = new ArcanaError(Code.UNAVAILABLE, "the server ended the session");
       } catch (err) {

@@ -58,6 +58,11 @@ export interface ViewHost {
   release(view: LiveView<any>): void;
   /** Asks the server to bring the view back in line (after a gap). */
   resync(view: LiveView<any>): void;
+  /**
+   * While a batch of frames is being applied: takes note that `view` changed
+   * and returns true; its listeners are called once the batch is applied.
+   */
+  defer?(view: LiveView<any>): boolean;
 }
 
 /**
@@ -329,7 +334,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   /** @internal */
   changed(): void {
     this._snapshot = undefined;
-    if (this.listeners.size === 0) return;
+    if (this.listeners.size === 0 || this.host.defer?.(this)) return;
     const s = this.snapshot;
     for (const fn of [...this.listeners]) {
       try {

@@ -15,6 +15,8 @@ interface Task {
 const q = new URLSearchParams(location.search);
 const client = createWebClient({ baseUrl: q.get("server")!, token: q.get("token") ?? undefined });
 const projectId = BigInt(q.get("project") ?? "1");
+// For the test: it drops the session and reads the frame counters.
+(window as unknown as { arcana: typeof client }).arcana = client;
 
 function Board() {
   const view = useView<Task>(client, "project_tasks", { project_id: projectId });

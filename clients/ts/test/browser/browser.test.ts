@@ -1,5 +1,6 @@
 // Headless Chromium loads a page that subscribes over grpc-web; a write made
-// directly in Postgres (announced with Notify) must show up on the page.
+// directly in Postgres (announced with Notify) must show up on the page, and
+// diffs missed while the page was cut off come back as one batch.
 import assert from "node:assert/strict";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { type Server, createServer } from "node:http";
@@ -10,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 import pg from "pg";
 import { type BrowserContext, chromium } from "playwright-core";
-import { createNodeClient } from "../../src/node.js";
+import { type ArcanaClient, createNodeClient } from "../../src/node.js";
 import { type DemoServer, startDemo } from "../support/server.js";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "../../.."); // clients/ts
@@ -116,6 +117,36 @@ it("a page subscribed over grpc-web shows writes made in Postgres and its own mu
     assert.equal(await page.locator("#total").innerText(), String(before.length + 1));
     const created = await page.locator("#created").innerText();
     assert.match(created, /created #\d+/);
+
+    // Missed diffs come back as one batch on the OpenSession stream. A Node
+    // client keeps the view alive while the page is cut off and writes.
+    const writer = createNodeClient({ baseUrl: server.baseUrl, token: "dev-alice" });
+    try {
+      const watcher = writer.view<{ id: bigint; title: string }>("project_tasks", { project_id: 2 });
+      await watcher.ready();
+      const counts = () => page.evaluate(() => (window as unknown as { arcana: ArcanaClient }).arcana.received);
+      const before = await counts();
+      const offline = `${server.baseUrl}/**`;
+      await page.route(offline, (r) => r.abort());
+      await page.evaluate(() => (window as unknown as { arcana: ArcanaClient }).arcana.dropSession());
+      await page.waitForSelector("#status:text('stale')", { timeout: 10_000 });
+      const id = BigInt(created.replace(/\D/g, ""));
+      for (let i = 1; i <= 3; i++) await writer.mutate("update_task", { id, title: `Renamed offline ${i}` });
+      await page.unroute(offline);
+      await page.waitForSelector(`#version:text-is("${watcher.version}")`, { timeout: 20_000 });
+      await page.waitForSelector("#status:text('live')", { timeout: 10_000 });
+      const after = await counts();
+      assert.equal(after.batches - before.batches, 1, "the catch-up arrived as one batch");
+      assert.equal(after.frames - before.frames, 3);
+      const shown = await page.locator("#tasks li b").allInnerTexts();
+      assert.deepEqual(
+        shown,
+        watcher.items.map((t) => t.title),
+      );
+      watcher.close();
+    } finally {
+      writer.close();
+    }
 
     mkdirSync(artifacts, { recursive: true });
     await page.screenshot({ path: resolve(artifacts, "browser.png"), fullPage: true });

@@ -292,6 +292,53 @@ describe("reconnect", () => {
     watcher.close();
   });
 
+  it("applies a catch-up of several diffs, sent as one batch, as one change", async () => {
+    const c = client("dev-alice", proxy.baseUrl, true);
+    const other = client("dev-alice");
+    const v = c.view<Task>("project_tasks", { project_id: 2 });
+    // The writer keeps the view (and its history) alive while c is away.
+    const watcher = other.view<Task>("project_tasks", { project_id: 2 });
+    await Promise.all([v.ready(), watcher.ready()]);
+    const created = await other.mutate<{ id: bigint }>("create_task", { project_id: 2, title: "Batched 0" });
+    const id = created.data.id;
+    const before = await v.until((s) => s.items.some((t) => t.id === id), 10_000);
+    const received = c.received;
+    const versions: bigint[] = [];
+    const off = v.subscribe((s) => versions.push(s.version));
+
+    await proxy.cut();
+    await v.until((s) => s.status === "stale", 10_000);
+    const writes = 4;
+    for (let i = 1; i <= writes; i++) {
+      await other.mutate("update_task", { id, title: `Batched ${i}`, status: i % 2 ? "doing" : "todo" });
+    }
+    const missed = watcher.version - before.version;
+    assert.ok(missed >= 2n, `the writes made ${missed} versions`);
+
+    await proxy.restore();
+    const s = await v.until((s) => s.status === "live" && s.version === watcher.version, 20_000);
+    off();
+    assert.deepEqual(v.lastSync, { mode: "catch_up", epoch: before.epoch, version: watcher.version, frames: Number(missed) });
+    assert.equal(c.received.frames - received.frames, Number(missed), "only the catch-up diffs arrived");
+    assert.equal(c.received.batches - received.batches, 1, "the catch-up diffs arrived as one batch");
+    // Listeners saw the batch as one change: no version in between.
+    assert.deepEqual([...new Set(versions)], [before.version, watcher.version]);
+    assert.equal(s.items.find((t) => t.id === id)!.title, `Batched ${writes}`);
+
+    // The same as what a new subscriber gets.
+    const fresh = client("dev-alice").view<Task>("project_tasks", { project_id: 2 });
+    const f = await fresh.ready();
+    assert.equal(f.version, s.version);
+    assert.equal(f.total, s.total);
+    assert.deepEqual(s.items, f.items);
+    fresh.close();
+
+    await other.mutate("delete_task", { id });
+    await v.until((s) => !s.items.some((t) => t.id === id), 10_000);
+    v.close();
+    watcher.close();
+  });
+
   it("gets a snapshot when the server no longer has the view", async () => {
     const c = client("dev-alice", proxy.baseUrl, true);
     const other = client("dev-alice");

@@ -4,6 +4,7 @@ import { after, before, describe, it } from "node:test";
 import { createGrpcWebTransport } from "@connectrpc/connect-node";
 import { ArcanaClient, Code, type Item } from "../../src/index.js";
 import { type DemoServer, startDemo } from "../support/server.js";
+import { startProxy } from "../support/proxy.js";
 
 interface Task {
   id: bigint;
@@ -14,9 +15,9 @@ interface Task {
 let server: DemoServer;
 const clients: ArcanaClient[] = [];
 
-function client(token: string | undefined): ArcanaClient {
-  const transport = createGrpcWebTransport({ baseUrl: server.baseUrl, httpVersion: "1.1" });
-  const c = new ArcanaClient({ transport, session: "stream", token });
+function client(token: string | undefined, baseUrl = server.baseUrl): ArcanaClient {
+  const transport = createGrpcWebTransport({ baseUrl, httpVersion: "1.1" });
+  const c = new ArcanaClient({ transport, session: "stream", token, backoff: { initialMs: 50, maxMs: 400 } });
   clients.push(c);
   return c;
 }
@@ -57,6 +58,48 @@ describe("stream sessions over grpc-web", () => {
     await v.until((s) => !s.items.some((t) => t.id === r.data.id), 10_000);
     v.close();
     a.close();
+  });
+
+  it("applies a catch-up batch that arrives on the session stream", async () => {
+    const proxy = await startProxy(server.port);
+    try {
+      const c = client("dev-alice", proxy.baseUrl);
+      const other = client("dev-alice");
+      const v = c.view<Task>("project_tasks", { project_id: 2 });
+      const watcher = other.view<Task>("project_tasks", { project_id: 2 });
+      await Promise.all([v.ready(), watcher.ready()]);
+      const created = await other.mutate<{ id: bigint }>("create_task", { project_id: 2, title: "Streamed 0" });
+      const id = created.data.id;
+      const before = await v.until((s) => s.items.some((t) => t.id === id), 10_000);
+      const received = c.received;
+      const versions: bigint[] = [];
+      const off = v.subscribe((s) => versions.push(s.version));
+
+      await proxy.cut();
+      await v.until((s) => s.status === "stale", 10_000);
+      for (let i = 1; i <= 3; i++) await other.mutate("update_task", { id, title: `Streamed ${i}` });
+      const missed = watcher.version - before.version;
+      assert.ok(missed >= 2n, `the writes made ${missed} versions`);
+
+      await proxy.restore();
+      const s = await v.until((s) => s.status === "live" && s.version === watcher.version, 20_000);
+      off();
+      assert.equal(v.lastSync?.mode, "catch_up");
+      assert.equal(v.lastSync?.frames, Number(missed));
+      assert.equal(c.received.batches - received.batches, 1, "the catch-up diffs arrived as one batch");
+      assert.deepEqual([...new Set(versions)], [before.version, watcher.version]);
+      assert.equal(s.items.find((t) => t.id === id)!.title, "Streamed 3");
+      const fresh = client("dev-alice").view<Task>("project_tasks", { project_id: 2 });
+      assert.deepEqual(s.items, (await fresh.ready()).items);
+      fresh.close();
+
+      await other.mutate("delete_task", { id });
+      await v.until((s) => !s.items.some((t) => t.id === id), 10_000);
+      v.close();
+      watcher.close();
+    } finally {
+      await proxy.close();
+    }
   });
 
   it("keeps int64 exact and reports error codes", async () => {

@@ -45,6 +45,8 @@ type Client struct {
 	// nextID is taken under a session's send lock, so request ids grow in
 	// the order messages go out.
 	nextID atomic.Uint64
+	// batches counts the FrameBatch messages received, over all sessions.
+	batches atomic.Uint64
 
 	mu      sync.Mutex
 	sess    *session
@@ -577,46 +579,92 @@ func (c *Client) dispatch(s *session, msg *pb.ServerMessage) {
 			cl.answer(k.Reply)
 		}
 	case *pb.ServerMessage_Frame:
-		c.onFrame(s, k.Frame)
+		c.onFrames(s, []*pb.ViewFrame{k.Frame})
+	case *pb.ServerMessage_Frames:
+		c.batches.Add(1)
+		c.onFrames(s, k.Frames.GetFrames())
 	case *pb.ServerMessage_Opened:
 		// Only the first message; nothing to do later.
 	}
 }
 
-// onFrame applies a frame to its view.
-func (c *Client) onFrame(s *session, f *pb.ViewFrame) {
-	c.mu.Lock()
-	vs := c.views[f.GetViewId()]
-	c.mu.Unlock()
-	if vs == nil {
-		return // unsubscribed meanwhile
+// applied is what the frames of one message did to one view: the state the
+// next frame applies to, and what to publish once they are all applied.
+type applied struct {
+	vs      *viewState
+	state   *State
+	changed bool
+	updates []Update
+	// gap is why the view needs a resync, if it does.
+	gap string
+}
+
+// onFrames applies the frames of one message (a frame, or a batch) in order,
+// each exactly as if it had come alone. A view's state is published once,
+// after the last of them, so State and WaitFor never show a batch half
+// applied; the view's updates, one per frame, follow. A view that hit a gap
+// is resynced from there.
+func (c *Client) onFrames(s *session, frames []*pb.ViewFrame) {
+	var order []*applied
+	byView := map[string]*applied{}
+	for _, f := range frames {
+		a := byView[f.GetViewId()]
+		if a == nil {
+			c.mu.Lock()
+			vs := c.views[f.GetViewId()]
+			c.mu.Unlock()
+			if vs == nil {
+				continue // unsubscribed meanwhile
+			}
+			a = &applied{vs: vs, state: vs.state.Load()}
+			byView[vs.id] = a
+			order = append(order, a)
+		}
+		c.applyFrame(a, f)
 	}
-	cur := vs.state.Load()
+	for _, a := range order {
+		c.publish(a)
+		if a.gap != "" {
+			c.resync(s, a.vs, a.gap)
+		}
+	}
+}
+
+// applyFrame applies one frame on top of what a holds.
+func (c *Client) applyFrame(a *applied, f *pb.ViewFrame) {
+	cur := a.state
 	switch body := f.GetBody().(type) {
 	case *pb.ViewFrame_Snapshot:
-		st := stateFromSnapshot(f, body.Snapshot)
-		c.publish(vs, Update{Kind: UpdateSnapshot, State: st})
+		a.set(Update{Kind: UpdateSnapshot, State: stateFromSnapshot(f, body.Snapshot)})
 	case *pb.ViewFrame_Diff:
 		if cur == nil || cur.Epoch != f.GetEpoch() || cur.Version != f.GetPrevVersion() {
 			if cur != nil && cur.Epoch == f.GetEpoch() && f.GetVersion() <= cur.Version {
 				return // already applied (a catch-up can repeat queued diffs)
 			}
-			c.resync(s, vs, fmt.Sprintf("gap: have %d, diff applies on %d", versionOf(cur), f.GetPrevVersion()))
+			a.needResync(fmt.Sprintf("gap: have %d, diff applies on %d", versionOf(cur), f.GetPrevVersion()))
 			return
 		}
 		next, err := cur.applyDiff(f, body.Diff)
 		if err != nil {
-			c.resync(s, vs, "diff does not apply: "+err.Error())
+			a.needResync("diff does not apply: " + err.Error())
 			return
 		}
-		c.publish(vs, Update{Kind: UpdateDiff, State: next})
+		a.set(Update{Kind: UpdateDiff, State: next})
 	case *pb.ViewFrame_Error:
-		err := fromPB("view "+vs.id, &pb.Error{Code: body.Error.GetCode(), Message: body.Error.GetMessage()})
-		c.mu.Lock()
-		for h := range vs.handles {
-			h.push(Update{Kind: UpdateError, State: cur, Err: err})
-		}
-		c.mu.Unlock()
+		err := fromPB("view "+a.vs.id, &pb.Error{Code: body.Error.GetCode(), Message: body.Error.GetMessage()})
+		a.updates = append(a.updates, Update{Kind: UpdateError, State: cur, Err: err})
+	}
+}
+
+func (a *applied) set(u Update) {
+	a.state = u.State
+	a.changed = true
+	a.updates = append(a.updates, u)
+}
+
+func (a *applied) needResync(why string) {
+	if a.gap == "" {
+		a.gap = why
 	}
 }
 
@@ -627,11 +675,19 @@ func versionOf(st *State) uint64 {
 	return st.Version
 }
 
-func (c *Client) publish(vs *viewState, u Update) {
-	vs.setState(u.State)
+// publish stores the view's new state, then delivers its updates.
+func (c *Client) publish(a *applied) {
+	if a.changed {
+		a.vs.setState(a.state)
+	}
+	if len(a.updates) == 0 {
+		return
+	}
 	c.mu.Lock()
-	for h := range vs.handles {
-		h.push(u)
+	for h := range a.vs.handles {
+		for _, u := range a.updates {
+			h.push(u)
+		}
 	}
 	c.mu.Unlock()
 }

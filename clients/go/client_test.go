@@ -408,6 +408,78 @@ func TestReconnectCatchUp(t *testing.T) {
 	}
 }
 
+// The diffs a catch-up replays are queued together, so they arrive as one
+// FrameBatch message: every frame is applied, in order, the view's state
+// moves to the last version at once, and it equals a fresh snapshot.
+func TestReconnectCatchUpBatch(t *testing.T) {
+	p := newProxy(t, serverAddr)
+	a := dialAddr(t, p.Addr(), "dev-alice")
+	b := dial(t, "dev-alice")
+	ctx := ctxT(t, 60*time.Second)
+	params := arcana.Params{"project_id": 2}
+	va, err := a.Subscribe(ctx, "project_tasks", params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b keeps the view, and its history, alive while a is away.
+	vb, err := b.Subscribe(ctx, "project_tasks", params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := createTask(t, b, 2, "batched 0", nil)
+	defer deleteTask(t, b, id)
+	var n int64
+	fmt.Sscan(id, &n)
+	before, err := va.WaitFor(ctx, func(s *arcana.State) bool { return hasRef(s, id) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	batches := arcana.Batches(a)
+
+	p.Down()
+	waitFor(t, 10*time.Second, func() bool { return a.SessionID() == "" })
+	drain(va)
+	const writes = 4
+	for i := 1; i <= writes; i++ {
+		status := []string{"todo", "doing"}[i%2]
+		if _, err := b.Mutate(ctx, "update_task", arcana.Params{"id": n, "title": fmt.Sprintf("batched %d", i), "status": status}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	target := vb.State()
+	missed := target.Version - before.Version
+	if missed < 2 {
+		t.Fatalf("the writes made %d versions; a batch needs 2 or more", missed)
+	}
+
+	p.Up()
+	// One diff update per replayed frame, in order, then the sync.
+	for i := uint64(1); i <= missed; i++ {
+		u := nextUpdate(t, va, 20*time.Second, func(u arcana.Update) bool { return true })
+		if u.Kind != arcana.UpdateDiff || u.State.Version != before.Version+i {
+			t.Fatalf("update %d: %v at version %d, want a diff to %d", i, u.Kind, u.State.Version, before.Version+i)
+		}
+		// The updates follow the whole batch: the view is already at its end.
+		if got := va.State().Version; got != target.Version {
+			t.Errorf("while reading update %d the view is at %d, want %d", i, got, target.Version)
+		}
+	}
+	u := nextUpdate(t, va, 20*time.Second, func(u arcana.Update) bool { return true })
+	if u.Kind != arcana.UpdateSynced || u.Mode != arcana.SyncCatchUp || uint64(u.Frames) != missed {
+		t.Errorf("got %v (mode %v, %d frames), want synced by catch-up of %d", u.Kind, u.Mode, u.Frames, missed)
+	}
+	if got := arcana.Batches(a) - batches; got != 1 {
+		t.Errorf("%d batch messages during the catch-up, want 1", got)
+	}
+	st := va.State()
+	if st.Epoch != before.Epoch || st.Version != target.Version || title(st, id) != fmt.Sprintf("batched %d", writes) {
+		t.Errorf("after catch-up at %d/%d with title %q", st.Epoch, st.Version, title(st, id))
+	}
+	if want := fresh(t, "dev-alice", "project_tasks", params); !st.Equal(want) {
+		t.Errorf("state after a batched catch-up differs from a fresh snapshot: %s", st.Diff(want))
+	}
+}
+
 // Reconnect when no one held the view meanwhile: the server starts a new
 // epoch and the client gets a snapshot.
 func TestReconnectSnapshot(t *testing.T) {

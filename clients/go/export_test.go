@@ -8,8 +8,11 @@ func InjectFrame(c *Client, f *pb.ViewFrame) {
 	c.mu.Lock()
 	s := c.sess
 	c.mu.Unlock()
-	c.onFrame(s, f)
+	c.onFrames(s, []*pb.ViewFrame{f})
 }
+
+// Batches is the number of FrameBatch messages c received.
+func Batches(c *Client) uint64 { return c.batches.Load() }
 
 // SnapshotFrame encodes st as a snapshot frame.
 func SnapshotFrame(st *State) *pb.ViewFrame {

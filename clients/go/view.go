@@ -163,8 +163,10 @@ func (v *View) State() *State { return v.vs.state.Load() }
 
 // Updates delivers every change of the view. If the reader falls behind by
 // more than the buffer (WithUpdateBuffer), the oldest updates are dropped;
-// the newest one, and State, are always current. The channel is closed when
-// the view is closed.
+// the newest one, and State, are always current. The frames of a batch
+// message are all applied before their updates (one per frame) are sent, so
+// State may already be ahead of the update being read. The channel is closed
+// when the view is closed.
 func (v *View) Updates() <-chan Update { return v.updates }
 
 // Done is closed when the view stops: after Close, Client.Close, or when

@@ -271,7 +271,9 @@ public actor ArcanaClient {
       if let list = p.sync { onSyncReply(list, reply) }
       p.continuation?.resume(returning: reply)
     case .frame(let frame):
-      onFrame(frame)
+      onFrames([frame])
+    case .frames(let batch):
+      onFrames(batch.frames)
     case .none:
       break
     }
@@ -288,31 +290,27 @@ public actor ArcanaClient {
     subscribed[requestID] = view
   }
 
-  private func onFrame(_ frame: Arcana_V1_ViewFrame) {
-    guard let view = views[frame.viewID] else { return }
-    let current = view.state
-    switch frame.body {
-    case .snapshot(let snap):
-      let state = ViewState(snapshot: frame, snap)
-      view.publish(state, .snapshot(state))
-      wakeReady(view.id)
-    case .diff(let diff):
-      guard let cur = current, cur.epoch == frame.epoch, cur.version == frame.prevVersion else {
-        if let cur = current, cur.epoch == frame.epoch, frame.version <= cur.version { return }
-        resync(view)
-        return
+  /// Applies the frames of one message (a frame, or a batch) in order, each
+  /// exactly as if it had come alone. A view's state is published once, after
+  /// the last of them, so `state` never shows a batch half applied; its
+  /// updates (one per frame) follow. A view that hit a gap is resynced from
+  /// the state it reached.
+  private func onFrames(_ frames: [Arcana_V1_ViewFrame]) {
+    var applied: [String: AppliedFrames] = [:]
+    var order: [LiveView] = []
+    for frame in frames {
+      if applied[frame.viewID] == nil {
+        guard let view = views[frame.viewID] else { continue }  // unsubscribed meanwhile
+        applied[frame.viewID] = AppliedFrames(view.state)
+        order.append(view)
       }
-      do {
-        let next = try cur.applying(frame, diff)
-        view.publish(next, .diff(next))
-      } catch {
-        resync(view)
-      }
-    case .error(let e):
-      view.report(
-        .error(current, ArcanaError(code: e.code, message: e.message, operation: "view \(view.id)")))
-    case .none:
-      break
+      applied[frame.viewID]!.apply(frame)
+    }
+    for view in order {
+      guard let a = applied[view.id] else { continue }
+      view.publish(a.changed ? a.state : nil, a.updates)
+      if a.changed { wakeReady(view.id) }
+      if a.needsResync { resync(view) }
     }
   }
 

@@ -79,11 +79,13 @@ public final class LiveView: Sendable {
     }
   }
 
-  func publish(_ state: ViewState, _ update: ViewUpdate) {
+  /// Stores the state the frames of one message led to (nil: unchanged),
+  /// then yields their updates in order.
+  func publish(_ state: ViewState?, _ updates: [ViewUpdate]) {
     box.withLock { b in
       guard !b.closed else { return }
-      b.state = state
-      b.continuation?.yield(update)
+      if let state { b.state = state }
+      for update in updates { b.continuation?.yield(update) }
     }
   }
 

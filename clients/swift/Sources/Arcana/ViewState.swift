@@ -164,3 +164,53 @@ public struct ViewState: Sendable, Equatable {
     }
   }
 }
+
+/// What the frames of one message (a `frame`, or a `frames` batch) did to one
+/// view: the state the next frame applies to, and the updates to deliver once
+/// all of them are applied. Each frame applies exactly as it would alone.
+struct AppliedFrames {
+  /// The state after the frames applied so far.
+  private(set) var state: ViewState?
+  /// Whether a frame replaced the state.
+  private(set) var changed = false
+  /// One per applied frame (and per error frame), in order.
+  private(set) var updates: [ViewUpdate] = []
+  /// Set by a diff that cannot apply: a gap, another epoch, a bad patch.
+  private(set) var needsResync = false
+
+  init(_ state: ViewState?) {
+    self.state = state
+  }
+
+  mutating func apply(_ frame: Arcana_V1_ViewFrame) {
+    switch frame.body {
+    case .snapshot(let snap):
+      let next = ViewState(snapshot: frame, snap)
+      set(next, .snapshot(next))
+    case .diff(let diff):
+      guard let cur = state, cur.epoch == frame.epoch, cur.version == frame.prevVersion else {
+        // Already applied (a catch-up can repeat queued diffs): ignore it.
+        if let cur = state, cur.epoch == frame.epoch, frame.version <= cur.version { return }
+        needsResync = true
+        return
+      }
+      do {
+        let next = try cur.applying(frame, diff)
+        set(next, .diff(next))
+      } catch {
+        needsResync = true
+      }
+    case .error(let e):
+      updates.append(
+        .error(state, ArcanaError(code: e.code, message: e.message, operation: "view \(frame.viewID)")))
+    case .none:
+      break
+    }
+  }
+
+  private mutating func set(_ next: ViewState, _ update: ViewUpdate) {
+    state = next
+    changed = true
+    updates.append(update)
+  }
+}

@@ -92,3 +92,60 @@ private func op(_ kind: Arcana_V1_PatchOp, _ path: String, from: String = "", _ 
   let big: Int64 = 9_007_199_254_740_993
   #expect(ArcanaValue(ArcanaValue.int(big).proto).intValue == big)
 }
+
+private func diffFrame(_ prev: UInt64, epoch: UInt64 = 1, _ ops: [Arcana_V1_RefOp])
+  -> Arcana_V1_ViewFrame
+{
+  var f = Arcana_V1_ViewFrame()
+  f.viewID = "g/1"
+  f.epoch = epoch
+  f.version = prev + 1
+  f.prevVersion = prev
+  var d = Arcana_V1_ViewDiff()
+  d.refs = ops
+  for o in ops where o.hasValue {
+    var r = Arcana_V1_Row()
+    r.table = "t"
+    r.id = o.value.id
+    d.rows.append(r)
+  }
+  f.diff = d
+  return f
+}
+
+@Test func batchedFramesApplyInOrderLikeLoneOnes() throws {
+  var frame = Arcana_V1_ViewFrame()
+  frame.viewID = "g/1"
+  frame.epoch = 1
+  frame.version = 1
+  var snap = Arcana_V1_Snapshot()
+  snap.refs = [ref("a")]
+  var row = Arcana_V1_Row()
+  row.table = "t"
+  row.id = "a"
+  snap.rows = [row]
+  let start = ViewState(snapshot: frame, snap)
+
+  var batch = AppliedFrames(start)
+  batch.apply(diffFrame(1, [op(.add, "/-", "b")]))
+  batch.apply(diffFrame(2, [op(.add, "/0", "c")]))
+  batch.apply(diffFrame(2, [op(.add, "/0", "c")]))  // a repeat: ignored
+  #expect(batch.changed)
+  #expect(!batch.needsResync)
+  #expect(batch.updates.count == 2)
+  #expect(batch.state?.version == 3)
+  #expect(batch.state?.refs.map(\.id) == ["c", "a", "b"])
+  #expect(batch.state?.rows.count == 3)
+
+  // A gap keeps what applied before it and asks for a resync.
+  batch.apply(diffFrame(4, [op(.remove, "/0")]))
+  #expect(batch.needsResync)
+  #expect(batch.state?.version == 3)
+  #expect(batch.updates.count == 2)
+
+  // Another epoch is a gap too; nothing changes on the way in.
+  var other = AppliedFrames(start)
+  other.apply(diffFrame(1, epoch: 2, []))
+  #expect(other.needsResync && !other.changed && other.updates.isEmpty)
+  #expect(start.version == 1)
+}

@@ -1,459 +1,730 @@
-//! The load benchmark: a real PostgreSQL, the real `arcana serve` process,
-//! N subscribers over real gRPC, and writes from a plain SQL connection.
-//! Reports commit-to-client latency percentiles, throughput, and the
-//! server's CPU time and memory per subscriber.
+//! The benchmark: a real PostgreSQL (a throwaway cluster), the real
+//! `arcana serve` process, subscriber sessions over real gRPC and writes from
+//! plain SQL connections. Each scenario reports commit-to-client latency,
+//! deliveries, server CPU and memory, and SQL evaluations per write.
 //!
 //!     cargo build --release --bin arcana --bin arcana-bench
-//!     target/release/arcana-bench [--quick]
+//!     target/release/arcana-bench                       # every scenario
+//!     target/release/arcana-bench --scenario fanout     # one of them
+//!     target/release/arcana-bench --quick --compare     # smaller, with before/after variants
 //!
-//! Latency of write `s` is measured from the moment its COMMIT returned to
-//! the first frame, on each subscriber, showing write `s` or a later one
-//! (bursts are coalesced, so a client may skip straight to a later state).
+//! See docs/BENCHMARKS.md for what each number means.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+mod load;
+mod raw;
+mod server;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arcana::app::{DEMO_CONFIG, DEMO_SCHEMA};
-use arcana::client::ViewState;
-use arcana::engine::{RowKey, Value};
 use arcana::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use arcana::proto::{
-    self as pb, arcana_service_client::ArcanaServiceClient, client_message::Kind as Req,
-    server_message::Kind as Msg,
-};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use arcana::proto as pb;
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-type Arrivals = Arc<Mutex<Vec<(u64, Instant)>>>;
+use load::{Counters, WritePlan, Written};
+use server::{free_port, Server, Usage};
 
-struct Server {
-    child: Child,
-    addr: String,
-    _config: tempdir::Dir,
+const SCENARIOS: &[&str] = &["mixed", "fanout", "distinct", "burst", "snapshot"];
+/// Sessions per HTTP/2 connection, as a client process multiplexes them.
+const SESSIONS_PER_CONNECTION: usize = 100;
+
+#[derive(Parser)]
+#[command(about = "Arcana's load benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Scenarios to run: mixed, fanout, distinct, burst, snapshot (default: all).
+    #[arg(long = "scenario")]
+    scenarios: Vec<String>,
+    /// A tenth of the subscribers and a fifth of the writes.
+    #[arg(long)]
+    quick: bool,
+    /// Runs per scenario; the report shows the median of each number.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Also run each scenario with the optimization it exercises turned off.
+    #[arg(long)]
+    compare: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Override the scenario's subscriber count.
+    #[arg(long)]
+    subscribers: Option<usize>,
+    /// Override the number of distinct views.
+    #[arg(long)]
+    views: Option<usize>,
+    /// Override the number of rows in the table.
+    #[arg(long)]
+    rows: Option<usize>,
+    /// Override the write rate (writes/s; 0: unpaced).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Override the number of writes.
+    #[arg(long)]
+    writes: Option<u64>,
 }
 
-mod tempdir {
-    /// A temporary directory removed on drop.
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+#[derive(Subcommand)]
+enum Cmd {
+    /// The reference server (started by the benchmark itself).
+    #[command(hide = true)]
+    RawServe {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        streams: usize,
+        #[arg(long)]
+        frame_bytes: usize,
+        #[arg(long)]
+        seconds: f64,
+    },
 }
 
-impl Server {
-    async fn start(bin: &PathBuf, url: &str, mode: &str, slot: &str) -> Server {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("arcana-bench-{}", rand::random::<u32>()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = format!("{DEMO_CONFIG}\n[changes]\nmode = \"{mode}\"\nslot = \"{slot}\"\n")
-            .replace(
-                "[server]\nlisten = \"127.0.0.1:50051\"",
-                &format!("[server]\nlisten = \"127.0.0.1:{port}\"\n[database]\npool_size = 16"),
-            );
-        let path = dir.join("arcana.toml");
-        std::fs::write(&path, cfg).unwrap();
-        let mut child = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .args(["--database-url", url])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start arcana serve");
-        let addr = format!("http://127.0.0.1:{port}");
-        for _ in 0..300 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Server {
-                    child,
-                    addr,
-                    _config: tempdir::Dir(dir),
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("arcana serve did not start");
-    }
-
-    /// (CPU seconds used so far, resident memory in bytes).
-    fn usage(&self) -> (f64, u64) {
-        let pid = self.child.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        // SAFETY: sysconf has no preconditions.
-        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        let cpu = (f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-            + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0))
-            / tck;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let rss = status
-            .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024;
-        (cpu, rss)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-fn bearer(token: &'static str) -> impl tonic::service::Interceptor + Clone {
-    move |mut req: tonic::Request<()>| {
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
-        Ok(req)
-    }
-}
-
-/// Opens a session subscribed to `params` of project_tasks; returns once its
-/// snapshot is in, then records (seq, arrival) for every frame that moves
-/// task 1's title to `bench <seq>`.
-async fn subscriber(channel: Channel, limit: i64, arrivals: Arrivals, ready: mpsc::Sender<()>) {
-    let mut client = ArcanaServiceClient::with_interceptor(channel, bearer("dev-alice"));
-    let (tx, rx) = mpsc::channel(4);
-    let mut stream = client
-        .connect(ReceiverStream::new(rx))
-        .await
-        .expect("connect")
-        .into_inner();
-    let params: HashMap<String, pb::Value> = [
-        (
-            "project_id".to_string(),
-            pb::Value {
-                kind: Some(pb::value::Kind::Int(1)),
-            },
-        ),
-        (
-            "limit".to_string(),
-            pb::Value {
-                kind: Some(pb::value::Kind::Int(limit)),
-            },
-        ),
-    ]
-    .into();
-    tx.send(pb::ClientMessage {
-        request_id: 1,
-        kind: Some(Req::Subscribe(pb::SubscribeRequest {
-            graph: "project_tasks".into(),
-            params,
-            session_id: String::new(),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut state = ViewState::default();
-    let mut announced = false;
-    let key = RowKey::new("tasks", "1");
-    let mut last = 0;
-    while let Ok(Some(m)) = stream.message().await {
-        if let Some(Msg::Frame(f)) = m.kind {
-            state.apply(&f).expect("frames apply in order");
-            if !announced {
-                announced = true;
-                let _ = ready.send(()).await;
-            }
-            if let Some(Value::String(t)) = state.rows.get(&key).and_then(|r| r.get("title")) {
-                if let Some(seq) = t.strip_prefix("bench ").and_then(|s| s.parse::<u64>().ok()) {
-                    if seq > last {
-                        last = seq;
-                        arrivals.lock().unwrap().push((seq, Instant::now()));
-                    }
-                }
-            }
-        }
-    }
-    drop(tx);
-}
-
-struct Outcome {
-    latencies_ms: Vec<f64>,
-    elapsed: Duration,
-    writes: u64,
-    cpu_s: f64,
-    rss_per_sub: f64,
-    coalesced: f64,
-}
-
-fn pct(v: &[f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
-/// One scenario: `subs` sessions (over `subs/50` connections) on `views`
-/// distinct views, `writes` single-row commits at `rate` per second (0: as
-/// fast as one connection goes).
-async fn scenario(
-    bin: &PathBuf,
-    pg: &EmbeddedPostgres,
-    mode: &str,
-    subs: usize,
+/// One scenario's shape.
+#[derive(Clone, Debug, Serialize)]
+struct Spec {
+    scenario: String,
+    /// `optimized`, or the optimization turned off (`unrouted`, `unbatched`).
+    variant: String,
+    subscribers: usize,
     views: usize,
-    writes: u64,
+    rows: usize,
+    /// Writes per second; 0: as fast as the writers go.
     rate: u64,
-) -> Outcome {
+    writes: u64,
+    writers: usize,
+    /// `server.max_batch_bytes`.
+    batch_bytes: usize,
+    /// Whether the graph declares its route.
+    route: bool,
+}
+
+fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
+    let (subscribers, views, rows, rate, writes, writers) = match name {
+        "mixed" => (10_000, 1_000, 10_000, 500, 10_000, 4),
+        "fanout" => (10_000, 1, 10, 100, 1_000, 1),
+        "distinct" => (10_000, 10_000, 20_000, 500, 10_000, 4),
+        "burst" => (1_000, 1_000, 10_000, 0, 50_000, 8),
+        "snapshot" => (1, 1, 100_000, 0, 0, 1),
+        other => panic!("unknown scenario `{other}`: use one of {SCENARIOS:?}"),
+    };
+    let (subscribers, views, rows, writes) = match (quick, name) {
+        (false, _) => (subscribers, views, rows, writes),
+        (true, "snapshot") => (1, 1, 10_000, 0),
+        (true, _) => (
+            (subscribers / 10).max(1),
+            (views / 10).max(1),
+            (rows / 10).max(10),
+            writes / 5,
+        ),
+    };
+    Spec {
+        scenario: name.into(),
+        variant: "optimized".into(),
+        subscribers: cli.subscribers.unwrap_or(subscribers),
+        views: cli.views.unwrap_or(views),
+        rows: cli.rows.unwrap_or(rows),
+        rate: cli.rate.unwrap_or(rate),
+        writes: cli.writes.unwrap_or(writes),
+        writers,
+        batch_bytes: arcana::grpc::DEFAULT_BATCH_BYTES,
+        route: true,
+    }
+}
+
+/// The same scenario with its main optimization off.
+fn baseline(s: &Spec) -> Option<Spec> {
+    let mut b = s.clone();
+    match s.scenario.as_str() {
+        "mixed" | "distinct" => {
+            b.variant = "unrouted".into();
+            b.route = false;
+        }
+        "fanout" | "burst" => {
+            b.variant = "unbatched".into();
+            b.batch_bytes = 0;
+        }
+        _ => return None,
+    }
+    Some(b)
+}
+
+fn config(s: &Spec, port: u16, slot: &str) -> String {
+    let route = if s.route {
+        "route = { items = \"bucket\" }"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+max_batch_bytes = {batch}
+
+[database]
+pool_size = 16
+
+[engine]
+max_subscriptions_per_session = 100
+
+[[auth.tokens]]
+token = "{token}"
+user = "bench"
+workspace = "bench"
+role = "service"
+permissions = ["items:read", "arcana:admin"]
+
+[[graphs]]
+name = "bucket"
+table = "items"
+permissions = ["items:read"]
+sql = "SELECT id, title, seq, written_us FROM items WHERE bucket = :bucket ORDER BY id"
+deps = {{ items = ["*"] }}
+{route}
+
+[graphs.params.bucket]
+type = "int"
+required = true
+
+[changes]
+mode = "wal"
+slot = "{slot}"
+"#,
+        batch = s.batch_bytes,
+        token = load::TOKEN,
+    )
+}
+
+async fn create_database(pg: &EmbeddedPostgres, s: &Spec) -> (String, String) {
     let db = format!("bench_{:08x}", rand::random::<u32>());
     arcana::postgres::execute_script(&pg.url("postgres"), &format!("CREATE DATABASE {db}"))
         .await
-        .unwrap();
+        .expect("create database");
     let url = pg.url(&db);
-    arcana::postgres::execute_script(&url, DEMO_SCHEMA)
+    let schema = format!(
+        "CREATE TABLE items (
+             id bigint PRIMARY KEY,
+             bucket int NOT NULL,
+             title text NOT NULL,
+             seq bigint NOT NULL DEFAULT 0,
+             written_us bigint NOT NULL DEFAULT 0
+         );
+         CREATE INDEX items_bucket ON items (bucket, id);
+         ALTER TABLE items REPLICA IDENTITY FULL;
+         INSERT INTO items (id, bucket, title)
+             SELECT g, g % {views}, 'item number ' || g FROM generate_series(1, {rows}) g;
+         ANALYZE items;",
+        views = s.views,
+        rows = s.rows,
+    );
+    arcana::postgres::execute_script(&url, &schema)
         .await
-        .unwrap();
-    let server = Server::start(bin, &url, mode, &format!("slot_{db}")).await;
-    let (cpu0, rss0) = server.usage();
+        .expect("schema");
+    (db, url)
+}
 
-    let mut channels = Vec::new();
-    for _ in 0..subs.div_ceil(50) {
-        channels.push(
-            Channel::from_shared(server.addr.clone())
-                .unwrap()
+async fn channels(addr: &str, sessions: usize) -> Vec<Channel> {
+    let mut out = Vec::new();
+    for _ in 0..sessions.div_ceil(SESSIONS_PER_CONNECTION) {
+        out.push(
+            Channel::from_shared(addr.to_owned())
+                .expect("address")
                 .connect()
                 .await
-                .unwrap(),
+                .expect("connect"),
         );
     }
-    let (ready_tx, mut ready_rx) = mpsc::channel(subs);
-    let mut all: Vec<Arrivals> = Vec::new();
+    out
+}
+
+fn bucket_params(bucket: usize) -> HashMap<String, pb::Value> {
+    HashMap::from([(
+        "bucket".to_string(),
+        pb::Value {
+            kind: Some(pb::value::Kind::Int(bucket as i64)),
+        },
+    )])
+}
+
+/// The subscribers of one run.
+struct Crowd {
+    counters: Arc<Counters>,
+    seen: Vec<Arc<AtomicU64>>,
+    buckets: Vec<usize>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<u32>>>,
+    stop: watch::Sender<bool>,
+    first_frames: Vec<Instant>,
+}
+
+async fn crowd(label: &str, channels: &[Channel], subs: usize, views: usize) -> Crowd {
+    let counters = Arc::new(Counters::default());
+    let (stop, stopped) = watch::channel(false);
+    let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
+    let mut seen = Vec::with_capacity(subs);
+    let mut buckets = Vec::with_capacity(subs);
+    let mut tasks = Vec::with_capacity(subs);
     for i in 0..subs {
-        let a: Arrivals = Arc::default();
-        all.push(a.clone());
-        // Distinct views differ only in `limit` (all above the task count).
-        tokio::spawn(subscriber(
-            channels[i / 50].clone(),
-            50 + (i % views) as i64,
-            a,
+        let s = Arc::new(AtomicU64::new(0));
+        let bucket = i % views;
+        seen.push(s.clone());
+        buckets.push(bucket);
+        tasks.push(tokio::spawn(load::subscriber(
+            channels[i / SESSIONS_PER_CONNECTION].clone(),
+            "bucket",
+            bucket_params(bucket),
+            counters.clone(),
+            s,
             ready_tx.clone(),
-        ));
+            stopped.clone(),
+        )));
     }
-    for _ in 0..subs {
-        ready_rx.recv().await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (_, rss1) = server.usage();
-
-    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let stmt = c
-        .prepare("UPDATE tasks SET title = $1 WHERE id = 1")
-        .await
-        .unwrap();
-    let mut commits: Vec<Instant> = Vec::with_capacity(writes as usize);
-    let start = Instant::now();
-    for s in 1..=writes {
-        if rate > 0 {
-            let due = start + Duration::from_secs_f64((s - 1) as f64 / rate as f64);
-            tokio::time::sleep_until(due.into()).await;
+    let mut first_frames = Vec::with_capacity(subs);
+    let mut last_report = Instant::now();
+    while first_frames.len() < subs {
+        match tokio::time::timeout(Duration::from_secs(120), ready_rx.recv()).await {
+            Ok(Some(at)) => first_frames.push(at),
+            _ => panic!("{label}: subscribers did not all get their snapshot"),
         }
-        c.execute(&stmt, &[&format!("bench {s}")]).await.unwrap();
-        commits.push(Instant::now());
-        if mode == "none" {
-            // Explicit notification, as an app without change detection would.
-            let mut n =
-                ArcanaServiceClient::with_interceptor(channels[0].clone(), bearer("dev-service"));
-            n.notify(pb::NotifyRequest {
-                changes: vec![pb::Change {
-                    table: "tasks".into(),
-                    id: "1".into(),
-                    columns: vec!["title".into()],
-                }],
-            })
-            .await
-            .unwrap();
+        if last_report.elapsed() > Duration::from_secs(2) {
+            last_report = Instant::now();
+            eprintln!("  [{label}] subscribed {}/{subs}", first_frames.len());
         }
     }
-    // Wait until every subscriber shows the last write.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while all
-        .iter()
-        .any(|a| a.lock().unwrap().last().map(|x| x.0) != Some(writes))
-    {
-        assert!(Instant::now() < deadline, "subscribers did not converge");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let elapsed = start.elapsed();
-    let (cpu1, _) = server.usage();
-
-    let mut lat = Vec::new();
-    let mut seen = 0usize;
-    for a in &all {
-        let a = a.lock().unwrap();
-        seen += a.len();
-        let mut j = 0;
-        for (i, commit) in commits.iter().enumerate() {
-            let s = i as u64 + 1;
-            while j < a.len() && a[j].0 < s {
-                j += 1;
-            }
-            if let Some((_, at)) = a.get(j) {
-                lat.push(at.saturating_duration_since(*commit).as_secs_f64() * 1000.0);
-            }
-        }
-    }
-    lat.sort_by(f64::total_cmp);
-    drop(server);
-    Outcome {
-        latencies_ms: lat,
-        elapsed,
-        writes,
-        cpu_s: cpu1 - cpu0,
-        rss_per_sub: rss1.saturating_sub(rss0) as f64 / subs as f64,
-        coalesced: 1.0 - seen as f64 / (subs as f64 * writes as f64),
+    Crowd {
+        counters,
+        seen,
+        buckets,
+        tasks,
+        stop,
+        first_frames,
     }
 }
 
-/// Writes `commits` single-row commits (4 connections) while the server is
-/// down, starts it, and measures how fast its WAL listener works through the
-/// backlog: the time until the slot confirms the last write.
-async fn backlog(bin: &PathBuf, pg: &EmbeddedPostgres, commits: usize) -> (f64, f64) {
-    let db = format!("bench_{:08x}", rand::random::<u32>());
-    arcana::postgres::execute_script(&pg.url("postgres"), &format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let url = pg.url(&db);
-    arcana::postgres::execute_script(&url, DEMO_SCHEMA)
-        .await
-        .unwrap();
-    let slot = format!("slot_{db}");
-    drop(Server::start(bin, &url, "wal", &slot).await); // creates the slot, then stops
-    let start = Instant::now();
-    let mut writers = Vec::new();
-    for w in 0..4 {
-        let url = url.clone();
-        writers.push(tokio::spawn(async move {
-            let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            let stmt = c
-                .prepare("UPDATE tasks SET title = $1 WHERE id = $2")
-                .await
-                .unwrap();
-            for s in 0..commits / 4 {
-                c.execute(&stmt, &[&format!("backlog {s}"), &((w % 4) as i64 + 1)])
-                    .await
-                    .unwrap();
-            }
-        }));
+impl Crowd {
+    fn frames(&self) -> u64 {
+        self.counters.frames.load(Ordering::Relaxed)
     }
-    for w in writers {
-        w.await.unwrap();
+
+    async fn finish(self) -> (Vec<u32>, Arc<Counters>) {
+        let _ = self.stop.send(true);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.expect("subscriber"));
+        }
+        (all, self.counters)
     }
-    let write_rate = commits as f64 / start.elapsed().as_secs_f64();
-    let mut start = Instant::now();
-    let server = Server::start(bin, &url, "wal", &slot).await;
-    let channel = Channel::from_shared(server.addr.clone())
-        .unwrap()
-        .connect()
+}
+
+async fn engine_stats(ch: &Channel) -> pb::StatsResponse {
+    load::client(ch.clone())
+        .stats(pb::StatsRequest {})
         .await
-        .unwrap();
-    let mut admin = ArcanaServiceClient::with_interceptor(channel, bearer("dev-service"));
-    let mut moving = false;
-    loop {
-        // Each commit reaches the engine as one change (one row, one table).
-        let seen = admin
-            .stats(pb::StatsRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .changes;
-        if !moving && seen > 0 {
-            // Count from the first change: server startup is not replay.
-            moving = true;
-            start = Instant::now();
-        }
-        if seen >= commits as u64 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "backlog not consumed"
+        .expect("stats")
+        .into_inner()
+}
+
+fn pct(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}
+
+type Metrics = BTreeMap<&'static str, f64>;
+
+/// One run of an engine scenario.
+async fn run_engine(bin: &Path, pg: &EmbeddedPostgres, s: &Spec) -> Metrics {
+    let label = format!("{}/{}", s.scenario, s.variant);
+    let (db, url) = create_database(pg, s).await;
+    let port = free_port();
+    let server = Server::arcana(bin, &config(s, port, &format!("slot_{db}")), &url, port).await;
+    let base = server.usage();
+    let chans = channels(&server.addr, s.subscribers.max(1)).await;
+    let setup = Instant::now();
+    let crowd = crowd(&label, &chans, s.subscribers, s.views).await;
+    let first_frame = crowd
+        .first_frames
+        .iter()
+        .map(|t| t.duration_since(setup))
+        .min()
+        .unwrap_or_default();
+    let setup_s = setup.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let subscribed = server.usage();
+    let mut m = Metrics::new();
+    m.insert("setup_s", setup_s);
+    m.insert("first_frame_ms", first_frame.as_secs_f64() * 1000.0);
+    m.insert(
+        "kib_per_subscription",
+        subscribed.rss.saturating_sub(base.rss) as f64 / 1024.0 / s.subscribers as f64,
+    );
+    if s.writes == 0 {
+        m.insert(
+            "snapshot_bytes",
+            crowd.counters.bytes.load(Ordering::Relaxed) as f64,
         );
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        m.insert(
+            "server_peak_rss_mib",
+            subscribed.peak_rss as f64 / 1048576.0,
+        );
+        m.insert("server_cpu_s", subscribed.cpu_s - base.cpu_s);
+        crowd.finish().await;
+        return m;
     }
-    let replay = commits as f64 / start.elapsed().as_secs_f64();
+
+    let st0 = engine_stats(&chans[0]).await;
+    let (frames0, msgs0, bytes0) = (
+        crowd.frames(),
+        crowd.counters.messages.load(Ordering::Relaxed),
+        crowd.counters.bytes.load(Ordering::Relaxed),
+    );
+    let written = Arc::new(Written::new(s.views));
+    let plan = WritePlan {
+        rows: s.rows,
+        views: s.views,
+        writers: s.writers,
+        rate: s.rate,
+        total: s.writes,
+    };
+    let start = Instant::now();
+    let writer = tokio::spawn({
+        let (url, written) = (url.clone(), written.clone());
+        async move { load::write(&url, plan, written).await }
+    });
+    let mut last_report = Instant::now();
+    while !writer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if last_report.elapsed() > Duration::from_secs(2) {
+            last_report = Instant::now();
+            eprintln!(
+                "  [{label}] {:.0}s: {} commits, {} frames delivered, {} resyncs",
+                start.elapsed().as_secs_f64(),
+                written.commits.load(Ordering::Relaxed),
+                crowd.frames() - frames0,
+                crowd.counters.resyncs.load(Ordering::Relaxed),
+            );
+        }
+    }
+    let write_time = writer.await.expect("writers");
+    let writes_done = Instant::now();
+    // Converged: every subscriber shows the last write of its bucket.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let behind = || {
+        crowd
+            .seen
+            .iter()
+            .zip(&crowd.buckets)
+            .filter(|(seen, b)| {
+                seen.load(Ordering::Relaxed) < written.last[**b].load(Ordering::Relaxed)
+            })
+            .count()
+    };
+    let mut lagging = behind();
+    while lagging > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        lagging = behind();
+    }
+    let end = Instant::now();
+    let used: Usage = server.usage();
+    let st1 = engine_stats(&chans[0]).await;
+    let elapsed = end.duration_since(start).as_secs_f64();
+    let frames = crowd.frames() - frames0;
+    let msgs = crowd.counters.messages.load(Ordering::Relaxed) - msgs0;
+    let bytes = crowd.counters.bytes.load(Ordering::Relaxed) - bytes0;
+    let expected: u64 = crowd
+        .buckets
+        .iter()
+        .map(|b| written.count[*b].load(Ordering::Relaxed))
+        .sum();
+    let (mut lat, counters) = crowd.finish().await;
+    lat.sort_unstable();
+    let evaluations = (st1.evaluations - st0.evaluations) as f64;
+    let writes = written.commits.load(Ordering::Relaxed) as f64;
+    m.extend([
+        ("p50_ms", pct(&lat, 0.5)),
+        ("p90_ms", pct(&lat, 0.9)),
+        ("p99_ms", pct(&lat, 0.99)),
+        ("max_ms", pct(&lat, 1.0)),
+        ("writes_per_s", writes / write_time.as_secs_f64()),
+        (
+            "recovery_ms",
+            end.duration_since(writes_done).as_secs_f64() * 1000.0,
+        ),
+        ("frames_per_s", frames as f64 / elapsed),
+        ("messages_per_s", msgs as f64 / elapsed),
+        ("mib_per_s", bytes as f64 / elapsed / 1048576.0),
+        ("bytes_per_frame", bytes as f64 / frames.max(1) as f64),
+        ("evaluations_per_write", evaluations / writes),
+        ("server_cpu_s", used.cpu_s - subscribed.cpu_s),
+        (
+            "cpu_us_per_frame",
+            (used.cpu_s - subscribed.cpu_s) * 1e6 / frames.max(1) as f64,
+        ),
+        ("server_peak_rss_mib", used.peak_rss as f64 / 1048576.0),
+        ("coalesced", 1.0 - lat.len() as f64 / expected.max(1) as f64),
+        ("resyncs", counters.resyncs.load(Ordering::Relaxed) as f64),
+        ("gaps", counters.gaps.load(Ordering::Relaxed) as f64),
+        ("unconverged", lagging as f64),
+    ]);
     drop(server);
-    (write_rate, replay)
+    let _ = arcana::postgres::execute_script(
+        &pg.url("postgres"),
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    )
+    .await;
+    m
+}
+
+/// The reference run: plain tonic streaming of frames of `frame_bytes`
+/// to `subs` streams laid out like the engine's.
+async fn run_raw(subs: usize, frame_bytes: usize) -> Metrics {
+    let port = free_port();
+    let seconds = 8.0;
+    let exe = std::env::current_exe().expect("own path");
+    let args: Vec<String> = [
+        "raw-serve",
+        "--port",
+        &port.to_string(),
+        "--streams",
+        &subs.to_string(),
+        "--frame-bytes",
+        &frame_bytes.to_string(),
+        "--seconds",
+        &(seconds + 4.0).to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let server = Server::spawn(&exe, &args, port, Server::scratch_dir()).await;
+    let chans = channels(&server.addr, subs).await;
+    let crowd = crowd("raw", &chans, subs, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (u0, f0, t0) = (server.usage(), crowd.frames(), Instant::now());
+    let b0 = crowd.counters.bytes.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let (u1, f1, t1) = (server.usage(), crowd.frames(), Instant::now());
+    let b1 = crowd.counters.bytes.load(Ordering::Relaxed);
+    crowd.finish().await;
+    let dt = t1.duration_since(t0).as_secs_f64();
+    let frames = (f1 - f0) as f64;
+    Metrics::from([
+        ("frames_per_s", frames / dt),
+        ("mib_per_s", (b1 - b0) as f64 / dt / 1048576.0),
+        ("bytes_per_frame", (b1 - b0) as f64 / frames.max(1.0)),
+        ("server_cpu_s", u1.cpu_s - u0.cpu_s),
+        (
+            "cpu_us_per_frame",
+            (u1.cpu_s - u0.cpu_s) * 1e6 / frames.max(1.0),
+        ),
+    ])
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// The median of every metric over runs.
+fn medians(runs: &[Metrics]) -> Metrics {
+    let mut out = Metrics::new();
+    for k in runs[0].keys() {
+        let mut v: Vec<f64> = runs.iter().filter_map(|m| m.get(k).copied()).collect();
+        out.insert(k, median(&mut v));
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct Row {
+    spec: Spec,
+    runs: Vec<Metrics>,
+    median: Metrics,
+}
+
+fn cell(m: &Metrics, k: &str, digits: usize) -> String {
+    m.get(k)
+        .map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
+fn print_tables(rows: &[Row]) {
+    let load: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.spec.writes > 0 || r.spec.variant == "raw tonic")
+        .collect();
+    if !load.is_empty() {
+        println!("| scenario | variant | subscribers | views | writes | rate/s | p50 ms | p90 ms | p99 ms | max ms | writes/s | frames/s | messages/s | MiB/s | evals/write | coalesced | server CPU s | CPU µs/frame | peak RSS MiB | KiB/subscription | recovery ms | resyncs | gaps | unconverged |");
+        println!("|{}", "---|".repeat(24));
+        for r in load {
+            let (s, m) = (&r.spec, &r.median);
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.scenario,
+                s.variant,
+                s.subscribers,
+                s.views,
+                s.writes,
+                if s.rate == 0 { "max".into() } else { s.rate.to_string() },
+                cell(m, "p50_ms", 2),
+                cell(m, "p90_ms", 2),
+                cell(m, "p99_ms", 2),
+                cell(m, "max_ms", 1),
+                cell(m, "writes_per_s", 0),
+                cell(m, "frames_per_s", 0),
+                cell(m, "messages_per_s", 0),
+                cell(m, "mib_per_s", 1),
+                cell(m, "evaluations_per_write", 2),
+                m.get("coalesced").map_or("-".into(), |c| format!("{:.0}%", c * 100.0)),
+                cell(m, "server_cpu_s", 2),
+                cell(m, "cpu_us_per_frame", 2),
+                cell(m, "server_peak_rss_mib", 0),
+                cell(m, "kib_per_subscription", 1),
+                cell(m, "recovery_ms", 0),
+                cell(m, "resyncs", 0),
+                cell(m, "gaps", 0),
+                cell(m, "unconverged", 0),
+            );
+        }
+    }
+    let snaps: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.spec.scenario == "snapshot")
+        .collect();
+    if !snaps.is_empty() {
+        println!();
+        println!("| scenario | rows | snapshot bytes | first frame ms | total ms | server CPU s | peak RSS MiB |");
+        println!("|---|---|---|---|---|---|---|");
+        for r in snaps {
+            let m = &r.median;
+            println!(
+                "| snapshot | {} | {} | {} | {} | {} | {} |",
+                r.spec.rows,
+                cell(m, "snapshot_bytes", 0),
+                cell(m, "first_frame_ms", 0),
+                cell(m, "setup_s", 3)
+                    .parse::<f64>()
+                    .map_or("-".into(), |s| format!("{:.0}", s * 1000.0)),
+                cell(m, "server_cpu_s", 2),
+                cell(m, "server_peak_rss_mib", 0),
+            );
+        }
+    }
+    for r in rows.iter().filter(|r| r.spec.variant == "raw tonic") {
+        let engine = rows
+            .iter()
+            .find(|e| e.spec.scenario == r.spec.scenario && e.spec.variant == "optimized");
+        if let (Some(e), Some(raw)) = (engine, r.median.get("frames_per_s")) {
+            println!();
+            println!(
+                "{}: engine deliveries {:.0} frames/s = {:.0}% of the raw tonic ceiling ({:.0} frames/s) measured in the same run",
+                r.spec.scenario,
+                e.median.get("frames_per_s").copied().unwrap_or(0.0),
+                e.median.get("frames_per_s").copied().unwrap_or(0.0) / raw * 100.0,
+                raw
+            );
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
-    let bin = std::env::current_exe().unwrap().with_file_name("arcana");
+    let cli = Cli::parse();
+    if let Some(Cmd::RawServe {
+        port,
+        streams,
+        frame_bytes,
+        seconds,
+    }) = cli.cmd
+    {
+        raw::serve(port, streams, frame_bytes, seconds).await;
+        return;
+    }
+    let bin = std::env::current_exe()
+        .expect("own path")
+        .with_file_name("arcana");
     assert!(
         bin.exists(),
         "build the server first: cargo build --release --bin arcana"
     );
-    let pg = EmbeddedPostgres::start(EmbeddedOptions::default())
-        .await
-        .expect("PostgreSQL");
-    let (writes, burst) = if quick { (100, 500) } else { (300, 2000) };
-    let runs: Vec<(&str, usize, usize, u64, u64)> = vec![
-        // (mode, subscribers, distinct views, writes, rate/s)
-        ("wal", 1, 1, writes, 100),
-        ("wal", 100, 1, writes, 100),
-        ("wal", 1000, 1, writes, 100),
-        ("wal", 100, 100, writes / 3, 20),
-        ("notify", 100, 1, writes, 100),
-        ("none", 100, 1, writes, 100),
-        ("wal", 100, 1, burst, 0),
-        ("notify", 100, 1, burst, 0),
-    ];
-    println!("| mode | subscribers | views | writes | rate/s | p50 ms | p90 ms | p99 ms | max ms | writes/s | coalesced | server CPU s | KiB/subscriber |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (mode, subs, views, w, rate) in runs {
-        let o = scenario(&bin, &pg, mode, subs, views, w, rate).await;
-        let l = &o.latencies_ms;
-        println!(
-            "| {mode} | {subs} | {views} | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0}% | {:.2} | {:.1} |",
-            o.writes,
-            if rate == 0 { "max".to_string() } else { rate.to_string() },
-            pct(l, 0.5),
-            pct(l, 0.9),
-            pct(l, 0.99),
-            pct(l, 1.0),
-            o.writes as f64 / o.elapsed.as_secs_f64(),
-            o.coalesced * 100.0,
-            o.cpu_s,
-            o.rss_per_sub / 1024.0,
-        );
+    let names: Vec<String> = if cli.scenarios.is_empty() || cli.scenarios.iter().any(|s| s == "all")
+    {
+        SCENARIOS.iter().map(|s| s.to_string()).collect()
+    } else {
+        cli.scenarios.clone()
+    };
+    let pg = EmbeddedPostgres::start(EmbeddedOptions {
+        settings: vec![("max_connections".into(), "200".into())],
+        ..EmbeddedOptions::default()
+    })
+    .await
+    .expect("PostgreSQL");
+    let mut rows: Vec<Row> = Vec::new();
+    for name in &names {
+        let s = spec(name, cli.quick, &cli);
+        let mut specs = vec![s.clone()];
+        if cli.compare {
+            specs.extend(baseline(&s));
+        }
+        for sp in specs {
+            let mut runs = Vec::new();
+            for run in 0..cli.runs {
+                eprintln!(
+                    "{} / {} (run {} of {})",
+                    sp.scenario,
+                    sp.variant,
+                    run + 1,
+                    cli.runs
+                );
+                runs.push(run_engine(&bin, &pg, &sp).await);
+            }
+            let median = medians(&runs);
+            rows.push(Row {
+                spec: sp,
+                runs,
+                median,
+            });
+        }
+        if name == "fanout" {
+            let engine = &rows
+                .iter()
+                .rev()
+                .find(|r| r.spec.scenario == "fanout" && r.spec.variant == "optimized");
+            let frame_bytes = engine
+                .and_then(|r| r.median.get("bytes_per_frame").copied())
+                .unwrap_or(100.0) as usize;
+            let mut sp = s.clone();
+            sp.variant = "raw tonic".into();
+            let mut runs = Vec::new();
+            for run in 0..cli.runs {
+                eprintln!(
+                    "fanout / raw tonic reference (run {} of {})",
+                    run + 1,
+                    cli.runs
+                );
+                runs.push(run_raw(s.subscribers, frame_bytes).await);
+            }
+            let median = medians(&runs);
+            rows.push(Row {
+                spec: sp,
+                runs,
+                median,
+            });
+        }
+        std::io::stderr().flush().ok();
     }
-    let n = if quick { 4000 } else { 20000 };
-    let (write_rate, replay) = backlog(&bin, &pg, n).await;
-    println!();
-    println!("| backlog | commits | written while down (commits/s, 4 connections) | replayed after start (commits/s) |");
-    println!("|---|---|---|---|");
-    println!("| wal | {n} | {write_rate:.0} | {replay:.0} |");
+    print_tables(&rows);
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows).expect("json"))
+            .expect("write json");
+    }
     tokio::task::spawn_blocking(move || pg.stop())
         .await
-        .unwrap();
+        .expect("stop");
 }

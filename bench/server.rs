@@ -1,0 +1,127 @@
+//! The server under test: `arcana serve` as a child process with a config
+//! written for the benchmark, and its CPU and memory read from `/proc`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running child server, stopped (SIGTERM) on drop.
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub addr: String,
+    dir: PathBuf,
+}
+
+/// CPU time and memory of a process.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// User + system CPU seconds so far.
+    pub cpu_s: f64,
+    /// Resident memory now, bytes.
+    pub rss: u64,
+    /// Peak resident memory, bytes.
+    pub peak_rss: u64,
+}
+
+/// A free local port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+impl Server {
+    /// A fresh directory of its own under the system temp dir, removed
+    /// when the server stops.
+    pub fn scratch_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("arcana-bench-{:08x}", rand::random::<u32>()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    /// Starts `bin` with `args` and waits until `port` accepts connections.
+    /// `dir` (from [`Server::scratch_dir`]) is removed when it stops.
+    pub async fn spawn(bin: &Path, args: &[String], port: u16, dir: PathBuf) -> Server {
+        let mut child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+        for _ in 0..1500 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return Server {
+                    child,
+                    addr: format!("http://127.0.0.1:{port}"),
+                    dir,
+                };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{} exited during startup: {status}", bin.display());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{} did not start listening", bin.display());
+    }
+
+    /// Starts `arcana serve` with `config` against `database_url`.
+    pub async fn arcana(bin: &Path, config: &str, database_url: &str, port: u16) -> Server {
+        let dir = Server::scratch_dir();
+        let path = dir.join("arcana.toml");
+        std::fs::write(&path, config).expect("write config");
+        let args = vec![
+            "serve".to_string(),
+            "--config".to_string(),
+            path.display().to_string(),
+            "--database-url".to_string(),
+            database_url.to_string(),
+        ];
+        Server::spawn(bin, &args, port, dir).await
+    }
+
+    /// The process's CPU time and memory.
+    pub fn usage(&self) -> Usage {
+        let pid = self.child.id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // SAFETY: sysconf has no preconditions.
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kib = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024
+        };
+        Usage {
+            cpu_s: (ticks(11) + ticks(12)) / tck,
+            rss: kib("VmRSS:"),
+            peak_rss: kib("VmHWM:"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -4,7 +4,8 @@
 //! generated separately with tonic-build's manual builder so that the two
 //! streaming methods can send `WireServerMessage`, a byte-compatible twin of
 //! `ServerMessage` whose view frames are encoded once and shared by every
-//! subscriber of a view.
+//! subscriber of a view, and use the lean codec (small initial buffers) that
+//! keeps idle sessions cheap.
 
 use std::path::PathBuf;
 
@@ -51,7 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route_name("Connect")
                 .input_type("crate::proto::ClientMessage")
                 .output_type("crate::grpc::wire::WireServerMessage")
-                .codec_path("tonic_prost::ProstCodec")
+                .codec_path("crate::grpc::codec::LeanCodec")
                 .client_streaming()
                 .server_streaming()
                 .build(),
@@ -62,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route_name("OpenSession")
                 .input_type("crate::proto::OpenSessionRequest")
                 .output_type("crate::grpc::wire::WireServerMessage")
-                .codec_path("tonic_prost::ProstCodec")
+                .codec_path("crate::grpc::codec::LeanCodec")
                 .server_streaming()
                 .build(),
         )

@@ -504,6 +504,7 @@ async fn run_raw(subs: usize, frame_bytes: usize) -> Metrics {
     .map(|s| s.to_string())
     .collect();
     let server = Server::spawn(&exe, &args, port, Server::scratch_dir()).await;
+    let idle = server.usage();
     let chans = channels(&server.addr, subs).await;
     let crowd = crowd("raw", &chans, subs, 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -524,6 +525,12 @@ async fn run_raw(subs: usize, frame_bytes: usize) -> Metrics {
             "cpu_us_per_frame",
             (u1.cpu_s - u0.cpu_s) * 1e6 / frames.max(1.0),
         ),
+        // Measured with the streams open and busy: an upper bound for idle ones.
+        (
+            "kib_per_subscription",
+            u0.rss.saturating_sub(idle.rss) as f64 / 1024.0 / subs as f64,
+        ),
+        ("server_peak_rss_mib", u1.peak_rss as f64 / 1048576.0),
     ])
 }
 

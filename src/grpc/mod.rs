@@ -2,6 +2,7 @@
 //! grpc-web, health and reflection. The engine knows none of this.
 
 pub mod auth;
+pub mod codec;
 pub mod convert;
 pub mod server;
 pub mod service;

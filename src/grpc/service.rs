@@ -380,7 +380,9 @@ impl ArcanaService for Service {
             loop {
                 match inbound.message().await {
                     Ok(Some(msg)) => {
-                        if let Err(status) = handle(&engine, &s, msg).await {
+                        // Boxed: the request futures are large, and an idle
+                        // session's task should not carry their space.
+                        if let Err(status) = Box::pin(handle(&engine, &s, msg)).await {
                             let _ = fail_tx.send(status);
                             break;
                         }

@@ -64,8 +64,8 @@ fn now_us() -> i64 {
 
 /// One subscriber's view of its stream.
 struct Reader {
-    epoch: u64,
-    version: u64,
+    /// Per view: (epoch, version).
+    versions: HashMap<String, (u64, u64)>,
     snapshots: u64,
     seen: Arc<AtomicU64>,
     latencies_us: Vec<u32>,
@@ -78,21 +78,23 @@ impl Reader {
         match f.body {
             Some(Body::Snapshot(s)) => {
                 self.snapshots += 1;
-                if self.snapshots > 1 {
+                if self
+                    .versions
+                    .insert(f.view_id, (f.epoch, f.version))
+                    .is_some()
+                {
                     counters.resyncs.fetch_add(1, Ordering::Relaxed);
                 }
-                self.epoch = f.epoch;
-                self.version = f.version;
                 for r in &s.rows {
                     self.fields(r.fields.iter(), None);
                 }
-                self.first_frame.get_or_insert_with(Instant::now);
             }
             Some(Body::Diff(d)) => {
-                if f.epoch != self.epoch || f.prev_version != self.version {
+                let held = self.versions.entry(f.view_id).or_default();
+                if (f.epoch, f.prev_version) != *held {
                     counters.gaps.fetch_add(1, Ordering::Relaxed);
                 }
-                self.version = f.version;
+                *held = (f.epoch, f.version);
                 for p in &d.patches {
                     self.fields(
                         p.ops.iter().filter_map(|op| {
@@ -134,36 +136,39 @@ impl Reader {
     }
 }
 
-/// Subscribes to `graph` with `params` and reads until `stop`. Reports the
-/// first frame's arrival on `ready`; returns the recorded latencies (µs).
+/// Subscribes to `graph` once per params set and reads until `stop`.
+/// Reports on `ready` when every subscription has its snapshot; returns the
+/// recorded latencies (µs).
 pub async fn subscriber(
     channel: Channel,
     graph: &'static str,
-    params: HashMap<String, pb::Value>,
+    subscriptions: Vec<HashMap<String, pb::Value>>,
     counters: Arc<Counters>,
     seen: Arc<AtomicU64>,
     ready: mpsc::UnboundedSender<Instant>,
     mut stop: watch::Receiver<bool>,
 ) -> Vec<u32> {
     let mut c = client(channel);
-    let (tx, rx) = mpsc::channel(1);
-    tx.send(pb::ClientMessage {
-        request_id: 1,
-        kind: Some(Req::Subscribe(pb::SubscribeRequest {
-            graph: graph.into(),
-            params,
-            session_id: String::new(),
-        })),
-    })
-    .await
-    .expect("queue subscribe");
+    let wanted = subscriptions.len();
+    let (tx, rx) = mpsc::channel(wanted.max(1));
+    for (i, params) in subscriptions.into_iter().enumerate() {
+        tx.send(pb::ClientMessage {
+            request_id: i as u64 + 1,
+            kind: Some(Req::Subscribe(pb::SubscribeRequest {
+                graph: graph.into(),
+                params,
+                session_id: String::new(),
+            })),
+        })
+        .await
+        .expect("queue subscribe");
+    }
     let mut stream = match c.connect(ReceiverStream::new(rx)).await {
         Ok(s) => s.into_inner(),
         Err(e) => panic!("connect: {e}"),
     };
     let mut r = Reader {
-        epoch: 0,
-        version: 0,
+        versions: HashMap::new(),
         snapshots: 0,
         seen,
         latencies_us: Vec::new(),
@@ -175,7 +180,11 @@ pub async fn subscriber(
             m = stream.message() => m,
             _ = stop.wait_for(|s| *s) => break,
         };
-        let Ok(Some(m)) = m else { break };
+        let m = match m {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(status) => panic!("session stream failed: {status}"),
+        };
         let now = now_us();
         counters.messages.fetch_add(1, Ordering::Relaxed);
         counters
@@ -195,11 +204,12 @@ pub async fn subscriber(
             }
             _ => {}
         }
-        if !announced {
-            if let Some(at) = r.first_frame {
-                announced = true;
-                let _ = ready.send(at);
-            }
+        if r.snapshots > 0 {
+            r.first_frame.get_or_insert_with(Instant::now);
+        }
+        if !announced && r.versions.len() >= wanted {
+            announced = true;
+            let _ = ready.send(r.first_frame.unwrap_or_else(Instant::now));
         }
     }
     drop(tx);

@@ -31,7 +31,7 @@ use tonic::transport::Channel;
 use load::{Counters, WritePlan, Written};
 use server::{free_port, Server, Usage};
 
-const SCENARIOS: &[&str] = &["mixed", "fanout", "distinct", "burst", "snapshot"];
+const SCENARIOS: &[&str] = &["mixed", "fanout", "distinct", "burst", "snapshot", "idle"];
 /// Sessions per HTTP/2 connection, as a client process multiplexes them.
 const SESSIONS_PER_CONNECTION: usize = 100;
 
@@ -40,7 +40,7 @@ const SESSIONS_PER_CONNECTION: usize = 100;
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// Scenarios to run: mixed, fanout, distinct, burst, snapshot (default: all).
+    /// Scenarios to run: mixed, fanout, distinct, burst, snapshot, idle (default: all).
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// A tenth of the subscribers and a fifth of the writes.
@@ -94,7 +94,10 @@ struct Spec {
     scenario: String,
     /// `optimized`, or the optimization turned off (`unrouted`, `unbatched`).
     variant: String,
+    /// Sessions.
     subscribers: usize,
+    /// Subscriptions per session (to consecutive buckets).
+    per_session: usize,
     views: usize,
     rows: usize,
     /// Writes per second; 0: as fast as the writers go.
@@ -114,11 +117,13 @@ fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
         "distinct" => (10_000, 10_000, 20_000, 500, 10_000, 4),
         "burst" => (1_000, 1_000, 10_000, 0, 50_000, 8),
         "snapshot" => (1, 1, 100_000, 0, 0, 1),
+        "idle" => (1_000, 1_000, 10_000, 0, 0, 1),
         other => panic!("unknown scenario `{other}`: use one of {SCENARIOS:?}"),
     };
     let (subscribers, views, rows, writes) = match (quick, name) {
         (false, _) => (subscribers, views, rows, writes),
         (true, "snapshot") => (1, 1, 10_000, 0),
+        (true, "idle") => (100, 100, 1_000, 0),
         (true, _) => (
             (subscribers / 10).max(1),
             (views / 10).max(1),
@@ -130,6 +135,7 @@ fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
         scenario: name.into(),
         variant: "optimized".into(),
         subscribers: cli.subscribers.unwrap_or(subscribers),
+        per_session: if name == "idle" { 10 } else { 1 },
         views: cli.views.unwrap_or(views),
         rows: cli.rows.unwrap_or(rows),
         rate: cli.rate.unwrap_or(rate),
@@ -264,7 +270,13 @@ struct Crowd {
     first_frames: Vec<Instant>,
 }
 
-async fn crowd(label: &str, channels: &[Channel], subs: usize, views: usize) -> Crowd {
+async fn crowd(
+    label: &str,
+    channels: &[Channel],
+    subs: usize,
+    per_session: usize,
+    views: usize,
+) -> Crowd {
     let counters = Arc::new(Counters::default());
     let (stop, stopped) = watch::channel(false);
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
@@ -273,13 +285,17 @@ async fn crowd(label: &str, channels: &[Channel], subs: usize, views: usize) -> 
     let mut tasks = Vec::with_capacity(subs);
     for i in 0..subs {
         let s = Arc::new(AtomicU64::new(0));
-        let bucket = i % views;
+        // With one subscription per session (every scenario with writes),
+        // `seen` and the bucket tell when the session is current.
+        let bucket = (i * per_session) % views;
         seen.push(s.clone());
         buckets.push(bucket);
         tasks.push(tokio::spawn(load::subscriber(
             channels[i / SESSIONS_PER_CONNECTION].clone(),
             "bucket",
-            bucket_params(bucket),
+            (0..per_session)
+                .map(|j| bucket_params((bucket + j) % views))
+                .collect(),
             counters.clone(),
             s,
             ready_tx.clone(),
@@ -349,7 +365,7 @@ async fn run_engine(bin: &Path, pg: &EmbeddedPostgres, s: &Spec) -> Metrics {
     let base = server.usage();
     let chans = channels(&server.addr, s.subscribers.max(1)).await;
     let setup = Instant::now();
-    let crowd = crowd(&label, &chans, s.subscribers, s.views).await;
+    let crowd = crowd(&label, &chans, s.subscribers, s.per_session, s.views).await;
     let first_frame = crowd
         .first_frames
         .iter()
@@ -364,7 +380,9 @@ async fn run_engine(bin: &Path, pg: &EmbeddedPostgres, s: &Spec) -> Metrics {
     m.insert("first_frame_ms", first_frame.as_secs_f64() * 1000.0);
     m.insert(
         "kib_per_subscription",
-        subscribed.rss.saturating_sub(base.rss) as f64 / 1024.0 / s.subscribers as f64,
+        subscribed.rss.saturating_sub(base.rss) as f64
+            / 1024.0
+            / (s.subscribers * s.per_session) as f64,
     );
     if s.writes == 0 {
         m.insert(
@@ -506,7 +524,7 @@ async fn run_raw(subs: usize, frame_bytes: usize) -> Metrics {
     let server = Server::spawn(&exe, &args, port, Server::scratch_dir()).await;
     let idle = server.usage();
     let chans = channels(&server.addr, subs).await;
-    let crowd = crowd("raw", &chans, subs, 1).await;
+    let crowd = crowd("raw", &chans, subs, 1, 1).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (u0, f0, t0) = (server.usage(), crowd.frames(), Instant::now());
     let b0 = crowd.counters.bytes.load(Ordering::Relaxed);
@@ -600,26 +618,29 @@ fn print_tables(rows: &[Row]) {
             );
         }
     }
-    let snaps: Vec<&Row> = rows
+    let still: Vec<&Row> = rows
         .iter()
-        .filter(|r| r.spec.scenario == "snapshot")
+        .filter(|r| r.spec.writes == 0 && r.spec.variant != "raw tonic")
         .collect();
-    if !snaps.is_empty() {
+    if !still.is_empty() {
         println!();
-        println!("| scenario | rows | snapshot bytes | first frame ms | total ms | server CPU s | peak RSS MiB |");
-        println!("|---|---|---|---|---|---|---|");
-        for r in snaps {
-            let m = &r.median;
+        println!("| scenario | sessions | subscriptions | rows per view | snapshot bytes | first frame ms | all snapshots ms | server CPU s | peak RSS MiB | KiB/subscription |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for r in still {
+            let (s, m) = (&r.spec, &r.median);
             println!(
-                "| snapshot | {} | {} | {} | {} | {} | {} |",
-                r.spec.rows,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.scenario,
+                s.subscribers,
+                s.subscribers * s.per_session,
+                s.rows / s.views,
                 cell(m, "snapshot_bytes", 0),
                 cell(m, "first_frame_ms", 0),
-                cell(m, "setup_s", 3)
-                    .parse::<f64>()
-                    .map_or("-".into(), |s| format!("{:.0}", s * 1000.0)),
+                m.get("setup_s")
+                    .map_or("-".into(), |v| format!("{:.0}", v * 1000.0)),
                 cell(m, "server_cpu_s", 2),
                 cell(m, "server_peak_rss_mib", 0),
+                cell(m, "kib_per_subscription", 1),
             );
         }
     }

@@ -139,7 +139,7 @@ pub fn diff_refs(old: &[Ref], new: &[Ref]) -> Vec<RefOp> {
     let mut ops = Vec::new();
 
     // 1. Removals, from the end so earlier indices stay valid.
-    let mut current: Vec<Slot> = Vec::with_capacity(old.len());
+    let mut current: Vec<&Slot> = Vec::with_capacity(old.len());
     for (i, s) in old_slots.iter().enumerate().rev() {
         if !new_pos.contains_key(s) {
             ops.push(Patch {
@@ -152,58 +152,61 @@ pub fn diff_refs(old: &[Ref], new: &[Ref]) -> Vec<RefOp> {
     }
     for s in &old_slots {
         if new_pos.contains_key(s) {
-            current.push(s.clone());
+            current.push(s);
         }
     }
 
     // 2. Kept refs on a longest increasing run (by new position) stay put.
-    let seq: Vec<usize> = current.iter().map(|s| new_pos[s]).collect();
+    let seq: Vec<usize> = current.iter().map(|s| new_pos[*s]).collect();
     let stay: std::collections::HashSet<usize> = longest_increasing(&seq)
         .into_iter()
         .map(|i| seq[i])
         .collect();
 
     // 3. Walk the new order, placing each ref right after its predecessor.
-    let mut index: HashMap<Slot, usize> = HashMap::new();
-    let reindex = |current: &Vec<Slot>, index: &mut HashMap<Slot, usize>| {
-        index.clear();
-        for (i, s) in current.iter().enumerate() {
-            index.insert(s.clone(), i);
-        }
-    };
-    reindex(&current, &mut index);
+    //    Positions come from an order-statistics tree (see `Ranks`), so a
+    //    diff with many adds or moves stays O(n log n).
+    let kept_index: HashMap<&Slot, usize> =
+        current.iter().enumerate().map(|(i, s)| (*s, i)).collect();
+    let placed = placement_keys(&new_slots, &kept_index, &stay);
+    let mut ranks = Ranks::new(
+        (0..current.len())
+            .map(|i| (i as i64, 0))
+            .chain(placed.iter().copied()),
+    );
+    for i in 0..current.len() {
+        ranks.insert((i as i64, 0));
+    }
     for (j, s) in new_slots.iter().enumerate() {
-        let target = if j == 0 {
-            0
-        } else {
-            index[&new_slots[j - 1]] + 1
-        };
-        match old_pos.get(s) {
-            Some(_) if stay.contains(&j) => {}
-            Some(_) => {
-                let from = index[s];
-                let to = if from < target { target - 1 } else { target };
+        if stay.contains(&j) {
+            continue;
+        }
+        let to_key = placed[j];
+        match kept_index.get(s) {
+            Some(&i) => {
+                let from_key = (i as i64, 0);
+                let from = ranks.rank(from_key);
+                ranks.remove(from_key);
+                let to = ranks.rank(to_key);
+                ranks.insert(to_key);
                 if from != to {
-                    let item = current.remove(from);
-                    current.insert(to, item);
                     ops.push(Patch {
                         op: Op::Move,
                         path: format!("/{to}"),
                         from: Some(format!("/{from}")),
                         value: None,
                     });
-                    reindex(&current, &mut index);
                 }
             }
             None => {
-                current.insert(target, s.clone());
+                let to = ranks.rank(to_key);
+                ranks.insert(to_key);
                 ops.push(Patch {
                     op: Op::Add,
-                    path: format!("/{target}"),
+                    path: format!("/{to}"),
                     from: None,
                     value: Some(new[j].clone()),
                 });
-                reindex(&current, &mut index);
             }
         }
     }
@@ -222,6 +225,83 @@ pub fn diff_refs(old: &[Ref], new: &[Ref]) -> Vec<RefOp> {
         }
     }
     ops
+}
+
+/// A sort key for every position a ref takes while the patch is applied.
+///
+/// Kept refs start at `(i, 0)`, `i` being their index among the kept refs.
+/// Refs that stay never move; every other ref of the new list is placed
+/// right after its predecessor, so it lands in the run that follows the
+/// nearest staying ref before it (or the start): key `(anchor, distance)`.
+/// Sorting the present keys gives the list's order at every step.
+fn placement_keys(
+    new_slots: &[Slot],
+    kept_index: &HashMap<&Slot, usize>,
+    stay: &std::collections::HashSet<usize>,
+) -> Vec<(i64, usize)> {
+    let mut anchor: (i64, usize) = (-1, 0);
+    let mut anchor_at: i64 = -1;
+    new_slots
+        .iter()
+        .enumerate()
+        .map(|(j, s)| {
+            if stay.contains(&j) {
+                anchor = (kept_index[s] as i64, 0);
+                anchor_at = j as i64;
+                anchor
+            } else {
+                (anchor.0, (j as i64 - anchor_at) as usize)
+            }
+        })
+        .collect()
+}
+
+/// Which of a fixed set of keys are present, with the rank (number of
+/// present keys below) of any key: a Fenwick tree over the sorted keys.
+struct Ranks {
+    keys: Vec<(i64, usize)>,
+    tree: Vec<usize>,
+}
+
+impl Ranks {
+    fn new(keys: impl Iterator<Item = (i64, usize)>) -> Self {
+        let mut keys: Vec<(i64, usize)> = keys.collect();
+        keys.sort_unstable();
+        keys.dedup();
+        let tree = vec![0; keys.len() + 1];
+        Ranks { keys, tree }
+    }
+
+    fn slot(&self, key: (i64, usize)) -> usize {
+        self.keys.binary_search(&key).expect("a known key") + 1
+    }
+
+    fn add(&mut self, key: (i64, usize), delta: isize) {
+        let mut i = self.slot(key);
+        while i < self.tree.len() {
+            self.tree[i] = self.tree[i].wrapping_add_signed(delta);
+            i += i & i.wrapping_neg();
+        }
+    }
+
+    fn insert(&mut self, key: (i64, usize)) {
+        self.add(key, 1);
+    }
+
+    fn remove(&mut self, key: (i64, usize)) {
+        self.add(key, -1);
+    }
+
+    /// Present keys strictly below `key`.
+    fn rank(&self, key: (i64, usize)) -> usize {
+        let mut i = self.slot(key) - 1;
+        let mut n = 0;
+        while i > 0 {
+            n += self.tree[i];
+            i -= i & i.wrapping_neg();
+        }
+        n
+    }
 }
 
 /// Indices into `seq` of one longest strictly increasing subsequence.

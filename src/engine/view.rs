@@ -233,8 +233,13 @@ impl View {
         let (refs, rows, total) = result?.referenced_rows()?;
         let ws = &self.key.scope.workspace_id;
         let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+        // The first result is sent as snapshots, never as a diff.
         let mut diff = ViewDiff {
-            refs: diff_refs(&st.refs, &refs),
+            refs: if st.ready {
+                diff_refs(&st.refs, &refs)
+            } else {
+                Vec::new()
+            },
             ..ViewDiff::default()
         };
         let mut next: HashMap<RowKey, SharedFields> = HashMap::with_capacity(rows.len());

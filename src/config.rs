@@ -450,6 +450,7 @@ fn graph(g: &GraphConfig, pool: &Pool) -> Result<(GraphDef, Arc<SqlGraph>), Stri
         table: g.table.clone(),
         key: g.key.clone(),
         nested,
+        lateral: std::sync::OnceLock::new(),
     });
     let mut def = GraphDef::new(&g.name, factory.clone());
     def.description = g.description.clone();

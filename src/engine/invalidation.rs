@@ -1,12 +1,15 @@
 //! Invalidation: change batches in, re-evaluated views out.
 //!
 //! One task drains the bounded change queue and, for each batch, finds the
-//! views its changes can touch by table and column. Each view then refreshes
-//! on its own schedule: a view not refreshing starts at once (no fixed delay
-//! when idle); a view already refreshing is marked dirty and runs once more
-//! when it finishes, covering every batch that arrived meanwhile (bursts
-//! coalesce per view). A slow view therefore never holds up the others, and
-//! at most `eval_concurrency` evaluations run at a time.
+//! views its changes can touch by table, column and route. Each view then
+//! refreshes on its own schedule: a view not refreshing is queued at once
+//! (no fixed delay when idle); a view already queued or refreshing is marked
+//! dirty and runs once more when it finishes, covering every batch that
+//! arrived meanwhile (bursts coalesce per view). Queued views of one graph
+//! are evaluated together in rounds: whenever one of the `eval_concurrency`
+//! slots is free, every waiting view of the graph (up to `eval_batch`) goes
+//! into one round, which a SQL graph answers with one query. A slow view
+//! holds up only the views in its own round, never the others.
 //!
 //! A batch is never split, so a transaction's changes land in one evaluation.
 //! Its `done` fires once every view it touched has completed an evaluation
@@ -15,12 +18,13 @@
 //! position, a mutation reply). Batches not yet done are bounded
 //! (`change_queue`); past that the loop stops reading and writers wait.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
+use super::error::EvalError;
 use super::registry::Change;
 use super::view::View;
 use super::Inner;
@@ -111,7 +115,8 @@ pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>)
     }
 }
 
-/// Marks `view` dirty for `ack`'s batch and starts its refresh loop if idle.
+/// Marks `view` dirty for `ack`'s batch and queues it for evaluation if it
+/// is not queued or evaluating already.
 fn schedule(inner: &Arc<Inner>, view: Arc<View>, ack: Arc<Ack>) {
     let start = {
         let mut s = view.schedule.lock().unwrap_or_else(|e| e.into_inner());
@@ -120,31 +125,116 @@ fn schedule(inner: &Arc<Inner>, view: Arc<View>, ack: Arc<Ack>) {
         !std::mem::replace(&mut s.running, true)
     };
     if start {
-        tokio::spawn(refresh_loop(inner.clone(), view));
+        enqueue(inner, view);
     }
 }
 
-/// Refreshes `view` until no batch is waiting on it.
-async fn refresh_loop(inner: Arc<Inner>, view: Arc<View>) {
+/// Views of one graph waiting for an evaluation slot.
+#[derive(Default)]
+pub(crate) struct GraphQueue {
+    views: VecDeque<Arc<View>>,
+    dispatching: bool,
+}
+
+/// Puts `view` in its graph's queue and starts the graph's dispatcher.
+fn enqueue(inner: &Arc<Inner>, view: Arc<View>) {
+    let graph = view.key.graph.clone();
+    let start = {
+        let mut queues = inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let q = queues.entry(graph.clone()).or_default();
+        q.views.push_back(view);
+        !std::mem::replace(&mut q.dispatching, true)
+    };
+    if start {
+        tokio::spawn(dispatch(inner.clone(), graph));
+    }
+}
+
+/// Hands the graph's queued views to evaluation rounds, as many views per
+/// round as are waiting (up to `eval_batch`) whenever a slot is free. Idle,
+/// a view gets a round of its own at once; under load, rounds grow, and
+/// each answers many views with one query.
+async fn dispatch(inner: Arc<Inner>, graph: Arc<str>) {
     loop {
-        let acks = {
-            let mut s = view.schedule.lock().unwrap_or_else(|e| e.into_inner());
-            if !s.dirty {
-                s.running = false;
+        let Ok(permit) = inner.evaluations.clone().acquire_owned().await else {
+            return;
+        };
+        let views: Vec<Arc<View>> = {
+            let mut queues = inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(q) = queues.get_mut(&graph) else {
+                return;
+            };
+            if q.views.is_empty() {
+                q.dispatching = false;
                 return;
             }
+            let n = q.views.len().min(inner.config.eval_batch.max(1));
+            q.views.drain(..n).collect()
+        };
+        tokio::spawn(round(inner.clone(), views, permit));
+    }
+}
+
+/// One evaluation round: refreshes `views` (all of one graph) together,
+/// then releases the batches that waited on them and requeues views that
+/// became dirty meanwhile.
+async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphorePermit) {
+    let acks: Vec<Arc<Ack>> = views
+        .iter()
+        .flat_map(|v| {
+            let mut s = v.schedule.lock().unwrap_or_else(|e| e.into_inner());
             s.dirty = false;
             std::mem::take(&mut s.waiting)
-        };
-        {
-            let _slot = inner.evaluations.acquire().await;
-            let r = view
-                .refresh(&inner.store, &inner.stats, inner.config.history_len)
-                .await;
-            tracing::debug!(view = %view.id, result = ?r, "refreshed");
+        })
+        .collect();
+    {
+        let mut guards = Vec::with_capacity(views.len());
+        for v in &views {
+            guards.push(v.lock_eval().await);
         }
-        for a in acks {
-            a.release();
+        let live: Vec<&Arc<View>> = views.iter().filter(|v| v.refreshable()).collect();
+        if let Some(first) = live.first() {
+            let factory = &first.graph.factory;
+            inner.stats.evaluations.add(live.len() as u64);
+            inner.stats.evaluation_rounds.inc();
+            let mut results = if live.len() == 1 {
+                vec![
+                    factory
+                        .evaluate(first.key.scope.clone(), first.params.clone())
+                        .await,
+                ]
+            } else {
+                let items = live
+                    .iter()
+                    .map(|v| (v.key.scope.clone(), v.params.clone()))
+                    .collect();
+                factory.evaluate_many(items).await
+            };
+            results.resize_with(live.len(), || {
+                Err(EvalError::internal(
+                    "the graph's factory returned fewer results than views",
+                ))
+            });
+            for (v, r) in live.iter().zip(results) {
+                let r = v.settle(r, &inner.store, &inner.stats, inner.config.history_len);
+                tracing::debug!(view = %v.id, result = ?r, "refreshed");
+            }
+        }
+    }
+    drop(permit);
+    for a in acks {
+        a.release();
+    }
+    for v in views {
+        let again = {
+            let mut s = v.schedule.lock().unwrap_or_else(|e| e.into_inner());
+            if !s.dirty {
+                s.running = false;
+            }
+            s.dirty
+        };
+        if again {
+            enqueue(&inner, v);
         }
     }
 }

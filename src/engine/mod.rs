@@ -64,6 +64,8 @@ pub struct EngineConfig {
     pub change_queue: usize,
     /// Views re-evaluated at once.
     pub eval_concurrency: usize,
+    /// Most views of one graph evaluated in one round (one query for SQL graphs).
+    pub eval_batch: usize,
     /// Reject params a graph or mutation does not declare.
     pub strict_params: bool,
 }
@@ -76,6 +78,7 @@ impl Default for EngineConfig {
             session_queue: 256,
             change_queue: 1024,
             eval_concurrency: 8,
+            eval_batch: 64,
             strict_params: true,
         }
     }
@@ -178,7 +181,9 @@ pub(crate) struct Inner {
     changes: mpsc::Sender<ChangeBatch>,
     stats: Arc<Stats>,
     /// Evaluations running at once, across views.
-    evaluations: tokio::sync::Semaphore,
+    evaluations: Arc<tokio::sync::Semaphore>,
+    /// Views waiting for an evaluation round, per graph.
+    queues: Mutex<HashMap<Arc<str>, invalidation::GraphQueue>>,
 }
 
 /// The result of a subscribe.
@@ -227,8 +232,11 @@ pub struct EngineStats {
     pub subscriptions: usize,
     /// Rows in the normalized store.
     pub store_rows: usize,
-    /// Evaluations run.
+    /// Evaluations run (one per view refreshed).
     pub evaluations: u64,
+    /// Evaluation rounds (queries, for SQL graphs); a round refreshes one
+    /// or more views of a graph.
+    pub evaluation_rounds: u64,
     /// Evaluations that failed.
     pub eval_errors: u64,
     /// Changes received.
@@ -264,7 +272,8 @@ impl Engine {
             sessions: Mutex::new(HashMap::new()),
             changes: tx,
             stats: Arc::new(Stats::default()),
-            evaluations: tokio::sync::Semaphore::new(eval_concurrency),
+            evaluations: Arc::new(tokio::sync::Semaphore::new(eval_concurrency)),
+            queues: Mutex::default(),
         });
         tokio::spawn(invalidation::run(Arc::downgrade(&inner), rx));
         Engine { inner }
@@ -662,6 +671,7 @@ impl Engine {
                 .unwrap_or_else(|e| e.into_inner())
                 .len(),
             evaluations: st.evaluations.get(),
+            evaluation_rounds: st.evaluation_rounds.get(),
             eval_errors: st.eval_errors.get(),
             changes: st.changes.get(),
             batches: st.batches.get(),

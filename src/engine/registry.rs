@@ -21,6 +21,22 @@ pub trait Factory: Send + Sync + 'static {
         scope: Scope,
         params: Params,
     ) -> BoxFuture<'static, Result<GraphResult, EvalError>>;
+
+    /// Evaluates several views of the graph at once; the results are in
+    /// `items` order. Invalidation hands over every view of the graph that
+    /// is due when an evaluation slot frees up. The default evaluates each
+    /// on its own, concurrently; a factory that can answer many parameter
+    /// sets with one query (SQL graphs do) overrides it.
+    fn evaluate_many(
+        &self,
+        items: Vec<(Scope, Params)>,
+    ) -> BoxFuture<'static, Vec<Result<GraphResult, EvalError>>> {
+        let each: Vec<_> = items
+            .into_iter()
+            .map(|(s, p)| self.evaluate(s, p))
+            .collect();
+        Box::pin(futures_util::future::join_all(each))
+    }
 }
 
 impl<F, Fut> Factory for F

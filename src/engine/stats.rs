@@ -26,6 +26,9 @@ impl Counter {
 pub struct Stats {
     /// View evaluations run (first evaluations included).
     pub evaluations: Counter,
+    /// Evaluation rounds of refreshes (one query for a SQL graph, however
+    /// many views it answers).
+    pub evaluation_rounds: Counter,
     /// Evaluations that failed.
     pub eval_errors: Counter,
     /// Changes received.

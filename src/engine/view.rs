@@ -12,12 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 
 use super::diff::{diff_fields, diff_refs};
-use super::error::EngineError;
+use super::error::{EngineError, EvalError};
 use super::frame::{Frame, FrameBody, Snapshot, ViewDiff};
 use super::identity::Scope;
 use super::params::Params;
 use super::registry::GraphDef;
-use super::result::{Ref, RowKey};
+use super::result::{GraphResult, Ref, RowKey};
 use super::session::Session;
 use super::stats::Stats;
 use super::store::Store;
@@ -176,23 +176,34 @@ impl View {
         self.run(store, stats, history).await.map(|_| ())
     }
 
-    /// Re-evaluates after a change. Failures are pushed to subscribers as
-    /// error frames; the view keeps its last good state.
-    pub(crate) async fn refresh(
+    /// Whether a refresh would do anything: the view has its first result
+    /// and is not closed.
+    pub(crate) fn refreshable(&self) -> bool {
+        let st = self.lock();
+        st.ready && !st.closed
+    }
+
+    /// Serializes evaluations of this view; held from evaluation to apply.
+    pub(crate) async fn lock_eval(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.eval.lock().await
+    }
+
+    /// Applies a refresh's result (its caller holds `lock_eval`). A failure
+    /// goes to subscribers as an error frame; the last good state stands.
+    pub(crate) fn settle(
         &self,
+        result: Result<GraphResult, EvalError>,
         store: &Mutex<Store>,
         stats: &Stats,
         history: usize,
     ) -> Refresh {
-        let _eval = self.eval.lock().await;
-        {
-            let st = self.lock();
-            if !st.ready || st.closed {
-                return Refresh::Skipped;
+        match self.apply(result, store, history) {
+            Ok(r) => {
+                if r == Refresh::Changed {
+                    stats.frames.add(self.lock().subscribers.len() as u64);
+                }
+                r
             }
-        }
-        match self.run(store, stats, history).await {
-            Ok(r) => r,
             Err(e) => {
                 stats.eval_errors.inc();
                 tracing::warn!(view = %self.id, error = %e, "view evaluation failed");
@@ -225,6 +236,16 @@ impl View {
             .factory
             .evaluate(self.key.scope.clone(), self.params.clone())
             .await;
+        self.apply(result, store, history)
+    }
+
+    /// Turns a result into the view's next version and queues its diff.
+    fn apply(
+        &self,
+        result: Result<GraphResult, EvalError>,
+        store: &Mutex<Store>,
+        history: usize,
+    ) -> Result<Refresh, EngineError> {
         let mut st = self.lock();
         st.evaluations += 1;
         if st.closed {
@@ -296,7 +317,6 @@ impl View {
         for s in st.subscribers.values() {
             s.push_frame(frame.clone());
         }
-        stats.frames.add(st.subscribers.len() as u64);
         Ok(Refresh::Changed)
     }
 

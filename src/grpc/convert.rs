@@ -283,6 +283,7 @@ pub fn stats_to_pb(s: engine::EngineStats) -> pb::StatsResponse {
         subscriptions: s.subscriptions as u32,
         store_rows: s.store_rows as u64,
         evaluations: s.evaluations,
+        evaluation_rounds: s.evaluation_rounds,
         changes: s.changes,
         batches: s.batches,
         frames_sent: s.frames,

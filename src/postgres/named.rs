@@ -15,6 +15,15 @@ pub struct NamedSql {
 /// Rewrites `:name` placeholders. Rejects positional `$1` placeholders, which
 /// would bypass the named ones.
 pub fn rewrite(sql: &str) -> Result<NamedSql, String> {
+    rewrite_with(sql, |n, _| format!("${n}"))
+}
+
+/// Replaces each `:name` with `replace(n, name)`, `n` being the name's
+/// 1-based position in first-use order (repeat uses get the same `n`).
+pub fn rewrite_with(
+    sql: &str,
+    mut replace: impl FnMut(usize, &str) -> String,
+) -> Result<NamedSql, String> {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(sql.len() + 8);
     let mut names: Vec<String> = Vec::new();
@@ -112,8 +121,7 @@ pub fn rewrite(sql: &str) -> Result<NamedSql, String> {
                     }
                 };
                 out.push_str(&sql[copied..i]);
-                out.push('$');
-                out.push_str(&n.to_string());
+                out.push_str(&replace(n, name));
                 copied = j;
                 i = j;
             }

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use futures_util::future::BoxFuture;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, Row};
 
-use super::named::{rewrite, NamedSql};
+use super::named::{rewrite, rewrite_with, NamedSql};
 use super::values::{SqlParam, SqlValue};
 use crate::engine::{
     row_id, Change, EvalError, EvalErrorKind, Factory, Fields, GraphResult, MutationHandler,
@@ -26,6 +26,8 @@ pub const USER_PARAM: &str = "user_id";
 #[derive(Debug, Clone)]
 pub struct Statement {
     named: NamedSql,
+    /// The statement as written, with its `:name` placeholders.
+    source: String,
 }
 
 impl Statement {
@@ -40,7 +42,10 @@ impl Statement {
                 ));
             }
         }
-        Ok(Statement { named })
+        Ok(Statement {
+            named,
+            source: sql.to_owned(),
+        })
     }
 
     /// The statement with positional parameters, as sent to Postgres.
@@ -51,6 +56,55 @@ impl Statement {
     /// Whether the statement reads the caller's user id.
     pub fn uses_user(&self) -> bool {
         self.named.names.iter().any(|n| n == USER_PARAM)
+    }
+
+    /// The statement answering many parameter sets at once: each
+    /// placeholder becomes a column of unnested arrays (of the types
+    /// Postgres inferred for it, `types`), and the statement runs once per
+    /// array position through `LATERAL`. Each row starts with that position
+    /// (1-based) and otherwise is a row of the statement.
+    fn lateral(&self, types: &[Type]) -> Result<String, String> {
+        let inner = rewrite_with(&self.source, |n, _| format!("{ARGS}.p{n}"))?.sql;
+        let inner = inner.trim_end().trim_end_matches(';');
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let arrays: Vec<String> = types
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("${}::{}.{}[]", i + 1, quote(t.schema()), quote(t.name())))
+            .collect();
+        let columns: Vec<String> = (1..=types.len()).map(|n| format!("p{n}")).collect();
+        Ok(format!(
+            "SELECT {ARGS}.{POSITION}, {ARGS}_q.* FROM unnest({}) WITH ORDINALITY AS {ARGS}({}, {POSITION}) \
+             CROSS JOIN LATERAL ({inner}) AS {ARGS}_q",
+            arrays.join(", "),
+            columns.join(", ")
+        ))
+    }
+
+    /// Runs the lateral form of the statement for every `(scope, params)`;
+    /// returns the rows grouped by item, in order.
+    async fn query_many(
+        &self,
+        lateral: &str,
+        client: &deadpool_postgres::Transaction<'_>,
+        items: &[(Scope, Params)],
+    ) -> Result<Vec<Vec<Row>>, EvalError> {
+        let values: Vec<Vec<Value>> = items.iter().map(|(s, p)| self.values(s, p)).collect();
+        let columns: Vec<Vec<SqlParam<'_>>> = (0..self.named.names.len())
+            .map(|k| values.iter().map(|v| SqlParam(&v[k])).collect())
+            .collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+        let stmt = client.prepare_cached(lateral).await.map_err(db_error)?;
+        let mut out: Vec<Vec<Row>> = (0..items.len()).map(|_| Vec::new()).collect();
+        for row in client.query(&stmt, &refs).await.map_err(db_error)? {
+            let at: i64 = row.try_get(0).map_err(db_error)?;
+            match out.get_mut((at - 1) as usize) {
+                Some(rows) => rows.push(row),
+                None => return Err(EvalError::internal("a lateral row names no item")),
+            }
+        }
+        Ok(out)
     }
 
     fn values(&self, scope: &Scope, params: &Params) -> Vec<Value> {
@@ -155,15 +209,37 @@ pub struct SqlGraph {
     pub key: Vec<String>,
     /// Nested refs.
     pub nested: Vec<NestedSpec>,
+    /// The lateral forms of the statements, found at startup by
+    /// [`SqlGraph::shape`]; `None` when the graph cannot use them.
+    pub lateral: std::sync::OnceLock<Option<Lateral>>,
 }
 
+/// A graph's statements in the form that answers many views in one query.
+#[derive(Debug, Clone)]
+pub struct Lateral {
+    query: String,
+    total: Option<String>,
+}
+
+/// The alias of the unnested arguments in lateral statements.
+const ARGS: &str = "arcana_args";
+/// The ordinality column: which item a row answers.
+const POSITION: &str = "arcana_item";
+
 impl SqlGraph {
-    fn build(&self, rows: Vec<Row>, total: Option<i64>) -> Result<GraphResult, EvalError> {
+    /// Builds the result from rows whose first `skip` columns are not the
+    /// graph's (the lateral form's item position).
+    fn build(
+        &self,
+        rows: Vec<Row>,
+        total: Option<i64>,
+        skip: usize,
+    ) -> Result<GraphResult, EvalError> {
         let mut out = GraphResult::new();
         for row in rows {
             let mut top = Fields::new();
             let mut nested: BTreeMap<&str, Fields> = BTreeMap::new();
-            for (i, col) in row.columns().iter().enumerate() {
+            for (i, col) in row.columns().iter().enumerate().skip(skip) {
                 let SqlValue(v) = row.try_get(i).map_err(|e| {
                     EvalError::internal(format!(
                         "graph `{}`: column `{}`: {}",
@@ -293,6 +369,7 @@ impl SqlGraph {
                 }
             }
         }
+        let mut total_params = None;
         if let Some(t) = &self.total {
             let stmt = client
                 .prepare(t.sql())
@@ -305,8 +382,42 @@ impl SqlGraph {
                     "total_sql must return one integer column, such as SELECT count(*) ...".into(),
                 );
             }
+            total_params = Some(stmt.params().to_vec());
         }
+        let lateral = self
+            .prepare_lateral(client, stmt.params(), total_params.as_deref())
+            .await;
+        if let Err(e) = &lateral {
+            tracing::debug!(graph = %self.name, error = %e, "views of this graph are evaluated one by one");
+        }
+        let _ = self.lateral.set(lateral.ok());
         Ok(fields)
+    }
+}
+
+impl SqlGraph {
+    /// Builds and prepares the lateral forms of the statements.
+    async fn prepare_lateral(
+        &self,
+        client: &tokio_postgres::Client,
+        params: &[Type],
+        total_params: Option<&[Type]>,
+    ) -> Result<Lateral, String> {
+        if params.is_empty() {
+            return Err("no parameters: every view of the graph is the same query".into());
+        }
+        let query = self.query.lateral(params)?;
+        client.prepare(&query).await.map_err(|e| e.to_string())?;
+        let total = match (&self.total, total_params) {
+            (Some(t), Some(types)) if !types.is_empty() => {
+                let sql = t.lateral(types)?;
+                client.prepare(&sql).await.map_err(|e| e.to_string())?;
+                Some(sql)
+            }
+            (Some(_), _) => return Err("total_sql has no parameters".into()),
+            (None, _) => None,
+        };
+        Ok(Lateral { query, total })
     }
 }
 
@@ -360,8 +471,77 @@ impl Factory for Arc<SqlGraph> {
                 None => None,
             };
             tx.commit().await.map_err(db_error)?;
-            g.build(rows, total)
+            g.build(rows, total, 0)
         })
+    }
+
+    fn evaluate_many(
+        &self,
+        items: Vec<(Scope, Params)>,
+    ) -> BoxFuture<'static, Vec<Result<GraphResult, EvalError>>> {
+        let g = self.clone();
+        Box::pin(async move {
+            if items.len() > 1 && matches!(g.lateral.get(), Some(Some(_))) {
+                match g.evaluate_lateral(&items).await {
+                    Ok(results) => return results,
+                    // One bad item fails the shared query: evaluate each on
+                    // its own so the others still refresh.
+                    Err(e) => {
+                        tracing::debug!(graph = %g.name, error = %e, "lateral evaluation failed")
+                    }
+                }
+            }
+            let each: Vec<_> = items.into_iter().map(|(s, p)| g.evaluate(s, p)).collect();
+            futures_util::future::join_all(each).await
+        })
+    }
+}
+
+impl SqlGraph {
+    /// Evaluates many views in one transaction of (at most) two queries,
+    /// with the lateral forms [`SqlGraph::shape`] prepared.
+    pub async fn evaluate_lateral(
+        &self,
+        items: &[(Scope, Params)],
+    ) -> Result<Vec<Result<GraphResult, EvalError>>, EvalError> {
+        let Some(Some(lateral)) = self.lateral.get() else {
+            return Err(EvalError::internal(format!(
+                "graph `{}` has no lateral form",
+                self.name
+            )));
+        };
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(db_error)?;
+        let rows = self.query.query_many(&lateral.query, &tx, items).await?;
+        let totals = match (&self.total, &lateral.total) {
+            (Some(t), Some(sql)) => Some(t.query_many(sql, &tx, items).await?),
+            _ => None,
+        };
+        tx.commit().await.map_err(db_error)?;
+        let mut out = Vec::with_capacity(items.len());
+        for (i, rows) in rows.into_iter().enumerate() {
+            let total = match &totals {
+                None => None,
+                Some(t) => match t[i].first().map(|row| row.try_get::<_, SqlValue>(1)) {
+                    Some(Ok(SqlValue(Value::Int(n)))) => Some(n),
+                    _ => {
+                        out.push(Err(EvalError::internal(format!(
+                            "graph `{}`: total_sql must return one integer, such as SELECT count(*) ...",
+                            self.name
+                        ))));
+                        continue;
+                    }
+                },
+            };
+            out.push(self.build(rows, total, 1));
+        }
+        Ok(out)
     }
 }
 

@@ -31,7 +31,9 @@ use tonic::transport::Channel;
 use load::{Counters, WritePlan, Written};
 use server::{free_port, Server, Usage};
 
-const SCENARIOS: &[&str] = &["mixed", "fanout", "distinct", "burst", "snapshot", "idle"];
+const SCENARIOS: &[&str] = &[
+    "mixed", "fanout", "distinct", "burst", "snapshot", "idle", "backlog",
+];
 /// Sessions per HTTP/2 connection, as a client process multiplexes them.
 const SESSIONS_PER_CONNECTION: usize = 100;
 
@@ -40,7 +42,8 @@ const SESSIONS_PER_CONNECTION: usize = 100;
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// Scenarios to run: mixed, fanout, distinct, burst, snapshot, idle (default: all).
+    /// Scenarios to run: mixed, fanout, distinct, burst, snapshot, idle,
+    /// backlog (default: all).
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// A tenth of the subscribers and a fifth of the writes.
@@ -108,6 +111,8 @@ struct Spec {
     batch_bytes: usize,
     /// Whether the graph declares its route.
     route: bool,
+    /// `engine.eval_batch`: views per evaluation round.
+    eval_batch: usize,
 }
 
 fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
@@ -118,12 +123,14 @@ fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
         "burst" => (1_000, 1_000, 10_000, 0, 50_000, 8),
         "snapshot" => (1, 1, 100_000, 0, 0, 1),
         "idle" => (1_000, 1_000, 10_000, 0, 0, 1),
+        "backlog" => (0, 1_000, 10_000, 0, 20_000, 4),
         other => panic!("unknown scenario `{other}`: use one of {SCENARIOS:?}"),
     };
     let (subscribers, views, rows, writes) = match (quick, name) {
         (false, _) => (subscribers, views, rows, writes),
         (true, "snapshot") => (1, 1, 10_000, 0),
         (true, "idle") => (100, 100, 1_000, 0),
+        (true, "backlog") => (0, 1_000, 10_000, 4_000),
         (true, _) => (
             (subscribers / 10).max(1),
             (views / 10).max(1),
@@ -143,24 +150,27 @@ fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
         writers,
         batch_bytes: arcana::grpc::DEFAULT_BATCH_BYTES,
         route: true,
+        eval_batch: arcana::engine::EngineConfig::default().eval_batch,
     }
 }
 
-/// The same scenario with its main optimization off.
-fn baseline(s: &Spec) -> Option<Spec> {
-    let mut b = s.clone();
+/// The same scenario with each optimization it exercises turned off.
+fn baselines(s: &Spec) -> Vec<Spec> {
+    let off = |variant: &str, f: &dyn Fn(&mut Spec)| {
+        let mut b = s.clone();
+        b.variant = variant.into();
+        f(&mut b);
+        b
+    };
+    let unrouted = || off("unrouted", &|b| b.route = false);
+    let unbatched = || off("unbatched", &|b| b.batch_bytes = 0);
+    let one_by_one = || off("one view per query", &|b| b.eval_batch = 1);
     match s.scenario.as_str() {
-        "mixed" | "distinct" => {
-            b.variant = "unrouted".into();
-            b.route = false;
-        }
-        "fanout" | "burst" => {
-            b.variant = "unbatched".into();
-            b.batch_bytes = 0;
-        }
-        _ => return None,
+        "mixed" | "distinct" => vec![unrouted()],
+        "fanout" => vec![unbatched()],
+        "burst" => vec![unbatched(), one_by_one()],
+        _ => Vec::new(),
     }
-    Some(b)
 }
 
 fn config(s: &Spec, port: u16, slot: &str) -> String {
@@ -180,6 +190,7 @@ pool_size = 16
 
 [engine]
 max_subscriptions_per_session = 100
+eval_batch = {eval_batch}
 
 [[auth.tokens]]
 token = "{token}"
@@ -205,6 +216,7 @@ mode = "wal"
 slot = "{slot}"
 "#,
         batch = s.batch_bytes,
+        eval_batch = s.eval_batch,
         token = load::TOKEN,
     )
 }
@@ -481,6 +493,10 @@ async fn run_engine(bin: &Path, pg: &EmbeddedPostgres, s: &Spec) -> Metrics {
         ("mib_per_s", bytes as f64 / elapsed / 1048576.0),
         ("bytes_per_frame", bytes as f64 / frames.max(1) as f64),
         ("evaluations_per_write", evaluations / writes),
+        (
+            "queries_per_write",
+            (st1.evaluation_rounds - st0.evaluation_rounds) as f64 / writes,
+        ),
         ("server_cpu_s", used.cpu_s - subscribed.cpu_s),
         (
             "cpu_us_per_frame",
@@ -499,6 +515,58 @@ async fn run_engine(bin: &Path, pg: &EmbeddedPostgres, s: &Spec) -> Metrics {
     )
     .await;
     m
+}
+
+/// Writes while the server is down, starts it, and measures how fast its
+/// WAL listener works through the backlog: from the first change the engine
+/// counts (server startup is not replay) to the last.
+async fn run_backlog(bin: &Path, pg: &EmbeddedPostgres, s: &Spec) -> Metrics {
+    let (db, url) = create_database(pg, s).await;
+    let slot = format!("slot_{db}");
+    let port = free_port();
+    drop(Server::arcana(bin, &config(s, port, &slot), &url, port).await); // creates the slot
+    let plan = WritePlan {
+        rows: s.rows,
+        views: s.views,
+        writers: s.writers,
+        rate: 0,
+        total: s.writes,
+    };
+    let took = load::write(&url, plan, Arc::new(Written::new(s.views))).await;
+    let port = free_port();
+    let server = Server::arcana(bin, &config(s, port, &slot), &url, port).await;
+    let ch = channels(&server.addr, 1).await;
+    let mut first: Option<(Instant, u64)> = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let replay = loop {
+        let seen = engine_stats(&ch[0]).await.changes;
+        let at = Instant::now();
+        if first.is_none() && seen > 0 {
+            first = Some((at, seen));
+        }
+        if seen >= s.writes {
+            let (t0, n0) = first.expect("set once changes arrive");
+            break (seen - n0) as f64 / at.duration_since(t0).as_secs_f64().max(1e-9);
+        }
+        assert!(
+            at < deadline,
+            "backlog not consumed: {seen} of {}",
+            s.writes
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let used = server.usage();
+    drop(server);
+    let _ = arcana::postgres::execute_script(
+        &pg.url("postgres"),
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    )
+    .await;
+    Metrics::from([
+        ("written_per_s", s.writes as f64 / took.as_secs_f64()),
+        ("replayed_per_s", replay),
+        ("server_cpu_s", used.cpu_s),
+    ])
 }
 
 /// The reference run: plain tonic streaming of frames of `frame_bytes`
@@ -582,15 +650,17 @@ fn cell(m: &Metrics, k: &str, digits: usize) -> String {
 fn print_tables(rows: &[Row]) {
     let load: Vec<&Row> = rows
         .iter()
-        .filter(|r| r.spec.writes > 0 || r.spec.variant == "raw tonic")
+        .filter(|r| {
+            (r.spec.writes > 0 && r.spec.scenario != "backlog") || r.spec.variant == "raw tonic"
+        })
         .collect();
     if !load.is_empty() {
-        println!("| scenario | variant | subscribers | views | writes | rate/s | p50 ms | p90 ms | p99 ms | max ms | writes/s | frames/s | messages/s | MiB/s | evals/write | coalesced | server CPU s | CPU µs/frame | peak RSS MiB | KiB/subscription | recovery ms | resyncs | gaps | unconverged |");
-        println!("|{}", "---|".repeat(24));
+        println!("| scenario | variant | subscribers | views | writes | rate/s | p50 ms | p90 ms | p99 ms | max ms | writes/s | frames/s | messages/s | MiB/s | evals/write | queries/write | coalesced | server CPU s | CPU µs/frame | peak RSS MiB | KiB/subscription | recovery ms | resyncs | gaps | unconverged |");
+        println!("|{}", "---|".repeat(25));
         for r in load {
             let (s, m) = (&r.spec, &r.median);
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 s.scenario,
                 s.variant,
                 s.subscribers,
@@ -606,6 +676,7 @@ fn print_tables(rows: &[Row]) {
                 cell(m, "messages_per_s", 0),
                 cell(m, "mib_per_s", 1),
                 cell(m, "evaluations_per_write", 2),
+                cell(m, "queries_per_write", 2),
                 m.get("coalesced").map_or("-".into(), |c| format!("{:.0}%", c * 100.0)),
                 cell(m, "server_cpu_s", 2),
                 cell(m, "cpu_us_per_frame", 2),
@@ -643,6 +714,17 @@ fn print_tables(rows: &[Row]) {
                 cell(m, "kib_per_subscription", 1),
             );
         }
+    }
+    for r in rows.iter().filter(|r| r.spec.scenario == "backlog") {
+        println!();
+        println!("| backlog | commits | written while down (commits/s, {} connections) | replayed after start (commits/s) |", r.spec.writers);
+        println!("|---|---|---|---|");
+        println!(
+            "| wal | {} | {} | {} |",
+            r.spec.writes,
+            cell(&r.median, "written_per_s", 0),
+            cell(&r.median, "replayed_per_s", 0)
+        );
     }
     for r in rows.iter().filter(|r| r.spec.variant == "raw tonic") {
         let engine = rows
@@ -698,7 +780,7 @@ async fn main() {
         let s = spec(name, cli.quick, &cli);
         let mut specs = vec![s.clone()];
         if cli.compare {
-            specs.extend(baseline(&s));
+            specs.extend(baselines(&s));
         }
         for sp in specs {
             let mut runs = Vec::new();
@@ -710,7 +792,11 @@ async fn main() {
                     run + 1,
                     cli.runs
                 );
-                runs.push(run_engine(&bin, &pg, &sp).await);
+                runs.push(if sp.scenario == "backlog" {
+                    run_backlog(&bin, &pg, &sp).await
+                } else {
+                    run_engine(&bin, &pg, &sp).await
+                });
             }
             let median = medians(&runs);
             rows.push(Row {

@@ -32,7 +32,7 @@ use load::{Counters, WritePlan, Written};
 use server::{free_port, Server, Usage};
 
 const SCENARIOS: &[&str] = &[
-    "mixed", "fanout", "distinct", "burst", "snapshot", "idle", "backlog",
+    "mixed", "fanout", "distinct", "burst", "ingest", "snapshot", "idle", "backlog",
 ];
 /// Sessions per HTTP/2 connection, as a client process multiplexes them.
 const SESSIONS_PER_CONNECTION: usize = 100;
@@ -42,8 +42,8 @@ const SESSIONS_PER_CONNECTION: usize = 100;
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
-    /// Scenarios to run: mixed, fanout, distinct, burst, snapshot, idle,
-    /// backlog (default: all).
+    /// Scenarios to run: mixed, fanout, distinct, burst, ingest, snapshot,
+    /// idle, backlog (default: all).
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// A tenth of the subscribers and a fifth of the writes.
@@ -121,6 +121,7 @@ fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
         "fanout" => (10_000, 1, 10, 100, 1_000, 1),
         "distinct" => (10_000, 10_000, 20_000, 500, 10_000, 4),
         "burst" => (1_000, 1_000, 10_000, 0, 50_000, 8),
+        "ingest" => (100, 100, 10_000, 5_000, 50_000, 8),
         "snapshot" => (1, 1, 100_000, 0, 0, 1),
         "idle" => (1_000, 1_000, 10_000, 0, 0, 1),
         "backlog" => (0, 1_000, 10_000, 0, 20_000, 4),

@@ -336,38 +336,39 @@ async fn warn_partial_identity(c: &tokio_postgres::Client, routed: &[String]) {
     }
 }
 
-/// Waits until transaction `xid` (32-bit, as pgoutput reports it) is visible
-/// to new snapshots: committed and gone from the running set.
-///
-/// `horizon` keeps the last snapshot's xmin: every transaction before it has
-/// finished, so replaying a backlog needs one query, not one per commit.
-async fn wait_visible(
-    c: &tokio_postgres::Client,
+/// A decoded transaction waiting to be handed to the engine.
+struct Decoded {
     xid: u32,
-    horizon: &mut Option<u64>,
-) -> Result<(), String> {
-    if horizon.is_some_and(|xmin| (xid.wrapping_sub(xmin as u32) as i32) < 0) {
-        return Ok(());
+    changes: Vec<Change>,
+    end_lsn: Lsn,
+    /// When it was first found not yet visible.
+    since: Option<std::time::Instant>,
+}
+
+/// The latest `txid_current_snapshot()` seen. A transaction it shows as
+/// finished stays visible to every later snapshot, so one query answers
+/// for all the transactions committed before it was taken.
+#[derive(Default)]
+struct Visibility {
+    snapshot: Option<String>,
+}
+
+impl Visibility {
+    /// Whether the last snapshot already shows transaction `xid` (32-bit,
+    /// as pgoutput reports it) as visible.
+    fn visible(&self, xid: u32) -> bool {
+        self.snapshot.as_deref().is_some_and(|s| visible(s, xid))
     }
-    let start = std::time::Instant::now();
-    loop {
+
+    /// Takes a fresh snapshot.
+    async fn refresh(&mut self, c: &tokio_postgres::Client) -> Result<(), String> {
         let snap: String = c
             .query_one("SELECT txid_current_snapshot()::text", &[])
             .await
             .map_err(|e| e.to_string())?
             .get(0);
-        *horizon = snap.split(':').next().and_then(|x| x.parse().ok());
-        if visible(&snap, xid) {
-            return Ok(());
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            tracing::warn!(
-                xid,
-                "transaction still not visible after 10s; evaluating anyway"
-            );
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        self.snapshot = Some(snap);
+        Ok(())
     }
 }
 
@@ -566,9 +567,12 @@ impl<'a> Stream<'a> {
         // Batches handed to the engine, oldest first, with the position to
         // confirm once each is applied.
         let mut pending: VecDeque<(oneshot::Receiver<()>, Lsn)> = VecDeque::new();
+        // Decoded transactions not yet visible to new snapshots, in commit order.
+        let mut awaiting: VecDeque<Decoded> = VecDeque::new();
         let mut tx: Option<TxChanges> = None;
-        let mut horizon: Option<u64> = None;
+        let mut seen = Visibility::default();
         const MAX_PENDING: usize = 4096;
+        const MAX_AWAITING: usize = 1024;
         loop {
             tokio::select! {
                 biased;
@@ -578,6 +582,9 @@ impl<'a> Stream<'a> {
                         return Err(("the engine stopped".into(), true));
                     }
                     client.update_applied_lsn(lsn);
+                }
+                _ = std::future::ready(()), if awaiting.len() >= MAX_AWAITING => {
+                    self.release(checker, &mut seen, &mut awaiting, &mut pending).await?;
                 }
                 ev = client.recv(), if pending.len() < MAX_PENDING => {
                     let ev = ev.map_err(|e| (e.to_string(), true))?;
@@ -595,26 +602,14 @@ impl<'a> Stream<'a> {
                             let xid = done.xid;
                             let changes = done.into_changes();
                             tracing::debug!(?end_lsn, ?changes, "transaction decoded");
-                            if changes.is_empty() {
-                                if pending.is_empty() {
-                                    client.update_applied_lsn(end_lsn);
-                                } else {
-                                    let (t, r) = oneshot::channel();
-                                    let _ = t.send(());
-                                    pending.push_back((r, end_lsn));
-                                }
+                            if changes.is_empty() && awaiting.is_empty() && pending.is_empty() {
+                                client.update_applied_lsn(end_lsn);
                             } else {
-                                // The WAL can announce a commit a moment before the
-                                // transaction is visible to new snapshots; evaluating
-                                // then would miss it.
-                                wait_visible(checker, xid, &mut horizon).await.map_err(|e| (e, true))?;
-                                let (t, r) = oneshot::channel();
-                                self.engine.changes(ChangeBatch::new(changes, Some(t))).await.map_err(|e| (e.to_string(), true))?;
-                                pending.push_back((r, end_lsn));
+                                awaiting.push_back(Decoded { xid, changes, end_lsn, since: None });
                             }
                         }
                         Some(ReplicationEvent::KeepAlive { wal_end, .. }) => {
-                            if tx.is_none() && pending.is_empty() {
+                            if tx.is_none() && pending.is_empty() && awaiting.is_empty() {
                                 client.update_applied_lsn(wal_end);
                             }
                         }
@@ -622,8 +617,61 @@ impl<'a> Stream<'a> {
                         Some(ReplicationEvent::StoppedAt { .. }) => return Ok(()),
                     }
                 }
+                // Nothing more to read right now: hand over what is visible.
+                _ = std::future::ready(()), if !awaiting.is_empty() => {
+                    self.release(checker, &mut seen, &mut awaiting, &mut pending).await?;
+                }
             }
         }
+    }
+
+    /// Hands the visible transactions at the front of `awaiting` to the
+    /// engine, in commit order. The WAL can announce a commit a moment
+    /// before new snapshots see the transaction, and evaluating then would
+    /// miss it; one snapshot query answers for every transaction read so far.
+    async fn release(
+        &self,
+        checker: &tokio_postgres::Client,
+        seen: &mut Visibility,
+        awaiting: &mut VecDeque<Decoded>,
+        pending: &mut VecDeque<(oneshot::Receiver<()>, Lsn)>,
+    ) -> Result<(), RunError> {
+        let mut queried = false;
+        while let Some(front) = awaiting.front_mut() {
+            let ready = front.changes.is_empty() || seen.visible(front.xid);
+            if !ready {
+                let waited = front
+                    .since
+                    .get_or_insert_with(std::time::Instant::now)
+                    .elapsed();
+                if waited > Duration::from_secs(10) {
+                    tracing::warn!(
+                        xid = front.xid,
+                        "transaction still not visible after 10s; evaluating anyway"
+                    );
+                } else if !queried {
+                    seen.refresh(checker).await.map_err(|e| (e, true))?;
+                    queried = true;
+                    continue;
+                } else {
+                    // Committed but not yet visible: ask again shortly.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    return Ok(());
+                }
+            }
+            let d = awaiting.pop_front().expect("front exists");
+            let (t, r) = oneshot::channel();
+            if d.changes.is_empty() {
+                let _ = t.send(());
+            } else {
+                self.engine
+                    .changes(ChangeBatch::new(d.changes, Some(t)))
+                    .await
+                    .map_err(|e| (e.to_string(), true))?;
+            }
+            pending.push_back((r, d.end_lsn));
+        }
+        Ok(())
     }
 
     fn key_of(&self, rel: &Relation, table: &str, tuple: &[Datum]) -> Option<String> {

@@ -81,11 +81,7 @@ async fn start_source(
                 crate::postgres::triggers::install(url, &c.channel, &tables, &config.table_keys())
                     .await?;
             }
-            Some(listen::spawn(
-                engine.clone(),
-                url.to_owned(),
-                c.channel.clone(),
-            ))
+            Some(listen::spawn(engine.clone(), url.to_owned(), c.channel.clone()).await?)
         }
     })
 }

@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::AsyncMessage;
 
 use super::Listener;
@@ -35,21 +35,30 @@ fn parse(payload: &str) -> Option<(String, Change)> {
         id,
         columns,
         route_values: Default::default(),
+        values: None,
     };
     Some((xid, change))
 }
 
-/// Starts listening on `channel`.
-pub fn spawn(engine: Engine, url: String, channel: String) -> Listener {
+/// Starts listening on `channel`. Returns once `LISTEN` is in effect, so
+/// no change committed after startup can slip by; fails if the first
+/// attempt does.
+pub async fn spawn(engine: Engine, url: String, channel: String) -> Result<Listener, String> {
     let (stop, mut stopped) = watch::channel(false);
+    let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut outage = false;
+        let mut ready = Some(ready_tx);
         loop {
             let r = tokio::select! {
-                r = listen_once(&engine, &url, &channel, outage, &mut backoff) => r,
+                r = listen_once(&engine, &url, &channel, outage, &mut backoff, &mut ready) => r,
                 _ = stopped.wait_for(|s| *s) => return,
             };
+            if let Some(tx) = ready.take() {
+                let _ = tx.send(Err(r));
+                return;
+            }
             tracing::warn!(error = %r, retry_in = ?backoff, "NOTIFY listener lost its connection");
             outage = true;
             tokio::select! {
@@ -59,7 +68,11 @@ pub fn spawn(engine: Engine, url: String, channel: String) -> Listener {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     });
-    Listener { stop, task }
+    match ready_rx.await {
+        Ok(Ok(())) => Ok(Listener { stop, task }),
+        Ok(Err(e)) => Err(format!("starting the NOTIFY listener: {e}")),
+        Err(_) => Err("the NOTIFY listener stopped during startup".into()),
+    }
 }
 
 /// Listens until the connection fails; returns why.
@@ -69,6 +82,7 @@ async fn listen_once(
     channel: &str,
     after_outage: bool,
     backoff: &mut Duration,
+    ready: &mut Option<oneshot::Sender<Result<(), String>>>,
 ) -> String {
     let (client, mut conn) = match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
         Ok(c) => c,
@@ -98,6 +112,9 @@ async fn listen_once(
         return e.to_string();
     }
     tracing::info!(channel, "NOTIFY listener listening");
+    if let Some(tx) = ready.take() {
+        let _ = tx.send(Ok(()));
+    }
     *backoff = Duration::from_millis(100);
     if after_outage {
         if let Err(e) = engine.refresh_all().await {
@@ -152,6 +169,7 @@ mod tests {
                 id: "it's \"q\"".into(),
                 columns: vec!["title".into()],
                 route_values: Default::default(),
+                values: None,
             }
         );
         let (_, c) = parse(r#"{"t":"tasks","op":"INSERT","k":"1","c":null,"x":"78"}"#).unwrap();

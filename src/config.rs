@@ -253,6 +253,12 @@ pub struct GraphConfig {
     /// touch. See `Route`.
     #[serde(default)]
     pub route: BTreeMap<String, RouteConfig>,
+    /// table -> columns the rows carry as plain fields of the same name and
+    /// that nothing else in the query uses (no filter, order, join or
+    /// expression). A single-row update of only these columns is patched
+    /// into the views holding the row, without running the query.
+    #[serde(default)]
+    pub patch: BTreeMap<String, Vec<String>>,
 }
 
 /// One graph's route for a table.
@@ -475,6 +481,11 @@ fn graph(g: &GraphConfig, pool: &Pool) -> Result<(GraphDef, Arc<SqlGraph>), Stri
                 param,
             }
         })
+        .collect();
+    def.patchable = g
+        .patch
+        .iter()
+        .map(|(t, cols)| (t.clone(), cols.iter().cloned().collect()))
         .collect();
     def.table = Some(g.table.clone());
     def.nested = g

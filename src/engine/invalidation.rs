@@ -26,6 +26,8 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::error::EvalError;
 use super::registry::Change;
+use super::result::RowKey;
+use super::value::Fields;
 use super::view::View;
 use super::Inner;
 
@@ -77,9 +79,15 @@ impl Ack {
 #[derive(Default)]
 pub(crate) struct Schedule {
     running: bool,
+    /// Needs a full evaluation.
     dirty: bool,
+    /// Row values to patch in, when no full evaluation is needed.
+    patches: Vec<Patch>,
     waiting: Vec<Arc<Ack>>,
 }
+
+/// New values of some columns of one row.
+type Patch = (RowKey, Arc<Fields>);
 
 /// Runs until the engine is dropped (its sender closes the queue).
 pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>) {
@@ -97,31 +105,37 @@ pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>)
             };
             let Some(inner) = inner.upgrade() else { return };
             inner.stats.batches.inc();
-            let views = affected(&inner, std::slice::from_ref(&batch));
-            tracing::debug!(views = views.len(), "change batch");
+            let (full, patched) = affected(&inner, std::slice::from_ref(&batch));
+            tracing::debug!(full = full.len(), patched = patched.len(), "change batch");
             let ack = Arc::new(Ack {
-                remaining: AtomicUsize::new(views.len()),
+                remaining: AtomicUsize::new(full.len() + patched.len()),
                 done: Mutex::new(batch.done),
                 _permit: permit,
             });
-            if views.is_empty() {
+            if full.is_empty() && patched.is_empty() {
                 ack.remaining.store(1, Ordering::Release);
                 ack.release();
             }
-            for v in views {
-                schedule(&inner, v, ack.clone());
+            for v in full {
+                schedule(&inner, v, ack.clone(), None);
+            }
+            for (v, p) in patched {
+                schedule(&inner, v, ack.clone(), Some(p));
             }
         }
     }
 }
 
-/// Marks `view` dirty for `ack`'s batch and queues it for evaluation if it
-/// is not queued or evaluating already.
-fn schedule(inner: &Arc<Inner>, view: Arc<View>, ack: Arc<Ack>) {
+/// Marks `view` for `ack`'s batch, dirty or with rows to patch, and queues
+/// it for a round if it is not queued or in one already.
+fn schedule(inner: &Arc<Inner>, view: Arc<View>, ack: Arc<Ack>, patches: Option<Vec<Patch>>) {
     let start = {
         let mut s = view.schedule.lock().unwrap_or_else(|e| e.into_inner());
         s.waiting.push(ack);
-        s.dirty = true;
+        match patches {
+            None => s.dirty = true,
+            Some(p) => s.patches.extend(p),
+        }
         !std::mem::replace(&mut s.running, true)
     };
     if start {
@@ -177,22 +191,39 @@ async fn dispatch(inner: Arc<Inner>, graph: Arc<str>) {
 
 /// One evaluation round: refreshes `views` (all of one graph) together,
 /// then releases the batches that waited on them and requeues views that
-/// became dirty meanwhile.
+/// became dirty meanwhile. Views due only for patches get them applied
+/// without a query; a full evaluation makes pending patches moot.
 async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphorePermit) {
-    let acks: Vec<Arc<Ack>> = views
-        .iter()
-        .flat_map(|v| {
-            let mut s = v.schedule.lock().unwrap_or_else(|e| e.into_inner());
-            s.dirty = false;
-            std::mem::take(&mut s.waiting)
-        })
-        .collect();
+    let mut acks: Vec<Arc<Ack>> = Vec::new();
+    let mut due: Vec<(bool, Vec<Patch>)> = Vec::with_capacity(views.len());
+    for v in &views {
+        let mut s = v.schedule.lock().unwrap_or_else(|e| e.into_inner());
+        acks.append(&mut s.waiting);
+        due.push((std::mem::take(&mut s.dirty), std::mem::take(&mut s.patches)));
+    }
     {
         let mut guards = Vec::with_capacity(views.len());
         for v in &views {
             guards.push(v.lock_eval().await);
         }
-        let live: Vec<&Arc<View>> = views.iter().filter(|v| v.refreshable()).collect();
+        for (v, (full, patches)) in views.iter().zip(&mut due) {
+            if !*full && !patches.is_empty() {
+                inner.stats.patches.inc();
+                let r = v.apply_patches(
+                    std::mem::take(patches),
+                    &inner.store,
+                    &inner.stats,
+                    inner.config.history_len,
+                );
+                tracing::debug!(view = %v.id, result = ?r, "patched");
+            }
+        }
+        let live: Vec<&Arc<View>> = views
+            .iter()
+            .zip(&due)
+            .filter(|(v, (full, _))| *full && v.refreshable())
+            .map(|(v, _)| v)
+            .collect();
         if let Some(first) = live.first() {
             let factory = &first.graph.factory;
             inner.stats.evaluations.add(live.len() as u64);
@@ -228,10 +259,11 @@ async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphoreP
     for v in views {
         let again = {
             let mut s = v.schedule.lock().unwrap_or_else(|e| e.into_inner());
-            if !s.dirty {
+            let again = s.dirty || !s.patches.is_empty();
+            if !again {
                 s.running = false;
             }
-            s.dirty
+            again
         };
         if again {
             enqueue(&inner, v);
@@ -239,45 +271,72 @@ async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphoreP
     }
 }
 
-/// The live views any change in `batches` can touch, each once. A graph
-/// with a route on the changed table and known values for its column
-/// contributes only the views routed to those values; otherwise all its views.
-fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Vec<Arc<View>> {
+/// The live views any change in `batches` can touch, each once: those to
+/// evaluate, and those that only need row values patched in. A graph with a
+/// route on the changed table and known values for its column contributes
+/// only the views routed to those values; otherwise all its views. A change
+/// the graph can patch (see `GraphDef::can_patch`) goes to the views holding
+/// its row, as a patch.
+type Affected = (Vec<Arc<View>>, Vec<(Arc<View>, Vec<Patch>)>);
+
+fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
     for b in batches {
         inner.stats.changes.add(b.changes.len() as u64);
     }
     let views = inner.views.lock().unwrap_or_else(|e| e.into_inner());
     if batches.iter().any(|b| b.everything) {
-        return views.all().cloned().collect();
+        return (views.all().cloned().collect(), Vec::new());
     }
-    let mut out: HashMap<*const View, Arc<View>> = HashMap::new();
+    let mut full: HashMap<*const View, Arc<View>> = HashMap::new();
+    let mut patched: HashMap<*const View, (Arc<View>, Vec<Patch>)> = HashMap::new();
     let mut whole: HashSet<&Arc<str>> = HashSet::new();
-    let mut add = |v: &Arc<View>| {
-        out.entry(Arc::as_ptr(v)).or_insert_with(|| v.clone());
-    };
     for c in batches.iter().flat_map(|b| &b.changes) {
         for g in inner.registry.graphs_for(c) {
             if whole.contains(g) {
                 continue;
             }
-            let routed = inner.registry.graph(g).and_then(|def| {
-                def.routes
+            let Some(def) = inner.registry.graph(g) else {
+                continue;
+            };
+            let routed = def
+                .routes
+                .iter()
+                .filter(|r| r.table == c.table)
+                .find_map(|r| c.route_values.get(&r.column).map(|vals| (r, vals)));
+            let candidates: Vec<&Arc<View>> = match routed {
+                Some((route, values)) => values
                     .iter()
-                    .filter(|r| r.table == c.table)
-                    .find_map(|r| c.route_values.get(&r.column).map(|vals| (r, vals)))
-            });
-            match routed {
-                Some((route, values)) => {
-                    for value in values {
-                        views.by_route(g, &route.param, value).for_each(&mut add);
+                    .flat_map(|value| views.by_route(g, &route.param, value))
+                    .collect(),
+                None => views.by_graph(g).collect(),
+            };
+            if def.can_patch(c) {
+                let key = RowKey::new(&c.table, &c.id);
+                let values = Arc::new(c.values.clone().unwrap_or_default());
+                for v in candidates {
+                    if v.holds(&key) {
+                        patched
+                            .entry(Arc::as_ptr(v))
+                            .or_insert_with(|| (v.clone(), Vec::new()))
+                            .1
+                            .push((key.clone(), values.clone()));
                     }
                 }
-                None => {
-                    whole.insert(g);
-                    views.by_graph(g).for_each(&mut add);
-                }
+                continue;
+            }
+            if routed.is_none() {
+                whole.insert(g);
+            }
+            for v in candidates {
+                full.entry(Arc::as_ptr(v)).or_insert_with(|| v.clone());
             }
         }
     }
-    out.into_values().collect()
+    // A view evaluated anyway needs no patches.
+    let patched = patched
+        .into_iter()
+        .filter(|(k, _)| !full.contains_key(k))
+        .map(|(_, v)| v)
+        .collect();
+    (full.into_values().collect(), patched)
 }

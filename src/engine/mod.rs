@@ -237,6 +237,8 @@ pub struct EngineStats {
     /// Evaluation rounds (queries, for SQL graphs); a round refreshes one
     /// or more views of a graph.
     pub evaluation_rounds: u64,
+    /// View updates made by patching held rows from a change, no query.
+    pub patches: u64,
     /// Evaluations that failed.
     pub eval_errors: u64,
     /// Changes received.
@@ -672,6 +674,7 @@ impl Engine {
                 .len(),
             evaluations: st.evaluations.get(),
             evaluation_rounds: st.evaluation_rounds.get(),
+            patches: st.patches.get(),
             eval_errors: st.eval_errors.get(),
             changes: st.changes.get(),
             batches: st.batches.get(),

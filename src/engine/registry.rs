@@ -134,6 +134,12 @@ pub struct GraphDef {
     pub fields: Vec<FieldShape>,
     /// Routes narrowing which views of the graph a change affects.
     pub routes: Vec<Route>,
+    /// table -> columns that the graph's rows carry as plain fields of the
+    /// same name and that decide nothing else (no filter, order, join or
+    /// computed field uses them). A single-row update touching only these
+    /// columns is applied to the views holding the row from the change's
+    /// new values, without running the query.
+    pub patchable: BTreeMap<String, BTreeSet<String>>,
     /// Produces the result.
     pub factory: Arc<dyn Factory>,
 }
@@ -152,13 +158,14 @@ impl GraphDef {
             nested: BTreeMap::new(),
             fields: Vec::new(),
             routes: Vec::new(),
+            patchable: BTreeMap::new(),
             factory: Arc::new(factory),
         }
     }
 }
 
 /// A data change: a row of a table, and the columns that changed (empty: any).
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Change {
     /// The table.
     pub table: String,
@@ -171,6 +178,9 @@ pub struct Change {
     /// change. A column missing here is unknown, and every view of a graph
     /// routed on it is affected.
     pub route_values: BTreeMap<String, BTreeSet<String>>,
+    /// For a single-row update: the new values of every changed column,
+    /// when the change source knows them (see [`GraphDef::patchable`]).
+    pub values: Option<Fields>,
 }
 
 impl Change {
@@ -192,6 +202,7 @@ impl Change {
             id: id.to_owned(),
             columns: columns.into_iter().map(Into::into).collect(),
             route_values: BTreeMap::new(),
+            values: None,
         }
     }
 }
@@ -292,6 +303,7 @@ impl Registry {
         for r in &graph.routes {
             check_route(&graph, r)?;
         }
+        check_patchable(&graph)?;
         let name: Arc<str> = graph.name.as_str().into();
         for dep in &graph.deps {
             self.by_table
@@ -380,6 +392,53 @@ impl Registry {
             out.insert(table.clone(), (cols, graphs));
         }
         out
+    }
+}
+
+/// Patchable columns must belong to a table the graph reads, and cannot be
+/// route columns (those decide which views hold a row).
+fn check_patchable(graph: &GraphDef) -> Result<(), String> {
+    for (table, cols) in &graph.patchable {
+        if !graph.deps.iter().any(|d| &d.table == table) {
+            return Err(format!(
+                "graph `{}` patches table `{table}`, which is not among its deps",
+                graph.name
+            ));
+        }
+        if let Some(r) = graph
+            .routes
+            .iter()
+            .find(|r| &r.table == table && cols.contains(&r.column))
+        {
+            return Err(format!(
+                "graph `{}`: `{table}.{}` is its route column, which decides the views a row is in, so it cannot be patched",
+                graph.name, r.column
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl GraphDef {
+    /// Whether a change can be applied by patching held rows: one row, an
+    /// update of known new values, every changed column patchable.
+    /// Changed columns the graph does not read are ignored.
+    pub fn can_patch(&self, c: &Change) -> bool {
+        let Some(patchable) = self.patchable.get(&c.table) else {
+            return false;
+        };
+        let reads = |col: &String| {
+            self.deps.iter().any(|d| {
+                d.table == c.table && d.columns.as_ref().is_none_or(|cols| cols.contains(col))
+            })
+        };
+        !c.id.is_empty()
+            && !c.columns.is_empty()
+            && c.values.is_some()
+            && c.columns
+                .iter()
+                .filter(|col| reads(col))
+                .all(|col| patchable.contains(col))
     }
 }
 
@@ -489,6 +548,36 @@ mod tests {
         assert!(err(route("tasks", "status", "status"), false).contains("optional"));
         assert!(err(route("tasks", "assignee_id", SCOPE_USER), false).contains("not per_user"));
         assert!(err(route("tasks", "x", "nope"), false).contains("neither a declared param"));
+    }
+
+    #[test]
+    fn patchable_columns_are_checked_and_decide_the_fast_path() {
+        let mut g = graph("p", vec![TableDep::columns("tasks", ["title", "position"])]);
+        g.patchable = BTreeMap::from([("users".to_string(), BTreeSet::from(["name".into()]))]);
+        assert!(Registry::new()
+            .register(g.clone())
+            .unwrap_err()
+            .contains("not among its deps"));
+        g.patchable = BTreeMap::from([("tasks".to_string(), BTreeSet::from(["title".into()]))]);
+        g.routes = vec![Route {
+            table: "tasks".into(),
+            column: "title".into(),
+            param: SCOPE_WORKSPACE.into(),
+        }];
+        assert!(Registry::new()
+            .register(g.clone())
+            .unwrap_err()
+            .contains("route column"));
+        g.routes.clear();
+        let mut c = Change::row("tasks", "1", ["title", "notes"]);
+        assert!(!g.can_patch(&c), "no values");
+        c.values = Some(Fields::new());
+        assert!(g.can_patch(&c), "notes is not read by the graph");
+        c.columns.push("position".into());
+        assert!(!g.can_patch(&c), "position is read and not patchable");
+        let mut multi = Change::row("tasks", "", ["title"]);
+        multi.values = Some(Fields::new());
+        assert!(!g.can_patch(&multi), "no single row");
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Stats {
     /// Evaluation rounds of refreshes (one query for a SQL graph, however
     /// many views it answers).
     pub evaluation_rounds: Counter,
+    /// Rounds that patched held rows from a change's values, without a query.
+    pub patches: Counter,
     /// Evaluations that failed.
     pub eval_errors: Counter,
     /// Changes received.

@@ -6,7 +6,7 @@
 //! one view are serialized by `eval`; the state lock is held only to compare
 //! results and queue frames, never across a database call.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use super::result::{GraphResult, Ref, RowKey};
 use super::session::Session;
 use super::stats::Stats;
 use super::store::Store;
-use super::value::SharedFields;
+use super::value::{Fields, SharedFields};
 
 /// What makes two subscriptions share a view.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -297,8 +297,13 @@ impl View {
             st.version = 1;
             return Ok(Refresh::Changed);
         }
+        Ok(self.publish(&mut st, diff, history))
+    }
+
+    /// Makes `diff` the next version: history, then every subscriber.
+    fn publish(&self, st: &mut State, mut diff: ViewDiff, history: usize) -> Refresh {
         if diff.is_empty() {
-            return Ok(Refresh::Unchanged);
+            return Refresh::Unchanged;
         }
         diff.rows.sort_by(|a, b| a.0.cmp(&b.0));
         diff.patches.sort_by(|a, b| a.0.cmp(&b.0));
@@ -317,7 +322,59 @@ impl View {
         for s in st.subscribers.values() {
             s.push_frame(frame.clone());
         }
-        Ok(Refresh::Changed)
+        Refresh::Changed
+    }
+
+    /// Whether the view holds row `key`.
+    pub(crate) fn holds(&self, key: &RowKey) -> bool {
+        self.lock().rows.contains_key(key)
+    }
+
+    /// Applies changed column values to the rows the view holds, without
+    /// evaluating (the caller holds `lock_eval`): a field named like a
+    /// changed column takes its new value. All patches go out as one diff.
+    pub(crate) fn apply_patches(
+        &self,
+        patches: Vec<(RowKey, Arc<Fields>)>,
+        store: &Mutex<Store>,
+        stats: &Stats,
+        history: usize,
+    ) -> Refresh {
+        let mut st = self.lock();
+        if !st.ready || st.closed {
+            return Refresh::Skipped;
+        }
+        let mut touched: BTreeMap<RowKey, Fields> = BTreeMap::new();
+        for (key, values) in patches {
+            let Some(old) = st.rows.get(&key) else {
+                continue;
+            };
+            let row = touched.entry(key).or_insert_with(|| (**old).clone());
+            for (col, v) in values.iter() {
+                if let Some(field) = row.get_mut(col) {
+                    *field = v.clone();
+                }
+            }
+        }
+        let ws = &self.key.scope.workspace_id;
+        let mut diff = ViewDiff::default();
+        {
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            for (key, row) in touched {
+                let old = &st.rows[&key];
+                if **old == row {
+                    continue;
+                }
+                diff.patches.push((key.clone(), diff_fields(old, &row)));
+                let shared = store.update(ws, &key, row);
+                st.rows.insert(key, shared);
+            }
+        }
+        let r = self.publish(&mut st, diff, history);
+        if r == Refresh::Changed {
+            stats.frames.add(st.subscribers.len() as u64);
+        }
+        r
     }
 
     fn snapshot_frame(&self, st: &State) -> Arc<Frame> {

@@ -284,6 +284,7 @@ pub fn stats_to_pb(s: engine::EngineStats) -> pb::StatsResponse {
         store_rows: s.store_rows as u64,
         evaluations: s.evaluations,
         evaluation_rounds: s.evaluation_rounds,
+        patches: s.patches,
         changes: s.changes,
         batches: s.batches,
         frames_sent: s.frames,

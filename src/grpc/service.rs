@@ -251,6 +251,7 @@ fn notify_changes(changes: Vec<pb::Change>) -> Result<Vec<Change>, Status> {
                 id: c.id,
                 columns: c.columns,
                 route_values: Default::default(),
+                values: None,
             })
         })
         .collect()

@@ -611,6 +611,7 @@ impl MutationHandler for Arc<SqlMutation> {
                         .unwrap_or_default(),
                     columns: c.columns.clone(),
                     route_values: Default::default(),
+                    values: None,
                 })
                 .collect();
             Ok(MutationOutput { data, changes })

@@ -24,7 +24,7 @@ use tokio::sync::{oneshot, watch};
 use super::pgoutput::{decode, Datum, Message, Relation};
 use super::values::SqlValue;
 use super::Listener;
-use crate::engine::{row_id, Change, ChangeBatch, Engine, RowKey, Value};
+use crate::engine::{row_id, Change, ChangeBatch, Engine, Fields, RowKey, Value};
 
 /// Where the listener reads from.
 #[derive(Debug, Clone)]
@@ -449,6 +449,8 @@ struct TableChanges {
     route_values: BTreeMap<String, BTreeSet<String>>,
     /// Route columns with a value the WAL did not carry.
     route_unknown: BTreeSet<String>,
+    /// The changed columns' new values, while exactly one row was updated.
+    values: Option<Fields>,
 }
 
 /// The values of a table's route columns in one row change: known values,
@@ -473,6 +475,7 @@ impl TxChanges {
         id: Option<String>,
         columns: Option<BTreeSet<String>>,
         routes: RouteCells,
+        values: Option<Fields>,
     ) {
         let e = self.tables.entry(table.to_owned()).or_default();
         match columns {
@@ -481,6 +484,7 @@ impl TxChanges {
         }
         e.rows += 1;
         e.id = if e.rows == 1 { id } else { None };
+        e.values = if e.rows == 1 { values } else { None };
         for (col, v) in routes.known {
             e.route_values.entry(col).or_default().insert(v);
         }
@@ -503,6 +507,7 @@ impl TxChanges {
                         t.columns.into_iter().collect()
                     },
                     route_values: t.route_values,
+                    values: t.values,
                 }
             })
             .collect()
@@ -726,7 +731,7 @@ impl<'a> Stream<'a> {
             Message::Insert { rel, new } => {
                 if let Some((r, table)) = self.tracked(rel) {
                     let routes = self.route_cells(r, &table, &[&new]);
-                    out.add(&table, self.key_of(r, &table, &new), None, routes);
+                    out.add(&table, self.key_of(r, &table, &new), None, routes, None);
                 }
             }
             Message::Delete { rel, old: (_, old) } => {
@@ -734,7 +739,7 @@ impl<'a> Stream<'a> {
                     // With the default replica identity the old row carries
                     // only its key: other route columns are then unknown.
                     let routes = self.route_cells(r, &table, &[&old]);
-                    out.add(&table, self.key_of(r, &table, &old), None, routes);
+                    out.add(&table, self.key_of(r, &table, &old), None, routes, None);
                 }
             }
             Message::Truncate { rels } => {
@@ -744,7 +749,7 @@ impl<'a> Stream<'a> {
                         if let Some(cols) = self.tracking.routes.get(&table) {
                             routes.unknown.extend(cols.iter().cloned());
                         }
-                        out.add(&table, None, None, routes);
+                        out.add(&table, None, None, routes, None);
                     }
                 }
             }
@@ -775,8 +780,8 @@ impl<'a> Stream<'a> {
                     Some((b'K', _)) => {
                         // The key changed: the row left one id and took another.
                         let old_id = old.as_ref().and_then(|(_, t)| self.key_of(r, &table, t));
-                        out.add(&table, old_id, None, RouteCells::default());
-                        out.add(&table, id, None, routes);
+                        out.add(&table, old_id, None, RouteCells::default(), None);
+                        out.add(&table, id, None, routes, None);
                         return;
                     }
                     Some((_, old)) => r
@@ -821,7 +826,18 @@ impl<'a> Stream<'a> {
                     }
                 };
                 if !changed.is_empty() {
-                    out.add(&table, id, Some(changed), routes);
+                    // The new values, for graphs that can patch held rows.
+                    let values = changed
+                        .iter()
+                        .map(|name| {
+                            let i = r.columns.iter().position(|c| &c.name == name)?;
+                            match new.get(i).map(|d| cell(d, r.columns[i].type_oid)) {
+                                Some(Cell::Known(v)) => Some((name.clone(), v)),
+                                _ => None,
+                            }
+                        })
+                        .collect::<Option<Fields>>();
+                    out.add(&table, id, Some(changed), routes, values);
                 }
             }
             Message::Other(_) => {}

@@ -1596,8 +1596,11 @@ type StatsResponse struct {
 	// Refresh rounds: a round refreshes one or more views of a graph with one
 	// query, so evaluations / rounds is the average batch.
 	EvaluationRounds uint64 `protobuf:"varint,12,opt,name=evaluation_rounds,json=evaluationRounds,proto3" json:"evaluation_rounds,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// View updates made from a change's own values, without a query (see
+	// `patch` in the graph config).
+	Patches       uint64 `protobuf:"varint,13,opt,name=patches,proto3" json:"patches,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatsResponse) Reset() {
@@ -1710,6 +1713,13 @@ func (x *StatsResponse) GetEvaluationErrors() uint64 {
 func (x *StatsResponse) GetEvaluationRounds() uint64 {
 	if x != nil {
 		return x.EvaluationRounds
+	}
+	return 0
+}
+
+func (x *StatsResponse) GetPatches() uint64 {
+	if x != nil {
+		return x.Patches
 	}
 	return 0
 }
@@ -1831,7 +1841,7 @@ const file_arcana_v1_service_proto_rawDesc = "" +
 	"\aversion\x18\x04 \x01(\x04R\aversion\x12 \n" +
 	"\vsubscribers\x18\x05 \x01(\rR\vsubscribers\x12 \n" +
 	"\vevaluations\x18\x06 \x01(\x04R\vevaluations\x12\x12\n" +
-	"\x04refs\x18\a \x01(\rR\x04refs\"\xa6\x03\n" +
+	"\x04refs\x18\a \x01(\rR\x04refs\"\xc0\x03\n" +
 	"\rStatsResponse\x12\x1a\n" +
 	"\bsessions\x18\x01 \x01(\rR\bsessions\x12\x14\n" +
 	"\x05views\x18\x02 \x01(\rR\x05views\x12$\n" +
@@ -1848,7 +1858,8 @@ const file_arcana_v1_service_proto_rawDesc = "" +
 	"view_stats\x18\n" +
 	" \x03(\v2\x14.arcana.v1.ViewStatsR\tviewStats\x12+\n" +
 	"\x11evaluation_errors\x18\v \x01(\x04R\x10evaluationErrors\x12+\n" +
-	"\x11evaluation_rounds\x18\f \x01(\x04R\x10evaluationRounds*l\n" +
+	"\x11evaluation_rounds\x18\f \x01(\x04R\x10evaluationRounds\x12\x18\n" +
+	"\apatches\x18\r \x01(\x04R\apatches*l\n" +
 	"\bSyncMode\x12\x19\n" +
 	"\x15SYNC_MODE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12SYNC_MODE_CATCH_UP\x10\x01\x12\x16\n" +

@@ -113,6 +113,8 @@ struct Spec {
     route: bool,
     /// `engine.eval_batch`: views per evaluation round.
     eval_batch: usize,
+    /// Whether the graph declares its shown columns patchable.
+    patch: bool,
 }
 
 fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
@@ -152,6 +154,7 @@ fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
         batch_bytes: arcana::grpc::DEFAULT_BATCH_BYTES,
         route: true,
         eval_batch: arcana::engine::EngineConfig::default().eval_batch,
+        patch: true,
     }
 }
 
@@ -165,11 +168,19 @@ fn baselines(s: &Spec) -> Vec<Spec> {
     };
     let unrouted = || off("unrouted", &|b| b.route = false);
     let unbatched = || off("unbatched", &|b| b.batch_bytes = 0);
-    let one_by_one = || off("one view per query", &|b| b.eval_batch = 1);
+    let unpatched = || off("unpatched", &|b| b.patch = false);
+    let one_by_one = || {
+        off("unpatched, one view per query", &|b| {
+            b.patch = false;
+            b.eval_batch = 1;
+        })
+    };
     match s.scenario.as_str() {
-        "mixed" | "distinct" => vec![unrouted()],
+        "mixed" => vec![unpatched(), unrouted()],
+        "distinct" => vec![unrouted()],
         "fanout" => vec![unbatched()],
-        "burst" => vec![unbatched(), one_by_one()],
+        "burst" => vec![unbatched(), unpatched(), one_by_one()],
+        "ingest" => vec![unpatched()],
         _ => Vec::new(),
     }
 }
@@ -177,6 +188,11 @@ fn baselines(s: &Spec) -> Vec<Spec> {
 fn config(s: &Spec, port: u16, slot: &str) -> String {
     let route = if s.route {
         "route = { items = \"bucket\" }"
+    } else {
+        ""
+    };
+    let patch = if s.patch {
+        "patch = { items = [\"title\", \"seq\", \"written_us\"] }"
     } else {
         ""
     };
@@ -207,6 +223,7 @@ permissions = ["items:read"]
 sql = "SELECT id, title, seq, written_us FROM items WHERE bucket = :bucket ORDER BY id"
 deps = {{ items = ["*"] }}
 {route}
+{patch}
 
 [graphs.params.bucket]
 type = "int"
@@ -498,6 +515,10 @@ async fn run_engine(bin: &Path, pg: &EmbeddedPostgres, s: &Spec) -> Metrics {
             "queries_per_write",
             (st1.evaluation_rounds - st0.evaluation_rounds) as f64 / writes,
         ),
+        (
+            "patches_per_write",
+            (st1.patches - st0.patches) as f64 / writes,
+        ),
         ("server_cpu_s", used.cpu_s - subscribed.cpu_s),
         (
             "cpu_us_per_frame",
@@ -656,12 +677,12 @@ fn print_tables(rows: &[Row]) {
         })
         .collect();
     if !load.is_empty() {
-        println!("| scenario | variant | subscribers | views | writes | rate/s | p50 ms | p90 ms | p99 ms | max ms | writes/s | frames/s | messages/s | MiB/s | evals/write | queries/write | coalesced | server CPU s | CPU µs/frame | peak RSS MiB | KiB/subscription | recovery ms | resyncs | gaps | unconverged |");
-        println!("|{}", "---|".repeat(25));
+        println!("| scenario | variant | subscribers | views | writes | rate/s | p50 ms | p90 ms | p99 ms | max ms | writes/s | frames/s | messages/s | MiB/s | evals/write | queries/write | patches/write | coalesced | server CPU s | CPU µs/frame | peak RSS MiB | KiB/subscription | recovery ms | resyncs | gaps | unconverged |");
+        println!("|{}", "---|".repeat(26));
         for r in load {
             let (s, m) = (&r.spec, &r.median);
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 s.scenario,
                 s.variant,
                 s.subscribers,
@@ -678,6 +699,7 @@ fn print_tables(rows: &[Row]) {
                 cell(m, "mib_per_s", 1),
                 cell(m, "evaluations_per_write", 2),
                 cell(m, "queries_per_write", 2),
+                cell(m, "patches_per_write", 2),
                 m.get("coalesced").map_or("-".into(), |c| format!("{:.0}%", c * 100.0)),
                 cell(m, "server_cpu_s", 2),
                 cell(m, "cpu_us_per_frame", 2),

@@ -34,35 +34,13 @@ async fn write_n(h: &Harness, n: usize) {
     }
 }
 
-#[tokio::test]
-async fn without_batching_a_catch_up_arrives_frame_by_frame() {
-    let h = Harness::with(|c| c.server.max_batch_bytes = 0).await;
-    let mut l = h.live("dev-alice").await;
-    let s = l.subscribe("project_tasks", project(1)).await.unwrap();
-    let before = l.view(&s.view_id).clone();
-    let mut keeper = h.live("dev-bob").await;
-    keeper.subscribe("project_tasks", project(1)).await.unwrap();
-    drop(l);
-    write_n(&h, 3).await;
-    let mut back = h.live("dev-alice").await;
-    back.views.insert(s.view_id.clone(), before.clone());
-    let r = back
-        .sync(vec![pb::SyncView {
-            graph: "project_tasks".into(),
-            params: project(1),
-            epoch: before.epoch,
-            version: before.version,
-        }])
-        .await;
-    assert_eq!(r.results[0].frames, 3);
-    assert_eq!(back.frames.len(), 3);
-    assert_eq!(back.batches, 0);
-    assert_eq!(back.view(&s.view_id).version, before.version + 3);
-}
-
-#[tokio::test]
-async fn a_client_that_missed_a_few_versions_catches_up_exactly() {
-    let h = Harness::with(|c| c.engine.history_len = 8).await;
+/// A client that held project 1's view, went away while another kept the
+/// view alive, missed `writes` versions, and came back with Sync. Returns
+/// the new session, the view id, what the client held, and the reply.
+async fn away_and_back(
+    h: &Harness,
+    writes: usize,
+) -> (Live, String, arcana::client::ViewState, pb::SyncResponse) {
     let mut l = h.live("dev-alice").await;
     let s = l.subscribe("project_tasks", project(1)).await.unwrap();
     let before = l.view(&s.view_id).clone();
@@ -71,7 +49,7 @@ async fn a_client_that_missed_a_few_versions_catches_up_exactly() {
     keeper.subscribe("project_tasks", project(1)).await.unwrap();
     drop(l);
 
-    write_n(&h, 5).await;
+    write_n(h, writes).await;
 
     let mut back = h.live("dev-alice").await;
     back.views.insert(s.view_id.clone(), before.clone());
@@ -83,12 +61,30 @@ async fn a_client_that_missed_a_few_versions_catches_up_exactly() {
             version: before.version,
         }])
         .await;
+    drop(keeper);
+    (back, s.view_id, before, r)
+}
+
+#[tokio::test]
+async fn without_batching_a_catch_up_arrives_frame_by_frame() {
+    let h = Harness::with(|c| c.server.max_batch_bytes = 0).await;
+    let (back, view_id, before, r) = away_and_back(&h, 3).await;
+    assert_eq!(r.results[0].frames, 3);
+    assert_eq!(back.frames.len(), 3);
+    assert_eq!(back.batches, 0);
+    assert_eq!(back.view(&view_id).version, before.version + 3);
+}
+
+#[tokio::test]
+async fn a_client_that_missed_a_few_versions_catches_up_exactly() {
+    let h = Harness::with(|c| c.engine.history_len = 8).await;
+    let (back, view_id, before, r) = away_and_back(&h, 5).await;
     let res = &r.results[0];
     assert!(res.error.is_none(), "{res:?}");
     assert_eq!(res.mode, SyncMode::CatchUp as i32);
     assert_eq!(res.frames, 5);
     assert_eq!(res.version, before.version + 5);
-    assert_eq!(back.view(&s.view_id).version, res.version);
+    assert_eq!(back.view(&view_id).version, res.version);
     assert_eq!(
         back.batches, 1,
         "the missed diffs were queued together and arrive as one batch message"
@@ -106,7 +102,7 @@ async fn a_client_that_missed_a_few_versions_catches_up_exactly() {
         "field-only updates are part of the catch-up"
     );
     assert_eq!(
-        back.view(&s.view_id).content(),
+        back.view(&view_id).content(),
         h.fresh("dev-alice", "project_tasks", project(1))
             .await
             .content()
@@ -114,8 +110,8 @@ async fn a_client_that_missed_a_few_versions_catches_up_exactly() {
 
     // Up to date: nothing to send.
     let mut again = h.live("dev-alice").await;
-    let v = back.view(&s.view_id).clone();
-    again.views.insert(s.view_id.clone(), v.clone());
+    let v = back.view(&view_id).clone();
+    again.views.insert(view_id.clone(), v.clone());
     let r = again
         .sync(vec![pb::SyncView {
             graph: "project_tasks".into(),

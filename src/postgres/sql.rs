@@ -447,27 +447,10 @@ impl Factory for Arc<SqlGraph> {
         let g = self.clone();
         Box::pin(async move {
             let mut client = g.pool.get().await.map_err(pool_error)?;
-            let tx = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(db_error)?;
+            let tx = read_snapshot(&mut client).await?;
             let rows = g.query.query(&tx, &scope, &params).await?;
             let total = match &g.total {
-                Some(t) => {
-                    let r = t.query(&tx, &scope, &params).await?;
-                    match r.first().map(|row| row.try_get::<_, SqlValue>(0)) {
-                        Some(Ok(SqlValue(Value::Int(n)))) => Some(n),
-                        _ => {
-                            return Err(EvalError::internal(format!(
-                                "graph `{}`: total_sql must return one integer, such as SELECT count(*) ...",
-                                g.name
-                            )))
-                        }
-                    }
-                }
+                Some(t) => Some(g.total_of(&t.query(&tx, &scope, &params).await?, 0)?),
                 None => None,
             };
             tx.commit().await.map_err(db_error)?;
@@ -497,7 +480,31 @@ impl Factory for Arc<SqlGraph> {
     }
 }
 
+/// A read-only repeatable-read transaction, so a graph's queries agree.
+async fn read_snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>, EvalError> {
+    client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(db_error)
+}
+
 impl SqlGraph {
+    /// The count in column `at` of the total query's first row.
+    fn total_of(&self, rows: &[Row], at: usize) -> Result<i64, EvalError> {
+        match rows.first().map(|row| row.try_get::<_, SqlValue>(at)) {
+            Some(Ok(SqlValue(Value::Int(n)))) => Ok(n),
+            _ => Err(EvalError::internal(format!(
+                "graph `{}`: total_sql must return one integer, such as SELECT count(*) ...",
+                self.name
+            ))),
+        }
+    }
+
     /// Evaluates many views in one transaction of (at most) two queries,
     /// with the lateral forms [`SqlGraph::shape`] prepared.
     pub async fn evaluate_lateral(
@@ -511,13 +518,7 @@ impl SqlGraph {
             )));
         };
         let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(db_error)?;
+        let tx = read_snapshot(&mut client).await?;
         let rows = self.query.query_many(&lateral.query, &tx, items).await?;
         let totals = match (&self.total, &lateral.total) {
             (Some(t), Some(sql)) => Some(t.query_many(sql, &tx, items).await?),
@@ -528,13 +529,10 @@ impl SqlGraph {
         for (i, rows) in rows.into_iter().enumerate() {
             let total = match &totals {
                 None => None,
-                Some(t) => match t[i].first().map(|row| row.try_get::<_, SqlValue>(1)) {
-                    Some(Ok(SqlValue(Value::Int(n)))) => Some(n),
-                    _ => {
-                        out.push(Err(EvalError::internal(format!(
-                            "graph `{}`: total_sql must return one integer, such as SELECT count(*) ...",
-                            self.name
-                        ))));
+                Some(t) => match self.total_of(&t[i], 1) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        out.push(Err(e));
                         continue;
                     }
                 },

@@ -275,8 +275,8 @@ async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphoreP
 /// evaluate, and those that only need row values patched in. A graph with a
 /// route on the changed table and known values for its column contributes
 /// only the views routed to those values; otherwise all its views. A change
-/// the graph can patch (see `GraphDef::can_patch`) goes to the views holding
-/// its row, as a patch.
+/// the graph can patch (see `GraphDef::can_patch`) goes, as a patch, to the
+/// views holding its row, which the store knows.
 type Affected = (Vec<Arc<View>>, Vec<(Arc<View>, Vec<Patch>)>);
 
 fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
@@ -303,30 +303,34 @@ fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
                 .iter()
                 .filter(|r| r.table == c.table)
                 .find_map(|r| c.route_values.get(&r.column).map(|vals| (r, vals)));
+            if def.can_patch(c) {
+                // Only the views holding the row: the store knows them.
+                let key = RowKey::new(&c.table, &c.id);
+                let values = Arc::new(c.values.clone().unwrap_or_default());
+                let holders = inner
+                    .store
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .holders(&key);
+                for v in holders.iter().filter(|v| v.key.graph == *g) {
+                    patched
+                        .entry(Arc::as_ptr(v))
+                        .or_insert_with(|| (v.clone(), Vec::new()))
+                        .1
+                        .push((key.clone(), values.clone()));
+                }
+                continue;
+            }
             let candidates: Vec<&Arc<View>> = match routed {
                 Some((route, values)) => values
                     .iter()
                     .flat_map(|value| views.by_route(g, &route.param, value))
                     .collect(),
-                None => views.by_graph(g).collect(),
-            };
-            if def.can_patch(c) {
-                let key = RowKey::new(&c.table, &c.id);
-                let values = Arc::new(c.values.clone().unwrap_or_default());
-                for v in candidates {
-                    if v.holds(&key) {
-                        patched
-                            .entry(Arc::as_ptr(v))
-                            .or_insert_with(|| (v.clone(), Vec::new()))
-                            .1
-                            .push((key.clone(), values.clone()));
-                    }
+                None => {
+                    whole.insert(g);
+                    views.by_graph(g).collect()
                 }
-                continue;
-            }
-            if routed.is_none() {
-                whole.insert(g);
-            }
+            };
             for v in candidates {
                 full.entry(Arc::as_ptr(v)).or_insert_with(|| v.clone());
             }

@@ -407,7 +407,7 @@ impl Engine {
                 return v.clone();
             }
         }
-        let v = Arc::new(View::new(key, graph, params));
+        let v = View::new(key, graph, params);
         views.insert(v.clone());
         v
     }

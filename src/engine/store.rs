@@ -1,26 +1,28 @@
 //! The normalized row store: one entry per (workspace, table, id) with the
-//! number of live views referencing it. Views keep `Arc`s of the rows they
-//! last sent; equal rows share one allocation through the store. A row leaves
-//! the store when its last view lets go of it.
+//! live views holding it. Views keep `Arc`s of the rows they last sent;
+//! equal rows share one allocation through the store. A row leaves the store
+//! when its last view lets go of it. The holders let a change that can be
+//! patched in go straight to the views holding its row.
 //!
 //! Entries are indexed by row key first (then workspace), so change detection
 //! can find every held copy of a row without knowing its workspace.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::result::RowKey;
 use super::value::{Fields, SharedFields};
+use super::view::View;
 
-#[derive(Debug)]
 struct Entry {
     workspace: Arc<str>,
     row: SharedFields,
-    refs: u32,
+    /// One per reference taken (a view holds a row once).
+    holders: Vec<Weak<View>>,
 }
 
-/// Rows of all workspaces with reference counts.
-#[derive(Debug, Default)]
+/// Rows of all workspaces with the views holding them.
+#[derive(Default)]
 pub struct Store {
     rows: HashMap<RowKey, Vec<Entry>>,
     len: usize,
@@ -34,11 +36,17 @@ impl Store {
             .find(|e| e.workspace == *ws)
     }
 
-    /// Takes a reference on a row for one view and returns the shared copy
+    /// Takes a reference on a row for `holder` and returns the shared copy
     /// (reusing the stored allocation when the fields are equal).
-    pub fn acquire(&mut self, ws: &Arc<str>, key: &RowKey, fields: Fields) -> SharedFields {
+    pub fn acquire(
+        &mut self,
+        ws: &Arc<str>,
+        key: &RowKey,
+        fields: Fields,
+        holder: &Weak<View>,
+    ) -> SharedFields {
         if let Some(e) = self.entry(ws, key) {
-            e.refs += 1;
+            e.holders.push(holder.clone());
             if *e.row != fields {
                 e.row = Arc::new(fields);
             }
@@ -48,7 +56,7 @@ impl Store {
         self.rows.entry(key.clone()).or_default().push(Entry {
             workspace: ws.clone(),
             row: row.clone(),
-            refs: 1,
+            holders: vec![holder.clone()],
         });
         self.len += 1;
         row
@@ -70,14 +78,17 @@ impl Store {
         }
     }
 
-    /// Drops one view's reference; the row leaves when none remain.
-    pub fn release(&mut self, ws: &Arc<str>, key: &RowKey) {
+    /// Drops `holder`'s reference; the row leaves when none remain.
+    pub fn release(&mut self, ws: &Arc<str>, key: &RowKey, holder: &Weak<View>) {
         let Some(list) = self.rows.get_mut(key) else {
             return;
         };
         if let Some(i) = list.iter().position(|e| e.workspace == *ws) {
-            list[i].refs -= 1;
-            if list[i].refs == 0 {
+            let holders = &mut list[i].holders;
+            if let Some(h) = holders.iter().position(|h| h.ptr_eq(holder)) {
+                holders.swap_remove(h);
+            }
+            if holders.is_empty() {
                 list.swap_remove(i);
                 self.len -= 1;
                 if list.is_empty() {
@@ -95,6 +106,16 @@ impl Store {
             .unwrap_or_default()
     }
 
+    /// The live views holding `key`, in any workspace.
+    pub fn holders(&self, key: &RowKey) -> Vec<Arc<View>> {
+        self.rows
+            .get(key)
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e.holders.iter().filter_map(Weak::upgrade))
+            .collect()
+    }
+
     /// Number of rows held, all workspaces.
     pub fn len(&self) -> usize {
         self.len
@@ -110,7 +131,7 @@ impl Store {
         self.rows
             .get(key)
             .and_then(|l| l.iter().find(|e| &*e.workspace == ws))
-            .map_or(0, |e| e.refs)
+            .map_or(0, |e| e.holders.len() as u32)
     }
 }
 
@@ -127,17 +148,19 @@ mod tests {
         let k = RowKey::new("tasks", "1");
         let mut f = Fields::new();
         f.insert("title".into(), Value::from("a"));
-        let a = s.acquire(&ws, &k, f.clone());
-        let b = s.acquire(&ws, &k, f.clone());
+        // Stand-ins for views: the store only compares them.
+        let (h1, h2, h3) = (Weak::new(), Weak::new(), Weak::new());
+        let a = s.acquire(&ws, &k, f.clone(), &h1);
+        let b = s.acquire(&ws, &k, f.clone(), &h2);
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(s.ref_count("w", &k), 2);
-        s.acquire(&other, &k, Fields::new());
+        s.acquire(&other, &k, Fields::new(), &h3);
         assert_eq!(s.held(&k).len(), 2);
         assert_eq!(s.len(), 2);
-        s.release(&ws, &k);
+        s.release(&ws, &k, &h1);
         assert_eq!(s.len(), 2);
-        s.release(&ws, &k);
-        s.release(&other, &k);
+        s.release(&ws, &k, &h2);
+        s.release(&other, &k, &h3);
         assert!(s.is_empty());
         assert!(s.held(&k).is_empty());
     }

@@ -7,7 +7,7 @@
 //! results and queue frames, never across a database call.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 
@@ -97,6 +97,8 @@ pub struct View {
     state: Mutex<State>,
     /// When invalidation refreshes this view (see `invalidation.rs`).
     pub(crate) schedule: Mutex<super::invalidation::Schedule>,
+    /// Itself, as the store records the views holding each row.
+    me: Weak<View>,
 }
 
 /// Whether an evaluation changed anything.
@@ -111,9 +113,10 @@ pub enum Refresh {
 }
 
 impl View {
-    pub(crate) fn new(key: ViewKey, graph: Arc<GraphDef>, params: Params) -> Self {
+    pub(crate) fn new(key: ViewKey, graph: Arc<GraphDef>, params: Params) -> Arc<Self> {
         let params_hash: Arc<str> = params.hash().into();
-        View {
+        Arc::new_cyclic(|me| View {
+            me: me.clone(),
             id: format!("{}/{}", graph.name, params_hash).into(),
             params_hash,
             epoch: rand::random::<u64>() >> 11, // fits a JS number exactly
@@ -123,7 +126,7 @@ impl View {
             eval: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::default()),
             schedule: Mutex::default(),
-        }
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -267,7 +270,7 @@ impl View {
         for (k, fields) in rows {
             let shared = match st.rows.get(&k) {
                 None => {
-                    let shared = store.acquire(ws, &k, fields);
+                    let shared = store.acquire(ws, &k, fields, &self.me);
                     diff.rows.push((k.clone(), shared.clone()));
                     shared
                 }
@@ -282,7 +285,7 @@ impl View {
         }
         for k in st.rows.keys() {
             if !next.contains_key(k) {
-                store.release(ws, k);
+                store.release(ws, k, &self.me);
             }
         }
         drop(store);
@@ -323,11 +326,6 @@ impl View {
             s.push_frame(frame.clone());
         }
         Refresh::Changed
-    }
-
-    /// Whether the view holds row `key`.
-    pub(crate) fn holds(&self, key: &RowKey) -> bool {
-        self.lock().rows.contains_key(key)
     }
 
     /// Applies changed column values to the rows the view holds, without
@@ -494,7 +492,7 @@ impl View {
         st.closed = true;
         let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
         for k in st.rows.keys() {
-            store.release(&self.key.scope.workspace_id, k);
+            store.release(&self.key.scope.workspace_id, k, &self.me);
         }
         st.rows.clear();
         st.refs.clear();

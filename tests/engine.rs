@@ -98,3 +98,98 @@ async fn a_slow_view_does_not_hold_up_the_others() {
     );
     assert_eq!(slow_calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_patch_reaches_a_view_whose_evaluation_read_the_old_row() {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Mutex;
+    // The "database": whether row 2 is in the view, and its title.
+    let db = Arc::new(Mutex::new((false, "old".to_string())));
+    // Evaluations after the first block on the gate once they have read.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let calls = Arc::new(AtomicI64::new(0));
+    let (d, g, c) = (db.clone(), gate.clone(), calls.clone());
+    let mut graph = GraphDef::new("g", move |_: Scope, _: Params| {
+        let (db, gate, calls) = (d.clone(), g.clone(), c.clone());
+        async move {
+            let (with_two, title) = db.lock().unwrap().clone();
+            if calls.fetch_add(1, Ordering::SeqCst) > 0 {
+                gate.acquire().await.unwrap().forget();
+            }
+            let mut r = GraphResult::new();
+            for id in ["1", "2"].into_iter().filter(|id| *id == "1" || with_two) {
+                let mut f = Fields::new();
+                f.insert("title".into(), Value::from(title.as_str()));
+                r.add_row("t", id, f);
+                r.add_ref(Ref::new("t", id));
+            }
+            Ok(r)
+        }
+    });
+    graph.deps = vec![TableDep::all("t")];
+    graph.patchable = BTreeMap::from([("t".to_string(), BTreeSet::from(["title".into()]))]);
+    let mut reg = Registry::new();
+    reg.register(graph).unwrap();
+    let engine = Engine::new(reg, EngineConfig::default());
+    let session = engine.open_session(Identity::new("user", "ws"));
+    let view = engine
+        .subscribe(&session, "g", HashMap::new(), |_| None)
+        .await
+        .unwrap()
+        .view_id;
+
+    // Row 2 joins the view; the evaluation reads it, then stalls.
+    db.lock().unwrap().0 = true;
+    let e = engine.clone();
+    let joined = tokio::spawn(async move { e.notify(vec![Change::table("t")]).await });
+    while calls.load(Ordering::SeqCst) < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Meanwhile row 2's title changes, reported with its new value.
+    db.lock().unwrap().1 = "new".into();
+    let mut patch = Change::row("t", "2", ["title"]);
+    let mut values = Fields::new();
+    values.insert("title".into(), Value::from("new"));
+    patch.values = Some(values);
+    let e = engine.clone();
+    let patched = tokio::spawn(async move { e.notify(vec![patch]).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.add_permits(100);
+    joined.await.unwrap().unwrap();
+    patched.await.unwrap().unwrap();
+
+    // Replay the session's frames: row 2 must show the new title.
+    let mut title = None;
+    while let Ok(Some(item)) =
+        tokio::time::timeout(Duration::from_millis(200), session.next()).await
+    {
+        let Outbound::Frame(f) = item else { continue };
+        assert_eq!(f.view_id, view.clone().into());
+        let rows = match &f.body {
+            arcana::engine::FrameBody::Snapshot(s) => s.rows.clone(),
+            arcana::engine::FrameBody::Diff(d) => {
+                for (k, ops) in &d.patches {
+                    if k.id.as_ref() == "2" {
+                        for op in ops {
+                            if op.path == "/title" {
+                                title = op.value.clone();
+                            }
+                        }
+                    }
+                }
+                d.rows.clone()
+            }
+            arcana::engine::FrameBody::Error(e) => panic!("{e}"),
+        };
+        for (k, f) in rows {
+            if k.id.as_ref() == "2" {
+                title = f.get("title").cloned();
+            }
+        }
+    }
+    assert_eq!(
+        title,
+        Some(Value::from("new")),
+        "the evaluation brought row 2 in with its old title; the patch must follow it"
+    );
+}

@@ -143,6 +143,45 @@ fn schedule(inner: &Arc<Inner>, view: Arc<View>, ack: Arc<Ack>, patches: Option<
     }
 }
 
+/// Views whose evaluation is running, per graph. An evaluation that read
+/// the database before a patchable change became visible may bring in the
+/// changed row with its old values; such views get the patch too, applied
+/// after their evaluation.
+#[derive(Default)]
+pub(crate) struct InFlight(Mutex<HashMap<Arc<str>, HashMap<usize, Arc<View>>>>);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashMap<usize, Arc<View>>>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks `view` as evaluating.
+    pub(crate) fn enter(&self, view: &Arc<View>) {
+        self.lock()
+            .entry(view.key.graph.clone())
+            .or_default()
+            .insert(Arc::as_ptr(view) as usize, view.clone());
+    }
+
+    /// Marks `view` as done evaluating (its result applied).
+    pub(crate) fn leave(&self, view: &Arc<View>) {
+        let mut map = self.lock();
+        if let Some(views) = map.get_mut(&view.key.graph) {
+            views.remove(&(Arc::as_ptr(view) as usize));
+            if views.is_empty() {
+                map.remove(&view.key.graph);
+            }
+        }
+    }
+
+    fn of(&self, graph: &str) -> Vec<Arc<View>> {
+        self.lock()
+            .get(graph)
+            .map(|v| v.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
 /// Views of one graph waiting for an evaluation slot.
 #[derive(Default)]
 pub(crate) struct GraphQueue {
@@ -224,6 +263,9 @@ async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphoreP
             .filter(|(v, (full, _))| *full && v.refreshable())
             .map(|(v, _)| v)
             .collect();
+        for v in &live {
+            inner.in_flight.enter(v);
+        }
         if let Some(first) = live.first() {
             let factory = &first.graph.factory;
             inner.stats.evaluations.add(live.len() as u64);
@@ -250,6 +292,9 @@ async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphoreP
                 let r = v.settle(r, &inner.store, &inner.stats, inner.config.history_len);
                 tracing::debug!(view = %v.id, result = ?r, "refreshed");
             }
+        }
+        for v in &live {
+            inner.in_flight.leave(v);
         }
     }
     drop(permit);
@@ -307,11 +352,12 @@ fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
                 // Only the views holding the row: the store knows them.
                 let key = RowKey::new(&c.table, &c.id);
                 let values = Arc::new(c.values.clone().unwrap_or_default());
-                let holders = inner
+                let mut holders = inner
                     .store
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .holders(&key);
+                holders.extend(inner.in_flight.of(g));
                 for v in holders.iter().filter(|v| v.key.graph == *g) {
                     patched
                         .entry(Arc::as_ptr(v))

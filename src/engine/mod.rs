@@ -184,6 +184,8 @@ pub(crate) struct Inner {
     evaluations: Arc<tokio::sync::Semaphore>,
     /// Views waiting for an evaluation round, per graph.
     queues: Mutex<HashMap<Arc<str>, invalidation::GraphQueue>>,
+    /// Views whose evaluation is running.
+    in_flight: invalidation::InFlight,
 }
 
 /// The result of a subscribe.
@@ -276,6 +278,7 @@ impl Engine {
             stats: Arc::new(Stats::default()),
             evaluations: Arc::new(tokio::sync::Semaphore::new(eval_concurrency)),
             queues: Mutex::default(),
+            in_flight: invalidation::InFlight::default(),
         });
         tokio::spawn(invalidation::run(Arc::downgrade(&inner), rx));
         Engine { inner }
@@ -420,14 +423,16 @@ impl Engine {
         key: ViewKey,
     ) -> Result<Arc<View>, EngineError> {
         let view = self.view_for(graph, params, key);
-        if let Err(e) = view
+        self.inner.in_flight.enter(&view);
+        let ready = view
             .ensure_ready(
                 &self.inner.store,
                 &self.inner.stats,
                 self.inner.config.history_len,
             )
-            .await
-        {
+            .await;
+        self.inner.in_flight.leave(&view);
+        if let Err(e) = ready {
             if view.close_if_unused(&self.inner.store) {
                 self.views().remove(&view);
             }

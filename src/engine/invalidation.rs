@@ -148,10 +148,13 @@ fn schedule(inner: &Arc<Inner>, view: Arc<View>, ack: Arc<Ack>, patches: Option<
 /// changed row with its old values; such views get the patch too, applied
 /// after their evaluation.
 #[derive(Default)]
-pub(crate) struct InFlight(Mutex<HashMap<Arc<str>, HashMap<usize, Arc<View>>>>);
+pub(crate) struct InFlight(Mutex<ByGraph>);
+
+/// Graph -> (view address -> view).
+type ByGraph = HashMap<Arc<str>, HashMap<usize, Arc<View>>>;
 
 impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, HashMap<usize, Arc<View>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ByGraph> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 

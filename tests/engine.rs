@@ -164,7 +164,7 @@ async fn a_patch_reaches_a_view_whose_evaluation_read_the_old_row() {
         tokio::time::timeout(Duration::from_millis(200), session.next()).await
     {
         let Outbound::Frame(f) = item else { continue };
-        assert_eq!(f.view_id, view.clone().into());
+        assert_eq!(f.view_id, view);
         let rows = match &f.body {
             arcana::engine::FrameBody::Snapshot(s) => s.rows.clone(),
             arcana::engine::FrameBody::Diff(d) => {

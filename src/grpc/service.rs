@@ -158,17 +158,26 @@ fn session_stream(
                 // Frames that queued up while the client was reading go out
                 // as one message: per-message costs dominate fan-out.
                 let first = encoded_frame(&f);
-                let mut size = first.len();
-                let mut pieces = vec![first];
-                while size < g.batch_bytes {
-                    let Some(f) = g.session.try_next_frame() else {
-                        break;
-                    };
-                    let b = encoded_frame(&f);
-                    size += b.len();
-                    pieces.push(b);
+                let next = (first.len() < g.batch_bytes)
+                    .then(|| g.session.try_next_frame())
+                    .flatten();
+                match next {
+                    // The common case allocates nothing: the bytes are shared.
+                    None => WireServerMessage::One(first),
+                    Some(second) => {
+                        let mut pieces = vec![first, encoded_frame(&second)];
+                        let mut size: usize = pieces.iter().map(|b| b.len()).sum();
+                        while size < g.batch_bytes {
+                            let Some(f) = g.session.try_next_frame() else {
+                                break;
+                            };
+                            let b = encoded_frame(&f);
+                            size += b.len();
+                            pieces.push(b);
+                        }
+                        WireServerMessage::frames(pieces)
+                    }
                 }
-                WireServerMessage::frames(pieces)
             }
         };
         Some((Ok(msg), g))

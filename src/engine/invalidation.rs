@@ -346,11 +346,6 @@ fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
             let Some(def) = inner.registry.graph(g) else {
                 continue;
             };
-            let routed = def
-                .routes
-                .iter()
-                .filter(|r| r.table == c.table)
-                .find_map(|r| c.route_values.get(&r.column).map(|vals| (r, vals)));
             if def.can_patch(c) {
                 // Only the views holding the row: the store knows them.
                 let key = RowKey::new(&c.table, &c.id);
@@ -370,6 +365,11 @@ fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
                 }
                 continue;
             }
+            let routed = def
+                .routes
+                .iter()
+                .filter(|r| r.table == c.table)
+                .find_map(|r| c.route_values.get(&r.column).map(|vals| (r, vals)));
             let candidates: Vec<&Arc<View>> = match routed {
                 Some((route, values)) => values
                     .iter()

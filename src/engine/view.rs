@@ -200,13 +200,8 @@ impl View {
         stats: &Stats,
         history: usize,
     ) -> Refresh {
-        match self.apply(result, store, history) {
-            Ok(r) => {
-                if r == Refresh::Changed {
-                    stats.frames.add(self.lock().subscribers.len() as u64);
-                }
-                r
-            }
+        match self.apply(result, store, stats, history) {
+            Ok(r) => r,
             Err(e) => {
                 stats.eval_errors.inc();
                 tracing::warn!(view = %self.id, error = %e, "view evaluation failed");
@@ -239,7 +234,7 @@ impl View {
             .factory
             .evaluate(self.key.scope.clone(), self.params.clone())
             .await;
-        self.apply(result, store, history)
+        self.apply(result, store, stats, history)
     }
 
     /// Turns a result into the view's next version and queues its diff.
@@ -247,6 +242,7 @@ impl View {
         &self,
         result: Result<GraphResult, EvalError>,
         store: &Mutex<Store>,
+        stats: &Stats,
         history: usize,
     ) -> Result<Refresh, EngineError> {
         let mut st = self.lock();
@@ -300,11 +296,17 @@ impl View {
             st.version = 1;
             return Ok(Refresh::Changed);
         }
-        Ok(self.publish(&mut st, diff, history))
+        Ok(self.publish(&mut st, diff, stats, history))
     }
 
     /// Makes `diff` the next version: history, then every subscriber.
-    fn publish(&self, st: &mut State, mut diff: ViewDiff, history: usize) -> Refresh {
+    fn publish(
+        &self,
+        st: &mut State,
+        mut diff: ViewDiff,
+        stats: &Stats,
+        history: usize,
+    ) -> Refresh {
         if diff.is_empty() {
             return Refresh::Unchanged;
         }
@@ -325,6 +327,7 @@ impl View {
         for s in st.subscribers.values() {
             s.push_frame(frame.clone());
         }
+        stats.frames.add(st.subscribers.len() as u64);
         Refresh::Changed
     }
 
@@ -368,11 +371,7 @@ impl View {
                 st.rows.insert(key, shared);
             }
         }
-        let r = self.publish(&mut st, diff, history);
-        if r == Refresh::Changed {
-            stats.frames.add(st.subscribers.len() as u64);
-        }
-        r
+        self.publish(&mut st, diff, stats, history)
     }
 
     fn snapshot_frame(&self, st: &State) -> Arc<Frame> {

@@ -54,10 +54,6 @@ async fn harness(mode: ChangeMode) -> Harness {
     .await
 }
 
-fn project(id: i64) -> std::collections::HashMap<String, pb::Value> {
-    params(&[("project_id", int(id))])
-}
-
 fn title(l: &Live, view: &str, id: &str) -> Option<Value> {
     l.view(view)
         .rows

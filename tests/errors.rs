@@ -7,10 +7,6 @@ use arcana::proto::{self as pb};
 use common::*;
 use tonic::Code;
 
-fn project(id: i64) -> std::collections::HashMap<String, pb::Value> {
-    params(&[("project_id", int(id))])
-}
-
 #[tokio::test]
 async fn calls_without_a_valid_token_are_unauthenticated() {
     let h = Harness::start().await;

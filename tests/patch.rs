@@ -4,21 +4,8 @@
 
 mod common;
 
-use arcana::config::ChangeMode;
 use arcana::engine::EngineStats;
 use common::*;
-
-fn project(id: i64) -> std::collections::HashMap<String, arcana::proto::Value> {
-    params(&[("project_id", int(id))])
-}
-
-async fn wal() -> Harness {
-    Harness::with(|c| {
-        c.changes.mode = ChangeMode::Wal;
-        c.changes.slot = format!("slot_{:016x}", rand::random::<u64>());
-    })
-    .await
-}
 
 fn counts(h: &Harness) -> (u64, u64) {
     let s: EngineStats = h.app().engine.stats();
@@ -27,7 +14,7 @@ fn counts(h: &Harness) -> (u64, u64) {
 
 #[tokio::test]
 async fn shown_columns_are_patched_and_the_rest_evaluated() {
-    let h = wal().await;
+    let h = Harness::wal().await;
     let mut l = h.live("dev-alice").await;
     let p1 = l
         .subscribe("project_tasks", project(1))
@@ -85,7 +72,7 @@ async fn shown_columns_are_patched_and_the_rest_evaluated() {
 
 #[tokio::test]
 async fn multi_row_transactions_and_unknown_values_are_evaluated() {
-    let h = wal().await;
+    let h = Harness::wal().await;
     let mut l = h.live("dev-alice").await;
     let p1 = l
         .subscribe("project_tasks", project(1))

@@ -7,13 +7,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use arcana::config::ChangeMode;
 use arcana::engine::{Change, RowKey, Value};
 use common::*;
-
-fn project(id: i64) -> std::collections::HashMap<String, arcana::proto::Value> {
-    params(&[("project_id", int(id))])
-}
 
 /// Evaluations run so far by the view `view_id` (`<graph>/<hash>`) of
 /// workspace `acme`.
@@ -154,11 +149,7 @@ async fn routes_on_the_scope_follow_the_workspace_and_the_user() {
 }
 
 async fn wal_harness(identity_full: bool) -> Harness {
-    let h = Harness::with(|c| {
-        c.changes.mode = ChangeMode::Wal;
-        c.changes.slot = format!("slot_{:016x}", rand::random::<u64>());
-    })
-    .await;
+    let h = Harness::wal().await;
     if !identity_full {
         h.sql("ALTER TABLE tasks REPLICA IDENTITY DEFAULT").await;
     }

@@ -6,10 +6,6 @@ mod common;
 use arcana::proto::{self as pb, view_frame::Body, SyncMode};
 use common::*;
 
-fn project(id: i64) -> std::collections::HashMap<String, pb::Value> {
-    params(&[("project_id", int(id))])
-}
-
 async fn write_n(h: &Harness, n: usize) {
     let mut w = h.client("dev-alice").await;
     for i in 0..n {

@@ -5,10 +5,6 @@ mod common;
 use arcana::proto::{self as pb, view_frame::Body, PatchOp};
 use common::*;
 
-fn project(id: i64) -> std::collections::HashMap<String, pb::Value> {
-    params(&[("project_id", int(id))])
-}
-
 fn last_diff(l: &Live, view: &str) -> pb::ViewDiff {
     l.frames
         .iter()

@@ -85,6 +85,15 @@ impl Harness {
         Self::with(|_| {}).await
     }
 
+    /// A harness whose server detects changes from the WAL, on its own slot.
+    pub async fn wal() -> Harness {
+        Self::with(|c| {
+            c.changes.mode = arcana::config::ChangeMode::Wal;
+            c.changes.slot = format!("slot_{:016x}", rand::random::<u64>());
+        })
+        .await
+    }
+
     pub async fn with(f: impl FnOnce(&mut Config)) -> Harness {
         Self::with_extra("", "", f).await
     }
@@ -215,6 +224,11 @@ pub fn text(s: &str) -> pb::Value {
     pb::Value {
         kind: Some(pb::value::Kind::String(s.into())),
     }
+}
+
+/// The params of the demo's `project_tasks` for one project.
+pub fn project(id: i64) -> HashMap<String, pb::Value> {
+    params(&[("project_id", int(id))])
 }
 
 pub fn params(pairs: &[(&str, pb::Value)]) -> HashMap<String, pb::Value> {

@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
@@ -28,7 +29,7 @@ use super::error::EvalError;
 use super::registry::Change;
 use super::result::RowKey;
 use super::value::Fields;
-use super::view::View;
+use super::view::{Refresh, View};
 use super::Inner;
 
 /// Changes that must be applied together, with an optional completion signal.
@@ -84,6 +85,8 @@ pub(crate) struct Schedule {
     /// Row values to patch in, when no full evaluation is needed.
     patches: Vec<Patch>,
     waiting: Vec<Arc<Ack>>,
+    /// Evaluations failed in a row; spaces out the retries.
+    failures: u32,
 }
 
 /// New values of some columns of one row.
@@ -117,21 +120,26 @@ pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>)
                 ack.release();
             }
             for v in full {
-                schedule(&inner, v, ack.clone(), None);
+                schedule(&inner, v, Some(ack.clone()), None);
             }
             for (v, p) in patched {
-                schedule(&inner, v, ack.clone(), Some(p));
+                schedule(&inner, v, Some(ack.clone()), Some(p));
             }
         }
     }
 }
 
-/// Marks `view` for `ack`'s batch, dirty or with rows to patch, and queues
-/// it for a round if it is not queued or in one already.
-fn schedule(inner: &Arc<Inner>, view: Arc<View>, ack: Arc<Ack>, patches: Option<Vec<Patch>>) {
+/// Marks `view` for `ack`'s batch (if any), dirty or with rows to patch, and
+/// queues it for a round if it is not queued or in one already.
+fn schedule(
+    inner: &Arc<Inner>,
+    view: Arc<View>,
+    ack: Option<Arc<Ack>>,
+    patches: Option<Vec<Patch>>,
+) {
     let start = {
         let mut s = view.schedule.lock().unwrap_or_else(|e| e.into_inner());
-        s.waiting.push(ack);
+        s.waiting.extend(ack);
         match patches {
             None => s.dirty = true,
             Some(p) => s.patches.extend(p),
@@ -158,16 +166,17 @@ impl InFlight {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Marks `view` as evaluating.
-    pub(crate) fn enter(&self, view: &Arc<View>) {
+    /// Marks `view` as evaluating until the guard drops (its result
+    /// applied, or the evaluation abandoned).
+    pub(crate) fn enter<'a>(&'a self, view: &'a Arc<View>) -> Evaluating<'a> {
         self.lock()
             .entry(view.key.graph.clone())
             .or_default()
             .insert(Arc::as_ptr(view) as usize, view.clone());
+        Evaluating { set: self, view }
     }
 
-    /// Marks `view` as done evaluating (its result applied).
-    pub(crate) fn leave(&self, view: &Arc<View>) {
+    fn leave(&self, view: &Arc<View>) {
         let mut map = self.lock();
         if let Some(views) = map.get_mut(&view.key.graph) {
             views.remove(&(Arc::as_ptr(view) as usize));
@@ -182,6 +191,18 @@ impl InFlight {
             .get(graph)
             .map(|v| v.values().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+/// A view marked as evaluating; unmarks it when dropped.
+pub(crate) struct Evaluating<'a> {
+    set: &'a InFlight,
+    view: &'a Arc<View>,
+}
+
+impl Drop for Evaluating<'_> {
+    fn drop(&mut self) {
+        self.set.leave(self.view);
     }
 }
 
@@ -266,9 +287,7 @@ async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphoreP
             .filter(|(v, (full, _))| *full && v.refreshable())
             .map(|(v, _)| v)
             .collect();
-        for v in &live {
-            inner.in_flight.enter(v);
-        }
+        let _evaluating: Vec<_> = live.iter().map(|v| inner.in_flight.enter(v)).collect();
         if let Some(first) = live.first() {
             let factory = &first.graph.factory;
             inner.stats.evaluations.add(live.len() as u64);
@@ -294,10 +313,19 @@ async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphoreP
             for (v, r) in live.iter().zip(results) {
                 let r = v.settle(r, &inner.store, &inner.stats, inner.config.history_len);
                 tracing::debug!(view = %v.id, result = ?r, "refreshed");
+                let failures = {
+                    let mut s = v.schedule.lock().unwrap_or_else(|e| e.into_inner());
+                    s.failures = if r == Refresh::Failed {
+                        s.failures + 1
+                    } else {
+                        0
+                    };
+                    s.failures
+                };
+                if failures > 0 {
+                    retry_later(&inner, v, failures);
+                }
             }
-        }
-        for v in &live {
-            inner.in_flight.leave(v);
         }
     }
     drop(permit);
@@ -317,6 +345,30 @@ async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphoreP
             enqueue(&inner, v);
         }
     }
+}
+
+/// First wait before re-evaluating a view whose evaluation failed.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+/// Longest wait between retries.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Re-evaluates a view whose evaluation failed after a backoff (doubling
+/// from `RETRY_FIRST` to `RETRY_MAX`), so its subscribers converge without
+/// waiting for another change to touch it. The batch that caused the
+/// evaluation is released at once: the retry is the engine's to finish.
+fn retry_later(inner: &Arc<Inner>, view: &Arc<View>, failures: u32) {
+    let delay = RETRY_FIRST
+        .saturating_mul(1 << failures.saturating_sub(1).min(8))
+        .min(RETRY_MAX);
+    let (inner, view) = (Arc::downgrade(inner), Arc::downgrade(view));
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        if let (Some(inner), Some(view)) = (inner.upgrade(), view.upgrade()) {
+            if view.refreshable() {
+                schedule(&inner, view, None, None);
+            }
+        }
+    });
 }
 
 /// The live views any change in `batches` can touch, each once: those to

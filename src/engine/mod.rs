@@ -255,6 +255,38 @@ pub struct EngineStats {
     pub view_info: Vec<ViewInfo>,
 }
 
+/// A subscribe or sync in progress. Dropped before it completes (an error,
+/// or the future dropped because the client cancelled or its session
+/// closed), it gives back the session's reserved slot and closes the view it
+/// was attaching to if no one else holds it, so no view lives on, and is
+/// evaluated, without a subscriber.
+struct Attaching<'a> {
+    engine: &'a Engine,
+    session: &'a Arc<Session>,
+    reserved: bool,
+    view: Option<Arc<View>>,
+}
+
+impl Attaching<'_> {
+    /// Now attaching to `view`; lets go of the previous one.
+    fn hold(&mut self, view: Arc<View>) {
+        if let Some(old) = self.view.replace(view) {
+            self.engine.close_if_unused(&old);
+        }
+    }
+}
+
+impl Drop for Attaching<'_> {
+    fn drop(&mut self) {
+        if self.reserved {
+            self.session.release_reservation();
+        }
+        if let Some(v) = self.view.take() {
+            self.engine.close_if_unused(&v);
+        }
+    }
+}
+
 /// The engine. Cheap to clone; all clones share one state.
 #[derive(Clone)]
 pub struct Engine {
@@ -339,6 +371,13 @@ impl Engine {
         }
     }
 
+    /// Closes `view` if no session holds it.
+    fn close_if_unused(&self, view: &Arc<View>) {
+        if view.close_if_unused(&self.inner.store) {
+            self.views().remove(view);
+        }
+    }
+
     /// The checks every graph or mutation call passes: it exists, the caller
     /// holds its permissions, and the params validate against its schema.
     #[allow(clippy::too_many_arguments)]
@@ -415,32 +454,6 @@ impl Engine {
         v
     }
 
-    /// Finds or creates the shared view and makes sure it has a first result.
-    async fn ready_view(
-        &self,
-        graph: Arc<GraphDef>,
-        params: Params,
-        key: ViewKey,
-    ) -> Result<Arc<View>, EngineError> {
-        let view = self.view_for(graph, params, key);
-        self.inner.in_flight.enter(&view);
-        let ready = view
-            .ensure_ready(
-                &self.inner.store,
-                &self.inner.stats,
-                self.inner.config.history_len,
-            )
-            .await;
-        self.inner.in_flight.leave(&view);
-        if let Err(e) = ready {
-            if view.close_if_unused(&self.inner.store) {
-                self.views().remove(&view);
-            }
-            return Err(e);
-        }
-        Ok(view)
-    }
-
     /// Subscribes `session` to `graph` with `params`. The snapshot is queued on
     /// the session; `reply` (given the snapshot version) may return an encoded
     /// message to queue just before it.
@@ -485,19 +498,13 @@ impl Engine {
                 out
             },
         );
-        match outcome.await {
-            Ok(s) => Ok(s),
-            Err(e) => {
-                if reserved {
-                    session.release_reservation();
-                }
-                Err(e)
-            }
-        }
+        outcome.await
     }
 
     /// Gets a ready view and attaches to it, retrying if it closed between the
-    /// lookup and the attach (its last subscriber left meanwhile).
+    /// lookup and the attach (its last subscriber left meanwhile). Whatever
+    /// ends it early, an error or the caller dropping the future (a client
+    /// that cancels), leaves nothing behind: see [`Attaching`].
     async fn attach_loop<T>(
         &self,
         session: &Arc<Session>,
@@ -507,14 +514,36 @@ impl Engine {
         reserved: bool,
         mut attach: impl FnMut(&Arc<View>, &Arc<Session>, bool) -> Option<T>,
     ) -> Result<T, EngineError> {
+        let mut attaching = Attaching {
+            engine: self,
+            session,
+            reserved,
+            view: None,
+        };
         loop {
             if session.is_closed() {
                 return Err(EngineError::NotFound("the session is closed".into()));
             }
-            let view = self
-                .ready_view(g.clone(), params.clone(), key.clone())
-                .await?;
+            let view = self.view_for(g.clone(), params.clone(), key.clone());
+            attaching.hold(view.clone());
+            let ready = {
+                let _evaluating = self.inner.in_flight.enter(&view);
+                // A first evaluation takes an evaluation slot like any other.
+                let _slot = match view.refreshable() {
+                    true => None,
+                    false => self.inner.evaluations.acquire().await.ok(),
+                };
+                view.ensure_ready(
+                    &self.inner.store,
+                    &self.inner.stats,
+                    self.inner.config.history_len,
+                )
+                .await
+            };
+            ready?;
             if let Some(t) = attach(&view, session, reserved) {
+                attaching.view = None;
+                attaching.reserved = false;
                 return Ok(t);
             }
         }
@@ -574,9 +603,6 @@ impl Engine {
                     },
                 )
                 .await;
-            if res.is_err() && reserved {
-                session.release_reservation();
-            }
             out.push(SyncOutcome {
                 view_id,
                 result: res,
@@ -645,16 +671,6 @@ impl Engine {
         })
         .await?;
         rx.await.map_err(|_| EngineError::ShuttingDown)
-    }
-
-    /// The fields every live view holds for a row (one entry per workspace
-    /// holding it). Change detection compares new values against these.
-    pub fn held_fields(&self, key: &RowKey) -> Vec<Arc<Fields>> {
-        self.inner
-            .store
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .held(key)
     }
 
     /// Counters and a per-view breakdown.

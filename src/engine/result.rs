@@ -78,9 +78,16 @@ impl GraphResult {
     pub fn new() -> Self {
         Self::default()
     }
-    /// Adds (or replaces) a row.
+    /// Adds a row, or merges `fields` into it when the result already has
+    /// it: a row reached through refs that use different fields (a
+    /// self-join, say) carries the union of those fields.
     pub fn add_row(&mut self, table: &str, id: &str, fields: Fields) {
-        self.rows.insert(RowKey::new(table, id), fields);
+        match self.rows.entry(RowKey::new(table, id)) {
+            std::collections::hash_map::Entry::Occupied(mut e) => e.get_mut().extend(fields),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(fields);
+            }
+        }
     }
     /// Appends a top-level reference.
     pub fn add_ref(&mut self, r: Ref) {

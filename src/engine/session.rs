@@ -25,6 +25,10 @@ use super::view::View;
 pub enum Outbound {
     /// A view frame (droppable: a resync replaces it).
     Frame(Arc<Frame>),
+    /// A Sync catch-up: one view's missed diffs, in version order, sent
+    /// together so the client shows the caught-up state at once. Bounded by
+    /// the view's history, so it does not count against the frame queue.
+    CatchUp(Vec<Arc<Frame>>),
     /// An already encoded transport message, such as a reply (never dropped).
     Message(Bytes),
 }
@@ -41,6 +45,17 @@ struct Inner {
     pending: usize,
     closed: bool,
     overflows: u64,
+}
+
+/// What a session receives first for a view it attaches to.
+pub(crate) enum Attached {
+    /// A reply (already encoded, if any), then the snapshot.
+    Snapshot {
+        reply: Option<Bytes>,
+        snapshot: Arc<Frame>,
+    },
+    /// The diffs missed since the client's version (none when current).
+    CatchUp(Vec<Arc<Frame>>),
 }
 
 /// One client session.
@@ -150,6 +165,7 @@ impl Session {
                 if let Some(item) = g.queue.pop_front() {
                     match item {
                         Outbound::Frame(_) => g.frames_queued -= 1,
+                        Outbound::CatchUp(_) => {}
                         Outbound::Message(_) => g.messages_queued -= 1,
                     }
                     return Some(item);
@@ -214,31 +230,42 @@ impl Session {
         self.lock().pending -= 1;
     }
 
-    /// Completes a subscribe: records the view (turning the reservation into
-    /// a subscription when `reserved`), then queues the reply and snapshot.
-    /// Called by the view with its state locked, so no diff can slip between.
-    pub(crate) fn attach(
-        &self,
-        view: Arc<View>,
-        reserved: bool,
-        reply: Option<Bytes>,
-        snapshot: Option<Arc<Frame>>,
-    ) {
+    /// Completes a subscribe or sync: records the view (turning the
+    /// reservation into a subscription when `reserved`), then queues what
+    /// the client gets first. Called by the view with its state locked, so
+    /// no diff can slip between. Returns false, changing nothing, when the
+    /// session has closed.
+    pub(crate) fn attach(&self, view: Arc<View>, reserved: bool, first: Attached) -> bool {
         let mut g = self.lock();
+        if g.closed {
+            return false;
+        }
         if reserved {
             g.pending -= 1;
         }
         g.resync.retain(|r| !Arc::ptr_eq(r, &view));
         g.subscriptions.insert(view.id.clone(), view);
-        if let Some(bytes) = reply {
-            g.queue.push_back(Outbound::Message(bytes));
-            g.messages_queued += 1;
-        }
+        let snapshot = match first {
+            Attached::Snapshot { reply, snapshot } => {
+                if let Some(bytes) = reply {
+                    g.queue.push_back(Outbound::Message(bytes));
+                    g.messages_queued += 1;
+                }
+                Some(snapshot)
+            }
+            Attached::CatchUp(frames) => {
+                if !frames.is_empty() {
+                    g.queue.push_back(Outbound::CatchUp(frames));
+                }
+                None
+            }
+        };
         drop(g);
         if let Some(frame) = snapshot {
             self.push_frame(frame);
         }
         self.wake.notify_one();
+        true
     }
 
     /// Forgets a subscription; returns its view.
@@ -247,10 +274,16 @@ impl Session {
         let v = g.subscriptions.remove(view_id)?;
         g.resync.retain(|r| !Arc::ptr_eq(r, &v));
         let id = v.id.clone();
-        let before = g.queue.len();
-        g.queue
-            .retain(|o| !matches!(o, Outbound::Frame(f) if f.view_id == id));
-        let dropped = before - g.queue.len();
+        let dropped = g
+            .queue
+            .iter()
+            .filter(|o| matches!(o, Outbound::Frame(f) if f.view_id == id))
+            .count();
+        g.queue.retain(|o| match o {
+            Outbound::Frame(f) => f.view_id != id,
+            Outbound::CatchUp(fs) => fs.first().is_none_or(|f| f.view_id != id),
+            Outbound::Message(_) => true,
+        });
         g.frames_queued -= dropped;
         Some(v)
     }

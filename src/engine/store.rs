@@ -4,8 +4,8 @@
 //! when its last view lets go of it. The holders let a change that can be
 //! patched in go straight to the views holding its row.
 //!
-//! Entries are indexed by row key first (then workspace), so change detection
-//! can find every held copy of a row without knowing its workspace.
+//! Entries are indexed by row key first (then workspace), so a patch can find
+//! every view holding a row without knowing its workspace.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
@@ -98,14 +98,6 @@ impl Store {
         }
     }
 
-    /// The fields held for `key` in every workspace that holds it.
-    pub fn held(&self, key: &RowKey) -> Vec<SharedFields> {
-        self.rows
-            .get(key)
-            .map(|l| l.iter().map(|e| e.row.clone()).collect())
-            .unwrap_or_default()
-    }
-
     /// The live views holding `key`, in any workspace.
     pub fn holders(&self, key: &RowKey) -> Vec<Arc<View>> {
         self.rows
@@ -155,13 +147,13 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(s.ref_count("w", &k), 2);
         s.acquire(&other, &k, Fields::new(), &h3);
-        assert_eq!(s.held(&k).len(), 2);
+        assert_eq!(s.ref_count("v", &k), 1);
         assert_eq!(s.len(), 2);
         s.release(&ws, &k, &h1);
         assert_eq!(s.len(), 2);
         s.release(&ws, &k, &h2);
         s.release(&other, &k, &h3);
         assert!(s.is_empty());
-        assert!(s.held(&k).is_empty());
+        assert_eq!(s.ref_count("w", &k), 0);
     }
 }

@@ -18,7 +18,7 @@ use super::identity::Scope;
 use super::params::Params;
 use super::registry::GraphDef;
 use super::result::{GraphResult, Ref, RowKey};
-use super::session::Session;
+use super::session::{Attached, Session};
 use super::stats::Stats;
 use super::store::Store;
 use super::value::{Fields, SharedFields};
@@ -110,6 +110,9 @@ pub enum Refresh {
     Unchanged,
     /// The view is closed or not yet initialized; nothing ran.
     Skipped,
+    /// The evaluation failed; subscribers got an error frame and the last
+    /// good state stands until a retry succeeds.
+    Failed,
 }
 
 impl View {
@@ -216,7 +219,7 @@ impl View {
                 for s in st.subscribers.values() {
                     s.push_frame(frame.clone());
                 }
-                Refresh::Unchanged
+                Refresh::Failed
             }
         }
     }
@@ -397,21 +400,25 @@ impl View {
     }
 
     /// Adds a subscriber and queues `reply` then a snapshot on its session.
-    /// Returns the version, or `None` if the view closed meanwhile.
+    /// Returns the version, or `None` if the view or the session closed
+    /// meanwhile.
     pub(crate) fn attach(
         self: &Arc<Self>,
         session: &Arc<Session>,
         reserved: bool,
         reply: impl FnOnce(u64) -> Option<Bytes>,
     ) -> Option<u64> {
-        let mut st = self.lock();
+        let st = self.lock();
         if st.closed || !st.ready {
             return None;
         }
-        st.subscribers.insert(session.id.clone(), session.clone());
-        let snapshot = self.snapshot_frame(&st);
-        session.attach(self.clone(), reserved, reply(st.version), Some(snapshot));
-        Some(st.version)
+        let version = st.version;
+        let first = Attached::Snapshot {
+            reply: reply(version),
+            snapshot: self.snapshot_frame(&st),
+        };
+        self.add_subscriber(st, session, reserved, first)
+            .then_some(version)
     }
 
     /// Adds a subscriber that last saw `version` of `epoch` and queues what
@@ -423,37 +430,61 @@ impl View {
         epoch: u64,
         version: u64,
     ) -> Option<(SyncMode, u64)> {
-        let mut st = self.lock();
+        let st = self.lock();
         if st.closed || !st.ready {
             return None;
         }
-        st.subscribers.insert(session.id.clone(), session.clone());
         let current = st.version;
-        if epoch == self.epoch && version == current {
-            session.attach(self.clone(), reserved, None, None);
-            return Some((SyncMode::Current, current));
-        }
         let covered = epoch == self.epoch
-            && version < current
-            && st
-                .history
-                .front()
-                .is_some_and(|f| f.prev_version <= version);
-        if covered {
-            session.attach(self.clone(), reserved, None, None);
+            && version <= current
+            && (version == current
+                || st
+                    .history
+                    .front()
+                    .is_some_and(|f| f.prev_version <= version));
+        let (mode, first) = if covered {
             let missed: Vec<Arc<Frame>> = st
                 .history
                 .iter()
                 .filter(|f| f.version > version)
                 .cloned()
                 .collect();
-            let n = missed.len() as u32;
-            session.push_frames(missed);
-            return Some((SyncMode::CatchUp(n), current));
+            let mode = match missed.len() {
+                0 => SyncMode::Current,
+                n => SyncMode::CatchUp(n as u32),
+            };
+            (mode, Attached::CatchUp(missed))
+        } else {
+            let first = Attached::Snapshot {
+                reply: None,
+                snapshot: self.snapshot_frame(&st),
+            };
+            (SyncMode::Snapshot, first)
+        };
+        self.add_subscriber(st, session, reserved, first)
+            .then_some((mode, current))
+    }
+
+    /// Records `session` as a subscriber and hands it `first`, under the
+    /// state lock so no diff slips between. A session that closed meanwhile
+    /// is not recorded (false); the caller then lets go of the view.
+    fn add_subscriber(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        session: &Arc<Session>,
+        reserved: bool,
+        first: Attached,
+    ) -> bool {
+        st.subscribers.insert(session.id.clone(), session.clone());
+        if session.attach(
+            self.me.upgrade().expect("a view in use is alive"),
+            reserved,
+            first,
+        ) {
+            return true;
         }
-        let snapshot = self.snapshot_frame(&st);
-        session.attach(self.clone(), reserved, None, Some(snapshot));
-        Some((SyncMode::Snapshot, current))
+        st.subscribers.remove(&session.id);
+        false
     }
 
     /// Builds the snapshot a session that fell behind is owed, if it still is.

@@ -154,6 +154,14 @@ fn session_stream(
         };
         let msg = match item? {
             Outbound::Message(b) => WireServerMessage::One(b),
+            // A catch-up goes out whole, whatever the batch size, so the
+            // client applies it as one step.
+            Outbound::CatchUp(frames) if frames.len() == 1 => {
+                WireServerMessage::One(encoded_frame(&frames[0]))
+            }
+            Outbound::CatchUp(frames) => {
+                WireServerMessage::frames(frames.iter().map(|f| encoded_frame(f)).collect())
+            }
             Outbound::Frame(f) => {
                 // Frames that queued up while the client was reading go out
                 // as one message: per-message costs dominate fan-out.

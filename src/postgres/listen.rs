@@ -1,9 +1,13 @@
 //! Change detection with LISTEN/NOTIFY: a dedicated connection listens on
 //! the channel the generated triggers notify (see `triggers.rs`).
 //!
-//! Notifications of one transaction arrive together at its commit; those read
-//! in one go are grouped by transaction id into one batch each, so a view
-//! never shows half a transaction. The connection is re-opened with backoff
+//! Notifications of one transaction arrive together, in a row, after its
+//! commit, and end with the marker the deferred trigger sends (see
+//! `triggers.rs`). A transaction becomes one batch when its marker arrives,
+//! or a notification of another transaction does, so a view never shows
+//! half a transaction however the notifications are read. A transaction
+//! without a marker (it only truncated) is handed over after a short quiet
+//! period. The connection is re-opened with backoff
 //! when lost; notifications sent meanwhile are gone for good, so after every
 //! reconnect all live views are re-evaluated and clients converge anyway.
 
@@ -16,9 +20,27 @@ use tokio_postgres::AsyncMessage;
 use super::Listener;
 use crate::engine::{Change, ChangeBatch, Engine};
 
-/// One parsed notification: its transaction and change.
-fn parse(payload: &str) -> Option<(String, Change)> {
+/// One parsed notification.
+#[derive(Debug, PartialEq)]
+enum Note {
+    /// A change of transaction `.0`.
+    Change(String, Change),
+    /// Transaction `.0` has sent all its changes.
+    End(String),
+}
+
+/// How long a transaction without an end marker may wait for more of its
+/// notifications: a truncate-only transaction has no marker, and triggers
+/// installed by an older version send none.
+const QUIET: Duration = Duration::from_millis(50);
+/// How long a transaction that expects a marker waits for it at most.
+const MARKER_WAIT: Duration = Duration::from_secs(2);
+
+fn parse(payload: &str) -> Option<Note> {
     let v: serde_json::Value = serde_json::from_str(payload).ok()?;
+    if let Some(x) = v.get("end").and_then(|x| x.as_str()) {
+        return Some(Note::End(x.to_owned()));
+    }
     let table = v.get("t")?.as_str()?.to_owned();
     let op = v.get("op").and_then(|o| o.as_str()).unwrap_or("");
     let id = v.get("k").and_then(|k| k.as_str()).unwrap_or("").to_owned();
@@ -34,10 +56,30 @@ fn parse(payload: &str) -> Option<(String, Change)> {
         table,
         id,
         columns,
-        route_values: Default::default(),
-        values: None,
+        ..Change::default()
     };
-    Some((xid, change))
+    Some(Note::Change(xid, change))
+}
+
+/// The transaction whose notifications are being read.
+struct Open {
+    xid: String,
+    changes: Vec<Change>,
+    /// Only truncates so far: no marker will come.
+    truncates_only: bool,
+    since: tokio::time::Instant,
+}
+
+impl Open {
+    /// How long to wait for more of its notifications before handing it over.
+    fn deadline(&self) -> tokio::time::Instant {
+        self.since
+            + if self.truncates_only {
+                QUIET
+            } else {
+                MARKER_WAIT
+            }
+    }
 }
 
 /// Starts listening on `channel`. Returns once `LISTEN` is in effect, so
@@ -121,34 +163,74 @@ async fn listen_once(
             return e.to_string();
         }
     }
+    let mut open: Option<Open> = None;
     loop {
-        let Some(first) = rx.recv().await else {
+        let next = match &open {
+            Some(o) => match tokio::time::timeout_at(o.deadline(), rx.recv()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    if !o.truncates_only {
+                        tracing::warn!(
+                            xid = o.xid,
+                            "no end marker for a transaction's notifications; reinstall the triggers (arcana triggers install)"
+                        );
+                    }
+                    if let Err(e) = hand_over(engine, open.take()).await {
+                        return e;
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some(n) = next else {
             return driver.await.unwrap_or_else(|e| e.to_string());
         };
-        let mut notes = vec![first];
-        while let Ok(n) = rx.try_recv() {
-            notes.push(n);
-        }
-        // Consecutive notifications of one transaction form one batch.
-        let mut batches: Vec<(String, Vec<Change>)> = Vec::new();
-        for n in &notes {
-            let Some((xid, change)) = parse(n.payload()) else {
-                tracing::warn!(
-                    payload = n.payload(),
-                    "ignoring a malformed change notification"
-                );
+        let Some(note) = parse(n.payload()) else {
+            tracing::warn!(
+                payload = n.payload(),
+                "ignoring a malformed change notification"
+            );
+            continue;
+        };
+        // A transaction's notifications come in a row: a note of another
+        // transaction means the open one is complete.
+        let (xid, change) = match note {
+            Note::End(xid) => {
+                if open.as_ref().is_some_and(|o| o.xid != xid) {
+                    tracing::warn!("a transaction's notifications ended without its marker");
+                }
+                if let Err(e) = hand_over(engine, open.take()).await {
+                    return e;
+                }
                 continue;
-            };
-            match batches.last_mut() {
-                Some((x, changes)) if *x == xid => changes.push(change),
-                _ => batches.push((xid, vec![change])),
+            }
+            Note::Change(xid, change) => (xid, change),
+        };
+        if open.as_ref().is_some_and(|o| o.xid != xid) {
+            if let Err(e) = hand_over(engine, open.take()).await {
+                return e;
             }
         }
-        for (_, changes) in batches {
-            if let Err(e) = engine.changes(ChangeBatch::new(changes, None)).await {
-                return e.to_string();
-            }
-        }
+        let o = open.get_or_insert_with(|| Open {
+            xid,
+            changes: Vec::new(),
+            truncates_only: true,
+            since: tokio::time::Instant::now(),
+        });
+        o.truncates_only &= change.id.is_empty() && change.columns.is_empty();
+        o.changes.push(change);
+    }
+}
+
+/// Hands a complete transaction to the engine as one batch.
+async fn hand_over(engine: &Engine, open: Option<Open>) -> Result<(), String> {
+    match open {
+        Some(o) => engine
+            .changes(ChangeBatch::new(o.changes, None))
+            .await
+            .map_err(|e| e.to_string()),
+        None => Ok(()),
     }
 }
 
@@ -158,9 +240,12 @@ mod tests {
 
     #[test]
     fn payloads_parse_into_changes() {
+        let change = |p: &str| match parse(p) {
+            Some(Note::Change(x, c)) => (x, c),
+            other => panic!("{other:?}"),
+        };
         let (x, c) =
-            parse(r#"{"t":"tasks","op":"UPDATE","k":"it's \"q\"","c":["title"],"x":"77"}"#)
-                .unwrap();
+            change(r#"{"t":"tasks","op":"UPDATE","k":"it's \"q\"","c":["title"],"x":"77"}"#);
         assert_eq!(x, "77");
         assert_eq!(
             c,
@@ -168,14 +253,14 @@ mod tests {
                 table: "tasks".into(),
                 id: "it's \"q\"".into(),
                 columns: vec!["title".into()],
-                route_values: Default::default(),
-                values: None,
+                ..Change::default()
             }
         );
-        let (_, c) = parse(r#"{"t":"tasks","op":"INSERT","k":"1","c":null,"x":"78"}"#).unwrap();
+        let (_, c) = change(r#"{"t":"tasks","op":"INSERT","k":"1","c":null,"x":"78"}"#);
         assert!(c.columns.is_empty());
-        let (_, c) = parse(r#"{"t":"tasks","op":"TRUNCATE","x":"79"}"#).unwrap();
+        let (_, c) = change(r#"{"t":"tasks","op":"TRUNCATE","x":"79"}"#);
         assert_eq!(c.id, "");
+        assert_eq!(parse(r#"{"end":"80"}"#), Some(Note::End("80".into())));
         assert!(parse("not json").is_none());
     }
 }

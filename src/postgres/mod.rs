@@ -5,6 +5,7 @@ pub mod embedded;
 pub mod listen;
 pub mod named;
 pub mod pgoutput;
+mod row_change;
 pub mod sql;
 pub mod triggers;
 pub mod values;

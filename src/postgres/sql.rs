@@ -163,6 +163,13 @@ pub fn db_error(e: tokio_postgres::Error) -> EvalError {
             "the database connection closed; retry",
         );
     }
+    if std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) {
+        // Refused, reset or timed out: the database is down or restarting.
+        return EvalError::new(
+            EvalErrorKind::Unavailable,
+            format!("the database is unreachable ({}); retry", source_text(&e)),
+        );
+    }
     // Conversion errors (a param that cannot be bound, a column we cannot read).
     let mut msg = e.to_string();
     if let Some(src) = std::error::Error::source(&e) {

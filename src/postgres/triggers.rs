@@ -9,6 +9,13 @@
 //! 8000 bytes: a payload that would not fits drops the column list (then the
 //! key), never the notification itself.
 //!
+//! A deferred constraint trigger on each table sends `{"end": transaction
+//! id}` at commit, after the transaction's change notifications, so the
+//! listener knows when a transaction's notifications are complete (a
+//! transaction is one batch however its notifications are read). Postgres
+//! delivers identical notifications of one transaction once, so it is one
+//! marker per transaction. A transaction that only truncates has no marker.
+//!
 //! Note: NOTIFY inside a writing transaction takes a cluster-wide lock at
 //! commit, which costs throughput with many concurrent writers. Prefer WAL
 //! mode for write-heavy databases.
@@ -131,6 +138,41 @@ $arcana$"#,
     ]
 }
 
+/// The function that marks the end of a transaction's notifications.
+fn end_function(channel: &str) -> (String, String) {
+    let cleaned: String = channel
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let name = format!("arcana_notify_end_{cleaned}");
+    let sql = format!(
+        r#"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $arcana$
+BEGIN
+  PERFORM pg_notify({channel_lit}, json_build_object('end', txid_current()::text)::text);
+  RETURN NULL;
+END
+$arcana$"#,
+        channel_lit = quote_literal(channel),
+    );
+    (name, sql)
+}
+
+/// The deferred trigger that sends the end marker at commit: after every
+/// change notification of the transaction, and once (Postgres delivers
+/// identical notifications of one transaction once).
+fn end_trigger_sql(channel: &str, table: &str) -> Vec<String> {
+    let (end, _) = end_function(channel);
+    let trigger = format!("{}_end", function_name(table));
+    let qtable = quote_table(table);
+    vec![
+        format!("DROP TRIGGER IF EXISTS {} ON {qtable}", quote_ident(&trigger)),
+        format!(
+            "CREATE CONSTRAINT TRIGGER {} AFTER INSERT OR UPDATE OR DELETE ON {qtable} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {end}()",
+            quote_ident(&trigger)
+        ),
+    ]
+}
+
 /// Every statement for every tracked table. Key columns come from
 /// `config_keys` first, then the primary key in the catalog.
 pub async fn all_sql(
@@ -148,12 +190,13 @@ pub async fn all_sql(
     drop(c);
     let _ = task.await;
     let pks = pks?;
-    let mut out = Vec::new();
+    let mut out = vec![end_function(channel).1];
     for (table, cols) in tables {
         let key = config_keys.get(table).filter(|k| !k.is_empty()).or_else(|| pks.get(table).filter(|k| !k.is_empty())).ok_or_else(|| {
             format!("table `{table}` has no primary key and no graph declares its key; add a primary key or a graph `key`")
         })?;
         out.extend(table_sql(channel, table, key, cols.as_ref()));
+        out.extend(end_trigger_sql(channel, table));
     }
     Ok(out)
 }

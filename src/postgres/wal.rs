@@ -14,17 +14,16 @@
 //! pgoutput decoder (`pgoutput.rs`), so values are decoded by the same code
 //! as query results and compare exactly with what views hold.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
 use pgwire_replication::{Lsn, ReplicationClient, ReplicationConfig, ReplicationEvent};
-use postgres_types::{FromSql, Type};
 use tokio::sync::{oneshot, watch};
 
-use super::pgoutput::{decode, Datum, Message, Relation};
-use super::values::SqlValue;
+use super::pgoutput::{decode, Message, Relation};
+use super::row_change::TxChanges;
 use super::Listener;
-use crate::engine::{row_id, Change, ChangeBatch, Engine, Fields, RowKey, Value};
+use crate::engine::{Change, ChangeBatch, Engine};
 
 /// Where the listener reads from.
 #[derive(Debug, Clone)]
@@ -394,126 +393,6 @@ fn visible(snapshot: &str, xid: u32) -> bool {
         .any(|s| s.parse::<u64>().ok() == Some(full))
 }
 
-/// A column value as the listener sees it.
-#[cfg(test)]
-mod tests {
-    use super::visible;
-
-    #[test]
-    fn visibility_follows_the_snapshot() {
-        assert!(visible("100:105:", 104));
-        assert!(!visible("100:105:", 105));
-        assert!(!visible("100:105:101,103", 103));
-        assert!(visible("100:105:101,103", 102));
-        // Across a 32-bit wraparound: epoch 1.
-        let xmax = (1u64 << 32) + 5;
-        assert!(visible(&format!("{}:{xmax}:", xmax - 10), 0xFFFF_FFFE));
-        assert!(!visible(&format!("{}:{xmax}:{}", xmax - 10, xmax - 2), 3));
-        assert!(visible(&format!("{}:{xmax}:{}", xmax - 10, xmax - 2), 4));
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Cell {
-    Known(Value),
-    /// A value we cannot decode: always counts as changed.
-    Unknown,
-    /// An unchanged TOASTed value: never counts as changed.
-    Unchanged,
-}
-
-fn cell(d: &Datum, oid: u32) -> Cell {
-    match d {
-        Datum::Null => Cell::Known(Value::Null),
-        Datum::Unchanged => Cell::Unchanged,
-        Datum::Text(_) => Cell::Unknown,
-        Datum::Binary(b) => match Type::from_oid(oid) {
-            Some(ty) => SqlValue::from_sql(&ty, b)
-                .map(|v| Cell::Known(v.0))
-                .unwrap_or(Cell::Unknown),
-            None => Cell::Unknown,
-        },
-    }
-}
-
-/// What one transaction changed in one table.
-#[derive(Default)]
-struct TableChanges {
-    /// Some change touched every column (insert, delete, truncate, new key).
-    all: bool,
-    columns: BTreeSet<String>,
-    /// The row id while exactly one row changed.
-    id: Option<String>,
-    rows: usize,
-    /// Route column -> values seen before and after, for the routed tables.
-    route_values: BTreeMap<String, BTreeSet<String>>,
-    /// Route columns with a value the WAL did not carry.
-    route_unknown: BTreeSet<String>,
-    /// The changed columns' new values, while exactly one row was updated.
-    values: Option<Fields>,
-}
-
-/// The values of a table's route columns in one row change: known values,
-/// and columns whose value was not in the WAL.
-#[derive(Default)]
-struct RouteCells {
-    known: Vec<(String, String)>,
-    unknown: Vec<String>,
-}
-
-/// Changes of one transaction, per table.
-#[derive(Default)]
-struct TxChanges {
-    xid: u32,
-    tables: HashMap<String, TableChanges>,
-}
-
-impl TxChanges {
-    fn add(
-        &mut self,
-        table: &str,
-        id: Option<String>,
-        columns: Option<BTreeSet<String>>,
-        routes: RouteCells,
-        values: Option<Fields>,
-    ) {
-        let e = self.tables.entry(table.to_owned()).or_default();
-        match columns {
-            None => e.all = true,
-            Some(c) => e.columns.extend(c),
-        }
-        e.rows += 1;
-        e.id = if e.rows == 1 { id } else { None };
-        e.values = if e.rows == 1 { values } else { None };
-        for (col, v) in routes.known {
-            e.route_values.entry(col).or_default().insert(v);
-        }
-        e.route_unknown.extend(routes.unknown);
-    }
-
-    fn into_changes(self) -> Vec<Change> {
-        self.tables
-            .into_iter()
-            .map(|(table, mut t)| {
-                for col in &t.route_unknown {
-                    t.route_values.remove(col);
-                }
-                Change {
-                    table,
-                    id: t.id.unwrap_or_default(),
-                    columns: if t.all {
-                        Vec::new()
-                    } else {
-                        t.columns.into_iter().collect()
-                    },
-                    route_values: t.route_values,
-                    values: t.values,
-                }
-            })
-            .collect()
-    }
-}
-
 struct Stream<'a> {
     engine: &'a Engine,
     tracking: &'a Tracking,
@@ -595,12 +474,15 @@ impl<'a> Stream<'a> {
                     let ev = ev.map_err(|e| (e.to_string(), true))?;
                     match ev {
                         None => return Ok(()),
-                        Some(ReplicationEvent::Begin { xid, .. }) => tx = Some(TxChanges { xid, ..TxChanges::default() }),
+                        Some(ReplicationEvent::Begin { xid, .. }) => tx = Some(TxChanges::new(xid)),
                         Some(ReplicationEvent::XLogData { data, .. }) => {
                             let msg = decode(data).map_err(|e| (e, true))?;
                             tracing::trace!(?msg, "pgoutput");
-                            let changes = tx.get_or_insert_with(TxChanges::default);
-                            self.handle(msg, changes);
+                            if let Message::Relation(r) = msg {
+                                self.relations.insert(r.id, r);
+                            } else {
+                                tx.get_or_insert_with(TxChanges::default).apply(&msg, &self.relations, self.tracking);
+                            }
                         }
                         Some(ReplicationEvent::Commit { end_lsn, .. }) => {
                             let done = tx.take().unwrap_or_default();
@@ -678,178 +560,22 @@ impl<'a> Stream<'a> {
         }
         Ok(())
     }
+}
 
-    fn key_of(&self, rel: &Relation, table: &str, tuple: &[Datum]) -> Option<String> {
-        let names: Vec<&str> = match self.tracking.keys.get(table).filter(|k| !k.is_empty()) {
-            Some(k) => k.iter().map(String::as_str).collect(),
-            None => rel
-                .columns
-                .iter()
-                .filter(|c| c.key)
-                .map(|c| c.name.as_str())
-                .collect(),
-        };
-        let mut parts = Vec::with_capacity(names.len());
-        for n in names {
-            let i = rel.columns.iter().position(|c| c.name == n)?;
-            match cell(tuple.get(i)?, rel.columns[i].type_oid) {
-                Cell::Known(v) => parts.push(v),
-                _ => return None,
-            }
-        }
-        (!parts.is_empty()).then(|| row_id(&parts))
-    }
+#[cfg(test)]
+mod tests {
+    use super::visible;
 
-    /// The route columns' values in the given images of a row (before
-    /// and/or after the change). A column missing from an image, or
-    /// unchanged-TOASTed in it, is unknown.
-    fn route_cells(&self, rel: &Relation, table: &str, images: &[&[Datum]]) -> RouteCells {
-        let mut out = RouteCells::default();
-        let Some(cols) = self.tracking.routes.get(table) else {
-            return out;
-        };
-        for col in cols {
-            let Some(i) = rel.columns.iter().position(|c| &c.name == col) else {
-                out.unknown.push(col.clone());
-                continue;
-            };
-            for image in images {
-                match image.get(i).map(|d| cell(d, rel.columns[i].type_oid)) {
-                    Some(Cell::Known(v)) => out.known.push((col.clone(), v.key_text())),
-                    _ => out.unknown.push(col.clone()),
-                }
-            }
-        }
-        out
-    }
-
-    fn handle(&mut self, msg: Message, out: &mut TxChanges) {
-        match msg {
-            Message::Relation(r) => {
-                self.relations.insert(r.id, r);
-            }
-            Message::Insert { rel, new } => {
-                if let Some((r, table)) = self.tracked(rel) {
-                    let routes = self.route_cells(r, &table, &[&new]);
-                    out.add(&table, self.key_of(r, &table, &new), None, routes, None);
-                }
-            }
-            Message::Delete { rel, old: (_, old) } => {
-                if let Some((r, table)) = self.tracked(rel) {
-                    // With the default replica identity the old row carries
-                    // only its key: other route columns are then unknown.
-                    let routes = self.route_cells(r, &table, &[&old]);
-                    out.add(&table, self.key_of(r, &table, &old), None, routes, None);
-                }
-            }
-            Message::Truncate { rels } => {
-                for rel in rels {
-                    if let Some((_, table)) = self.tracked(rel) {
-                        let mut routes = RouteCells::default();
-                        if let Some(cols) = self.tracking.routes.get(&table) {
-                            routes.unknown.extend(cols.iter().cloned());
-                        }
-                        out.add(&table, None, None, routes, None);
-                    }
-                }
-            }
-            Message::Update { rel, old, new } => {
-                let Some((r, table)) = self.tracked(rel) else {
-                    return;
-                };
-                let id = self.key_of(r, &table, &new);
-                // Without the old row (default replica identity, key
-                // unchanged) a route column may have changed unseen.
-                let routes = match &old {
-                    Some((_, o)) => self.route_cells(r, &table, &[o, &new]),
-                    None => {
-                        let mut cells = self.route_cells(r, &table, &[&new]);
-                        let cols = self
-                            .tracking
-                            .routes
-                            .get(&table)
-                            .cloned()
-                            .unwrap_or_default();
-                        cells.unknown.extend(cols);
-                        cells
-                    }
-                };
-                let tracked = self.tracking.columns.get(&table).cloned().flatten();
-                let is_tracked = |c: &str| tracked.as_ref().is_none_or(|t| t.contains(c));
-                let changed: BTreeSet<String> = match &old {
-                    Some((b'K', _)) => {
-                        // The key changed: the row left one id and took another.
-                        let old_id = old.as_ref().and_then(|(_, t)| self.key_of(r, &table, t));
-                        out.add(&table, old_id, None, RouteCells::default(), None);
-                        out.add(&table, id, None, routes, None);
-                        return;
-                    }
-                    Some((_, old)) => r
-                        .columns
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, c)| is_tracked(&c.name))
-                        .filter(|(i, c)| {
-                            let n = new.get(*i).map_or(Cell::Unknown, |d| cell(d, c.type_oid));
-                            let o = old.get(*i).map_or(Cell::Unknown, |d| cell(d, c.type_oid));
-                            match (o, n) {
-                                (_, Cell::Unchanged) => false,
-                                (Cell::Known(a), Cell::Known(b)) => a != b,
-                                _ => true,
-                            }
-                        })
-                        .map(|(_, c)| c.name.clone())
-                        .collect(),
-                    None => {
-                        let held = id
-                            .as_ref()
-                            .map(|id| self.engine.held_fields(&RowKey::new(&table, id)))
-                            .unwrap_or_default();
-                        r.columns
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, c)| is_tracked(&c.name))
-                            .filter(|(i, c)| {
-                                match new.get(*i).map_or(Cell::Unknown, |d| cell(d, c.type_oid)) {
-                                    Cell::Unchanged => false,
-                                    Cell::Unknown => true,
-                                    Cell::Known(v) => {
-                                        // Without the old row, compare with what views hold;
-                                        // a column no view holds may have changed.
-                                        held.is_empty()
-                                            || held.iter().any(|h| h.get(&c.name) != Some(&v))
-                                    }
-                                }
-                            })
-                            .map(|(_, c)| c.name.clone())
-                            .collect()
-                    }
-                };
-                if !changed.is_empty() {
-                    // The new values, for graphs that can patch held rows.
-                    let values = changed
-                        .iter()
-                        .map(|name| {
-                            let i = r.columns.iter().position(|c| &c.name == name)?;
-                            match new.get(i).map(|d| cell(d, r.columns[i].type_oid)) {
-                                Some(Cell::Known(v)) => Some((name.clone(), v)),
-                                _ => None,
-                            }
-                        })
-                        .collect::<Option<Fields>>();
-                    out.add(&table, id, Some(changed), routes, values);
-                }
-            }
-            Message::Other(_) => {}
-        }
-    }
-
-    fn tracked(&self, rel: u32) -> Option<(&Relation, String)> {
-        let r = self.relations.get(&rel)?;
-        let name = r.qualified();
-        self.tracking
-            .columns
-            .contains_key(&name)
-            .then_some((r, name))
+    #[test]
+    fn visibility_follows_the_snapshot() {
+        assert!(visible("100:105:", 104));
+        assert!(!visible("100:105:", 105));
+        assert!(!visible("100:105:101,103", 103));
+        assert!(visible("100:105:101,103", 102));
+        // Across a 32-bit wraparound: epoch 1.
+        let xmax = (1u64 << 32) + 5;
+        assert!(visible(&format!("{}:{xmax}:", xmax - 10), 0xFFFF_FFFE));
+        assert!(!visible(&format!("{}:{xmax}:{}", xmax - 10, xmax - 2), 3));
+        assert!(visible(&format!("{}:{xmax}:{}", xmax - 10, xmax - 2), 4));
     }
 }

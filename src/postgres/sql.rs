@@ -151,21 +151,22 @@ pub fn db_error(e: tokio_postgres::Error) -> EvalError {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
         let on = |what: &str| match (db.constraint(), db.table(), db.column()) {
-            (Some(c), _, _) => format!("{what} of constraint `{c}` (SQLSTATE {code})"),
+            (Some(c), _, _) => format!("{what} (constraint `{c}`, SQLSTATE {code})"),
             (None, Some(t), Some(col)) => {
-                format!("{what} on column `{col}` of `{t}` (SQLSTATE {code})")
+                format!("{what} (column `{col}` of `{t}`, SQLSTATE {code})")
             }
             _ => format!("{what} (SQLSTATE {code})"),
         };
+        let violation = |what: &str| EvalError::new(EvalErrorKind::FailedPrecondition, on(what));
         return match code {
-            "23503" => EvalError::new(
-                EvalErrorKind::FailedPrecondition,
-                on("foreign key violation: a referenced row does not exist or is out of reach, or the row is still referenced;"),
+            "23503" => violation(
+                "foreign key violation: a referenced row does not exist or is out of reach, \
+                 or the row is still referenced",
             ),
-            "23505" => EvalError::new(EvalErrorKind::FailedPrecondition, on("unique violation")),
-            "23514" => EvalError::new(EvalErrorKind::FailedPrecondition, on("check violation")),
-            "23502" => EvalError::new(EvalErrorKind::FailedPrecondition, on("not-null violation")),
-            "23P01" => EvalError::new(EvalErrorKind::FailedPrecondition, on("exclusion violation")),
+            "23505" => violation("unique violation: such a row already exists"),
+            "23514" => violation("check violation"),
+            "23502" => violation("not-null violation"),
+            "23P01" => violation("exclusion violation"),
             "57014" => EvalError::new(
                 EvalErrorKind::DeadlineExceeded,
                 "the query was cancelled at its time limit",

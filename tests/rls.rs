@@ -5,6 +5,7 @@
 
 mod common;
 
+use arcana::config::ChangeMode;
 use arcana::engine::{Change, RowKey};
 use common::*;
 use tonic::Code;
@@ -168,7 +169,22 @@ async fn views_of_two_workspaces_refreshed_in_one_round_each_see_their_own_rows(
 
 #[tokio::test]
 async fn wal_change_detection_works_with_rls_on() {
-    let h = Harness::wal().await;
+    detects_changes(ChangeMode::Wal).await;
+}
+
+#[tokio::test]
+async fn trigger_change_detection_works_with_rls_on() {
+    detects_changes(ChangeMode::Notify).await;
+}
+
+/// Writes from a plain connection reach views; the listener runs as the
+/// server's role, without the identity settings.
+async fn detects_changes(mode: ChangeMode) {
+    let h = Harness::with(|c| {
+        c.changes.mode = mode;
+        c.changes.slot = format!("slot_{:016x}", rand::random::<u64>());
+    })
+    .await;
     assert!(h.config.rls.install, "the demo runs with RLS on");
     let mut alice = h.live("dev-alice").await;
     let v = alice.subscribe("project_tasks", project(1)).await.unwrap();

@@ -306,6 +306,7 @@ fn print_tour(addr: &str, url: &str) {
 Arcana demo serving on {addr}   (Ctrl-C to stop)
 
 Tokens: dev-alice (acme, read+write), dev-bob (acme, read), dev-carol (globex), dev-service (acme, notify+stats)
+Row-level security is on: graphs and mutations run as role arcana_eval with the caller's workspace set.
 
 List services and describe the registry:
   grpcurl -plaintext {addr} list

@@ -94,7 +94,15 @@ impl App {
         database_url: &str,
         listener: TcpListener,
     ) -> Result<App, String> {
-        let pool = crate::postgres::pool(database_url, config.database.pool_size)?;
+        if config.rls.install {
+            let tables = crate::postgres::rls::install(database_url, &config.rls).await?;
+            tracing::info!(?tables, "row-level security policies installed");
+        }
+        let pool = crate::postgres::pool_with_timeout(
+            database_url,
+            config.database.pool_size,
+            config.database.pool_timeout_ms,
+        )?;
         let registry = config.registry(&pool).await?;
         let engine = Engine::new(registry, config.engine.clone());
         let source = start_source(config, &engine, database_url).await?;

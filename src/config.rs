@@ -11,8 +11,10 @@ use crate::engine::{
     EngineConfig, GraphDef, MutationDef, ParamSchema, ParamSpec, ParamType, Registry, Route,
     TableDep, Value,
 };
+use crate::postgres::catalog::check_key;
+use crate::postgres::context::TxContext;
 use crate::postgres::sql::{
-    ChangeSpec, NestedSpec, SqlGraph, SqlMutation, Statement, USER_PARAM, WORKSPACE_PARAM,
+    ChangeSpec, Expect, NestedSpec, SqlGraph, SqlMutation, Statement, USER_PARAM, WORKSPACE_PARAM,
 };
 
 /// The whole config file.
@@ -40,6 +42,9 @@ pub struct Config {
     /// Change detection.
     #[serde(default)]
     pub changes: ChangesConfig,
+    /// Row-level security policies for tenancy.
+    #[serde(default)]
+    pub rls: RlsConfig,
 }
 
 /// How the server learns about writes made outside its mutations.
@@ -119,6 +124,16 @@ pub struct DatabaseConfig {
     pub url: Option<String>,
     /// Pool size.
     pub pool_size: usize,
+    /// Longest a graph query or mutation statement may run, in
+    /// milliseconds (`SET LOCAL statement_timeout`); 0: no limit.
+    pub statement_timeout_ms: u64,
+    /// Longest a graph evaluation or mutation waits for a free pooled
+    /// connection, in milliseconds; 0: no limit.
+    pub pool_timeout_ms: u64,
+    /// A role switched to (`SET LOCAL ROLE`) for graph evaluations and
+    /// mutations, so row-level security applies even when the server
+    /// connects as a superuser or the tables' owner.
+    pub eval_role: Option<String>,
 }
 
 impl Default for DatabaseConfig {
@@ -126,8 +141,68 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: None,
             pool_size: 16,
+            statement_timeout_ms: 30_000,
+            pool_timeout_ms: 5_000,
+            eval_role: None,
         }
     }
+}
+
+impl DatabaseConfig {
+    /// What every graph and mutation transaction sets up.
+    pub fn tx_context(&self) -> TxContext {
+        TxContext {
+            eval_role: self.eval_role.clone(),
+            statement_timeout_ms: self.statement_timeout_ms,
+            pool_timeout_ms: self.pool_timeout_ms,
+        }
+    }
+}
+
+/// `[rls]`: the policies `arcana rls sql|install` generate (and the server
+/// installs at startup with `install = true`). Every table of `schemas`
+/// with the workspace column gets a policy letting a transaction see and
+/// write only the rows of the workspace in `arcana.workspace_id`, which the
+/// server sets for every graph evaluation and mutation.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct RlsConfig {
+    /// Apply the policies when the server starts.
+    pub install: bool,
+    /// The column holding a row's workspace id.
+    pub workspace_column: String,
+    /// A column holding a row's user id: rows are then visible only to
+    /// that user (mutations and per-user graphs).
+    pub user_column: Option<String>,
+    /// The schemas whose tables get policies.
+    pub schemas: Vec<String>,
+    /// Per-table overrides, by table name (`schema.table` outside `public`).
+    pub tables: BTreeMap<String, RlsTableConfig>,
+}
+
+impl Default for RlsConfig {
+    fn default() -> Self {
+        RlsConfig {
+            install: false,
+            workspace_column: "workspace_id".into(),
+            user_column: None,
+            schemas: vec!["public".into()],
+            tables: BTreeMap::new(),
+        }
+    }
+}
+
+/// One `[rls.tables.<name>]`.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RlsTableConfig {
+    /// The workspace column of this table, if not the default.
+    pub workspace_column: Option<String>,
+    /// The user column of this table; `""`: none.
+    pub user_column: Option<String>,
+    /// Leave the table without a policy.
+    #[serde(default)]
+    pub exclude: bool,
 }
 
 /// `[auth]`.
@@ -309,6 +384,12 @@ pub struct MutationConfig {
     /// Permissions needed.
     #[serde(default)]
     pub permissions: Vec<String>,
+    /// How many rows the statements must touch together (returned, or
+    /// affected when a statement returns none): `one`, `some` (at least
+    /// one) or `any` (default). Otherwise the mutation rolls back and
+    /// answers NOT_FOUND.
+    #[serde(default)]
+    pub expect: Expect,
 }
 
 /// One statement or several.
@@ -349,20 +430,51 @@ impl Config {
             .get()
             .await
             .map_err(|e| format!("connecting to the database: {e}"))?;
+        let ctx = self.database.tx_context();
+        if let Some(role) = &ctx.eval_role {
+            check_role(&client, role).await?;
+        }
         let mut reg = Registry::new();
         for g in &self.graphs {
             let named = |e: String| format!("graph `{}`: {e}", g.name);
-            let (mut def, sql) = graph(g, pool).map_err(named)?;
+            let (mut def, sql) = graph(g, pool, &ctx).map_err(named)?;
             def.fields = sql.shape(&client).await.map_err(named)?;
+            check_key(&client, &g.table, &g.key).await.map_err(named)?;
+            for (name, n) in &g.nested {
+                check_key(&client, &n.table, &n.key)
+                    .await
+                    .map_err(|e| named(format!("nested ref `{name}`: {e}")))?;
+            }
             reg.register(def)?;
         }
         for m in &self.mutations {
             let named = |e: String| format!("mutation `{}`: {e}", m.name);
-            let (def, sql) = mutation(m, pool).map_err(named)?;
+            let (def, sql) = mutation(m, pool, &ctx).map_err(named)?;
             sql.check(&client).await.map_err(named)?;
             reg.register_mutation(def)?;
         }
         Ok(reg)
+    }
+}
+
+/// Checks that the server's role may switch to `database.eval_role`.
+async fn check_role(client: &tokio_postgres::Client, role: &str) -> Result<(), String> {
+    let r = client
+        .query_one(
+            "SELECT pg_has_role(current_user, r.oid, 'MEMBER'), r.rolsuper OR r.rolbypassrls \
+             FROM pg_roles r WHERE r.rolname = $1",
+            &[&role],
+        )
+        .await;
+    match r {
+        Ok(row) if !row.get::<_, bool>(0) => Err(format!(
+            "database.eval_role: the server's role is not a member of role `{role}`: GRANT \"{role}\" TO the server's role"
+        )),
+        Ok(row) if row.get::<_, bool>(1) => Err(format!(
+            "database.eval_role: role `{role}` is a superuser or has BYPASSRLS, so row-level security would not apply"
+        )),
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!("database.eval_role: role `{role}` does not exist")),
     }
 }
 
@@ -414,7 +526,11 @@ fn deps(map: &BTreeMap<String, Vec<String>>) -> Vec<TableDep> {
         .collect()
 }
 
-fn graph(g: &GraphConfig, pool: &Pool) -> Result<(GraphDef, Arc<SqlGraph>), String> {
+fn graph(
+    g: &GraphConfig,
+    pool: &Pool,
+    ctx: &TxContext,
+) -> Result<(GraphDef, Arc<SqlGraph>), String> {
     let params = schema(&g.params)?;
     let declared: Vec<&str> = params.keys().map(String::as_str).collect();
     let query = Statement::parse(&g.sql, &declared).map_err(|e| format!("sql: {e}"))?;
@@ -457,6 +573,7 @@ fn graph(g: &GraphConfig, pool: &Pool) -> Result<(GraphDef, Arc<SqlGraph>), Stri
         key: g.key.clone(),
         nested,
         lateral: std::sync::OnceLock::new(),
+        ctx: ctx.clone(),
     });
     let mut def = GraphDef::new(&g.name, factory.clone());
     def.description = g.description.clone();
@@ -496,7 +613,11 @@ fn graph(g: &GraphConfig, pool: &Pool) -> Result<(GraphDef, Arc<SqlGraph>), Stri
     Ok((def, factory))
 }
 
-fn mutation(m: &MutationConfig, pool: &Pool) -> Result<(MutationDef, Arc<SqlMutation>), String> {
+fn mutation(
+    m: &MutationConfig,
+    pool: &Pool,
+    ctx: &TxContext,
+) -> Result<(MutationDef, Arc<SqlMutation>), String> {
     let params = schema(&m.params)?;
     let declared: Vec<&str> = params.keys().map(String::as_str).collect();
     let sqls = match &m.sql {
@@ -527,6 +648,8 @@ fn mutation(m: &MutationConfig, pool: &Pool) -> Result<(MutationDef, Arc<SqlMuta
         pool: pool.clone(),
         statements,
         changes,
+        expect: m.expect,
+        ctx: ctx.clone(),
     });
     let mut def = MutationDef::new(&m.name, handler.clone());
     def.description = m.description.clone();

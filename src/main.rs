@@ -63,18 +63,23 @@ enum Command {
     /// Trigger SQL for LISTEN/NOTIFY change detection (changes.mode = "notify").
     Triggers {
         #[command(subcommand)]
-        action: TriggerAction,
+        action: SqlAction,
+    },
+    /// Row-level security policies for tenancy (the `[rls]` section).
+    Rls {
+        #[command(subcommand)]
+        action: SqlAction,
     },
 }
 
 #[derive(Subcommand)]
-enum TriggerAction {
+enum SqlAction {
     /// Print the SQL.
     Sql {
         /// The TOML config.
         #[arg(long, short)]
         config: PathBuf,
-        /// Overrides `database.url` (used to read primary keys).
+        /// Overrides `database.url` (the SQL is generated from its catalog).
         #[arg(long, env = "DATABASE_URL")]
         database_url: Option<String>,
     },
@@ -108,6 +113,7 @@ async fn main() {
             listen,
         } => demo(database_url, listen).await,
         Command::Triggers { action } => triggers(action).await,
+        Command::Rls { action } => rls(action).await,
         Command::Codegen {
             lang,
             server,
@@ -192,13 +198,41 @@ fn database(config: &Config, url: Option<String>) -> Result<String, String> {
     })
 }
 
-async fn triggers(action: TriggerAction) -> Result<(), String> {
+async fn rls(action: SqlAction) -> Result<(), String> {
     let (path, url, apply) = match action {
-        TriggerAction::Sql {
+        SqlAction::Sql {
             config,
             database_url,
         } => (config, database_url, false),
-        TriggerAction::Install {
+        SqlAction::Install {
+            config,
+            database_url,
+        } => (config, database_url, true),
+    };
+    let config = load(&path)?;
+    let url = database(&config, url)?;
+    if apply {
+        let tables = arcana::postgres::rls::install(&url, &config.rls).await?;
+        eprintln!(
+            "row-level security on {} tables: {}",
+            tables.len(),
+            tables.join(", ")
+        );
+    } else {
+        for stmt in arcana::postgres::rls::all_sql(&url, &config.rls).await? {
+            println!("{stmt};");
+        }
+    }
+    Ok(())
+}
+
+async fn triggers(action: SqlAction) -> Result<(), String> {
+    let (path, url, apply) = match action {
+        SqlAction::Sql {
+            config,
+            database_url,
+        } => (config, database_url, false),
+        SqlAction::Install {
             config,
             database_url,
         } => (config, database_url, true),
@@ -272,6 +306,7 @@ fn print_tour(addr: &str, url: &str) {
 Arcana demo serving on {addr}   (Ctrl-C to stop)
 
 Tokens: dev-alice (acme, read+write), dev-bob (acme, read), dev-carol (globex), dev-service (acme, notify+stats)
+Row-level security is on: graphs and mutations run as role arcana_eval with the caller's workspace set.
 
 List services and describe the registry:
   grpcurl -plaintext {addr} list

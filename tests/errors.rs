@@ -104,15 +104,16 @@ async fn a_workspace_never_sees_another_workspaces_rows() {
     for k in globex.view(&gp.view_id).rows.keys() {
         assert!(!(k.table.as_ref() == "tasks" && acme_ids.contains(&k.id.as_ref())));
     }
-    // Carol cannot write into acme's project either: the SQL scopes by workspace.
-    let r = globex
+    // Carol cannot write into acme's project either: the SQL scopes by
+    // workspace, and the mutation expects one row, so it answers NOT_FOUND.
+    let e = globex
         .mutate(
             "update_task",
             params(&[("id", int(1)), ("title", text("hijack"))]),
         )
         .await
-        .unwrap();
-    assert!(r.data.is_empty(), "no row of another workspace was updated");
+        .unwrap_err();
+    assert_eq!(e.code, Code::NotFound as i32, "{}", e.message);
     assert_eq!(
         h.query_i64("SELECT count(*) FROM tasks WHERE title = 'hijack'")
             .await,

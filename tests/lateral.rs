@@ -44,6 +44,7 @@ fn item(workspace: &str, pairs: &[(&str, Value)]) -> (Scope, Params) {
         Scope {
             workspace_id: workspace.into(),
             user_id: None,
+            role: None,
         },
         validate("lateral", &schema(), raw, true).unwrap(),
     )
@@ -64,6 +65,7 @@ async fn graph(h: &Harness) -> SqlGraph {
             key: vec!["id".into()],
         }],
         lateral: OnceLock::new(),
+        ctx: Default::default(),
     };
     let (c, conn) = tokio_postgres::connect(&h.db_url, tokio_postgres::NoTls)
         .await

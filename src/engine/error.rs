@@ -21,6 +21,9 @@ pub enum EngineError {
     /// The database or another dependency is unreachable; retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// A query ran past its time limit.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -48,6 +51,12 @@ pub enum EvalErrorKind {
     FailedPrecondition,
     /// The database is unreachable.
     Unavailable,
+    /// The rows a mutation expected to touch do not exist.
+    NotFound,
+    /// The database refused the caller (row-level security, privileges).
+    PermissionDenied,
+    /// A query ran past its time limit.
+    DeadlineExceeded,
     /// Anything else.
     Internal,
 }
@@ -72,6 +81,9 @@ impl From<EvalError> for EngineError {
             EvalErrorKind::InvalidArgument => EngineError::InvalidArgument(e.message),
             EvalErrorKind::FailedPrecondition => EngineError::FailedPrecondition(e.message),
             EvalErrorKind::Unavailable => EngineError::Unavailable(e.message),
+            EvalErrorKind::NotFound => EngineError::NotFound(e.message),
+            EvalErrorKind::PermissionDenied => EngineError::PermissionDenied(e.message),
+            EvalErrorKind::DeadlineExceeded => EngineError::DeadlineExceeded(e.message),
             EvalErrorKind::Internal => EngineError::Internal(e.message),
         }
     }

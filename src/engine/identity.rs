@@ -52,4 +52,7 @@ pub struct Scope {
     pub workspace_id: Arc<str>,
     /// The user, for per-user graphs only.
     pub user_id: Option<Arc<str>>,
+    /// The caller's role, for mutations only: a shared view must not
+    /// depend on the role of whoever asked first.
+    pub role: Option<Arc<str>>,
 }

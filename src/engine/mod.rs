@@ -437,6 +437,7 @@ impl Engine {
             scope: Scope {
                 workspace_id: identity.workspace_id.clone(),
                 user_id: g.per_user.then(|| identity.user_id.clone()),
+                role: None,
             },
         };
         Ok((g, params, key))
@@ -634,6 +635,7 @@ impl Engine {
         let scope = Scope {
             workspace_id: identity.workspace_id.clone(),
             user_id: Some(identity.user_id.clone()),
+            role: Some(identity.role.as_str().into()),
         };
         let out = m.handler.run(scope, params).await?;
         if !out.changes.is_empty() {

@@ -13,6 +13,7 @@ pub fn to_status(e: EngineError) -> Status {
         EngineError::ResourceExhausted(_) => Code::ResourceExhausted,
         EngineError::FailedPrecondition(_) => Code::FailedPrecondition,
         EngineError::Unavailable(_) | EngineError::ShuttingDown => Code::Unavailable,
+        EngineError::DeadlineExceeded(_) => Code::DeadlineExceeded,
         EngineError::Internal(_) => Code::Internal,
     };
     Status::new(code, e.to_string())

@@ -1,10 +1,13 @@
 //! PostgreSQL: connection pools, SQL graphs and mutations, value
 //! conversion, and the throwaway cluster used by the demo and tests.
 
+pub mod catalog;
+pub mod context;
 pub mod embedded;
 pub mod listen;
 pub mod named;
 pub mod pgoutput;
+pub mod rls;
 mod row_change;
 pub mod sql;
 pub mod triggers;
@@ -29,9 +32,16 @@ impl Listener {
     }
 }
 
-/// Builds a pool for `url` with at most `size` connections. Connections are
-/// opened lazily; an unreachable database surfaces on first use.
+/// Builds a pool for `url` with at most `size` connections, whose callers
+/// wait for a free connection as long as it takes. Connections are opened
+/// lazily; an unreachable database surfaces on first use.
 pub fn pool(url: &str, size: usize) -> Result<Pool, String> {
+    pool_with_timeout(url, size, 0)
+}
+
+/// Like [`pool`], but a caller waits at most `wait_ms` milliseconds for a
+/// free connection (0: no limit) and then gets a timeout error.
+pub fn pool_with_timeout(url: &str, size: usize, wait_ms: u64) -> Result<Pool, String> {
     let cfg: tokio_postgres::Config = url
         .parse()
         .map_err(|e| format!("invalid database URL: {e}"))?;
@@ -44,6 +54,8 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, String> {
     );
     Pool::builder(mgr)
         .max_size(size.max(1))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout((wait_ms > 0).then(|| std::time::Duration::from_millis(wait_ms)))
         .build()
         .map_err(|e| e.to_string())
 }

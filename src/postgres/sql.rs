@@ -10,6 +10,7 @@ use futures_util::future::BoxFuture;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{IsolationLevel, Row};
 
+use super::context::TxContext;
 use super::named::{rewrite, rewrite_with, NamedSql};
 use super::values::{SqlParam, SqlValue};
 use crate::engine::{
@@ -141,21 +142,52 @@ impl Statement {
     }
 }
 
-/// Maps a database error to an evaluation error a person can act on.
+/// Maps a database error to an evaluation error a person can act on. The
+/// database's detail and any row values are left out: a constraint's detail
+/// ("Key (assignee_id)=(x) is not present") would tell a caller whether
+/// another tenant's row exists. Constraint violations name the kind and the
+/// constraint; a query cancelled by `statement_timeout` is DEADLINE_EXCEEDED.
 pub fn db_error(e: tokio_postgres::Error) -> EvalError {
     if let Some(db) = e.as_db_error() {
         let code = db.code().code();
-        let kind = match &code[..2] {
-            "22" => EvalErrorKind::InvalidArgument,
-            "23" | "40" => EvalErrorKind::FailedPrecondition,
-            "08" | "53" | "57" => EvalErrorKind::Unavailable,
-            _ => EvalErrorKind::Internal,
+        let on = |what: &str| match (db.constraint(), db.table(), db.column()) {
+            (Some(c), _, _) => format!("{what} (constraint `{c}`, SQLSTATE {code})"),
+            (None, Some(t), Some(col)) => {
+                format!("{what} (column `{col}` of `{t}`, SQLSTATE {code})")
+            }
+            _ => format!("{what} (SQLSTATE {code})"),
         };
-        let mut msg = format!("database error {code}: {}", db.message());
-        if let Some(d) = db.detail() {
-            msg.push_str(&format!(" ({d})"));
-        }
-        return EvalError::new(kind, msg);
+        let violation = |what: &str| EvalError::new(EvalErrorKind::FailedPrecondition, on(what));
+        return match code {
+            "23503" => violation(
+                "foreign key violation: a referenced row does not exist or is out of reach, \
+                 or the row is still referenced",
+            ),
+            "23505" => violation("unique violation: such a row already exists"),
+            "23514" => violation("check violation"),
+            "23502" => violation("not-null violation"),
+            "23P01" => violation("exclusion violation"),
+            "57014" => EvalError::new(
+                EvalErrorKind::DeadlineExceeded,
+                "the query was cancelled at its time limit",
+            ),
+            "42501" => EvalError::new(
+                EvalErrorKind::PermissionDenied,
+                format!(
+                    "the database refused access (SQLSTATE {code}): {}",
+                    db.message()
+                ),
+            ),
+            _ => {
+                let kind = match &code[..2] {
+                    "22" => EvalErrorKind::InvalidArgument,
+                    "23" | "40" => EvalErrorKind::FailedPrecondition,
+                    "08" | "53" | "57" => EvalErrorKind::Unavailable,
+                    _ => EvalErrorKind::Internal,
+                };
+                EvalError::new(kind, format!("database error {code}: {}", db.message()))
+            }
+        };
     }
     if e.is_closed() {
         return EvalError::new(
@@ -178,14 +210,35 @@ pub fn db_error(e: tokio_postgres::Error) -> EvalError {
     EvalError::new(EvalErrorKind::Internal, msg)
 }
 
-fn pool_error(e: deadpool_postgres::PoolError) -> EvalError {
-    match e {
+/// A pooled connection, or UNAVAILABLE when none frees up in time.
+async fn connection(pool: &Pool, ctx: &TxContext) -> Result<deadpool_postgres::Object, EvalError> {
+    pool.get().await.map_err(|e| match e {
         deadpool_postgres::PoolError::Backend(e) => db_error(e),
+        deadpool_postgres::PoolError::Timeout(_) => EvalError::new(
+            EvalErrorKind::Unavailable,
+            format!(
+                "no database connection became free within {} ms (database.pool_timeout_ms); retry later",
+                ctx.pool_timeout_ms
+            ),
+        ),
         other => EvalError::new(
             EvalErrorKind::Unavailable,
             format!("no database connection available: {other}"),
         ),
-    }
+    })
+}
+
+/// Prefixes an error with what failed (`graph `x``), and says which limit
+/// cancelled a query.
+fn named(what: &str, ctx: &TxContext, e: EvalError) -> EvalError {
+    let message = match e.kind {
+        EvalErrorKind::DeadlineExceeded => format!(
+            "{what}: cancelled after running longer than {}",
+            ctx.timeout_text()
+        ),
+        _ => format!("{what}: {}", e.message),
+    };
+    EvalError::new(e.kind, message)
 }
 
 /// A nested reference read from `<name>.<column>` result columns.
@@ -219,6 +272,8 @@ pub struct SqlGraph {
     /// The lateral forms of the statements, found at startup by
     /// [`SqlGraph::shape`]; `None` when the graph cannot use them.
     pub lateral: std::sync::OnceLock<Option<Lateral>>,
+    /// How its transactions are set up.
+    pub ctx: TxContext,
 }
 
 /// A graph's statements in the form that answers many views in one query.
@@ -453,14 +508,7 @@ impl Factory for Arc<SqlGraph> {
     ) -> BoxFuture<'static, Result<GraphResult, EvalError>> {
         let g = self.clone();
         Box::pin(async move {
-            let mut client = g.pool.get().await.map_err(pool_error)?;
-            let tx = read_snapshot(&mut client).await?;
-            let rows = g.query.query(&tx, &scope, &params).await?;
-            let total = match &g.total {
-                Some(t) => Some(g.total_of(&t.query(&tx, &scope, &params).await?, 0)?),
-                None => None,
-            };
-            tx.commit().await.map_err(db_error)?;
+            let (rows, total) = g.fetch(&scope, &params).await.map_err(|e| g.named(e))?;
             g.build(rows, total, 0)
         })
     }
@@ -471,19 +519,86 @@ impl Factory for Arc<SqlGraph> {
     ) -> BoxFuture<'static, Vec<Result<GraphResult, EvalError>>> {
         let g = self.clone();
         Box::pin(async move {
-            if items.len() > 1 && matches!(g.lateral.get(), Some(Some(_))) {
-                match g.evaluate_lateral(&items).await {
-                    Ok(results) => return results,
-                    // One bad item fails the shared query: evaluate each on
-                    // its own so the others still refresh.
-                    Err(e) => {
-                        tracing::debug!(graph = %g.name, error = %e, "lateral evaluation failed")
-                    }
+            // One transaction carries one identity: views of different
+            // workspaces (or users) never share a query.
+            let groups = by_scope(&items);
+            let each = groups.iter().map(|at| {
+                let group: Vec<(Scope, Params)> = at.iter().map(|&i| items[i].clone()).collect();
+                g.evaluate_group(group)
+            });
+            let results = futures_util::future::join_all(each).await;
+            let mut out: Vec<Option<Result<GraphResult, EvalError>>> =
+                (0..items.len()).map(|_| None).collect();
+            for (at, rs) in groups.iter().zip(results) {
+                for (&i, r) in at.iter().zip(rs) {
+                    out[i] = Some(r);
                 }
             }
-            let each: Vec<_> = items.into_iter().map(|(s, p)| g.evaluate(s, p)).collect();
-            futures_util::future::join_all(each).await
+            out.into_iter()
+                .map(|r| r.unwrap_or_else(|| Err(EvalError::internal("an item got no result"))))
+                .collect()
         })
+    }
+}
+
+/// The positions of `items`, grouped by scope, groups in order of first
+/// appearance.
+fn by_scope(items: &[(Scope, Params)]) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut index: HashMap<&Scope, usize> = HashMap::new();
+    for (i, (scope, _)) in items.iter().enumerate() {
+        let g = *index.entry(scope).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
+    }
+    groups
+}
+
+impl SqlGraph {
+    /// Evaluates items of one scope: one lateral query when it can.
+    async fn evaluate_group(
+        self: &Arc<Self>,
+        items: Vec<(Scope, Params)>,
+    ) -> Vec<Result<GraphResult, EvalError>> {
+        if items.len() > 1 && matches!(self.lateral.get(), Some(Some(_))) {
+            match self.evaluate_lateral(&items).await {
+                Ok(results) => return results,
+                // One bad item fails the shared query: evaluate each on
+                // its own so the others still refresh.
+                Err(e) => {
+                    tracing::debug!(graph = %self.name, error = %e, "lateral evaluation failed")
+                }
+            }
+        }
+        let each: Vec<_> = items
+            .into_iter()
+            .map(|(s, p)| self.evaluate(s, p))
+            .collect();
+        futures_util::future::join_all(each).await
+    }
+
+    /// The rows and total of one view, in one transaction.
+    async fn fetch(
+        &self,
+        scope: &Scope,
+        params: &Params,
+    ) -> Result<(Vec<Row>, Option<i64>), EvalError> {
+        let mut client = connection(&self.pool, &self.ctx).await?;
+        let tx = read_snapshot(&mut client).await?;
+        self.ctx.enter(&tx, scope).await?;
+        let rows = self.query.query(&tx, scope, params).await?;
+        let total = match &self.total {
+            Some(t) => Some(self.total_of(&t.query(&tx, scope, params).await?, 0)?),
+            None => None,
+        };
+        tx.commit().await.map_err(db_error)?;
+        Ok((rows, total))
+    }
+
+    fn named(&self, e: EvalError) -> EvalError {
+        named(&format!("graph `{}`", self.name), &self.ctx, e)
     }
 }
 
@@ -501,6 +616,25 @@ async fn read_snapshot(
 }
 
 impl SqlGraph {
+    /// The rows (and totals) of many views of one scope, grouped by item.
+    async fn fetch_many(
+        &self,
+        lateral: &Lateral,
+        scope: &Scope,
+        items: &[(Scope, Params)],
+    ) -> Result<(Vec<Vec<Row>>, Option<Vec<Vec<Row>>>), EvalError> {
+        let mut client = connection(&self.pool, &self.ctx).await?;
+        let tx = read_snapshot(&mut client).await?;
+        self.ctx.enter(&tx, scope).await?;
+        let rows = self.query.query_many(&lateral.query, &tx, items).await?;
+        let totals = match (&self.total, &lateral.total) {
+            (Some(t), Some(sql)) => Some(t.query_many(sql, &tx, items).await?),
+            _ => None,
+        };
+        tx.commit().await.map_err(db_error)?;
+        Ok((rows, totals))
+    }
+
     /// The count in column `at` of the total query's first row.
     fn total_of(&self, rows: &[Row], at: usize) -> Result<i64, EvalError> {
         match rows.first().map(|row| row.try_get::<_, SqlValue>(at)) {
@@ -512,8 +646,10 @@ impl SqlGraph {
         }
     }
 
-    /// Evaluates many views in one transaction of (at most) two queries,
-    /// with the lateral forms [`SqlGraph::shape`] prepared.
+    /// Evaluates many views with the lateral forms [`SqlGraph::shape`]
+    /// prepared: one transaction of (at most) two queries per scope, since
+    /// a transaction carries one identity for row-level security. Results
+    /// are in the order of `items`.
     pub async fn evaluate_lateral(
         &self,
         items: &[(Scope, Params)],
@@ -524,14 +660,34 @@ impl SqlGraph {
                 self.name
             )));
         };
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = read_snapshot(&mut client).await?;
-        let rows = self.query.query_many(&lateral.query, &tx, items).await?;
-        let totals = match (&self.total, &lateral.total) {
-            (Some(t), Some(sql)) => Some(t.query_many(sql, &tx, items).await?),
-            _ => None,
+        let mut out: Vec<Option<Result<GraphResult, EvalError>>> =
+            (0..items.len()).map(|_| None).collect();
+        for at in by_scope(items) {
+            let group: Vec<(Scope, Params)> = at.iter().map(|&i| items[i].clone()).collect();
+            let results = self.lateral_group(lateral, &group).await?;
+            for (i, r) in at.into_iter().zip(results) {
+                out[i] = Some(r);
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(EvalError::internal("an item got no result"))))
+            .collect())
+    }
+
+    /// One lateral query (and total query) for items of one scope.
+    async fn lateral_group(
+        &self,
+        lateral: &Lateral,
+        items: &[(Scope, Params)],
+    ) -> Result<Vec<Result<GraphResult, EvalError>>, EvalError> {
+        let Some((scope, _)) = items.first() else {
+            return Ok(Vec::new());
         };
-        tx.commit().await.map_err(db_error)?;
+        let (rows, totals) = self
+            .fetch_many(lateral, scope, items)
+            .await
+            .map_err(|e| self.named(e))?;
         let mut out = Vec::with_capacity(items.len());
         for (i, rows) in rows.into_iter().enumerate() {
             let total = match &totals {
@@ -561,6 +717,38 @@ pub struct ChangeSpec {
     pub id_from: Option<String>,
 }
 
+/// How many rows a mutation's statements must touch together: rows
+/// returned, or rows affected for a statement that returns none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    /// Any number, none included.
+    #[default]
+    Any,
+    /// Exactly one.
+    One,
+    /// At least one.
+    Some,
+}
+
+impl Expect {
+    /// Why `n` touched rows are not what was expected, with the status
+    /// kind; `None` when they are.
+    fn refuse(self, n: u64) -> Option<(EvalErrorKind, String)> {
+        match (self, n) {
+            (Expect::Any, _) | (Expect::Some, 1..) | (Expect::One, 1) => None,
+            (_, 0) => Some((
+                EvalErrorKind::NotFound,
+                "no row matched; nothing was written".into(),
+            )),
+            (_, n) => Some((
+                EvalErrorKind::FailedPrecondition,
+                format!("{n} rows matched where one was expected; nothing was written"),
+            )),
+        }
+    }
+}
+
 /// A mutation made of statements run in one transaction. The first row of
 /// the last statement, if any, is returned to the caller.
 pub struct SqlMutation {
@@ -572,6 +760,65 @@ pub struct SqlMutation {
     pub statements: Vec<Statement>,
     /// Changes reported after commit.
     pub changes: Vec<ChangeSpec>,
+    /// How many rows the statements must touch.
+    pub expect: Expect,
+    /// How its transaction is set up.
+    pub ctx: TxContext,
+}
+
+impl SqlMutation {
+    /// Runs the statements in one transaction; returns the returned fields.
+    async fn write(&self, scope: &Scope, params: &Params) -> Result<Fields, EvalError> {
+        let mut client = connection(&self.pool, &self.ctx).await?;
+        let tx = client.transaction().await.map_err(db_error)?;
+        self.ctx.enter(&tx, scope).await?;
+        let mut last = Vec::new();
+        let mut touched = 0u64;
+        for s in &self.statements {
+            let (rows, n) = s.run(&tx, scope, params).await?;
+            touched += n;
+            last = rows;
+        }
+        if let Some((kind, why)) = self.expect.refuse(touched) {
+            // Dropping the transaction rolls it back.
+            return Err(EvalError::new(kind, why));
+        }
+        let mut data = Fields::new();
+        if let Some(row) = last.first() {
+            for (i, col) in row.columns().iter().enumerate() {
+                let SqlValue(v) = row.try_get(i).map_err(|e| {
+                    EvalError::internal(format!("column `{}`: {}", col.name(), source_text(&e)))
+                })?;
+                data.insert(col.name().to_owned(), v);
+            }
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(data)
+    }
+}
+
+impl Statement {
+    /// Runs a mutation statement: its rows, and how many rows it touched
+    /// (returned, or affected when it returns none).
+    async fn run(
+        &self,
+        tx: &deadpool_postgres::Transaction<'_>,
+        scope: &Scope,
+        params: &Params,
+    ) -> Result<(Vec<Row>, u64), EvalError> {
+        let values = self.values(scope, params);
+        let binds: Vec<SqlParam<'_>> = values.iter().map(SqlParam).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+        let stmt = tx.prepare_cached(&self.named.sql).await.map_err(db_error)?;
+        if stmt.columns().is_empty() {
+            let n = tx.execute(&stmt, &refs).await.map_err(db_error)?;
+            return Ok((Vec::new(), n));
+        }
+        let rows = tx.query(&stmt, &refs).await.map_err(db_error)?;
+        let n = rows.len() as u64;
+        Ok((rows, n))
+    }
 }
 
 impl MutationHandler for Arc<SqlMutation> {
@@ -582,27 +829,10 @@ impl MutationHandler for Arc<SqlMutation> {
     ) -> BoxFuture<'static, Result<MutationOutput, EvalError>> {
         let m = self.clone();
         Box::pin(async move {
-            let mut client = m.pool.get().await.map_err(pool_error)?;
-            let tx = client.transaction().await.map_err(db_error)?;
-            let mut last = Vec::new();
-            for s in &m.statements {
-                last = s.query(&tx, &scope, &params).await?;
-            }
-            let mut data = Fields::new();
-            if let Some(row) = last.first() {
-                for (i, col) in row.columns().iter().enumerate() {
-                    let SqlValue(v) = row.try_get(i).map_err(|e| {
-                        EvalError::internal(format!(
-                            "mutation `{}`: column `{}`: {}",
-                            m.name,
-                            col.name(),
-                            source_text(&e)
-                        ))
-                    })?;
-                    data.insert(col.name().to_owned(), v);
-                }
-            }
-            tx.commit().await.map_err(db_error)?;
+            let data = m
+                .write(&scope, &params)
+                .await
+                .map_err(|e| named(&format!("mutation `{}`", m.name), &m.ctx, e))?;
             let changes = m
                 .changes
                 .iter()

@@ -176,7 +176,8 @@ required = true
     .await
     .expect("an ordinary time");
     assert_eq!(
-        h.query_i64("SELECT position::int8 FROM tasks WHERE id = 1").await,
+        h.query_i64("SELECT position::int8 FROM tasks WHERE id = 1")
+            .await,
         1,
         "nothing wrapped"
     );

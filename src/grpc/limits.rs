@@ -34,7 +34,7 @@ impl Default for Limits {
             max_connections: 512,
             max_streams_per_connection: 128,
             max_sessions_per_identity: 64,
-            max_sessions: 10_000,
+            max_sessions: 65_536,
             max_sync_views: 200,
         }
     }

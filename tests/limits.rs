@@ -367,3 +367,301 @@ async fn silent_connections_are_capped_and_closed() {
     describe_ok(&mut fresh).await;
     describe_ok(&mut live).await;
 }
+
+// ---- Load figures (docs/SECURITY.md) ------------------------------------
+//
+// cargo test --release --test limits load_figures -- --ignored --nocapture
+//
+// Runs `arcana serve` as its own process with a 1,024 file-descriptor limit,
+// so its memory and CPU can be read from /proc, and prints a table. Every
+// connection goes to 127.0.0.1; every phase is bounded in count and time.
+
+/// A server process and what /proc says about it.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+    config: std::path::PathBuf,
+}
+
+impl Served {
+    async fn start(server_toml: &str) -> Served {
+        let url = fresh_database().await;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let text = arcana::app::DEMO_CONFIG
+            .replace("[server]\n", &format!("[server]\n{server_toml}\n"))
+            + "\n[changes]\nmode = \"none\"\n";
+        let config = std::env::temp_dir().join(format!("load-{port}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 1024 && exec {} serve --config {} --listen 127.0.0.1:{port}",
+                env!("CARGO_BIN_EXE_arcana"),
+                config.display()
+            ))
+            .env("DATABASE_URL", url)
+            .env("RUST_LOG", "error")
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Served {
+            child,
+            addr,
+            config,
+        }
+    }
+
+    fn proc_field(&self, file: &str, key: &str) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id())).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Resident memory in MiB.
+    fn rss_mib(&self) -> f64 {
+        self.proc_field("status", "VmRSS:") as f64 / 1024.0
+    }
+
+    /// User plus system CPU time in seconds.
+    fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        (f[11] + f[12]) as f64 / 100.0 // utime, stime in clock ticks
+    }
+
+    async fn client(&self, token: &str) -> Client {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        pb::arcana_service_client::ArcanaServiceClient::with_interceptor(ch, Bearer(token.into()))
+            .max_encoding_message_size(4 << 20)
+            .max_decoding_message_size(64 << 20)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Describe latencies on an open connection for `period`.
+async fn probe(c: &mut Client, period: Duration) -> Vec<Duration> {
+    let end = Instant::now() + period;
+    let mut out = Vec::new();
+    while Instant::now() < end {
+        out.push(describe_ok(c).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    out.sort();
+    out
+}
+
+async fn flood(served: &Served, label: &str, silent: usize) {
+    let mut c = served.client("dev-alice").await;
+    let quiet = probe(&mut c, Duration::from_secs(2)).await;
+    let cpu0 = served.cpu_secs();
+    let mut socks = Vec::new();
+    for _ in 0..silent {
+        match tokio::net::TcpStream::connect(&served.addr).await {
+            Ok(s) => socks.push(s),
+            Err(_) => break,
+        }
+    }
+    let busy = probe(&mut c, Duration::from_secs(4)).await;
+    let cpu = served.cpu_secs() - cpu0;
+    // A new client during the flood waits for a slot.
+    let t = Instant::now();
+    let mut fresh = served.client("dev-bob").await;
+    describe_ok(&mut fresh).await;
+    let fresh_ms = t.elapsed().as_secs_f64() * 1000.0;
+    // How many silent connections the server closes within 10 s more.
+    let opened = socks.len();
+    let waits = socks.into_iter().map(|mut s| {
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+            read.await.is_ok()
+        })
+    });
+    let mut closed = 0;
+    for w in waits.collect::<Vec<_>>() {
+        closed += usize::from(w.await.unwrap());
+    }
+    println!(
+        "| {label} | {opened} | {closed} | {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {:.0} |",
+        percentile(&quiet, 0.5),
+        percentile(&quiet, 0.99),
+        percentile(&busy, 0.5),
+        percentile(&busy, 0.99),
+        busy.last().unwrap().as_secs_f64() * 1000.0,
+        cpu,
+        fresh_ms,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load run for docs/SECURITY.md; run with --ignored --nocapture"]
+async fn load_figures() {
+    println!("\n| silent flood | connections opened | closed by the server | Describe p50 / p99 ms before | during: p50 / p99 / max ms | server CPU s in 4 s | new client's first Describe ms |");
+    println!("|---|---|---|---|---|---|---|");
+    {
+        let s = Served::start("handshake_timeout_ms = 2000").await;
+        flood(&s, "defaults (512 connections)", 1_500).await;
+    }
+    {
+        // Past the descriptor limit: accept fails with EMFILE and backs off.
+        let s = Served::start("handshake_timeout_ms = 2000\nmax_connections = 4096").await;
+        flood(&s, "cap above the fd limit (EMFILE)", 1_500).await;
+    }
+
+    println!("\n| concurrent Syncs | requests | request size | refused | server RSS MiB before | after |");
+    println!("|---|---|---|---|---|---|");
+    let s = Served::start("").await;
+    for (label, views, n) in [
+        ("empty views, ~1 MiB each", 500_000usize, 8usize),
+        ("200 distinct views each (the cap)", 200, 8),
+    ] {
+        let before = s.rss_mib();
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let mut c = s.client("dev-alice").await;
+            tasks.push(tokio::spawn(async move {
+                let (tx, rx) = mpsc::channel(4);
+                let mut stream = c
+                    .connect(ReceiverStream::new(rx))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let views: Vec<pb::SyncView> = (0..views)
+                    .map(|i| {
+                        if views > 1_000 {
+                            pb::SyncView::default()
+                        } else {
+                            view(i as i64 + 1)
+                        }
+                    })
+                    .collect();
+                let size = prost::Message::encoded_len(&pb::SyncRequest {
+                    views: views.clone(),
+                    session_id: String::new(),
+                });
+                tx.send(pb::ClientMessage {
+                    request_id: 1,
+                    kind: Some(Req::Sync(pb::SyncRequest {
+                        views,
+                        session_id: String::new(),
+                    })),
+                })
+                .await
+                .unwrap();
+                loop {
+                    let m = stream.message().await.unwrap().unwrap();
+                    if let Some(Msg::Reply(r)) = m.kind {
+                        let refused = matches!(r.result, Some(pb::reply::Result::Error(_)));
+                        return (size, refused);
+                    }
+                }
+            }));
+        }
+        let mut size = 0;
+        let mut refused = 0;
+        for t in tasks {
+            let (sz, r) = t.await.unwrap();
+            size = sz;
+            refused += usize::from(r);
+        }
+        println!(
+            "| {label} | {n} | {:.2} MiB | {refused} | {:.1} | {:.1} |",
+            size as f64 / (1 << 20) as f64,
+            before,
+            s.rss_mib()
+        );
+    }
+
+    println!("\n| stalled readers | sessions | pings each, unread | server RSS MiB before | while stalled | after reading |");
+    println!("|---|---|---|---|---|---|");
+    let before = s.rss_mib();
+    let mut stalled = Vec::new();
+    const SESSIONS: usize = 50;
+    const PINGS: u64 = 5_000;
+    for _ in 0..SESSIONS {
+        let mut c = s.client("dev-carol").await;
+        let (tx, rx) = mpsc::channel(64);
+        let stream = c
+            .connect(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let writer = tokio::spawn(async move {
+            for id in 1..=PINGS {
+                let msg = pb::ClientMessage {
+                    request_id: id,
+                    kind: Some(Req::Ping(pb::PingRequest {})),
+                };
+                // Bounded: a writer held back for 10 s gives up.
+                match tokio::time::timeout(Duration::from_secs(10), tx.send(msg)).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+            }
+            tx
+        });
+        stalled.push((stream, writer));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = s.rss_mib();
+    let mut replies = 0u64;
+    for (mut stream, writer) in stalled {
+        let mut got = 0;
+        while got < PINGS {
+            let m = tokio::time::timeout(WAIT, stream.message())
+                .await
+                .expect("reply in time")
+                .expect("stream alive")
+                .expect("stream open");
+            if let Some(Msg::Reply(_)) = m.kind {
+                got += 1;
+            }
+        }
+        replies += got;
+        drop(writer.await);
+    }
+    println!(
+        "| Connect, no reads for 3 s | {SESSIONS} | {PINGS} | {before:.1} | {during:.1} | {:.1} |",
+        s.rss_mib()
+    );
+    assert_eq!(replies, SESSIONS as u64 * PINGS);
+}

@@ -184,7 +184,7 @@ impl Jwks {
             *f = Some(Instant::now());
         }
         let u = url.clone();
-        let got = tokio::task::spawn_blocking(move || download(&u))
+        let got = tokio::task::spawn_blocking(move || download(&u, u.starts_with("https://")))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r)
@@ -212,9 +212,11 @@ fn nonempty(keys: Vec<Key>, kid: Option<&str>) -> Result<Vec<Key>, String> {
     Ok(keys)
 }
 
-fn download(url: &str) -> Result<String, String> {
+/// GETs `url`; an https URL may not redirect to plain http.
+fn download(url: &str, https_only: bool) -> Result<String, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(FETCH_TIMEOUT))
+        .https_only(https_only)
         .max_redirects(3)
         .build()
         .into();

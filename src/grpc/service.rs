@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use futures_util::Stream;
 use tokio::sync::oneshot;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::auth::{identify, same_rights, Authenticator, Credentials};
 use super::convert::{describe, encode_message, encoded_frame, params_from_pb, stats_to_pb};
@@ -20,7 +20,6 @@ use crate::engine::{
     PROTOCOL_VERSION,
 };
 use crate::proto::{self as pb, reply, server_message};
-use tonic::Code;
 
 /// The permission the Notify call needs.
 pub const NOTIFY_PERMISSION: &str = "arcana:notify";
@@ -333,12 +332,6 @@ fn notify_changes(changes: Vec<pb::Change>) -> Result<Vec<Change>, Status> {
                 return Err(Status::invalid_argument(format!(
                     "changes[{i}].table is empty"
                 )));
-            }
-            if c.table.len() > 1024 {
-                return Err(status(
-                    Code::InvalidArgument,
-                    format!("changes[{i}].table `{}` is too long", c.table),
-                ));
             }
             Ok(Change {
                 table: c.table,

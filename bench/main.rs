@@ -207,6 +207,9 @@ fn config(s: &Spec, port: u16, slot: &str) -> String {
 [server]
 listen = "127.0.0.1:{port}"
 max_batch_bytes = {batch}
+# Every subscriber shares the one bench identity.
+max_sessions_per_identity = 100000
+max_sessions = 100000
 
 [database]
 pool_size = 16

@@ -112,6 +112,7 @@ impl App {
             max_message_bytes: config.server.max_message_bytes,
             cors_origins: config.server.cors_origins.clone(),
             max_batch_bytes: config.server.max_batch_bytes,
+            limits: config.server.limits(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(engine.clone(), auth, listener, opts, async {

@@ -103,15 +103,50 @@ pub struct ServerConfig {
     /// Frames that queue up for a session go out as one message of up to
     /// this many bytes; 0 sends every frame on its own.
     pub max_batch_bytes: usize,
+    /// A connection that has not sent one complete request this many
+    /// milliseconds after it was accepted is closed.
+    pub handshake_timeout_ms: u64,
+    /// Most open client connections; further ones wait in the kernel's
+    /// backlog until a slot frees.
+    pub max_connections: usize,
+    /// Most concurrent HTTP/2 streams (calls) on one connection.
+    pub max_streams_per_connection: u32,
+    /// Most open sessions of one identity (user and workspace).
+    pub max_sessions_per_identity: usize,
+    /// Most open sessions in total.
+    pub max_sessions: usize,
+    /// Most views in one Sync request.
+    pub max_sync_views: usize,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
+        let limits = crate::grpc::Limits::default();
         ServerConfig {
             listen: "127.0.0.1:50051".into(),
             max_message_bytes: 1 << 20,
             cors_origins: vec!["*".into()],
             max_batch_bytes: crate::grpc::DEFAULT_BATCH_BYTES,
+            handshake_timeout_ms: limits.handshake_timeout.as_millis() as u64,
+            max_connections: limits.max_connections,
+            max_streams_per_connection: limits.max_streams_per_connection,
+            max_sessions_per_identity: limits.max_sessions_per_identity,
+            max_sessions: limits.max_sessions,
+            max_sync_views: limits.max_sync_views,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The connection and session limits of this section.
+    pub fn limits(&self) -> crate::grpc::Limits {
+        crate::grpc::Limits {
+            handshake_timeout: std::time::Duration::from_millis(self.handshake_timeout_ms),
+            max_connections: self.max_connections,
+            max_streams_per_connection: self.max_streams_per_connection,
+            max_sessions_per_identity: self.max_sessions_per_identity,
+            max_sessions: self.max_sessions,
+            max_sync_views: self.max_sync_views,
         }
     }
 }
@@ -212,7 +247,7 @@ pub struct AuthConfig {
     /// Static bearer tokens, for development and trusted services.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
-    /// HS256 JWT settings.
+    /// JWT settings.
     pub jwt: Option<JwtConfig>,
 }
 
@@ -234,25 +269,50 @@ pub struct TokenConfig {
     pub permissions: Vec<String>,
 }
 
-/// `[auth.jwt]`: HS256-signed tokens.
+/// `[auth.jwt]`: signed tokens, checked with an HS256 secret and/or the
+/// public keys of a JWKS (RS256, ES256, EdDSA).
 #[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct JwtConfig {
-    /// The shared secret.
+    /// The HS256 shared secret.
     pub secret: Option<String>,
-    /// An environment variable holding the secret (preferred).
+    /// An environment variable holding the HS256 secret (preferred).
     pub secret_env: Option<String>,
+    /// A JWKS file with the public keys tokens may be signed with.
+    pub jwks_file: Option<String>,
+    /// An HTTPS URL serving the JWKS (an identity provider's `jwks_uri`).
+    pub jwks_url: Option<String>,
+    /// Seconds between fetches of `jwks_url`: the keys are refreshed this
+    /// often, and a token naming an unknown `kid` triggers at most one
+    /// fetch per interval.
+    pub jwks_refresh_secs: u64,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
+    /// Clock skew allowed for `exp` and `nbf`, in seconds.
+    pub leeway_secs: u64,
     /// Required `iss`, if set.
     pub issuer: Option<String>,
     /// Required `aud`, if set.
     pub audience: Option<String>,
     /// The claim holding the workspace id.
-    #[serde(default = "default_workspace_claim")]
     pub workspace_claim: String,
 }
 
-fn default_workspace_claim() -> String {
-    "workspace".into()
+impl Default for JwtConfig {
+    fn default() -> Self {
+        JwtConfig {
+            secret: None,
+            secret_env: None,
+            jwks_file: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            require_exp: true,
+            leeway_secs: 30,
+            issuer: None,
+            audience: None,
+            workspace_claim: "workspace".into(),
+        }
+    }
 }
 
 /// One `[graphs.params.<name>]` or `[mutations.params.<name>]`.

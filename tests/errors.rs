@@ -40,10 +40,7 @@ async fn hs256_tokens_are_accepted_when_configured() {
     let h = Harness::with(|c| {
         c.auth.jwt = Some(arcana::config::JwtConfig {
             secret: Some("a-long-test-secret-value".into()),
-            secret_env: None,
-            issuer: None,
-            audience: None,
-            workspace_claim: "workspace".into(),
+            ..Default::default()
         })
     })
     .await;

@@ -208,7 +208,20 @@ async fn changes_to_columns_no_graph_reads_evaluate_nothing() {
     l.subscribe("project_tasks", project(1)).await.unwrap();
     let before = h.app().engine.stats().evaluations;
     h.notify("tasks", "1", &["notes"]).await;
-    h.notify("workspaces", "acme", &[]).await;
+    // A table no graph reads is refused outright.
+    let e = h
+        .client("dev-service")
+        .await
+        .notify(pb::NotifyRequest {
+            changes: vec![pb::Change {
+                table: "workspaces".into(),
+                id: "acme".into(),
+                columns: vec![],
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
     assert_eq!(h.app().engine.stats().evaluations, before);
     h.notify("tasks", "1", &["title"]).await;
     assert_eq!(h.app().engine.stats().evaluations, before + 1);

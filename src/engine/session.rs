@@ -68,6 +68,8 @@ pub struct Session {
     stats: Arc<Stats>,
     inner: Mutex<Inner>,
     wake: Notify,
+    /// Woken when a queued message leaves or the session closes.
+    drained: Notify,
 }
 
 /// Why a message could not be queued.
@@ -93,6 +95,7 @@ impl Session {
             stats,
             inner: Mutex::new(Inner::default()),
             wake: Notify::new(),
+            drained: Notify::new(),
         }
     }
 
@@ -157,6 +160,24 @@ impl Session {
         Ok(())
     }
 
+    /// Waits until fewer than `limit` messages are queued, or the session
+    /// is closed: a request reader waits here instead of queuing replies
+    /// for a client that does not read them.
+    pub async fn message_room(&self, limit: usize) {
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            {
+                let g = self.lock();
+                if g.closed || g.messages_queued < limit {
+                    return;
+                }
+            }
+            drained.await;
+        }
+    }
+
     /// The next item for the client; `None` once the session is closed.
     pub async fn next(&self) -> Option<Outbound> {
         loop {
@@ -166,7 +187,10 @@ impl Session {
                     match item {
                         Outbound::Frame(_) => g.frames_queued -= 1,
                         Outbound::CatchUp(_) => {}
-                        Outbound::Message(_) => g.messages_queued -= 1,
+                        Outbound::Message(_) => {
+                            g.messages_queued -= 1;
+                            self.drained.notify_waiters();
+                        }
                     }
                     return Some(item);
                 }
@@ -299,6 +323,7 @@ impl Session {
         let views = g.subscriptions.drain().map(|(_, v)| v).collect();
         drop(g);
         self.wake.notify_one();
+        self.drained.notify_waiters();
         views
     }
 

@@ -4,11 +4,15 @@
 pub mod auth;
 pub mod codec;
 pub mod convert;
+mod jwks;
+pub mod limits;
+pub mod listener;
 pub mod server;
 pub mod service;
 pub mod status;
 pub mod wire;
 
-pub use auth::{Authenticator, TokenAuthenticator};
+pub use auth::{Authenticator, Credentials, TokenAuthenticator};
+pub use limits::Limits;
 pub use server::{serve, ServeOptions};
 pub use service::{Service, DEFAULT_BATCH_BYTES};

@@ -1,5 +1,6 @@
 //! Serving: the Arcana service with grpc-web (tonic-web), CORS, health and
-//! reflection on one listener, plus the oversized-request status fix.
+//! reflection on one listener with bounded connections and streams, plus
+//! the oversized-request status fix.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,11 +9,12 @@ use std::time::Duration;
 
 use http::{HeaderValue, Method};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::auth::Authenticator;
+use super::limits::Limits;
+use super::listener::{incoming, MarkServedLayer};
 use super::service::Service;
 use crate::engine::Engine;
 
@@ -32,6 +34,8 @@ pub struct ServeOptions {
     pub cors_origins: Vec<String>,
     /// Queued frames sent as one batch message, up to this many bytes.
     pub max_batch_bytes: usize,
+    /// Connection, stream and session limits.
+    pub limits: Limits,
 }
 
 impl Default for ServeOptions {
@@ -40,6 +44,7 @@ impl Default for ServeOptions {
             max_message_bytes: 1 << 20,
             cors_origins: vec!["*".into()],
             max_batch_bytes: super::service::DEFAULT_BATCH_BYTES,
+            limits: Limits::default(),
         }
     }
 }
@@ -124,9 +129,13 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    let svc =
-        ArcanaServiceServer::new(Service::new(engine, auth).with_batch_bytes(opts.max_batch_bytes))
-            .max_decoding_message_size(opts.max_message_bytes);
+    let limits = opts.limits.clone();
+    let svc = ArcanaServiceServer::new(
+        Service::new(engine, auth)
+            .with_batch_bytes(opts.max_batch_bytes)
+            .with_limits(opts.limits),
+    )
+    .max_decoding_message_size(opts.max_message_bytes);
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<ArcanaServiceServer<Service>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
@@ -142,6 +151,8 @@ pub async fn serve(
     Server::builder()
         .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection))
+        .layer(MarkServedLayer)
         .layer(cors(&opts.cors_origins))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(OversizedLayer)
@@ -149,9 +160,8 @@ pub async fn serve(
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        // Nagle's algorithm would hold small frames back for up to 40 ms.
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            incoming(listener, limits.max_connections, limits.handshake_timeout),
             shutdown,
         )
         .await

@@ -3,15 +3,17 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use futures_util::Stream;
 use tokio::sync::oneshot;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::auth::{identify, Authenticator};
+use super::auth::{identify, same_rights, Authenticator, Credentials};
 use super::convert::{describe, encode_message, encoded_frame, params_from_pb, stats_to_pb};
+use super::limits::{Limits, SessionCounts, SessionSlot};
 use super::server::arcana_service_server::ArcanaService;
-use super::status::{to_pb_error, to_status};
+use super::status::{status, to_pb_error, to_status};
 use super::wire::WireServerMessage;
 use crate::engine::{
     Change, Engine, Identity, Outbound, QueueError, Session, Subscribed, SyncMode, SyncView,
@@ -33,6 +35,8 @@ pub struct Service {
     engine: Engine,
     auth: Arc<dyn Authenticator>,
     batch_bytes: usize,
+    limits: Arc<Limits>,
+    sessions: SessionCounts,
 }
 
 type WireStream = Pin<Box<dyn Stream<Item = Result<WireServerMessage, Status>> + Send>>;
@@ -44,7 +48,15 @@ impl Service {
             engine,
             auth,
             batch_bytes: DEFAULT_BATCH_BYTES,
+            limits: Arc::new(Limits::default()),
+            sessions: SessionCounts::default(),
         }
+    }
+
+    /// Sets the session and request limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = Arc::new(limits);
+        self
     }
 
     /// Sets how many bytes of queued frames may go out as one batch message
@@ -54,11 +66,18 @@ impl Service {
         self
     }
 
-    async fn identity<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+    async fn credentials<T>(&self, req: &Request<T>) -> Result<Credentials, Status> {
         identify(&*self.auth, req.metadata()).await
     }
 
-    /// Authenticates and finds the caller's session for the unary calls.
+    async fn identity<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        Ok(self.credentials(req).await?.identity)
+    }
+
+    /// Authenticates and finds the caller's session for the unary calls. The
+    /// call's token must carry exactly the rights of the token that opened
+    /// the session (user, workspace, role, permissions): a session serves
+    /// only the credentials it was opened with.
     async fn session_of<T>(
         &self,
         req: &Request<T>,
@@ -71,20 +90,27 @@ impl Service {
             ));
         }
         let s = self.engine.session(session_id).ok_or_else(|| {
-            Status::not_found(format!(
+            status(Code::NotFound, format!(
                 "no open session `{session_id}`; it may have ended: open a new one with OpenSession and Sync your views"
             ))
         })?;
-        if s.identity.user_id != id.user_id || s.identity.workspace_id != id.workspace_id {
-            return Err(Status::permission_denied(format!(
-                "session `{session_id}` belongs to another identity"
-            )));
+        if !same_rights(&s.identity, &id) {
+            return Err(status(
+                Code::PermissionDenied,
+                format!(
+                    "session `{session_id}` was opened with other credentials: call it with the token that opened it"
+                ),
+            ));
         }
         Ok(s)
     }
 
-    fn open(&self, identity: Identity) -> Arc<Session> {
-        let session = self.engine.open_session(identity);
+    fn open(&self, creds: Credentials) -> Result<(Arc<Session>, Lease), Status> {
+        if creds.expires_at.is_some_and(|t| t <= SystemTime::now()) {
+            return Err(expired());
+        }
+        let slot = self.sessions.take(&creds.identity, &self.limits)?;
+        let session = self.engine.open_session(creds.identity);
         let opened = encode_message(server_message::Kind::Opened(pb::SessionOpened {
             session_id: session.id.to_string(),
             protocol_version: PROTOCOL_VERSION,
@@ -92,8 +118,25 @@ impl Service {
             workspace_id: session.identity.workspace_id.to_string(),
         }));
         let _ = session.push_message(opened);
-        session
+        let lease = Lease {
+            _slot: slot,
+            expires_at: creds.expires_at,
+        };
+        Ok((session, lease))
     }
+}
+
+/// What a session holds besides the engine's state: its slot in the session
+/// count, and when its token expires.
+struct Lease {
+    _slot: SessionSlot,
+    expires_at: Option<SystemTime>,
+}
+
+fn expired() -> Status {
+    Status::unauthenticated(
+        "the token of this session has expired: reconnect with a fresh token and Sync your views",
+    )
 }
 
 /// Closes the session when the response stream is dropped (client gone).
@@ -105,6 +148,9 @@ struct Guard {
     batch_bytes: usize,
     fail: Option<oneshot::Receiver<Status>>,
     reader: Option<tokio::task::JoinHandle<()>>,
+    /// When the session's token expires.
+    deadline: Option<tokio::time::Instant>,
+    _lease: Lease,
     done: bool,
 }
 
@@ -120,37 +166,61 @@ impl Drop for Guard {
 fn session_stream(
     svc: &Service,
     session: Arc<Session>,
+    lease: Lease,
     fail: Option<oneshot::Receiver<Status>>,
     reader: Option<tokio::task::JoinHandle<()>>,
 ) -> WireStream {
+    let deadline = lease.expires_at.map(|t| {
+        let left = t
+            .duration_since(SystemTime::now())
+            .unwrap_or(std::time::Duration::ZERO);
+        tokio::time::Instant::now() + left
+    });
     let guard = Guard {
         engine: svc.engine.clone(),
         session,
         batch_bytes: svc.batch_bytes,
         fail,
         reader,
+        deadline,
+        _lease: lease,
         done: false,
     };
     Box::pin(futures_util::stream::unfold(guard, |mut g| async move {
         if g.done {
             return None;
         }
-        let item = match g.fail.as_mut() {
-            Some(fail) => tokio::select! {
+        let item = loop {
+            let deadline = g.deadline;
+            let expiry = async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let fail = &mut g.fail;
+            let failed = async move {
+                match fail.as_mut() {
+                    Some(rx) => rx.await.map_err(|_| ()),
+                    None => std::future::pending().await,
+                }
+            };
+            let session = &g.session;
+            tokio::select! {
                 biased;
-                r = fail => match r {
-                    Ok(status) => {
-                        g.done = true;
-                        return Some((Err(status), g));
-                    }
-                    Err(_) => {
-                        g.fail = None;
-                        g.session.next().await
-                    }
-                },
-                item = g.session.next() => item,
-            },
-            None => g.session.next().await,
+                () = expiry => break Err(expired()),
+                r = failed => if let Ok(status) = r { break Err(status) },
+                item = session.next() => break Ok(item),
+            }
+            // The reader finished without an error: stop watching it.
+            g.fail = None;
+        };
+        let item = match item {
+            Ok(item) => item,
+            Err(status) => {
+                g.done = true;
+                return Some((Err(status), g));
+            }
         };
         let msg = match item? {
             Outbound::Message(b) => WireServerMessage::One(b),
@@ -217,7 +287,15 @@ async fn run_sync(
     engine: &Engine,
     session: &Arc<Session>,
     views: Vec<pb::SyncView>,
-) -> pb::SyncResponse {
+    max_views: usize,
+) -> Result<pb::SyncResponse, Status> {
+    // Each view costs a result entry and an attach: cap the amplification.
+    if views.len() > max_views {
+        return Err(Status::resource_exhausted(format!(
+            "Sync names {} views; at most {max_views} per request (server.max_sync_views): split it",
+            views.len()
+        )));
+    }
     let results = engine
         .sync(session, sync_views(views))
         .await
@@ -245,7 +323,7 @@ async fn run_sync(
             },
         })
         .collect();
-    pb::SyncResponse { results }
+    Ok(pb::SyncResponse { results })
 }
 
 fn notify_changes(changes: Vec<pb::Change>) -> Result<Vec<Change>, Status> {
@@ -278,6 +356,7 @@ fn notify_changes(changes: Vec<pb::Change>) -> Result<Vec<Change>, Status> {
 async fn handle(
     engine: &Engine,
     session: &Arc<Session>,
+    limits: &Limits,
     msg: pb::ClientMessage,
 ) -> Result<(), Status> {
     let rid = msg.request_id;
@@ -309,9 +388,12 @@ async fn handle(
                 Err(e) => error(to_status(e)),
             }
         }
-        Some(pb::client_message::Kind::Sync(req)) => reply(reply::Result::Sync(
-            run_sync(engine, session, req.views).await,
-        )),
+        Some(pb::client_message::Kind::Sync(req)) => {
+            match run_sync(engine, session, req.views, limits.max_sync_views).await {
+                Ok(r) => reply(reply::Result::Sync(r)),
+                Err(s) => error(s),
+            }
+        }
         Some(pb::client_message::Kind::Mutate(req)) => {
             match engine
                 .mutate(&session.identity, &req.mutation, params_from_pb(req.params))
@@ -389,18 +471,26 @@ impl ArcanaService for Service {
         &self,
         req: Request<Streaming<pb::ClientMessage>>,
     ) -> Result<Response<WireStream>, Status> {
-        let identity = self.identity(&req).await?;
-        let session = self.open(identity);
+        let creds = self.credentials(&req).await?;
+        let (session, lease) = self.open(creds)?;
         let (fail_tx, fail_rx) = oneshot::channel();
         let mut inbound = req.into_inner();
-        let (engine, s) = (self.engine.clone(), session.clone());
+        let (engine, s, limits) = (self.engine.clone(), session.clone(), self.limits.clone());
+        // Replies wait in the session's queue; past this many, stop reading
+        // requests until the client reads (HTTP/2 flow control then holds
+        // the client back) rather than failing the session.
+        let room = engine.config().session_queue.saturating_sub(1).max(1);
         let reader = tokio::spawn(async move {
             loop {
+                s.message_room(room).await;
+                if s.is_closed() {
+                    break;
+                }
                 match inbound.message().await {
                     Ok(Some(msg)) => {
                         // Boxed: the request futures are large, and an idle
                         // session's task should not carry their space.
-                        if let Err(status) = Box::pin(handle(&engine, &s, msg)).await {
+                        if let Err(status) = Box::pin(handle(&engine, &s, &limits, msg)).await {
                             let _ = fail_tx.send(status);
                             break;
                         }
@@ -411,14 +501,12 @@ impl ArcanaService for Service {
                         break;
                     }
                 }
-                if s.is_closed() {
-                    break;
-                }
             }
         });
         Ok(Response::new(session_stream(
             self,
             session,
+            lease,
             Some(fail_rx),
             Some(reader),
         )))
@@ -428,9 +516,11 @@ impl ArcanaService for Service {
         &self,
         req: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<WireStream>, Status> {
-        let identity = self.identity(&req).await?;
-        let session = self.open(identity);
-        Ok(Response::new(session_stream(self, session, None, None)))
+        let creds = self.credentials(&req).await?;
+        let (session, lease) = self.open(creds)?;
+        Ok(Response::new(session_stream(
+            self, session, lease, None, None,
+        )))
     }
 
     async fn subscribe(
@@ -464,7 +554,13 @@ impl ArcanaService for Service {
     ) -> Result<Response<pb::SyncResponse>, Status> {
         let session = self.session_of(&req, &req.get_ref().session_id).await?;
         Ok(Response::new(
-            run_sync(&self.engine, &session, req.into_inner().views).await,
+            run_sync(
+                &self.engine,
+                &session,
+                req.into_inner().views,
+                self.limits.max_sync_views,
+            )
+            .await?,
         ))
     }
 
@@ -472,10 +568,13 @@ impl ArcanaService for Service {
         &self,
         req: Request<pb::MutateRequest>,
     ) -> Result<Response<pb::MutateResponse>, Status> {
-        let identity = self.identity(&req).await?;
-        let session = match req.get_ref().session_id.as_str() {
-            "" => None,
-            id => Some(self.session_of(&req, id).await?),
+        let (identity, session) = match req.get_ref().session_id.as_str() {
+            "" => (self.identity(&req).await?, None),
+            id => {
+                // The session's own identity, which the token matches exactly.
+                let s = self.session_of(&req, id).await?;
+                (s.identity.clone(), Some(s))
+            }
         };
         let r = req.into_inner();
         let out = self
@@ -497,6 +596,20 @@ impl ArcanaService for Service {
             )));
         }
         let changes = notify_changes(req.into_inner().changes)?;
+        let registry = self.engine.registry();
+        if let Some(c) = changes.iter().find(|c| {
+            !registry
+                .graphs()
+                .any(|g| g.deps.iter().any(|d| d.table == c.table))
+        }) {
+            return Err(status(
+                Code::NotFound,
+                format!(
+                    "no graph reads table `{}`; Notify only tables named in a graph's deps",
+                    c.table
+                ),
+            ));
+        }
         self.engine.notify(changes).await.map_err(to_status)?;
         Ok(Response::new(pb::NotifyResponse {}))
     }

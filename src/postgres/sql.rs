@@ -205,6 +205,9 @@ pub fn db_error(e: tokio_postgres::Error) -> EvalError {
     // Conversion errors (a param that cannot be bound, a column we cannot read).
     let mut msg = e.to_string();
     if let Some(src) = std::error::Error::source(&e) {
+        if let Some(bind) = src.downcast_ref::<super::values::BindError>() {
+            return EvalError::new(EvalErrorKind::InvalidArgument, bind.0.clone());
+        }
         msg = format!("{msg}: {src}");
     }
     EvalError::new(EvalErrorKind::Internal, msg)

@@ -191,6 +191,40 @@ fn date_text(pg_days: i32) -> String {
 #[derive(Debug)]
 pub struct SqlParam<'a>(pub &'a Value);
 
+/// A value the caller gave that cannot be bound to its placeholder (out of
+/// range, wrong kind): the caller's input is at fault, not the server.
+#[derive(Debug)]
+pub struct BindError(pub String);
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BindError {}
+
+/// The earliest timestamp PostgreSQL stores (4714-11-24 BC), in
+/// microseconds from its 2000-01-01 epoch.
+const PG_MIN_TIMESTAMP: i64 = -211_813_488_000_000_000;
+/// The first timestamp past PostgreSQL's range (294277-01-01).
+const PG_END_TIMESTAMP: i64 = 9_223_371_331_200_000_000;
+
+/// Microseconds since 1970 as PostgreSQL's microseconds since 2000, or an
+/// error when PostgreSQL cannot store the time. `i64::MAX`/`MIN` stand for
+/// `infinity`/`-infinity`, as when reading.
+fn pg_timestamp(unix_micros: i64) -> Result<i64, BindError> {
+    if unix_micros == i64::MAX || unix_micros == i64::MIN {
+        return Ok(unix_micros);
+    }
+    unix_micros
+        .checked_sub(PG_EPOCH_MICROS)
+        .filter(|t| (PG_MIN_TIMESTAMP..PG_END_TIMESTAMP).contains(t))
+        .ok_or_else(|| {
+            BindError("timestamp is outside PostgreSQL's range (4713 BC to 294276 AD)".to_owned())
+        })
+}
+
 fn mismatch(v: &Value, ty: &Type) -> BoxError {
     format!(
         "cannot pass a {} where the query expects {}; add a cast such as `:param::{}` in the SQL",
@@ -209,6 +243,20 @@ fn mismatch(v: &Value, ty: &Type) -> BoxError {
 
 impl ToSql for SqlParam<'_> {
     fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        // Every failure here is about the caller's value.
+        self.encode(ty, out)
+            .map_err(|e| Box::new(BindError(e.to_string())) as BoxError)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    postgres_types::to_sql_checked!();
+}
+
+impl SqlParam<'_> {
+    fn encode(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
         let v = self.0;
         match (v, ty) {
             (Value::Null, _) => return Ok(IsNull::Yes),
@@ -225,7 +273,7 @@ impl ToSql for SqlParam<'_> {
             (Value::Float(f), &Type::FLOAT4) => out.put_f32(*f as f32),
             (Value::Bool(b), &Type::BOOL) => out.put_u8(u8::from(*b)),
             (Value::Timestamp(t), &Type::TIMESTAMPTZ | &Type::TIMESTAMP) => {
-                out.put_i64(t - PG_EPOCH_MICROS)
+                out.put_i64(pg_timestamp(*t)?)
             }
             (Value::String(s) | Value::Uuid(s), &Type::UUID) => {
                 let canon = parse_uuid(s).ok_or_else(|| format!("{s:?} is not a UUID"))?;
@@ -236,7 +284,7 @@ impl ToSql for SqlParam<'_> {
             }
             (Value::String(s), &Type::INT8 | &Type::INT4 | &Type::INT2) => {
                 let i: i64 = s.parse().map_err(|_| format!("{s:?} is not an integer"))?;
-                return SqlParam(&Value::Int(i)).to_sql(ty, out);
+                return SqlParam(&Value::Int(i)).encode(ty, out);
             }
             (
                 Value::String(s) | Value::Uuid(s) | Value::Numeric(s) | Value::Date(s),
@@ -258,12 +306,6 @@ impl ToSql for SqlParam<'_> {
         }
         Ok(IsNull::No)
     }
-
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-
-    postgres_types::to_sql_checked!();
 }
 
 #[cfg(test)]
@@ -279,6 +321,28 @@ mod tests {
             v.extend_from_slice(&d.to_be_bytes());
         }
         v
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_not_wrapped() {
+        let mut out = BytesMut::new();
+        let big = Value::Int(2_147_483_648);
+        let e = SqlParam(&big).to_sql(&Type::INT4, &mut out).err().unwrap();
+        assert!(e.downcast_ref::<BindError>().is_some(), "{e}");
+        assert!(e.to_string().contains("int4"), "{e}");
+        for t in [i64::MIN + 1, PG_MIN_TIMESTAMP + PG_EPOCH_MICROS - 1] {
+            let e = SqlParam(&Value::Timestamp(t))
+                .to_sql(&Type::TIMESTAMPTZ, &mut out)
+                .err()
+                .unwrap();
+            assert!(e.to_string().contains("range"), "{e}");
+        }
+        assert!(SqlParam(&Value::Timestamp(0))
+            .to_sql(&Type::TIMESTAMPTZ, &mut out)
+            .is_ok());
+        assert!(SqlParam(&Value::Timestamp(i64::MAX))
+            .to_sql(&Type::TIMESTAMPTZ, &mut out)
+            .is_ok());
     }
 
     #[test]

@@ -1,0 +1,667 @@
+//! Limits on what one peer can make the server hold: connections that send
+//! nothing, sessions, views per Sync, unread replies, and echoed input.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use arcana::proto::{self as pb, client_message::Kind as Req, server_message::Kind as Msg};
+use common::*;
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+
+fn view(project_id: i64) -> pb::SyncView {
+    pb::SyncView {
+        graph: "project_tasks".into(),
+        params: project(project_id),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_sync_naming_too_many_views_is_refused() {
+    let h = Harness::with(|c| c.server.max_sync_views = 10).await;
+    let mut l = h.live("dev-alice").await;
+    let e = l
+        .request(Req::Sync(pb::SyncRequest {
+            views: (0..11).map(view).collect(),
+            session_id: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::ResourceExhausted as i32, "{}", e.message);
+    assert!(e.message.contains("server.max_sync_views"), "{}", e.message);
+    // At the limit it works, and the session goes on.
+    let r = l.sync((0..10).map(view).collect()).await;
+    assert_eq!(r.results.len(), 10);
+    // The unary call has the same limit.
+    let mut c = h.client("dev-alice").await;
+    let mut stream = c
+        .open_session(pb::OpenSessionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Msg::Opened(o)) = stream.message().await.unwrap().unwrap().kind else {
+        panic!("opened first")
+    };
+    let e = c
+        .sync(pb::SyncRequest {
+            views: (0..11).map(view).collect(),
+            session_id: o.session_id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn echoed_input_is_cut_short() {
+    let h = Harness::start().await;
+    let mut l = h.live("dev-alice").await;
+    let long = "g".repeat(200_000);
+    let e = l.subscribe(&long, project(1)).await.unwrap_err();
+    assert_eq!(e.code, Code::NotFound as i32);
+    assert!(e.message.len() < 1024, "{} bytes", e.message.len());
+    assert!(e.message.contains("gggg…`"), "{}", e.message);
+    // The same in every entry of a Sync.
+    let r = l
+        .sync(
+            (0..5)
+                .map(|_| pb::SyncView {
+                    graph: long.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+        )
+        .await;
+    for res in r.results {
+        let m = res.error.expect("an error").message;
+        assert!(m.len() < 1024, "{} bytes", m.len());
+    }
+    let e = h
+        .client("dev-alice")
+        .await
+        .subscribe(pb::SubscribeRequest {
+            graph: "project_tasks".into(),
+            params: project(1),
+            session_id: long.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    assert!(e.message().len() < 1024);
+}
+
+#[tokio::test]
+async fn notify_for_a_table_no_graph_reads_is_not_found() {
+    let h = Harness::start().await;
+    let mut c = h.client("dev-service").await;
+    let e = c
+        .notify(pb::NotifyRequest {
+            changes: vec![pb::Change {
+                table: "invoices".into(),
+                id: "1".into(),
+                columns: vec![],
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{}", e.message());
+    assert!(e.message().contains("`invoices`"), "{}", e.message());
+    c.notify(pb::NotifyRequest {
+        changes: vec![pb::Change {
+            table: "tasks".into(),
+            id: "1".into(),
+            columns: vec![],
+        }],
+    })
+    .await
+    .expect("a table a graph reads");
+}
+
+#[tokio::test]
+async fn values_out_of_range_for_their_column_are_invalid_arguments() {
+    let h = Harness::with_extra(
+        "",
+        r#"
+[[mutations]]
+name = "set_due"
+permissions = ["tasks:write"]
+sql = "UPDATE tasks SET due_at = :due WHERE id = :id AND workspace_id = :workspace_id RETURNING id"
+changes = [{ table = "tasks", columns = ["due_at"], id = "id" }]
+
+[mutations.params.id]
+type = "int"
+required = true
+
+[mutations.params.due]
+type = "timestamp"
+required = true
+"#,
+        |_| {},
+    )
+    .await;
+    let mut l = h.live("dev-alice").await;
+    let e = l
+        .mutate(
+            "move_task",
+            params(&[("id", int(1)), ("position", int(2_147_483_648))]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::InvalidArgument as i32, "{}", e.message);
+    assert!(e.message.contains("int4"), "{}", e.message);
+    let ts = |seconds: i64| pb::Value {
+        kind: Some(pb::value::Kind::Timestamp(prost_types::Timestamp {
+            seconds,
+            nanos: 0,
+        })),
+    };
+    // 10,000 BC, before PostgreSQL's earliest timestamp.
+    let e = l
+        .mutate(
+            "set_due",
+            params(&[("id", int(1)), ("due", ts(-377_705_116_800))]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, Code::InvalidArgument as i32, "{}", e.message);
+    assert!(e.message.contains("range"), "{}", e.message);
+    l.mutate(
+        "set_due",
+        params(&[("id", int(1)), ("due", ts(1_700_000_000))]),
+    )
+    .await
+    .expect("an ordinary time");
+    assert_eq!(
+        h.query_i64("SELECT position::int8 FROM tasks WHERE id = 1")
+            .await,
+        1,
+        "nothing wrapped"
+    );
+}
+
+#[tokio::test]
+async fn sessions_are_capped_per_identity_and_in_total() {
+    let h = Harness::with(|c| {
+        c.server.max_sessions_per_identity = 2;
+        c.server.max_sessions = 3;
+    })
+    .await;
+    let a1 = h.live("dev-alice").await;
+    let _a2 = h.live("dev-alice").await;
+    let e = Live::connect(h.client("dev-alice").await)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(
+        e.message().contains("server.max_sessions_per_identity"),
+        "{}",
+        e.message()
+    );
+    let e = h
+        .client("dev-alice")
+        .await
+        .open_session(pb::OpenSessionRequest {})
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    let _b = h.live("dev-bob").await;
+    let e = Live::connect(h.client("dev-carol").await)
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(
+        e.message().contains("server.max_sessions"),
+        "{}",
+        e.message()
+    );
+    // Closing a session gives its slot back.
+    drop(a1);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match Live::connect(h.client("dev-carol").await).await {
+            Ok(mut l) => {
+                l.ping().await;
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.code(), Code::ResourceExhausted);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("slot not released: {e}"),
+        }
+    }
+}
+
+/// A client that writes requests without reading replies is slowed down,
+/// not disconnected: every reply arrives once it reads.
+#[tokio::test]
+async fn a_client_that_does_not_read_is_held_back_not_killed() {
+    const PINGS: u64 = 5_000;
+    let h = Harness::with(|c| c.engine.session_queue = 64).await;
+    let mut c = h.client("dev-alice").await;
+    let (tx, rx) = mpsc::channel(64);
+    let mut stream = c
+        .connect(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let writer = tokio::spawn(async move {
+        for id in 1..=PINGS {
+            let ping = pb::ClientMessage {
+                request_id: id,
+                kind: Some(Req::Ping(pb::PingRequest {})),
+            };
+            if tx.send(ping).await.is_err() {
+                return (id, tx);
+            }
+        }
+        (PINGS, tx)
+    });
+    // Read nothing while the client writes as fast as it can.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut replies = 0u64;
+    let mut next = 1;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while replies < PINGS {
+        assert!(Instant::now() < deadline, "only {replies} replies");
+        let msg = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("a reply in time")
+            .unwrap_or_else(|e| panic!("stream failed after {replies} replies: {e}"))
+            .expect("stream open");
+        match msg.kind {
+            Some(Msg::Opened(_)) => {}
+            Some(Msg::Reply(r)) => {
+                assert_eq!(r.request_id, next, "replies in order");
+                assert!(
+                    matches!(r.result, Some(pb::reply::Result::Ping(_))),
+                    "{r:?}"
+                );
+                next += 1;
+                replies += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let (sent, tx) = writer.await.unwrap();
+    assert_eq!(sent, PINGS);
+    // The session is still alive.
+    tx.send(pb::ClientMessage {
+        request_id: PINGS + 1,
+        kind: Some(Req::Subscribe(pb::SubscribeRequest {
+            graph: "project_tasks".into(),
+            params: project(1),
+            session_id: String::new(),
+        })),
+    })
+    .await
+    .unwrap();
+    let msg = stream.message().await.unwrap().unwrap();
+    assert!(
+        matches!(&msg.kind, Some(Msg::Reply(r)) if r.request_id == PINGS + 1),
+        "{msg:?}"
+    );
+}
+
+async fn describe_ok(c: &mut Client) -> Duration {
+    let t = Instant::now();
+    c.describe(pb::DescribeRequest {})
+        .await
+        .expect("describe answers");
+    t.elapsed()
+}
+
+/// Connections that never send a request are closed after the timeout; past
+/// the cap they wait in the backlog; a connected client keeps being served.
+#[tokio::test]
+async fn silent_connections_are_capped_and_closed() {
+    const CAP: usize = 16;
+    let h = Harness::with(|c| {
+        c.server.max_connections = CAP;
+        c.server.handshake_timeout_ms = 500;
+    })
+    .await;
+    let mut live = h.client("dev-alice").await;
+    describe_ok(&mut live).await;
+    let addr = h.app().addr;
+    let mut silent = Vec::new();
+    for _ in 0..CAP * 3 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // The connected client is unaffected while the flood sits there.
+    for _ in 0..5 {
+        let took = describe_ok(&mut live).await;
+        assert!(took < Duration::from_secs(1), "describe took {took:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each silent connection is closed after the timeout, those beyond the
+    // cap once a slot frees; none stays open.
+    let started = Instant::now();
+    for (i, s) in silent.iter_mut().enumerate() {
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {} // the server's HTTP/2 preface
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "silent connection {i} still open");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400),
+        "closed after the timeout, not at once ({took:?})"
+    );
+    // New clients are served again.
+    let mut fresh = h.client("dev-bob").await;
+    describe_ok(&mut fresh).await;
+    describe_ok(&mut live).await;
+}
+
+// ---- Load figures (docs/SECURITY.md) ------------------------------------
+//
+// cargo test --release --test limits load_figures -- --ignored --nocapture
+//
+// Runs `arcana serve` as its own process with a 1,024 file-descriptor limit,
+// so its memory and CPU can be read from /proc, and prints a table. Every
+// connection goes to 127.0.0.1; every phase is bounded in count and time.
+
+/// A server process and what /proc says about it.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+    config: std::path::PathBuf,
+}
+
+impl Served {
+    async fn start(server_toml: &str) -> Served {
+        let url = fresh_database().await;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let text = arcana::app::DEMO_CONFIG
+            .replace("[server]\n", &format!("[server]\n{server_toml}\n"))
+            + "\n[changes]\nmode = \"none\"\n";
+        let config = std::env::temp_dir().join(format!("load-{port}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 1024 && exec {} serve --config {} --listen 127.0.0.1:{port}",
+                env!("CARGO_BIN_EXE_arcana"),
+                config.display()
+            ))
+            .env("DATABASE_URL", url)
+            .env("RUST_LOG", "error")
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}");
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Served {
+            child,
+            addr,
+            config,
+        }
+    }
+
+    fn proc_field(&self, file: &str, key: &str) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id())).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Resident memory in MiB.
+    fn rss_mib(&self) -> f64 {
+        self.proc_field("status", "VmRSS:") as f64 / 1024.0
+    }
+
+    /// User plus system CPU time in seconds.
+    fn cpu_secs(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = after
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        (f[11] + f[12]) as f64 / 100.0 // utime, stime in clock ticks
+    }
+
+    async fn client(&self, token: &str) -> Client {
+        let ch = tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        pb::arcana_service_client::ArcanaServiceClient::with_interceptor(ch, Bearer(token.into()))
+            .max_encoding_message_size(4 << 20)
+            .max_decoding_message_size(64 << 20)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.config);
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1000.0
+}
+
+/// Describe latencies on an open connection for `period`.
+async fn probe(c: &mut Client, period: Duration) -> Vec<Duration> {
+    let end = Instant::now() + period;
+    let mut out = Vec::new();
+    while Instant::now() < end {
+        out.push(describe_ok(c).await);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    out.sort();
+    out
+}
+
+async fn flood(served: &Served, label: &str, silent: usize) {
+    let mut c = served.client("dev-alice").await;
+    let quiet = probe(&mut c, Duration::from_secs(2)).await;
+    let cpu0 = served.cpu_secs();
+    let mut socks = Vec::new();
+    for _ in 0..silent {
+        match tokio::net::TcpStream::connect(&served.addr).await {
+            Ok(s) => socks.push(s),
+            Err(_) => break,
+        }
+    }
+    let busy = probe(&mut c, Duration::from_secs(4)).await;
+    let cpu = served.cpu_secs() - cpu0;
+    // A new client during the flood waits for a slot.
+    let t = Instant::now();
+    let mut fresh = served.client("dev-bob").await;
+    describe_ok(&mut fresh).await;
+    let fresh_ms = t.elapsed().as_secs_f64() * 1000.0;
+    // How many silent connections the server closes within 10 s more.
+    let opened = socks.len();
+    let waits = socks.into_iter().map(|mut s| {
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(Duration::from_secs(10), async {
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            });
+            read.await.is_ok()
+        })
+    });
+    let mut closed = 0;
+    for w in waits.collect::<Vec<_>>() {
+        closed += usize::from(w.await.unwrap());
+    }
+    println!(
+        "| {label} | {opened} | {closed} | {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.2} | {:.0} |",
+        percentile(&quiet, 0.5),
+        percentile(&quiet, 0.99),
+        percentile(&busy, 0.5),
+        percentile(&busy, 0.99),
+        busy.last().unwrap().as_secs_f64() * 1000.0,
+        cpu,
+        fresh_ms,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load run for docs/SECURITY.md; run with --ignored --nocapture"]
+async fn load_figures() {
+    println!("\n| silent flood | connections opened | closed by the server | Describe p50 / p99 ms before | during: p50 / p99 / max ms | server CPU s in 4 s | new client's first Describe ms |");
+    println!("|---|---|---|---|---|---|---|");
+    {
+        let s = Served::start("handshake_timeout_ms = 2000").await;
+        flood(&s, "defaults (512 connections)", 1_500).await;
+    }
+    {
+        // Past the descriptor limit: accept fails with EMFILE and backs off.
+        let s = Served::start("handshake_timeout_ms = 2000\nmax_connections = 4096").await;
+        flood(&s, "cap above the fd limit (EMFILE)", 1_500).await;
+    }
+
+    println!("\n| concurrent Syncs | requests | request size | refused | server RSS MiB before | after |");
+    println!("|---|---|---|---|---|---|");
+    let s = Served::start("").await;
+    for (label, views, n) in [
+        ("empty views, ~1 MiB each", 500_000usize, 8usize),
+        ("200 distinct views each (the cap)", 200, 8),
+    ] {
+        let before = s.rss_mib();
+        let mut tasks = Vec::new();
+        for _ in 0..n {
+            let mut c = s.client("dev-alice").await;
+            tasks.push(tokio::spawn(async move {
+                let (tx, rx) = mpsc::channel(4);
+                let mut stream = c
+                    .connect(ReceiverStream::new(rx))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let views: Vec<pb::SyncView> = (0..views)
+                    .map(|i| {
+                        if views > 1_000 {
+                            pb::SyncView::default()
+                        } else {
+                            view(i as i64 + 1)
+                        }
+                    })
+                    .collect();
+                let size = prost::Message::encoded_len(&pb::SyncRequest {
+                    views: views.clone(),
+                    session_id: String::new(),
+                });
+                tx.send(pb::ClientMessage {
+                    request_id: 1,
+                    kind: Some(Req::Sync(pb::SyncRequest {
+                        views,
+                        session_id: String::new(),
+                    })),
+                })
+                .await
+                .unwrap();
+                loop {
+                    let m = stream.message().await.unwrap().unwrap();
+                    if let Some(Msg::Reply(r)) = m.kind {
+                        let refused = matches!(r.result, Some(pb::reply::Result::Error(_)));
+                        return (size, refused);
+                    }
+                }
+            }));
+        }
+        let mut size = 0;
+        let mut refused = 0;
+        for t in tasks {
+            let (sz, r) = t.await.unwrap();
+            size = sz;
+            refused += usize::from(r);
+        }
+        println!(
+            "| {label} | {n} | {:.2} MiB | {refused} | {:.1} | {:.1} |",
+            size as f64 / (1 << 20) as f64,
+            before,
+            s.rss_mib()
+        );
+    }
+
+    println!("\n| stalled readers | sessions | pings each, unread | server RSS MiB before | while stalled | after reading |");
+    println!("|---|---|---|---|---|---|");
+    let before = s.rss_mib();
+    let mut stalled = Vec::new();
+    const SESSIONS: usize = 50;
+    const PINGS: u64 = 5_000;
+    for _ in 0..SESSIONS {
+        let mut c = s.client("dev-carol").await;
+        let (tx, rx) = mpsc::channel(64);
+        let stream = c
+            .connect(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let writer = tokio::spawn(async move {
+            for id in 1..=PINGS {
+                let msg = pb::ClientMessage {
+                    request_id: id,
+                    kind: Some(Req::Ping(pb::PingRequest {})),
+                };
+                // Bounded: a writer held back for 10 s gives up.
+                match tokio::time::timeout(Duration::from_secs(10), tx.send(msg)).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+            }
+            tx
+        });
+        stalled.push((stream, writer));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = s.rss_mib();
+    let mut replies = 0u64;
+    for (mut stream, writer) in stalled {
+        let mut got = 0;
+        while got < PINGS {
+            let m = tokio::time::timeout(WAIT, stream.message())
+                .await
+                .expect("reply in time")
+                .expect("stream alive")
+                .expect("stream open");
+            if let Some(Msg::Reply(_)) = m.kind {
+                got += 1;
+            }
+        }
+        replies += got;
+        drop(writer.await);
+    }
+    println!(
+        "| Connect, no reads for 3 s | {SESSIONS} | {PINGS} | {before:.1} | {during:.1} | {:.1} |",
+        s.rss_mib()
+    );
+    assert_eq!(replies, SESSIONS as u64 * PINGS);
+}

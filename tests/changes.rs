@@ -350,6 +350,9 @@ async fn wal_mode_explains_a_server_without_logical_replication() {
     let url = h.db_url.replace("postgres@", "plain_user@");
     let mut config = arcana::config::Config::parse(arcana::app::DEMO_CONFIG).unwrap();
     config.changes.slot = "never_created".into();
+    // Not the role's business here: policies and the evaluation role.
+    config.rls.install = false;
+    config.database.eval_role = None;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let err = arcana::app::App::start(&config, &url, listener)
         .await

@@ -73,6 +73,7 @@ async fn start_source(
                 columns: tables.into_iter().collect(),
                 keys,
                 routes,
+                workspace_column: Some(config.rls.workspace_column.clone()),
             };
             Some(wal::spawn(engine.clone(), url.to_owned(), opts, tracking)?)
         }

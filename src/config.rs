@@ -422,6 +422,10 @@ pub struct ChangeConfig {
     pub columns: Vec<String>,
     /// A returned column holding the row id.
     pub id: Option<String>,
+    /// Returned columns holding the row's route values, which the write
+    /// does not change (an insert, a delete, or an update leaving them).
+    #[serde(default)]
+    pub routes: Vec<String>,
 }
 
 /// One `[[mutations]]`.
@@ -507,9 +511,14 @@ impl Config {
             }
             reg.register(def)?;
         }
+        // A mutation runs for one workspace: its changes to tables with a
+        // workspace column concern only that workspace's views.
+        let scoped =
+            crate::postgres::catalog::tables_with_column(&client, &self.rls.workspace_column)
+                .await?;
         for m in &self.mutations {
             let named = |e: String| format!("mutation `{}`: {e}", m.name);
-            let (def, sql) = mutation(m, pool, &ctx).map_err(named)?;
+            let (def, sql) = mutation(m, pool, &ctx, &scoped).map_err(named)?;
             sql.check(&client).await.map_err(named)?;
             reg.register_mutation(def)?;
         }
@@ -677,6 +686,7 @@ fn mutation(
     m: &MutationConfig,
     pool: &Pool,
     ctx: &TxContext,
+    scoped: &BTreeSet<String>,
 ) -> Result<(MutationDef, Arc<SqlMutation>), String> {
     let params = schema(&m.params)?;
     let declared: Vec<&str> = params.keys().map(String::as_str).collect();
@@ -701,6 +711,8 @@ fn mutation(
             table: c.table.clone(),
             columns: c.columns.clone(),
             id_from: c.id.clone(),
+            scoped: scoped.contains(&c.table),
+            route_from: c.routes.clone(),
         })
         .collect();
     let handler = Arc::new(SqlMutation {

@@ -104,6 +104,7 @@ async fn notify_for_a_table_no_graph_reads_is_not_found() {
                 table: "invoices".into(),
                 id: "1".into(),
                 columns: vec![],
+                ..Default::default()
             }],
         })
         .await
@@ -115,6 +116,7 @@ async fn notify_for_a_table_no_graph_reads_is_not_found() {
             table: "tasks".into(),
             id: "1".into(),
             columns: vec![],
+            ..Default::default()
         }],
     })
     .await

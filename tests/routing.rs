@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use arcana::engine::{Change, RowKey, Value};
+use arcana::proto as pb;
 use common::*;
 
 /// Evaluations run so far by the view `view_id` (`<graph>/<hash>`) of
@@ -219,4 +220,61 @@ async fn a_task_moving_between_projects_is_routed_to_both_from_the_wal() {
 #[tokio::test]
 async fn without_replica_identity_full_updates_reach_every_view() {
     a_task_moving_between_projects(false).await;
+}
+
+/// Carol's globex views of "project 1" (a project id her workspace does not
+/// have) and acme's real project 1: acme's writes, from the WAL, mutations
+/// and workspace-naming notifications, never evaluate globex's views.
+#[tokio::test]
+async fn one_workspaces_writes_never_evaluate_another_workspaces_views() {
+    let h = Harness::wal().await;
+    let mut alice = h.live("dev-alice").await;
+    let acme = alice
+        .subscribe("project_tasks", project(1))
+        .await
+        .unwrap()
+        .view_id;
+    let mut carol = h.live("dev-carol").await;
+    let globex = carol
+        .subscribe("project_tasks", project(1))
+        .await
+        .unwrap()
+        .view_id;
+    let globex_evals = || scoped_evaluations(&h, &globex, "globex", None);
+    let acme_evals = || scoped_evaluations(&h, &acme, "acme", None);
+    let (g0, a0) = (globex_evals(), acme_evals());
+
+    // Plain SQL, through the WAL (the row carries its workspace).
+    h.sql("UPDATE tasks SET position = 9 WHERE id = 1").await;
+    alice
+        .wait_until(&acme, |s| s.refs.last().map(|r| &*r.key.id) == Some("1"))
+        .await;
+    // A mutation: the caller's workspace, and the project it returns.
+    alice
+        .mutate(
+            "move_task",
+            params(&[("id", int(2)), ("position", int(10))]),
+        )
+        .await
+        .unwrap();
+    // A notification naming the workspace.
+    let mut service = h.client("dev-service").await;
+    service
+        .notify(pb::NotifyRequest {
+            changes: vec![pb::Change {
+                table: "tasks".into(),
+                columns: vec!["position".into()],
+                workspace_id: "acme".into(),
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(acme_evals() >= a0 + 3, "acme's view followed every write");
+    assert_eq!(globex_evals(), g0, "globex's view was never evaluated");
+
+    // A notification naming no workspace reaches every workspace.
+    h.notify("tasks", "", &["position"]).await;
+    assert_eq!(globex_evals(), g0 + 1);
 }

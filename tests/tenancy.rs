@@ -380,3 +380,58 @@ async fn a_full_pool_answers_unavailable_after_the_pool_timeout() {
     );
     assert!(hold.await.unwrap(), "the slow view itself completes");
 }
+
+#[tokio::test]
+async fn stats_show_a_workspace_admin_only_their_workspace() {
+    let token = |token: &str, workspace: &str, permission: &str| arcana::config::TokenConfig {
+        token: token.into(),
+        user: format!("{token}-user"),
+        workspace: workspace.into(),
+        role: String::new(),
+        permissions: vec![permission.into()],
+    };
+    let h = Harness::with(|c| {
+        c.auth
+            .tokens
+            .push(token("globex-admin", "globex", "arcana:admin"));
+        c.auth
+            .tokens
+            .push(token("root", "acme", "arcana:global-admin"));
+    })
+    .await;
+    let mut alice = h.live("dev-alice").await;
+    alice.subscribe("project_tasks", project(1)).await.unwrap();
+    alice.subscribe("project_tasks", project(2)).await.unwrap();
+    let mut carol = h.live("dev-carol").await;
+    carol.subscribe("project_tasks", project(3)).await.unwrap();
+
+    let stats = |token: &str| {
+        let h = &h;
+        let token = token.to_owned();
+        async move {
+            h.client(&token)
+                .await
+                .stats(arcana::proto::StatsRequest {})
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let globex = stats("globex-admin").await.unwrap();
+    assert_eq!(globex.views, 1);
+    assert_eq!(globex.subscriptions, 1);
+    assert_eq!(globex.sessions, 1);
+    assert!(
+        globex.view_stats.iter().all(|v| v.workspace_id == "globex"),
+        "{:?}",
+        globex.view_stats
+    );
+    assert_eq!(
+        globex.changes, 0,
+        "engine-wide counters are not a workspace's"
+    );
+    let all = stats("root").await.unwrap();
+    assert_eq!(all.views, 3);
+    assert_eq!(all.view_stats.len(), 3);
+    let err = stats("dev-alice").await.unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+}

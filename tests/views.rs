@@ -217,6 +217,7 @@ async fn changes_to_columns_no_graph_reads_evaluate_nothing() {
                 table: "workspaces".into(),
                 id: "acme".into(),
                 columns: vec![],
+                ..Default::default()
             }],
         })
         .await

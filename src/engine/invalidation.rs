@@ -389,15 +389,19 @@ fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
     }
     let mut full: HashMap<*const View, Arc<View>> = HashMap::new();
     let mut patched: HashMap<*const View, (Arc<View>, Vec<Patch>)> = HashMap::new();
-    let mut whole: HashSet<&Arc<str>> = HashSet::new();
+    // Graphs all of whose views (in one workspace, or in all: `None`) are
+    // already taken.
+    let mut whole: HashSet<(&Arc<str>, Option<&str>)> = HashSet::new();
     for c in batches.iter().flat_map(|b| &b.changes) {
         for g in inner.registry.graphs_for(c) {
-            if whole.contains(g) {
+            if whole.contains(&(g, None)) || whole.contains(&(g, c.workspace.as_deref())) {
                 continue;
             }
             let Some(def) = inner.registry.graph(g) else {
                 continue;
             };
+            let ws = c.workspace.as_deref();
+            let in_scope = |v: &Arc<View>| ws.is_none_or(|w| &*v.key.scope.workspace_id == w);
             if def.can_patch(c) {
                 // Only the views holding the row: the store knows them.
                 let key = RowKey::new(&c.table, &c.id);
@@ -408,7 +412,7 @@ fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
                     .unwrap_or_else(|e| e.into_inner())
                     .holders(&key);
                 holders.extend(inner.in_flight.of(g));
-                for v in holders.iter().filter(|v| v.key.graph == *g) {
+                for v in holders.iter().filter(|v| v.key.graph == *g && in_scope(v)) {
                     patched
                         .entry(Arc::as_ptr(v))
                         .or_insert_with(|| (v.clone(), Vec::new()))
@@ -425,11 +429,11 @@ fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
             let candidates: Vec<&Arc<View>> = match routed {
                 Some((route, values)) => values
                     .iter()
-                    .flat_map(|value| views.by_route(g, &route.param, value))
+                    .flat_map(|value| views.by_route(g, &route.param, value, ws))
                     .collect(),
                 None => {
-                    whole.insert(g);
-                    views.by_graph(g).collect()
+                    whole.insert((g, ws));
+                    views.by_graph(g, ws).collect()
                 }
             };
             for v in candidates {

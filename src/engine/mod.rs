@@ -87,38 +87,74 @@ impl Default for EngineConfig {
 /// (graph, route param, value as key text): the views routed there.
 type RouteKey = (Arc<str>, String, String);
 
+/// View keys by workspace.
+type ByWorkspace = HashMap<Arc<str>, HashSet<ViewKey>>;
+
+/// The live views, indexed the ways invalidation looks them up: by graph
+/// and by route value, each split by workspace, so a change known to belong
+/// to one workspace never even looks at another's views.
 #[derive(Default)]
 pub(crate) struct Views {
     by_key: HashMap<ViewKey, Arc<View>>,
-    graphs: HashMap<Arc<str>, HashSet<ViewKey>>,
-    routed: HashMap<RouteKey, HashSet<ViewKey>>,
+    graphs: HashMap<Arc<str>, ByWorkspace>,
+    routed: HashMap<RouteKey, ByWorkspace>,
+}
+
+/// The view keys of `index` in `workspace`, or in every workspace.
+fn in_workspace<'a>(
+    index: Option<&'a ByWorkspace>,
+    workspace: Option<&'a str>,
+) -> Box<dyn Iterator<Item = &'a ViewKey> + 'a> {
+    let Some(index) = index else {
+        return Box::new(std::iter::empty());
+    };
+    match workspace {
+        Some(w) => Box::new(index.get(w).into_iter().flatten()),
+        None => Box::new(index.values().flatten()),
+    }
+}
+
+fn index_remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, ByWorkspace>, k: &K, view: &ViewKey) {
+    if let Some(by_ws) = map.get_mut(k) {
+        if let Some(set) = by_ws.get_mut(&view.scope.workspace_id) {
+            set.remove(view);
+            if set.is_empty() {
+                by_ws.remove(&view.scope.workspace_id);
+            }
+        }
+        if by_ws.is_empty() {
+            map.remove(k);
+        }
+    }
 }
 
 impl Views {
-    pub(crate) fn by_graph<'a>(&'a self, graph: &str) -> impl Iterator<Item = &'a Arc<View>> + 'a {
-        self.graphs
-            .get(graph)
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.by_key.get(k))
+    /// The views of `graph`, in `workspace` when given.
+    pub(crate) fn by_graph<'a>(
+        &'a self,
+        graph: &str,
+        workspace: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Arc<View>> + 'a {
+        in_workspace(self.graphs.get(graph), workspace).filter_map(|k| self.by_key.get(k))
     }
 
     pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<View>> {
         self.by_key.values()
     }
 
-    /// The views of `graph` whose route `param` has `value`.
+    /// The views of `graph` whose route `param` has `value`, in `workspace`
+    /// when given.
     pub(crate) fn by_route<'a>(
         &'a self,
         graph: &Arc<str>,
         param: &str,
         value: &str,
+        workspace: Option<&'a str>,
     ) -> impl Iterator<Item = &'a Arc<View>> + 'a {
-        self.routed
-            .get(&(graph.clone(), param.to_owned(), value.to_owned()))
-            .into_iter()
-            .flatten()
-            .filter_map(|k| self.by_key.get(k))
+        let index = self
+            .routed
+            .get(&(graph.clone(), param.to_owned(), value.to_owned()));
+        in_workspace(index, workspace).filter_map(|k| self.by_key.get(k))
     }
 
     fn route_keys(view: &View) -> Vec<RouteKey> {
@@ -140,12 +176,20 @@ impl Views {
     }
 
     fn insert(&mut self, view: Arc<View>) {
+        let ws = view.key.scope.workspace_id.clone();
         self.graphs
             .entry(view.key.graph.clone())
             .or_default()
+            .entry(ws.clone())
+            .or_default()
             .insert(view.key.clone());
         for rk in Self::route_keys(&view) {
-            self.routed.entry(rk).or_default().insert(view.key.clone());
+            self.routed
+                .entry(rk)
+                .or_default()
+                .entry(ws.clone())
+                .or_default()
+                .insert(view.key.clone());
         }
         self.by_key.insert(view.key.clone(), view);
     }
@@ -157,16 +201,9 @@ impl Views {
             .is_some_and(|v| Arc::ptr_eq(v, view))
         {
             self.by_key.remove(&view.key);
-            if let Some(set) = self.graphs.get_mut(&view.key.graph) {
-                set.remove(&view.key);
-            }
+            index_remove(&mut self.graphs, &view.key.graph, &view.key);
             for rk in Self::route_keys(view) {
-                if let Some(set) = self.routed.get_mut(&rk) {
-                    set.remove(&view.key);
-                    if set.is_empty() {
-                        self.routed.remove(&rk);
-                    }
-                }
+                index_remove(&mut self.routed, &rk, &view.key);
             }
         }
     }
@@ -677,32 +714,61 @@ impl Engine {
 
     /// Counters and a per-view breakdown.
     pub fn stats(&self) -> EngineStats {
-        let views: Vec<Arc<View>> = self.views().by_key.values().cloned().collect();
+        self.stats_of(None)
+    }
+
+    /// What one workspace may see of [`Engine::stats`]: its sessions, views,
+    /// subscriptions, rows and evaluations. The engine-wide counters
+    /// (rounds, patches, changes, batches, frames, resyncs, errors) cannot
+    /// be split by workspace and are 0 here.
+    pub fn workspace_stats(&self, workspace: &str) -> EngineStats {
+        self.stats_of(Some(workspace))
+    }
+
+    fn stats_of(&self, workspace: Option<&str>) -> EngineStats {
+        let mine = |ws: &str| workspace.is_none_or(|w| w == ws);
+        let views: Vec<Arc<View>> = self
+            .views()
+            .by_key
+            .values()
+            .filter(|v| mine(&v.key.scope.workspace_id))
+            .cloned()
+            .collect();
         let (sessions, subscriptions) = {
             let s = self.sessions();
-            (s.len(), s.values().map(|s| s.view_ids().len()).sum())
+            let of: Vec<&Arc<Session>> = s
+                .values()
+                .filter(|s| mine(&s.identity.workspace_id))
+                .collect();
+            (of.len(), of.iter().map(|s| s.view_ids().len()).sum())
         };
-        let st = &self.inner.stats;
         let mut view_info: Vec<ViewInfo> = views.iter().map(|v| v.info()).collect();
         view_info.sort_by(|a, b| (&a.graph, &a.params_hash).cmp(&(&b.graph, &b.params_hash)));
+        let store_rows = {
+            let store = self.inner.store.lock().unwrap_or_else(|e| e.into_inner());
+            match workspace {
+                None => store.len(),
+                Some(w) => store.len_in(w),
+            }
+        };
+        let st = &self.inner.stats;
+        let global = |n: u64| if workspace.is_none() { n } else { 0 };
         EngineStats {
             sessions,
             views: views.len(),
             subscriptions,
-            store_rows: self
-                .inner
-                .store
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .len(),
-            evaluations: st.evaluations.get(),
-            evaluation_rounds: st.evaluation_rounds.get(),
-            patches: st.patches.get(),
-            eval_errors: st.eval_errors.get(),
-            changes: st.changes.get(),
-            batches: st.batches.get(),
-            frames: st.frames.get(),
-            resyncs: st.resyncs.get(),
+            store_rows,
+            evaluations: match workspace {
+                None => st.evaluations.get(),
+                Some(_) => view_info.iter().map(|v| v.evaluations).sum(),
+            },
+            evaluation_rounds: global(st.evaluation_rounds.get()),
+            patches: global(st.patches.get()),
+            eval_errors: global(st.eval_errors.get()),
+            changes: global(st.changes.get()),
+            batches: global(st.batches.get()),
+            frames: global(st.frames.get()),
+            resyncs: global(st.resyncs.get()),
             view_info,
         }
     }

@@ -181,6 +181,12 @@ pub struct Change {
     /// For a single-row update: the new values of every changed column,
     /// when the change source knows them (see [`GraphDef::patchable`]).
     pub values: Option<Fields>,
+    /// The workspace every changed row belongs to, when the source knows
+    /// it: the change then reaches only that workspace's views. A view of
+    /// one workspace reads only its own rows of a table with a workspace
+    /// column (row-level security enforces it), so no other can be touched.
+    /// `None`: any workspace.
+    pub workspace: Option<String>,
 }
 
 impl Change {
@@ -203,7 +209,14 @@ impl Change {
             columns: columns.into_iter().map(Into::into).collect(),
             route_values: BTreeMap::new(),
             values: None,
+            workspace: None,
         }
+    }
+
+    /// The same change, limited to one workspace's views.
+    pub fn in_workspace(mut self, workspace: &str) -> Self {
+        self.workspace = Some(workspace.to_owned());
+        self
     }
 }
 

@@ -113,6 +113,15 @@ impl Store {
         self.len
     }
 
+    /// Number of rows held for one workspace.
+    pub fn len_in(&self, workspace: &str) -> usize {
+        self.rows
+            .values()
+            .flatten()
+            .filter(|e| &*e.workspace == workspace)
+            .count()
+    }
+
     /// Whether no row is held.
     pub fn is_empty(&self) -> bool {
         self.len == 0

@@ -23,8 +23,10 @@ use crate::proto::{self as pb, reply, server_message};
 
 /// The permission the Notify call needs.
 pub const NOTIFY_PERMISSION: &str = "arcana:notify";
-/// The permission the Stats call needs.
+/// The permission the Stats call needs, for the caller's workspace.
 pub const ADMIN_PERMISSION: &str = "arcana:admin";
+/// The permission to see every workspace in Stats.
+pub const GLOBAL_ADMIN_PERMISSION: &str = "arcana:global-admin";
 
 /// The default for [`Service::with_batch_bytes`].
 pub const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
@@ -345,8 +347,8 @@ fn notify_changes(changes: Vec<pb::Change>) -> Result<Vec<Change>, Status> {
                 table: c.table,
                 id: c.id,
                 columns: c.columns,
-                route_values: Default::default(),
-                values: None,
+                workspace: (!c.workspace_id.is_empty()).then_some(c.workspace_id),
+                ..Change::default()
             })
         })
         .collect()
@@ -435,6 +437,7 @@ fn mutate_response(
                 table: c.table,
                 id: c.id,
                 columns: c.columns,
+                workspace_id: c.workspace.unwrap_or_default(),
             })
             .collect(),
         view_versions: session
@@ -627,11 +630,15 @@ impl ArcanaService for Service {
         req: Request<pb::StatsRequest>,
     ) -> Result<Response<pb::StatsResponse>, Status> {
         let identity = self.identity(&req).await?;
-        if !identity.has_permission(ADMIN_PERMISSION) {
+        let stats = if identity.has_permission(GLOBAL_ADMIN_PERMISSION) {
+            self.engine.stats()
+        } else if identity.has_permission(ADMIN_PERMISSION) {
+            self.engine.workspace_stats(&identity.workspace_id)
+        } else {
             return Err(Status::permission_denied(format!(
-                "Stats needs the `{ADMIN_PERMISSION}` permission"
+                "Stats needs the `{ADMIN_PERMISSION}` permission (its workspace) or `{GLOBAL_ADMIN_PERMISSION}` (every workspace)"
             )));
-        }
-        Ok(Response::new(stats_to_pb(self.engine.stats())))
+        };
+        Ok(Response::new(stats_to_pb(stats)))
     }
 }

@@ -101,3 +101,21 @@ pub async fn check_key(
         options.join(" or its ")
     ))
 }
+
+/// The tables (named as graphs name them: bare in `public`, else
+/// `schema.table`) that have a column named `column`.
+pub async fn tables_with_column(
+    client: &tokio_postgres::Client,
+    column: &str,
+) -> Result<BTreeSet<String>, String> {
+    let rows = client
+        .query(
+            "SELECT CASE WHEN table_schema = 'public' THEN table_name::text \
+                    ELSE table_schema || '.' || table_name END \
+             FROM information_schema.columns WHERE column_name = $1",
+            &[&column],
+        )
+        .await
+        .map_err(|e| format!("reading the catalog: {e}"))?;
+    Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+}

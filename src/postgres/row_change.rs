@@ -111,9 +111,15 @@ struct RowChange<'a> {
     old: Option<Image<'a>>,
     /// The row after: `None` for a delete.
     new: Option<Image<'a>>,
+    /// An update (an insert has no old row either).
+    update: bool,
 }
 
 impl RowChange<'_> {
+    fn is_update(&self) -> bool {
+        self.update
+    }
+
     /// An update whose row id did not change.
     fn is_update_in_place(&self, tracking: &Tracking) -> bool {
         match (&self.old, &self.new) {
@@ -175,6 +181,28 @@ impl RowChange<'_> {
         out
     }
 
+    /// The workspace the row belonged to before and after, when both images
+    /// it has name the same one (an update without the old row keeps its
+    /// workspace only if the column is part of the key).
+    fn workspace(&self, tracking: &Tracking) -> Option<String> {
+        let col = tracking.workspace_column.as_deref()?;
+        let is_key = self.rel.columns.iter().any(|c| c.name == col && c.key);
+        if self.old.is_none() && self.new.is_some() && !is_key && self.is_update() {
+            return None;
+        }
+        let mut seen: Option<String> = None;
+        for image in [self.old, self.new].into_iter().flatten() {
+            let Cell::Known(Value::String(w)) = image.cell(col) else {
+                return None;
+            };
+            if seen.as_ref().is_some_and(|s| *s != w) {
+                return None;
+            }
+            seen = Some(w);
+        }
+        seen
+    }
+
     /// The new values of `columns`, when every one of them is known.
     fn new_values(&self, columns: &BTreeSet<String>) -> Option<Fields> {
         let new = self.new?;
@@ -203,6 +231,30 @@ struct TableChanges {
     route_unknown: BTreeSet<String>,
     /// The changed columns' new values, while exactly one row was updated.
     values: Option<Fields>,
+    /// The workspace of every changed row.
+    workspace: Workspace,
+}
+
+/// The workspace of the rows a transaction changed in one table.
+#[derive(Default, PartialEq)]
+enum Workspace {
+    /// No row yet.
+    #[default]
+    None,
+    /// Every row so far, before and after, had this one.
+    One(String),
+    /// Rows of several workspaces, or a row whose workspace is unknown.
+    Any,
+}
+
+impl Workspace {
+    fn add(&mut self, seen: Option<String>) {
+        *self = match (std::mem::take(self), seen) {
+            (Workspace::None, Some(w)) => Workspace::One(w),
+            (Workspace::One(a), Some(b)) if a == b => Workspace::One(a),
+            _ => Workspace::Any,
+        };
+    }
 }
 
 /// The values of a table's route columns in one row change: known values,
@@ -230,6 +282,7 @@ impl TxChanges {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &mut self,
         table: &str,
@@ -237,8 +290,10 @@ impl TxChanges {
         columns: Option<BTreeSet<String>>,
         routes: RouteCells,
         values: Option<Fields>,
+        workspace: Option<String>,
     ) {
         let e = self.tables.entry(table.to_owned()).or_default();
+        e.workspace.add(workspace);
         match columns {
             None => e.all = true,
             Some(c) => e.columns.extend(c),
@@ -255,6 +310,7 @@ impl TxChanges {
     /// Records one row change.
     fn record(&mut self, change: RowChange, tracking: &Tracking) {
         let routes = change.route_cells(tracking);
+        let workspace = change.workspace(tracking);
         if change.is_update_in_place(tracking) {
             let changed = change.changed_columns(tracking);
             if changed.is_empty() {
@@ -262,7 +318,7 @@ impl TxChanges {
             }
             let id = change.new.and_then(|n| n.id(tracking, &change.table));
             let values = change.new_values(&changed);
-            self.add(&change.table, id, Some(changed), routes, values);
+            self.add(&change.table, id, Some(changed), routes, values, workspace);
             return;
         }
         // An insert, a delete or a new key: the row left one id and/or
@@ -281,6 +337,7 @@ impl TxChanges {
                 None,
                 routes.take().unwrap_or_default(),
                 None,
+                workspace.clone(),
             );
         }
     }
@@ -303,6 +360,7 @@ impl TxChanges {
                 rel: r,
                 old: None,
                 new: Some(Image::new(r, new, b'N')),
+                update: false,
             }),
             Message::Delete {
                 rel,
@@ -312,12 +370,14 @@ impl TxChanges {
                 rel: r,
                 old: Some(Image::new(r, old, *tag)),
                 new: None,
+                update: false,
             }),
             Message::Update { rel, old, new } => tracked(rel).map(|(r, table)| RowChange {
                 table,
                 rel: r,
                 old: old.as_ref().map(|(tag, t)| Image::new(r, t, *tag)),
                 new: Some(Image::new(r, new, b'N')),
+                update: true,
             }),
             Message::Truncate { rels } => {
                 for rel in rels {
@@ -326,7 +386,7 @@ impl TxChanges {
                         if let Some(cols) = tracking.routes.get(&table) {
                             routes.unknown.extend(cols.iter().cloned());
                         }
-                        self.add(&table, None, None, routes, None);
+                        self.add(&table, None, None, routes, None, None);
                     }
                 }
                 None
@@ -356,6 +416,10 @@ impl TxChanges {
                     },
                     route_values: t.route_values,
                     values: t.values,
+                    workspace: match t.workspace {
+                        Workspace::One(w) => Some(w),
+                        _ => None,
+                    },
                 }
             })
             .collect()

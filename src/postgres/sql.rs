@@ -718,6 +718,12 @@ pub struct ChangeSpec {
     pub columns: Vec<String>,
     /// A returned column holding the changed row's id, if any.
     pub id_from: Option<String>,
+    /// The table has a workspace column: the change concerns only the
+    /// caller's workspace, whose rows alone the mutation can touch.
+    pub scoped: bool,
+    /// Returned columns holding the changed row's route values (see
+    /// `Route`), the same before and after the write.
+    pub route_from: Vec<String>,
 }
 
 /// How many rows a mutation's statements must touch together: rows
@@ -771,7 +777,8 @@ pub struct SqlMutation {
 
 impl SqlMutation {
     /// Runs the statements in one transaction; returns the returned fields.
-    async fn write(&self, scope: &Scope, params: &Params) -> Result<Fields, EvalError> {
+    /// Also returns how many rows the last statement returned.
+    async fn write(&self, scope: &Scope, params: &Params) -> Result<(Fields, usize), EvalError> {
         let mut client = connection(&self.pool, &self.ctx).await?;
         let tx = client.transaction().await.map_err(db_error)?;
         self.ctx.enter(&tx, scope).await?;
@@ -796,7 +803,7 @@ impl SqlMutation {
             }
         }
         tx.commit().await.map_err(db_error)?;
-        Ok(data)
+        Ok((data, last.len()))
     }
 }
 
@@ -832,7 +839,7 @@ impl MutationHandler for Arc<SqlMutation> {
     ) -> BoxFuture<'static, Result<MutationOutput, EvalError>> {
         let m = self.clone();
         Box::pin(async move {
-            let data = m
+            let (data, returned) = m
                 .write(&scope, &params)
                 .await
                 .map_err(|e| named(&format!("mutation `{}`", m.name), &m.ctx, e))?;
@@ -848,8 +855,19 @@ impl MutationHandler for Arc<SqlMutation> {
                         .map(Value::key_text)
                         .unwrap_or_default(),
                     columns: c.columns.clone(),
-                    route_values: Default::default(),
+                    // Only one returned row is in `data`: with more, the
+                    // route values are unknown.
+                    route_values: c
+                        .route_from
+                        .iter()
+                        .filter(|_| returned == 1)
+                        .filter_map(|col| {
+                            let v = data.get(col)?.key_text();
+                            Some((col.clone(), std::collections::BTreeSet::from([v])))
+                        })
+                        .collect(),
                     values: None,
+                    workspace: c.scoped.then(|| scope.workspace_id.to_string()),
                 })
                 .collect();
             Ok(MutationOutput { data, changes })

@@ -195,6 +195,7 @@ impl Harness {
                 table: table.into(),
                 id: id.into(),
                 columns: columns.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
             }],
         })
         .await

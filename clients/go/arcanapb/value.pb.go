@@ -649,10 +649,13 @@ func (x *RowPatch) GetOps() []*FieldOp {
 
 // A data change reported to the engine. No columns means "any column".
 type Change struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Table         string                 `protobuf:"bytes,1,opt,name=table,proto3" json:"table,omitempty"`
-	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
-	Columns       []string               `protobuf:"bytes,3,rep,name=columns,proto3" json:"columns,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Table   string                 `protobuf:"bytes,1,opt,name=table,proto3" json:"table,omitempty"`
+	Id      string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Columns []string               `protobuf:"bytes,3,rep,name=columns,proto3" json:"columns,omitempty"`
+	// The workspace the changed rows belong to: only that workspace's views are
+	// touched. Empty: any workspace.
+	WorkspaceId   string `protobuf:"bytes,4,opt,name=workspace_id,json=workspaceId,proto3" json:"workspace_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -708,6 +711,13 @@ func (x *Change) GetColumns() []string {
 	return nil
 }
 
+func (x *Change) GetWorkspaceId() string {
+	if x != nil {
+		return x.WorkspaceId
+	}
+	return ""
+}
+
 var File_arcana_v1_value_proto protoreflect.FileDescriptor
 
 const file_arcana_v1_value_proto_rawDesc = "" +
@@ -754,11 +764,12 @@ const file_arcana_v1_value_proto_rawDesc = "" +
 	"\bRowPatch\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12$\n" +
-	"\x03ops\x18\x03 \x03(\v2\x12.arcana.v1.FieldOpR\x03ops\"H\n" +
+	"\x03ops\x18\x03 \x03(\v2\x12.arcana.v1.FieldOpR\x03ops\"k\n" +
 	"\x06Change\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x18\n" +
-	"\acolumns\x18\x03 \x03(\tR\acolumns*s\n" +
+	"\acolumns\x18\x03 \x03(\tR\acolumns\x12!\n" +
+	"\fworkspace_id\x18\x04 \x01(\tR\vworkspaceId*s\n" +
 	"\aPatchOp\x12\x18\n" +
 	"\x14PATCH_OP_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPATCH_OP_ADD\x10\x01\x12\x13\n" +

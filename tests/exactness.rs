@@ -153,33 +153,9 @@ async fn a_catch_up_longer_than_the_session_queue_arrives_whole_before_the_reply
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_and_sync_answer_unavailable_while_postgres_is_down() {
-    use arcana::app::{App, DEMO_CONFIG, DEMO_SCHEMA};
-    use arcana::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
-    // A cluster of this test's own, since it is stopped.
-    let pg = EmbeddedPostgres::start(EmbeddedOptions {
-        fast: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let url = pg.url("postgres");
-    arcana::postgres::execute_script(&url, DEMO_SCHEMA)
-        .await
-        .unwrap();
-    let mut config = arcana::config::Config::parse(DEMO_CONFIG).unwrap();
-    config.changes.mode = arcana::config::ChangeMode::None;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = App::start(&config, &url, listener).await.unwrap();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let client = arcana::proto::arcana_service_client::ArcanaServiceClient::with_interceptor(
-        channel,
-        Bearer("dev-alice".into()),
-    );
-    let mut l = Live::connect(client).await.unwrap();
+    let own = OwnCluster::start(arcana::config::ChangeMode::None).await;
+    let mut l = Live::connect(own.client("dev-alice")).await.unwrap();
+    let OwnCluster { pg, app, .. } = own;
     tokio::task::block_in_place(|| pg.stop());
 
     let err = l.subscribe("project_tasks", project(1)).await.unwrap_err();

@@ -10,26 +10,12 @@ use arcana::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use common::*;
 
 async fn restart_and_converge(mode: ChangeMode) {
-    // A cluster of this test's own: restarting the shared one would disturb other tests.
-    let mut pg = EmbeddedPostgres::start(EmbeddedOptions {
-        fast: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let url = pg.url("postgres");
-    arcana::postgres::execute_script(&url, DEMO_SCHEMA)
-        .await
-        .unwrap();
-    let mut config = Config::parse(DEMO_CONFIG).unwrap();
-    config.changes.mode = mode;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = App::start(&config, &url, listener).await.unwrap();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let OwnCluster {
+        mut pg,
+        url,
+        app,
+        channel,
+    } = OwnCluster::start(mode).await;
     let client = |t: &str| {
         arcana::proto::arcana_service_client::ArcanaServiceClient::with_interceptor(
             channel.clone(),

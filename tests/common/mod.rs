@@ -215,6 +215,50 @@ impl Harness {
     }
 }
 
+/// The demo on a throwaway cluster of the test's own, for tests that stop
+/// or restart PostgreSQL (doing that to the shared cluster would disturb
+/// other tests).
+pub struct OwnCluster {
+    pub pg: EmbeddedPostgres,
+    pub url: String,
+    pub app: App,
+    pub channel: Channel,
+}
+
+impl OwnCluster {
+    pub async fn start(mode: arcana::config::ChangeMode) -> OwnCluster {
+        let pg = EmbeddedPostgres::start(EmbeddedOptions {
+            fast: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let url = pg.url("postgres");
+        arcana::postgres::execute_script(&url, DEMO_SCHEMA)
+            .await
+            .unwrap();
+        let mut config = Config::parse(DEMO_CONFIG).unwrap();
+        config.changes.mode = mode;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app = App::start(&config, &url, listener).await.unwrap();
+        let channel = Channel::from_shared(format!("http://{}", app.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        OwnCluster {
+            pg,
+            url,
+            app,
+            channel,
+        }
+    }
+
+    pub fn client(&self, token: &str) -> Client {
+        ArcanaServiceClient::with_interceptor(self.channel.clone(), Bearer(token.into()))
+    }
+}
+
 pub fn int(i: i64) -> pb::Value {
     pb::Value {
         kind: Some(pb::value::Kind::Int(i)),

@@ -1,7 +1,7 @@
 //! Invalidation: change batches in, re-evaluated views out.
 //!
-//! One task drains the bounded change queue and, for each batch, finds the
-//! views its changes can touch by table, column and route. Each view then
+//! One task drains the bounded change queue and, for each batch, asks the
+//! router (`router.rs`) which views its changes can touch. Each view then
 //! refreshes on its own schedule: a view not refreshing is queued at once
 //! (no fixed delay when idle); a view already queued or refreshing is marked
 //! dirty and runs once more when it finishes, covering every batch that
@@ -18,7 +18,7 @@
 //! position, a mutation reply). Batches not yet done are bounded
 //! (`change_queue`); past that the loop stops reading and writers wait.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -27,8 +27,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use super::error::EvalError;
 use super::registry::Change;
-use super::result::RowKey;
-use super::value::Fields;
+use super::router::{self, Patch};
 use super::view::{Refresh, View};
 use super::Inner;
 
@@ -89,9 +88,6 @@ pub(crate) struct Schedule {
     failures: u32,
 }
 
-/// New values of some columns of one row.
-type Patch = (RowKey, Arc<Fields>);
-
 /// Runs until the engine is dropped (its sender closes the queue).
 pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>) {
     let Some(budget) = inner
@@ -108,7 +104,7 @@ pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>)
             };
             let Some(inner) = inner.upgrade() else { return };
             inner.stats.batches.inc();
-            let (full, patched) = affected(&inner, std::slice::from_ref(&batch));
+            let (full, patched) = router::affected(&inner, std::slice::from_ref(&batch));
             tracing::debug!(full = full.len(), patched = patched.len(), "change batch");
             let ack = Arc::new(Ack {
                 remaining: AtomicUsize::new(full.len() + patched.len()),
@@ -186,7 +182,8 @@ impl InFlight {
         }
     }
 
-    fn of(&self, graph: &str) -> Vec<Arc<View>> {
+    /// The views of `graph` evaluating now.
+    pub(crate) fn of(&self, graph: &str) -> Vec<Arc<View>> {
         self.lock()
             .get(graph)
             .map(|v| v.values().cloned().collect())
@@ -369,83 +366,4 @@ fn retry_later(inner: &Arc<Inner>, view: &Arc<View>, failures: u32) {
             }
         }
     });
-}
-
-/// The live views any change in `batches` can touch, each once: those to
-/// evaluate, and those that only need row values patched in. A graph with a
-/// route on the changed table and known values for its column contributes
-/// only the views routed to those values; otherwise all its views. A change
-/// the graph can patch (see `GraphDef::can_patch`) goes, as a patch, to the
-/// views holding its row, which the store knows.
-type Affected = (Vec<Arc<View>>, Vec<(Arc<View>, Vec<Patch>)>);
-
-fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
-    for b in batches {
-        inner.stats.changes.add(b.changes.len() as u64);
-    }
-    let views = inner.views.lock().unwrap_or_else(|e| e.into_inner());
-    if batches.iter().any(|b| b.everything) {
-        return (views.all().cloned().collect(), Vec::new());
-    }
-    let mut full: HashMap<*const View, Arc<View>> = HashMap::new();
-    let mut patched: HashMap<*const View, (Arc<View>, Vec<Patch>)> = HashMap::new();
-    // Graphs all of whose views (in one workspace, or in all: `None`) are
-    // already taken.
-    let mut whole: HashSet<(&Arc<str>, Option<&str>)> = HashSet::new();
-    for c in batches.iter().flat_map(|b| &b.changes) {
-        for g in inner.registry.graphs_for(c) {
-            if whole.contains(&(g, None)) || whole.contains(&(g, c.workspace.as_deref())) {
-                continue;
-            }
-            let Some(def) = inner.registry.graph(g) else {
-                continue;
-            };
-            let ws = c.workspace.as_deref();
-            let in_scope = |v: &Arc<View>| ws.is_none_or(|w| &*v.key.scope.workspace_id == w);
-            if def.can_patch(c) {
-                // Only the views holding the row: the store knows them.
-                let key = RowKey::new(&c.table, &c.id);
-                let values = Arc::new(c.values.clone().unwrap_or_default());
-                let mut holders = inner
-                    .store
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .holders(&key);
-                holders.extend(inner.in_flight.of(g));
-                for v in holders.iter().filter(|v| v.key.graph == *g && in_scope(v)) {
-                    patched
-                        .entry(Arc::as_ptr(v))
-                        .or_insert_with(|| (v.clone(), Vec::new()))
-                        .1
-                        .push((key.clone(), values.clone()));
-                }
-                continue;
-            }
-            let routed = def
-                .routes
-                .iter()
-                .filter(|r| r.table == c.table)
-                .find_map(|r| c.route_values.get(&r.column).map(|vals| (r, vals)));
-            let candidates: Vec<&Arc<View>> = match routed {
-                Some((route, values)) => values
-                    .iter()
-                    .flat_map(|value| views.by_route(g, &route.param, value, ws))
-                    .collect(),
-                None => {
-                    whole.insert((g, ws));
-                    views.by_graph(g, ws).collect()
-                }
-            };
-            for v in candidates {
-                full.entry(Arc::as_ptr(v)).or_insert_with(|| v.clone());
-            }
-        }
-    }
-    // A view evaluated anyway needs no patches.
-    let patched = patched
-        .into_iter()
-        .filter(|(k, _)| !full.contains_key(k))
-        .map(|(_, v)| v)
-        .collect();
-    (full.into_values().collect(), patched)
 }

@@ -15,6 +15,7 @@ mod invalidation;
 pub mod params;
 pub mod registry;
 pub mod result;
+mod router;
 pub mod session;
 pub mod stats;
 pub mod store;

@@ -1,0 +1,101 @@
+//! Routing: which live views a batch of changes can touch.
+//!
+//! A change names a table, maybe a row, the columns that changed, the values
+//! routed columns held before and after, the new values of a single-row
+//! update, and maybe the workspace its rows belong to. The registry says
+//! which graphs read those columns; of each graph, a route narrows the views
+//! to those whose param matches a route value, a workspace to that
+//! workspace's views, and a change the graph can patch goes only to the
+//! views holding the row (the store knows them). Scheduling what it finds
+//! is `invalidation.rs`'s job.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::invalidation::ChangeBatch;
+use super::result::RowKey;
+use super::value::Fields;
+use super::view::View;
+use super::Inner;
+
+/// New values of some columns of one row.
+pub(crate) type Patch = (RowKey, Arc<Fields>);
+
+/// The live views any change in `batches` can touch, each once: those to
+/// evaluate, and those that only need row values patched in. A graph with a
+/// route on the changed table and known values for its column contributes
+/// only the views routed to those values; otherwise all its views. A change
+/// the graph can patch (see `GraphDef::can_patch`) goes, as a patch, to the
+/// views holding its row, which the store knows.
+pub(crate) type Affected = (Vec<Arc<View>>, Vec<(Arc<View>, Vec<Patch>)>);
+
+pub(crate) fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
+    for b in batches {
+        inner.stats.changes.add(b.changes.len() as u64);
+    }
+    let views = inner.views.lock().unwrap_or_else(|e| e.into_inner());
+    if batches.iter().any(|b| b.everything) {
+        return (views.all().cloned().collect(), Vec::new());
+    }
+    let mut full: HashMap<*const View, Arc<View>> = HashMap::new();
+    let mut patched: HashMap<*const View, (Arc<View>, Vec<Patch>)> = HashMap::new();
+    // Graphs all of whose views (in one workspace, or in all: `None`) are
+    // already taken.
+    let mut whole: HashSet<(&Arc<str>, Option<&str>)> = HashSet::new();
+    for c in batches.iter().flat_map(|b| &b.changes) {
+        for g in inner.registry.graphs_for(c) {
+            if whole.contains(&(g, None)) || whole.contains(&(g, c.workspace.as_deref())) {
+                continue;
+            }
+            let Some(def) = inner.registry.graph(g) else {
+                continue;
+            };
+            let ws = c.workspace.as_deref();
+            let in_scope = |v: &Arc<View>| ws.is_none_or(|w| &*v.key.scope.workspace_id == w);
+            if def.can_patch(c) {
+                // Only the views holding the row: the store knows them.
+                let key = RowKey::new(&c.table, &c.id);
+                let values = Arc::new(c.values.clone().unwrap_or_default());
+                let mut holders = inner
+                    .store
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .holders(&key);
+                holders.extend(inner.in_flight.of(g));
+                for v in holders.iter().filter(|v| v.key.graph == *g && in_scope(v)) {
+                    patched
+                        .entry(Arc::as_ptr(v))
+                        .or_insert_with(|| (v.clone(), Vec::new()))
+                        .1
+                        .push((key.clone(), values.clone()));
+                }
+                continue;
+            }
+            let routed = def
+                .routes
+                .iter()
+                .filter(|r| r.table == c.table)
+                .find_map(|r| c.route_values.get(&r.column).map(|vals| (r, vals)));
+            let candidates: Vec<&Arc<View>> = match routed {
+                Some((route, values)) => values
+                    .iter()
+                    .flat_map(|value| views.by_route(g, &route.param, value, ws))
+                    .collect(),
+                None => {
+                    whole.insert((g, ws));
+                    views.by_graph(g, ws).collect()
+                }
+            };
+            for v in candidates {
+                full.entry(Arc::as_ptr(v)).or_insert_with(|| v.clone());
+            }
+        }
+    }
+    // A view evaluated anyway needs no patches.
+    let patched = patched
+        .into_iter()
+        .filter(|(k, _)| !full.contains_key(k))
+        .map(|(_, v)| v)
+        .collect();
+    (full.into_values().collect(), patched)
+}

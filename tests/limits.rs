@@ -667,3 +667,56 @@ async fn load_figures() {
     );
     assert_eq!(replies, SESSIONS as u64 * PINGS);
 }
+
+const SLEEPY_GRAPH: &str = r#"
+[[graphs]]
+name = "sleepy"
+table = "tasks"
+sql = """
+SELECT t.id, t.title FROM tasks t
+WHERE t.workspace_id = :workspace_id AND t.id = :n AND pg_sleep(0.4) IS NOT NULL
+"""
+deps = { tasks = ["title"] }
+
+[graphs.params.n]
+type = "int"
+required = true
+"#;
+
+#[tokio::test]
+async fn first_evaluations_wait_for_an_evaluation_slot() {
+    let h = Harness::with_extra("", SLEEPY_GRAPH, |c| c.engine.eval_concurrency = 1).await;
+    let client = h.client("dev-alice").await;
+    let subscribes: Vec<_> = (1..=4)
+        .map(|n| {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                let mut l = Live::connect(c.clone()).await.unwrap();
+                l.subscribe("sleepy", params(&[("n", int(n))]))
+                    .await
+                    .unwrap();
+                let _ = &mut c;
+            })
+        })
+        .collect();
+    // The most first evaluations ever running at once, as PostgreSQL sees them.
+    let mut most = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while subscribes.iter().any(|s| !s.is_finished()) && Instant::now() < deadline {
+        let running = h
+            .query_i64(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE state = 'active' AND query LIKE '%pg_sleep(0.4)%' AND pid <> pg_backend_pid()",
+            )
+            .await;
+        most = most.max(running);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for s in subscribes {
+        s.await.unwrap();
+    }
+    assert_eq!(
+        most, 1,
+        "engine.eval_concurrency = 1 bounds first evaluations too"
+    );
+}

@@ -431,9 +431,10 @@ async fn fault(
         }
         Fault::ClientDrop => {
             Stats::inc(&stats.client_drop);
+            let away = Duration::from_millis(rng.range(0, 1500) as u64);
             let _ = clients[rng.range(0, clients.len() as i64 - 1) as usize]
                 .cmds
-                .try_send(client::Cmd::Drop);
+                .try_send(client::Cmd::Drop(away));
         }
         Fault::ClientPause => {
             Stats::inc(&stats.client_pause);
@@ -554,10 +555,6 @@ async fn compare(
     clients: &[client::ClientHandle],
     stats: &Stats,
 ) -> Result<(), String> {
-    let (db, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
     // Each distinct (identity, view) once; all clients holding it compared.
     let mut pairs: Vec<(Who, ViewSpec)> = Vec::new();
     for c in clients {
@@ -571,59 +568,10 @@ async fn compare(
             }
         }
     }
-    for (who, spec) in pairs {
-        let deadline = Instant::now() + CONVERGE;
-        loop {
-            let fresh = probe(addr, &who, &spec, |_| true, Duration::from_secs(10)).await;
-            let sql = expected::expected(&db, model::graph(spec.graph), &who, &spec).await;
-            let holders: Vec<(String, ViewState)> = clients
-                .iter()
-                .filter_map(|c| {
-                    let g = c.shared.lock().unwrap();
-                    (g.who.token == who.token)
-                        .then(|| {
-                            g.views
-                                .iter()
-                                .find(|h| h.spec == spec)
-                                .map(|h| (g.label.clone(), h.state.clone()))
-                        })
-                        .flatten()
-                })
-                .collect();
-            let agree = |a: &ViewState, b: &ViewState| a.content() == b.content();
-            let ok = match (&fresh, &sql) {
-                (Ok(f), Ok(s)) => agree(f, s) && holders.iter().all(|(_, h)| agree(h, f)),
-                _ => false,
-            };
-            if ok {
-                for _ in &holders {
-                    Stats::inc(&stats.views_compared);
-                }
-                break;
-            }
-            if Instant::now() > deadline {
-                for (label, h) in &holders {
-                    let fine =
-                        matches!((&fresh, &sql), (Ok(f), Ok(s)) if agree(h, f) && agree(f, s));
-                    Stats::inc(&stats.views_compared);
-                    if fine {
-                        continue;
-                    }
-                    Stats::inc(&stats.divergences);
-                    println!(
-                        "DIVERGENCE seed {seed} ({axes}) {label} as {} in {}: view {spec}\n  client: {}\n  fresh:  {}\n  sql:    {}",
-                        who.user,
-                        who.ws,
-                        show(h),
-                        fresh.as_ref().map_or_else(|e| format!("error: {e}"), show),
-                        sql.as_ref().map_or_else(|e| format!("error: {e}"), show),
-                    );
-                }
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
+    let checks = pairs
+        .iter()
+        .map(|(who, spec)| converge(seed, axes, addr, url, clients, stats, who, spec));
+    futures_util::future::join_all(checks).await;
     // A sync whose announced frames never came, with nothing after them to
     // expose the gap.
     for c in clients {
@@ -641,6 +589,86 @@ async fn compare(
         }
     }
     Ok(())
+}
+
+/// Waits until every client holding `spec` as `who` agrees with a fresh
+/// snapshot and with the SQL; reports each that does not in time.
+#[allow(clippy::too_many_arguments)]
+async fn converge(
+    seed: u64,
+    axes: &Axes,
+    addr: &str,
+    url: &str,
+    clients: &[client::ClientHandle],
+    stats: &Stats,
+    who: &Who,
+    spec: &ViewSpec,
+) {
+    let deadline = Instant::now() + CONVERGE;
+    // A connection of its own: the expected state is read in a transaction.
+    let db = loop {
+        match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+            Ok((db, conn)) => {
+                tokio::spawn(conn);
+                break db;
+            }
+            Err(e) if Instant::now() > deadline => {
+                Stats::inc(&stats.divergences);
+                println!("DIVERGENCE seed {seed}: cannot read {spec} from PostgreSQL: {e}");
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
+    loop {
+        let fresh = probe(addr, who, spec, |_| true, Duration::from_secs(10)).await;
+        let sql = expected::expected(&db, model::graph(spec.graph), who, spec).await;
+        let holders: Vec<(String, ViewState)> = clients
+            .iter()
+            .filter_map(|c| {
+                let g = c.shared.lock().unwrap();
+                (g.who.token == who.token)
+                    .then(|| {
+                        g.views
+                            .iter()
+                            .find(|h| h.spec == *spec)
+                            .map(|h| (g.label.clone(), h.state.clone()))
+                    })
+                    .flatten()
+            })
+            .collect();
+        let agree = |a: &ViewState, b: &ViewState| a.content() == b.content();
+        let ok = match (&fresh, &sql) {
+            (Ok(f), Ok(s)) => agree(f, s) && holders.iter().all(|(_, h)| agree(h, f)),
+            _ => false,
+        };
+        if ok {
+            for _ in &holders {
+                Stats::inc(&stats.views_compared);
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            for (label, h) in &holders {
+                let fine = matches!((&fresh, &sql), (Ok(f), Ok(s)) if agree(h, f) && agree(f, s));
+                Stats::inc(&stats.views_compared);
+                if fine {
+                    continue;
+                }
+                Stats::inc(&stats.divergences);
+                println!(
+                    "DIVERGENCE seed {seed} ({axes}) {label} as {} in {}: view {spec}\n  client: {}\n  fresh:  {}\n  sql:    {}",
+                    who.user,
+                    who.ws,
+                    show(h),
+                    fresh.as_ref().map_or_else(|e| format!("error: {e}"), show),
+                    sql.as_ref().map_or_else(|e| format!("error: {e}"), show),
+                );
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// A view on one line: total, refs (with nested), rows.

@@ -44,8 +44,8 @@ pub struct Shared {
 }
 
 pub enum Cmd {
-    /// Drop the connection; reconnect and `Sync`.
-    Drop,
+    /// Drop the connection, stay away this long, then reconnect and `Sync`.
+    Drop(Duration),
     /// Stop reading for a while.
     Pause(Duration),
 }
@@ -59,6 +59,8 @@ pub struct ClientHandle {
 enum End {
     /// The stream broke or a gap calls for a resync: reconnect.
     Reconnect,
+    /// Told to go away for a while, then reconnect.
+    Away(Duration),
     /// The coordinator is done with this client.
     Quit,
 }
@@ -141,6 +143,7 @@ async fn run(
         };
         match s.run(stream, &mut cmds).await {
             End::Reconnect => continue,
+            End::Away(d) => tokio::time::sleep(d).await,
             End::Quit => return,
         }
     }
@@ -197,7 +200,7 @@ impl Session {
                 }
                 c = cmds.recv() => match c {
                     None => return End::Quit,
-                    Some(Cmd::Drop) => return End::Reconnect,
+                    Some(Cmd::Drop(d)) => return End::Away(d),
                     Some(Cmd::Pause(d)) => tokio::time::sleep(d).await,
                 },
                 _ = retry.tick() => {

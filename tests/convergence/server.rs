@@ -33,8 +33,7 @@ pub type Client =
 pub async fn connect(addr: &str, token: &'static str) -> Result<Client, String> {
     let ch = Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| e.to_string())?
-        .initial_stream_window_size(Some(16 * 1024))
-        .initial_connection_window_size(Some(32 * 1024))
+        .initial_stream_window_size(Some(2 * 1024))
         .connect_timeout(Duration::from_secs(2))
         .connect()
         .await

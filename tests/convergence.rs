@@ -70,6 +70,7 @@ struct Args {
     seed: u64,
     duration: Duration,
     clients: usize,
+    checks: u64,
     axes: AxisChoice,
     faults: BTreeSet<Fault>,
     mutations: bool,
@@ -81,6 +82,7 @@ const HELP: &str = "convergence test switches (unknown arguments are ignored):
   --seed N              seed of the first schedule; schedule i uses seed+i (default 1)
   --duration-ms N       how long each schedule writes (default 5000)
   --clients N           client sessions per schedule (default 6)
+  --checks N            single writes at the end, each followed by a full comparison (default 25)
   --modes wal,notify    change modes to use (default both, alternating with the seed)
   --route on|off        force the route axis (default: from the seed)
   --patch on|off        force the patch axis
@@ -107,6 +109,7 @@ fn parse_args() -> Args {
         seed: 1,
         duration: Duration::from_millis(5000),
         clients: 6,
+        checks: 25,
         axes: AxisChoice::default(),
         faults: FAULTS.iter().map(|(f, _)| *f).collect(),
         mutations: true,
@@ -128,6 +131,7 @@ fn parse_args() -> Args {
                 a.duration = Duration::from_millis(num(next).unwrap_or(5000));
             }
             "--clients" => a.clients = num(next).unwrap_or(6).max(1) as usize,
+            "--checks" => a.checks = num(next).unwrap_or(a.checks),
             "--modes" => {
                 a.axes.modes = next
                     .map(|s| {
@@ -179,9 +183,10 @@ impl Args {
             .map(|(_, n)| *n)
             .collect();
         let mut s = format!(
-            "cargo test --release --test convergence -- --schedules 1 --seed {seed} {axes} --duration-ms {} --clients {} --faults {}",
+            "cargo test --release --test convergence -- --schedules 1 --seed {seed} {axes} --duration-ms {} --clients {} --checks {} --faults {}",
             self.duration.as_millis(),
             self.clients,
+            self.checks,
             if faults.is_empty() { "none".into() } else { faults.join(",") }
         );
         if !self.mutations {
@@ -364,8 +369,42 @@ async fn schedule(
         srv.start().await?;
     }
     let divergences_before = Stats::get(&stats.divergences);
+    let failures = || Stats::get(&stats.divergences) + Stats::get(&stats.gaps);
+    let failures_before = failures();
     drain(&srv.addr, &url).await?;
     compare(seed, axes, &srv.addr, &url, &clients, stats).await?;
+    // Checkpoints: one write, then drain and compare, so a change lost on
+    // its way is not hidden by a later one that re-evaluates the view.
+    for _ in 0..args.checks {
+        if failures() != failures_before {
+            break;
+        }
+        let last: String;
+        if args.mutations && rng.chance(0.3) {
+            last = "a gRPC mutation".into();
+            let ok = writes::mutate_once(&srv.addr, &mut rng).await;
+            Stats::inc(if ok {
+                &stats.mutations
+            } else {
+                &stats.mutations_failed
+            });
+        } else {
+            let (item, person) = shown(&clients, &mut rng);
+            let stmt = writes::statement_on(&mut rng, args.truncate, item, person);
+            let ok = execute_script(&url, &stmt).await.is_ok();
+            last = stmt;
+            Stats::inc(if ok {
+                &stats.sql_txns
+            } else {
+                &stats.sql_failed
+            });
+        }
+        drain(&srv.addr, &url).await?;
+        compare(seed, axes, &srv.addr, &url, &clients, stats).await?;
+        if failures() != failures_before {
+            println!("  (at a checkpoint, after: {last})");
+        }
+    }
     if Stats::get(&stats.divergences) != divergences_before {
         println!("  server log: {}", srv.log.display());
     }
@@ -394,6 +433,34 @@ async fn schedule(
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(())
+}
+
+/// An item id and a person id that some client view shows (random ones
+/// when none does).
+fn shown(clients: &[client::ClientHandle], rng: &mut Rng) -> (i64, i64) {
+    let mut items = Vec::new();
+    let mut people = Vec::new();
+    for c in clients {
+        let g = c.shared.lock().unwrap();
+        for k in g.views.iter().flat_map(|h| h.state.rows.keys()) {
+            match (&*k.table, k.id.parse::<i64>()) {
+                ("items", Ok(id)) => items.push(id),
+                ("people", Ok(id)) => people.push(id),
+                _ => {}
+            }
+        }
+    }
+    let item = if items.is_empty() {
+        rng.range(1, 40)
+    } else {
+        *rng.pick(&items)
+    };
+    let person = if people.is_empty() {
+        rng.range(1, 12)
+    } else {
+        *rng.pick(&people)
+    };
+    (item, person)
 }
 
 async fn fault(
@@ -649,22 +716,33 @@ async fn converge(
             break;
         }
         if Instant::now() > deadline {
+            // Clients holding the same state are reported together.
+            let mut wrong: Vec<(Vec<&str>, &ViewState)> = Vec::new();
             for (label, h) in &holders {
-                let fine = matches!((&fresh, &sql), (Ok(f), Ok(s)) if agree(h, f) && agree(f, s));
                 Stats::inc(&stats.views_compared);
-                if fine {
+                if matches!((&fresh, &sql), (Ok(f), Ok(s)) if agree(h, f) && agree(f, s)) {
                     continue;
                 }
                 Stats::inc(&stats.divergences);
-                println!(
-                    "DIVERGENCE seed {seed} ({axes}) {label} as {} in {}: view {spec}\n  client: {}\n  fresh:  {}\n  sql:    {}",
-                    who.user,
-                    who.ws,
-                    show(h),
-                    fresh.as_ref().map_or_else(|e| format!("error: {e}"), show),
-                    sql.as_ref().map_or_else(|e| format!("error: {e}"), show),
-                );
+                match wrong.iter_mut().find(|(_, s)| agree(s, h)) {
+                    Some((labels, _)) => labels.push(label),
+                    None => wrong.push((vec![label], h)),
+                }
             }
+            if wrong.is_empty() {
+                break;
+            }
+            let mut text = format!(
+                "DIVERGENCE seed {seed} ({axes}) as {} in {}: view {spec}\n  fresh:  {}\n  sql:    {}",
+                who.user,
+                who.ws,
+                fresh.as_ref().map_or_else(|e| format!("error: {e}"), show),
+                sql.as_ref().map_or_else(|e| format!("error: {e}"), show),
+            );
+            for (labels, h) in wrong {
+                text.push_str(&format!("\n  {}: {}", labels.join(", "), show(h)));
+            }
+            println!("{text}");
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;

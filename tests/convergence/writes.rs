@@ -76,8 +76,13 @@ pub fn insert_tag(r: &mut Rng) -> String {
 
 /// One random statement (or a short group that belongs together).
 fn statement(r: &mut Rng, truncate: bool) -> String {
-    let item = r.range(1, 40);
-    let person = r.range(1, 12);
+    let (item, person) = (r.range(1, 40), r.range(1, 12));
+    statement_on(r, truncate, item, person)
+}
+
+/// One random statement whose single-row cases touch `item` or `person`:
+/// pointed at rows views hold, a lost change shows.
+pub fn statement_on(r: &mut Rng, truncate: bool, item: i64, person: i64) -> String {
     match r.range(0, 27) {
         0..=3 => insert_item(r),
         4 => format!("UPDATE items SET title = '{}' WHERE id = {item}", word(r)),
@@ -183,6 +188,13 @@ pub fn seed_data(r: &mut Rng) -> String {
     s
 }
 
+/// A random transaction of one to `most` statements.
+pub fn transaction(r: &mut Rng, most: i64, truncate: bool) -> String {
+    let n = r.range(1, most);
+    let body: Vec<String> = (0..n).map(|_| statement(r, truncate)).collect();
+    format!("BEGIN;\n{};\nCOMMIT", body.join(";\n"))
+}
+
 /// Runs random transactions until `until`.
 pub async fn sql_writer(
     url: String,
@@ -206,10 +218,7 @@ pub async fn sql_writer(
                 }
             },
         };
-        let n = r.range(1, 4);
-        let body: Vec<String> = (0..n).map(|_| statement(&mut r, truncate)).collect();
-        let txn = format!("BEGIN;\n{};\nCOMMIT", body.join(";\n"));
-        match c.batch_execute(&txn).await {
+        match c.batch_execute(&transaction(&mut r, 4, truncate)).await {
             Ok(()) => Stats::inc(&stats.sql_txns),
             Err(_) => {
                 Stats::inc(&stats.sql_failed);
@@ -235,6 +244,19 @@ fn text(s: String) -> pb::Value {
 /// Runs random mutations through the unary `Mutate` until `until`.
 pub async fn mutator(addr: String, mut r: Rng, until: Instant, stats: Arc<Stats>) {
     while Instant::now() < until {
+        let ok = mutate_once(&addr, &mut r).await;
+        Stats::inc(if ok {
+            &stats.mutations
+        } else {
+            &stats.mutations_failed
+        });
+        tokio::time::sleep(Duration::from_millis(r.range(5, 60) as u64)).await;
+    }
+}
+
+/// One random mutation as a random identity; whether it was applied.
+pub async fn mutate_once(addr: &str, r: &mut Rng) -> bool {
+    {
         let who = *r.pick(&PEOPLE);
         let id = r.range(1, 40);
         let (name, params) = match r.range(0, 3) {
@@ -243,13 +265,13 @@ pub async fn mutator(addr: String, mut r: Rng, until: Instant, stats: Arc<Stats>
                 vec![
                     ("id", int(id)),
                     ("list_id", int(r.range(1, 3))),
-                    ("title", text(word(&mut r))),
+                    ("title", text(word(r))),
                     ("pos", int(r.range(0, 20))),
                 ],
             ),
             1 => (
                 "rename_item",
-                vec![("id", int(id)), ("title", text(word(&mut r)))],
+                vec![("id", int(id)), ("title", text(word(r)))],
             ),
             2 => (
                 "move_item",
@@ -262,17 +284,11 @@ pub async fn mutator(addr: String, mut r: Rng, until: Instant, stats: Arc<Stats>
             params: params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             session_id: String::new(),
         };
-        let ok = match connect(&addr, who.token).await {
+        match connect(addr, who.token).await {
             Ok(mut c) => tokio::time::timeout(Duration::from_secs(10), c.mutate(req))
                 .await
                 .is_ok_and(|r| r.is_ok()),
             Err(_) => false,
-        };
-        Stats::inc(if ok {
-            &stats.mutations
-        } else {
-            &stats.mutations_failed
-        });
-        tokio::time::sleep(Duration::from_millis(r.range(5, 60) as u64)).await;
+        }
     }
 }

@@ -408,6 +408,18 @@ async fn schedule(
     if Stats::get(&stats.divergences) != divergences_before {
         println!("  server log: {}", srv.log.display());
     }
+    for c in &clients {
+        let g = c.shared.lock().unwrap();
+        for h in g.views.iter().filter(|h| h.state.error.is_some()) {
+            Stats::inc(&stats.ended_in_error);
+            println!(
+                "  note: {} {} ends flagged with an error frame: {}",
+                g.label,
+                h.spec,
+                h.state.error.as_deref().unwrap_or_default()
+            );
+        }
+    }
 
     for c in clients {
         drop(c.cmds);
@@ -498,7 +510,8 @@ async fn fault(
         }
         Fault::ClientDrop => {
             Stats::inc(&stats.client_drop);
-            let away = Duration::from_millis(rng.range(0, 1500) as u64);
+            // Long enough, at times, to miss more diffs than a session queue holds.
+            let away = Duration::from_millis(rng.range(0, 3000) as u64);
             let _ = clients[rng.range(0, clients.len() as i64 - 1) as usize]
                 .cmds
                 .try_send(client::Cmd::Drop(away));

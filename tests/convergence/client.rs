@@ -65,6 +65,9 @@ enum End {
     Quit,
 }
 
+/// gRPC's INTERNAL code.
+const INTERNAL: i32 = 13;
+
 enum Pending {
     Subscribe(usize),
     Sync(Vec<(usize, u64, u64)>),
@@ -330,6 +333,9 @@ impl Session {
                     let h = &mut g.views[i];
                     if res.error.is_some() || res.view_id.is_empty() {
                         Stats::inc(&stats.request_errors);
+                        if res.error.as_ref().is_some_and(|e| e.code == INTERNAL) {
+                            Stats::inc(&stats.internal_errors);
+                        }
                         h.awaiting = false;
                         h.retry = true;
                         continue;
@@ -367,8 +373,11 @@ impl Session {
                     h.owed = Some((res.epoch, res.version));
                 }
             }
-            (p, _) => {
+            (p, result) => {
                 Stats::inc(&stats.request_errors);
+                if matches!(result, Some(pb::reply::Result::Error(e)) if e.code == INTERNAL) {
+                    Stats::inc(&stats.internal_errors);
+                }
                 let idx: Vec<usize> = match p {
                     Pending::Subscribe(i) => vec![i],
                     Pending::Sync(s) => s.into_iter().map(|(i, _, _)| i).collect(),

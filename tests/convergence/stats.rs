@@ -34,6 +34,7 @@ counters! {
     connect_failures: "client connect attempts failed",
     subscribes: "subscribes",
     request_errors: "subscribe/sync errors (retried)",
+    internal_errors: "  of which INTERNAL (UNAVAILABLE expected)",
     sync_catch_up: "syncs: catch-up",
     sync_snapshot: "syncs: snapshot",
     sync_current: "syncs: current",
@@ -42,6 +43,7 @@ counters! {
     cut_over: "snapshots pushed unasked (slow reader cut over)",
     error_frames: "error frames",
     views_compared: "views compared",
+    ended_in_error: "views ending flagged with an error frame",
     divergences: "divergences",
     gaps: "gaps",
 }

@@ -363,7 +363,7 @@ impl Session {
                     if !consistent {
                         Stats::inc(&stats.bad_sync_replies);
                         Stats::inc(&stats.gaps);
-                        eprintln!(
+                        println!(
                             "GAP {label} {}: sync of epoch {epoch} version {version} answered {mode:?} epoch {} version {} frames {}",
                             h.spec, res.epoch, res.version, res.frames
                         );
@@ -421,34 +421,33 @@ fn apply(label: &str, h: &mut Held, f: &pb::ViewFrame, stats: &Stats) -> Result<
             h.awaiting = false;
             h.owed = None;
         }
-        Some(Body::Diff(_)) => {
-            if f.epoch != h.state.epoch || f.prev_version != h.state.version {
-                Stats::inc(&stats.gaps);
-                eprintln!(
-                    "GAP {label} {}: diff {}->{} (epoch {}) on version {} (epoch {}){}",
-                    h.spec,
-                    f.prev_version,
-                    f.version,
-                    f.epoch,
-                    h.state.version,
-                    h.state.epoch,
-                    if h.owed.is_some() {
-                        " after a sync whose catch-up had not arrived"
-                    } else {
-                        ""
-                    }
-                );
-                h.owed = None;
-                h.retry = true;
-                return Err(());
-            }
+        Some(Body::Diff(_)) if f.epoch != h.state.epoch || f.prev_version != h.state.version => {
+            Stats::inc(&stats.gaps);
+            println!(
+                "GAP {label} {}: diff {}->{} (epoch {}) on version {} (epoch {}){}",
+                h.spec,
+                f.prev_version,
+                f.version,
+                f.epoch,
+                h.state.version,
+                h.state.epoch,
+                if h.owed.is_some() {
+                    " after a sync whose catch-up had not arrived"
+                } else {
+                    ""
+                }
+            );
+            h.owed = None;
+            h.retry = true;
+            return Err(());
         }
+        Some(Body::Diff(_)) => {}
         Some(Body::Error(_)) => Stats::inc(&stats.error_frames),
         None => {}
     }
     if let Err(e) = h.state.apply(f) {
         Stats::inc(&stats.gaps);
-        eprintln!("GAP {label} {}: frame does not apply: {e}", h.spec);
+        println!("GAP {label} {}: frame does not apply: {e}", h.spec);
         h.state = ViewState::default();
         return Err(());
     }

@@ -347,7 +347,15 @@ async fn schedule(
             stats.clone(),
         )));
     }
-    let faults: Vec<Fault> = args.faults.iter().copied().collect();
+    // Client faults weigh double: they are cheap, and they drive Sync.
+    let faults: Vec<Fault> = args
+        .faults
+        .iter()
+        .flat_map(|f| match f {
+            Fault::ClientDrop | Fault::ClientPause => vec![*f, *f],
+            _ => vec![*f],
+        })
+        .collect();
     loop {
         tokio::time::sleep(Duration::from_millis(rng.range(200, 1200) as u64)).await;
         if Instant::now() >= until || faults.is_empty() {

@@ -42,7 +42,7 @@ counters! {
     frames: "frames applied",
     cut_over: "snapshots pushed unasked (slow reader cut over)",
     error_frames: "error frames",
-    views_compared: "views compared",
+    views_compared: "view comparisons (each client view, at the end and at every checkpoint)",
     ended_in_error: "views ending flagged with an error frame",
     divergences: "divergences",
     gaps: "gaps",

@@ -235,7 +235,7 @@ impl EmbeddedPostgres {
         self.pid = rx.recv().map_err(|e| e.to_string())??;
         self.waiter = Some(waiter);
         if let Err(e) = self.wait_ready(Duration::from_secs(30)) {
-            self.kill_and_wait();
+            self.kill_and_wait(libc::SIGINT);
             self.waiter = None;
             return Err(e);
         }
@@ -245,7 +245,18 @@ impl EmbeddedPostgres {
     /// Stops the server (fast shutdown) and starts it again on the same port
     /// and data; clients see their connections drop. Blocks.
     pub fn restart(&mut self) -> Result<(), String> {
-        self.kill_and_wait();
+        self.restart_with(libc::SIGINT)
+    }
+
+    /// Stops the server in immediate mode (SIGQUIT: no checkpoint, as after
+    /// a crash) and starts it again on the same port and data, which runs
+    /// crash recovery. Blocks.
+    pub fn restart_immediate(&mut self) -> Result<(), String> {
+        self.restart_with(libc::SIGQUIT)
+    }
+
+    fn restart_with(&mut self, signal: i32) -> Result<(), String> {
+        self.kill_and_wait(signal);
         if let Some(w) = self.waiter.take() {
             let _ = w.join();
         }
@@ -287,10 +298,12 @@ impl EmbeddedPostgres {
         &self.dir
     }
 
-    fn kill_and_wait(&self) {
+    /// Sends `signal` (SIGINT: fast shutdown, SIGQUIT: immediate) and waits
+    /// for the server to exit, killing it if it takes too long.
+    fn kill_and_wait(&self, signal: i32) {
         // SAFETY: signalling our own child process.
         unsafe {
-            libc::kill(self.pid, libc::SIGINT);
+            libc::kill(self.pid, signal);
         }
         let start = Instant::now();
         while self.waiter.as_ref().is_some_and(|w| !w.is_finished()) {
@@ -313,7 +326,7 @@ impl EmbeddedPostgres {
         if self.waiter.is_none() {
             return;
         }
-        self.kill_and_wait();
+        self.kill_and_wait(libc::SIGINT);
         if let Some(w) = self.waiter.take() {
             let _ = w.join();
         }

@@ -1,0 +1,68 @@
+//! Counters of a run, printed as the closing summary.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident: $label:literal,)*) => {
+        /// Shared counters; every field counts one kind of event.
+        #[derive(Default)]
+        pub struct Stats {
+            $(pub $name: AtomicU64,)*
+        }
+
+        impl Stats {
+            /// `(label, value)` pairs in declaration order.
+            pub fn rows(&self) -> Vec<(&'static str, u64)> {
+                vec![$(($label, self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    schedules: "schedules",
+    sql_txns: "SQL transactions committed",
+    sql_failed: "SQL transactions failed (conflicts, outages)",
+    mutations: "mutations (gRPC Mutate) applied",
+    mutations_failed: "mutations failed",
+    pg_fast: "faults: PostgreSQL fast restart",
+    pg_immediate: "faults: PostgreSQL immediate restart",
+    server_kill: "faults: server SIGKILL + restart",
+    client_drop: "faults: client connection dropped",
+    client_pause: "faults: client stopped reading",
+    reconnects: "client reconnects",
+    connect_failures: "client connect attempts failed",
+    subscribes: "subscribes",
+    request_errors: "subscribe/sync errors (retried)",
+    internal_errors: "  of which INTERNAL (UNAVAILABLE expected)",
+    sync_catch_up: "syncs: catch-up",
+    sync_snapshot: "syncs: snapshot",
+    sync_current: "syncs: current",
+    bad_sync_replies: "sync replies inconsistent with the request",
+    frames: "frames applied",
+    cut_over: "snapshots pushed unasked (slow reader cut over)",
+    error_frames: "error frames",
+    views_compared: "view comparisons (each client view, at the end and at every checkpoint)",
+    ended_in_error: "views ending flagged with an error frame",
+    divergences: "divergences",
+    gaps: "gaps",
+}
+
+impl Stats {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    /// The summary as a Markdown table.
+    pub fn table(&self) -> String {
+        let mut s = String::from("| metric | value |\n|---|---|\n");
+        for (label, v) in self.rows() {
+            s.push_str(&format!("| {label} | {v} |\n"));
+        }
+        s
+    }
+}

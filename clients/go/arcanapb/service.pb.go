@@ -1040,7 +1040,7 @@ type SyncResult struct {
 	Version uint64 `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
 	// Set when this view could not be resubscribed; the others are unaffected.
 	Error *Error `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
-	// Number of diff frames that follow in catch-up mode.
+	// Number of diff frames of the catch-up, all sent before this reply.
 	Frames        uint32 `protobuf:"varint,6,opt,name=frames,proto3" json:"frames,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -457,7 +457,7 @@ export type SyncResult = Message<"arcana.v1.SyncResult"> & {
   error?: Error | undefined;
 
   /**
-   * Number of diff frames that follow in catch-up mode.
+   * Number of diff frames of the catch-up, all sent before this reply.
    *
    * @generated from field: uint32 frames = 6;
    */

@@ -36,6 +36,8 @@ pub struct ServeOptions {
     pub max_batch_bytes: usize,
     /// Connection, stream and session limits.
     pub limits: Limits,
+    /// Statuses of the `grpc.health.v1` service (readiness updates them).
+    pub health: tonic_health::server::HealthReporter,
 }
 
 impl Default for ServeOptions {
@@ -45,6 +47,7 @@ impl Default for ServeOptions {
             cors_origins: vec!["*".into()],
             max_batch_bytes: super::service::DEFAULT_BATCH_BYTES,
             limits: Limits::default(),
+            health: tonic_health::server::HealthReporter::new(),
         }
     }
 }
@@ -136,7 +139,10 @@ pub async fn serve(
             .with_limits(opts.limits),
     )
     .max_decoding_message_size(opts.max_message_bytes);
-    let (health, health_svc) = tonic_health::server::health_reporter();
+    let health = opts.health.clone();
+    let health_svc = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health.clone()),
+    );
     health.set_serving::<ArcanaServiceServer<Service>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
@@ -155,6 +161,7 @@ pub async fn serve(
         .layer(MarkServedLayer)
         .layer(cors(&opts.cors_origins))
         .layer(tonic_web::GrpcWebLayer::new())
+        .layer(crate::ops::metrics::GrpcCodesLayer)
         .layer(OversizedLayer)
         .add_service(svc)
         .add_service(health_svc)

@@ -130,6 +130,8 @@ impl App {
             Duration::from_millis(config.admin.ready_timeout_ms.max(1)),
             health.clone(),
         );
+        // The health service answers from the first call on.
+        let _ = readiness.refresh().await;
         let mut background = Vec::new();
         let admin_addr = match &config.server.admin_listen {
             None => None,
@@ -158,7 +160,7 @@ impl App {
             cors_origins: config.server.cors_origins.clone(),
             max_batch_bytes: config.server.max_batch_bytes,
             limits: config.server.limits(),
-            health,
+            health: Some(health),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(engine.clone(), auth, listener, opts, async {

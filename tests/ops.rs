@@ -301,8 +301,18 @@ async fn sigterm_ends_sessions_with_unavailable() {
     };
     let addr = format!("127.0.0.1:{port}");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_arcana"))
-        .args(["serve", "--config", &path, "--listen", &addr])
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            &path,
+            "--listen",
+            &addr,
+        ])
         .args(["--database-url", &db])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -339,9 +349,111 @@ async fn sigterm_ends_sessions_with_unavailable() {
     };
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert!(status.message().contains("shutting down"), "{status:?}");
-    let exit = tokio::time::timeout(WAIT, child.wait())
+    let out = tokio::time::timeout(WAIT, child.wait_with_output())
         .await
         .expect("the server exits")
         .unwrap();
-    assert!(exit.success(), "{exit:?}");
+    assert!(out.status.success(), "{:?}", out.status);
+    // JSON log lines, without colour codes (standard error is a pipe).
+    let logs = String::from_utf8(out.stderr).unwrap();
+    assert!(logs.contains("shutting down"), "{logs}");
+    assert!(!logs.contains('\x1b'), "{logs}");
+    for line in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_warns_when_the_slot_retains_wal() {
+    let db = fresh_database().await;
+    let slot = format!("slot_{:016x}", rand::random::<u64>());
+    // A slot left behind while writes went on: it retains their WAL.
+    arcana::postgres::execute_script(
+        &db,
+        &format!(
+            "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput');
+             INSERT INTO tasks (workspace_id, project_id, title) VALUES ('acme', 1, 'while down');"
+        ),
+    )
+    .await
+    .unwrap();
+    let (_dir, path) = write_config(&format!(
+        "{DEMO_CONFIG}\n[changes]\nslot = \"{slot}\"\nmax_retained_wal_mb = 0\n"
+    ));
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_arcana"))
+        .args(["serve", "--config", &path, "--listen", "127.0.0.1:0"])
+        .args(["--database-url", &db])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let warned = tokio::time::timeout(WAIT, async {
+        while let Some(l) = lines.next_line().await.unwrap() {
+            if l.contains("retains much WAL") {
+                return l;
+            }
+        }
+        panic!("the server exited without the warning");
+    })
+    .await
+    .expect("the warning in time");
+    assert!(warned.contains(&slot), "{warned}");
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id().unwrap() as i32, libc::SIGTERM);
+    }
+    tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("the server exits")
+        .unwrap();
+    // The shared cluster keeps no slot of this test.
+    let drop = format!("SELECT pg_drop_replication_slot('{slot}')");
+    eventually("slot dropped", || async {
+        arcana::postgres::execute_script(&db, &drop).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_listener_is_bounded() {
+    let h = Harness::with(|c| {
+        c.server.admin_listen = Some("127.0.0.1:0".into());
+        c.admin.max_connections = 1;
+        c.admin.request_timeout_ms = 1_000;
+    })
+    .await;
+    let admin = h.app().admin_addr.unwrap();
+    // One idle connection takes the only slot until its deadline.
+    let mut idle = tokio::net::TcpStream::connect(admin).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    let (code, _) = get(admin, "/healthz").await;
+    assert_eq!(code, 200);
+    assert!(
+        start.elapsed() >= Duration::from_millis(600),
+        "answered after {:?}, while the only slot was taken",
+        start.elapsed()
+    );
+    // The idle connection was closed at its deadline.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, idle.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    // Only reads.
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    s.write_all(
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
 }

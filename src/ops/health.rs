@@ -20,6 +20,8 @@ pub struct Readiness {
     timeout: Duration,
     shutting_down: Arc<AtomicBool>,
     health: HealthReporter,
+    /// The status last reported: watchers hear only changes.
+    reported: Arc<tokio::sync::Mutex<Option<bool>>>,
 }
 
 impl Readiness {
@@ -37,6 +39,7 @@ impl Readiness {
             timeout,
             shutting_down: Arc::default(),
             health,
+            reported: Arc::default(),
         }
     }
 
@@ -83,6 +86,12 @@ impl Readiness {
     }
 
     async fn report(&self, ready: bool) {
+        // Held across the update, so concurrent reports land in order.
+        let mut last = self.reported.lock().await;
+        if *last == Some(ready) {
+            return;
+        }
+        *last = Some(ready);
         let status = if ready {
             ServingStatus::Serving
         } else {

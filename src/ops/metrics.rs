@@ -22,8 +22,7 @@ use crate::engine::Engine;
 /// Metrics recorded where things happen.
 #[derive(Debug)]
 pub struct Hooks {
-    /// One view's evaluation (a subscribe's first one, or a refresh of a
-    /// single view).
+    /// A view's first evaluation (subscribe, sync).
     pub evaluation_seconds: Histogram,
     /// One evaluation round of a graph (one query for any number of views).
     pub round_seconds: Histogram,
@@ -246,7 +245,7 @@ impl Exporter {
         }
         r.register(
             "evaluation_seconds",
-            "Duration of single-view evaluations",
+            "Duration of first evaluations (subscribe, sync)",
             h.evaluation_seconds.clone(),
         );
         r.register(

@@ -135,6 +135,13 @@ async fn metrics_move_after_a_write() {
         );
     }
     assert!(sample(&after, "arcana_grpc_errors_total{code=\"Unauthenticated\"}") >= 1.0);
+    // A request on the stream answered with an error.
+    assert!(l.subscribe("no_such_graph", project(1)).await.is_err());
+    let m = get(admin, "/metrics").await.1;
+    assert!(
+        sample(&m, "arcana_reply_errors_total{code=\"NotFound\"}") >= 1.0,
+        "{m}"
+    );
     // The slot confirms the write once its frames are queued.
     eventually("confirmed position moves", || async {
         let m = get(admin, "/metrics").await.1;

@@ -35,6 +35,9 @@ pub struct Hooks {
     pub sent_messages: Counter,
     /// Calls that ended with a non-OK status, by code.
     pub grpc_errors: Family<CodeLabel, Counter>,
+    /// Requests on session streams answered with an error (the stream
+    /// goes on), by code.
+    pub reply_errors: Family<CodeLabel, Counter>,
 }
 
 /// The `code` label of [`Hooks::grpc_errors`].
@@ -56,6 +59,7 @@ static HOOKS: LazyLock<Hooks> = LazyLock::new(|| Hooks {
     sent_bytes: Counter::default(),
     sent_messages: Counter::default(),
     grpc_errors: Family::default(),
+    reply_errors: Family::default(),
 });
 
 /// The process-wide metrics recorded as things happen.
@@ -76,6 +80,16 @@ pub fn count_status(code: &[u8]) {
     hooks()
         .grpc_errors
         .get_or_create(&CodeLabel { code: name })
+        .inc();
+}
+
+/// Records an error reply on a session stream.
+pub fn count_reply_error(code: tonic::Code) {
+    hooks()
+        .reply_errors
+        .get_or_create(&CodeLabel {
+            code: format!("{code:?}"),
+        })
         .inc();
 }
 
@@ -262,6 +276,11 @@ impl Exporter {
             "grpc_errors",
             "Calls ended with a non-OK status, by code",
             h.grpc_errors.clone(),
+        );
+        r.register(
+            "reply_errors",
+            "Session stream requests answered with an error, by code",
+            h.reply_errors.clone(),
         );
         Exporter {
             registry: r,

@@ -99,7 +99,7 @@ async fn metrics_move_after_a_write() {
     assert_eq!(sample(&before, "arcana_sessions"), 1.0, "{before}");
     assert!(sample(&before, "arcana_subscriptions") >= 1.0);
     assert!(sample(&before, "arcana_evaluation_seconds_count") >= 1.0);
-    assert_eq!(sample(&before, "arcana_wal_streaming"), 1.0);
+    assert_eq!(sample(&before, "arcana_change_listener_streaming"), 1.0);
     assert!(sample(&before, "arcana_db_pool_size") >= 1.0);
 
     // A new row re-evaluates the view (a round); an edit of a carried

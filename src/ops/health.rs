@@ -73,7 +73,10 @@ impl Readiness {
             Ok(Ok(_)) => {}
         }
         if self.streaming() == Some(false) {
-            return Err("the change listener is not streaming (reconnecting)".into());
+            return Err(
+                "the change listener is not streaming (connecting or reconnecting to the database)"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -109,15 +112,22 @@ impl Readiness {
 
     /// Refreshes every `every` until the task is dropped, logging changes.
     pub async fn watch(self, every: Duration) {
-        let mut was = true;
+        let mut was: Option<bool> = None;
         loop {
             let r = self.refresh().await;
             match (&r, was) {
-                (Err(why), true) => tracing::warn!(reason = %why, "not ready"),
-                (Ok(()), false) => tracing::info!("ready again"),
+                (Ok(()), None) => tracing::info!("ready"),
+                (Ok(()), Some(false)) => tracing::info!("ready again"),
+                (Err(why), Some(true)) => tracing::warn!(reason = %why, "not ready"),
                 _ => {}
             }
-            was = r.is_ok();
+            // Not being ready at startup is normal for a moment; a while is not.
+            if was.is_none() && r.is_err() {
+                was = Some(false);
+                tracing::info!(reason = %r.unwrap_err(), "not ready yet");
+            } else {
+                was = Some(r.is_ok());
+            }
             tokio::time::sleep(every).await;
         }
     }

@@ -117,7 +117,7 @@ struct Gauges {
     pool_max: Gauge,
     pool_in_use: Gauge,
     pool_waiting: Gauge,
-    wal_streaming: Gauge,
+    listener_streaming: Gauge,
     wal_confirmed: Gauge,
     wal_lag: Gauge,
     wal_retained: Gauge,
@@ -196,9 +196,9 @@ impl Exporter {
                 &g.pool_waiting,
             ),
             (
-                "wal_streaming",
-                "1 while the change listener is streaming",
-                &g.wal_streaming,
+                "change_listener_streaming",
+                "1 while the change listener (WAL or NOTIFY) is streaming",
+                &g.listener_streaming,
             ),
             (
                 "wal_confirmed_lsn",
@@ -317,7 +317,8 @@ impl Exporter {
         set(&g.pool_max, p.max_size);
         set(&g.pool_in_use, p.size.saturating_sub(p.available));
         set(&g.pool_waiting, p.waiting);
-        g.wal_streaming.set(i64::from(streaming.unwrap_or(false)));
+        g.listener_streaming
+            .set(i64::from(streaming.unwrap_or(false)));
         if let Some(n) = slot {
             g.wal_confirmed
                 .set(i64::try_from(n.confirmed).unwrap_or(i64::MAX));

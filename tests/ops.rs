@@ -307,7 +307,7 @@ async fn sigterm_ends_sessions_with_unavailable() {
         l.local_addr().unwrap().port()
     };
     let addr = format!("127.0.0.1:{port}");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_arcana"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_arcana"))
         .args([
             "--log-format",
             "json",

@@ -118,16 +118,12 @@ impl Readiness {
             match (&r, was) {
                 (Ok(()), None) => tracing::info!("ready"),
                 (Ok(()), Some(false)) => tracing::info!("ready again"),
+                // Not being ready at startup is normal for a moment.
+                (Err(why), None) => tracing::info!(reason = %why, "not ready yet"),
                 (Err(why), Some(true)) => tracing::warn!(reason = %why, "not ready"),
                 _ => {}
             }
-            // Not being ready at startup is normal for a moment; a while is not.
-            if was.is_none() && r.is_err() {
-                was = Some(false);
-                tracing::info!(reason = %r.unwrap_err(), "not ready yet");
-            } else {
-                was = Some(r.is_ok());
-            }
+            was = Some(r.is_ok());
             tokio::time::sleep(every).await;
         }
     }

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -13,6 +14,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::config::{ChangeMode, Config};
 use crate::engine::Engine;
 use crate::grpc::{serve, ServeOptions, TokenAuthenticator};
+use crate::ops::admin::{self, AdminState};
+use crate::ops::health::Readiness;
+use crate::ops::metrics::Exporter;
 use crate::postgres::listen;
 use crate::postgres::wal::{self, Tracking, WalOptions};
 use crate::postgres::Listener;
@@ -28,10 +32,16 @@ pub struct App {
     pub engine: Engine,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where the admin HTTP listener listens (`server.admin_listen`).
+    pub admin_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), String>>>,
     /// The running change listener, if `changes.mode` has one.
     source: Option<Listener>,
+    readiness: Readiness,
+    /// The admin listener and the readiness watch.
+    background: Vec<JoinHandle<()>>,
+    grace: Duration,
 }
 
 /// Tables any graph reads, with the columns tracked (`None`: all).
@@ -106,7 +116,43 @@ impl App {
         )?;
         let registry = config.registry(&pool).await?;
         let engine = Engine::new(registry, config.engine.clone());
+        let wal_slot =
+            (config.changes.mode == ChangeMode::Wal).then(|| config.changes.slot.clone());
+        if let Some(slot) = &wal_slot {
+            crate::ops::slot::warn_if_retaining(&pool, slot, config.changes.max_retained_wal_mb)
+                .await;
+        }
         let source = start_source(config, &engine, database_url).await?;
+        let health = tonic_health::server::HealthReporter::new();
+        let readiness = Readiness::new(
+            pool.clone(),
+            source.as_ref().map(|s| s.streaming()),
+            Duration::from_millis(config.admin.ready_timeout_ms.max(1)),
+            health.clone(),
+        );
+        // The health service answers from the first call on.
+        let _ = readiness.refresh().await;
+        let mut background = Vec::new();
+        let admin_addr = match &config.server.admin_listen {
+            None => None,
+            Some(at) => {
+                let l = TcpListener::bind(at)
+                    .await
+                    .map_err(|e| format!("cannot listen on {at} (server.admin_listen): {e}"))?;
+                let addr = l.local_addr().map_err(|e| e.to_string())?;
+                let state = Arc::new(AdminState {
+                    engine: engine.clone(),
+                    readiness: readiness.clone(),
+                    exporter: Exporter::new(),
+                    slot: wal_slot.clone(),
+                });
+                background.push(tokio::spawn(admin::serve(l, state, config.admin.clone())));
+                Some(addr)
+            }
+        };
+        background.push(tokio::spawn(readiness.clone().watch(
+            Duration::from_millis(config.admin.ready_interval_ms.max(10)),
+        )));
         let auth = Arc::new(TokenAuthenticator::from_config(&config.auth)?);
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let opts = ServeOptions {
@@ -114,6 +160,7 @@ impl App {
             cors_origins: config.server.cors_origins.clone(),
             max_batch_bytes: config.server.max_batch_bytes,
             limits: config.server.limits(),
+            health: Some(health),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(engine.clone(), auth, listener, opts, async {
@@ -122,36 +169,51 @@ impl App {
         Ok(App {
             engine,
             addr,
+            admin_addr,
             stop: Some(stop),
             task: Some(task),
             source,
+            readiness,
+            background,
+            grace: Duration::from_millis(config.server.shutdown_grace_ms),
         })
     }
 
-    /// Stops accepting calls, ends every session and waits for the listener
-    /// to drain.
+    /// Graceful shutdown: reports not ready (gRPC health NOT_SERVING,
+    /// `/readyz` 503), stops accepting connections and calls, ends every
+    /// session stream with UNAVAILABLE so clients reconnect elsewhere, and
+    /// waits up to `server.shutdown_grace_ms` for calls in flight.
     pub async fn stop(mut self) -> Result<(), String> {
-        if let Some(l) = self.source.take() {
-            l.stop().await;
-        }
-        self.engine.shutdown();
+        self.readiness.shutting_down().await;
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
-        match self.task.take() {
+        self.engine.shutdown();
+        let r = match self.task.take() {
             // Calls drain; a client that never lets go does not hold shutdown up.
-            Some(mut t) => {
-                match tokio::time::timeout(std::time::Duration::from_secs(10), &mut t).await {
-                    Ok(r) => r.map_err(|e| e.to_string())?,
-                    Err(_) => {
-                        tracing::warn!("calls still open after 10s; closing them");
-                        t.abort();
-                        Ok(())
-                    }
+            Some(mut t) => match tokio::time::timeout(self.grace, &mut t).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => {
+                    tracing::warn!(grace = ?self.grace, "calls still open after the grace period; closing them");
+                    t.abort();
+                    Ok(Ok(()))
                 }
-            }
-            None => Ok(()),
+            },
+            None => Ok(Ok(())),
+        };
+        // After the drain: batches in flight still confirm their WAL position.
+        if let Some(l) = self.source.take() {
+            l.stop().await;
         }
+        for t in self.background.drain(..) {
+            t.abort();
+        }
+        r?
+    }
+
+    /// The readiness of this server (`/readyz`).
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
     }
 
     /// Waits until the server stops by itself (an error).
@@ -159,6 +221,14 @@ impl App {
         match self.task.as_mut() {
             Some(t) => t.await.map_err(|e| e.to_string())?,
             None => Ok(()),
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        for t in self.background.drain(..) {
+            t.abort();
         }
     }
 }

@@ -45,6 +45,39 @@ pub struct Config {
     /// Row-level security policies for tenancy.
     #[serde(default)]
     pub rls: RlsConfig,
+    /// The admin HTTP listener (metrics and health).
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: bounds of the admin HTTP listener that `server.admin_listen`
+/// turns on.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Most open admin connections; further ones wait in the kernel's
+    /// backlog until one closes.
+    pub max_connections: usize,
+    /// An admin connection is closed this many milliseconds after it was
+    /// accepted, whatever it is doing.
+    pub request_timeout_ms: u64,
+    /// Longest the readiness check waits for the database to answer, in
+    /// milliseconds; slower counts as not ready.
+    pub ready_timeout_ms: u64,
+    /// How often readiness is checked in the background (for the gRPC
+    /// health service), in milliseconds.
+    pub ready_interval_ms: u64,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            max_connections: 16,
+            request_timeout_ms: 5_000,
+            ready_timeout_ms: 2_000,
+            ready_interval_ms: 1_000,
+        }
+    }
 }
 
 /// How the server learns about writes made outside its mutations.
@@ -75,6 +108,9 @@ pub struct ChangesConfig {
     pub channel: String,
     /// Install the triggers at startup (notify).
     pub install_triggers: bool,
+    /// Warn at startup when the slot holds back more WAL than this many
+    /// MiB (wal).
+    pub max_retained_wal_mb: u64,
 }
 
 impl Default for ChangesConfig {
@@ -86,6 +122,7 @@ impl Default for ChangesConfig {
             create: true,
             channel: "arcana_changes".into(),
             install_triggers: true,
+            max_retained_wal_mb: 1024,
         }
     }
 }
@@ -117,6 +154,12 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Most views in one Sync request.
     pub max_sync_views: usize,
+    /// Address of the admin HTTP listener (`/metrics`, `/healthz`,
+    /// `/readyz`); none: off.
+    pub admin_listen: Option<String>,
+    /// On shutdown, open calls get this many milliseconds to finish before
+    /// they are cut.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -133,6 +176,8 @@ impl Default for ServerConfig {
             max_sessions_per_identity: limits.max_sessions_per_identity,
             max_sessions: limits.max_sessions,
             max_sync_views: limits.max_sync_views,
+            admin_listen: None,
+            shutdown_grace_ms: 10_000,
         }
     }
 }

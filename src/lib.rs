@@ -15,4 +15,5 @@ pub mod codegen;
 pub mod config;
 pub mod engine;
 pub mod grpc;
+pub mod ops;
 pub mod postgres;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use arcana::app::{App, DEMO_CONFIG, DEMO_SCHEMA};
 use arcana::config::Config;
+use arcana::ops::logs::LogFormat;
 use arcana::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use clap::{Parser, Subcommand};
 
@@ -14,6 +15,9 @@ use clap::{Parser, Subcommand};
     about = "Reactive graph sync engine for PostgreSQL, served over gRPC"
 )]
 struct Cli {
+    /// Log lines as `text` or `json` (filter with RUST_LOG).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -31,6 +35,9 @@ enum Command {
         /// Overrides `server.listen`.
         #[arg(long)]
         listen: Option<String>,
+        /// Overrides `server.admin_listen` (metrics and health over HTTP).
+        #[arg(long)]
+        admin_listen: Option<String>,
     },
     /// Run the task-board demo. Without a database URL, starts a throwaway
     /// PostgreSQL from the local binaries and removes it on exit.
@@ -41,6 +48,10 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: String,
+        /// Address of the admin HTTP listener (metrics, health); port 0
+        /// picks a free one.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        admin_listen: String,
     },
     /// Typed params and rows for every graph and mutation of a running server.
     Codegen {
@@ -70,6 +81,34 @@ enum Command {
         #[command(subcommand)]
         action: SqlAction,
     },
+    /// The replication slot of `changes.mode = "wal"`.
+    Slot {
+        #[command(subcommand)]
+        action: SlotAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SlotAction {
+    /// Show the slot: active, WAL it retains, confirmed position.
+    Status {
+        /// The TOML config (`changes.slot`, `database.url`).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides `database.url`.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
+    /// Drop the slot, so the database stops keeping WAL for Arcana.
+    /// Refused while a server streams from it.
+    Drop {
+        /// The TOML config (`changes.slot`, `database.url`).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Overrides `database.url`.
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -96,22 +135,21 @@ enum SqlAction {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tower_http=warn".into()),
-        )
-        .init();
-    let result = match Cli::parse().command {
+    let cli = Cli::parse();
+    arcana::ops::logs::init(cli.log_format);
+    let result = match cli.command {
         Command::Serve {
             config,
             database_url,
             listen,
-        } => serve(config, database_url, listen).await,
+            admin_listen,
+        } => serve(config, database_url, listen, admin_listen).await,
         Command::Demo {
             database_url,
             listen,
-        } => demo(database_url, listen).await,
+            admin_listen,
+        } => demo(database_url, listen, admin_listen).await,
+        Command::Slot { action } => slot(action).await,
         Command::Triggers { action } => triggers(action).await,
         Command::Rls { action } => rls(action).await,
         Command::Codegen {
@@ -259,21 +297,72 @@ async fn triggers(action: SqlAction) -> Result<(), String> {
     Ok(())
 }
 
+async fn slot(action: SlotAction) -> Result<(), String> {
+    let (path, url, drop) = match action {
+        SlotAction::Status {
+            config,
+            database_url,
+        } => (config, database_url, false),
+        SlotAction::Drop {
+            config,
+            database_url,
+        } => (config, database_url, true),
+    };
+    let config = load(&path)?;
+    let url = database(&config, url)?;
+    let name = &config.changes.slot;
+    let pool = arcana::postgres::pool(&url, 1)?;
+    if drop {
+        arcana::ops::slot::drop_slot(&pool, name).await?;
+        println!("dropped replication slot {name}");
+        return Ok(());
+    }
+    let Some(s) = arcana::ops::slot::status(&pool, name).await? else {
+        println!("slot:             {name} (does not exist)");
+        return Ok(());
+    };
+    let bytes = |b: Option<i64>| match b {
+        Some(b) => format!("{} ({b} bytes)", arcana::ops::slot::human(b)),
+        None => "unknown".into(),
+    };
+    println!("slot:             {}", s.name);
+    println!(
+        "active:           {}",
+        match (s.active, s.active_pid) {
+            (true, Some(pid)) => format!("yes (PID {pid})"),
+            (true, None) => "yes".into(),
+            (false, _) => "no".into(),
+        }
+    );
+    println!("retained WAL:     {}", bytes(s.retained_bytes));
+    println!("unconfirmed WAL:  {}", bytes(s.lag_bytes));
+    println!(
+        "confirmed flush:  {}",
+        s.confirmed_flush.as_deref().unwrap_or("none")
+    );
+    Ok(())
+}
+
 async fn serve(
     path: PathBuf,
     database_url: Option<String>,
     listen_on: Option<String>,
+    admin_listen: Option<String>,
 ) -> Result<(), String> {
-    let config = load(&path)?;
+    let mut config = load(&path)?;
+    if admin_listen.is_some() {
+        config.server.admin_listen = admin_listen;
+    }
     let url = database(&config, database_url)?;
     let addr = listen_on.unwrap_or_else(|| config.server.listen.clone());
     let app = App::start(&config, &url, listen(&addr).await?).await?;
-    tracing::info!(addr = %app.addr, "serving");
+    tracing::info!(addr = %app.addr, admin = ?app.admin_addr, "serving");
     run_until_ctrl_c(app).await
 }
 
-async fn demo(database_url: Option<String>, addr: String) -> Result<(), String> {
-    let config = Config::parse(DEMO_CONFIG)?;
+async fn demo(database_url: Option<String>, addr: String, admin: String) -> Result<(), String> {
+    let mut config = Config::parse(DEMO_CONFIG)?;
+    config.server.admin_listen = Some(admin);
     let listener = listen(&addr).await?;
     let (cluster, url) = match database_url {
         Some(url) => (None, url),
@@ -289,7 +378,8 @@ async fn demo(database_url: Option<String>, addr: String) -> Result<(), String> 
         .await
         .map_err(|e| format!("loading the demo schema: {e} (an existing database must not already hold the demo tables)"))?;
     let app = App::start(&config, &url, listener).await?;
-    print_tour(&app.addr.to_string(), &url);
+    let admin = app.admin_addr.map(|a| a.to_string()).unwrap_or_default();
+    print_tour(&app.addr.to_string(), &admin, &url);
     let r = run_until_ctrl_c(app).await;
     if let Some(pg) = cluster {
         tokio::task::spawn_blocking(move || pg.stop())
@@ -300,10 +390,13 @@ async fn demo(database_url: Option<String>, addr: String) -> Result<(), String> 
     r
 }
 
-fn print_tour(addr: &str, url: &str) {
+fn print_tour(addr: &str, admin: &str, url: &str) {
     println!(
         r#"
 Arcana demo serving on {addr}   (Ctrl-C to stop)
+
+Metrics (Prometheus):  http://{admin}/metrics
+Health:                http://{admin}/healthz (alive), http://{admin}/readyz (ready)
 
 Tokens: dev-alice (acme, read+write), dev-bob (acme, read), dev-carol (globex), dev-service (acme, notify+stats)
 Row-level security is on: graphs and mutations run as role arcana_eval with the caller's workspace set.

@@ -289,6 +289,7 @@ async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphoreP
             let factory = &first.graph.factory;
             inner.stats.evaluations.add(live.len() as u64);
             inner.stats.evaluation_rounds.inc();
+            let started = std::time::Instant::now();
             let mut results = if live.len() == 1 {
                 vec![
                     factory
@@ -302,6 +303,10 @@ async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphoreP
                     .collect();
                 factory.evaluate_many(items).await
             };
+            crate::ops::metrics::observe(
+                &crate::ops::metrics::hooks().round_seconds,
+                started.elapsed(),
+            );
             results.resize_with(live.len(), || {
                 Err(EvalError::internal(
                     "the graph's factory returned fewer results than views",

@@ -224,6 +224,8 @@ pub(crate) struct Inner {
     queues: Mutex<HashMap<Arc<str>, invalidation::GraphQueue>>,
     /// Views whose evaluation is running.
     in_flight: invalidation::InFlight,
+    /// Set by [`Engine::shutdown`].
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// The result of a subscribe.
@@ -289,6 +291,10 @@ pub struct EngineStats {
     pub frames: u64,
     /// Session resyncs after falling behind.
     pub resyncs: u64,
+    /// The longest session outbound queue (items).
+    pub session_queue_max: usize,
+    /// Items queued across the sessions.
+    pub session_queue_total: usize,
     /// Each live view.
     pub view_info: Vec<ViewInfo>,
 }
@@ -349,6 +355,7 @@ impl Engine {
             evaluations: Arc::new(tokio::sync::Semaphore::new(eval_concurrency)),
             queues: Mutex::default(),
             in_flight: invalidation::InFlight::default(),
+            shutting_down: Default::default(),
         });
         tokio::spawn(invalidation::run(Arc::downgrade(&inner), rx));
         Engine { inner }
@@ -735,13 +742,18 @@ impl Engine {
             .filter(|v| mine(&v.key.scope.workspace_id))
             .cloned()
             .collect();
-        let (sessions, subscriptions) = {
+        let (sessions, subscriptions, queued) = {
             let s = self.sessions();
             let of: Vec<&Arc<Session>> = s
                 .values()
                 .filter(|s| mine(&s.identity.workspace_id))
                 .collect();
-            (of.len(), of.iter().map(|s| s.view_ids().len()).sum())
+            let queued: Vec<usize> = of.iter().map(|s| s.queued()).collect();
+            (
+                of.len(),
+                of.iter().map(|s| s.view_ids().len()).sum(),
+                queued,
+            )
         };
         let mut view_info: Vec<ViewInfo> = views.iter().map(|v| v.info()).collect();
         view_info.sort_by(|a, b| (&a.graph, &a.params_hash).cmp(&(&b.graph, &b.params_hash)));
@@ -770,13 +782,26 @@ impl Engine {
             batches: global(st.batches.get()),
             frames: global(st.frames.get()),
             resyncs: global(st.resyncs.get()),
+            session_queue_max: queued.iter().copied().max().unwrap_or(0),
+            session_queue_total: queued.iter().sum(),
             view_info,
         }
+    }
+
+    /// Whether [`Engine::shutdown`] was called: a closed session then
+    /// means the server is going away, not that the client left.
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Closes every session; their streams end after what is already queued
     /// is dropped. Changes keep being accepted until the engine is dropped.
     pub fn shutdown(&self) {
+        self.inner
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let ids: Vec<Arc<str>> = self.sessions().keys().cloned().collect();
         for id in ids {
             self.close_session(&id);

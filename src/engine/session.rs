@@ -82,6 +82,11 @@ pub enum QueueError {
 }
 
 impl Session {
+    /// Items waiting in the outbound queue (frames and replies).
+    pub fn queued(&self) -> usize {
+        self.lock().queue.len()
+    }
+
     pub(crate) fn new(
         id: Arc<str>,
         identity: Identity,

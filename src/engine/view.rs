@@ -232,11 +232,16 @@ impl View {
         history: usize,
     ) -> Result<Refresh, EngineError> {
         stats.evaluations.inc();
+        let started = std::time::Instant::now();
         let result = self
             .graph
             .factory
             .evaluate(self.key.scope.clone(), self.params.clone())
             .await;
+        crate::ops::metrics::observe(
+            &crate::ops::metrics::hooks().evaluation_seconds,
+            started.elapsed(),
+        );
         self.apply(result, store, stats, history)
     }
 

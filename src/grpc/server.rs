@@ -36,6 +36,9 @@ pub struct ServeOptions {
     pub max_batch_bytes: usize,
     /// Connection, stream and session limits.
     pub limits: Limits,
+    /// Statuses of the `grpc.health.v1` service, kept by the caller
+    /// (readiness); none: the server reports itself serving.
+    pub health: Option<tonic_health::server::HealthReporter>,
 }
 
 impl Default for ServeOptions {
@@ -45,6 +48,7 @@ impl Default for ServeOptions {
             cors_origins: vec!["*".into()],
             max_batch_bytes: super::service::DEFAULT_BATCH_BYTES,
             limits: Limits::default(),
+            health: None,
         }
     }
 }
@@ -136,8 +140,17 @@ pub async fn serve(
             .with_limits(opts.limits),
     )
     .max_decoding_message_size(opts.max_message_bytes);
-    let (health, health_svc) = tonic_health::server::health_reporter();
-    health.set_serving::<ArcanaServiceServer<Service>>().await;
+    let health = match opts.health.clone() {
+        Some(h) => h,
+        None => {
+            let h = tonic_health::server::HealthReporter::new();
+            h.set_serving::<ArcanaServiceServer<Service>>().await;
+            h
+        }
+    };
+    let health_svc = tonic_health::pb::health_server::HealthServer::new(
+        tonic_health::server::HealthService::from_health_reporter(health),
+    );
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -155,6 +168,7 @@ pub async fn serve(
         .layer(MarkServedLayer)
         .layer(cors(&opts.cors_origins))
         .layer(tonic_web::GrpcWebLayer::new())
+        .layer(crate::ops::metrics::GrpcCodesLayer)
         .layer(OversizedLayer)
         .add_service(svc)
         .add_service(health_svc)

@@ -224,7 +224,15 @@ fn session_stream(
                 return Some((Err(status), g));
             }
         };
-        let msg = match item? {
+        let Some(item) = item else {
+            // Closed by a shutdown, not by the client: tell it to go elsewhere.
+            if g.engine.is_shutting_down() {
+                g.done = true;
+                return Some((Err(shutting_down()), g));
+            }
+            return None;
+        };
+        let msg = match item {
             Outbound::Message(b) => WireServerMessage::One(b),
             // A catch-up goes out whole, whatever the batch size, so the
             // client applies it as one step.
@@ -260,8 +268,21 @@ fn session_stream(
                 }
             }
         };
+        let hooks = crate::ops::metrics::hooks();
+        hooks.sent_messages.inc();
+        hooks
+            .sent_bytes
+            .inc_by(prost::Message::encoded_len(&msg) as u64);
         Some((Ok(msg), g))
     }))
+}
+
+/// How a session stream ends when the server shuts down: clients retry
+/// UNAVAILABLE, reconnecting to another instance.
+fn shutting_down() -> Status {
+    Status::unavailable(
+        "the server is shutting down: reconnect (to another instance) and Sync your views",
+    )
 }
 
 fn subscribed(s: &Subscribed) -> pb::SubscribeResponse {

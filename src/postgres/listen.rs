@@ -88,15 +88,18 @@ impl Open {
 pub async fn spawn(engine: Engine, url: String, channel: String) -> Result<Listener, String> {
     let (stop, mut stopped) = watch::channel(false);
     let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
+    let streaming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = streaming.clone();
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut outage = false;
         let mut ready = Some(ready_tx);
         loop {
             let r = tokio::select! {
-                r = listen_once(&engine, &url, &channel, outage, &mut backoff, &mut ready) => r,
+                r = listen_once(&engine, &url, &channel, outage, &mut backoff, &mut ready, &flag) => r,
                 _ = stopped.wait_for(|s| *s) => return,
             };
+            flag.store(false, std::sync::atomic::Ordering::Relaxed);
             if let Some(tx) = ready.take() {
                 let _ = tx.send(Err(r));
                 return;
@@ -111,7 +114,11 @@ pub async fn spawn(engine: Engine, url: String, channel: String) -> Result<Liste
         }
     });
     match ready_rx.await {
-        Ok(Ok(())) => Ok(Listener { stop, task }),
+        Ok(Ok(())) => Ok(Listener {
+            stop,
+            task,
+            streaming,
+        }),
         Ok(Err(e)) => Err(format!("starting the NOTIFY listener: {e}")),
         Err(_) => Err("the NOTIFY listener stopped during startup".into()),
     }
@@ -125,6 +132,7 @@ async fn listen_once(
     after_outage: bool,
     backoff: &mut Duration,
     ready: &mut Option<oneshot::Sender<Result<(), String>>>,
+    streaming: &std::sync::atomic::AtomicBool,
 ) -> String {
     let (client, mut conn) = match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
         Ok(c) => c,
@@ -154,6 +162,7 @@ async fn listen_once(
         return e.to_string();
     }
     tracing::info!(channel, "NOTIFY listener listening");
+    streaming.store(true, std::sync::atomic::Ordering::Relaxed);
     if let Some(tx) = ready.take() {
         let _ = tx.send(Ok(()));
     }

@@ -22,9 +22,17 @@ use tokio::task::JoinHandle;
 pub struct Listener {
     pub(crate) stop: watch::Sender<bool>,
     pub(crate) task: JoinHandle<()>,
+    /// True while connected and receiving changes.
+    pub(crate) streaming: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Listener {
+    /// A flag that is true while the listener is connected and receiving
+    /// changes (false while it reconnects).
+    pub fn streaming(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.streaming.clone()
+    }
+
     /// Stops the listener after the batch in hand and waits for it.
     pub async fn stop(self) {
         let _ = self.stop.send(true);

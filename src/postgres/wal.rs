@@ -285,15 +285,18 @@ pub fn spawn(
 ) -> Result<Listener, String> {
     let cfg = replication_config(&url, &opts)?;
     let (stop, mut stopped) = watch::channel(false);
+    let streaming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = streaming.clone();
     let task = tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         let mut outage = false;
         loop {
-            let mut state = Stream::new(&engine, &tracking);
+            let mut state = Stream::new(&engine, &tracking, &flag);
             let r = tokio::select! {
                 r = state.run(&url, cfg.clone(), outage) => r,
                 _ = stopped.wait_for(|s| *s) => return,
             };
+            flag.store(false, std::sync::atomic::Ordering::Relaxed);
             match r {
                 Ok(()) => return,
                 Err((e, progressed)) => {
@@ -311,7 +314,11 @@ pub fn spawn(
             }
         }
     });
-    Ok(Listener { stop, task })
+    Ok(Listener {
+        stop,
+        task,
+        streaming,
+    })
 }
 
 /// Routing an update needs the row's old values, which the WAL carries only
@@ -345,6 +352,23 @@ struct Decoded {
     end_lsn: Lsn,
     /// When it was first found not yet visible.
     since: Option<std::time::Instant>,
+    /// The commit time the WAL reports.
+    committed: Option<std::time::SystemTime>,
+}
+
+/// A batch handed to the engine: done when its frames are queued; the
+/// position to confirm then, and its commit time.
+type Pending = (oneshot::Receiver<()>, Lsn, Option<std::time::SystemTime>);
+
+/// A WAL commit timestamp (microseconds since 2000-01-01) as a time.
+fn commit_time(pg_micros: i64) -> Option<std::time::SystemTime> {
+    // 2000-01-01T00:00:00Z in Unix seconds.
+    const PG_EPOCH: u64 = 946_684_800;
+    let unix = i64::try_from(PG_EPOCH * 1_000_000)
+        .ok()?
+        .checked_add(pg_micros)?;
+    let unix = u64::try_from(unix).ok()?;
+    std::time::UNIX_EPOCH.checked_add(Duration::from_micros(unix))
 }
 
 /// The latest `txid_current_snapshot()` seen. A transaction it shows as
@@ -400,16 +424,23 @@ struct Stream<'a> {
     engine: &'a Engine,
     tracking: &'a Tracking,
     relations: HashMap<u32, Relation>,
+    /// Set once streaming (the spawning loop clears it on failure).
+    streaming: &'a std::sync::atomic::AtomicBool,
 }
 
 type RunError = (String, bool);
 
 impl<'a> Stream<'a> {
-    fn new(engine: &'a Engine, tracking: &'a Tracking) -> Self {
+    fn new(
+        engine: &'a Engine,
+        tracking: &'a Tracking,
+        streaming: &'a std::sync::atomic::AtomicBool,
+    ) -> Self {
         Stream {
             engine,
             tracking,
             relations: HashMap::new(),
+            streaming,
         }
     }
 
@@ -443,6 +474,8 @@ impl<'a> Stream<'a> {
             .await
             .map_err(|e| (e.to_string(), false))?;
         tracing::info!("WAL listener streaming");
+        self.streaming
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if after_outage {
             // Whatever failed while we were away (evaluations, missed
             // notifications of other sources) converges now.
@@ -453,7 +486,7 @@ impl<'a> Stream<'a> {
         }
         // Batches handed to the engine, oldest first, with the position to
         // confirm once each is applied.
-        let mut pending: VecDeque<(oneshot::Receiver<()>, Lsn)> = VecDeque::new();
+        let mut pending: VecDeque<Pending> = VecDeque::new();
         // Decoded transactions not yet visible to new snapshots, in commit order.
         let mut awaiting: VecDeque<Decoded> = VecDeque::new();
         let mut tx: Option<TxChanges> = None;
@@ -464,9 +497,14 @@ impl<'a> Stream<'a> {
             tokio::select! {
                 biased;
                 done = async { (&mut pending.front_mut().expect("guarded").0).await }, if !pending.is_empty() => {
-                    let (_, lsn) = pending.pop_front().expect("guarded");
+                    let (_, lsn, committed) = pending.pop_front().expect("guarded");
                     if done.is_err() {
                         return Err(("the engine stopped".into(), true));
+                    }
+                    if let Some(at) = committed {
+                        // The frames of the batch are queued: that is the lag clients see.
+                        let lag = std::time::SystemTime::now().duration_since(at).unwrap_or_default();
+                        crate::ops::metrics::observe(&crate::ops::metrics::hooks().commit_to_frame_seconds, lag);
                     }
                     client.update_applied_lsn(lsn);
                 }
@@ -487,7 +525,7 @@ impl<'a> Stream<'a> {
                                 tx.get_or_insert_with(TxChanges::default).apply(&msg, &self.relations, self.tracking);
                             }
                         }
-                        Some(ReplicationEvent::Commit { end_lsn, .. }) => {
+                        Some(ReplicationEvent::Commit { end_lsn, commit_time_micros, .. }) => {
                             let done = tx.take().unwrap_or_default();
                             let xid = done.xid;
                             let changes = done.into_changes();
@@ -495,7 +533,8 @@ impl<'a> Stream<'a> {
                             if changes.is_empty() && awaiting.is_empty() && pending.is_empty() {
                                 client.update_applied_lsn(end_lsn);
                             } else {
-                                awaiting.push_back(Decoded { xid, changes, end_lsn, since: None });
+                                let committed = commit_time(commit_time_micros);
+                                awaiting.push_back(Decoded { xid, changes, end_lsn, since: None, committed });
                             }
                         }
                         Some(ReplicationEvent::KeepAlive { wal_end, .. }) => {
@@ -524,7 +563,7 @@ impl<'a> Stream<'a> {
         checker: &tokio_postgres::Client,
         seen: &mut Visibility,
         awaiting: &mut VecDeque<Decoded>,
-        pending: &mut VecDeque<(oneshot::Receiver<()>, Lsn)>,
+        pending: &mut VecDeque<Pending>,
     ) -> Result<(), RunError> {
         let mut queried = false;
         while let Some(front) = awaiting.front_mut() {
@@ -559,7 +598,7 @@ impl<'a> Stream<'a> {
                     .await
                     .map_err(|e| (e.to_string(), true))?;
             }
-            pending.push_back((r, d.end_lsn));
+            pending.push_back((r, d.end_lsn, d.committed));
         }
         Ok(())
     }

@@ -114,6 +114,7 @@ impl App {
             cors_origins: config.server.cors_origins.clone(),
             max_batch_bytes: config.server.max_batch_bytes,
             limits: config.server.limits(),
+            tls: config.server.tls.clone(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(engine.clone(), auth, listener, opts, async {

@@ -117,6 +117,30 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Most views in one Sync request.
     pub max_sync_views: usize,
+    /// Serve clients over TLS (`[server.tls]`); plain when absent.
+    pub tls: Option<ServerTls>,
+}
+
+/// `[server.tls]`: the certificate served to clients, reloaded when its
+/// files change or on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate
+    /// signed by one of them (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
+    /// How often the files' modification times are checked, in milliseconds.
+    #[serde(default = "default_tls_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_tls_reload_ms() -> u64 {
+    5000
 }
 
 impl Default for ServerConfig {
@@ -133,6 +157,7 @@ impl Default for ServerConfig {
             max_sessions_per_identity: limits.max_sessions_per_identity,
             max_sessions: limits.max_sessions,
             max_sync_views: limits.max_sync_views,
+            tls: None,
         }
     }
 }

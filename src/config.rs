@@ -515,10 +515,12 @@ impl Config {
     /// query, an unreadable column type or a missing key column stops
     /// startup with a message naming the graph or mutation.
     pub async fn registry(&self, pool: &Pool) -> Result<Registry, String> {
-        let client = pool
-            .get()
-            .await
-            .map_err(|e| format!("connecting to the database: {e}"))?;
+        let client = pool.get().await.map_err(|e| {
+            format!(
+                "connecting to the database: {}",
+                crate::postgres::tls::error_chain(&e)
+            )
+        })?;
         let ctx = self.database.tx_context();
         if let Some(role) = &ctx.eval_role {
             check_role(&client, role).await?;

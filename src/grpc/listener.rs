@@ -44,7 +44,7 @@ pub struct Conn {
 
 enum Io {
     Plain(TcpStream),
-    Handshake(tokio_rustls::Accept<TcpStream>),
+    Handshake(Box<tokio_rustls::Accept<TcpStream>>),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Failed,
 }
@@ -58,7 +58,7 @@ impl Conn {
                 _ => Poll::Ready(Ok(())),
             };
         };
-        match Pin::new(accept).poll(cx) {
+        match Pin::new(&mut **accept).poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(s)) => {
                 self.io = Io::Tls(Box::new(s));
@@ -183,7 +183,7 @@ pub fn incoming(
                     // Nagle's algorithm would hold small frames back for up to 40 ms.
                     let _ = io.set_nodelay(true);
                     let io = match &st.tls {
-                        Some(tls) => Io::Handshake(tls.acceptor().accept(io)),
+                        Some(tls) => Io::Handshake(Box::new(tls.acceptor().accept(io))),
                         None => Io::Plain(io),
                     };
                     let conn = Conn {

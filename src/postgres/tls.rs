@@ -171,7 +171,22 @@ pub async fn connect(
 > {
     let (cfg, tls) = parse(url)?;
     let make = MakeRustls::new(&tls)?;
-    cfg.connect(make).await.map_err(|e| e.to_string())
+    cfg.connect(make).await.map_err(|e| error_chain(&e))
+}
+
+/// An error with its causes: tokio-postgres and the pool print only their
+/// outermost layer ("error performing TLS handshake"), which hides why.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text = format!("{text}: {s}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 fn provider() -> Arc<CryptoProvider> {

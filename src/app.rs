@@ -116,6 +116,10 @@ impl App {
             limits: config.server.limits(),
             tls: config.server.tls.clone(),
         };
+        if let Some(tls) = &config.server.tls {
+            // A certificate that cannot be loaded stops startup, not just the listener.
+            crate::grpc::tls::load(tls)?;
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(engine.clone(), auth, listener, opts, async {
             let _ = stopped.await;

@@ -134,7 +134,8 @@ pub struct ServerTls {
     /// signed by one of them (mutual TLS).
     #[serde(default)]
     pub client_ca: Option<std::path::PathBuf>,
-    /// How often the files' modification times are checked, in milliseconds.
+    /// How often the files' modification times are checked, in
+    /// milliseconds; 0 reloads on SIGHUP only.
     #[serde(default = "default_tls_reload_ms")]
     pub reload_interval_ms: u64,
 }

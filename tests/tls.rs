@@ -391,3 +391,69 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         "the old certificate is no longer served"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate() {
+    let first = ca("first");
+    let second = ca("second");
+    let dir = Scratch::new();
+    let (cert, key) = server_files(&dir, &first);
+    let tls = ServerTls {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: None,
+        // No polling: only the signal reloads.
+        reload_interval_ms: 0,
+    };
+    let h = Harness::with(move |c| c.server.tls = Some(tls)).await;
+    describe_over_tls(&h, &first.pem, None).await.unwrap();
+    let (c2, k2) = leaf(&second, &["localhost"]);
+    std::fs::write(&key, k2).unwrap();
+    std::fs::write(&cert, c2).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        describe_over_tls(&h, &second.pem, None).await.is_err(),
+        "without polling, nothing reloads before the signal"
+    );
+    // SAFETY: kill has no memory-safety preconditions; the server installed
+    // a SIGHUP handler, so the test process is not terminated.
+    assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGHUP) }, 0);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while describe_over_tls(&h, &second.pem, None).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SIGHUP did not reload the certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_certificate_stops_startup_with_its_name() {
+    let dir = Scratch::new();
+    let mut config = Config::parse(DEMO_CONFIG).unwrap();
+    config.changes.mode = ChangeMode::None;
+    config.server.tls = Some(ServerTls {
+        cert: dir.0.join("missing.crt"),
+        key: dir.0.join("missing.key"),
+        client_ca: None,
+        reload_interval_ms: 0,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = match App::start(&config, &fresh_database().await, listener).await {
+        Ok(_) => panic!("started without its certificate"),
+        Err(e) => e,
+    };
+    assert!(
+        e.contains("server.tls.cert") && e.contains("missing.crt"),
+        "{e}"
+    );
+
+    let parsed = Config::parse(&format!(
+        "{DEMO_CONFIG}\n[server.tls]\ncert = \"a.crt\"\nkey = \"a.key\"\n"
+    ))
+    .unwrap();
+    let tls = parsed.server.tls.expect("[server.tls] parsed");
+    assert_eq!(tls.reload_interval_ms, 5000);
+    assert!(tls.client_ca.is_none());
+}

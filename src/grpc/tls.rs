@@ -91,20 +91,25 @@ pub fn watch(tls: &ServerTls) -> Result<(TlsSource, JoinHandle<()>), String> {
     let source = TlsSource(Arc::new(RwLock::new(Arc::new(load(tls)?))));
     let tls = tls.clone();
     let current = source.clone();
+    // Registered before returning, so a SIGHUP sent once serving has begun
+    // reloads rather than terminates.
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| format!("listening for SIGHUP: {e}"))?;
     let task = tokio::spawn(async move {
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let mut seen = stamps(&tls);
-        let mut tick =
-            tokio::time::interval(Duration::from_millis(tls.reload_interval_ms.max(100)));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // 0: reload on SIGHUP only.
+        let mut tick = (tls.reload_interval_ms > 0).then(|| {
+            let mut t = tokio::time::interval(Duration::from_millis(tls.reload_interval_ms));
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
         loop {
             let signalled = tokio::select! {
-                _ = tick.tick() => false,
-                Some(()) = async { match hangup.as_mut() {
-                    Some(h) => h.recv().await,
+                _ = async { match tick.as_mut() {
+                    Some(t) => t.tick().await,
                     None => std::future::pending().await,
-                } } => true,
+                } } => false,
+                Some(()) = hangup.recv() => true,
             };
             let now = stamps(&tls);
             if !signalled && now == seen {

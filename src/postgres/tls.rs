@@ -127,6 +127,16 @@ pub fn parse(url: &str) -> Result<(tokio_postgres::Config, PgTls), String> {
     let mut cfg: tokio_postgres::Config = rest
         .parse()
         .map_err(|e| format!("invalid database URL: {e}"))?;
+    // Like libpq: PostgreSQL serves no TLS on Unix sockets, so sslmode
+    // does not apply to them.
+    let unix_only = !cfg.get_hosts().is_empty()
+        && cfg
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+    if unix_only {
+        tls.mode = SslMode::Disable;
+    }
     cfg.ssl_mode(match tls.mode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
@@ -493,7 +503,16 @@ impl Relay {
         let mode = tls.mode;
         let host = host.to_owned();
         let task = tokio::spawn(async move {
-            while let Ok((mut local, _)) = listener.accept().await {
+            loop {
+                let mut local = match listener.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // Out of descriptors and the like: the listener retries.
+                        tracing::warn!("replication relay: accepting failed: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let (make, host) = (make.clone(), host.clone());
                 tokio::spawn(async move {
                     if let Err(e) = relay_one(&make, mode, &host, port, &mut local).await {
@@ -569,6 +588,10 @@ mod tests {
         let (_, tls) =
             parse("postgres://localhost/app?sslrootcert=system&sslmode=require").unwrap();
         assert!(tls.root_cert.is_none());
+
+        let (cfg, tls) = parse("host=/var/run/postgresql dbname=app sslmode=require").unwrap();
+        assert_eq!(tls.mode, SslMode::Disable, "no TLS on Unix sockets");
+        assert_eq!(cfg.get_ssl_mode(), tokio_postgres::config::SslMode::Disable);
 
         let e = parse("postgres://localhost/app?sslmode=strict").unwrap_err();
         assert!(e.contains("sslmode `strict`"), "{e}");

@@ -71,8 +71,9 @@ impl Drop for Scratch {
 }
 
 async fn ssl_cluster(ca: &Ca) -> EmbeddedPostgres {
-    // Only "localhost": connecting to 127.0.0.1 tells verify-full from verify-ca.
-    let (cert, key) = leaf(ca, &["localhost"]);
+    // Names only, no address: connecting to 127.0.0.1 tells verify-full from
+    // verify-ca. The name does not resolve, so connections need hostaddr.
+    let (cert, key) = leaf(ca, &["db.arcana.test"]);
     EmbeddedPostgres::start(EmbeddedOptions {
         fast: true,
         settings: vec![
@@ -115,8 +116,9 @@ async fn postgres_connections_follow_sslmode_and_sslrootcert() {
     let good_ca = files.write("good.pem", &good.pem);
     let wrong_ca = files.write("wrong.pem", &wrong.pem);
     let port = pg.port();
-    let by_name =
-        |q: &str| format!("postgres://postgres@localhost:{port}/postgres?hostaddr=127.0.0.1&{q}");
+    let by_name = |q: &str| {
+        format!("postgres://postgres@db.arcana.test:{port}/postgres?hostaddr=127.0.0.1&{q}")
+    };
     let by_ip = |q: &str| format!("postgres://postgres@127.0.0.1:{port}/postgres?{q}");
 
     let url = by_name(&format!(
@@ -146,7 +148,7 @@ async fn postgres_connections_follow_sslmode_and_sslrootcert() {
         .unwrap_err();
     assert!(e.contains("UnknownIssuer"), "{e}");
 
-    // The certificate names localhost, not 127.0.0.1.
+    // The certificate names db.arcana.test, not 127.0.0.1.
     let url = by_ip(&format!(
         "sslmode=verify-full&sslrootcert={}",
         good_ca.display()
@@ -195,7 +197,7 @@ async fn the_replication_stream_runs_over_tls() {
         .await
         .unwrap();
     let url = format!(
-        "postgres://postgres@localhost:{}/app?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={}",
+        "postgres://postgres@db.arcana.test:{}/app?hostaddr=127.0.0.1&sslmode=verify-full&sslrootcert={}",
         pg.port(),
         good_ca.display()
     );

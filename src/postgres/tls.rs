@@ -485,8 +485,15 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts relaying to `host:port` with the settings `tls`.
-    pub fn start(host: &str, port: u16, tls: &PgTls) -> Result<Relay, String> {
+    /// Starts relaying to `host:port` (or `addr:port` when given, checking
+    /// the certificate against `host`, like libpq's `hostaddr`) with the
+    /// settings `tls`.
+    pub fn start(
+        host: &str,
+        addr: Option<std::net::IpAddr>,
+        port: u16,
+        tls: &PgTls,
+    ) -> Result<Relay, String> {
         use std::os::unix::fs::DirBuilderExt;
         let dir = std::env::temp_dir().join(format!(
             "arcana-relay-{}-{:08x}",
@@ -515,7 +522,7 @@ impl Relay {
                 };
                 let (make, host) = (make.clone(), host.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = relay_one(&make, mode, &host, port, &mut local).await {
+                    if let Err(e) = relay_one(&make, mode, &host, addr, port, &mut local).await {
                         tracing::warn!("replication connection over TLS: {e}");
                     }
                 });
@@ -541,10 +548,14 @@ async fn relay_one(
     make: &MakeRustls,
     mode: SslMode,
     host: &str,
+    addr: Option<std::net::IpAddr>,
     port: u16,
     local: &mut tokio::net::UnixStream,
 ) -> io::Result<()> {
-    let mut tcp = TcpStream::connect((host, port)).await?;
+    let mut tcp = match addr {
+        Some(a) => TcpStream::connect((a, port)).await?,
+        None => TcpStream::connect((host, port)).await?,
+    };
     tcp.set_nodelay(true)?;
     // SSLRequest: length 8, code 80877103.
     tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await?;

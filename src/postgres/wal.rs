@@ -267,7 +267,8 @@ fn replication_config(
         .unwrap_or_default();
     // PostgreSQL serves no TLS on Unix sockets.
     let relay = if tls.mode != super::tls::SslMode::Disable && !host.starts_with('/') {
-        let relay = super::tls::Relay::start(&host, port, &tls)?;
+        let addr = cfg.get_hostaddrs().first().copied();
+        let relay = super::tls::Relay::start(&host, addr, port, &tls)?;
         host = relay.dir().display().to_string();
         Some(relay)
     } else {

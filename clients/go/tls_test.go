@@ -54,8 +54,12 @@ func newCA(t *testing.T, name string) *testCA {
 	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
 }
 
-// leaf returns a PEM certificate for localhost signed by ca, and its PEM key.
+// leaf returns a PEM server certificate for localhost signed by ca, and its PEM key.
 func (ca *testCA) leaf(t *testing.T) (certPEM, keyPEM []byte) {
+	return ca.issue(t, x509.ExtKeyUsageServerAuth)
+}
+
+func (ca *testCA) issue(t *testing.T, usage x509.ExtKeyUsage) (certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -68,7 +72,7 @@ func (ca *testCA) leaf(t *testing.T) (certPEM, keyPEM []byte) {
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
 	if err != nil {
@@ -91,8 +95,9 @@ func write(t *testing.T, dir, name string, data []byte) string {
 	return p
 }
 
-// startTLSServer serves the demo config over TLS on the demo's database.
-func startTLSServer(t *testing.T, ca *testCA) string {
+// startTLSServer serves the demo config over TLS on the demo's database;
+// with clientCA, clients must present a certificate it signed.
+func startTLSServer(t *testing.T, ca *testCA, clientCA *testCA) string {
 	t.Helper()
 	if postgresURL == "" {
 		t.Skip("the demo server did not report its database URL")
@@ -106,6 +111,9 @@ func startTLSServer(t *testing.T, ca *testCA) string {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf("%s\n[changes]\nmode = \"none\"\n\n[server.tls]\ncert = %q\nkey = %q\n", demo, cert, key)
+	if clientCA != nil {
+		cfg += fmt.Sprintf("client_ca = %q\n", write(t, dir, "clients.pem", clientCA.pem))
+	}
 	cfgPath := write(t, dir, "arcana.toml", []byte(cfg))
 	port, err := freePort()
 	if err != nil {
@@ -162,7 +170,7 @@ func connects(t *testing.T, addr string, opts ...arcana.Option) error {
 
 func TestTLSWithCAFile(t *testing.T) {
 	ca := newCA(t, "arcana test ca")
-	addr := startTLSServer(t, ca)
+	addr := startTLSServer(t, ca, nil)
 	caFile := write(t, t.TempDir(), "ca.pem", ca.pem)
 
 	if err := connects(t, addr, arcana.WithTLS(arcana.TLSConfig{CAFile: caFile, ServerName: "localhost"})); err != nil {
@@ -177,5 +185,27 @@ func TestTLSWithCAFile(t *testing.T) {
 	}
 	if _, err := arcana.Dial(addr, "dev-alice", arcana.WithTLS(arcana.TLSConfig{CAFile: filepath.Join(t.TempDir(), "missing.pem")})); err == nil {
 		t.Fatal("Dial accepted a missing CA file")
+	}
+}
+
+func TestMutualTLS(t *testing.T) {
+	ca := newCA(t, "arcana test ca")
+	clients := newCA(t, "arcana client ca")
+	addr := startTLSServer(t, ca, clients)
+	dir := t.TempDir()
+	caFile := write(t, dir, "ca.pem", ca.pem)
+
+	if err := connects(t, addr, arcana.WithTLS(arcana.TLSConfig{CAFile: caFile, ServerName: "localhost"})); err == nil {
+		t.Fatal("a client without a certificate connected")
+	}
+	certPEM, keyPEM := clients.issue(t, x509.ExtKeyUsageClientAuth)
+	tlsCfg := arcana.TLSConfig{
+		CAFile:     caFile,
+		ServerName: "localhost",
+		CertFile:   write(t, dir, "client.crt", certPEM),
+		KeyFile:    write(t, dir, "client.key", keyPEM),
+	}
+	if err := connects(t, addr, arcana.WithTLS(tlsCfg)); err != nil {
+		t.Fatalf("with a client certificate from client_ca: %v", err)
 	}
 }

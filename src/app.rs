@@ -161,7 +161,12 @@ impl App {
             max_batch_bytes: config.server.max_batch_bytes,
             limits: config.server.limits(),
             health: Some(health),
+            tls: config.server.tls.clone(),
         };
+        if let Some(tls) = &config.server.tls {
+            // A certificate that cannot be loaded stops startup, not just the listener.
+            crate::grpc::tls::load(tls)?;
+        }
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(engine.clone(), auth, listener, opts, async {
             let _ = stopped.await;

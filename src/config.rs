@@ -160,6 +160,31 @@ pub struct ServerConfig {
     /// On shutdown, open calls get this many milliseconds to finish before
     /// they are cut.
     pub shutdown_grace_ms: u64,
+    /// Serve clients over TLS (`[server.tls]`); plain when absent.
+    pub tls: Option<ServerTls>,
+}
+
+/// `[server.tls]`: the certificate served to clients, reloaded when its
+/// files change or on SIGHUP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// PEM certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+    /// PEM CA certificates; when set, clients must present a certificate
+    /// signed by one of them (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
+    /// How often the files' modification times are checked, in
+    /// milliseconds; 0 reloads on SIGHUP only.
+    #[serde(default = "default_tls_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_tls_reload_ms() -> u64 {
+    5000
 }
 
 impl Default for ServerConfig {
@@ -178,6 +203,7 @@ impl Default for ServerConfig {
             max_sync_views: limits.max_sync_views,
             admin_listen: None,
             shutdown_grace_ms: 10_000,
+            tls: None,
         }
     }
 }
@@ -535,10 +561,12 @@ impl Config {
     /// query, an unreadable column type or a missing key column stops
     /// startup with a message naming the graph or mutation.
     pub async fn registry(&self, pool: &Pool) -> Result<Registry, String> {
-        let client = pool
-            .get()
-            .await
-            .map_err(|e| format!("connecting to the database: {e}"))?;
+        let client = pool.get().await.map_err(|e| {
+            format!(
+                "connecting to the database: {}",
+                crate::postgres::tls::error_chain(&e)
+            )
+        })?;
         let ctx = self.database.tx_context();
         if let Some(role) = &ctx.eval_role {
             check_role(&client, role).await?;

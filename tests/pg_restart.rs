@@ -79,6 +79,7 @@ async fn wal_mode_on_a_server_without_logical_decoding_says_what_to_change() {
     let pg = EmbeddedPostgres::start(EmbeddedOptions {
         fast: true,
         settings: vec![("wal_level".into(), "replica".into())],
+        ..Default::default()
     })
     .await
     .unwrap();

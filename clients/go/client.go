@@ -131,6 +131,12 @@ func Dial(target, token string, opts ...Option) (*Client, error) {
 	c := &Client{o: o, token: token, conn: o.conn}
 	if c.conn == nil {
 		creds := o.creds
+		if creds == nil && o.tls != nil {
+			var err error
+			if creds, err = o.tls.credentials(); err != nil {
+				return nil, fmt.Errorf("arcana: TLS: %w", err)
+			}
+		}
 		if creds == nil {
 			creds = insecure.NewCredentials()
 		}

@@ -1,6 +1,8 @@
 //! The accept loop: a bounded number of open connections, back-off when
 //! accepting fails (out of file descriptors), and a deadline for each
 //! connection's first request, so silent peers cannot hold slots forever.
+//! With TLS, each connection's handshake runs as it is first read or
+//! written, under the same deadline, so slow handshakes block no one else.
 
 use std::future::Future;
 use std::io;
@@ -18,6 +20,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tonic::transport::server::Connected;
 
+use super::tls::TlsSource;
+
 /// Longest pause after repeated accept errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -32,11 +36,53 @@ pub struct ConnInfo {
 /// One accepted connection: closed with an error on its next read once the
 /// deadline passes without a request, and counted until dropped.
 pub struct Conn {
-    io: TcpStream,
+    io: Io,
     info: ConnInfo,
     deadline: Option<Pin<Box<Sleep>>>,
     _slot: OwnedSemaphorePermit,
 }
+
+enum Io {
+    Plain(TcpStream),
+    Handshake(Box<tokio_rustls::Accept<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Failed,
+}
+
+impl Conn {
+    /// Drives the TLS handshake, if one is pending.
+    fn ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Io::Handshake(accept) = &mut self.io else {
+            return match self.io {
+                Io::Failed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+                _ => Poll::Ready(Ok(())),
+            };
+        };
+        match Pin::new(&mut **accept).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(s)) => {
+                self.io = Io::Tls(Box::new(s));
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(remote = ?self.info.remote, "TLS handshake failed: {e}");
+                self.io = Io::Failed;
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+
+    fn stream(&mut self) -> Pin<&mut (dyn AsyncReadWrite + Unpin)> {
+        match &mut self.io {
+            Io::Plain(s) => Pin::new(s),
+            Io::Tls(s) => Pin::new(&mut **s),
+            Io::Handshake(_) | Io::Failed => unreachable!("ready() is polled first"),
+        }
+    }
+}
+
+trait AsyncReadWrite: AsyncRead + AsyncWrite {}
+impl<T: AsyncRead + AsyncWrite> AsyncReadWrite for T {}
 
 impl Connected for Conn {
     type ConnectInfo = ConnInfo;
@@ -62,7 +108,8 @@ impl AsyncRead for Conn {
                 )));
             }
         }
-        Pin::new(&mut this.io).poll_read(cx, buf)
+        std::task::ready!(this.ready(cx))?;
+        this.stream().poll_read(cx, buf)
     }
 }
 
@@ -72,23 +119,34 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        std::task::ready!(self.ready(cx))?;
+        self.stream().poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        std::task::ready!(self.ready(cx))?;
+        self.stream().poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        match self.io {
+            // Nothing was said yet; just close.
+            Io::Handshake(_) | Io::Failed => Poll::Ready(Ok(())),
+            _ => self.stream().poll_shutdown(cx),
+        }
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        std::task::ready!(self.ready(cx))?;
+        self.stream().poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Plain(s) => s.is_write_vectored(),
+            Io::Tls(s) => s.is_write_vectored(),
+            Io::Handshake(_) | Io::Failed => false,
+        }
     }
 }
 
@@ -97,21 +155,24 @@ struct Accept {
     slots: Arc<Semaphore>,
     first_request: Duration,
     backoff: Duration,
+    tls: Option<TlsSource>,
 }
 
 /// Connections accepted from `listener`, at most `max` open at once (the
 /// rest wait in the kernel's backlog), each closed unless it sends a request
-/// within `first_request`.
+/// within `first_request`; over TLS when `tls` is given.
 pub fn incoming(
     listener: TcpListener,
     max: usize,
     first_request: Duration,
+    tls: Option<TlsSource>,
 ) -> impl Stream<Item = Result<Conn, io::Error>> + Send {
     let state = Accept {
         listener,
         slots: Arc::new(Semaphore::new(max.max(1))),
         first_request,
         backoff: Duration::ZERO,
+        tls,
     };
     futures_util::stream::unfold(state, |mut st| async move {
         loop {
@@ -121,6 +182,10 @@ pub fn incoming(
                     st.backoff = Duration::ZERO;
                     // Nagle's algorithm would hold small frames back for up to 40 ms.
                     let _ = io.set_nodelay(true);
+                    let io = match &st.tls {
+                        Some(tls) => Io::Handshake(Box::new(tls.acceptor().accept(io))),
+                        None => Io::Plain(io),
+                    };
                     let conn = Conn {
                         io,
                         info: ConnInfo {

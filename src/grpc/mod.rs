@@ -10,6 +10,7 @@ pub mod listener;
 pub mod server;
 pub mod service;
 pub mod status;
+pub mod tls;
 pub mod wire;
 
 pub use auth::{Authenticator, Credentials, TokenAuthenticator};

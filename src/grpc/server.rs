@@ -39,6 +39,8 @@ pub struct ServeOptions {
     /// Statuses of the `grpc.health.v1` service, kept by the caller
     /// (readiness); none: the server reports itself serving.
     pub health: Option<tonic_health::server::HealthReporter>,
+    /// Serve over TLS with this certificate; plain when `None`.
+    pub tls: Option<crate::config::ServerTls>,
 }
 
 impl Default for ServeOptions {
@@ -49,6 +51,7 @@ impl Default for ServeOptions {
             max_batch_bytes: super::service::DEFAULT_BATCH_BYTES,
             limits: Limits::default(),
             health: None,
+            tls: None,
         }
     }
 }
@@ -134,6 +137,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
     let limits = opts.limits.clone();
+    let tls = match &opts.tls {
+        Some(t) => Some(super::tls::watch(t)?),
+        None => None,
+    };
+    // Stops watching the certificate files when serving ends.
+    let _reloader = tls
+        .as_ref()
+        .map(|(_, task)| AbortOnDrop(task.abort_handle()));
     let svc = ArcanaServiceServer::new(
         Service::new(engine, auth)
             .with_batch_bytes(opts.max_batch_bytes)
@@ -175,9 +186,22 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .serve_with_incoming_shutdown(
-            incoming(listener, limits.max_connections, limits.handshake_timeout),
+            incoming(
+                listener,
+                limits.max_connections,
+                limits.handshake_timeout,
+                tls.map(|(source, _)| source),
+            ),
             shutdown,
         )
         .await
         .map_err(|e| e.to_string())
+}
+
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -21,6 +21,10 @@ pub struct EmbeddedOptions {
     pub fast: bool,
     /// Extra `-c name=value` settings.
     pub settings: Vec<(String, String)>,
+    /// Files written into the data directory before the first start (name,
+    /// contents), readable only by the server's user: certificates and keys
+    /// for `ssl = on`, named relative to the data directory in `settings`.
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// A running throwaway cluster.
@@ -35,6 +39,24 @@ pub struct EmbeddedPostgres {
 }
 
 const DIR_PREFIX: &str = "arcana-pg-";
+
+/// Writes a file only its owner (the server's user) may read; PostgreSQL
+/// refuses private keys that others can read.
+fn write_private(path: &Path, contents: &[u8], ids: Option<(u32, u32)>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents)?;
+    if let Some((uid, gid)) = ids {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
 
 /// Finds the directory holding `initdb` and `postgres`.
 pub fn find_bin_dir() -> Option<PathBuf> {
@@ -164,6 +186,11 @@ impl EmbeddedPostgres {
             ));
         }
 
+        for (name, contents) in &opts.files {
+            let path = data.join(name);
+            write_private(&path, contents, ids)
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
         let mut settings: Vec<(String, String)> = vec![
             ("listen_addresses".into(), "127.0.0.1".into()),
             ("unix_socket_directories".into(), dir.display().to_string()),

@@ -134,9 +134,9 @@ async fn listen_once(
     ready: &mut Option<oneshot::Sender<Result<(), String>>>,
     streaming: &std::sync::atomic::AtomicBool,
 ) -> String {
-    let (client, mut conn) = match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+    let (client, mut conn) = match super::tls::connect(url).await {
         Ok(c) => c,
-        Err(e) => return e.to_string(),
+        Err(e) => return e,
     };
     // The connection must be polled for queries to complete; a task drives
     // it and forwards notifications through a bounded queue.

@@ -10,6 +10,7 @@ pub mod pgoutput;
 pub mod rls;
 mod row_change;
 pub mod sql;
+pub mod tls;
 pub mod triggers;
 pub mod values;
 pub mod wal;
@@ -50,12 +51,10 @@ pub fn pool(url: &str, size: usize) -> Result<Pool, String> {
 /// Like [`pool`], but a caller waits at most `wait_ms` milliseconds for a
 /// free connection (0: no limit) and then gets a timeout error.
 pub fn pool_with_timeout(url: &str, size: usize, wait_ms: u64) -> Result<Pool, String> {
-    let cfg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| format!("invalid database URL: {e}"))?;
+    let (cfg, tls) = tls::parse(url)?;
     let mgr = Manager::from_config(
         cfg,
-        tokio_postgres::NoTls,
+        tls::MakeRustls::new(&tls)?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -70,7 +69,7 @@ pub fn pool_with_timeout(url: &str, size: usize, wait_ms: u64) -> Result<Pool, S
 
 /// Runs a script of several statements (schema, seed data).
 pub async fn execute_script(url: &str, script: &str) -> Result<(), String> {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (client, conn) = tls::connect(url)
         .await
         .map_err(|e| format!("connecting to {url}: {e}"))?;
     let task = tokio::spawn(conn);

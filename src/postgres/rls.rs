@@ -159,7 +159,7 @@ pub async fn plan(
 async fn connect(
     url: &str,
 ) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), String> {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (c, conn) = super::tls::connect(url)
         .await
         .map_err(|e| format!("connecting to the database: {e}"))?;
     let task = tokio::spawn(async move {

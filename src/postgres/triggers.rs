@@ -181,7 +181,7 @@ pub async fn all_sql(
     tables: &BTreeMap<String, Option<BTreeSet<String>>>,
     config_keys: &HashMap<String, Vec<String>>,
 ) -> Result<Vec<String>, String> {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (c, conn) = super::tls::connect(url)
         .await
         .map_err(|e| format!("connecting: {e}"))?;
     let task = tokio::spawn(conn);

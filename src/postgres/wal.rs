@@ -65,7 +65,7 @@ pub async fn prepare(
     tables: &[String],
     routed: &[String],
 ) -> Result<HashMap<String, Vec<String>>, String> {
-    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (c, conn) = super::tls::connect(url)
         .await
         .map_err(|e| format!("connecting for WAL setup: {e}"))?;
     let task = tokio::spawn(conn);
@@ -248,11 +248,14 @@ pub struct Tracking {
     pub workspace_column: Option<String>,
 }
 
-fn replication_config(url: &str, opts: &WalOptions) -> Result<ReplicationConfig, String> {
-    let cfg: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| format!("invalid database URL: {e}"))?;
-    let host = match cfg.get_hosts().first() {
+/// The replication client's settings for `url`, and the relay that carries
+/// its connection over TLS when the URL's `sslmode` asks for TLS.
+fn replication_config(
+    url: &str,
+    opts: &WalOptions,
+) -> Result<(ReplicationConfig, Option<super::tls::Relay>), String> {
+    let (cfg, tls) = super::tls::parse(url)?;
+    let mut host = match cfg.get_hosts().first() {
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".into(),
@@ -262,7 +265,16 @@ fn replication_config(url: &str, opts: &WalOptions) -> Result<ReplicationConfig,
         .get_password()
         .map(|p| String::from_utf8_lossy(p).into_owned())
         .unwrap_or_default();
-    Ok(ReplicationConfig::new(
+    // PostgreSQL serves no TLS on Unix sockets.
+    let relay = if tls.mode != super::tls::SslMode::Disable && !host.starts_with('/') {
+        let addr = cfg.get_hostaddrs().first().copied();
+        let relay = super::tls::Relay::start(&host, addr, port, &tls)?;
+        host = relay.dir().display().to_string();
+        Some(relay)
+    } else {
+        None
+    };
+    let cfg = ReplicationConfig::new(
         host,
         cfg.get_user().unwrap_or("postgres"),
         password,
@@ -273,7 +285,8 @@ fn replication_config(url: &str, opts: &WalOptions) -> Result<ReplicationConfig,
     .with_port(port)
     .with_binary(true)
     .with_status_interval(opts.status_interval)
-    .with_application_name("arcana"))
+    .with_application_name("arcana");
+    Ok((cfg, relay))
 }
 
 /// Starts the listener task.
@@ -283,11 +296,12 @@ pub fn spawn(
     opts: WalOptions,
     tracking: Tracking,
 ) -> Result<Listener, String> {
-    let cfg = replication_config(&url, &opts)?;
+    let (cfg, relay) = replication_config(&url, &opts)?;
     let (stop, mut stopped) = watch::channel(false);
     let streaming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = streaming.clone();
     let task = tokio::spawn(async move {
+        let _relay = relay;
         let mut backoff = Duration::from_millis(100);
         let mut outage = false;
         loop {
@@ -450,9 +464,7 @@ impl<'a> Stream<'a> {
         cfg: ReplicationConfig,
         after_outage: bool,
     ) -> Result<(), RunError> {
-        let (checker, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-            .await
-            .map_err(|e| (e.to_string(), false))?;
+        let (checker, conn) = super::tls::connect(url).await.map_err(|e| (e, false))?;
         let conn_task = tokio::spawn(conn);
         let r = self.stream(&checker, cfg, after_outage).await;
         drop(checker);

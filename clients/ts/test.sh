@@ -43,6 +43,9 @@ status=0
 step "Node tests"
 node --test --test-concurrency=1 dist-test/test/node/*.test.js || status=1
 
+step "package install test"
+node --test dist-test/test/package/*.test.js || status=1
+
 step "browser test (headless Chromium)"
 node --test dist-test/test/browser/*.test.js || status=1
 

@@ -229,7 +229,7 @@ pub fn typescript(d: &DescribeResponse) -> String {
         );
     }
     out.push_str(
-        "}\n\n/**\n * The server's graphs and mutations, for a typed client:\n * `createNodeClient<Schema>(...)`, `createWebClient<Schema>(...)` or `typed<Schema>(client)`.\n */\nexport interface Schema {\n  graphs: Graphs;\n  mutations: Mutations;\n}\n",
+        "}\n\n/**\n * The server's graphs and mutations, for a typed client:\n * `typed<Schema>(createNodeClient(...))` or `typed<Schema>(createWebClient(...))`.\n */\nexport interface Schema {\n  graphs: Graphs;\n  mutations: Mutations;\n}\n",
     );
     out.push_str("\nexport const graphNames = [");
     out.push_str(

@@ -141,7 +141,7 @@ export interface Mutations {
 
 /**
  * The server's graphs and mutations, for a typed client:
- * `createNodeClient<Schema>(...)`, `createWebClient<Schema>(...)` or `typed<Schema>(client)`.
+ * `typed<Schema>(createNodeClient(...))` or `typed<Schema>(createWebClient(...))`.
  */
 export interface Schema {
   graphs: Graphs;

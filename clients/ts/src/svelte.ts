@@ -37,7 +37,7 @@ export function viewStore<S extends SchemaShape, G extends GraphName<S>>(
   graph: G,
   params: GraphParams<S, G>,
 ): ViewStore<GraphItem<S, G>>;
-export function viewStore<T>(c: AnyClient, graph: string, params: Params = {}): ViewStore<T> {
+export function viewStore<T>(c: AnyClient, graph: string, params: unknown = {}): ViewStore<any> {
   const client = untyped(c);
   const runs = new Set<(s: ViewSnapshot<T>) => void>();
   let view: LiveView<T> | undefined;
@@ -49,7 +49,7 @@ export function viewStore<T>(c: AnyClient, graph: string, params: Params = {}): 
     subscribe(run) {
       runs.add(run);
       if (!view) {
-        view = client.view<T>(graph, params);
+        view = client.view<T>(graph, params as Params);
         // The view calls back at once: that first call reaches `run` too.
         off = view.subscribe((s) => {
           for (const r of [...runs]) r(s);

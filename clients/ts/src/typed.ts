@@ -6,8 +6,8 @@ import type { Item, LiveView } from "./view.js";
 
 /** The shape of the `Schema` interface that codegen writes. */
 export interface SchemaShape {
-  graphs: { [graph: string]: { params: object; item: object } };
-  mutations: { [mutation: string]: { params: object; result: object } };
+  graphs: object;
+  mutations: object;
 }
 
 /** What a client knows without codegen: any name, any params. */
@@ -16,12 +16,14 @@ export interface Untyped {
   mutations: { [mutation: string]: { params: Params; result: Record<string, FieldValue> } };
 }
 
+type Get<T, K extends string> = T extends { [k in K]: infer V } ? V : never;
+
 export type GraphName<S extends SchemaShape> = keyof S["graphs"] & string;
 export type MutationName<S extends SchemaShape> = keyof S["mutations"] & string;
-export type GraphParams<S extends SchemaShape, G extends GraphName<S>> = S["graphs"][G]["params"];
-export type GraphItem<S extends SchemaShape, G extends GraphName<S>> = S["graphs"][G]["item"];
-export type MutationParams<S extends SchemaShape, M extends MutationName<S>> = S["mutations"][M]["params"];
-export type MutationData<S extends SchemaShape, M extends MutationName<S>> = S["mutations"][M]["result"];
+export type GraphParams<S extends SchemaShape, G extends GraphName<S>> = Get<S["graphs"][G], "params">;
+export type GraphItem<S extends SchemaShape, G extends GraphName<S>> = Get<S["graphs"][G], "item">;
+export type MutationParams<S extends SchemaShape, M extends MutationName<S>> = Get<S["mutations"][M], "params">;
+export type MutationData<S extends SchemaShape, M extends MutationName<S>> = Get<S["mutations"][M], "result">;
 
 /** Params may be left out when every one is optional. */
 export type ParamsArg<P> = {} extends P ? [params?: P] : [params: P];

@@ -347,7 +347,7 @@ describe("reconnect", () => {
     const epoch = v.epoch;
     await proxy.cut();
     const stale = await v.until((s) => s.status === "stale", 10_000);
-    assert.equal(stale.error?.code, Code.UNAVAILABLE, "a stale view carries the connection error");
+    assert.ok(stale.error, "a stale view carries the connection error");
     assert.ok(stale.items.length > 0, "and keeps its data");
     // Nobody else held that view: it closed with the session, and a new life starts on sync.
     const created = await other.mutate<{ id: bigint }>("create_task", { project_id: 2, title: "Fresh start" });

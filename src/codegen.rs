@@ -105,6 +105,16 @@ fn groups(fields: &[FieldInfo]) -> Vec<(String, Vec<&FieldInfo>)> {
     out
 }
 
+/// A row type: NOT NULL columns are never null, any other field may be.
+fn ts_row(out: &mut String, name: &str, fields: &[&FieldInfo]) {
+    let _ = writeln!(out, "\nexport type {name} = {{");
+    for f in fields {
+        let null = if f.not_null { "" } else { " | null" };
+        let _ = writeln!(out, "  {}: {}{null};", ts_key(&f.name), ts_field(&f.kind));
+    }
+    out.push_str("};\n");
+}
+
 /// TypeScript declarations.
 pub fn typescript(d: &DescribeResponse) -> String {
     let mut out = String::new();
@@ -145,11 +155,7 @@ pub fn typescript(d: &DescribeResponse) -> String {
         );
         let shapes = groups(&g.fields);
         for (nested, fields) in &shapes {
-            let _ = writeln!(out, "\nexport type {base}{}Row = {{", pascal(nested));
-            for f in fields {
-                let _ = writeln!(out, "  {}: {} | null;", ts_key(&f.name), ts_field(&f.kind));
-            }
-            out.push_str("};\n");
+            ts_row(&mut out, &format!("{base}{}Row", pascal(nested)), fields);
         }
         if shapes.iter().any(|(n, _)| n.is_empty()) {
             let nested: Vec<String> = shapes
@@ -176,8 +182,23 @@ pub fn typescript(d: &DescribeResponse) -> String {
             &m.description,
             &m.params,
         );
+        let fields: Vec<&FieldInfo> = m.fields.iter().collect();
+        let _ = write!(
+            out,
+            "\n/** What a `{}` call returns as its `data` ({{}} when it returns no row). */",
+            m.name
+        );
+        if fields.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nexport type {}Result = Record<string, never>;",
+                pascal(&m.name)
+            );
+        } else {
+            ts_row(&mut out, &format!("{}Result", pascal(&m.name)), &fields);
+        }
     }
-    out.push_str("\n/** Every graph: its params, its rows and its nested rows. */\nexport interface Graphs {\n");
+    out.push_str("\n/** Every graph: its params, its rows, its items and its nested rows. */\nexport interface Graphs {\n");
     for g in &d.graphs {
         let base = pascal(&g.name);
         let nested: Vec<String> = groups(&g.fields)
@@ -185,23 +206,32 @@ pub fn typescript(d: &DescribeResponse) -> String {
             .filter(|(n, _)| !n.is_empty())
             .map(|(n, _)| format!("{}: {base}{}Row", ts_key(&n), pascal(&n)))
             .collect();
-        let row = if g.fields.iter().any(|f| f.nested.is_empty()) {
-            format!("{base}Row")
+        let (row, item) = if g.fields.iter().any(|f| f.nested.is_empty()) {
+            (format!("{base}Row"), format!("{base}Item"))
         } else {
-            "Record<string, unknown>".into()
+            let any = "Record<string, unknown>".to_owned();
+            (any.clone(), any)
         };
         let _ = writeln!(
             out,
-            "  {}: {{ params: {base}Params; row: {row}; nested: {{ {} }} }};",
+            "  {}: {{ params: {base}Params; row: {row}; item: {item}; nested: {{ {} }} }};",
             ts_key(&g.name),
             nested.join("; ")
         );
     }
-    out.push_str("}\n\n/** Every mutation's params. */\nexport interface Mutations {\n");
+    out.push_str("}\n\n/** Every mutation: its params and the row it returns. */\nexport interface Mutations {\n");
     for m in &d.mutations {
-        let _ = writeln!(out, "  {}: {}Params;", ts_key(&m.name), pascal(&m.name));
+        let base = pascal(&m.name);
+        let _ = writeln!(
+            out,
+            "  {}: {{ params: {base}Params; result: {base}Result }};",
+            ts_key(&m.name)
+        );
     }
-    out.push_str("}\n\nexport const graphNames = [");
+    out.push_str(
+        "}\n\n/**\n * The server's graphs and mutations, for a typed client:\n * `typed<Schema>(createNodeClient(...))` or `typed<Schema>(createWebClient(...))`.\n */\nexport interface Schema {\n  graphs: Graphs;\n  mutations: Mutations;\n}\n",
+    );
+    out.push_str("\nexport const graphNames = [");
     out.push_str(
         &d.graphs
             .iter()
@@ -347,5 +377,41 @@ mod tests {
         assert_eq!(pascal("project_tasks"), "ProjectTasks");
         assert_eq!(pascal("assignee_id"), "AssigneeID");
         assert_eq!(ts_key("a b"), "\"a b\"");
+    }
+
+    #[test]
+    fn not_null_fields_are_not_nullable_in_typescript() {
+        let field = |name: &str, not_null| FieldInfo {
+            nested: String::new(),
+            name: name.into(),
+            kind: "int".into(),
+            not_null,
+        };
+        let d = DescribeResponse {
+            graphs: vec![crate::proto::GraphInfo {
+                name: "things".into(),
+                fields: vec![field("id", true), field("size", false)],
+                ..Default::default()
+            }],
+            mutations: vec![crate::proto::MutationInfo {
+                name: "make_thing".into(),
+                fields: vec![field("id", true)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let ts = typescript(&d);
+        assert!(
+            ts.contains("  id: bigint;\n  size: bigint | null;\n"),
+            "{ts}"
+        );
+        assert!(
+            ts.contains("export type MakeThingResult = {\n  id: bigint;\n};"),
+            "{ts}"
+        );
+        assert!(
+            ts.contains("make_thing: { params: MakeThingParams; result: MakeThingResult };"),
+            "{ts}"
+        );
     }
 }

@@ -591,8 +591,8 @@ impl Config {
                 .await?;
         for m in &self.mutations {
             let named = |e: String| format!("mutation `{}`: {e}", m.name);
-            let (def, sql) = mutation(m, pool, &ctx, &scoped).map_err(named)?;
-            sql.check(&client).await.map_err(named)?;
+            let (mut def, sql) = mutation(m, pool, &ctx, &scoped).map_err(named)?;
+            def.fields = sql.check(&client).await.map_err(named)?;
             reg.register_mutation(def)?;
         }
         Ok(reg)

@@ -216,7 +216,14 @@ async fn codegen(
         _ => arcana::codegen::go(&d, package),
     };
     match out {
-        Some(p) => std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display())),
+        Some(p) => {
+            // `--out` may name a folder that does not exist yet.
+            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            }
+            std::fs::write(&p, text).map_err(|e| format!("writing {}: {e}", p.display()))
+        }
         None => {
             print!("{text}");
             Ok(())

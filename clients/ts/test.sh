@@ -40,8 +40,14 @@ npx tsc -p tsconfig.json
 npx tsc -p tsconfig.test.json
 
 status=0
+step "web client size (minified + gzipped, with dependencies)"
+node scripts/size.mjs || status=1
+
 step "Node tests"
 node --test --test-concurrency=1 dist-test/test/node/*.test.js || status=1
+
+step "package install test"
+node --test dist-test/test/package/*.test.js || status=1
 
 step "browser test (headless Chromium)"
 node --test dist-test/test/browser/*.test.js || status=1

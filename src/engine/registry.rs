@@ -109,6 +109,8 @@ pub struct FieldShape {
     pub name: String,
     /// The [`crate::engine::Value`] kind it arrives as (`int`, `string`, ...).
     pub kind: &'static str,
+    /// A NOT NULL table column: never null in a row.
+    pub not_null: bool,
 }
 
 /// A named, parameterized graph.
@@ -266,6 +268,8 @@ pub struct MutationDef {
     pub permissions: Vec<String>,
     /// Tables it declares it changes (informational; the handler's output counts).
     pub changes: Vec<TableDep>,
+    /// The fields of the row it returns, when known (for Describe and codegen).
+    pub fields: Vec<FieldShape>,
     /// Performs the writes.
     pub handler: Arc<dyn MutationHandler>,
 }
@@ -279,6 +283,7 @@ impl MutationDef {
             params: ParamSchema::new(),
             permissions: Vec::new(),
             changes: Vec::new(),
+            fields: Vec::new(),
             handler: Arc::new(handler),
         }
     }

@@ -194,6 +194,15 @@ pub fn encode_message(kind: pb::server_message::Kind) -> bytes::Bytes {
         .into()
 }
 
+fn field_info(f: &engine::FieldShape) -> pb::FieldInfo {
+    pb::FieldInfo {
+        nested: f.nested.clone(),
+        name: f.name.clone(),
+        kind: f.kind.to_owned(),
+        not_null: f.not_null,
+    }
+}
+
 /// The registry as a Describe response.
 pub fn describe(reg: &engine::Registry) -> pb::DescribeResponse {
     let params = |s: &engine::ParamSchema| -> Vec<pb::ParamInfo> {
@@ -240,15 +249,7 @@ pub fn describe(reg: &engine::Registry) -> pb::DescribeResponse {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 table: g.table.clone().unwrap_or_default(),
-                fields: g
-                    .fields
-                    .iter()
-                    .map(|f| pb::FieldInfo {
-                        nested: f.nested.clone(),
-                        name: f.name.clone(),
-                        kind: f.kind.to_owned(),
-                    })
-                    .collect(),
+                fields: g.fields.iter().map(field_info).collect(),
             })
             .collect(),
         mutations: reg
@@ -259,6 +260,7 @@ pub fn describe(reg: &engine::Registry) -> pb::DescribeResponse {
                 params: params(&m.params),
                 permissions: m.permissions.clone(),
                 changes: deps(&m.changes),
+                fields: m.fields.iter().map(field_info).collect(),
             })
             .collect(),
         tables: reg

@@ -412,7 +412,13 @@ impl SqlGraph {
                 }
                 None => (String::new(), col.name().to_owned()),
             };
-            fields.push(crate::engine::FieldShape { nested, name, kind });
+            let not_null = column_not_null(client, col).await;
+            fields.push(crate::engine::FieldShape {
+                nested,
+                name,
+                kind,
+                not_null,
+            });
         }
         let has =
             |nested: &str, name: &str| fields.iter().any(|f| f.nested == nested && f.name == name);
@@ -486,11 +492,33 @@ impl SqlGraph {
     }
 }
 
+/// Whether a result column is a plain table column declared NOT NULL.
+/// Computed columns, and any lookup that fails, count as nullable.
+async fn column_not_null(client: &tokio_postgres::Client, col: &tokio_postgres::Column) -> bool {
+    let (Some(table), Some(attnum)) = (col.table_oid(), col.column_id()) else {
+        return false;
+    };
+    client
+        .query_opt(
+            "SELECT attnotnull FROM pg_attribute WHERE attrelid = $1 AND attnum = $2",
+            &[&table, &attnum],
+        )
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|r| r.get::<_, bool>(0))
+}
+
 impl SqlMutation {
-    /// Prepares every statement, so a broken one fails startup.
-    pub async fn check(&self, client: &tokio_postgres::Client) -> Result<(), String> {
+    /// Prepares every statement, so a broken one fails startup, and returns
+    /// the fields of the last statement's rows (what a call's `data` holds).
+    pub async fn check(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<Vec<crate::engine::FieldShape>, String> {
+        let mut fields = Vec::new();
         for (i, s) in self.statements.iter().enumerate() {
-            client.prepare(s.sql()).await.map_err(|e| {
+            let stmt = client.prepare(s.sql()).await.map_err(|e| {
                 format!(
                     "statement {}: {}",
                     i + 1,
@@ -498,8 +526,22 @@ impl SqlMutation {
                         .map_or_else(|| e.to_string(), |d| d.message().to_owned())
                 )
             })?;
+            fields.clear();
+            for col in stmt.columns() {
+                // A type the reader cannot decode fails the call, not startup.
+                let Ok(kind) = super::values::kind_of(col.type_()) else {
+                    continue;
+                };
+                let not_null = column_not_null(client, col).await;
+                fields.push(crate::engine::FieldShape {
+                    nested: String::new(),
+                    name: col.name().to_owned(),
+                    kind,
+                    not_null,
+                });
+            }
         }
-        Ok(())
+        Ok(fields)
     }
 }
 

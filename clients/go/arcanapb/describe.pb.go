@@ -230,8 +230,12 @@ type FieldInfo struct {
 	Nested string `protobuf:"bytes,1,opt,name=nested,proto3" json:"nested,omitempty"`
 	Name   string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// The Value kind it arrives as: bool, int, float, string, numeric,
-	// timestamp, date, json, bytes or uuid. Any field may also be null.
-	Kind          string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	// timestamp, date, json, bytes or uuid. A field may be null unless
+	// not_null is set.
+	Kind string `protobuf:"bytes,3,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The field is a table column declared NOT NULL, so it is never null.
+	// (A nested ref's fields hold when the nested row exists.)
+	NotNull       bool `protobuf:"varint,4,opt,name=not_null,json=notNull,proto3" json:"not_null,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -285,6 +289,13 @@ func (x *FieldInfo) GetKind() string {
 		return x.Kind
 	}
 	return ""
+}
+
+func (x *FieldInfo) GetNotNull() bool {
+	if x != nil {
+		return x.NotNull
+	}
+	return false
 }
 
 type GraphInfo struct {
@@ -407,7 +418,10 @@ type MutationInfo struct {
 	Params      []*ParamInfo           `protobuf:"bytes,3,rep,name=params,proto3" json:"params,omitempty"`
 	Permissions []string               `protobuf:"bytes,4,rep,name=permissions,proto3" json:"permissions,omitempty"`
 	// Tables the mutation declares it changes.
-	Changes       []*TableDep `protobuf:"bytes,5,rep,name=changes,proto3" json:"changes,omitempty"`
+	Changes []*TableDep `protobuf:"bytes,5,rep,name=changes,proto3" json:"changes,omitempty"`
+	// The fields of the row a call returns as its data (the last statement's
+	// RETURNING columns), when known.
+	Fields        []*FieldInfo `protobuf:"bytes,6,rep,name=fields,proto3" json:"fields,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -473,6 +487,13 @@ func (x *MutationInfo) GetPermissions() []string {
 func (x *MutationInfo) GetChanges() []*TableDep {
 	if x != nil {
 		return x.Changes
+	}
+	return nil
+}
+
+func (x *MutationInfo) GetFields() []*FieldInfo {
+	if x != nil {
+		return x.Fields
 	}
 	return nil
 }
@@ -658,11 +679,12 @@ const file_arcana_v1_describe_proto_rawDesc = "" +
 	"\b_default\":\n" +
 	"\bTableDep\x12\x14\n" +
 	"\x05table\x18\x01 \x01(\tR\x05table\x12\x18\n" +
-	"\acolumns\x18\x02 \x03(\tR\acolumns\"K\n" +
+	"\acolumns\x18\x02 \x03(\tR\acolumns\"f\n" +
 	"\tFieldInfo\x12\x16\n" +
 	"\x06nested\x18\x01 \x01(\tR\x06nested\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
-	"\x04kind\x18\x03 \x01(\tR\x04kind\"\x8e\x03\n" +
+	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x19\n" +
+	"\bnot_null\x18\x04 \x01(\bR\anotNull\"\x8e\x03\n" +
 	"\tGraphInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12,\n" +
@@ -675,13 +697,14 @@ const file_arcana_v1_describe_proto_rawDesc = "" +
 	"\x06fields\x18\t \x03(\v2\x14.arcana.v1.FieldInfoR\x06fields\x1a9\n" +
 	"\vNestedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc3\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf1\x01\n" +
 	"\fMutationInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12,\n" +
 	"\x06params\x18\x03 \x03(\v2\x14.arcana.v1.ParamInfoR\x06params\x12 \n" +
 	"\vpermissions\x18\x04 \x03(\tR\vpermissions\x12-\n" +
-	"\achanges\x18\x05 \x03(\v2\x13.arcana.v1.TableDepR\achanges\"Q\n" +
+	"\achanges\x18\x05 \x03(\v2\x13.arcana.v1.TableDepR\achanges\x12,\n" +
+	"\x06fields\x18\x06 \x03(\v2\x14.arcana.v1.FieldInfoR\x06fields\"Q\n" +
 	"\tTableInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\acolumns\x18\x02 \x03(\tR\acolumns\x12\x16\n" +
@@ -738,14 +761,15 @@ var file_arcana_v1_describe_proto_depIdxs = []int32{
 	3,  // 6: arcana.v1.GraphInfo.fields:type_name -> arcana.v1.FieldInfo
 	1,  // 7: arcana.v1.MutationInfo.params:type_name -> arcana.v1.ParamInfo
 	2,  // 8: arcana.v1.MutationInfo.changes:type_name -> arcana.v1.TableDep
-	4,  // 9: arcana.v1.DescribeResponse.graphs:type_name -> arcana.v1.GraphInfo
-	5,  // 10: arcana.v1.DescribeResponse.mutations:type_name -> arcana.v1.MutationInfo
-	6,  // 11: arcana.v1.DescribeResponse.tables:type_name -> arcana.v1.TableInfo
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	3,  // 9: arcana.v1.MutationInfo.fields:type_name -> arcana.v1.FieldInfo
+	4,  // 10: arcana.v1.DescribeResponse.graphs:type_name -> arcana.v1.GraphInfo
+	5,  // 11: arcana.v1.DescribeResponse.mutations:type_name -> arcana.v1.MutationInfo
+	6,  // 12: arcana.v1.DescribeResponse.tables:type_name -> arcana.v1.TableInfo
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_arcana_v1_describe_proto_init() }

@@ -10,10 +10,10 @@ export type MyTasksParams = {
 };
 
 export type MyTasksRow = {
-  id: bigint | null;
-  title: string | null;
-  status: string | null;
-  project_id: bigint | null;
+  id: bigint;
+  title: string;
+  status: string;
+  project_id: bigint;
 };
 
 /** An item of a `my_tasks` view: the row with its nested rows. */
@@ -31,19 +31,19 @@ export type ProjectTasksParams = {
 };
 
 export type ProjectTasksRow = {
-  id: bigint | null;
-  title: string | null;
-  status: string | null;
-  position: bigint | null;
+  id: bigint;
+  title: string;
+  status: string;
+  position: bigint;
   estimate: string | null;
   points: bigint | null;
   due_at: Date | null;
-  meta: Json | null;
+  meta: Json;
 };
 
 export type ProjectTasksAssigneeRow = {
-  id: string | null;
-  name: string | null;
+  id: string;
+  name: string;
 };
 
 /** An item of a `project_tasks` view: the row with its nested rows. */
@@ -56,13 +56,13 @@ export type ProjectsParams = {
 };
 
 export type ProjectsRow = {
-  id: bigint | null;
-  name: string | null;
+  id: bigint;
+  name: string;
 };
 
 export type ProjectsOwnerRow = {
-  id: string | null;
-  name: string | null;
+  id: string;
+  name: string;
 };
 
 /** An item of a `projects` view: the row with its nested rows. */
@@ -75,15 +75,37 @@ export type CreateTaskParams = {
   title: string;
 };
 
+/** What a `create_task` call returns as its `data` ({} when it returns no row). */
+export type CreateTaskResult = {
+  id: bigint;
+  project_id: bigint;
+  assignee_id: string | null;
+};
+
 /** Deletes a task. */
 export type DeleteTaskParams = {
   id: bigint | number;
+};
+
+/** What a `delete_task` call returns as its `data` ({} when it returns no row). */
+export type DeleteTaskResult = {
+  id: bigint;
+  project_id: bigint;
+  assignee_id: string | null;
 };
 
 /** Sets a task's position within its project. */
 export type MoveTaskParams = {
   id: bigint | number;
   position: bigint | number;
+};
+
+/** What a `move_task` call returns as its `data` ({} when it returns no row). */
+export type MoveTaskResult = {
+  id: bigint;
+  position: bigint;
+  project_id: bigint;
+  assignee_id: string | null;
 };
 
 /** Changes a task's title and/or status. */
@@ -93,19 +115,37 @@ export type UpdateTaskParams = {
   title?: string | null;
 };
 
-/** Every graph: its params, its rows and its nested rows. */
+/** What a `update_task` call returns as its `data` ({} when it returns no row). */
+export type UpdateTaskResult = {
+  id: bigint;
+  title: string;
+  status: string;
+  project_id: bigint;
+  assignee_id: string | null;
+};
+
+/** Every graph: its params, its rows, its items and its nested rows. */
 export interface Graphs {
-  my_tasks: { params: MyTasksParams; row: MyTasksRow; nested: {  } };
-  project_tasks: { params: ProjectTasksParams; row: ProjectTasksRow; nested: { assignee: ProjectTasksAssigneeRow } };
-  projects: { params: ProjectsParams; row: ProjectsRow; nested: { owner: ProjectsOwnerRow } };
+  my_tasks: { params: MyTasksParams; row: MyTasksRow; item: MyTasksItem; nested: {  } };
+  project_tasks: { params: ProjectTasksParams; row: ProjectTasksRow; item: ProjectTasksItem; nested: { assignee: ProjectTasksAssigneeRow } };
+  projects: { params: ProjectsParams; row: ProjectsRow; item: ProjectsItem; nested: { owner: ProjectsOwnerRow } };
 }
 
-/** Every mutation's params. */
+/** Every mutation: its params and the row it returns. */
 export interface Mutations {
-  create_task: CreateTaskParams;
-  delete_task: DeleteTaskParams;
-  move_task: MoveTaskParams;
-  update_task: UpdateTaskParams;
+  create_task: { params: CreateTaskParams; result: CreateTaskResult };
+  delete_task: { params: DeleteTaskParams; result: DeleteTaskResult };
+  move_task: { params: MoveTaskParams; result: MoveTaskResult };
+  update_task: { params: UpdateTaskParams; result: UpdateTaskResult };
+}
+
+/**
+ * The server's graphs and mutations, for a typed client:
+ * `typed<Schema>(createNodeClient(...))` or `typed<Schema>(createWebClient(...))`.
+ */
+export interface Schema {
+  graphs: Graphs;
+  mutations: Mutations;
 }
 
 export const graphNames = ["my_tasks", "project_tasks", "projects"] as const;

@@ -1,4 +1,5 @@
 // The normalized row cache shared by every view of a client.
+import type { Ref } from "./gen/arcana/v1/value_pb.js";
 import type { FieldValue } from "./values.js";
 
 /** A row's fields, decoded. Replaced (never mutated) when the row changes. */
@@ -29,6 +30,19 @@ export function splitKey(key: string): { table: string; id: string } {
 }
 
 /**
+ * The local change of one optimistic mutation, shown over the server's rows
+ * until the mutation settles.
+ */
+export interface Layer {
+  /** Fields overlaid on rows, by cache key. */
+  readonly rows: Map<string, Record<string, FieldValue>>;
+  /** Rows hidden from every view's top level, by cache key. */
+  readonly removed: Set<string>;
+  /** Rows shown in a view that the server has not sent yet. */
+  readonly inserts: { view: unknown; ref: Ref; index: number | undefined }[];
+}
+
+/**
  * Rows by (table, id). A row stays while at least one view reaches it
  * (reference counted by the views) and is dropped when the last one lets go.
  * Views that select different columns of one table share the row: fields
@@ -37,20 +51,61 @@ export function splitKey(key: string): { table: string; id: string } {
 export class RowCache {
   private readonly rows = new Map<string, Entry>();
   private readonly listeners = new Set<(keys: ReadonlySet<string>, source: unknown) => void>();
+  private readonly layers = new Set<Layer>();
+  /** Rows as views see them while layers are on: base merged with layers. */
+  private merged = new Map<string, Fields | undefined>();
 
   /** Number of rows held. */
   get size(): number {
     return this.rows.size;
   }
 
-  /** A row's fields, if some view holds it. */
+  /** A row's fields as views show them (optimistic changes included), if held. */
   get(table: string, id: string): Fields | undefined {
-    return this.rows.get(rowKey(table, id))?.fields;
+    return this.read(rowKey(table, id));
   }
 
-  /** A row by cache key. */
+  /** A row as the server sent it, by cache key (no optimistic changes). */
   getByKey(key: string): Fields | undefined {
     return this.rows.get(key)?.fields;
+  }
+
+  /** A row by cache key as views show it: the server's fields under any optimistic layers. */
+  read(key: string): Fields | undefined {
+    const base = this.rows.get(key)?.fields;
+    if (this.layers.size === 0) return base;
+    if (this.merged.has(key)) return this.merged.get(key);
+    let out: Record<string, FieldValue> | undefined;
+    for (const l of this.layers) {
+      const f = l.rows.get(key);
+      if (f) out = { ...(out ?? base ?? {}), ...f };
+    }
+    const m = out ? Object.freeze(out) : base;
+    this.merged.set(key, m);
+    return m;
+  }
+
+  /** Optimistic layers, oldest first. */
+  get optimistic(): ReadonlySet<Layer> {
+    return this.layers;
+  }
+
+  /** Whether an optimistic layer hides the row. */
+  hidden(key: string): boolean {
+    for (const l of this.layers) if (l.removed.has(key)) return true;
+    return false;
+  }
+
+  /** @internal Puts an optimistic layer on; the caller re-renders the views. */
+  addLayer(l: Layer): void {
+    this.layers.add(l);
+    this.merged = new Map();
+  }
+
+  /** @internal Takes an optimistic layer off. */
+  removeLayer(l: Layer): boolean {
+    this.merged = new Map();
+    return this.layers.delete(l);
   }
 
   /** How many views reach a row (0 when absent). */
@@ -72,6 +127,7 @@ export class RowCache {
   /** Writes a full row as a view delivered it, merging with fields held already. */
   put(key: string, fields: Record<string, FieldValue>, changed: Set<string>): void {
     const e = this.rows.get(key);
+    this.merged.delete(key);
     if (!e) {
       this.rows.set(key, { fields: Object.freeze({ ...fields }), holders: 0 });
       changed.add(key);
@@ -93,6 +149,7 @@ export class RowCache {
   patch(key: string, steps: readonly FieldStep[], changed: Set<string>): boolean {
     const e = this.rows.get(key);
     if (!e) return false;
+    this.merged.delete(key);
     const next: Record<string, FieldValue> = { ...e.fields };
     for (const s of steps) {
       if (s.op === "remove") delete next[s.field];

@@ -10,11 +10,13 @@ import {
   SyncViewSchema,
 } from "./gen/arcana/v1/service_pb.js";
 import type { ViewFrame } from "./gen/arcana/v1/view_pb.js";
-import { RowCache } from "./cache.js";
+import { type Fields, type Layer, RowCache, rowKey } from "./cache.js";
+import { RefSchema } from "./gen/arcana/v1/value_pb.js";
+import type { PersistStore, PersistedView } from "./persist.js";
 import { ArcanaError, Code, isRetryable } from "./errors.js";
 import { type Session, type SessionMode, type TokenSource, authHeaders, openSession } from "./session.js";
 import { type DecodeOptions, type FieldValue, type Params, fromFields, stringifyJson, toParams, toValue } from "./values.js";
-import { type Item, LiveView, type SyncInfo, type ViewHost, type ViewSnapshot } from "./view.js";
+import { type Item, LiveView, type SyncInfo, type ViewHost, type ViewSnapshot, collectKeys } from "./view.js";
 
 /** Where the client's connection stands. */
 export type ClientStatus = "idle" | "connecting" | "open" | "reconnecting" | "failed" | "closed";
@@ -40,6 +42,39 @@ export interface ClientOptions {
   pingIntervalMs?: number;
   /** How values are decoded. */
   decode?: DecodeOptions;
+  /**
+   * Keeps rows and view positions between page loads: views found there show
+   * at once (status `stale`) and Sync catches them up. `IndexedDbStore` in
+   * browsers, `MemoryStore` for tests and SSR.
+   */
+  persist?: PersistStore;
+  /** How long changes gather before one write to the persist store, in ms (default 100). */
+  persistDelayMs?: number;
+  /** Most views kept in the persist store; the least recently saved go first (default 100). */
+  persistMaxViews?: number;
+}
+
+/** What `mutate` may do besides calling the server. */
+export interface MutateOptions {
+  /**
+   * Changes the cache at once, before the server answers. The change is
+   * rolled back if the mutation fails, and gives way to the server's rows once
+   * the views reach the versions that include the write.
+   */
+  optimistic?: (tx: OptimisticTx) => void;
+}
+
+/** The local changes an optimistic mutation may make. */
+export interface OptimisticTx {
+  /** Overlays fields on a row, in every view that shows it. */
+  update(table: string, id: string | number | bigint, fields: Record<string, FieldValue>): void;
+  /** Hides a row from the top level of every view. */
+  remove(table: string, id: string | number | bigint): void;
+  /**
+   * Shows a row the server has not sent yet in `view` (at `index`, default at
+   * the end). Use the id the server will give it if known, or a temporary one.
+   */
+  insert(view: LiveView<any>, table: string, id: string | number | bigint, fields: Record<string, FieldValue>, index?: number): void;
 }
 
 /** Frames this client received, for diagnostics and tests. */
@@ -112,6 +147,14 @@ export class ArcanaClient {
   private batchCount = 0;
   /** While frames are being applied: the views whose listeners are still to be told. */
   private deferred: Set<LiveView<any>> | undefined;
+  /** Set while the persist store loads; sessions wait for it so Sync can use what it held. */
+  private readonly loaded: Promise<void> | undefined;
+  private persisted = new Map<string, PersistedView>();
+  /** Rows as the persist store holds them (what to write, what to delete). */
+  private storedRows = new Map<string, Fields>();
+  private dirty = new Set<LiveView<any>>();
+  private dropped = new Set<string>();
+  private flushTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(private readonly opts: ClientOptions) {
     this.rpc = createClient(ArcanaService, opts.transport);
@@ -126,10 +169,22 @@ export class ArcanaClient {
         this.deferred.add(v);
         return true;
       },
+      committed: (v) => this.markDirty(v),
     };
+    if (opts.persist) {
+      this.loaded = opts.persist.load().then(
+        (state) => this.hydrate(state.views, state.rows),
+        () => {}, // an unreadable store is an empty one
+      );
+    }
     this.cache.onChange((keys, source) => {
       for (const v of this.views.values()) if (v !== source) v.rowsChanged(keys);
     });
+  }
+
+  /** The client itself, untyped (see `typed`). */
+  get untyped(): ArcanaClient {
+    return this;
   }
 
   /** The connection's state. */
@@ -166,15 +221,16 @@ export class ArcanaClient {
     if (this._status === "closed") throw new ArcanaError(Code.CANCELLED, "the client is closed");
     const key = viewKey(graph, params);
     let v = this.views.get(key) as LiveView<T> | undefined;
-    if (v && v.status !== "failed") {
+    if (v && v.status !== "error") {
       v.handles++;
       return v;
     }
     v = new LiveView<T>(graph, { ...params }, key, this.host);
     v.handles = 1;
     this.views.set(key, v);
+    this.adopt(v);
     if (this._status === "failed") {
-      v.setStatus("failed", this._error);
+      v.setStatus("error", this._error);
     } else if (this.session) {
       void this.subscribeView(v, this.session);
     } else {
@@ -189,7 +245,48 @@ export class ArcanaClient {
    * reply; with a stream session the unary call names the session and the
    * response lists the view versions to wait for.
    */
-  async mutate<D = Record<string, FieldValue>>(mutation: string, params: Params = {}): Promise<MutationResult<D>> {
+  async mutate<D = Record<string, FieldValue>>(
+    mutation: string,
+    params: Params = {},
+    options: MutateOptions = {},
+  ): Promise<MutationResult<D>> {
+    const layer = options.optimistic ? this.applyOptimistic(options.optimistic) : undefined;
+    try {
+      return await this.runMutation<D>(mutation, params);
+    } finally {
+      // Failed: roll back. Succeeded: the views show the server's rows by now.
+      if (layer) this.dropLayer(layer);
+    }
+  }
+
+  private applyOptimistic(fn: (tx: OptimisticTx) => void): Layer {
+    const layer: Layer = { rows: new Map(), removed: new Set(), inserts: [] };
+    const key = (table: string, id: string | number | bigint) => rowKey(table, String(id));
+    const overlay = (k: string, fields: Record<string, FieldValue>) =>
+      layer.rows.set(k, { ...(layer.rows.get(k) ?? {}), ...fields });
+    fn({
+      update: (table, id, fields) => overlay(key(table, id), fields),
+      remove: (table, id) => void layer.removed.add(key(table, id)),
+      insert: (view, table, id, fields, index) => {
+        overlay(key(table, id), fields);
+        layer.inserts.push({ view, ref: create(RefSchema, { table, id: String(id) }), index });
+      },
+    });
+    this.cache.addLayer(layer);
+    this.refreshAll();
+    return layer;
+  }
+
+  private dropLayer(layer: Layer): void {
+    if (this.cache.removeLayer(layer)) this.refreshAll();
+  }
+
+  /** Re-renders every view (after an optimistic layer came or went). */
+  private refreshAll(): void {
+    for (const v of this.views.values()) v.changed();
+  }
+
+  private async runMutation<D>(mutation: string, params: Params): Promise<MutationResult<D>> {
     const p = toParams(params);
     let res;
     if (this.opts.session === "bidi") {
@@ -280,6 +377,7 @@ export class ArcanaClient {
   close(): void {
     if (this._status === "closed") return;
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.flushTimer) void this.flush();
     this.generation++;
     const s = this.session;
     this.session = undefined;
@@ -307,7 +405,8 @@ export class ArcanaClient {
     if (this._status === "closed") return Promise.reject(new ArcanaError(Code.CANCELLED, "the client is closed"));
     if (this._status === "failed") return Promise.reject(this._error);
     if (!this.connecting) {
-      this.connecting = this.openNow().finally(() => (this.connecting = undefined));
+      const start = this.loaded ? this.loaded.then(() => this.openNow()) : this.openNow();
+      this.connecting = start.finally(() => (this.connecting = undefined));
     }
     return this.connecting;
   }
@@ -335,8 +434,13 @@ export class ArcanaClient {
       const e = ArcanaError.from(err);
       this._error = e;
       if (gen !== this.generation) throw e;
-      if (isRetryable(e)) this.scheduleRetry();
-      else this.fail(e);
+      if (isRetryable(e)) {
+        // Views waiting for data, or showing old data, say why.
+        for (const v of this.views.values()) {
+          if (v.status === "connecting" || v.status === "stale") v.setStatus(v.status, e);
+        }
+        this.scheduleRetry();
+      } else this.fail(e);
       throw e;
     }
     if (gen !== this.generation || this._status === "closed") {
@@ -354,7 +458,7 @@ export class ArcanaClient {
   private fail(e: ArcanaError): void {
     this.setStatus("failed", e);
     for (const v of this.views.values()) {
-      if (v.status !== "closed") v.setStatus("failed", e);
+      if (v.status !== "closed") v.setStatus("error", e);
     }
   }
 
@@ -376,7 +480,10 @@ export class ArcanaClient {
     if (this.session !== s) return;
     this.session = undefined;
     this._error = e;
-    for (const v of this.views.values()) if (v.status === "live") v.setStatus("stale");
+    for (const v of this.views.values()) {
+      if (v.status === "live" || v.status === "stale") v.setStatus("stale", e);
+      else if (v.status === "connecting") v.setStatus("connecting", e);
+    }
     if (isRetryable(e)) this.scheduleRetry();
     else this.fail(e);
   }
@@ -386,7 +493,7 @@ export class ArcanaClient {
     const held: LiveView<any>[] = [];
     const fresh: LiveView<any>[] = [];
     for (const v of this.views.values()) {
-      if (v.status === "closed" || v.status === "failed") continue;
+      if (v.status === "closed" || v.status === "error") continue;
       if (v.epoch !== undefined && v.id) held.push(v);
       else fresh.push(v);
     }
@@ -432,7 +539,7 @@ export class ArcanaClient {
     this.drainOrphans(v);
     // Caught up already (frames came first, or nothing was missed)? Then live;
     // otherwise the frames still on their way make it live.
-    if (v.epoch === r.epoch && v.version >= r.version && (v.status === "stale" || v.status === "loading")) {
+    if (v.epoch === r.epoch && v.version >= r.version && (v.status === "stale" || v.status === "connecting")) {
       v.setStatus("live");
     } else {
       v.changed();
@@ -486,7 +593,8 @@ export class ArcanaClient {
     this.unbind(v);
     this.views.delete(v.key);
     v.dropRows();
-    v.setStatus("failed", e);
+    v.setStatus("error", e);
+    this.forget(v.key);
   }
 
   private release(v: LiveView<any>): void {
@@ -516,6 +624,113 @@ export class ArcanaClient {
         v.resyncing = false;
       },
     );
+  }
+
+  // ---- persistence ----------------------------------------------------------
+
+  /** Takes what the persist store held; views opened meanwhile show it at once. */
+  private hydrate(views: PersistedView[], rows: [string, Fields][]): void {
+    this.storedRows = new Map(rows);
+    for (const p of views) this.persisted.set(p.key, p);
+    for (const v of this.views.values()) this.adopt(v);
+  }
+
+  /** Shows a new view's persisted state, if there is one. */
+  private adopt(v: LiveView<any>): void {
+    const p = this.persisted.get(v.key);
+    if (!p || v.epoch !== undefined || v.status !== "connecting") return;
+    const keys = new Set<string>();
+    for (const r of p.refs) collectKeys(r, keys);
+    const unused = new Set<string>();
+    for (const k of keys) {
+      const f = this.storedRows.get(k);
+      if (f && !this.cache.getByKey(k)) this.cache.put(k, { ...f }, unused);
+    }
+    // Bound first: frames of this view id must find it (bind skips a view whose id is set).
+    this.bind(v, p.id);
+    v.hydrate(p);
+  }
+
+  private markDirty(v: LiveView<any>): void {
+    if (!this.opts.persist) return;
+    this.dirty.add(v);
+    this.scheduleFlush();
+  }
+
+  private forget(key: string): void {
+    if (!this.opts.persist || !this.persisted.delete(key)) return;
+    this.dropped.add(key);
+    this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushTimer) return;
+    this.flushTimer = setTimeout(() => void this.flush(), this.opts.persistDelayMs ?? 100);
+  }
+
+  /** Writes the changed views and their rows; drops rows no persisted view reaches. */
+  private async flush(): Promise<void> {
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimer = undefined;
+    const store = this.opts.persist;
+    if (!store) return;
+    const views: PersistedView[] = [];
+    const rows: [string, Fields][] = [];
+    const now = Date.now();
+    for (const v of this.dirty) {
+      if (v.epoch === undefined || !v.id || v.status === "error") continue;
+      const p: PersistedView = {
+        key: v.key,
+        graph: v.graph,
+        id: v.id,
+        epoch: v.epoch,
+        version: v.version,
+        total: v.total,
+        refs: [...v.refs],
+        savedAt: now,
+      };
+      this.persisted.set(v.key, p);
+      this.dropped.delete(v.key);
+      views.push(p);
+      for (const k of v.reached) {
+        const f = this.cache.getByKey(k);
+        if (f && this.storedRows.get(k) !== f) {
+          this.storedRows.set(k, f);
+          rows.push([k, f]);
+        }
+      }
+    }
+    this.dirty.clear();
+    const max = this.opts.persistMaxViews ?? 100;
+    if (this.persisted.size > max) {
+      const oldest = [...this.persisted.values()].sort((a, b) => a.savedAt - b.savedAt);
+      for (const p of oldest.slice(0, this.persisted.size - max)) {
+        this.persisted.delete(p.key);
+        this.dropped.add(p.key);
+      }
+    }
+    const keep = new Set<string>();
+    for (const p of this.persisted.values()) for (const r of p.refs) collectKeys(r, keep);
+    const deleteRows: string[] = [];
+    for (const k of this.storedRows.keys()) {
+      if (!keep.has(k)) {
+        this.storedRows.delete(k);
+        deleteRows.push(k);
+      }
+    }
+    const deleteViews = [...this.dropped];
+    this.dropped.clear();
+    if (views.length + deleteViews.length + rows.length + deleteRows.length === 0) return;
+    try {
+      await store.write({ views, deleteViews, rows: rows.filter(([k]) => keep.has(k)), deleteRows });
+    } catch {
+      // Persistence is a cache: a failed write costs a snapshot on the next load.
+    }
+  }
+
+  /** Writes pending changes to the persist store now (say, before the page unloads). */
+  persistNow(): Promise<void> {
+    return this.flush();
   }
 
   // ---- frames ---------------------------------------------------------------

@@ -1,32 +1,122 @@
-// React bindings: useView and useMutation.
-import { useCallback, useEffect, useRef, useState, useSyncExternalStore } from "react";
-import type { ArcanaClient, MutationResult } from "./client.js";
+// React bindings: a provider for the client, useView (optionally with
+// Suspense) and useMutation.
+import {
+  type ReactNode,
+  createContext,
+  createElement,
+  useCallback,
+  useContext,
+  useEffect,
+  useRef,
+  useState,
+  useSyncExternalStore,
+} from "react";
+import type { ArcanaClient, MutateOptions, MutationResult } from "./client.js";
+import { EMPTY, paramsKey } from "./bindings.js";
 import type { ArcanaError } from "./errors.js";
+import {
+  type AnyClient,
+  type GraphItem,
+  type GraphName,
+  type GraphParams,
+  type MutationData,
+  type MutationName,
+  type MutationParams,
+  type SchemaShape,
+  type TypedClient,
+  untyped,
+} from "./typed.js";
 import type { FieldValue, Params } from "./values.js";
 import type { Item, LiveView, ViewSnapshot } from "./view.js";
 
-const EMPTY: ViewSnapshot<never> = Object.freeze({
-  items: Object.freeze([]) as readonly never[],
-  total: undefined,
-  status: "loading" as const,
-  error: undefined,
-  epoch: undefined,
-  version: 0n,
-});
+const ClientContext = createContext<AnyClient | null>(null);
+
+/** Makes `client` the one that hooks called without a client use. */
+export function ArcanaProvider(props: { client: AnyClient; children?: ReactNode }) {
+  return createElement(ClientContext.Provider, { value: props.client }, props.children);
+}
+
+/** The client from the nearest `ArcanaProvider`. */
+export function useClient(): ArcanaClient {
+  const c = useContext(ClientContext);
+  if (!c) throw new Error("no Arcana client: wrap the tree in <ArcanaProvider client={...}>");
+  return untyped(c);
+}
+
+export interface UseViewOptions {
+  /**
+   * Suspend (throw a promise to the nearest `<Suspense>`) until the view has
+   * data, and throw a refused subscription to the nearest error boundary.
+   */
+  suspense?: boolean;
+}
+
+/** How long a view opened by a suspended render is kept for the render that follows. */
+const SUSPENSE_HOLD_MS = 10_000;
+const suspended = new WeakMap<ArcanaClient, Map<string, LiveView<any>>>();
+
+/** A view held for a while on behalf of a render that may suspend (and so run no effect). */
+function heldView(client: ArcanaClient, graph: string, params: Params, key: string): LiveView<any> {
+  let m = suspended.get(client);
+  if (!m) suspended.set(client, (m = new Map()));
+  let v = m.get(key);
+  if (!v || v.status === "closed" || v.status === "error") {
+    const view = client.view(graph, params);
+    m.set(key, view);
+    const held = m;
+    setTimeout(() => {
+      if (held.get(key) === view) held.delete(key);
+      view.close();
+    }, SUSPENSE_HOLD_MS);
+    v = view;
+  }
+  return v;
+}
 
 /**
  * Subscribes to a view while the component is mounted and re-renders on
- * every change. Pass `null` as the graph to subscribe to nothing.
+ * every change. The client comes first or from `ArcanaProvider`; pass `null`
+ * as the graph to subscribe to nothing.
  */
+export function useView<T = Item>(graph: string | null, params?: Params, options?: UseViewOptions): ViewSnapshot<T>;
 export function useView<T = Item>(
   client: ArcanaClient,
   graph: string | null,
-  params: Params = {},
-): ViewSnapshot<T> {
-  const key = graph === null ? "" : `${graph}\u0000${stableKey(params)}`;
+  params?: Params,
+  options?: UseViewOptions,
+): ViewSnapshot<T>;
+export function useView<S extends SchemaShape, G extends GraphName<S>>(
+  client: TypedClient<S>,
+  graph: G,
+  params: GraphParams<S, G>,
+  options?: UseViewOptions,
+): ViewSnapshot<GraphItem<S, G>>;
+export function useView<T = Item>(...args: unknown[]): ViewSnapshot<T> {
+  const fromContext = typeof args[0] === "string" || args[0] === null;
+  const ctx = useContext(ClientContext);
+  const [c, graph, params = {}, options = {}] = (fromContext ? [ctx, ...args] : args) as [
+    AnyClient | null,
+    string | null,
+    Params | undefined,
+    UseViewOptions | undefined,
+  ];
+  if (!c) throw new Error("no Arcana client: pass one or wrap the tree in <ArcanaProvider client={...}>");
+  const client = untyped(c);
+  const key = graph === null ? "" : `${graph}\u0000${paramsKey(params)}`;
   const [view, setView] = useState<LiveView<T> | null>(null);
   const paramsRef = useRef(params);
   paramsRef.current = params;
+  let held: LiveView<T> | null = null;
+  if (options.suspense && graph !== null && (view === null || view.graph !== graph)) {
+    held = heldView(client, graph, params, key);
+  }
+  const current = view && view.graph === graph ? view : (held ?? view);
+  if (options.suspense && current) {
+    if (current.status === "error") throw current.error;
+    if (current.status === "connecting") {
+      throw current.until((s) => s.status !== "connecting").catch(() => undefined);
+    }
+  }
   useEffect(() => {
     if (graph === null) {
       setView(null);
@@ -38,32 +128,45 @@ export function useView<T = Item>(
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [client, key]);
   const subscribe = useCallback(
-    (cb: () => void) => (view ? view.subscribe(cb) : () => {}),
-    [view],
+    (cb: () => void) => (current ? current.subscribe(cb) : () => {}),
+    [current],
   );
-  const get = useCallback(() => (view ? view.snapshot : (EMPTY as ViewSnapshot<T>)), [view]);
+  const get = useCallback(() => (current ? current.snapshot : (EMPTY as ViewSnapshot<T>)), [current]);
   return useSyncExternalStore(subscribe, get, get);
 }
 
-export interface MutationState<D> {
-  /** Runs the mutation; resolves with its result or rejects with an ArcanaError. */
-  mutate: (params?: Params) => Promise<MutationResult<D>>;
+export interface MutationState<D, P = Params> {
+  /**
+   * Runs the mutation. Resolves with its result, or with `undefined` when it
+   * fails (the error is in `error`): a failure never becomes an unhandled
+   * rejection.
+   */
+  mutate: (params?: P, options?: MutateOptions) => Promise<MutationResult<D> | undefined>;
+  /** Like `mutate`, but rejects with the ArcanaError when the mutation fails. */
+  mutateAsync: (params?: P, options?: MutateOptions) => Promise<MutationResult<D>>;
   pending: boolean;
   error: ArcanaError | undefined;
   data: D | undefined;
 }
 
 /** A named mutation with its pending state, last result and last error. */
-export function useMutation<D = Record<string, FieldValue>>(
-  client: ArcanaClient,
-  mutation: string,
-): MutationState<D> {
+export function useMutation<D = Record<string, FieldValue>>(mutation: string): MutationState<D>;
+export function useMutation<D = Record<string, FieldValue>>(client: ArcanaClient, mutation: string): MutationState<D>;
+export function useMutation<S extends SchemaShape, M extends MutationName<S>>(
+  client: TypedClient<S>,
+  mutation: M,
+): MutationState<MutationData<S, M>, MutationParams<S, M>>;
+export function useMutation<D>(...args: unknown[]): MutationState<D> {
+  const ctx = useContext(ClientContext);
+  const [c, mutation] = (typeof args[0] === "string" ? [ctx, args[0]] : args) as [AnyClient | null, string];
+  if (!c) throw new Error("no Arcana client: pass one or wrap the tree in <ArcanaProvider client={...}>");
+  const client = untyped(c);
   const [state, setState] = useState<{ pending: number; error?: ArcanaError; data?: D }>({ pending: 0 });
-  const mutate = useCallback(
-    async (params: Params = {}) => {
+  const mutateAsync = useCallback(
+    async (params: Params = {}, options?: MutateOptions) => {
       setState((s) => ({ ...s, pending: s.pending + 1 }));
       try {
-        const r = await client.mutate<D>(mutation, params);
+        const r = await client.mutate<D>(mutation, params, options);
         setState((s) => ({ pending: s.pending - 1, data: r.data }));
         return r;
       } catch (err) {
@@ -73,17 +176,9 @@ export function useMutation<D = Record<string, FieldValue>>(
     },
     [client, mutation],
   );
-  return { mutate, pending: state.pending > 0, error: state.error, data: state.data };
-}
-
-function stableKey(params: Params): string {
-  return JSON.stringify(
-    Object.keys(params)
-      .sort()
-      .map((k) => [k, String(typeof params[k] === "object" ? JSON.stringify(params[k], bigintSafe) : params[k]), typeof params[k]]),
+  const mutate = useCallback(
+    (params?: Params, options?: MutateOptions) => mutateAsync(params, options).catch(() => undefined),
+    [mutateAsync],
   );
-}
-
-function bigintSafe(_k: string, v: unknown): unknown {
-  return typeof v === "bigint" ? `${v}n` : v;
+  return { mutate, mutateAsync, pending: state.pending > 0, error: state.error, data: state.data };
 }

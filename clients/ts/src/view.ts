@@ -11,14 +11,18 @@ export type Item = { readonly [field: string]: FieldValue | Item | undefined };
 
 /** Where a view stands. */
 export type ViewStatus =
-  /** Waiting for the first snapshot. */
-  | "loading"
+  /** No data yet: waiting for the session and the first snapshot (`error` tells why it is taking long). */
+  | "connecting"
   /** Up to date with the server. */
   | "live"
-  /** Showing the last state seen while the connection is re-established. */
+  /**
+   * Showing data that may be out of date: the last state seen before the
+   * connection dropped, or a state restored from a persist store, until the
+   * server confirms or updates it. `error` holds the connection error, if any.
+   */
   | "stale"
   /** The subscription was refused or cannot be restored; see `error`. */
-  | "failed"
+  | "error"
   /** Closed by the caller. */
   | "closed";
 
@@ -36,7 +40,11 @@ export interface ViewSnapshot<T = Item> {
   readonly items: readonly T[];
   readonly total: bigint | undefined;
   readonly status: ViewStatus;
-  /** The last error: a failed subscription, or an error frame (data kept). */
+  /**
+   * The last error: a refused subscription (`error` status), the connection
+   * error while `connecting` or `stale`, or an error frame (data kept).
+   * Cleared by the next good frame.
+   */
   readonly error: ArcanaError | undefined;
   readonly epoch: bigint | undefined;
   readonly version: bigint;
@@ -58,6 +66,8 @@ export interface ViewHost {
   release(view: LiveView<any>): void;
   /** Asks the server to bring the view back in line (after a gap). */
   resync(view: LiveView<any>): void;
+  /** Told after a frame changed the view's state (for persistence). */
+  committed?(view: LiveView<any>): void;
   /**
    * While a batch of frames is being applied: takes note that `view` changed
    * and returns true; its listeners are called once the batch is applied.
@@ -78,7 +88,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   private _refs: Ref[] = [];
   private _total: bigint | undefined;
   private _reached = new Set<string>();
-  private _status: ViewStatus = "loading";
+  private _status: ViewStatus = "connecting";
   private _error: ArcanaError | undefined;
   private _snapshot: ViewSnapshot<T> | undefined;
   private _memo = new WeakMap<Ref, Memo>();
@@ -124,11 +134,28 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     return this.snapshot.items;
   }
 
+  /** The top-level refs as shown: the server's, with optimistic removals and inserts applied. */
+  private shownRefs(): readonly Ref[] {
+    const cache = this.host.cache;
+    const layers = cache.optimistic;
+    if (layers.size === 0) return this._refs;
+    const out = this._refs.filter((r) => !cache.hidden(rowKey(r.table, r.id)));
+    for (const l of layers) {
+      for (const ins of l.inserts) {
+        if (ins.view !== this) continue;
+        const k = rowKey(ins.ref.table, ins.ref.id);
+        if (out.some((r) => rowKey(r.table, r.id) === k)) continue; // the server's row arrived
+        out.splice(ins.index === undefined ? out.length : Math.min(ins.index, out.length), 0, ins.ref);
+      }
+    }
+    return out;
+  }
+
   /** The current state as an immutable object (stable until the next change). */
   get snapshot(): ViewSnapshot<T> {
     if (!this._snapshot) {
       this._snapshot = Object.freeze({
-        items: Object.freeze(this._refs.map((r) => this.materialize(r) as T)),
+        items: Object.freeze(this.shownRefs().map((r) => this.materialize(r) as T)),
         total: this._total,
         status: this._status,
         error: this._error,
@@ -139,9 +166,14 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     return this._snapshot;
   }
 
-  /** Calls `fn` after every change; returns the function that stops it. */
+  /**
+   * Calls `fn` with the current snapshot at once, then after every change;
+   * returns the function that stops it. This is the Svelte store contract, so
+   * a view can be used as a readable store (`$view`).
+   */
   subscribe(fn: (s: ViewSnapshot<T>) => void): () => void {
     this.listeners.add(fn);
+    fn(this.snapshot);
     return () => {
       this.listeners.delete(fn);
     };
@@ -164,7 +196,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
           resolve(s);
           return true;
         }
-        if (s.status === "failed") {
+        if (s.status === "error") {
           reject(s.error ?? new ArcanaError(2, "view failed"));
           return true;
         }
@@ -174,16 +206,22 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
         }
         return false;
       };
-      if (check(this.snapshot)) return;
-      const off = this.subscribe((s) => {
-        if (check(s)) {
-          off();
-          if (timer) clearTimeout(timer);
-        }
+      let settled = false;
+      let off: (() => void) | undefined;
+      // subscribe calls back at once with the current snapshot.
+      off = this.subscribe((s) => {
+        if (settled || !check(s)) return;
+        settled = true;
+        off?.();
+        if (timer) clearTimeout(timer);
       });
+      if (settled) {
+        off();
+        return;
+      }
       if (timeoutMs !== undefined) {
         timer = setTimeout(() => {
-          off();
+          off?.();
           reject(new ArcanaError(4, `view ${this.graph}: condition not met within ${timeoutMs} ms`));
         }, timeoutMs);
       }
@@ -211,7 +249,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
           if (latest) {
             const s: ViewSnapshot<T> = latest;
             latest = undefined;
-            if (s.status === "failed") {
+            if (s.status === "error") {
               finish();
               throw s.error ?? new ArcanaError(2, "view failed");
             }
@@ -239,6 +277,22 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     if (status === this._status && error === undefined) return;
     this._status = status;
     if (error !== undefined) this._error = error;
+    this.changed();
+  }
+
+  /** @internal Takes a persisted state: shown at once, marked stale until the server confirms it. */
+  hydrate(state: { id: string; epoch: bigint; version: bigint; total: bigint | undefined; refs: Ref[] }): void {
+    const next = new Set<string>();
+    for (const r of state.refs) collectKeys(r, next);
+    for (const k of next) this.host.cache.retain(k);
+    for (const k of this._reached) this.host.cache.release(k);
+    this._reached = next;
+    this.id = state.id;
+    this._refs = state.refs;
+    this._total = state.total;
+    this._epoch = state.epoch;
+    this._version = state.version;
+    this._status = "stale";
     this.changed();
   }
 
@@ -308,9 +362,10 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     this._version = frame.version;
     this._error = undefined;
     // While a sync is in flight the view is live only once the reply confirms it.
-    if (!this.resyncing && (this._status === "loading" || this._status === "stale")) this._status = "live";
+    if (!this.resyncing && (this._status === "connecting" || this._status === "stale")) this._status = "live";
     // Other views reaching a changed row re-render too.
     cache.emit(changed, this);
+    this.host.committed?.(this);
     this.changed();
   }
 
@@ -348,7 +403,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   }
 
   private materialize(r: Ref): Item {
-    const row = this.host.cache.get(r.table, r.id);
+    const row = this.host.cache.read(rowKey(r.table, r.id));
     const names = Object.keys(r.nested);
     const nested = names.map((n) => this.materialize(r.nested[n]!));
     const m = this._memo.get(r);
@@ -366,7 +421,8 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   }
 }
 
-function collectKeys(r: Ref, out: Set<string>): void {
+/** Adds the cache keys of a ref and its nested refs to `out`. */
+export function collectKeys(r: Ref, out: Set<string>): void {
   out.add(rowKey(r.table, r.id));
   for (const n of Object.values(r.nested)) collectKeys(n, out);
 }

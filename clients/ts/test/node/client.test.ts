@@ -212,7 +212,7 @@ describe("errors carry gRPC codes", () => {
   it("unknown graph: NOT_FOUND", async () => {
     const v = client("dev-alice").view("no_such_graph");
     await assert.rejects(v.ready(), (e: ArcanaError) => e instanceof ArcanaError && e.code === Code.NOT_FOUND);
-    assert.equal(v.status, "failed");
+    assert.equal(v.status, "error");
     assert.equal(v.error?.codeName, "NOT_FOUND");
   });
 
@@ -346,7 +346,9 @@ describe("reconnect", () => {
     await v.ready();
     const epoch = v.epoch;
     await proxy.cut();
-    await v.until((s) => s.status === "stale", 10_000);
+    const stale = await v.until((s) => s.status === "stale", 10_000);
+    assert.ok(stale.error, "a stale view carries the connection error");
+    assert.ok(stale.items.length > 0, "and keeps its data");
     // Nobody else held that view: it closed with the session, and a new life starts on sync.
     const created = await other.mutate<{ id: bigint }>("create_task", { project_id: 2, title: "Fresh start" });
     await proxy.restore();
@@ -364,7 +366,11 @@ describe("reconnect", () => {
     await proxy.cut();
     await new Promise((r) => setTimeout(r, 200));
     const v = c.view<{ name: string }>("projects");
-    assert.equal(v.status, "loading");
+    assert.equal(v.status, "connecting");
+    // While the server cannot be reached the view says why.
+    const waiting = await v.until((s) => s.error !== undefined, 10_000);
+    assert.equal(waiting.status, "connecting");
+    assert.equal(waiting.error?.code, Code.UNAVAILABLE);
     await proxy.restore();
     const s = await v.until((s) => s.status === "live", 20_000);
     assert.deepEqual(

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file arcana/v1/describe.proto.
  */
 export const file_arcana_v1_describe: GenFile = /*@__PURE__*/
-  fileDesc("ChhhcmNhbmEvdjEvZGVzY3JpYmUucHJvdG8SCWFyY2FuYS52MSK6AQoJUGFyYW1JbmZvEgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmFyY2FuYS52MS5QYXJhbVR5cGUSEAoIcmVxdWlyZWQYAyABKAgSJgoHZGVmYXVsdBgEIAEoCzIQLmFyY2FuYS52MS5WYWx1ZUgAiAEBEiAKBm9uZV9vZhgFIAMoCzIQLmFyY2FuYS52MS5WYWx1ZRITCgtkZXNjcmlwdGlvbhgGIAEoCUIKCghfZGVmYXVsdCIqCghUYWJsZURlcBINCgV0YWJsZRgBIAEoCRIPCgdjb2x1bW5zGAIgAygJIjcKCUZpZWxkSW5mbxIOCgZuZXN0ZWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRraW5kGAMgASgJIrQCCglHcmFwaEluZm8SDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIkCgZwYXJhbXMYAyADKAsyFC5hcmNhbmEudjEuUGFyYW1JbmZvEiEKBGRlcHMYBCADKAsyEy5hcmNhbmEudjEuVGFibGVEZXASEwoLcGVybWlzc2lvbnMYBSADKAkSEAoIcGVyX3VzZXIYBiABKAgSMAoGbmVzdGVkGAcgAygLMiAuYXJjYW5hLnYxLkdyYXBoSW5mby5OZXN0ZWRFbnRyeRINCgV0YWJsZRgIIAEoCRIkCgZmaWVsZHMYCSADKAsyFC5hcmNhbmEudjEuRmllbGRJbmZvGi0KC05lc3RlZEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEikgEKDE11dGF0aW9uSW5mbxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEiQKBnBhcmFtcxgDIAMoCzIULmFyY2FuYS52MS5QYXJhbUluZm8SEwoLcGVybWlzc2lvbnMYBCADKAkSJAoHY2hhbmdlcxgFIAMoCzITLmFyY2FuYS52MS5UYWJsZURlcCI6CglUYWJsZUluZm8SDAoEbmFtZRgBIAEoCRIPCgdjb2x1bW5zGAIgAygJEg4KBmdyYXBocxgDIAMoCSIRCg9EZXNjcmliZVJlcXVlc3QipAEKEERlc2NyaWJlUmVzcG9uc2USGAoQcHJvdG9jb2xfdmVyc2lvbhgBIAEoDRIkCgZncmFwaHMYAiADKAsyFC5hcmNhbmEudjEuR3JhcGhJbmZvEioKCW11dGF0aW9ucxgDIAMoCzIXLmFyY2FuYS52MS5NdXRhdGlvbkluZm8SJAoGdGFibGVzGAQgAygLMhQuYXJjYW5hLnYxLlRhYmxlSW5mbyqsAQoJUGFyYW1UeXBlEhoKFlBBUkFNX1RZUEVfVU5TUEVDSUZJRUQQABIVChFQQVJBTV9UWVBFX1NUUklORxABEhIKDlBBUkFNX1RZUEVfSU5UEAISFAoQUEFSQU1fVFlQRV9GTE9BVBADEhMKD1BBUkFNX1RZUEVfQk9PTBAEEhMKD1BBUkFNX1RZUEVfVVVJRBAFEhgKFFBBUkFNX1RZUEVfVElNRVNUQU1QEAZiBnByb3RvMw", [file_arcana_v1_value]);
+  fileDesc("ChhhcmNhbmEvdjEvZGVzY3JpYmUucHJvdG8SCWFyY2FuYS52MSK6AQoJUGFyYW1JbmZvEgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmFyY2FuYS52MS5QYXJhbVR5cGUSEAoIcmVxdWlyZWQYAyABKAgSJgoHZGVmYXVsdBgEIAEoCzIQLmFyY2FuYS52MS5WYWx1ZUgAiAEBEiAKBm9uZV9vZhgFIAMoCzIQLmFyY2FuYS52MS5WYWx1ZRITCgtkZXNjcmlwdGlvbhgGIAEoCUIKCghfZGVmYXVsdCIqCghUYWJsZURlcBINCgV0YWJsZRgBIAEoCRIPCgdjb2x1bW5zGAIgAygJIkkKCUZpZWxkSW5mbxIOCgZuZXN0ZWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRraW5kGAMgASgJEhAKCG5vdF9udWxsGAQgASgIIrQCCglHcmFwaEluZm8SDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIkCgZwYXJhbXMYAyADKAsyFC5hcmNhbmEudjEuUGFyYW1JbmZvEiEKBGRlcHMYBCADKAsyEy5hcmNhbmEudjEuVGFibGVEZXASEwoLcGVybWlzc2lvbnMYBSADKAkSEAoIcGVyX3VzZXIYBiABKAgSMAoGbmVzdGVkGAcgAygLMiAuYXJjYW5hLnYxLkdyYXBoSW5mby5OZXN0ZWRFbnRyeRINCgV0YWJsZRgIIAEoCRIkCgZmaWVsZHMYCSADKAsyFC5hcmNhbmEudjEuRmllbGRJbmZvGi0KC05lc3RlZEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiuAEKDE11dGF0aW9uSW5mbxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEiQKBnBhcmFtcxgDIAMoCzIULmFyY2FuYS52MS5QYXJhbUluZm8SEwoLcGVybWlzc2lvbnMYBCADKAkSJAoHY2hhbmdlcxgFIAMoCzITLmFyY2FuYS52MS5UYWJsZURlcBIkCgZmaWVsZHMYBiADKAsyFC5hcmNhbmEudjEuRmllbGRJbmZvIjoKCVRhYmxlSW5mbxIMCgRuYW1lGAEgASgJEg8KB2NvbHVtbnMYAiADKAkSDgoGZ3JhcGhzGAMgAygJIhEKD0Rlc2NyaWJlUmVxdWVzdCKkAQoQRGVzY3JpYmVSZXNwb25zZRIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEiQKBmdyYXBocxgCIAMoCzIULmFyY2FuYS52MS5HcmFwaEluZm8SKgoJbXV0YXRpb25zGAMgAygLMhcuYXJjYW5hLnYxLk11dGF0aW9uSW5mbxIkCgZ0YWJsZXMYBCADKAsyFC5hcmNhbmEudjEuVGFibGVJbmZvKqwBCglQYXJhbVR5cGUSGgoWUEFSQU1fVFlQRV9VTlNQRUNJRklFRBAAEhUKEVBBUkFNX1RZUEVfU1RSSU5HEAESEgoOUEFSQU1fVFlQRV9JTlQQAhIUChBQQVJBTV9UWVBFX0ZMT0FUEAMSEwoPUEFSQU1fVFlQRV9CT09MEAQSEwoPUEFSQU1fVFlQRV9VVUlEEAUSGAoUUEFSQU1fVFlQRV9USU1FU1RBTVAQBmIGcHJvdG8z", [file_arcana_v1_value]);
 
 /**
  * @generated from message arcana.v1.ParamInfo
@@ -106,11 +106,20 @@ export type FieldInfo = Message<"arcana.v1.FieldInfo"> & {
 
   /**
    * The Value kind it arrives as: bool, int, float, string, numeric,
-   * timestamp, date, json, bytes or uuid. Any field may also be null.
+   * timestamp, date, json, bytes or uuid. A field may be null unless
+   * not_null is set.
    *
    * @generated from field: string kind = 3;
    */
   kind: string;
+
+  /**
+   * The field is a table column declared NOT NULL, so it is never null.
+   * (A nested ref's fields hold when the nested row exists.)
+   *
+   * @generated from field: bool not_null = 4;
+   */
+  notNull: boolean;
 };
 
 /**
@@ -217,6 +226,14 @@ export type MutationInfo = Message<"arcana.v1.MutationInfo"> & {
    * @generated from field: repeated arcana.v1.TableDep changes = 5;
    */
   changes: TableDep[];
+
+  /**
+   * The fields of the row a call returns as its data (the last statement's
+   * RETURNING columns), when known.
+   *
+   * @generated from field: repeated arcana.v1.FieldInfo fields = 6;
+   */
+  fields: FieldInfo[];
 };
 
 /**

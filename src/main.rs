@@ -111,6 +111,22 @@ enum SlotAction {
     },
 }
 
+impl SqlAction {
+    /// The config, the database URL (if given) and whether to apply.
+    fn parts(self) -> (PathBuf, Option<String>, bool) {
+        match self {
+            SqlAction::Sql {
+                config,
+                database_url,
+            } => (config, database_url, false),
+            SqlAction::Install {
+                config,
+                database_url,
+            } => (config, database_url, true),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum SqlAction {
     /// Print the SQL.
@@ -244,16 +260,7 @@ fn database(config: &Config, url: Option<String>) -> Result<String, String> {
 }
 
 async fn rls(action: SqlAction) -> Result<(), String> {
-    let (path, url, apply) = match action {
-        SqlAction::Sql {
-            config,
-            database_url,
-        } => (config, database_url, false),
-        SqlAction::Install {
-            config,
-            database_url,
-        } => (config, database_url, true),
-    };
+    let (path, url, apply) = action.parts();
     let config = load(&path)?;
     let url = database(&config, url)?;
     if apply {
@@ -272,16 +279,7 @@ async fn rls(action: SqlAction) -> Result<(), String> {
 }
 
 async fn triggers(action: SqlAction) -> Result<(), String> {
-    let (path, url, apply) = match action {
-        SqlAction::Sql {
-            config,
-            database_url,
-        } => (config, database_url, false),
-        SqlAction::Install {
-            config,
-            database_url,
-        } => (config, database_url, true),
-    };
+    let (path, url, apply) = action.parts();
     let config = load(&path)?;
     let url = database(&config, url)?;
     // The registry is only needed for the tracked tables and columns.

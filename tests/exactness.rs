@@ -220,6 +220,26 @@ async fn a_view_whose_evaluation_failed_retries_until_it_succeeds() {
     );
 }
 
+#[tokio::test]
+async fn a_view_that_recovers_unchanged_clears_its_error() {
+    let h = Harness::with_extra(GATED, GATED_GRAPH, |_| {}).await;
+    let mut l = h.live("dev-alice").await;
+    let v = l
+        .subscribe("gated_tasks", params(&[]))
+        .await
+        .unwrap()
+        .view_id;
+    let before = l.view(&v).clone();
+    h.sql("UPDATE gate SET ok = false").await;
+    h.notify("tasks", "1", &["title"]).await;
+    l.wait_until(&v, |s| s.error.is_some()).await;
+    // The gate opens; the content is what it was: the retry must still say so.
+    h.sql("UPDATE gate SET ok = true").await;
+    l.wait_until(&v, |s| s.error.is_none()).await;
+    assert_eq!(l.view(&v).content(), before.content());
+    assert_eq!(l.view(&v).version, before.version + 1);
+}
+
 const SLOW_GRAPH: &str = r#"
 [[graphs]]
 name = "slow_tasks"

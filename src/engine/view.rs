@@ -45,6 +45,10 @@ struct State {
     history: VecDeque<Arc<Frame>>,
     subscribers: HashMap<Arc<str>, Arc<Session>>,
     evaluations: u64,
+    /// Subscribers were sent an error frame and no version since: the next
+    /// good evaluation publishes a version even if nothing changed, so
+    /// clients learn the view is healthy again.
+    failing: bool,
 }
 
 /// How a sync request was answered for one view.
@@ -208,7 +212,8 @@ impl View {
             Err(e) => {
                 stats.eval_errors.inc();
                 tracing::warn!(view = %self.id, error = %e, "view evaluation failed");
-                let st = self.lock();
+                let mut st = self.lock();
+                st.failing = true;
                 let frame = Frame::new(
                     self.id.clone(),
                     self.epoch,
@@ -304,18 +309,21 @@ impl View {
             st.version = 1;
             return Ok(Refresh::Changed);
         }
-        Ok(self.publish(&mut st, diff, stats, history))
+        let recovered = std::mem::take(&mut st.failing);
+        Ok(self.publish(&mut st, diff, recovered, stats, history))
     }
 
-    /// Makes `diff` the next version: history, then every subscriber.
+    /// Makes `diff` the next version: history, then every subscriber. An
+    /// empty diff makes no version unless `even_if_empty`.
     fn publish(
         &self,
         st: &mut State,
         mut diff: ViewDiff,
+        even_if_empty: bool,
         stats: &Stats,
         history: usize,
     ) -> Refresh {
-        if diff.is_empty() {
+        if diff.is_empty() && !even_if_empty {
             return Refresh::Unchanged;
         }
         diff.rows.sort_by(|a, b| a.0.cmp(&b.0));
@@ -379,7 +387,7 @@ impl View {
                 st.rows.insert(key, shared);
             }
         }
-        self.publish(&mut st, diff, stats, history)
+        self.publish(&mut st, diff, false, stats, history)
     }
 
     fn snapshot_frame(&self, st: &State) -> Arc<Frame> {

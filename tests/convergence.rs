@@ -535,57 +535,86 @@ async fn fault(
     Ok(())
 }
 
-/// Subscribes `spec` on a new session of `who` and reads until the view
-/// satisfies `done`; returns the view.
-async fn probe(
-    addr: &str,
-    who: &Who,
-    spec: &ViewSpec,
-    done: impl Fn(&ViewState) -> bool,
-    limit: Duration,
-) -> Result<ViewState, String> {
-    let deadline = Instant::now() + limit;
-    let (tx, mut stream) = client::open(addr, who.token).await?;
-    tx.send(pb::ClientMessage {
-        request_id: 1,
-        kind: Some(Req::Subscribe(pb::SubscribeRequest {
-            graph: spec.graph.into(),
-            params: spec.pb_params(),
-            session_id: String::new(),
-        })),
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    let mut state = ViewState::default();
-    loop {
-        if state.version > 0 && done(&state) {
-            return Ok(state);
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let m = tokio::time::timeout(left, stream.message())
-            .await
-            .map_err(|_| format!("{spec} not reached in {limit:?}; last: {state:?}"))?
-            .map_err(|e| e.to_string())?
-            .ok_or("stream ended")?;
-        let frames = match m.kind {
-            Some(Msg::Frame(f)) => vec![f],
-            Some(Msg::Frames(b)) => b.frames,
-            Some(Msg::Reply(r)) => match r.result {
-                Some(pb::reply::Result::Error(e)) => {
-                    return Err(format!("subscribe {spec}: {} {}", e.code, e.message))
-                }
+/// One view subscribed on a session of its own, read on demand.
+struct Probe {
+    // Kept so the session stays open.
+    _tx: tokio::sync::mpsc::Sender<pb::ClientMessage>,
+    stream: tonic::Streaming<pb::ServerMessage>,
+    spec: ViewSpec,
+    state: ViewState,
+}
+
+impl Probe {
+    /// Subscribes `spec` on a new session of `who`.
+    async fn open(addr: &str, who: &Who, spec: &ViewSpec) -> Result<Probe, String> {
+        let (tx, stream) = client::open(addr, who.token).await?;
+        tx.send(pb::ClientMessage {
+            request_id: 1,
+            kind: Some(Req::Subscribe(pb::SubscribeRequest {
+                graph: spec.graph.into(),
+                params: spec.pb_params(),
+                session_id: String::new(),
+            })),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(Probe {
+            _tx: tx,
+            stream,
+            spec: spec.clone(),
+            state: ViewState::default(),
+        })
+    }
+
+    /// Reads until the view has its snapshot and satisfies `done`.
+    async fn until(
+        &mut self,
+        done: impl Fn(&ViewState) -> bool,
+        limit: Duration,
+    ) -> Result<&ViewState, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.state.version > 0 && done(&self.state) {
+                return Ok(&self.state);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let m = tokio::time::timeout(left, self.stream.message())
+                .await
+                .map_err(|_| {
+                    format!(
+                        "{} not reached in {limit:?}; last: {:?}",
+                        self.spec, self.state
+                    )
+                })?
+                .map_err(|e| e.to_string())?
+                .ok_or("stream ended")?;
+            let frames = match m.kind {
+                Some(Msg::Frame(f)) => vec![f],
+                Some(Msg::Frames(b)) => b.frames,
+                Some(Msg::Reply(r)) => match r.result {
+                    Some(pb::reply::Result::Error(e)) => {
+                        return Err(format!("subscribe {}: {} {}", self.spec, e.code, e.message))
+                    }
+                    _ => vec![],
+                },
                 _ => vec![],
-            },
-            _ => vec![],
-        };
-        for f in frames {
-            state.apply(&f)?;
+            };
+            for f in frames {
+                self.state.apply(&f)?;
+            }
         }
     }
 }
 
-/// Writes a marker per workspace and waits until a view shows it: the
-/// change stream has then passed every earlier write.
+/// What a new subscriber to `spec` gets now.
+async fn fresh(addr: &str, who: &Who, spec: &ViewSpec) -> Result<ViewState, String> {
+    let mut p = Probe::open(addr, who, spec).await?;
+    p.until(|_| true, Duration::from_secs(10)).await.cloned()
+}
+
+/// Per workspace: subscribes to the marker, bumps it, and waits until the
+/// subscription shows the bump as a change. The change stream has then
+/// passed every earlier write.
 async fn drain(addr: &str, url: &str) -> Result<(), String> {
     let marker = ViewSpec {
         graph: "markers",
@@ -593,21 +622,20 @@ async fn drain(addr: &str, url: &str) -> Result<(), String> {
     };
     let deadline = Instant::now() + CONVERGE;
     for who in [PEOPLE[0], PEOPLE[2]] {
-        let n = loop {
-            match bump_marker(url, who.ws).await {
-                Ok(n) => break n,
-                Err(e) if Instant::now() > deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        };
-        let shows = |s: &ViewState| {
-            s.rows
-                .values()
-                .any(|f| f.get("n") == Some(&arcana::engine::Value::Int(n)))
-        };
         loop {
-            match probe(addr, &who, &marker, shows, Duration::from_secs(5)).await {
-                Ok(_) => break,
+            let attempt = async {
+                let mut p = Probe::open(addr, &who, &marker).await?;
+                p.until(|_| true, Duration::from_secs(5)).await?;
+                let n = bump_marker(url, who.ws).await?;
+                let shows = |s: &ViewState| {
+                    s.rows
+                        .values()
+                        .any(|f| f.get("n") == Some(&arcana::engine::Value::Int(n)))
+                };
+                p.until(shows, Duration::from_secs(10)).await.map(|_| ())
+            };
+            match attempt.await {
+                Ok(()) => break,
                 Err(e) if Instant::now() > deadline => {
                     return Err(format!("the drain marker never showed: {e}"))
                 }
@@ -709,7 +737,7 @@ async fn converge(
         }
     };
     loop {
-        let fresh = probe(addr, who, spec, |_| true, Duration::from_secs(10)).await;
+        let fresh = fresh(addr, who, spec).await;
         let sql = expected::expected(&db, model::graph(spec.graph), who, spec).await;
         let holders: Vec<(String, ViewState)> = clients
             .iter()

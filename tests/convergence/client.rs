@@ -326,7 +326,7 @@ impl Session {
                 let h = &mut g.views[i];
                 h.known = true;
                 h.view_id = Some(s.view_id.clone());
-                learned.push((i, false));
+                learned.push((i, None));
             }
             (Pending::Sync(sent), Some(pb::reply::Result::Sync(resp))) => {
                 for ((i, epoch, version), res) in sent.into_iter().zip(resp.results) {
@@ -341,8 +341,8 @@ impl Session {
                         continue;
                     }
                     h.view_id = Some(res.view_id.clone());
-                    learned.push((i, true));
                     let mode = SyncMode::try_from(res.mode).unwrap_or(SyncMode::Unspecified);
+                    learned.push((i, Some(mode)));
                     let consistent = match mode {
                         SyncMode::Current => {
                             Stats::inc(&stats.sync_current);
@@ -350,6 +350,9 @@ impl Session {
                         }
                         SyncMode::CatchUp => {
                             Stats::inc(&stats.sync_catch_up);
+                            stats
+                                .max_catch_up
+                                .fetch_max(res.frames.into(), std::sync::atomic::Ordering::Relaxed);
                             res.epoch == epoch
                                 && res.version > version
                                 && res.version - version == u64::from(res.frames)
@@ -396,13 +399,21 @@ impl Session {
                     break;
                 }
             }
-            if synced {
+            if synced.is_some() {
                 // What a sync owes is queued before its reply.
                 h.awaiting = false;
             }
             if let Some((e, v)) = h.owed {
                 if h.state.epoch == e && h.state.version >= v {
                     h.owed = None;
+                } else if let Some(mode) = synced {
+                    // Allowed only when the session overflowed meanwhile
+                    // (a snapshot then follows), so counted, not failed.
+                    Stats::inc(&stats.late_sync);
+                    println!(
+                        "  note: {label} {}: sync answered {mode:?} to version {v} but the view was at {} (epoch {}) when the reply came",
+                        h.spec, h.state.version, h.state.epoch
+                    );
                 }
             }
         }

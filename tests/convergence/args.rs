@@ -16,6 +16,7 @@ pub enum Fault {
     ClientPause,
 }
 
+/// Every fault kind and its name on the command line.
 pub const FAULTS: [(Fault, &str); 5] = [
     (Fault::PgFast, "pg-fast"),
     (Fault::PgImmediate, "pg-immediate"),

@@ -43,6 +43,7 @@ pub struct Shared {
     pub views: Vec<Held>,
 }
 
+/// What the coordinator tells a client to do.
 pub enum Cmd {
     /// Drop the connection, stay away this long, then reconnect and `Sync`.
     Drop(Duration),
@@ -50,6 +51,7 @@ pub enum Cmd {
     Pause(Duration),
 }
 
+/// A running client: its state, its command channel and its task.
 pub struct ClientHandle {
     pub shared: Arc<Mutex<Shared>>,
     pub cmds: mpsc::Sender<Cmd>,
@@ -73,6 +75,7 @@ enum Pending {
     Sync(Vec<(usize, u64, u64)>),
 }
 
+/// Starts a client holding `specs` as `who`.
 pub fn spawn(
     addr: String,
     who: Who,
@@ -152,11 +155,13 @@ async fn run(
     }
 }
 
+/// An open `Connect` stream: the request sender and the message stream.
 pub type Opened = (
     mpsc::Sender<pb::ClientMessage>,
     Streaming<pb::ServerMessage>,
 );
 
+/// Opens a `Connect` session and reads its `opened` message.
 pub async fn open(addr: &str, token: &'static str) -> Result<Opened, String> {
     let mut client = connect(addr, token).await?;
     let (tx, rx) = mpsc::channel(64);

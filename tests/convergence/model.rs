@@ -268,7 +268,7 @@ pub const MARKERS: Graph = Graph {
     params: &[],
 };
 
-/// Every graph the server is given (the self-join one only when on).
+/// Every graph of the schedule (`config_toml` leaves the self-join out when it is off).
 pub fn graphs() -> [&'static Graph; 5] {
     [&LIST_ITEMS, &TEAM_PEOPLE, &ITEM_TAGS, &MY_ITEMS, &MARKERS]
 }

@@ -19,6 +19,7 @@ pub struct Who {
     pub ws: &'static str,
 }
 
+/// The identities clients use: two per workspace.
 pub const PEOPLE: [Who; 4] = [
     Who {
         token: "t-ann",
@@ -42,6 +43,7 @@ pub const PEOPLE: [Who; 4] = [
     },
 ];
 
+/// The schedule's tables (the seed rows come from `writes::seed_data`).
 pub const SCHEMA: &str = r#"
 CREATE TABLE people (
     id         bigint PRIMARY KEY,
@@ -173,6 +175,7 @@ pub struct Graph {
     pub params: &'static [&'static str],
 }
 
+/// A window: `ORDER BY ... LIMIT :limit`, a total and a nested owner.
 pub const LIST_ITEMS: Graph = Graph {
     name: "list_items",
     table: "items",
@@ -232,6 +235,7 @@ ORDER BY t.weight DESC, t.item_id, t.tag LIMIT :limit"#,
     params: &["min_weight", "limit"],
 };
 
+/// Per user: the caller's open items.
 pub const MY_ITEMS: Graph = Graph {
     name: "my_items",
     table: "items",
@@ -264,10 +268,12 @@ pub const MARKERS: Graph = Graph {
     params: &[],
 };
 
+/// Every graph of the schedule (`config_toml` leaves the self-join out when it is off).
 pub fn graphs() -> [&'static Graph; 5] {
     [&LIST_ITEMS, &TEAM_PEOPLE, &ITEM_TAGS, &MY_ITEMS, &MARKERS]
 }
 
+/// The graph named `name`.
 pub fn graph(name: &str) -> &'static Graph {
     graphs().into_iter().find(|g| g.name == name).unwrap()
 }

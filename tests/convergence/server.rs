@@ -25,6 +25,7 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// A gRPC client that sends a bearer token.
 pub type Client =
     ArcanaServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
@@ -41,6 +42,7 @@ pub async fn connect(addr: &str, token: &'static str) -> Result<Client, String> 
     Ok(ArcanaServiceClient::with_interceptor(ch, Bearer(token)))
 }
 
+/// `arcana serve` as a child process on a fixed address.
 pub struct Server {
     pub addr: String,
     config: PathBuf,

@@ -38,6 +38,7 @@ fn assignee(r: &mut Rng) -> String {
     }
 }
 
+/// An item insert (skipped when the id exists).
 pub fn insert_item(r: &mut Rng) -> String {
     format!(
         "INSERT INTO items VALUES ({}, '{}', {}, '{}', {}, {}, {}, {}) ON CONFLICT (id) DO NOTHING",
@@ -52,6 +53,7 @@ pub fn insert_item(r: &mut Rng) -> String {
     )
 }
 
+/// A person insert (skipped when the id exists).
 pub fn insert_person(r: &mut Rng) -> String {
     format!(
         "INSERT INTO people VALUES ({}, '{}', {}, '{}', {}, {}) ON CONFLICT (id) DO NOTHING",
@@ -64,6 +66,7 @@ pub fn insert_person(r: &mut Rng) -> String {
     )
 }
 
+/// A tag insert, or an update of the tag's weight when it exists.
 pub fn insert_tag(r: &mut Rng) -> String {
     format!(
         "INSERT INTO tags VALUES ('{}', {}, '{}', {}) ON CONFLICT (ws, item_id, tag) DO UPDATE SET weight = EXCLUDED.weight",

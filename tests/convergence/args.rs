@@ -1,0 +1,163 @@
+//! The command line: schedule count, seed, and the switches that force or
+//! turn off axes so a failure can be narrowed down.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use super::model::{Axes, AxisChoice, Mode};
+
+/// A kind of fault a schedule injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    PgFast,
+    PgImmediate,
+    ServerKill,
+    ClientDrop,
+    ClientPause,
+}
+
+/// Every fault kind and its name on the command line.
+pub const FAULTS: [(Fault, &str); 5] = [
+    (Fault::PgFast, "pg-fast"),
+    (Fault::PgImmediate, "pg-immediate"),
+    (Fault::ServerKill, "server-kill"),
+    (Fault::ClientDrop, "client-drop"),
+    (Fault::ClientPause, "client-pause"),
+];
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Args {
+    pub schedules: u64,
+    pub seed: u64,
+    pub duration: Duration,
+    pub clients: usize,
+    pub checks: u64,
+    pub axes: AxisChoice,
+    pub faults: BTreeSet<Fault>,
+    pub mutations: bool,
+    pub truncate: bool,
+}
+
+const HELP: &str = "convergence test switches (unknown arguments are ignored):
+  --schedules N         schedules to run (default 4)
+  --seed N              seed of the first schedule; schedule i uses seed+i (default 1)
+  --duration-ms N       how long each schedule writes (default 5000)
+  --clients N           client sessions per schedule (default 6)
+  --checks N            single writes at the end, each followed by a full comparison (default 25)
+  --modes wal,notify    change modes to use (default both, alternating with the seed)
+  --route on|off        force the route axis (default: from the seed)
+  --patch on|off        force the patch axis
+  --replica-full on|off force REPLICA IDENTITY FULL on or off
+  --self-join on|off    serve the self-join graph (default on); --no-self-join
+  --queue N             engine.session_queue (default: 16 or 256 from the seed)
+  --faults LIST         pg-fast,pg-immediate,server-kill,client-drop,client-pause, or none
+  --no-faults           same as --faults none
+  --no-mutations        no gRPC mutations
+  --no-truncate         no TRUNCATE transactions";
+
+fn on_off(v: Option<&String>) -> Option<bool> {
+    match v.map(String::as_str) {
+        Some("on" | "true" | "yes") => Some(true),
+        Some("off" | "false" | "no") => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses the process's arguments, ignoring unknown ones.
+pub fn parse() -> Args {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut a = Args {
+        schedules: 4,
+        seed: 1,
+        duration: Duration::from_millis(5000),
+        clients: 6,
+        checks: 25,
+        axes: AxisChoice::default(),
+        faults: FAULTS.iter().map(|(f, _)| *f).collect(),
+        mutations: true,
+        truncate: true,
+    };
+    let mut i = 0;
+    while i < argv.len() {
+        let next = argv.get(i + 1);
+        let num = |v: Option<&String>| v.and_then(|s| s.parse::<u64>().ok());
+        let mut took = true;
+        match argv[i].as_str() {
+            "--help" => {
+                println!("{HELP}");
+                std::process::exit(0);
+            }
+            "--schedules" => a.schedules = num(next).unwrap_or(a.schedules),
+            "--seed" => a.seed = num(next).unwrap_or(a.seed),
+            "--duration-ms" => {
+                a.duration = Duration::from_millis(num(next).unwrap_or(5000));
+            }
+            "--clients" => a.clients = num(next).unwrap_or(6).max(1) as usize,
+            "--checks" => a.checks = num(next).unwrap_or(a.checks),
+            "--modes" => {
+                a.axes.modes = next
+                    .map(|s| {
+                        s.split(',')
+                            .filter_map(|m| match m {
+                                "wal" => Some(Mode::Wal),
+                                "notify" => Some(Mode::Notify),
+                                _ => None,
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+            }
+            "--route" => a.axes.route = on_off(next),
+            "--patch" => a.axes.patch = on_off(next),
+            "--replica-full" => a.axes.replica_full = on_off(next),
+            "--self-join" => a.axes.self_join = on_off(next),
+            "--queue" => a.axes.session_queue = num(next).map(|n| n.max(1) as usize),
+            "--faults" => {
+                let list = next.cloned().unwrap_or_default();
+                a.faults = FAULTS
+                    .iter()
+                    .filter(|(_, name)| list.split(',').any(|x| x == *name))
+                    .map(|(f, _)| *f)
+                    .collect();
+            }
+            other => {
+                took = false;
+                match other {
+                    "--no-self-join" => a.axes.self_join = Some(false),
+                    "--no-faults" => a.faults.clear(),
+                    "--no-mutations" => a.mutations = false,
+                    "--no-truncate" => a.truncate = false,
+                    _ => {} // libtest's own flags and anything else
+                }
+            }
+        }
+        i += if took { 2 } else { 1 };
+    }
+    a
+}
+
+impl Args {
+    /// The command that reruns exactly the schedule with `seed` and `axes`.
+    pub fn rerun(&self, seed: u64, axes: &Axes) -> String {
+        let faults: Vec<&str> = FAULTS
+            .iter()
+            .filter(|(f, _)| self.faults.contains(f))
+            .map(|(_, n)| *n)
+            .collect();
+        let mut s = format!(
+            "cargo test --release --test convergence -- --schedules 1 --seed {seed} {axes} --duration-ms {} --clients {} --checks {} --faults {}",
+            self.duration.as_millis(),
+            self.clients,
+            self.checks,
+            if faults.is_empty() { "none".into() } else { faults.join(",") }
+        );
+        if !self.mutations {
+            s.push_str(" --no-mutations");
+        }
+        if !self.truncate {
+            s.push_str(" --no-truncate");
+        }
+        s
+    }
+}

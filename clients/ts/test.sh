@@ -50,7 +50,7 @@ step "package install test"
 node --test dist-test/test/package/*.test.js || status=1
 
 step "browser test (headless Chromium)"
-node --test dist-test/test/browser/*.test.js || status=1
+node --test --test-concurrency=1 dist-test/test/browser/*.test.js || status=1
 
 if [ "$status" = 0 ]; then
   echo "screenshot: $HERE/artifacts/browser.png"

@@ -223,7 +223,7 @@ token = "{token}"
 user = "bench"
 workspace = "bench"
 role = "service"
-permissions = ["items:read", "arcana:admin"]
+permissions = ["items:read", "arcana:global-admin"]
 
 [[graphs]]
 name = "bucket"

@@ -100,6 +100,16 @@ type MutateResult struct {
 	Changes []*pb.Change
 }
 
+// Get returns a column of Data converted with FromValue, and whether the
+// mutation returned it.
+func (r *MutateResult) Get(name string) (any, bool) {
+	v, ok := r.Data[name]
+	if !ok {
+		return nil, false
+	}
+	return FromValue(v), true
+}
+
 // Int returns an integer column of Data.
 func (r *MutateResult) Int(name string) (int64, bool) {
 	v, ok := r.Data[name].GetKind().(*pb.Value_Int)

@@ -736,15 +736,15 @@ func versionOf(st *State) uint64 {
 	return st.Version
 }
 
-// publish stores the view's new state, then delivers its updates.
+// publish records the view's status, stores its new state, then delivers
+// its updates. The status comes first so that whoever waits for the state
+// (Subscribe) sees the status that goes with it.
 func (c *Client) publish(a *applied) {
-	if a.changed {
-		a.vs.setState(a.state)
-	}
 	if len(a.updates) == 0 {
 		return
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	changed := false
 	switch {
 	case a.outcome == StatusError:
@@ -752,6 +752,9 @@ func (c *Client) publish(a *applied) {
 	case a.outcome == StatusLive && a.vs.status != StatusStale:
 		// A stale view turns live at its sync reply, once caught up.
 		changed = a.vs.setStatusLocked(StatusLive, nil)
+	}
+	if a.changed {
+		a.vs.setState(a.state)
 	}
 	for h := range a.vs.handles {
 		for _, u := range a.updates {
@@ -761,7 +764,6 @@ func (c *Client) publish(a *applied) {
 	if changed {
 		a.vs.pushStatusLocked()
 	}
-	c.mu.Unlock()
 }
 
 // resync asks for what the view missed, once at a time per view.

@@ -268,6 +268,35 @@ fn go_param(p: &ParamInfo) -> &'static str {
     }
 }
 
+/// A struct for a row or a mutation's result, and its decoder: NOT NULL
+/// fields are plain values, the others pointers (nil when NULL or absent).
+fn go_struct(body: &mut String, ty: &str, what: &str, arg: &str, fields: &[&FieldInfo]) {
+    let _ = writeln!(
+        body,
+        "\n// {what} Pointer fields are nil when NULL or absent; the others are NOT NULL.\ntype {ty} struct {{"
+    );
+    for f in fields {
+        let star = if f.not_null { "" } else { "*" };
+        let _ = writeln!(body, "\t{} {star}{}", pascal(&f.name), go_field(&f.kind));
+    }
+    body.push_str("}\n");
+    let _ = writeln!(
+        body,
+        "\n// Decode{ty} reads the fields.\nfunc Decode{ty}({arg}) {ty} {{\n\tvar out {ty}"
+    );
+    for f in fields {
+        let amp = if f.not_null { "" } else { "&" };
+        let _ = writeln!(
+            body,
+            "\tif v, ok := r.Get({:?}); ok {{\n\t\tif x, ok := v.({}); ok {{\n\t\t\tout.{} = {amp}x\n\t\t}}\n\t}}",
+            f.name,
+            go_field(&f.kind),
+            pascal(&f.name)
+        );
+    }
+    body.push_str("\treturn out\n}\n");
+}
+
 /// Go declarations in package `package`.
 pub fn go(d: &DescribeResponse, package: &str) -> String {
     let mut body = String::new();
@@ -327,33 +356,33 @@ pub fn go(d: &DescribeResponse, package: &str) -> String {
             } else {
                 format!("nested ref {nested} of graph {}", g.name)
             };
-            let _ = writeln!(
-                body,
-                "\n// {ty} is a row of {what}. Nil fields are NULL or absent.\ntype {ty} struct {{"
+            go_struct(
+                &mut body,
+                &ty,
+                &format!("{ty} is a row of {what}."),
+                "r *arcana.Row",
+                &fields,
             );
-            for f in &fields {
-                let _ = writeln!(body, "\t{} *{}", pascal(&f.name), go_field(&f.kind));
-            }
-            body.push_str("}\n");
-            let _ = writeln!(body, "\n// Decode{ty} reads a row's fields.\nfunc Decode{ty}(r *arcana.Row) {ty} {{\n\tvar out {ty}");
-            for f in &fields {
-                let _ = writeln!(
-                    body,
-                    "\tif v, ok := r.Get({:?}); ok {{\n\t\tif x, ok := v.({}); ok {{\n\t\t\tout.{} = &x\n\t\t}}\n\t}}",
-                    f.name,
-                    go_field(&f.kind),
-                    pascal(&f.name)
-                );
-            }
-            body.push_str("\treturn out\n}\n");
         }
     }
     for m in &d.mutations {
+        let base = pascal(&m.name);
         params(
             &mut body,
-            &format!("{}Params", pascal(&m.name)),
+            &format!("{base}Params"),
             &format!("mutation {}", m.name),
             &m.params,
+        );
+        let fields: Vec<&FieldInfo> = m.fields.iter().collect();
+        go_struct(
+            &mut body,
+            &format!("{base}Result"),
+            &format!(
+                "{base}Result is the row mutation {} returns as its Data (empty when it returns none).",
+                m.name
+            ),
+            "r *arcana.MutateResult",
+            &fields,
         );
     }
     let mut out = String::new();
@@ -377,6 +406,55 @@ mod tests {
         assert_eq!(pascal("project_tasks"), "ProjectTasks");
         assert_eq!(pascal("assignee_id"), "AssigneeID");
         assert_eq!(ts_key("a b"), "\"a b\"");
+    }
+
+    #[test]
+    fn go_fields_are_pointers_only_when_nullable() {
+        let field = |name: &str, kind: &str, not_null| FieldInfo {
+            nested: String::new(),
+            name: name.into(),
+            kind: kind.into(),
+            not_null,
+        };
+        let d = DescribeResponse {
+            graphs: vec![crate::proto::GraphInfo {
+                name: "things".into(),
+                fields: vec![field("id", "int", true), field("size", "int", false)],
+                ..Default::default()
+            }],
+            mutations: vec![
+                crate::proto::MutationInfo {
+                    name: "make_thing".into(),
+                    fields: vec![
+                        field("id", "int", true),
+                        field("made_at", "timestamp", false),
+                    ],
+                    ..Default::default()
+                },
+                crate::proto::MutationInfo {
+                    name: "drop_thing".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let code = go(&d, "things");
+        assert!(
+            code.contains("type ThingsRow struct {\n\tID int64\n\tSize *int64\n}"),
+            "{code}"
+        );
+        assert!(code.contains("\t\t\tout.ID = x\n"), "{code}");
+        assert!(code.contains("\t\t\tout.Size = &x\n"), "{code}");
+        assert!(
+            code.contains("type MakeThingResult struct {\n\tID int64\n\tMadeAt *time.Time\n}"),
+            "{code}"
+        );
+        assert!(
+            code.contains("func DecodeMakeThingResult(r *arcana.MutateResult) MakeThingResult {"),
+            "{code}"
+        );
+        assert!(code.contains("type DropThingResult struct {\n}"), "{code}");
+        assert!(code.contains("\t\"time\"\n"), "{code}");
     }
 
     #[test]

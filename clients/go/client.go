@@ -100,6 +100,16 @@ type MutateResult struct {
 	Changes []*pb.Change
 }
 
+// Get returns a column of Data converted with FromValue, and whether the
+// mutation returned it.
+func (r *MutateResult) Get(name string) (any, bool) {
+	v, ok := r.Data[name]
+	if !ok {
+		return nil, false
+	}
+	return FromValue(v), true
+}
+
 // Int returns an integer column of Data.
 func (r *MutateResult) Int(name string) (int64, bool) {
 	v, ok := r.Data[name].GetKind().(*pb.Value_Int)
@@ -313,6 +323,8 @@ func (c *Client) run() {
 		}
 		if opened {
 			delay = c.o.minBackoff
+		} else if err != nil {
+			c.noteConnectError(fromStatus("connect", err))
 		}
 		wait := delay/2 + rand.N(delay/2+1)
 		c.log.Info("arcana: session lost; reconnecting", "error", err, "in", wait)
@@ -325,12 +337,27 @@ func (c *Client) run() {
 	}
 }
 
+// noteConnectError records why a reconnect attempt failed on the views
+// waiting for one (their status does not change).
+func (c *Client) noteConnectError(err *Error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, vs := range c.views {
+		if vs.status == StatusStale || vs.status == StatusConnecting {
+			vs.statusErr = err
+		}
+	}
+}
+
 func (c *Client) setFatal(err *Error) {
 	c.log.Error("arcana: giving up on the session", "error", err)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.fatal = err
 	for _, vs := range c.views {
+		if vs.setStatusLocked(StatusError, err) {
+			vs.pushStatusLocked()
+		}
 		for h := range vs.handles {
 			h.push(Update{Kind: UpdateError, State: vs.state.Load(), Err: err})
 			h.stop(err)
@@ -411,6 +438,18 @@ func (c *Client) runSession() (opened bool, err error) {
 		c.sess = nil
 		c.broadcastLocked()
 	}
+	// The views keep their data but may miss changes until the next session.
+	lostErr := fromStatus("connect", err)
+	for _, vs := range c.views {
+		switch vs.status {
+		case StatusLive, StatusStale:
+			if vs.setStatusLocked(StatusStale, lostErr) {
+				vs.pushStatusLocked()
+			}
+		case StatusConnecting:
+			vs.statusErr = lostErr
+		}
+	}
 	s.lost = true
 	pending := s.pending
 	s.pending = nil
@@ -480,6 +519,8 @@ func (c *Client) onSyncReply(s *session, views []*viewState, r *pb.Reply) {
 		if e := res.GetError(); e != nil {
 			err := fromPB("sync "+vs.graph, e)
 			delete(c.views, vs.id)
+			vs.setStatusLocked(StatusError, err)
+			vs.pushStatusLocked()
 			for h := range vs.handles {
 				h.push(Update{Kind: UpdateError, State: vs.state.Load(), Err: err})
 				h.stop(err)
@@ -491,8 +532,16 @@ func (c *Client) onSyncReply(s *session, views []*viewState, r *pb.Reply) {
 			c.log.Warn("arcana: view not at the synced version", "view", vs.id,
 				"have", st.Version, "want", res.GetVersion())
 		}
+		// The frames of the sync came before its reply: the view is current.
+		nowLive := false
+		if vs.status == StatusStale || vs.status == StatusConnecting {
+			nowLive = vs.setStatusLocked(StatusLive, nil)
+		}
 		for h := range vs.handles {
 			h.push(Update{Kind: UpdateSynced, State: st, Mode: SyncMode(res.GetMode()), Frames: res.GetFrames()})
+		}
+		if nowLive {
+			vs.pushStatusLocked()
 		}
 	}
 	c.mu.Unlock()
@@ -603,6 +652,10 @@ type applied struct {
 	updates []Update
 	// gap is why the view needs a resync, if it does.
 	gap string
+	// outcome is what the last snapshot, diff or error frame said:
+	// StatusLive or StatusError (with frameErr); 0 when there was none.
+	outcome  Status
+	frameErr *Error
 }
 
 // onFrames applies the frames of one message (a frame, or a batch) in order,
@@ -659,12 +712,14 @@ func (c *Client) applyFrame(a *applied, f *pb.ViewFrame) {
 	case *pb.ViewFrame_Error:
 		err := fromPB("view "+a.vs.id, &pb.Error{Code: body.Error.GetCode(), Message: body.Error.GetMessage()})
 		a.updates = append(a.updates, Update{Kind: UpdateError, State: cur, Err: err})
+		a.outcome, a.frameErr = StatusError, err
 	}
 }
 
 func (a *applied) set(u Update) {
 	a.state = u.State
 	a.changed = true
+	a.outcome, a.frameErr = StatusLive, nil
 	a.updates = append(a.updates, u)
 }
 
@@ -681,21 +736,34 @@ func versionOf(st *State) uint64 {
 	return st.Version
 }
 
-// publish stores the view's new state, then delivers its updates.
+// publish records the view's status, stores its new state, then delivers
+// its updates. The status comes first so that whoever waits for the state
+// (Subscribe) sees the status that goes with it.
 func (c *Client) publish(a *applied) {
-	if a.changed {
-		a.vs.setState(a.state)
-	}
 	if len(a.updates) == 0 {
 		return
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	changed := false
+	switch {
+	case a.outcome == StatusError:
+		changed = a.vs.setStatusLocked(StatusError, a.frameErr)
+	case a.outcome == StatusLive && a.vs.status != StatusStale:
+		// A stale view turns live at its sync reply, once caught up.
+		changed = a.vs.setStatusLocked(StatusLive, nil)
+	}
+	if a.changed {
+		a.vs.setState(a.state)
+	}
 	for h := range a.vs.handles {
 		for _, u := range a.updates {
 			h.push(u)
 		}
 	}
-	c.mu.Unlock()
+	if changed {
+		a.vs.pushStatusLocked()
+	}
 }
 
 // resync asks for what the view missed, once at a time per view.

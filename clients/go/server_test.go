@@ -33,10 +33,7 @@ func TestMain(m *testing.M) {
 }
 
 func runWithServer(m *testing.M) int {
-	bin := os.Getenv("ARCANA_BIN")
-	if bin == "" {
-		bin = filepath.Join("..", "..", "target", "debug", "arcana")
-	}
+	bin := serverBin()
 	if _, err := os.Stat(bin); err != nil {
 		fmt.Fprintf(os.Stderr, "arcana server binary not found at %s: run `cargo build --bin arcana` at the repository root (or clients/go/test.sh), or set ARCANA_BIN\n", bin)
 		return 1
@@ -47,14 +44,42 @@ func runWithServer(m *testing.M) int {
 		return 1
 	}
 	serverAddr = fmt.Sprintf("127.0.0.1:%d", port)
-	cmd := exec.Command(bin, "demo", "--listen", serverAddr)
+	srv, err := startServer(bin, serverAddr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	postgresURL = srv.postgresURL
+	code := m.Run()
+	srv.stop()
+	return code
+}
+
+func serverBin() string {
+	if bin := os.Getenv("ARCANA_BIN"); bin != "" {
+		return bin
+	}
+	return filepath.Join("..", "..", "target", "debug", "arcana")
+}
+
+// demoServer is a running `arcana demo` with its own throwaway PostgreSQL.
+type demoServer struct {
+	cmd         *exec.Cmd
+	exited      chan error
+	postgresURL string
+	stopOnce    sync.Once
+}
+
+// startServer runs `arcana demo` on addr and returns once it serves.
+func startServer(bin, addr string) (*demoServer, error) {
+	cmd := exec.Command(bin, "demo", "--listen", addr)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	stdout, _ := cmd.StdoutPipe()
 	stderr, _ := cmd.StderrPipe()
 	if err := cmd.Start(); err != nil {
-		fmt.Fprintln(os.Stderr, "starting the server:", err)
-		return 1
+		return nil, fmt.Errorf("starting the server: %w", err)
 	}
+	srv := &demoServer{cmd: cmd, exited: make(chan error, 1)}
 	ready := make(chan struct{})
 	var once sync.Once
 	var logMu sync.Mutex
@@ -67,7 +92,7 @@ func runWithServer(m *testing.M) int {
 			logMu.Lock()
 			serverLog.WriteString(line + "\n")
 			if m := pgRe.FindStringSubmatch(line); m != nil {
-				postgresURL = m[1]
+				srv.postgresURL = m[1]
 			}
 			logMu.Unlock()
 			if strings.Contains(line, "Arcana demo serving on") {
@@ -77,34 +102,35 @@ func runWithServer(m *testing.M) int {
 	}
 	go scan(stdout)
 	go scan(stderr)
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-	}
+	go func() { srv.exited <- cmd.Wait() }()
 	select {
 	case <-ready:
-	case err := <-exited:
 		logMu.Lock()
-		fmt.Fprintf(os.Stderr, "the server exited before it was ready (%v):\n%s", err, serverLog.String())
-		logMu.Unlock()
-		return 1
+		defer logMu.Unlock()
+		return srv, nil
+	case err := <-srv.exited:
+		logMu.Lock()
+		defer logMu.Unlock()
+		return nil, fmt.Errorf("the server exited before it was ready (%v):\n%s", err, serverLog.String())
 	case <-time.After(3 * time.Minute):
+		srv.stop()
 		logMu.Lock()
-		fmt.Fprintf(os.Stderr, "the server was not ready within 3 minutes:\n%s", serverLog.String())
-		logMu.Unlock()
-		stop()
-		return 1
+		defer logMu.Unlock()
+		return nil, fmt.Errorf("the server was not ready within 3 minutes:\n%s", serverLog.String())
 	}
-	code := m.Run()
-	stop()
-	return code
+}
+
+// stop ends the server (and its PostgreSQL) and waits for it to exit.
+func (srv *demoServer) stop() {
+	srv.stopOnce.Do(func() {
+		_ = srv.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-srv.exited:
+		case <-time.After(30 * time.Second):
+			_ = syscall.Kill(-srv.cmd.Process.Pid, syscall.SIGKILL)
+			<-srv.exited
+		}
+	})
 }
 
 func freePort() (int, error) {

@@ -24,7 +24,43 @@ const (
 	// or after a gap; Mode says how, and State is the state once the frames
 	// that came with it were applied.
 	UpdateSynced
+	// UpdateStatus: the view's status changed; Status is the new one and
+	// Err the error that goes with it (see View.Status).
+	UpdateStatus
 )
+
+// Status is where a view stands.
+type Status int
+
+const (
+	// StatusConnecting: waiting for the session and the first snapshot.
+	StatusConnecting Status = iota + 1
+	// StatusLive: up to date with the server.
+	StatusLive
+	// StatusStale: the connection is down (or the view is being synced on a
+	// new session); State is the last data the view had, and the error is
+	// why the connection was lost.
+	StatusStale
+	// StatusError: the view itself failed: the server sent an error frame
+	// (State is the last good state; a later frame makes it live again), or
+	// it refused the view on a resync, or the client gave up on the session
+	// (the view has stopped).
+	StatusError
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusConnecting:
+		return "connecting"
+	case StatusLive:
+		return "live"
+	case StatusStale:
+		return "stale"
+	case StatusError:
+		return "error"
+	}
+	return "unknown"
+}
 
 func (k UpdateKind) String() string {
 	switch k {
@@ -36,6 +72,8 @@ func (k UpdateKind) String() string {
 		return "error"
 	case UpdateSynced:
 		return "synced"
+	case UpdateStatus:
+		return "status"
 	}
 	return "unknown"
 }
@@ -74,7 +112,10 @@ type Update struct {
 	Mode SyncMode
 	// Frames is the number of catch-up diffs, for UpdateSynced in catch-up mode.
 	Frames uint32
-	// Err is set for UpdateError.
+	// Status is the view's status once the update was applied.
+	Status Status
+	// Err is set for UpdateError, and for UpdateStatus when the new status
+	// has an error.
 	Err *Error
 }
 
@@ -97,8 +138,10 @@ type viewState struct {
 	// resyncing is set while a Sync for this view alone is in flight.
 	resyncing atomic.Bool
 
-	// handles is guarded by Client.mu.
-	handles map[*View]struct{}
+	// handles, status and statusErr are guarded by Client.mu.
+	handles   map[*View]struct{}
+	status    Status
+	statusErr *Error
 }
 
 func newViewState(id, graph string, params map[string]*pb.Value, epoch uint64) *viewState {
@@ -110,6 +153,24 @@ func newViewState(id, graph string, params map[string]*pb.Value, epoch uint64) *
 		ready:      make(chan struct{}),
 		changed:    make(chan struct{}),
 		handles:    map[*View]struct{}{},
+		status:     StatusConnecting,
+	}
+}
+
+// setStatusLocked records the view's status and error, and reports whether
+// the status changed. Called with Client.mu held; the caller then sends
+// pushStatusLocked, after any update that led to the change.
+func (vs *viewState) setStatusLocked(st Status, err *Error) bool {
+	changed := vs.status != st
+	vs.status, vs.statusErr = st, err
+	return changed
+}
+
+// pushStatusLocked tells every handle the view's status. Called with
+// Client.mu held.
+func (vs *viewState) pushStatusLocked() {
+	for h := range vs.handles {
+		h.push(Update{Kind: UpdateStatus, State: vs.state.Load(), Err: vs.statusErr})
 	}
 }
 
@@ -173,6 +234,19 @@ func (v *View) Updates() <-chan Update { return v.updates }
 // the server refuses it on a resync.
 func (v *View) Done() <-chan struct{} { return v.done }
 
+// Status is where the view stands, with the error that goes with it: why
+// the connection was lost (StatusStale, or StatusConnecting while it
+// retries), or why the view failed (StatusError); nil when live. Each change
+// also comes as an UpdateStatus on Updates.
+func (v *View) Status() (Status, error) {
+	v.c.mu.Lock()
+	defer v.c.mu.Unlock()
+	if v.vs.statusErr == nil {
+		return v.vs.status, nil
+	}
+	return v.vs.status, v.vs.statusErr
+}
+
 // Err is why the view stopped: nil while live and after Close, ErrClosed
 // after Client.Close, or the server's *Error.
 func (v *View) Err() error {
@@ -214,6 +288,9 @@ func (v *View) Close() error {
 func (v *View) push(u Update) {
 	if v.closed {
 		return
+	}
+	if u.Status == 0 {
+		u.Status = v.vs.status
 	}
 	for {
 		select {

@@ -34,35 +34,35 @@ func (p MyTasksParams) Params() arcana.Params {
 	return m
 }
 
-// MyTasksRow is a row of graph my_tasks. Nil fields are NULL or absent.
+// MyTasksRow is a row of graph my_tasks. Pointer fields are nil when NULL or absent; the others are NOT NULL.
 type MyTasksRow struct {
-	ID        *int64
-	Title     *string
-	Status    *string
-	ProjectID *int64
+	ID        int64
+	Title     string
+	Status    string
+	ProjectID int64
 }
 
-// DecodeMyTasksRow reads a row's fields.
+// DecodeMyTasksRow reads the fields.
 func DecodeMyTasksRow(r *arcana.Row) MyTasksRow {
 	var out MyTasksRow
 	if v, ok := r.Get("id"); ok {
 		if x, ok := v.(int64); ok {
-			out.ID = &x
+			out.ID = x
 		}
 	}
 	if v, ok := r.Get("title"); ok {
 		if x, ok := v.(string); ok {
-			out.Title = &x
+			out.Title = x
 		}
 	}
 	if v, ok := r.Get("status"); ok {
 		if x, ok := v.(string); ok {
-			out.Status = &x
+			out.Status = x
 		}
 	}
 	if v, ok := r.Get("project_id"); ok {
 		if x, ok := v.(int64); ok {
-			out.ProjectID = &x
+			out.ProjectID = x
 		}
 	}
 	return out
@@ -88,39 +88,39 @@ func (p ProjectTasksParams) Params() arcana.Params {
 	return m
 }
 
-// ProjectTasksRow is a row of graph project_tasks. Nil fields are NULL or absent.
+// ProjectTasksRow is a row of graph project_tasks. Pointer fields are nil when NULL or absent; the others are NOT NULL.
 type ProjectTasksRow struct {
-	ID       *int64
-	Title    *string
-	Status   *string
-	Position *int64
+	ID       int64
+	Title    string
+	Status   string
+	Position int64
 	Estimate *arcana.Numeric
 	Points   *int64
 	DueAt    *time.Time
-	Meta     *arcana.JSON
+	Meta     arcana.JSON
 }
 
-// DecodeProjectTasksRow reads a row's fields.
+// DecodeProjectTasksRow reads the fields.
 func DecodeProjectTasksRow(r *arcana.Row) ProjectTasksRow {
 	var out ProjectTasksRow
 	if v, ok := r.Get("id"); ok {
 		if x, ok := v.(int64); ok {
-			out.ID = &x
+			out.ID = x
 		}
 	}
 	if v, ok := r.Get("title"); ok {
 		if x, ok := v.(string); ok {
-			out.Title = &x
+			out.Title = x
 		}
 	}
 	if v, ok := r.Get("status"); ok {
 		if x, ok := v.(string); ok {
-			out.Status = &x
+			out.Status = x
 		}
 	}
 	if v, ok := r.Get("position"); ok {
 		if x, ok := v.(int64); ok {
-			out.Position = &x
+			out.Position = x
 		}
 	}
 	if v, ok := r.Get("estimate"); ok {
@@ -140,29 +140,29 @@ func DecodeProjectTasksRow(r *arcana.Row) ProjectTasksRow {
 	}
 	if v, ok := r.Get("meta"); ok {
 		if x, ok := v.(arcana.JSON); ok {
-			out.Meta = &x
+			out.Meta = x
 		}
 	}
 	return out
 }
 
-// ProjectTasksAssigneeRow is a row of nested ref assignee of graph project_tasks. Nil fields are NULL or absent.
+// ProjectTasksAssigneeRow is a row of nested ref assignee of graph project_tasks. Pointer fields are nil when NULL or absent; the others are NOT NULL.
 type ProjectTasksAssigneeRow struct {
-	ID   *string
-	Name *string
+	ID   string
+	Name string
 }
 
-// DecodeProjectTasksAssigneeRow reads a row's fields.
+// DecodeProjectTasksAssigneeRow reads the fields.
 func DecodeProjectTasksAssigneeRow(r *arcana.Row) ProjectTasksAssigneeRow {
 	var out ProjectTasksAssigneeRow
 	if v, ok := r.Get("id"); ok {
 		if x, ok := v.(string); ok {
-			out.ID = &x
+			out.ID = x
 		}
 	}
 	if v, ok := r.Get("name"); ok {
 		if x, ok := v.(string); ok {
-			out.Name = &x
+			out.Name = x
 		}
 	}
 	return out
@@ -178,45 +178,45 @@ func (p ProjectsParams) Params() arcana.Params {
 	return m
 }
 
-// ProjectsRow is a row of graph projects. Nil fields are NULL or absent.
+// ProjectsRow is a row of graph projects. Pointer fields are nil when NULL or absent; the others are NOT NULL.
 type ProjectsRow struct {
-	ID   *int64
-	Name *string
+	ID   int64
+	Name string
 }
 
-// DecodeProjectsRow reads a row's fields.
+// DecodeProjectsRow reads the fields.
 func DecodeProjectsRow(r *arcana.Row) ProjectsRow {
 	var out ProjectsRow
 	if v, ok := r.Get("id"); ok {
 		if x, ok := v.(int64); ok {
-			out.ID = &x
+			out.ID = x
 		}
 	}
 	if v, ok := r.Get("name"); ok {
 		if x, ok := v.(string); ok {
-			out.Name = &x
+			out.Name = x
 		}
 	}
 	return out
 }
 
-// ProjectsOwnerRow is a row of nested ref owner of graph projects. Nil fields are NULL or absent.
+// ProjectsOwnerRow is a row of nested ref owner of graph projects. Pointer fields are nil when NULL or absent; the others are NOT NULL.
 type ProjectsOwnerRow struct {
-	ID   *string
-	Name *string
+	ID   string
+	Name string
 }
 
-// DecodeProjectsOwnerRow reads a row's fields.
+// DecodeProjectsOwnerRow reads the fields.
 func DecodeProjectsOwnerRow(r *arcana.Row) ProjectsOwnerRow {
 	var out ProjectsOwnerRow
 	if v, ok := r.Get("id"); ok {
 		if x, ok := v.(string); ok {
-			out.ID = &x
+			out.ID = x
 		}
 	}
 	if v, ok := r.Get("name"); ok {
 		if x, ok := v.(string); ok {
-			out.Name = &x
+			out.Name = x
 		}
 	}
 	return out
@@ -240,6 +240,34 @@ func (p CreateTaskParams) Params() arcana.Params {
 	return m
 }
 
+// CreateTaskResult is the row mutation create_task returns as its Data (empty when it returns none). Pointer fields are nil when NULL or absent; the others are NOT NULL.
+type CreateTaskResult struct {
+	ID         int64
+	ProjectID  int64
+	AssigneeID *string
+}
+
+// DecodeCreateTaskResult reads the fields.
+func DecodeCreateTaskResult(r *arcana.MutateResult) CreateTaskResult {
+	var out CreateTaskResult
+	if v, ok := r.Get("id"); ok {
+		if x, ok := v.(int64); ok {
+			out.ID = x
+		}
+	}
+	if v, ok := r.Get("project_id"); ok {
+		if x, ok := v.(int64); ok {
+			out.ProjectID = x
+		}
+	}
+	if v, ok := r.Get("assignee_id"); ok {
+		if x, ok := v.(string); ok {
+			out.AssigneeID = &x
+		}
+	}
+	return out
+}
+
 // DeleteTaskParams are the params of mutation delete_task. Optional params are pointers.
 type DeleteTaskParams struct {
 	ID int64
@@ -250,6 +278,34 @@ func (p DeleteTaskParams) Params() arcana.Params {
 	m := arcana.Params{}
 	m["id"] = p.ID
 	return m
+}
+
+// DeleteTaskResult is the row mutation delete_task returns as its Data (empty when it returns none). Pointer fields are nil when NULL or absent; the others are NOT NULL.
+type DeleteTaskResult struct {
+	ID         int64
+	ProjectID  int64
+	AssigneeID *string
+}
+
+// DecodeDeleteTaskResult reads the fields.
+func DecodeDeleteTaskResult(r *arcana.MutateResult) DeleteTaskResult {
+	var out DeleteTaskResult
+	if v, ok := r.Get("id"); ok {
+		if x, ok := v.(int64); ok {
+			out.ID = x
+		}
+	}
+	if v, ok := r.Get("project_id"); ok {
+		if x, ok := v.(int64); ok {
+			out.ProjectID = x
+		}
+	}
+	if v, ok := r.Get("assignee_id"); ok {
+		if x, ok := v.(string); ok {
+			out.AssigneeID = &x
+		}
+	}
+	return out
 }
 
 // MoveTaskParams are the params of mutation move_task. Optional params are pointers.
@@ -264,6 +320,40 @@ func (p MoveTaskParams) Params() arcana.Params {
 	m["id"] = p.ID
 	m["position"] = p.Position
 	return m
+}
+
+// MoveTaskResult is the row mutation move_task returns as its Data (empty when it returns none). Pointer fields are nil when NULL or absent; the others are NOT NULL.
+type MoveTaskResult struct {
+	ID         int64
+	Position   int64
+	ProjectID  int64
+	AssigneeID *string
+}
+
+// DecodeMoveTaskResult reads the fields.
+func DecodeMoveTaskResult(r *arcana.MutateResult) MoveTaskResult {
+	var out MoveTaskResult
+	if v, ok := r.Get("id"); ok {
+		if x, ok := v.(int64); ok {
+			out.ID = x
+		}
+	}
+	if v, ok := r.Get("position"); ok {
+		if x, ok := v.(int64); ok {
+			out.Position = x
+		}
+	}
+	if v, ok := r.Get("project_id"); ok {
+		if x, ok := v.(int64); ok {
+			out.ProjectID = x
+		}
+	}
+	if v, ok := r.Get("assignee_id"); ok {
+		if x, ok := v.(string); ok {
+			out.AssigneeID = &x
+		}
+	}
+	return out
 }
 
 // UpdateTaskParams are the params of mutation update_task. Optional params are pointers.
@@ -284,4 +374,44 @@ func (p UpdateTaskParams) Params() arcana.Params {
 		m["title"] = *p.Title
 	}
 	return m
+}
+
+// UpdateTaskResult is the row mutation update_task returns as its Data (empty when it returns none). Pointer fields are nil when NULL or absent; the others are NOT NULL.
+type UpdateTaskResult struct {
+	ID         int64
+	Title      string
+	Status     string
+	ProjectID  int64
+	AssigneeID *string
+}
+
+// DecodeUpdateTaskResult reads the fields.
+func DecodeUpdateTaskResult(r *arcana.MutateResult) UpdateTaskResult {
+	var out UpdateTaskResult
+	if v, ok := r.Get("id"); ok {
+		if x, ok := v.(int64); ok {
+			out.ID = x
+		}
+	}
+	if v, ok := r.Get("title"); ok {
+		if x, ok := v.(string); ok {
+			out.Title = x
+		}
+	}
+	if v, ok := r.Get("status"); ok {
+		if x, ok := v.(string); ok {
+			out.Status = x
+		}
+	}
+	if v, ok := r.Get("project_id"); ok {
+		if x, ok := v.(int64); ok {
+			out.ProjectID = x
+		}
+	}
+	if v, ok := r.Get("assignee_id"); ok {
+		if x, ok := v.(string); ok {
+			out.AssigneeID = &x
+		}
+	}
+	return out
 }

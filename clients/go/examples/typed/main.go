@@ -37,24 +37,22 @@ func main() {
 	print := func(s *arcana.State) {
 		for _, ref := range s.Refs {
 			t := demotypes.DecodeProjectTasksRow(s.Row(ref))
-			fmt.Printf("  #%d %s [%s]\n", deref(t.ID), deref(t.Title), deref(t.Status))
+			due := "no due date"
+			if t.DueAt != nil { // nullable column: a pointer
+				due = "due " + t.DueAt.Format(time.DateOnly)
+			}
+			fmt.Printf("  #%d %s [%s] %s\n", t.ID, t.Title, t.Status, due)
 		}
 	}
 	fmt.Println("tasks:")
 	print(view.State())
 
 	title := fmt.Sprintf("typed example %d", time.Now().Unix())
-	if _, err := client.Mutate(ctx, demotypes.MutationCreateTask, demotypes.CreateTaskParams{ProjectID: *project, Title: title}.Params()); err != nil {
+	res, err := client.Mutate(ctx, demotypes.MutationCreateTask, demotypes.CreateTaskParams{ProjectID: *project, Title: title}.Params())
+	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println("after create_task:")
+	created := demotypes.DecodeCreateTaskResult(res)
+	fmt.Printf("after create_task (new task #%d):\n", created.ID)
 	print(view.State())
-}
-
-func deref[T any](p *T) T {
-	var zero T
-	if p == nil {
-		return zero
-	}
-	return *p
 }

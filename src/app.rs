@@ -132,6 +132,7 @@ impl App {
         );
         // The health service answers from the first call on.
         let _ = readiness.refresh().await;
+        let auth = Arc::new(TokenAuthenticator::from_config(&config.auth)?);
         let mut background = Vec::new();
         let admin_addr = match &config.server.admin_listen {
             None => None,
@@ -145,6 +146,7 @@ impl App {
                     readiness: readiness.clone(),
                     exporter: Exporter::new(),
                     slot: wal_slot.clone(),
+                    auth: Some(auth.clone()),
                 });
                 background.push(tokio::spawn(admin::serve(l, state, config.admin.clone())));
                 Some(addr)
@@ -153,7 +155,6 @@ impl App {
         background.push(tokio::spawn(readiness.clone().watch(
             Duration::from_millis(config.admin.ready_interval_ms.max(10)),
         )));
-        let auth = Arc::new(TokenAuthenticator::from_config(&config.auth)?);
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let opts = ServeOptions {
             max_message_bytes: config.server.max_message_bytes,

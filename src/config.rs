@@ -67,6 +67,13 @@ pub struct AdminConfig {
     /// How often readiness is checked in the background (for the gRPC
     /// health service), in milliseconds.
     pub ready_interval_ms: u64,
+    /// Most DevTools live streams open at once; a further one gets 503.
+    pub devtools_streams: usize,
+    /// Recent change batches and frames the DevTools feed keeps.
+    pub devtools_feed: usize,
+    /// A DevTools live stream ends this many seconds after it opened (the
+    /// page reconnects); `request_timeout_ms` does not cut it short.
+    pub devtools_stream_secs: u64,
 }
 
 impl Default for AdminConfig {
@@ -76,6 +83,9 @@ impl Default for AdminConfig {
             request_timeout_ms: 5_000,
             ready_timeout_ms: 2_000,
             ready_interval_ms: 1_000,
+            devtools_streams: 4,
+            devtools_feed: 200,
+            devtools_stream_secs: 300,
         }
     }
 }

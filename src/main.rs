@@ -402,6 +402,7 @@ Arcana demo serving on {addr}   (Ctrl-C to stop)
 
 Metrics (Prometheus):  http://{admin}/metrics
 Health:                http://{admin}/healthz (alive), http://{admin}/readyz (ready)
+DevTools:              http://{admin}/devtools (sign in with dev-service)
 
 Tokens: dev-alice (acme, read+write), dev-bob (acme, read), dev-carol (globex), dev-service (acme, notify+stats)
 Row-level security is on: graphs and mutations run as role arcana_eval with the caller's workspace set.

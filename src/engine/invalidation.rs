@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use super::error::EvalError;
 use super::registry::Change;
 use super::router::{self, Patch};
+use super::stats::{EventKind, FEED_LIST};
 use super::view::{Refresh, View};
 use super::Inner;
 
@@ -106,6 +107,10 @@ pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>)
             inner.stats.batches.inc();
             let (full, patched) = router::affected(&inner, std::slice::from_ref(&batch));
             tracing::debug!(full = full.len(), patched = patched.len(), "change batch");
+            inner
+                .stats
+                .feed
+                .record(|| batch_event(&batch, full.len() + patched.len()));
             let ack = Arc::new(Ack {
                 remaining: AtomicUsize::new(full.len() + patched.len()),
                 done: Mutex::new(batch.done),
@@ -122,6 +127,35 @@ pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>)
                 schedule(&inner, v, Some(ack.clone()), Some(p));
             }
         }
+    }
+}
+
+/// The feed entry for a batch that scheduled `views` refreshes.
+fn batch_event(batch: &ChangeBatch, views: usize) -> EventKind {
+    let mut tables: Vec<String> = Vec::new();
+    let mut workspaces: Vec<String> = Vec::new();
+    let mut any_workspace = false;
+    for c in &batch.changes {
+        if tables.len() < FEED_LIST && !tables.contains(&c.table) {
+            tables.push(c.table.clone());
+        }
+        match &c.workspace {
+            None => any_workspace = true,
+            Some(w) if workspaces.len() < FEED_LIST && !workspaces.contains(w) => {
+                workspaces.push(w.clone())
+            }
+            Some(_) => {}
+        }
+    }
+    if any_workspace || batch.everything {
+        // Not known to stay within the listed workspaces.
+        workspaces.clear();
+    }
+    EventKind::Batch {
+        changes: batch.changes.len(),
+        tables,
+        workspaces,
+        views,
     }
 }
 

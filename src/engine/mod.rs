@@ -297,6 +297,23 @@ pub struct EngineStats {
     pub session_queue_total: usize,
     /// Each live view.
     pub view_info: Vec<ViewInfo>,
+    /// Each open session.
+    pub session_info: Vec<SessionInfo>,
+}
+
+/// A point-in-time summary of a session, for stats.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The session id.
+    pub id: Arc<str>,
+    /// Who opened it.
+    pub identity: Identity,
+    /// Items queued for its stream.
+    pub queued: usize,
+    /// Times it fell behind and was cut over to snapshots.
+    pub resyncs: u64,
+    /// Views it is subscribed to.
+    pub subscriptions: usize,
 }
 
 /// A subscribe or sync in progress. Dropped before it completes (an error,
@@ -392,6 +409,7 @@ impl Engine {
             self.inner.stats.clone(),
         ));
         self.sessions().insert(id, s.clone());
+        self.inner.stats.feed.touch();
         s
     }
 
@@ -408,6 +426,7 @@ impl Engine {
         for v in s.close() {
             self.release(&v, &s.id);
         }
+        self.inner.stats.feed.touch();
     }
 
     fn release(&self, view: &Arc<View>, session_id: &str) {
@@ -590,6 +609,7 @@ impl Engine {
             if let Some(t) = attach(&view, session, reserved) {
                 attaching.view = None;
                 attaching.reserved = false;
+                self.inner.stats.feed.touch();
                 return Ok(t);
             }
         }
@@ -603,6 +623,7 @@ impl Engine {
             ))
         })?;
         self.release(&view, &session.id);
+        self.inner.stats.feed.touch();
         Ok(())
     }
 
@@ -742,19 +763,22 @@ impl Engine {
             .filter(|v| mine(&v.key.scope.workspace_id))
             .cloned()
             .collect();
-        let (sessions, subscriptions, queued) = {
-            let s = self.sessions();
-            let of: Vec<&Arc<Session>> = s
-                .values()
-                .filter(|s| mine(&s.identity.workspace_id))
-                .collect();
-            let queued: Vec<usize> = of.iter().map(|s| s.queued()).collect();
-            (
-                of.len(),
-                of.iter().map(|s| s.view_ids().len()).sum(),
-                queued,
-            )
-        };
+        let mut session_info: Vec<SessionInfo> = self
+            .sessions()
+            .values()
+            .filter(|s| mine(&s.identity.workspace_id))
+            .map(|s| SessionInfo {
+                id: s.id.clone(),
+                identity: s.identity.clone(),
+                queued: s.queued(),
+                resyncs: s.overflows(),
+                subscriptions: s.view_ids().len(),
+            })
+            .collect();
+        session_info.sort_by(|a, b| a.id.cmp(&b.id));
+        let sessions = session_info.len();
+        let subscriptions = session_info.iter().map(|s| s.subscriptions).sum();
+        let queued: Vec<usize> = session_info.iter().map(|s| s.queued).collect();
         let mut view_info: Vec<ViewInfo> = views.iter().map(|v| v.info()).collect();
         view_info.sort_by(|a, b| (&a.graph, &a.params_hash).cmp(&(&b.graph, &b.params_hash)));
         let store_rows = {
@@ -785,7 +809,13 @@ impl Engine {
             session_queue_max: queued.iter().copied().max().unwrap_or(0),
             session_queue_total: queued.iter().sum(),
             view_info,
+            session_info,
         }
+    }
+
+    /// The feed of recent change batches and frames (see [`stats::Feed`]).
+    pub fn feed(&self) -> &stats::Feed {
+        &self.inner.stats.feed
     }
 
     /// Whether [`Engine::shutdown`] was called: a closed session then

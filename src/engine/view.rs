@@ -19,7 +19,7 @@ use super::params::Params;
 use super::registry::GraphDef;
 use super::result::{GraphResult, Ref, RowKey};
 use super::session::{Attached, Session};
-use super::stats::Stats;
+use super::stats::{EventKind, Stats};
 use super::store::Store;
 use super::value::{Fields, SharedFields};
 
@@ -49,6 +49,10 @@ struct State {
     /// good evaluation publishes a version even if nothing changed, so
     /// clients learn the view is healthy again.
     failing: bool,
+    /// When an evaluation last finished.
+    last_evaluated: Option<std::time::SystemTime>,
+    /// Why the last evaluation failed; cleared by a good one.
+    last_error: Option<String>,
 }
 
 /// How a sync request was answered for one view.
@@ -81,6 +85,12 @@ pub struct ViewInfo {
     pub evaluations: u64,
     /// Number of top-level refs.
     pub refs: usize,
+    /// The canonical params text.
+    pub params: String,
+    /// When an evaluation last finished.
+    pub last_evaluated: Option<std::time::SystemTime>,
+    /// Why the last evaluation failed, while it has not recovered.
+    pub last_error: Option<String>,
 }
 
 /// One live view.
@@ -214,6 +224,8 @@ impl View {
                 tracing::warn!(view = %self.id, error = %e, "view evaluation failed");
                 let mut st = self.lock();
                 st.failing = true;
+                st.last_error = Some(e.to_string());
+                stats.feed.touch();
                 let frame = Frame::new(
                     self.id.clone(),
                     self.epoch,
@@ -247,7 +259,11 @@ impl View {
             &crate::ops::metrics::hooks().evaluation_seconds,
             started.elapsed(),
         );
-        self.apply(result, store, stats, history)
+        let out = self.apply(result, store, stats, history);
+        if let Err(e) = &out {
+            self.lock().last_error = Some(e.to_string());
+        }
+        out
     }
 
     /// Turns a result into the view's next version and queues its diff.
@@ -260,10 +276,13 @@ impl View {
     ) -> Result<Refresh, EngineError> {
         let mut st = self.lock();
         st.evaluations += 1;
+        st.last_evaluated = Some(std::time::SystemTime::now());
+        stats.feed.touch();
         if st.closed {
             return Ok(Refresh::Skipped);
         }
         let (refs, rows, total) = result?.referenced_rows()?;
+        st.last_error = None;
         let ws = &self.key.scope.workspace_id;
         let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
         // The first result is sent as snapshots, never as a diff.
@@ -344,6 +363,12 @@ impl View {
             s.push_frame(frame.clone());
         }
         stats.frames.add(st.subscribers.len() as u64);
+        stats.feed.record(|| EventKind::Frame {
+            view: self.id.clone(),
+            workspace: self.key.scope.workspace_id.clone(),
+            version: st.version,
+            subscribers: st.subscribers.len(),
+        });
         Refresh::Changed
     }
 
@@ -554,6 +579,9 @@ impl View {
             subscribers: st.subscribers.len(),
             evaluations: st.evaluations,
             refs: st.refs.len(),
+            params: self.key.params.clone(),
+            last_evaluated: st.last_evaluated,
+            last_error: st.last_error.clone(),
         }
     }
 }

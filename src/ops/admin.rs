@@ -1,24 +1,30 @@
-//! The admin HTTP/1.1 listener: `/metrics`, `/healthz`, `/readyz`. Bounded:
-//! at most `admin.max_connections` connections, each closed
-//! `admin.request_timeout_ms` after it was accepted.
+//! The admin HTTP/1.1 listener: `/metrics`, `/healthz`, `/readyz` and the
+//! DevTools page (`/devtools`, see [`super::devtools`]). Bounded: at most
+//! `admin.max_connections` connections, each closed
+//! `admin.request_timeout_ms` after it was accepted, except one carrying a
+//! DevTools live stream, which that stream bounds.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use super::devtools::{self, Streams};
 use super::health::Readiness;
 use super::metrics::Exporter;
 use super::slot;
 use crate::config::AdminConfig;
 use crate::engine::Engine;
+use crate::grpc::Authenticator;
 
 /// What the admin handlers read.
 pub struct AdminState {
@@ -30,12 +36,20 @@ pub struct AdminState {
     pub exporter: Exporter,
     /// The replication slot to report on (WAL mode).
     pub slot: Option<String>,
+    /// Checks DevTools tokens, as the gRPC service does; `None` turns
+    /// DevTools off.
+    pub auth: Option<Arc<dyn Authenticator>>,
 }
+
+/// A response body: whole, or a DevTools live stream.
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cfg: AdminConfig) {
     let permits = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     let limit = Duration::from_millis(cfg.request_timeout_ms.max(1));
+    let streams = Arc::new(Streams::new(&cfg));
+    state.engine.feed().set_capacity(cfg.devtools_feed);
     loop {
         // Wait for a free slot before accepting: extra connections queue
         // in the kernel's backlog.
@@ -51,31 +65,49 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, cfg: AdminConf
             }
         };
         let state = state.clone();
+        let streams = streams.clone();
         tokio::spawn(async move {
+            let streaming = Arc::new(AtomicBool::new(false));
+            let flag = streaming.clone();
+            let lifetime = streams.lifetime();
             let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
+                let (state, streams, flag) = (state.clone(), streams.clone(), flag.clone());
+                async move { Ok::<_, Infallible>(route(&state, &streams, &flag, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc);
-            // A slow or idle client loses its connection at the deadline.
-            let _ = tokio::time::timeout(limit, conn).await;
+            let mut conn = std::pin::pin!(conn);
+            // A slow or idle client loses its connection at the deadline;
+            // a live stream ends by itself at its own.
+            if tokio::time::timeout(limit, conn.as_mut()).await.is_err()
+                && streaming.load(Ordering::Acquire)
+            {
+                let _ = tokio::time::timeout(lifetime, conn).await;
+            }
             drop(permit);
         });
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+/// A whole response.
+pub(crate) fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, content_type)
-        .body(Full::new(Bytes::from(body)))
+        .header(http::header::CACHE_CONTROL, "no-store")
+        .body(Full::new(Bytes::from(body)).boxed_unsync())
         .expect("static parts are valid")
 }
 
-const PLAIN: &str = "text/plain; charset=utf-8";
+/// Plain text.
+pub(crate) const PLAIN: &str = "text/plain; charset=utf-8";
 
-async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(
+    state: &Arc<AdminState>,
+    streams: &Arc<Streams>,
+    streaming: &AtomicBool,
+    req: Request<Incoming>,
+) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -83,7 +115,11 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             "only GET and HEAD\n".into(),
         );
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if path == "/devtools" || path.starts_with("/devtools/") {
+        return devtools::route(state, streams, streaming, &req).await;
+    }
+    match path {
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
         "/readyz" => match state.readiness.refresh().await {
             Ok(()) => text(StatusCode::OK, PLAIN, "ready\n".into()),
@@ -115,7 +151,7 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
         _ => text(
             StatusCode::NOT_FOUND,
             PLAIN,
-            "not found: try /metrics, /healthz or /readyz\n".into(),
+            "not found: try /metrics, /healthz, /readyz or /devtools\n".into(),
         ),
     }
 }

@@ -1,8 +1,9 @@
-//! Operations: the admin HTTP listener with Prometheus metrics and health
-//! checks, readiness for the gRPC health service, replication slot care,
+//! Operations: the admin HTTP listener with Prometheus metrics, health
+//! checks and the DevTools page, readiness for the gRPC health service, replication slot care,
 //! and log output.
 
 pub mod admin;
+pub mod devtools;
 pub mod health;
 pub mod logs;
 pub mod metrics;

@@ -48,6 +48,40 @@ pub struct Config {
     /// The admin HTTP listener (metrics and health).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Trace export over OTLP.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[telemetry]`: exporting spans to an OpenTelemetry collector over
+/// OTLP/gRPC. Off unless an endpoint is set here or in
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (which wins).
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/gRPC address, e.g. `http://127.0.0.1:4317`.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans; `OTEL_SERVICE_NAME` wins.
+    pub service_name: String,
+    /// Most finished spans waiting for export; further ones are dropped.
+    pub max_queued_spans: usize,
+    /// Longest wait between exports of queued spans, in milliseconds.
+    pub batch_delay_ms: u64,
+    /// An export not answered within this many milliseconds fails (and
+    /// its spans are dropped).
+    pub export_timeout_ms: u64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "arcana".into(),
+            max_queued_spans: 2048,
+            batch_delay_ms: 5_000,
+            export_timeout_ms: 10_000,
+        }
+    }
 }
 
 /// `[admin]`: bounds of the admin HTTP listener that `server.admin_listen`

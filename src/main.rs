@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use arcana::app::{App, DEMO_CONFIG, DEMO_SCHEMA};
-use arcana::config::Config;
+use arcana::config::{Config, TelemetryConfig};
 use arcana::ops::logs::LogFormat;
+use arcana::ops::telemetry::Telemetry;
 use arcana::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use clap::{Parser, Subcommand};
 
@@ -18,6 +19,14 @@ struct Cli {
     /// Log lines as `text` or `json` (filter with RUST_LOG).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Export traces to this OTLP/gRPC collector (`serve` and `demo`);
+    /// overrides `telemetry.otlp_endpoint`.
+    #[arg(long, global = true, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// The `service.name` of exported traces; overrides
+    /// `telemetry.service_name`.
+    #[arg(long, global = true, env = "OTEL_SERVICE_NAME")]
+    otel_service_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -152,14 +161,37 @@ enum SqlAction {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    arcana::ops::logs::init(cli.log_format);
+    // `serve` reads its config first: it may turn on trace export, which
+    // must be in place before anything logs.
+    let loaded = match &cli.command {
+        Command::Serve { config, .. } => match load(config) {
+            Ok(c) => Some(c),
+            Err(e) => fail(&e),
+        },
+        _ => None,
+    };
+    let telemetry = match &cli.command {
+        Command::Serve { .. } | Command::Demo { .. } => {
+            let config = loaded
+                .as_ref()
+                .map(|c| c.telemetry.clone())
+                .unwrap_or_default();
+            start_telemetry(config, cli.otlp_endpoint, cli.otel_service_name)
+                .unwrap_or_else(|e| fail(&e))
+        }
+        _ => None,
+    };
+    arcana::ops::logs::init(cli.log_format, telemetry.as_ref());
     let result = match cli.command {
         Command::Serve {
-            config,
+            config: _,
             database_url,
             listen,
             admin_listen,
-        } => serve(config, database_url, listen, admin_listen).await,
+        } => {
+            let config = loaded.expect("loaded above");
+            serve(config, database_url, listen, admin_listen).await
+        }
         Command::Demo {
             database_url,
             listen,
@@ -176,9 +208,36 @@ async fn main() {
             package,
         } => codegen(&lang, server, &token, out, &package).await,
     };
+    if let Some(t) = telemetry {
+        // Flushing blocks on the exporter, which runs on this runtime.
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
     if let Err(e) = result {
-        eprintln!("arcana: {e}");
-        std::process::exit(1);
+        fail(&e);
+    }
+}
+
+fn fail(e: &str) -> ! {
+    eprintln!("arcana: {e}");
+    std::process::exit(1);
+}
+
+/// Starts trace export if an endpoint is set; the flags (or their standard
+/// environment variables) override the config.
+fn start_telemetry(
+    mut config: TelemetryConfig,
+    endpoint: Option<String>,
+    service_name: Option<String>,
+) -> Result<Option<Telemetry>, String> {
+    if let Some(e) = endpoint.filter(|e| !e.trim().is_empty()) {
+        config.otlp_endpoint = Some(e);
+    }
+    if let Some(n) = service_name.filter(|n| !n.trim().is_empty()) {
+        config.service_name = n;
+    }
+    match config.otlp_endpoint.as_deref().map(str::trim) {
+        Some(e) if !e.is_empty() => Telemetry::start(&config, e).map(Some),
+        _ => Ok(None),
     }
 }
 
@@ -349,12 +408,11 @@ async fn slot(action: SlotAction) -> Result<(), String> {
 }
 
 async fn serve(
-    path: PathBuf,
+    mut config: Config,
     database_url: Option<String>,
     listen_on: Option<String>,
     admin_listen: Option<String>,
 ) -> Result<(), String> {
-    let mut config = load(&path)?;
     if admin_listen.is_some() {
         config.server.admin_listen = admin_listen;
     }

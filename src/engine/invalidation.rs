@@ -24,6 +24,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::field::Empty;
+use tracing::Instrument;
 
 use super::error::EvalError;
 use super::registry::Change;
@@ -31,6 +33,7 @@ use super::router::{self, Patch};
 use super::stats::{EventKind, FEED_LIST};
 use super::view::{Refresh, View};
 use super::Inner;
+use crate::ops::telemetry::SPANS;
 
 /// Changes that must be applied together, with an optional completion signal.
 #[derive(Debug)]
@@ -59,11 +62,13 @@ impl ChangeBatch {
 const MAX_TAKE: usize = 1024;
 
 /// Completion of one batch: fires `done` when the last view it touched has
-/// refreshed. Holds a permit of the outstanding-batch budget until dropped.
+/// refreshed. Holds a permit of the outstanding-batch budget until dropped,
+/// and the batch's span, which so ends when the batch is done.
 struct Ack {
     remaining: AtomicUsize,
     done: Mutex<Option<oneshot::Sender<()>>>,
     _permit: OwnedSemaphorePermit,
+    _span: tracing::Span,
 }
 
 impl Ack {
@@ -105,7 +110,16 @@ pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>)
             };
             let Some(inner) = inner.upgrade() else { return };
             inner.stats.batches.inc();
-            let (full, patched) = router::affected(&inner, std::slice::from_ref(&batch));
+            let span = tracing::debug_span!(
+                target: SPANS,
+                "change_batch",
+                changes = batch.changes.len(),
+                everything = batch.everything,
+                views = Empty,
+            );
+            let (full, patched) =
+                span.in_scope(|| router::affected(&inner, std::slice::from_ref(&batch)));
+            span.record("views", full.len() + patched.len());
             tracing::debug!(full = full.len(), patched = patched.len(), "change batch");
             inner
                 .stats
@@ -115,6 +129,7 @@ pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>)
                 remaining: AtomicUsize::new(full.len() + patched.len()),
                 done: Mutex::new(batch.done),
                 _permit: permit,
+                _span: span,
             });
             if full.is_empty() && patched.is_empty() {
                 ack.remaining.store(1, Ordering::Release);
@@ -279,15 +294,29 @@ async fn dispatch(inner: Arc<Inner>, graph: Arc<str>) {
             let n = q.views.len().min(inner.config.eval_batch.max(1));
             q.views.drain(..n).collect()
         };
-        tokio::spawn(round(inner.clone(), views, permit));
+        let span = tracing::debug_span!(
+            target: SPANS,
+            "evaluation_round",
+            graph = &*graph,
+            views = views.len(),
+            evaluated = Empty,
+            lateral = false,
+        );
+        tokio::spawn(round(inner.clone(), views, permit, span.clone()).instrument(span));
     }
 }
 
 /// One evaluation round: refreshes `views` (all of one graph) together,
 /// then releases the batches that waited on them and requeues views that
 /// became dirty meanwhile. Views due only for patches get them applied
-/// without a query; a full evaluation makes pending patches moot.
-async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphorePermit) {
+/// without a query; a full evaluation makes pending patches moot. `span`
+/// is the round's (the graph's factory records `lateral` in it).
+async fn round(
+    inner: Arc<Inner>,
+    views: Vec<Arc<View>>,
+    permit: OwnedSemaphorePermit,
+    span: tracing::Span,
+) {
     let mut acks: Vec<Arc<Ack>> = Vec::new();
     let mut due: Vec<(bool, Vec<Patch>)> = Vec::with_capacity(views.len());
     for v in &views {
@@ -318,6 +347,7 @@ async fn round(inner: Arc<Inner>, views: Vec<Arc<View>>, permit: OwnedSemaphoreP
             .filter(|(v, (full, _))| *full && v.refreshable())
             .map(|(v, _)| v)
             .collect();
+        span.record("evaluated", live.len());
         let _evaluating: Vec<_> = live.iter().map(|v| inner.in_flight.enter(v)).collect();
         if let Some(first) = live.first() {
             let factory = &first.graph.factory;

@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::ops::telemetry::SPANS;
+
 pub use diff::{FieldOp, Op, Patch, RefOp};
 pub use error::{EngineError, EvalError, EvalErrorKind};
 pub use frame::{Frame, FrameBody, Snapshot, ViewDiff};
@@ -681,6 +683,9 @@ impl Engine {
     /// Runs a mutation for `identity`, then feeds its changes into
     /// invalidation and waits until the resulting diffs are queued, so the
     /// caller's views already reflect the write when this returns.
+    #[tracing::instrument(
+        target = SPANS, level = "debug", name = "mutation", skip_all, fields(mutation = name),
+    )]
     pub async fn mutate(
         &self,
         identity: &Identity,

@@ -19,6 +19,7 @@ use crate::engine::{
     Change, Engine, Identity, Outbound, QueueError, Session, Subscribed, SyncMode, SyncView,
     PROTOCOL_VERSION,
 };
+use crate::ops::telemetry::SPANS;
 use crate::proto::{self as pb, reply, server_message};
 
 /// The permission the Notify call needs.
@@ -375,7 +376,30 @@ fn notify_changes(changes: Vec<pb::Change>) -> Result<Vec<Change>, Status> {
         .collect()
 }
 
-/// Handles one request of the bidirectional stream. Errors end the stream.
+/// `Some` session id for a span field, unless empty.
+fn session_field(id: &str) -> Option<&str> {
+    (!id.is_empty()).then_some(id)
+}
+
+/// The method of one request of a `Connect` stream, for its span.
+fn connect_method(msg: &pb::ClientMessage) -> &'static str {
+    use pb::client_message::Kind;
+    match &msg.kind {
+        Some(Kind::Subscribe(_)) => "Connect/Subscribe",
+        Some(Kind::Unsubscribe(_)) => "Connect/Unsubscribe",
+        Some(Kind::Sync(_)) => "Connect/Sync",
+        Some(Kind::Mutate(_)) => "Connect/Mutate",
+        Some(Kind::Ping(_)) => "Connect/Ping",
+        None => "Connect",
+    }
+}
+
+/// Handles one request of the bidirectional stream, in a span of its own.
+/// Errors end the stream.
+#[tracing::instrument(
+    target = SPANS, level = "debug", name = "rpc", skip_all,
+    fields(otel.name = connect_method(&msg), rpc.method = connect_method(&msg), session.id = &*session.id),
+)]
 async fn handle(
     engine: &Engine,
     session: &Arc<Session>,
@@ -491,12 +515,17 @@ impl ArcanaService for Service {
     type ConnectStream = WireStream;
     type OpenSessionStream = WireStream;
 
+    #[tracing::instrument(
+        target = SPANS, level = "debug", name = "rpc", skip_all,
+        fields(otel.name = "Connect", rpc.method = "Connect", session.id = tracing::field::Empty),
+    )]
     async fn connect(
         &self,
         req: Request<Streaming<pb::ClientMessage>>,
     ) -> Result<Response<WireStream>, Status> {
         let creds = self.credentials(&req).await?;
         let (session, lease) = self.open(creds)?;
+        tracing::Span::current().record("session.id", &*session.id);
         let (fail_tx, fail_rx) = oneshot::channel();
         let mut inbound = req.into_inner();
         let (engine, s, limits) = (self.engine.clone(), session.clone(), self.limits.clone());
@@ -536,17 +565,26 @@ impl ArcanaService for Service {
         )))
     }
 
+    #[tracing::instrument(
+        target = SPANS, level = "debug", name = "rpc", skip_all,
+        fields(otel.name = "OpenSession", rpc.method = "OpenSession", session.id = tracing::field::Empty),
+    )]
     async fn open_session(
         &self,
         req: Request<pb::OpenSessionRequest>,
     ) -> Result<Response<WireStream>, Status> {
         let creds = self.credentials(&req).await?;
         let (session, lease) = self.open(creds)?;
+        tracing::Span::current().record("session.id", &*session.id);
         Ok(Response::new(session_stream(
             self, session, lease, None, None,
         )))
     }
 
+    #[tracing::instrument(
+        target = SPANS, level = "debug", name = "rpc", skip_all,
+        fields(otel.name = "Subscribe", rpc.method = "Subscribe", session.id = session_field(&req.get_ref().session_id)),
+    )]
     async fn subscribe(
         &self,
         req: Request<pb::SubscribeRequest>,
@@ -561,6 +599,10 @@ impl ArcanaService for Service {
         Ok(Response::new(subscribed(&s)))
     }
 
+    #[tracing::instrument(
+        target = SPANS, level = "debug", name = "rpc", skip_all,
+        fields(otel.name = "Unsubscribe", rpc.method = "Unsubscribe", session.id = session_field(&req.get_ref().session_id)),
+    )]
     async fn unsubscribe(
         &self,
         req: Request<pb::UnsubscribeRequest>,
@@ -572,6 +614,10 @@ impl ArcanaService for Service {
         Ok(Response::new(pb::UnsubscribeResponse {}))
     }
 
+    #[tracing::instrument(
+        target = SPANS, level = "debug", name = "rpc", skip_all,
+        fields(otel.name = "Sync", rpc.method = "Sync", session.id = session_field(&req.get_ref().session_id)),
+    )]
     async fn sync(
         &self,
         req: Request<pb::SyncRequest>,
@@ -588,6 +634,10 @@ impl ArcanaService for Service {
         ))
     }
 
+    #[tracing::instrument(
+        target = SPANS, level = "debug", name = "rpc", skip_all,
+        fields(otel.name = "Mutate", rpc.method = "Mutate", session.id = session_field(&req.get_ref().session_id)),
+    )]
     async fn mutate(
         &self,
         req: Request<pb::MutateRequest>,
@@ -609,6 +659,10 @@ impl ArcanaService for Service {
         Ok(Response::new(mutate_response(out, session.as_deref())))
     }
 
+    #[tracing::instrument(
+        target = SPANS, level = "debug", name = "rpc", skip_all,
+        fields(otel.name = "Notify", rpc.method = "Notify", session.id = tracing::field::Empty),
+    )]
     async fn notify(
         &self,
         req: Request<pb::NotifyRequest>,
@@ -638,6 +692,10 @@ impl ArcanaService for Service {
         Ok(Response::new(pb::NotifyResponse {}))
     }
 
+    #[tracing::instrument(
+        target = SPANS, level = "debug", name = "rpc", skip_all,
+        fields(otel.name = "Describe", rpc.method = "Describe", session.id = tracing::field::Empty),
+    )]
     async fn describe(
         &self,
         req: Request<pb::DescribeRequest>,
@@ -646,6 +704,10 @@ impl ArcanaService for Service {
         Ok(Response::new(describe(self.engine.registry())))
     }
 
+    #[tracing::instrument(
+        target = SPANS, level = "debug", name = "rpc", skip_all,
+        fields(otel.name = "Stats", rpc.method = "Stats", session.id = tracing::field::Empty),
+    )]
     async fn stats(
         &self,
         req: Request<pb::StatsRequest>,

@@ -1,6 +1,6 @@
 //! Operations: the admin HTTP listener with Prometheus metrics, health
 //! checks and the DevTools page, readiness for the gRPC health service, replication slot care,
-//! and log output.
+//! log output and trace export.
 
 pub mod admin;
 pub mod devtools;
@@ -8,3 +8,4 @@ pub mod health;
 pub mod logs;
 pub mod metrics;
 pub mod slot;
+pub mod telemetry;

@@ -609,7 +609,11 @@ impl SqlGraph {
     ) -> Vec<Result<GraphResult, EvalError>> {
         if items.len() > 1 && matches!(self.lateral.get(), Some(Some(_))) {
             match self.evaluate_lateral(&items).await {
-                Ok(results) => return results,
+                Ok(results) => {
+                    // For the evaluation round's span, if traced.
+                    tracing::Span::current().record("lateral", true);
+                    return results;
+                }
                 // One bad item fails the shared query: evaluate each on
                 // its own so the others still refresh.
                 Err(e) => {

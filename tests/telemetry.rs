@@ -301,25 +301,29 @@ async fn spans_of_rpcs_mutations_batches_and_rounds_are_exported() {
     assert_eq!(describe.str("session.id"), None);
 
     // Two views of a graph due at once share a round and its lateral query.
+    // Whether both are queued before the round starts depends on timing, so
+    // report changes until they are.
     live.subscribe("project_tasks", project(2)).await.unwrap();
-    server
-        .client("dev-service")
-        .await
-        .notify(arcana::proto::NotifyRequest {
-            changes: vec![arcana::proto::Change {
-                table: "tasks".into(),
-                id: String::new(),
-                columns: vec![],
-                workspace_id: "acme".into(),
-            }],
-        })
-        .await
-        .unwrap();
-    let round = collector
-        .wait_for("for a lateral round of two views", |s| {
-            s.name == "evaluation_round" && s.int("views") == Some(2)
-        })
-        .await;
+    let mut notifier = server.client("dev-service").await;
+    let two = |s: &Got| s.name == "evaluation_round" && s.int("views") == Some(2);
+    for _ in 0..20 {
+        notifier
+            .notify(arcana::proto::NotifyRequest {
+                changes: vec![arcana::proto::Change {
+                    table: "tasks".into(),
+                    id: String::new(),
+                    columns: vec![],
+                    workspace_id: "acme".into(),
+                }],
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if collector.spans().iter().any(two) {
+            break;
+        }
+    }
+    let round = collector.wait_for("for a round of two views", two).await;
     assert_eq!(round.bool("lateral"), Some(true), "{round:?}");
     server.stop().await;
 }

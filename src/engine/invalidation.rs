@@ -113,13 +113,13 @@ pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>)
             let span = tracing::debug_span!(
                 target: SPANS,
                 "change_batch",
-                changes = batch.changes.len(),
+                changes = batch.changes.len() as i64,
                 everything = batch.everything,
                 views = Empty,
             );
             let (full, patched) =
                 span.in_scope(|| router::affected(&inner, std::slice::from_ref(&batch)));
-            span.record("views", full.len() + patched.len());
+            span.record("views", (full.len() + patched.len()) as i64);
             tracing::debug!(full = full.len(), patched = patched.len(), "change batch");
             inner
                 .stats
@@ -298,7 +298,7 @@ async fn dispatch(inner: Arc<Inner>, graph: Arc<str>) {
             target: SPANS,
             "evaluation_round",
             graph = &*graph,
-            views = views.len(),
+            views = views.len() as i64,
             evaluated = Empty,
             lateral = false,
         );
@@ -347,7 +347,7 @@ async fn round(
             .filter(|(v, (full, _))| *full && v.refreshable())
             .map(|(v, _)| v)
             .collect();
-        span.record("evaluated", live.len());
+        span.record("evaluated", live.len() as i64);
         let _evaluating: Vec<_> = live.iter().map(|v| inner.in_flight.enter(v)).collect();
         if let Some(first) = live.first() {
             let factory = &first.graph.factory;

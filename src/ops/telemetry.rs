@@ -72,8 +72,13 @@ impl Telemetry {
         use tracing_subscriber::Layer as _;
         let filter =
             tracing_subscriber::filter::Targets::new().with_target(SPANS, tracing::Level::DEBUG);
+        // Only the spans' own fields: no thread, target or busy/idle
+        // times, which cost on every poll and say little here.
         tracing_opentelemetry::layer()
             .with_tracer(self.provider.tracer("arcana"))
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_filter(filter)
     }
 

@@ -172,7 +172,7 @@ impl Server {
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .env_remove("OTEL_SERVICE_NAME")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
+        .stderr(std::fs::File::create(dir.join("stderr.log")).unwrap())
         .kill_on_drop(true);
         for (k, v) in env {
             cmd.env(k, v);
@@ -212,8 +212,9 @@ impl Server {
         )
     }
 
-    /// SIGTERM, then waits for a clean exit (which flushes the spans).
-    async fn stop(mut self) {
+    /// SIGTERM, then waits for a clean exit (which flushes the spans);
+    /// returns what the server logged.
+    async fn stop(mut self) -> String {
         // SAFETY: signalling our own child.
         unsafe {
             libc::kill(self.child.id().unwrap() as i32, libc::SIGTERM);
@@ -222,7 +223,9 @@ impl Server {
             .await
             .expect("the server exits")
             .unwrap();
-        assert!(status.success(), "{status:?}");
+        let logs = std::fs::read_to_string(self._dir.0.join("stderr.log")).unwrap();
+        assert!(status.success(), "{status:?}: {logs}");
+        logs
     }
 }
 
@@ -358,4 +361,40 @@ async fn the_config_endpoint_exports_and_none_exports_nothing() {
         .wait_for("for Connect/Subscribe", |s| s.name == "Connect/Subscribe")
         .await;
     assert_eq!(sub.service, Some(Any::StringValue("arcana".into())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_collector_is_logged_once_and_requests_go_on() {
+    // A port nobody listens on.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let server = Server::start(
+        &format!(
+            "[telemetry]\notlp_endpoint = \"http://{dead}\"\nbatch_delay_ms = 50\nexport_timeout_ms = 500\n"
+        ),
+        &[],
+    )
+    .await;
+    let mut live = Live::connect(server.client("dev-alice").await)
+        .await
+        .unwrap();
+    live.subscribe("project_tasks", project(1)).await.unwrap();
+    // Several export rounds, each failing.
+    for i in 0..5 {
+        live.mutate(
+            "create_task",
+            params(&[("project_id", int(1)), ("title", text(&format!("t{i}")))]),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logs = server.stop().await;
+    let warnings = logs
+        .lines()
+        .filter(|l| l.contains("exporting traces failed"))
+        .count();
+    assert_eq!(warnings, 1, "{logs}");
 }

@@ -43,7 +43,12 @@ impl Telemetry {
             .with_endpoint(endpoint)
             .with_timeout(timeout)
             .build()
-            .map_err(|e| format!("telemetry.otlp_endpoint `{endpoint}`: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "bad trace export endpoint `{endpoint}` (from OTEL_EXPORTER_OTLP_ENDPOINT, \
+                     --otlp-endpoint or telemetry.otlp_endpoint): {e}"
+                )
+            })?;
         let queue = config.max_queued_spans.max(1);
         let batch = BatchConfigBuilder::default()
             .with_max_queue_size(queue)

@@ -12,8 +12,7 @@ use arcana::config::TokenConfig;
 use arcana::engine::Change;
 use common::*;
 use serde_json::Value as Json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 
 fn token(token: &str, workspace: &str, permission: &str) -> TokenConfig {
     TokenConfig {
@@ -40,38 +39,8 @@ async fn start() -> (Harness, SocketAddr) {
     (h, admin)
 }
 
-async fn request(addr: SocketAddr, path: &str, token: Option<&str>) -> TcpStream {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    s
-}
-
-/// GET `path`: (status code, body).
-async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = request(addr, path, token).await;
-    let mut buf = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut buf))
-        .await
-        .expect("admin answered in time")
-        .unwrap();
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {buf}"));
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, body.to_owned())
-}
-
 async fn snapshot(addr: SocketAddr, token: &str) -> Json {
-    let (code, body) = get(addr, "/devtools/api/snapshot", Some(token)).await;
+    let (code, body) = http_get(addr, "/devtools/api/snapshot", Some(token)).await;
     assert_eq!(code, 200, "{body}");
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -100,22 +69,22 @@ fn version_of(snap: &Json, graph: &str) -> Option<u64> {
 async fn devtools_data_needs_an_admin_token_and_stays_in_its_workspace() {
     let (h, admin) = start().await;
 
-    let (code, page) = get(admin, "/devtools", None).await;
+    let (code, page) = http_get(admin, "/devtools", None).await;
     assert_eq!(code, 200);
     assert!(page.contains("Arcana DevTools"));
 
     for path in ["/devtools/api/snapshot", "/devtools/api/stream"] {
         assert_eq!(
-            get(admin, path, None).await.0,
+            http_get(admin, path, None).await.0,
             401,
             "{path} without a token"
         );
         assert_eq!(
-            get(admin, path, Some("nope")).await.0,
+            http_get(admin, path, Some("nope")).await.0,
             401,
             "{path} bad token"
         );
-        let (code, body) = get(admin, path, Some("dev-alice")).await;
+        let (code, body) = http_get(admin, path, Some("dev-alice")).await;
         assert_eq!(code, 403, "{path} without arcana:admin: {body}");
         assert!(body.contains("arcana:admin"), "{body}");
     }
@@ -151,7 +120,7 @@ async fn devtools_stream_pushes_a_new_version_and_its_frame() {
     let mut alice = h.live("dev-alice").await;
     alice.subscribe("project_tasks", project(1)).await.unwrap();
 
-    let mut stream = request(admin, "/devtools/api/stream", Some("dev-service")).await;
+    let mut stream = http_request(admin, "/devtools/api/stream", Some("dev-service")).await;
     let mut text = String::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut snapshots = Vec::new();

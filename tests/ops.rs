@@ -16,26 +16,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-/// GET `path` from the admin listener: (status code, body).
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut buf = String::new();
-    tokio::time::timeout(WAIT, s.read_to_string(&mut buf))
-        .await
-        .expect("admin answered in time")
-        .unwrap();
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {buf}"));
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, body.to_owned())
-}
-
 /// The value of the sample `name` (with its labels, if any) in a scrape.
 fn sample(text: &str, name: &str) -> f64 {
     text.lines()
@@ -84,10 +64,13 @@ async fn metrics_move_after_a_write() {
     })
     .await;
     let admin = h.app().admin_addr.expect("admin listener on");
-    assert_eq!(get(admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(admin, "/healthz", None).await.0, 200);
     // Ready once the WAL listener streams.
-    eventually("ready", || async { get(admin, "/readyz").await.0 == 200 }).await;
-    assert_eq!(get(admin, "/nope").await.0, 404);
+    eventually("ready", || async {
+        http_get(admin, "/readyz", None).await.0 == 200
+    })
+    .await;
+    assert_eq!(http_get(admin, "/nope", None).await.0, 404);
 
     let mut l = h.live("dev-alice").await;
     let v = l
@@ -95,7 +78,7 @@ async fn metrics_move_after_a_write() {
         .await
         .unwrap()
         .view_id;
-    let before = get(admin, "/metrics").await.1;
+    let before = http_get(admin, "/metrics", None).await.1;
     assert_eq!(sample(&before, "arcana_sessions"), 1.0, "{before}");
     assert!(sample(&before, "arcana_subscriptions") >= 1.0);
     assert!(sample(&before, "arcana_evaluation_seconds_count") >= 1.0);
@@ -117,7 +100,7 @@ async fn metrics_move_after_a_write() {
         .await
         .is_err());
 
-    let after = get(admin, "/metrics").await.1;
+    let after = http_get(admin, "/metrics", None).await.1;
     for counter in [
         "arcana_changes_total",
         "arcana_change_batches_total",
@@ -137,14 +120,14 @@ async fn metrics_move_after_a_write() {
     assert!(sample(&after, "arcana_grpc_errors_total{code=\"Unauthenticated\"}") >= 1.0);
     // A request on the stream answered with an error.
     assert!(l.subscribe("no_such_graph", project(1)).await.is_err());
-    let m = get(admin, "/metrics").await.1;
+    let m = http_get(admin, "/metrics", None).await.1;
     assert!(
         sample(&m, "arcana_reply_errors_total{code=\"NotFound\"}") >= 1.0,
         "{m}"
     );
     // The slot confirms the write once its frames are queued.
     eventually("confirmed position moves", || async {
-        let m = get(admin, "/metrics").await.1;
+        let m = http_get(admin, "/metrics", None).await.1;
         sample(&m, "arcana_wal_confirmed_lsn") > sample(&before, "arcana_wal_confirmed_lsn")
     })
     .await;
@@ -172,7 +155,10 @@ async fn readiness_follows_the_database() {
     let app = App::start(&config, &url, listener).await.unwrap();
     let admin = app.admin_addr.unwrap();
     let grpc = app.addr;
-    eventually("ready", || async { get(admin, "/readyz").await.0 == 200 }).await;
+    eventually("ready", || async {
+        http_get(admin, "/readyz", None).await.0 == 200
+    })
+    .await;
     assert_eq!(health(grpc).await, ServingStatus::Serving);
 
     // Stop PostgreSQL (fast shutdown of the postmaster) and keep it down.
@@ -190,7 +176,7 @@ async fn readiness_follows_the_database() {
         libc::kill(pid, libc::SIGINT);
     }
     eventually("not ready while PostgreSQL is down", || async {
-        let (code, body) = get(admin, "/readyz").await;
+        let (code, body) = http_get(admin, "/readyz", None).await;
         code == 503 && body.contains("not ready")
     })
     .await;
@@ -199,11 +185,11 @@ async fn readiness_follows_the_database() {
     })
     .await;
     // Alive all along.
-    assert_eq!(get(admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(admin, "/healthz", None).await.0, 200);
 
     tokio::task::block_in_place(|| pg.restart()).unwrap();
     eventually("ready again", || async {
-        get(admin, "/readyz").await.0 == 200
+        http_get(admin, "/readyz", None).await.0 == 200
     })
     .await;
     eventually("gRPC health SERVING again", || async {
@@ -267,7 +253,16 @@ async fn slot_status_and_drop() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (ok, out, err) = tokio::task::block_in_place(|| cmd(&["slot", "status"]));
+    // The listener starts streaming a moment after the server is up.
+    let mut status = tokio::task::block_in_place(|| cmd(&["slot", "status"]));
+    for _ in 0..100 {
+        if status.1.contains("active:           yes") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = tokio::task::block_in_place(|| cmd(&["slot", "status"]));
+    }
+    let (ok, out, err) = status;
     assert!(ok, "{err}");
     assert!(out.contains(&slot), "{out}");
     assert!(out.contains("active:           yes"), "{out}");
@@ -439,7 +434,7 @@ async fn admin_listener_is_bounded() {
     let mut idle = tokio::net::TcpStream::connect(admin).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let start = Instant::now();
-    let (code, _) = get(admin, "/healthz").await;
+    let (code, _) = http_get(admin, "/healthz", None).await;
     assert_eq!(code, 200);
     assert!(
         start.elapsed() >= Duration::from_millis(600),

@@ -259,6 +259,48 @@ impl OwnCluster {
     }
 }
 
+/// Opens `GET path` on an HTTP/1.1 listener (the admin listener), with a
+/// bearer token when given; the caller reads the response.
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    s
+}
+
+/// `GET path` on an HTTP/1.1 listener: (status code, body).
+pub async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut s = http_request(addr, path, token).await;
+    let mut buf = String::new();
+    tokio::time::timeout(WAIT, s.read_to_string(&mut buf))
+        .await
+        .expect("the listener answered in time")
+        .unwrap();
+    let code = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {buf}"));
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, body.to_owned())
+}
+
 pub fn int(i: i64) -> pb::Value {
     pb::Value {
         kind: Some(pb::value::Kind::Int(i)),

@@ -171,6 +171,15 @@ required = true
         .unwrap_err();
     assert_eq!(e.code, Code::InvalidArgument as i32, "{}", e.message);
     assert!(e.message.contains("range"), "{}", e.message);
+    // So far out that microseconds overflow 64 bits: refused, not taken for infinity.
+    for seconds in [i64::MAX, i64::MIN] {
+        let e = l
+            .mutate("set_due", params(&[("id", int(1)), ("due", ts(seconds))]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::InvalidArgument as i32, "{}", e.message);
+        assert!(e.message.contains("range"), "{}", e.message);
+    }
     l.mutate(
         "set_due",
         params(&[("id", int(1)), ("due", ts(1_700_000_000))]),

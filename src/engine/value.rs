@@ -148,6 +148,12 @@ impl From<f64> for Value {
     }
 }
 
+/// Stands for a timestamp too far from 1970 to count in 64-bit
+/// microseconds (a client sent more than about 292,000 years): no database
+/// can store it, so binding refuses it. `i64::MAX` and `i64::MIN` mean
+/// `infinity` and `-infinity`.
+pub const TIMESTAMP_OUT_OF_RANGE: i64 = i64::MAX - 1;
+
 /// The fields of one row, by column name.
 pub type Fields = BTreeMap<String, Value>;
 

@@ -39,8 +39,15 @@ pub fn value_from_pb(v: pb::Value) -> engine::Value {
         Some(Kind::Numeric(s)) => engine::Value::Numeric(s),
         Some(Kind::Timestamp(t)) => engine::Value::Timestamp(
             t.seconds
-                .saturating_mul(1_000_000)
-                .saturating_add(i64::from(t.nanos) / 1000),
+                .checked_mul(1_000_000)
+                .and_then(|us| us.checked_add(i64::from(t.nanos) / 1000))
+                // Too far out for 64 bits: a time PostgreSQL cannot store, so
+                // binding refuses it; never i64::MAX/MIN, which mean ±infinity.
+                .unwrap_or(if t.seconds < 0 {
+                    i64::MIN + 1
+                } else {
+                    i64::MAX - 1
+                }),
         ),
         Some(Kind::Json(s)) => engine::Value::Json(s),
         Some(Kind::Bytes(b)) => engine::Value::Bytes(b.to_vec()),

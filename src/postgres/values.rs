@@ -217,8 +217,9 @@ fn pg_timestamp(unix_micros: i64) -> Result<i64, BindError> {
     if unix_micros == i64::MAX || unix_micros == i64::MIN {
         return Ok(unix_micros);
     }
-    unix_micros
-        .checked_sub(PG_EPOCH_MICROS)
+    Some(unix_micros)
+        .filter(|&t| t != crate::engine::value::TIMESTAMP_OUT_OF_RANGE)
+        .and_then(|t| t.checked_sub(PG_EPOCH_MICROS))
         .filter(|t| (PG_MIN_TIMESTAMP..PG_END_TIMESTAMP).contains(t))
         .ok_or_else(|| {
             BindError("timestamp is outside PostgreSQL's range (4713 BC to 294276 AD)".to_owned())

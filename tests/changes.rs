@@ -290,15 +290,7 @@ async fn wal_writes_made_while_the_server_was_down_reach_clients_after_restart()
     h.start_again().await;
 
     let mut back = h.live("dev-alice").await;
-    back.views.insert(v.clone(), before.clone());
-    let r = back
-        .sync(vec![pb::SyncView {
-            graph: "project_tasks".into(),
-            params: project(1),
-            epoch: before.epoch,
-            version: before.version,
-        }])
-        .await;
+    let r = back.resume(&v, &before, "project_tasks", project(1)).await;
     assert_eq!(
         r.results[0].mode,
         pb::SyncMode::Snapshot as i32,

@@ -123,14 +123,8 @@ async fn a_catch_up_longer_than_the_session_queue_arrives_whole_before_the_reply
     new_versions(&h, 20).await;
 
     let mut l = h.live("dev-alice").await;
-    l.views.insert(view_id.clone(), before.clone());
     let reply = l
-        .sync(vec![pb::SyncView {
-            graph: "project_tasks".into(),
-            params: project(1),
-            epoch: before.epoch,
-            version: before.version,
-        }])
+        .resume(&view_id, &before, "project_tasks", project(1))
         .await;
     let r = &reply.results[0];
     assert_eq!(r.mode, pb::SyncMode::CatchUp as i32, "{r:?}");

@@ -48,14 +48,8 @@ async fn away_and_back(
     write_n(h, writes).await;
 
     let mut back = h.live("dev-alice").await;
-    back.views.insert(s.view_id.clone(), before.clone());
     let r = back
-        .sync(vec![pb::SyncView {
-            graph: "project_tasks".into(),
-            params: project(1),
-            epoch: before.epoch,
-            version: before.version,
-        }])
+        .resume(&s.view_id, &before, "project_tasks", project(1))
         .await;
     drop(keeper);
     (back, s.view_id, before, r)
@@ -107,14 +101,8 @@ async fn a_client_that_missed_a_few_versions_catches_up_exactly() {
     // Up to date: nothing to send.
     let mut again = h.live("dev-alice").await;
     let v = back.view(&view_id).clone();
-    again.views.insert(view_id.clone(), v.clone());
     let r = again
-        .sync(vec![pb::SyncView {
-            graph: "project_tasks".into(),
-            params: project(1),
-            epoch: v.epoch,
-            version: v.version,
-        }])
+        .resume(&view_id, &v, "project_tasks", project(1))
         .await;
     assert_eq!(r.results[0].mode, SyncMode::Current as i32);
     assert!(again.frames.is_empty());

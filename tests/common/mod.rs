@@ -480,6 +480,25 @@ impl Live {
         }
     }
 
+    /// Resumes a view this client held before (`state`, as of another
+    /// session) with Sync, as a reconnecting client does.
+    pub async fn resume(
+        &mut self,
+        view_id: &str,
+        state: &ViewState,
+        graph: &str,
+        params: HashMap<String, pb::Value>,
+    ) -> pb::SyncResponse {
+        self.views.insert(view_id.to_owned(), state.clone());
+        self.sync(vec![pb::SyncView {
+            graph: graph.into(),
+            params,
+            epoch: state.epoch,
+            version: state.version,
+        }])
+        .await
+    }
+
     /// A round trip: every frame queued before it has been applied after it.
     pub async fn ping(&mut self) {
         self.request(Req::Ping(pb::PingRequest {}))

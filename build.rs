@@ -80,6 +80,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "UnsubscribeResponse",
         ))
         .method(unary("sync", "Sync", "SyncRequest", "SyncResponse"))
+        .method(unary(
+            "reanchor",
+            "Reanchor",
+            "ReanchorRequest",
+            "ReanchorResponse",
+        ))
         .method(unary("mutate", "Mutate", "MutateRequest", "MutateResponse"))
         .method(unary("notify", "Notify", "NotifyRequest", "NotifyResponse"))
         .method(unary(

@@ -158,6 +158,7 @@ pub async fn subscriber(
                 graph: graph.into(),
                 params,
                 session_id: String::new(),
+                window: None,
             })),
         })
         .await

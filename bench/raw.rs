@@ -32,6 +32,7 @@ fn frame(body: pb::view_frame::Body) -> bytes::Bytes {
             version: 0,
             prev_version: 0,
             body: Some(body),
+            prev_epoch: 0,
         })),
     }
     .encode_to_vec()
@@ -106,6 +107,13 @@ impl ArcanaService for Raw {
         &self,
         _: Request<pb::SyncRequest>,
     ) -> Result<Response<pb::SyncResponse>, Status> {
+        only_streams()
+    }
+
+    async fn reanchor(
+        &self,
+        _: Request<pb::ReanchorRequest>,
+    ) -> Result<Response<pb::ReanchorResponse>, Status> {
         only_streams()
     }
 

@@ -189,6 +189,7 @@ async fn a_narrower_token_cannot_drive_a_wider_session() {
             graph: "project_tasks".into(),
             params: project(1),
             session_id: session_id.clone(),
+            window: None,
         })
         .await
         .unwrap_err();
@@ -231,6 +232,7 @@ async fn a_narrower_token_cannot_drive_a_wider_session() {
             graph: "project_tasks".into(),
             params: project(1),
             session_id: session_id.clone(),
+            window: None,
         })
         .await;
     assert!(r.is_ok(), "{r:?}");
@@ -239,6 +241,7 @@ async fn a_narrower_token_cannot_drive_a_wider_session() {
             graph: "projects".into(),
             params: Default::default(),
             session_id,
+            window: None,
         })
         .await;
     assert!(r.is_ok(), "{r:?}");

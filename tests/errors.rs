@@ -352,6 +352,7 @@ async fn grpc_web_style_sessions_use_one_stream_and_unary_calls() {
             graph: "project_tasks".into(),
             params: project(1),
             session_id: String::new(),
+            window: None,
         })
         .await
         .unwrap_err();
@@ -361,6 +362,7 @@ async fn grpc_web_style_sessions_use_one_stream_and_unary_calls() {
             graph: "project_tasks".into(),
             params: project(1),
             session_id: "nope".into(),
+            window: None,
         })
         .await
         .unwrap_err();
@@ -372,6 +374,7 @@ async fn grpc_web_style_sessions_use_one_stream_and_unary_calls() {
             graph: "project_tasks".into(),
             params: project(1),
             session_id: opened.session_id.clone(),
+            window: None,
         })
         .await
         .unwrap_err();
@@ -386,6 +389,7 @@ async fn grpc_web_style_sessions_use_one_stream_and_unary_calls() {
             graph: "project_tasks".into(),
             params: project(1),
             session_id: opened.session_id.clone(),
+            window: None,
         })
         .await
         .unwrap()

@@ -160,6 +160,7 @@ async fn subscribe_and_sync_answer_unavailable_while_postgres_is_down() {
             params: project(2),
             epoch: 1,
             version: 1,
+            window: None,
         }])
         .await;
     let e = reply.results[0].error.as_ref().expect("an error");
@@ -301,6 +302,7 @@ async fn cancelled_subscribes_and_sessions_closed_mid_subscribe_leave_nothing_be
             graph: "slow_tasks".into(),
             params: n(1000 + i),
             session_id: session_id.clone(),
+            window: None,
         });
         req.set_timeout(Duration::from_millis(5));
         if c.subscribe(req).await.is_err() {
@@ -347,6 +349,7 @@ async fn cancelled_subscribes_and_sessions_closed_mid_subscribe_leave_nothing_be
             graph: "slow_tasks".into(),
             params: n(5000 + i % 7),
             session_id: String::new(),
+            window: None,
         }))
         .await;
         if i % 2 == 0 {

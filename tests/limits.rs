@@ -87,6 +87,7 @@ async fn echoed_input_is_cut_short() {
             graph: "project_tasks".into(),
             params: project(1),
             session_id: long.clone(),
+            window: None,
         })
         .await
         .unwrap_err();
@@ -310,6 +311,7 @@ async fn a_client_that_does_not_read_is_held_back_not_killed() {
             graph: "project_tasks".into(),
             params: project(1),
             session_id: String::new(),
+            window: None,
         })),
     })
     .await

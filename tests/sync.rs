@@ -127,6 +127,7 @@ async fn a_client_too_far_behind_gets_a_snapshot() {
             params: project(1),
             epoch: before.epoch,
             version: before.version,
+            window: None,
         }])
         .await;
     assert_eq!(r.results[0].mode, SyncMode::Snapshot as i32);
@@ -155,12 +156,14 @@ async fn a_view_that_was_dropped_and_recreated_answers_with_a_snapshot() {
                 params: project(1),
                 epoch: before.epoch,
                 version: before.version,
+                window: None,
             },
             pb::SyncView {
                 graph: "nope".into(),
                 params: project(1),
                 epoch: 1,
                 version: 1,
+                window: None,
             },
         ])
         .await;

@@ -135,6 +135,8 @@ pub fn frame_to_pb(f: &Frame) -> pb::ViewFrame {
             refs: s.refs.iter().map(ref_to_pb).collect(),
             rows: s.rows.iter().map(|(k, f)| row_to_pb(k, f)).collect(),
             total: s.total,
+            window: None,
+            more: false,
         }),
         FrameBody::Diff(d) => Body::Diff(pb::ViewDiff {
             refs: d
@@ -165,6 +167,7 @@ pub fn frame_to_pb(f: &Frame) -> pb::ViewFrame {
                 })
                 .collect(),
             total: d.total,
+            window: None,
         }),
         FrameBody::Error(e) => Body::Error(pb::ViewError {
             code: super::status::to_status(e.clone()).code() as i32,
@@ -177,6 +180,7 @@ pub fn frame_to_pb(f: &Frame) -> pb::ViewFrame {
         version: f.version,
         prev_version: f.prev_version,
         body: Some(body),
+        prev_epoch: 0,
     }
 }
 
@@ -257,6 +261,7 @@ pub fn describe(reg: &engine::Registry) -> pb::DescribeResponse {
                     .collect(),
                 table: g.table.clone().unwrap_or_default(),
                 fields: g.fields.iter().map(field_info).collect(),
+                window: None,
             })
             .collect(),
         mutations: reg

@@ -390,6 +390,7 @@ fn connect_method(msg: &pb::ClientMessage) -> &'static str {
         Some(Kind::Sync(_)) => "Connect/Sync",
         Some(Kind::Mutate(_)) => "Connect/Mutate",
         Some(Kind::Ping(_)) => "Connect/Ping",
+        Some(Kind::Reanchor(_)) => "Connect/Reanchor",
         None => "Connect",
     }
 }
@@ -449,6 +450,9 @@ async fn handle(
                 Ok(out) => reply(reply::Result::Mutate(mutate_response(out, Some(session)))),
                 Err(e) => error(to_status(e)),
             }
+        }
+        Some(pb::client_message::Kind::Reanchor(_)) => {
+            error(Status::unimplemented("Reanchor is not available yet"))
         }
         Some(pb::client_message::Kind::Ping(_)) => {
             let now = std::time::SystemTime::now()
@@ -632,6 +636,13 @@ impl ArcanaService for Service {
             )
             .await?,
         ))
+    }
+
+    async fn reanchor(
+        &self,
+        _req: Request<pb::ReanchorRequest>,
+    ) -> Result<Response<pb::ReanchorResponse>, Status> {
+        Err(Status::unimplemented("Reanchor is not available yet"))
     }
 
     #[tracing::instrument(

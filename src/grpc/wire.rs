@@ -121,6 +121,7 @@ mod tests {
             epoch: 7,
             version,
             prev_version: version - 1,
+            prev_epoch: 0,
             body: Some(proto::view_frame::Body::Diff(proto::ViewDiff {
                 total: Some(version as i64 * 1000),
                 ..Default::default()

@@ -430,6 +430,7 @@ impl Live {
                 graph: graph.into(),
                 params,
                 session_id: String::new(),
+                window: None,
             }))
             .await?;
         let pb::reply::Result::Subscribe(s) = r else {
@@ -495,6 +496,7 @@ impl Live {
             params,
             epoch: state.epoch,
             version: state.version,
+            window: None,
         }])
         .await
     }

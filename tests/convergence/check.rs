@@ -35,6 +35,7 @@ impl Probe {
                 graph: spec.graph.into(),
                 params: spec.pb_params(),
                 session_id: String::new(),
+                window: None,
             })),
         })
         .await

@@ -262,6 +262,7 @@ impl Session {
                 graph: spec.graph.into(),
                 params: spec.pb_params(),
                 session_id: String::new(),
+                window: None,
             });
             self.send(req, Pending::Subscribe(i)).await?;
         }
@@ -273,6 +274,7 @@ impl Session {
                     params: spec.pb_params(),
                     epoch: *epoch,
                     version: *version,
+                    window: None,
                 })
                 .collect();
             let sent = syncs.iter().map(|(i, _, e, v)| (*i, *e, *v)).collect();

@@ -313,7 +313,9 @@ type GraphInfo struct {
 	// The table of the graph's top-level refs, when it has one.
 	Table string `protobuf:"bytes,8,opt,name=table,proto3" json:"table,omitempty"`
 	// The fields of its rows, when known (SQL graphs always know them).
-	Fields        []*FieldInfo `protobuf:"bytes,9,rep,name=fields,proto3" json:"fields,omitempty"`
+	Fields []*FieldInfo `protobuf:"bytes,9,rep,name=fields,proto3" json:"fields,omitempty"`
+	// Set for graphs subscribed through a window: the order they keep.
+	Window        *WindowOrder `protobuf:"bytes,10,opt,name=window,proto3" json:"window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -411,6 +413,85 @@ func (x *GraphInfo) GetFields() []*FieldInfo {
 	return nil
 }
 
+func (x *GraphInfo) GetWindow() *WindowOrder {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+// A graph's total order: its rows sort by these fields (the last ones a
+// unique key), ascending unless `descending`. A window's cursor is the values
+// of these fields of its anchor row.
+type WindowOrder struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Order      []string               `protobuf:"bytes,1,rep,name=order,proto3" json:"order,omitempty"`
+	Descending bool                   `protobuf:"varint,2,opt,name=descending,proto3" json:"descending,omitempty"`
+	// The window a subscription without one gets, and the largest allowed.
+	DefaultLimit  uint32 `protobuf:"varint,3,opt,name=default_limit,json=defaultLimit,proto3" json:"default_limit,omitempty"`
+	MaxLimit      uint32 `protobuf:"varint,4,opt,name=max_limit,json=maxLimit,proto3" json:"max_limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WindowOrder) Reset() {
+	*x = WindowOrder{}
+	mi := &file_arcana_v1_describe_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WindowOrder) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WindowOrder) ProtoMessage() {}
+
+func (x *WindowOrder) ProtoReflect() protoreflect.Message {
+	mi := &file_arcana_v1_describe_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WindowOrder.ProtoReflect.Descriptor instead.
+func (*WindowOrder) Descriptor() ([]byte, []int) {
+	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *WindowOrder) GetOrder() []string {
+	if x != nil {
+		return x.Order
+	}
+	return nil
+}
+
+func (x *WindowOrder) GetDescending() bool {
+	if x != nil {
+		return x.Descending
+	}
+	return false
+}
+
+func (x *WindowOrder) GetDefaultLimit() uint32 {
+	if x != nil {
+		return x.DefaultLimit
+	}
+	return 0
+}
+
+func (x *WindowOrder) GetMaxLimit() uint32 {
+	if x != nil {
+		return x.MaxLimit
+	}
+	return 0
+}
+
 type MutationInfo struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Name        string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -428,7 +509,7 @@ type MutationInfo struct {
 
 func (x *MutationInfo) Reset() {
 	*x = MutationInfo{}
-	mi := &file_arcana_v1_describe_proto_msgTypes[4]
+	mi := &file_arcana_v1_describe_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -440,7 +521,7 @@ func (x *MutationInfo) String() string {
 func (*MutationInfo) ProtoMessage() {}
 
 func (x *MutationInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_describe_proto_msgTypes[4]
+	mi := &file_arcana_v1_describe_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -453,7 +534,7 @@ func (x *MutationInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MutationInfo.ProtoReflect.Descriptor instead.
 func (*MutationInfo) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{4}
+	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MutationInfo) GetName() string {
@@ -510,7 +591,7 @@ type TableInfo struct {
 
 func (x *TableInfo) Reset() {
 	*x = TableInfo{}
-	mi := &file_arcana_v1_describe_proto_msgTypes[5]
+	mi := &file_arcana_v1_describe_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -522,7 +603,7 @@ func (x *TableInfo) String() string {
 func (*TableInfo) ProtoMessage() {}
 
 func (x *TableInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_describe_proto_msgTypes[5]
+	mi := &file_arcana_v1_describe_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -535,7 +616,7 @@ func (x *TableInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TableInfo.ProtoReflect.Descriptor instead.
 func (*TableInfo) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{5}
+	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *TableInfo) GetName() string {
@@ -567,7 +648,7 @@ type DescribeRequest struct {
 
 func (x *DescribeRequest) Reset() {
 	*x = DescribeRequest{}
-	mi := &file_arcana_v1_describe_proto_msgTypes[6]
+	mi := &file_arcana_v1_describe_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -579,7 +660,7 @@ func (x *DescribeRequest) String() string {
 func (*DescribeRequest) ProtoMessage() {}
 
 func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_describe_proto_msgTypes[6]
+	mi := &file_arcana_v1_describe_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -592,7 +673,7 @@ func (x *DescribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeRequest.ProtoReflect.Descriptor instead.
 func (*DescribeRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{6}
+	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{7}
 }
 
 type DescribeResponse struct {
@@ -607,7 +688,7 @@ type DescribeResponse struct {
 
 func (x *DescribeResponse) Reset() {
 	*x = DescribeResponse{}
-	mi := &file_arcana_v1_describe_proto_msgTypes[7]
+	mi := &file_arcana_v1_describe_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +700,7 @@ func (x *DescribeResponse) String() string {
 func (*DescribeResponse) ProtoMessage() {}
 
 func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_describe_proto_msgTypes[7]
+	mi := &file_arcana_v1_describe_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +713,7 @@ func (x *DescribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DescribeResponse.ProtoReflect.Descriptor instead.
 func (*DescribeResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{7}
+	return file_arcana_v1_describe_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DescribeResponse) GetProtocolVersion() uint32 {
@@ -684,7 +765,7 @@ const file_arcana_v1_describe_proto_rawDesc = "" +
 	"\x06nested\x18\x01 \x01(\tR\x06nested\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
 	"\x04kind\x18\x03 \x01(\tR\x04kind\x12\x19\n" +
-	"\bnot_null\x18\x04 \x01(\bR\anotNull\"\x8e\x03\n" +
+	"\bnot_null\x18\x04 \x01(\bR\anotNull\"\xbe\x03\n" +
 	"\tGraphInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12,\n" +
@@ -694,10 +775,19 @@ const file_arcana_v1_describe_proto_rawDesc = "" +
 	"\bper_user\x18\x06 \x01(\bR\aperUser\x128\n" +
 	"\x06nested\x18\a \x03(\v2 .arcana.v1.GraphInfo.NestedEntryR\x06nested\x12\x14\n" +
 	"\x05table\x18\b \x01(\tR\x05table\x12,\n" +
-	"\x06fields\x18\t \x03(\v2\x14.arcana.v1.FieldInfoR\x06fields\x1a9\n" +
+	"\x06fields\x18\t \x03(\v2\x14.arcana.v1.FieldInfoR\x06fields\x12.\n" +
+	"\x06window\x18\n" +
+	" \x01(\v2\x16.arcana.v1.WindowOrderR\x06window\x1a9\n" +
 	"\vNestedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf1\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x85\x01\n" +
+	"\vWindowOrder\x12\x14\n" +
+	"\x05order\x18\x01 \x03(\tR\x05order\x12\x1e\n" +
+	"\n" +
+	"descending\x18\x02 \x01(\bR\n" +
+	"descending\x12#\n" +
+	"\rdefault_limit\x18\x03 \x01(\rR\fdefaultLimit\x12\x1b\n" +
+	"\tmax_limit\x18\x04 \x01(\rR\bmaxLimit\"\xf1\x01\n" +
 	"\fMutationInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12,\n" +
@@ -737,39 +827,41 @@ func file_arcana_v1_describe_proto_rawDescGZIP() []byte {
 }
 
 var file_arcana_v1_describe_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_arcana_v1_describe_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_arcana_v1_describe_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_arcana_v1_describe_proto_goTypes = []any{
 	(ParamType)(0),           // 0: arcana.v1.ParamType
 	(*ParamInfo)(nil),        // 1: arcana.v1.ParamInfo
 	(*TableDep)(nil),         // 2: arcana.v1.TableDep
 	(*FieldInfo)(nil),        // 3: arcana.v1.FieldInfo
 	(*GraphInfo)(nil),        // 4: arcana.v1.GraphInfo
-	(*MutationInfo)(nil),     // 5: arcana.v1.MutationInfo
-	(*TableInfo)(nil),        // 6: arcana.v1.TableInfo
-	(*DescribeRequest)(nil),  // 7: arcana.v1.DescribeRequest
-	(*DescribeResponse)(nil), // 8: arcana.v1.DescribeResponse
-	nil,                      // 9: arcana.v1.GraphInfo.NestedEntry
-	(*Value)(nil),            // 10: arcana.v1.Value
+	(*WindowOrder)(nil),      // 5: arcana.v1.WindowOrder
+	(*MutationInfo)(nil),     // 6: arcana.v1.MutationInfo
+	(*TableInfo)(nil),        // 7: arcana.v1.TableInfo
+	(*DescribeRequest)(nil),  // 8: arcana.v1.DescribeRequest
+	(*DescribeResponse)(nil), // 9: arcana.v1.DescribeResponse
+	nil,                      // 10: arcana.v1.GraphInfo.NestedEntry
+	(*Value)(nil),            // 11: arcana.v1.Value
 }
 var file_arcana_v1_describe_proto_depIdxs = []int32{
 	0,  // 0: arcana.v1.ParamInfo.type:type_name -> arcana.v1.ParamType
-	10, // 1: arcana.v1.ParamInfo.default:type_name -> arcana.v1.Value
-	10, // 2: arcana.v1.ParamInfo.one_of:type_name -> arcana.v1.Value
+	11, // 1: arcana.v1.ParamInfo.default:type_name -> arcana.v1.Value
+	11, // 2: arcana.v1.ParamInfo.one_of:type_name -> arcana.v1.Value
 	1,  // 3: arcana.v1.GraphInfo.params:type_name -> arcana.v1.ParamInfo
 	2,  // 4: arcana.v1.GraphInfo.deps:type_name -> arcana.v1.TableDep
-	9,  // 5: arcana.v1.GraphInfo.nested:type_name -> arcana.v1.GraphInfo.NestedEntry
+	10, // 5: arcana.v1.GraphInfo.nested:type_name -> arcana.v1.GraphInfo.NestedEntry
 	3,  // 6: arcana.v1.GraphInfo.fields:type_name -> arcana.v1.FieldInfo
-	1,  // 7: arcana.v1.MutationInfo.params:type_name -> arcana.v1.ParamInfo
-	2,  // 8: arcana.v1.MutationInfo.changes:type_name -> arcana.v1.TableDep
-	3,  // 9: arcana.v1.MutationInfo.fields:type_name -> arcana.v1.FieldInfo
-	4,  // 10: arcana.v1.DescribeResponse.graphs:type_name -> arcana.v1.GraphInfo
-	5,  // 11: arcana.v1.DescribeResponse.mutations:type_name -> arcana.v1.MutationInfo
-	6,  // 12: arcana.v1.DescribeResponse.tables:type_name -> arcana.v1.TableInfo
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	5,  // 7: arcana.v1.GraphInfo.window:type_name -> arcana.v1.WindowOrder
+	1,  // 8: arcana.v1.MutationInfo.params:type_name -> arcana.v1.ParamInfo
+	2,  // 9: arcana.v1.MutationInfo.changes:type_name -> arcana.v1.TableDep
+	3,  // 10: arcana.v1.MutationInfo.fields:type_name -> arcana.v1.FieldInfo
+	4,  // 11: arcana.v1.DescribeResponse.graphs:type_name -> arcana.v1.GraphInfo
+	6,  // 12: arcana.v1.DescribeResponse.mutations:type_name -> arcana.v1.MutationInfo
+	7,  // 13: arcana.v1.DescribeResponse.tables:type_name -> arcana.v1.TableInfo
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_arcana_v1_describe_proto_init() }
@@ -785,7 +877,7 @@ func file_arcana_v1_describe_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_arcana_v1_describe_proto_rawDesc), len(file_arcana_v1_describe_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -21,6 +21,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type WindowDirection int32
+
+const (
+	// Same as AFTER.
+	WindowDirection_WINDOW_DIRECTION_UNSPECIFIED WindowDirection = 0
+	// The first `limit` rows after the cursor.
+	WindowDirection_WINDOW_DIRECTION_AFTER WindowDirection = 1
+	// The last `limit` rows before the cursor, shown in list order.
+	WindowDirection_WINDOW_DIRECTION_BEFORE WindowDirection = 2
+	// The anchor row and the rows after it fill limit - limit/2 places; the
+	// rows before it fill limit/2. Needs a cursor.
+	WindowDirection_WINDOW_DIRECTION_AROUND WindowDirection = 3
+)
+
+// Enum value maps for WindowDirection.
+var (
+	WindowDirection_name = map[int32]string{
+		0: "WINDOW_DIRECTION_UNSPECIFIED",
+		1: "WINDOW_DIRECTION_AFTER",
+		2: "WINDOW_DIRECTION_BEFORE",
+		3: "WINDOW_DIRECTION_AROUND",
+	}
+	WindowDirection_value = map[string]int32{
+		"WINDOW_DIRECTION_UNSPECIFIED": 0,
+		"WINDOW_DIRECTION_AFTER":       1,
+		"WINDOW_DIRECTION_BEFORE":      2,
+		"WINDOW_DIRECTION_AROUND":      3,
+	}
+)
+
+func (x WindowDirection) Enum() *WindowDirection {
+	p := new(WindowDirection)
+	*p = x
+	return p
+}
+
+func (x WindowDirection) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WindowDirection) Descriptor() protoreflect.EnumDescriptor {
+	return file_arcana_v1_service_proto_enumTypes[0].Descriptor()
+}
+
+func (WindowDirection) Type() protoreflect.EnumType {
+	return &file_arcana_v1_service_proto_enumTypes[0]
+}
+
+func (x WindowDirection) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WindowDirection.Descriptor instead.
+func (WindowDirection) EnumDescriptor() ([]byte, []int) {
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{0}
+}
+
 type SyncMode int32
 
 const (
@@ -60,11 +117,11 @@ func (x SyncMode) String() string {
 }
 
 func (SyncMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_arcana_v1_service_proto_enumTypes[0].Descriptor()
+	return file_arcana_v1_service_proto_enumTypes[1].Descriptor()
 }
 
 func (SyncMode) Type() protoreflect.EnumType {
-	return &file_arcana_v1_service_proto_enumTypes[0]
+	return &file_arcana_v1_service_proto_enumTypes[1]
 }
 
 func (x SyncMode) Number() protoreflect.EnumNumber {
@@ -73,7 +130,7 @@ func (x SyncMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use SyncMode.Descriptor instead.
 func (SyncMode) EnumDescriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{0}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{1}
 }
 
 type ClientMessage struct {
@@ -87,6 +144,7 @@ type ClientMessage struct {
 	//	*ClientMessage_Sync
 	//	*ClientMessage_Mutate
 	//	*ClientMessage_Ping
+	//	*ClientMessage_Reanchor
 	Kind          isClientMessage_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -181,6 +239,15 @@ func (x *ClientMessage) GetPing() *PingRequest {
 	return nil
 }
 
+func (x *ClientMessage) GetReanchor() *ReanchorRequest {
+	if x != nil {
+		if x, ok := x.Kind.(*ClientMessage_Reanchor); ok {
+			return x.Reanchor
+		}
+	}
+	return nil
+}
+
 type isClientMessage_Kind interface {
 	isClientMessage_Kind()
 }
@@ -205,6 +272,10 @@ type ClientMessage_Ping struct {
 	Ping *PingRequest `protobuf:"bytes,6,opt,name=ping,proto3,oneof"`
 }
 
+type ClientMessage_Reanchor struct {
+	Reanchor *ReanchorRequest `protobuf:"bytes,7,opt,name=reanchor,proto3,oneof"`
+}
+
 func (*ClientMessage_Subscribe) isClientMessage_Kind() {}
 
 func (*ClientMessage_Unsubscribe) isClientMessage_Kind() {}
@@ -214,6 +285,8 @@ func (*ClientMessage_Sync) isClientMessage_Kind() {}
 func (*ClientMessage_Mutate) isClientMessage_Kind() {}
 
 func (*ClientMessage_Ping) isClientMessage_Kind() {}
+
+func (*ClientMessage_Reanchor) isClientMessage_Kind() {}
 
 type ServerMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -459,6 +532,7 @@ type Reply struct {
 	//	*Reply_Sync
 	//	*Reply_Mutate
 	//	*Reply_Ping
+	//	*Reply_Reanchor
 	Result        isReply_Result `protobuf_oneof:"result"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -562,6 +636,15 @@ func (x *Reply) GetPing() *PingResponse {
 	return nil
 }
 
+func (x *Reply) GetReanchor() *ReanchorResponse {
+	if x != nil {
+		if x, ok := x.Result.(*Reply_Reanchor); ok {
+			return x.Reanchor
+		}
+	}
+	return nil
+}
+
 type isReply_Result interface {
 	isReply_Result()
 }
@@ -590,6 +673,10 @@ type Reply_Ping struct {
 	Ping *PingResponse `protobuf:"bytes,7,opt,name=ping,proto3,oneof"`
 }
 
+type Reply_Reanchor struct {
+	Reanchor *ReanchorResponse `protobuf:"bytes,8,opt,name=reanchor,proto3,oneof"`
+}
+
 func (*Reply_Error) isReply_Result() {}
 
 func (*Reply_Subscribe) isReply_Result() {}
@@ -601,6 +688,8 @@ func (*Reply_Sync) isReply_Result() {}
 func (*Reply_Mutate) isReply_Result() {}
 
 func (*Reply_Ping) isReply_Result() {}
+
+func (*Reply_Reanchor) isReply_Result() {}
 
 // A failed request on the bidirectional stream; the stream stays open.
 type Error struct {
@@ -697,7 +786,11 @@ type SubscribeRequest struct {
 	Graph  string                 `protobuf:"bytes,1,opt,name=graph,proto3" json:"graph,omitempty"`
 	Params map[string]*Value      `protobuf:"bytes,2,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Only for the unary call: the session from OpenSession.
-	SessionId     string `protobuf:"bytes,3,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	SessionId string `protobuf:"bytes,3,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	// For graphs that declare an order: which part of the list to keep live.
+	// Required for them (a missing window is the first `default_window_rows`
+	// rows); refused for other graphs.
+	Window        *Window `protobuf:"bytes,4,opt,name=window,proto3" json:"window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -753,6 +846,230 @@ func (x *SubscribeRequest) GetSessionId() string {
 	return ""
 }
 
+func (x *SubscribeRequest) GetWindow() *Window {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+// A window over an ordered graph: up to `limit` rows next to a cursor.
+type Window struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Limit uint32                 `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	// The order-key values of the anchor row, in the graph's order-key order.
+	// Empty: the start of the list (AFTER), or its end (BEFORE).
+	Cursor    []*Value        `protobuf:"bytes,2,rep,name=cursor,proto3" json:"cursor,omitempty"`
+	Direction WindowDirection `protobuf:"varint,3,opt,name=direction,proto3,enum=arcana.v1.WindowDirection" json:"direction,omitempty"`
+	// With a cursor: whether the anchor row itself is part of the window
+	// (AFTER and BEFORE; AROUND always includes it).
+	Inclusive     bool `protobuf:"varint,4,opt,name=inclusive,proto3" json:"inclusive,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Window) Reset() {
+	*x = Window{}
+	mi := &file_arcana_v1_service_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Window) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Window) ProtoMessage() {}
+
+func (x *Window) ProtoReflect() protoreflect.Message {
+	mi := &file_arcana_v1_service_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Window.ProtoReflect.Descriptor instead.
+func (*Window) Descriptor() ([]byte, []int) {
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Window) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *Window) GetCursor() []*Value {
+	if x != nil {
+		return x.Cursor
+	}
+	return nil
+}
+
+func (x *Window) GetDirection() WindowDirection {
+	if x != nil {
+		return x.Direction
+	}
+	return WindowDirection_WINDOW_DIRECTION_UNSPECIFIED
+}
+
+func (x *Window) GetInclusive() bool {
+	if x != nil {
+		return x.Inclusive
+	}
+	return false
+}
+
+// Moves an existing windowed subscription to a new window (cursor, limit or
+// both). The client gets one diff frame from the rows it holds to the new
+// window, under the same view id; no snapshot, no unsubscribe.
+type ReanchorRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	ViewId string                 `protobuf:"bytes,1,opt,name=view_id,json=viewId,proto3" json:"view_id,omitempty"`
+	Window *Window                `protobuf:"bytes,2,opt,name=window,proto3" json:"window,omitempty"`
+	// Only for the unary call: the session from OpenSession.
+	SessionId     string `protobuf:"bytes,3,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReanchorRequest) Reset() {
+	*x = ReanchorRequest{}
+	mi := &file_arcana_v1_service_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReanchorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReanchorRequest) ProtoMessage() {}
+
+func (x *ReanchorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_arcana_v1_service_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReanchorRequest.ProtoReflect.Descriptor instead.
+func (*ReanchorRequest) Descriptor() ([]byte, []int) {
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReanchorRequest) GetViewId() string {
+	if x != nil {
+		return x.ViewId
+	}
+	return ""
+}
+
+func (x *ReanchorRequest) GetWindow() *Window {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *ReanchorRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
+type ReanchorResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription's view id: unchanged.
+	ViewId string `protobuf:"bytes,1,opt,name=view_id,json=viewId,proto3" json:"view_id,omitempty"`
+	// The epoch and version the subscription is at once the re-anchor diff
+	// (which follows on the session stream) is applied.
+	Epoch   uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Version uint64 `protobuf:"varint,3,opt,name=version,proto3" json:"version,omitempty"`
+	// The version (and epoch) the re-anchor diff applies on.
+	PrevVersion   uint64 `protobuf:"varint,4,opt,name=prev_version,json=prevVersion,proto3" json:"prev_version,omitempty"`
+	PrevEpoch     uint64 `protobuf:"varint,5,opt,name=prev_epoch,json=prevEpoch,proto3" json:"prev_epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReanchorResponse) Reset() {
+	*x = ReanchorResponse{}
+	mi := &file_arcana_v1_service_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReanchorResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReanchorResponse) ProtoMessage() {}
+
+func (x *ReanchorResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_arcana_v1_service_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReanchorResponse.ProtoReflect.Descriptor instead.
+func (*ReanchorResponse) Descriptor() ([]byte, []int) {
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ReanchorResponse) GetViewId() string {
+	if x != nil {
+		return x.ViewId
+	}
+	return ""
+}
+
+func (x *ReanchorResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ReanchorResponse) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *ReanchorResponse) GetPrevVersion() uint64 {
+	if x != nil {
+		return x.PrevVersion
+	}
+	return 0
+}
+
+func (x *ReanchorResponse) GetPrevEpoch() uint64 {
+	if x != nil {
+		return x.PrevEpoch
+	}
+	return 0
+}
+
 type SubscribeResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	ViewId string                 `protobuf:"bytes,1,opt,name=view_id,json=viewId,proto3" json:"view_id,omitempty"`
@@ -766,7 +1083,7 @@ type SubscribeResponse struct {
 
 func (x *SubscribeResponse) Reset() {
 	*x = SubscribeResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[8]
+	mi := &file_arcana_v1_service_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -778,7 +1095,7 @@ func (x *SubscribeResponse) String() string {
 func (*SubscribeResponse) ProtoMessage() {}
 
 func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[8]
+	mi := &file_arcana_v1_service_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -791,7 +1108,7 @@ func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
 func (*SubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{8}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SubscribeResponse) GetViewId() string {
@@ -832,7 +1149,7 @@ type UnsubscribeRequest struct {
 
 func (x *UnsubscribeRequest) Reset() {
 	*x = UnsubscribeRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[9]
+	mi := &file_arcana_v1_service_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -844,7 +1161,7 @@ func (x *UnsubscribeRequest) String() string {
 func (*UnsubscribeRequest) ProtoMessage() {}
 
 func (x *UnsubscribeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[9]
+	mi := &file_arcana_v1_service_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -857,7 +1174,7 @@ func (x *UnsubscribeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsubscribeRequest.ProtoReflect.Descriptor instead.
 func (*UnsubscribeRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{9}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UnsubscribeRequest) GetViewId() string {
@@ -882,7 +1199,7 @@ type UnsubscribeResponse struct {
 
 func (x *UnsubscribeResponse) Reset() {
 	*x = UnsubscribeResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[10]
+	mi := &file_arcana_v1_service_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -894,7 +1211,7 @@ func (x *UnsubscribeResponse) String() string {
 func (*UnsubscribeResponse) ProtoMessage() {}
 
 func (x *UnsubscribeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[10]
+	mi := &file_arcana_v1_service_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -907,7 +1224,7 @@ func (x *UnsubscribeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsubscribeResponse.ProtoReflect.Descriptor instead.
 func (*UnsubscribeResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{10}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{13}
 }
 
 type SyncRequest struct {
@@ -920,7 +1237,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[11]
+	mi := &file_arcana_v1_service_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -932,7 +1249,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[11]
+	mi := &file_arcana_v1_service_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -945,7 +1262,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{11}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SyncRequest) GetViews() []*SyncView {
@@ -964,18 +1281,20 @@ func (x *SyncRequest) GetSessionId() string {
 
 // A view the client held before it lost its session, and the last version it saw.
 type SyncView struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Graph         string                 `protobuf:"bytes,1,opt,name=graph,proto3" json:"graph,omitempty"`
-	Params        map[string]*Value      `protobuf:"bytes,2,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Version       uint64                 `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Graph   string                 `protobuf:"bytes,1,opt,name=graph,proto3" json:"graph,omitempty"`
+	Params  map[string]*Value      `protobuf:"bytes,2,rep,name=params,proto3" json:"params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Epoch   uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Version uint64                 `protobuf:"varint,4,opt,name=version,proto3" json:"version,omitempty"`
+	// The window the client held, for windowed graphs.
+	Window        *Window `protobuf:"bytes,5,opt,name=window,proto3" json:"window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncView) Reset() {
 	*x = SyncView{}
-	mi := &file_arcana_v1_service_proto_msgTypes[12]
+	mi := &file_arcana_v1_service_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -987,7 +1306,7 @@ func (x *SyncView) String() string {
 func (*SyncView) ProtoMessage() {}
 
 func (x *SyncView) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[12]
+	mi := &file_arcana_v1_service_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1000,7 +1319,7 @@ func (x *SyncView) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncView.ProtoReflect.Descriptor instead.
 func (*SyncView) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{12}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SyncView) GetGraph() string {
@@ -1031,6 +1350,13 @@ func (x *SyncView) GetVersion() uint64 {
 	return 0
 }
 
+func (x *SyncView) GetWindow() *Window {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
 type SyncResult struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	ViewId string                 `protobuf:"bytes,1,opt,name=view_id,json=viewId,proto3" json:"view_id,omitempty"`
@@ -1048,7 +1374,7 @@ type SyncResult struct {
 
 func (x *SyncResult) Reset() {
 	*x = SyncResult{}
-	mi := &file_arcana_v1_service_proto_msgTypes[13]
+	mi := &file_arcana_v1_service_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1060,7 +1386,7 @@ func (x *SyncResult) String() string {
 func (*SyncResult) ProtoMessage() {}
 
 func (x *SyncResult) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[13]
+	mi := &file_arcana_v1_service_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1073,7 +1399,7 @@ func (x *SyncResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResult.ProtoReflect.Descriptor instead.
 func (*SyncResult) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{13}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SyncResult) GetViewId() string {
@@ -1129,7 +1455,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[14]
+	mi := &file_arcana_v1_service_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1141,7 +1467,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[14]
+	mi := &file_arcana_v1_service_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1154,7 +1480,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{14}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SyncResponse) GetResults() []*SyncResult {
@@ -1177,7 +1503,7 @@ type MutateRequest struct {
 
 func (x *MutateRequest) Reset() {
 	*x = MutateRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[15]
+	mi := &file_arcana_v1_service_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1189,7 +1515,7 @@ func (x *MutateRequest) String() string {
 func (*MutateRequest) ProtoMessage() {}
 
 func (x *MutateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[15]
+	mi := &file_arcana_v1_service_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1202,7 +1528,7 @@ func (x *MutateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MutateRequest.ProtoReflect.Descriptor instead.
 func (*MutateRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{15}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MutateRequest) GetMutation() string {
@@ -1243,7 +1569,7 @@ type MutateResponse struct {
 
 func (x *MutateResponse) Reset() {
 	*x = MutateResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[16]
+	mi := &file_arcana_v1_service_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +1581,7 @@ func (x *MutateResponse) String() string {
 func (*MutateResponse) ProtoMessage() {}
 
 func (x *MutateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[16]
+	mi := &file_arcana_v1_service_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +1594,7 @@ func (x *MutateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MutateResponse.ProtoReflect.Descriptor instead.
 func (*MutateResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{16}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MutateResponse) GetData() map[string]*Value {
@@ -1300,7 +1626,7 @@ type PingRequest struct {
 
 func (x *PingRequest) Reset() {
 	*x = PingRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[17]
+	mi := &file_arcana_v1_service_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1312,7 +1638,7 @@ func (x *PingRequest) String() string {
 func (*PingRequest) ProtoMessage() {}
 
 func (x *PingRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[17]
+	mi := &file_arcana_v1_service_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1325,7 +1651,7 @@ func (x *PingRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingRequest.ProtoReflect.Descriptor instead.
 func (*PingRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{17}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{20}
 }
 
 type PingResponse struct {
@@ -1337,7 +1663,7 @@ type PingResponse struct {
 
 func (x *PingResponse) Reset() {
 	*x = PingResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[18]
+	mi := &file_arcana_v1_service_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1349,7 +1675,7 @@ func (x *PingResponse) String() string {
 func (*PingResponse) ProtoMessage() {}
 
 func (x *PingResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[18]
+	mi := &file_arcana_v1_service_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1362,7 +1688,7 @@ func (x *PingResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PingResponse.ProtoReflect.Descriptor instead.
 func (*PingResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{18}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PingResponse) GetServerTimeUnixMs() int64 {
@@ -1381,7 +1707,7 @@ type NotifyRequest struct {
 
 func (x *NotifyRequest) Reset() {
 	*x = NotifyRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[19]
+	mi := &file_arcana_v1_service_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1719,7 @@ func (x *NotifyRequest) String() string {
 func (*NotifyRequest) ProtoMessage() {}
 
 func (x *NotifyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[19]
+	mi := &file_arcana_v1_service_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1732,7 @@ func (x *NotifyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotifyRequest.ProtoReflect.Descriptor instead.
 func (*NotifyRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{19}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *NotifyRequest) GetChanges() []*Change {
@@ -1424,7 +1750,7 @@ type NotifyResponse struct {
 
 func (x *NotifyResponse) Reset() {
 	*x = NotifyResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[20]
+	mi := &file_arcana_v1_service_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1436,7 +1762,7 @@ func (x *NotifyResponse) String() string {
 func (*NotifyResponse) ProtoMessage() {}
 
 func (x *NotifyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[20]
+	mi := &file_arcana_v1_service_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1449,7 +1775,7 @@ func (x *NotifyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NotifyResponse.ProtoReflect.Descriptor instead.
 func (*NotifyResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{20}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{23}
 }
 
 type StatsRequest struct {
@@ -1460,7 +1786,7 @@ type StatsRequest struct {
 
 func (x *StatsRequest) Reset() {
 	*x = StatsRequest{}
-	mi := &file_arcana_v1_service_proto_msgTypes[21]
+	mi := &file_arcana_v1_service_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1472,7 +1798,7 @@ func (x *StatsRequest) String() string {
 func (*StatsRequest) ProtoMessage() {}
 
 func (x *StatsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[21]
+	mi := &file_arcana_v1_service_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1485,7 +1811,7 @@ func (x *StatsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsRequest.ProtoReflect.Descriptor instead.
 func (*StatsRequest) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{21}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{24}
 }
 
 type ViewStats struct {
@@ -1503,7 +1829,7 @@ type ViewStats struct {
 
 func (x *ViewStats) Reset() {
 	*x = ViewStats{}
-	mi := &file_arcana_v1_service_proto_msgTypes[22]
+	mi := &file_arcana_v1_service_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1515,7 +1841,7 @@ func (x *ViewStats) String() string {
 func (*ViewStats) ProtoMessage() {}
 
 func (x *ViewStats) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[22]
+	mi := &file_arcana_v1_service_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1528,7 +1854,7 @@ func (x *ViewStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ViewStats.ProtoReflect.Descriptor instead.
 func (*ViewStats) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{22}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ViewStats) GetGraph() string {
@@ -1605,7 +1931,7 @@ type StatsResponse struct {
 
 func (x *StatsResponse) Reset() {
 	*x = StatsResponse{}
-	mi := &file_arcana_v1_service_proto_msgTypes[23]
+	mi := &file_arcana_v1_service_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1943,7 @@ func (x *StatsResponse) String() string {
 func (*StatsResponse) ProtoMessage() {}
 
 func (x *StatsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_service_proto_msgTypes[23]
+	mi := &file_arcana_v1_service_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1956,7 @@ func (x *StatsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatsResponse.ProtoReflect.Descriptor instead.
 func (*StatsResponse) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_service_proto_rawDescGZIP(), []int{23}
+	return file_arcana_v1_service_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *StatsResponse) GetSessions() uint32 {
@@ -1728,7 +2054,7 @@ var File_arcana_v1_service_proto protoreflect.FileDescriptor
 
 const file_arcana_v1_service_proto_rawDesc = "" +
 	"\n" +
-	"\x17arcana/v1/service.proto\x12\tarcana.v1\x1a\x18arcana/v1/describe.proto\x1a\x15arcana/v1/value.proto\x1a\x14arcana/v1/view.proto\"\xc6\x02\n" +
+	"\x17arcana/v1/service.proto\x12\tarcana.v1\x1a\x18arcana/v1/describe.proto\x1a\x15arcana/v1/value.proto\x1a\x14arcana/v1/view.proto\"\x80\x03\n" +
 	"\rClientMessage\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12;\n" +
@@ -1736,7 +2062,8 @@ const file_arcana_v1_service_proto_rawDesc = "" +
 	"\vunsubscribe\x18\x03 \x01(\v2\x1d.arcana.v1.UnsubscribeRequestH\x00R\vunsubscribe\x12,\n" +
 	"\x04sync\x18\x04 \x01(\v2\x16.arcana.v1.SyncRequestH\x00R\x04sync\x122\n" +
 	"\x06mutate\x18\x05 \x01(\v2\x18.arcana.v1.MutateRequestH\x00R\x06mutate\x12,\n" +
-	"\x04ping\x18\x06 \x01(\v2\x16.arcana.v1.PingRequestH\x00R\x04pingB\x06\n" +
+	"\x04ping\x18\x06 \x01(\v2\x16.arcana.v1.PingRequestH\x00R\x04ping\x128\n" +
+	"\breanchor\x18\a \x01(\v2\x1a.arcana.v1.ReanchorRequestH\x00R\breanchorB\x06\n" +
 	"\x04kind\"\xd4\x01\n" +
 	"\rServerMessage\x122\n" +
 	"\x06opened\x18\x01 \x01(\v2\x18.arcana.v1.SessionOpenedH\x00R\x06opened\x12(\n" +
@@ -1752,7 +2079,7 @@ const file_arcana_v1_service_proto_rawDesc = "" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12)\n" +
 	"\x10protocol_version\x18\x02 \x01(\rR\x0fprotocolVersion\x12\x17\n" +
 	"\auser_id\x18\x03 \x01(\tR\x06userId\x12!\n" +
-	"\fworkspace_id\x18\x04 \x01(\tR\vworkspaceId\"\xef\x02\n" +
+	"\fworkspace_id\x18\x04 \x01(\tR\vworkspaceId\"\xaa\x03\n" +
 	"\x05Reply\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12(\n" +
@@ -1761,20 +2088,39 @@ const file_arcana_v1_service_proto_rawDesc = "" +
 	"\vunsubscribe\x18\x04 \x01(\v2\x1e.arcana.v1.UnsubscribeResponseH\x00R\vunsubscribe\x12-\n" +
 	"\x04sync\x18\x05 \x01(\v2\x17.arcana.v1.SyncResponseH\x00R\x04sync\x123\n" +
 	"\x06mutate\x18\x06 \x01(\v2\x19.arcana.v1.MutateResponseH\x00R\x06mutate\x12-\n" +
-	"\x04ping\x18\a \x01(\v2\x17.arcana.v1.PingResponseH\x00R\x04pingB\b\n" +
+	"\x04ping\x18\a \x01(\v2\x17.arcana.v1.PingResponseH\x00R\x04ping\x129\n" +
+	"\breanchor\x18\b \x01(\v2\x1b.arcana.v1.ReanchorResponseH\x00R\breanchorB\b\n" +
 	"\x06result\"5\n" +
 	"\x05Error\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"\x14\n" +
-	"\x12OpenSessionRequest\"\xd5\x01\n" +
+	"\x12OpenSessionRequest\"\x80\x02\n" +
 	"\x10SubscribeRequest\x12\x14\n" +
 	"\x05graph\x18\x01 \x01(\tR\x05graph\x12?\n" +
 	"\x06params\x18\x02 \x03(\v2'.arcana.v1.SubscribeRequest.ParamsEntryR\x06params\x12\x1d\n" +
 	"\n" +
-	"session_id\x18\x03 \x01(\tR\tsessionId\x1aK\n" +
+	"session_id\x18\x03 \x01(\tR\tsessionId\x12)\n" +
+	"\x06window\x18\x04 \x01(\v2\x11.arcana.v1.WindowR\x06window\x1aK\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12&\n" +
-	"\x05value\x18\x02 \x01(\v2\x10.arcana.v1.ValueR\x05value:\x028\x01\"}\n" +
+	"\x05value\x18\x02 \x01(\v2\x10.arcana.v1.ValueR\x05value:\x028\x01\"\xa0\x01\n" +
+	"\x06Window\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\rR\x05limit\x12(\n" +
+	"\x06cursor\x18\x02 \x03(\v2\x10.arcana.v1.ValueR\x06cursor\x128\n" +
+	"\tdirection\x18\x03 \x01(\x0e2\x1a.arcana.v1.WindowDirectionR\tdirection\x12\x1c\n" +
+	"\tinclusive\x18\x04 \x01(\bR\tinclusive\"t\n" +
+	"\x0fReanchorRequest\x12\x17\n" +
+	"\aview_id\x18\x01 \x01(\tR\x06viewId\x12)\n" +
+	"\x06window\x18\x02 \x01(\v2\x11.arcana.v1.WindowR\x06window\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x03 \x01(\tR\tsessionId\"\x9d\x01\n" +
+	"\x10ReanchorResponse\x12\x17\n" +
+	"\aview_id\x18\x01 \x01(\tR\x06viewId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\x04R\aversion\x12!\n" +
+	"\fprev_version\x18\x04 \x01(\x04R\vprevVersion\x12\x1d\n" +
+	"\n" +
+	"prev_epoch\x18\x05 \x01(\x04R\tprevEpoch\"}\n" +
 	"\x11SubscribeResponse\x12\x17\n" +
 	"\aview_id\x18\x01 \x01(\tR\x06viewId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
@@ -1789,12 +2135,13 @@ const file_arcana_v1_service_proto_rawDesc = "" +
 	"\vSyncRequest\x12)\n" +
 	"\x05views\x18\x01 \x03(\v2\x13.arcana.v1.SyncViewR\x05views\x12\x1d\n" +
 	"\n" +
-	"session_id\x18\x02 \x01(\tR\tsessionId\"\xd6\x01\n" +
+	"session_id\x18\x02 \x01(\tR\tsessionId\"\x81\x02\n" +
 	"\bSyncView\x12\x14\n" +
 	"\x05graph\x18\x01 \x01(\tR\x05graph\x127\n" +
 	"\x06params\x18\x02 \x03(\v2\x1f.arcana.v1.SyncView.ParamsEntryR\x06params\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x18\n" +
-	"\aversion\x18\x04 \x01(\x04R\aversion\x1aK\n" +
+	"\aversion\x18\x04 \x01(\x04R\aversion\x12)\n" +
+	"\x06window\x18\x05 \x01(\v2\x11.arcana.v1.WindowR\x06window\x1aK\n" +
 	"\vParamsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12&\n" +
 	"\x05value\x18\x02 \x01(\v2\x10.arcana.v1.ValueR\x05value:\x028\x01\"\xbe\x01\n" +
@@ -1859,18 +2206,24 @@ const file_arcana_v1_service_proto_rawDesc = "" +
 	" \x03(\v2\x14.arcana.v1.ViewStatsR\tviewStats\x12+\n" +
 	"\x11evaluation_errors\x18\v \x01(\x04R\x10evaluationErrors\x12+\n" +
 	"\x11evaluation_rounds\x18\f \x01(\x04R\x10evaluationRounds\x12\x18\n" +
-	"\apatches\x18\r \x01(\x04R\apatches*l\n" +
+	"\apatches\x18\r \x01(\x04R\apatches*\x89\x01\n" +
+	"\x0fWindowDirection\x12 \n" +
+	"\x1cWINDOW_DIRECTION_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16WINDOW_DIRECTION_AFTER\x10\x01\x12\x1b\n" +
+	"\x17WINDOW_DIRECTION_BEFORE\x10\x02\x12\x1b\n" +
+	"\x17WINDOW_DIRECTION_AROUND\x10\x03*l\n" +
 	"\bSyncMode\x12\x19\n" +
 	"\x15SYNC_MODE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12SYNC_MODE_CATCH_UP\x10\x01\x12\x16\n" +
 	"\x12SYNC_MODE_SNAPSHOT\x10\x02\x12\x15\n" +
-	"\x11SYNC_MODE_CURRENT\x10\x032\xea\x04\n" +
+	"\x11SYNC_MODE_CURRENT\x10\x032\xaf\x05\n" +
 	"\rArcanaService\x12A\n" +
 	"\aConnect\x12\x18.arcana.v1.ClientMessage\x1a\x18.arcana.v1.ServerMessage(\x010\x01\x12H\n" +
 	"\vOpenSession\x12\x1d.arcana.v1.OpenSessionRequest\x1a\x18.arcana.v1.ServerMessage0\x01\x12F\n" +
 	"\tSubscribe\x12\x1b.arcana.v1.SubscribeRequest\x1a\x1c.arcana.v1.SubscribeResponse\x12L\n" +
 	"\vUnsubscribe\x12\x1d.arcana.v1.UnsubscribeRequest\x1a\x1e.arcana.v1.UnsubscribeResponse\x127\n" +
-	"\x04Sync\x12\x16.arcana.v1.SyncRequest\x1a\x17.arcana.v1.SyncResponse\x12=\n" +
+	"\x04Sync\x12\x16.arcana.v1.SyncRequest\x1a\x17.arcana.v1.SyncResponse\x12C\n" +
+	"\bReanchor\x12\x1a.arcana.v1.ReanchorRequest\x1a\x1b.arcana.v1.ReanchorResponse\x12=\n" +
 	"\x06Mutate\x12\x18.arcana.v1.MutateRequest\x1a\x19.arcana.v1.MutateResponse\x12=\n" +
 	"\x06Notify\x12\x18.arcana.v1.NotifyRequest\x1a\x19.arcana.v1.NotifyResponse\x12C\n" +
 	"\bDescribe\x12\x1a.arcana.v1.DescribeRequest\x1a\x1b.arcana.v1.DescribeResponse\x12:\n" +
@@ -1888,101 +2241,114 @@ func file_arcana_v1_service_proto_rawDescGZIP() []byte {
 	return file_arcana_v1_service_proto_rawDescData
 }
 
-var file_arcana_v1_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_arcana_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
+var file_arcana_v1_service_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_arcana_v1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_arcana_v1_service_proto_goTypes = []any{
-	(SyncMode)(0),               // 0: arcana.v1.SyncMode
-	(*ClientMessage)(nil),       // 1: arcana.v1.ClientMessage
-	(*ServerMessage)(nil),       // 2: arcana.v1.ServerMessage
-	(*FrameBatch)(nil),          // 3: arcana.v1.FrameBatch
-	(*SessionOpened)(nil),       // 4: arcana.v1.SessionOpened
-	(*Reply)(nil),               // 5: arcana.v1.Reply
-	(*Error)(nil),               // 6: arcana.v1.Error
-	(*OpenSessionRequest)(nil),  // 7: arcana.v1.OpenSessionRequest
-	(*SubscribeRequest)(nil),    // 8: arcana.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),   // 9: arcana.v1.SubscribeResponse
-	(*UnsubscribeRequest)(nil),  // 10: arcana.v1.UnsubscribeRequest
-	(*UnsubscribeResponse)(nil), // 11: arcana.v1.UnsubscribeResponse
-	(*SyncRequest)(nil),         // 12: arcana.v1.SyncRequest
-	(*SyncView)(nil),            // 13: arcana.v1.SyncView
-	(*SyncResult)(nil),          // 14: arcana.v1.SyncResult
-	(*SyncResponse)(nil),        // 15: arcana.v1.SyncResponse
-	(*MutateRequest)(nil),       // 16: arcana.v1.MutateRequest
-	(*MutateResponse)(nil),      // 17: arcana.v1.MutateResponse
-	(*PingRequest)(nil),         // 18: arcana.v1.PingRequest
-	(*PingResponse)(nil),        // 19: arcana.v1.PingResponse
-	(*NotifyRequest)(nil),       // 20: arcana.v1.NotifyRequest
-	(*NotifyResponse)(nil),      // 21: arcana.v1.NotifyResponse
-	(*StatsRequest)(nil),        // 22: arcana.v1.StatsRequest
-	(*ViewStats)(nil),           // 23: arcana.v1.ViewStats
-	(*StatsResponse)(nil),       // 24: arcana.v1.StatsResponse
-	nil,                         // 25: arcana.v1.SubscribeRequest.ParamsEntry
-	nil,                         // 26: arcana.v1.SyncView.ParamsEntry
-	nil,                         // 27: arcana.v1.MutateRequest.ParamsEntry
-	nil,                         // 28: arcana.v1.MutateResponse.DataEntry
-	nil,                         // 29: arcana.v1.MutateResponse.ViewVersionsEntry
-	(*ViewFrame)(nil),           // 30: arcana.v1.ViewFrame
-	(*Change)(nil),              // 31: arcana.v1.Change
-	(*Value)(nil),               // 32: arcana.v1.Value
-	(*DescribeRequest)(nil),     // 33: arcana.v1.DescribeRequest
-	(*DescribeResponse)(nil),    // 34: arcana.v1.DescribeResponse
+	(WindowDirection)(0),        // 0: arcana.v1.WindowDirection
+	(SyncMode)(0),               // 1: arcana.v1.SyncMode
+	(*ClientMessage)(nil),       // 2: arcana.v1.ClientMessage
+	(*ServerMessage)(nil),       // 3: arcana.v1.ServerMessage
+	(*FrameBatch)(nil),          // 4: arcana.v1.FrameBatch
+	(*SessionOpened)(nil),       // 5: arcana.v1.SessionOpened
+	(*Reply)(nil),               // 6: arcana.v1.Reply
+	(*Error)(nil),               // 7: arcana.v1.Error
+	(*OpenSessionRequest)(nil),  // 8: arcana.v1.OpenSessionRequest
+	(*SubscribeRequest)(nil),    // 9: arcana.v1.SubscribeRequest
+	(*Window)(nil),              // 10: arcana.v1.Window
+	(*ReanchorRequest)(nil),     // 11: arcana.v1.ReanchorRequest
+	(*ReanchorResponse)(nil),    // 12: arcana.v1.ReanchorResponse
+	(*SubscribeResponse)(nil),   // 13: arcana.v1.SubscribeResponse
+	(*UnsubscribeRequest)(nil),  // 14: arcana.v1.UnsubscribeRequest
+	(*UnsubscribeResponse)(nil), // 15: arcana.v1.UnsubscribeResponse
+	(*SyncRequest)(nil),         // 16: arcana.v1.SyncRequest
+	(*SyncView)(nil),            // 17: arcana.v1.SyncView
+	(*SyncResult)(nil),          // 18: arcana.v1.SyncResult
+	(*SyncResponse)(nil),        // 19: arcana.v1.SyncResponse
+	(*MutateRequest)(nil),       // 20: arcana.v1.MutateRequest
+	(*MutateResponse)(nil),      // 21: arcana.v1.MutateResponse
+	(*PingRequest)(nil),         // 22: arcana.v1.PingRequest
+	(*PingResponse)(nil),        // 23: arcana.v1.PingResponse
+	(*NotifyRequest)(nil),       // 24: arcana.v1.NotifyRequest
+	(*NotifyResponse)(nil),      // 25: arcana.v1.NotifyResponse
+	(*StatsRequest)(nil),        // 26: arcana.v1.StatsRequest
+	(*ViewStats)(nil),           // 27: arcana.v1.ViewStats
+	(*StatsResponse)(nil),       // 28: arcana.v1.StatsResponse
+	nil,                         // 29: arcana.v1.SubscribeRequest.ParamsEntry
+	nil,                         // 30: arcana.v1.SyncView.ParamsEntry
+	nil,                         // 31: arcana.v1.MutateRequest.ParamsEntry
+	nil,                         // 32: arcana.v1.MutateResponse.DataEntry
+	nil,                         // 33: arcana.v1.MutateResponse.ViewVersionsEntry
+	(*ViewFrame)(nil),           // 34: arcana.v1.ViewFrame
+	(*Value)(nil),               // 35: arcana.v1.Value
+	(*Change)(nil),              // 36: arcana.v1.Change
+	(*DescribeRequest)(nil),     // 37: arcana.v1.DescribeRequest
+	(*DescribeResponse)(nil),    // 38: arcana.v1.DescribeResponse
 }
 var file_arcana_v1_service_proto_depIdxs = []int32{
-	8,  // 0: arcana.v1.ClientMessage.subscribe:type_name -> arcana.v1.SubscribeRequest
-	10, // 1: arcana.v1.ClientMessage.unsubscribe:type_name -> arcana.v1.UnsubscribeRequest
-	12, // 2: arcana.v1.ClientMessage.sync:type_name -> arcana.v1.SyncRequest
-	16, // 3: arcana.v1.ClientMessage.mutate:type_name -> arcana.v1.MutateRequest
-	18, // 4: arcana.v1.ClientMessage.ping:type_name -> arcana.v1.PingRequest
-	4,  // 5: arcana.v1.ServerMessage.opened:type_name -> arcana.v1.SessionOpened
-	5,  // 6: arcana.v1.ServerMessage.reply:type_name -> arcana.v1.Reply
-	30, // 7: arcana.v1.ServerMessage.frame:type_name -> arcana.v1.ViewFrame
-	3,  // 8: arcana.v1.ServerMessage.frames:type_name -> arcana.v1.FrameBatch
-	30, // 9: arcana.v1.FrameBatch.frames:type_name -> arcana.v1.ViewFrame
-	6,  // 10: arcana.v1.Reply.error:type_name -> arcana.v1.Error
-	9,  // 11: arcana.v1.Reply.subscribe:type_name -> arcana.v1.SubscribeResponse
-	11, // 12: arcana.v1.Reply.unsubscribe:type_name -> arcana.v1.UnsubscribeResponse
-	15, // 13: arcana.v1.Reply.sync:type_name -> arcana.v1.SyncResponse
-	17, // 14: arcana.v1.Reply.mutate:type_name -> arcana.v1.MutateResponse
-	19, // 15: arcana.v1.Reply.ping:type_name -> arcana.v1.PingResponse
-	25, // 16: arcana.v1.SubscribeRequest.params:type_name -> arcana.v1.SubscribeRequest.ParamsEntry
-	13, // 17: arcana.v1.SyncRequest.views:type_name -> arcana.v1.SyncView
-	26, // 18: arcana.v1.SyncView.params:type_name -> arcana.v1.SyncView.ParamsEntry
-	0,  // 19: arcana.v1.SyncResult.mode:type_name -> arcana.v1.SyncMode
-	6,  // 20: arcana.v1.SyncResult.error:type_name -> arcana.v1.Error
-	14, // 21: arcana.v1.SyncResponse.results:type_name -> arcana.v1.SyncResult
-	27, // 22: arcana.v1.MutateRequest.params:type_name -> arcana.v1.MutateRequest.ParamsEntry
-	28, // 23: arcana.v1.MutateResponse.data:type_name -> arcana.v1.MutateResponse.DataEntry
-	31, // 24: arcana.v1.MutateResponse.changes:type_name -> arcana.v1.Change
-	29, // 25: arcana.v1.MutateResponse.view_versions:type_name -> arcana.v1.MutateResponse.ViewVersionsEntry
-	31, // 26: arcana.v1.NotifyRequest.changes:type_name -> arcana.v1.Change
-	23, // 27: arcana.v1.StatsResponse.view_stats:type_name -> arcana.v1.ViewStats
-	32, // 28: arcana.v1.SubscribeRequest.ParamsEntry.value:type_name -> arcana.v1.Value
-	32, // 29: arcana.v1.SyncView.ParamsEntry.value:type_name -> arcana.v1.Value
-	32, // 30: arcana.v1.MutateRequest.ParamsEntry.value:type_name -> arcana.v1.Value
-	32, // 31: arcana.v1.MutateResponse.DataEntry.value:type_name -> arcana.v1.Value
-	1,  // 32: arcana.v1.ArcanaService.Connect:input_type -> arcana.v1.ClientMessage
-	7,  // 33: arcana.v1.ArcanaService.OpenSession:input_type -> arcana.v1.OpenSessionRequest
-	8,  // 34: arcana.v1.ArcanaService.Subscribe:input_type -> arcana.v1.SubscribeRequest
-	10, // 35: arcana.v1.ArcanaService.Unsubscribe:input_type -> arcana.v1.UnsubscribeRequest
-	12, // 36: arcana.v1.ArcanaService.Sync:input_type -> arcana.v1.SyncRequest
-	16, // 37: arcana.v1.ArcanaService.Mutate:input_type -> arcana.v1.MutateRequest
-	20, // 38: arcana.v1.ArcanaService.Notify:input_type -> arcana.v1.NotifyRequest
-	33, // 39: arcana.v1.ArcanaService.Describe:input_type -> arcana.v1.DescribeRequest
-	22, // 40: arcana.v1.ArcanaService.Stats:input_type -> arcana.v1.StatsRequest
-	2,  // 41: arcana.v1.ArcanaService.Connect:output_type -> arcana.v1.ServerMessage
-	2,  // 42: arcana.v1.ArcanaService.OpenSession:output_type -> arcana.v1.ServerMessage
-	9,  // 43: arcana.v1.ArcanaService.Subscribe:output_type -> arcana.v1.SubscribeResponse
-	11, // 44: arcana.v1.ArcanaService.Unsubscribe:output_type -> arcana.v1.UnsubscribeResponse
-	15, // 45: arcana.v1.ArcanaService.Sync:output_type -> arcana.v1.SyncResponse
-	17, // 46: arcana.v1.ArcanaService.Mutate:output_type -> arcana.v1.MutateResponse
-	21, // 47: arcana.v1.ArcanaService.Notify:output_type -> arcana.v1.NotifyResponse
-	34, // 48: arcana.v1.ArcanaService.Describe:output_type -> arcana.v1.DescribeResponse
-	24, // 49: arcana.v1.ArcanaService.Stats:output_type -> arcana.v1.StatsResponse
-	41, // [41:50] is the sub-list for method output_type
-	32, // [32:41] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	9,  // 0: arcana.v1.ClientMessage.subscribe:type_name -> arcana.v1.SubscribeRequest
+	14, // 1: arcana.v1.ClientMessage.unsubscribe:type_name -> arcana.v1.UnsubscribeRequest
+	16, // 2: arcana.v1.ClientMessage.sync:type_name -> arcana.v1.SyncRequest
+	20, // 3: arcana.v1.ClientMessage.mutate:type_name -> arcana.v1.MutateRequest
+	22, // 4: arcana.v1.ClientMessage.ping:type_name -> arcana.v1.PingRequest
+	11, // 5: arcana.v1.ClientMessage.reanchor:type_name -> arcana.v1.ReanchorRequest
+	5,  // 6: arcana.v1.ServerMessage.opened:type_name -> arcana.v1.SessionOpened
+	6,  // 7: arcana.v1.ServerMessage.reply:type_name -> arcana.v1.Reply
+	34, // 8: arcana.v1.ServerMessage.frame:type_name -> arcana.v1.ViewFrame
+	4,  // 9: arcana.v1.ServerMessage.frames:type_name -> arcana.v1.FrameBatch
+	34, // 10: arcana.v1.FrameBatch.frames:type_name -> arcana.v1.ViewFrame
+	7,  // 11: arcana.v1.Reply.error:type_name -> arcana.v1.Error
+	13, // 12: arcana.v1.Reply.subscribe:type_name -> arcana.v1.SubscribeResponse
+	15, // 13: arcana.v1.Reply.unsubscribe:type_name -> arcana.v1.UnsubscribeResponse
+	19, // 14: arcana.v1.Reply.sync:type_name -> arcana.v1.SyncResponse
+	21, // 15: arcana.v1.Reply.mutate:type_name -> arcana.v1.MutateResponse
+	23, // 16: arcana.v1.Reply.ping:type_name -> arcana.v1.PingResponse
+	12, // 17: arcana.v1.Reply.reanchor:type_name -> arcana.v1.ReanchorResponse
+	29, // 18: arcana.v1.SubscribeRequest.params:type_name -> arcana.v1.SubscribeRequest.ParamsEntry
+	10, // 19: arcana.v1.SubscribeRequest.window:type_name -> arcana.v1.Window
+	35, // 20: arcana.v1.Window.cursor:type_name -> arcana.v1.Value
+	0,  // 21: arcana.v1.Window.direction:type_name -> arcana.v1.WindowDirection
+	10, // 22: arcana.v1.ReanchorRequest.window:type_name -> arcana.v1.Window
+	17, // 23: arcana.v1.SyncRequest.views:type_name -> arcana.v1.SyncView
+	30, // 24: arcana.v1.SyncView.params:type_name -> arcana.v1.SyncView.ParamsEntry
+	10, // 25: arcana.v1.SyncView.window:type_name -> arcana.v1.Window
+	1,  // 26: arcana.v1.SyncResult.mode:type_name -> arcana.v1.SyncMode
+	7,  // 27: arcana.v1.SyncResult.error:type_name -> arcana.v1.Error
+	18, // 28: arcana.v1.SyncResponse.results:type_name -> arcana.v1.SyncResult
+	31, // 29: arcana.v1.MutateRequest.params:type_name -> arcana.v1.MutateRequest.ParamsEntry
+	32, // 30: arcana.v1.MutateResponse.data:type_name -> arcana.v1.MutateResponse.DataEntry
+	36, // 31: arcana.v1.MutateResponse.changes:type_name -> arcana.v1.Change
+	33, // 32: arcana.v1.MutateResponse.view_versions:type_name -> arcana.v1.MutateResponse.ViewVersionsEntry
+	36, // 33: arcana.v1.NotifyRequest.changes:type_name -> arcana.v1.Change
+	27, // 34: arcana.v1.StatsResponse.view_stats:type_name -> arcana.v1.ViewStats
+	35, // 35: arcana.v1.SubscribeRequest.ParamsEntry.value:type_name -> arcana.v1.Value
+	35, // 36: arcana.v1.SyncView.ParamsEntry.value:type_name -> arcana.v1.Value
+	35, // 37: arcana.v1.MutateRequest.ParamsEntry.value:type_name -> arcana.v1.Value
+	35, // 38: arcana.v1.MutateResponse.DataEntry.value:type_name -> arcana.v1.Value
+	2,  // 39: arcana.v1.ArcanaService.Connect:input_type -> arcana.v1.ClientMessage
+	8,  // 40: arcana.v1.ArcanaService.OpenSession:input_type -> arcana.v1.OpenSessionRequest
+	9,  // 41: arcana.v1.ArcanaService.Subscribe:input_type -> arcana.v1.SubscribeRequest
+	14, // 42: arcana.v1.ArcanaService.Unsubscribe:input_type -> arcana.v1.UnsubscribeRequest
+	16, // 43: arcana.v1.ArcanaService.Sync:input_type -> arcana.v1.SyncRequest
+	11, // 44: arcana.v1.ArcanaService.Reanchor:input_type -> arcana.v1.ReanchorRequest
+	20, // 45: arcana.v1.ArcanaService.Mutate:input_type -> arcana.v1.MutateRequest
+	24, // 46: arcana.v1.ArcanaService.Notify:input_type -> arcana.v1.NotifyRequest
+	37, // 47: arcana.v1.ArcanaService.Describe:input_type -> arcana.v1.DescribeRequest
+	26, // 48: arcana.v1.ArcanaService.Stats:input_type -> arcana.v1.StatsRequest
+	3,  // 49: arcana.v1.ArcanaService.Connect:output_type -> arcana.v1.ServerMessage
+	3,  // 50: arcana.v1.ArcanaService.OpenSession:output_type -> arcana.v1.ServerMessage
+	13, // 51: arcana.v1.ArcanaService.Subscribe:output_type -> arcana.v1.SubscribeResponse
+	15, // 52: arcana.v1.ArcanaService.Unsubscribe:output_type -> arcana.v1.UnsubscribeResponse
+	19, // 53: arcana.v1.ArcanaService.Sync:output_type -> arcana.v1.SyncResponse
+	12, // 54: arcana.v1.ArcanaService.Reanchor:output_type -> arcana.v1.ReanchorResponse
+	21, // 55: arcana.v1.ArcanaService.Mutate:output_type -> arcana.v1.MutateResponse
+	25, // 56: arcana.v1.ArcanaService.Notify:output_type -> arcana.v1.NotifyResponse
+	38, // 57: arcana.v1.ArcanaService.Describe:output_type -> arcana.v1.DescribeResponse
+	28, // 58: arcana.v1.ArcanaService.Stats:output_type -> arcana.v1.StatsResponse
+	49, // [49:59] is the sub-list for method output_type
+	39, // [39:49] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_arcana_v1_service_proto_init() }
@@ -1999,6 +2365,7 @@ func file_arcana_v1_service_proto_init() {
 		(*ClientMessage_Sync)(nil),
 		(*ClientMessage_Mutate)(nil),
 		(*ClientMessage_Ping)(nil),
+		(*ClientMessage_Reanchor)(nil),
 	}
 	file_arcana_v1_service_proto_msgTypes[1].OneofWrappers = []any{
 		(*ServerMessage_Opened)(nil),
@@ -2013,14 +2380,15 @@ func file_arcana_v1_service_proto_init() {
 		(*Reply_Sync)(nil),
 		(*Reply_Mutate)(nil),
 		(*Reply_Ping)(nil),
+		(*Reply_Reanchor)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_arcana_v1_service_proto_rawDesc), len(file_arcana_v1_service_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   29,
+			NumEnums:      2,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,6 +24,7 @@ const (
 	ArcanaService_Subscribe_FullMethodName   = "/arcana.v1.ArcanaService/Subscribe"
 	ArcanaService_Unsubscribe_FullMethodName = "/arcana.v1.ArcanaService/Unsubscribe"
 	ArcanaService_Sync_FullMethodName        = "/arcana.v1.ArcanaService/Sync"
+	ArcanaService_Reanchor_FullMethodName    = "/arcana.v1.ArcanaService/Reanchor"
 	ArcanaService_Mutate_FullMethodName      = "/arcana.v1.ArcanaService/Mutate"
 	ArcanaService_Notify_FullMethodName      = "/arcana.v1.ArcanaService/Notify"
 	ArcanaService_Describe_FullMethodName    = "/arcana.v1.ArcanaService/Describe"
@@ -46,6 +47,8 @@ type ArcanaServiceClient interface {
 	Subscribe(ctx context.Context, in *SubscribeRequest, opts ...grpc.CallOption) (*SubscribeResponse, error)
 	Unsubscribe(ctx context.Context, in *UnsubscribeRequest, opts ...grpc.CallOption) (*UnsubscribeResponse, error)
 	Sync(ctx context.Context, in *SyncRequest, opts ...grpc.CallOption) (*SyncResponse, error)
+	// Moves a windowed subscription of an open session to another window.
+	Reanchor(ctx context.Context, in *ReanchorRequest, opts ...grpc.CallOption) (*ReanchorResponse, error)
 	// Runs a named mutation. Needs no session.
 	Mutate(ctx context.Context, in *MutateRequest, opts ...grpc.CallOption) (*MutateResponse, error)
 	// Reports data changes (for trusted services; needs the `arcana:notify` permission).
@@ -126,6 +129,16 @@ func (c *arcanaServiceClient) Sync(ctx context.Context, in *SyncRequest, opts ..
 	return out, nil
 }
 
+func (c *arcanaServiceClient) Reanchor(ctx context.Context, in *ReanchorRequest, opts ...grpc.CallOption) (*ReanchorResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReanchorResponse)
+	err := c.cc.Invoke(ctx, ArcanaService_Reanchor_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *arcanaServiceClient) Mutate(ctx context.Context, in *MutateRequest, opts ...grpc.CallOption) (*MutateResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(MutateResponse)
@@ -182,6 +195,8 @@ type ArcanaServiceServer interface {
 	Subscribe(context.Context, *SubscribeRequest) (*SubscribeResponse, error)
 	Unsubscribe(context.Context, *UnsubscribeRequest) (*UnsubscribeResponse, error)
 	Sync(context.Context, *SyncRequest) (*SyncResponse, error)
+	// Moves a windowed subscription of an open session to another window.
+	Reanchor(context.Context, *ReanchorRequest) (*ReanchorResponse, error)
 	// Runs a named mutation. Needs no session.
 	Mutate(context.Context, *MutateRequest) (*MutateResponse, error)
 	// Reports data changes (for trusted services; needs the `arcana:notify` permission).
@@ -214,6 +229,9 @@ func (UnimplementedArcanaServiceServer) Unsubscribe(context.Context, *Unsubscrib
 }
 func (UnimplementedArcanaServiceServer) Sync(context.Context, *SyncRequest) (*SyncResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Sync not implemented")
+}
+func (UnimplementedArcanaServiceServer) Reanchor(context.Context, *ReanchorRequest) (*ReanchorResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Reanchor not implemented")
 }
 func (UnimplementedArcanaServiceServer) Mutate(context.Context, *MutateRequest) (*MutateResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Mutate not implemented")
@@ -320,6 +338,24 @@ func _ArcanaService_Sync_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ArcanaService_Reanchor_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReanchorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ArcanaServiceServer).Reanchor(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ArcanaService_Reanchor_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ArcanaServiceServer).Reanchor(ctx, req.(*ReanchorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _ArcanaService_Mutate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(MutateRequest)
 	if err := dec(in); err != nil {
@@ -410,6 +446,10 @@ var ArcanaService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Sync",
 			Handler:    _ArcanaService_Sync_Handler,
+		},
+		{
+			MethodName: "Reanchor",
+			Handler:    _ArcanaService_Reanchor_Handler,
 		},
 		{
 			MethodName: "Mutate",

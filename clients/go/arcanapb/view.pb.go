@@ -38,7 +38,11 @@ type ViewFrame struct {
 	//	*ViewFrame_Snapshot
 	//	*ViewFrame_Diff
 	//	*ViewFrame_Error
-	Body          isViewFrame_Body `protobuf_oneof:"body"`
+	Body isViewFrame_Body `protobuf_oneof:"body"`
+	// Set on a re-anchor diff only: the epoch `prev_version` belongs to, when
+	// the window moved onto a view of another life. A diff applies on top of
+	// (prev_epoch or else epoch, prev_version).
+	PrevEpoch     uint64 `protobuf:"varint,8,opt,name=prev_epoch,json=prevEpoch,proto3" json:"prev_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -135,6 +139,13 @@ func (x *ViewFrame) GetError() *ViewError {
 	return nil
 }
 
+func (x *ViewFrame) GetPrevEpoch() uint64 {
+	if x != nil {
+		return x.PrevEpoch
+	}
+	return 0
+}
+
 type isViewFrame_Body interface {
 	isViewFrame_Body()
 }
@@ -159,12 +170,19 @@ func (*ViewFrame_Error) isViewFrame_Body() {}
 
 // The whole state of a view: replaces whatever the client held for it.
 type Snapshot struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Graph         string                 `protobuf:"bytes,1,opt,name=graph,proto3" json:"graph,omitempty"`
-	ParamsHash    string                 `protobuf:"bytes,2,opt,name=params_hash,json=paramsHash,proto3" json:"params_hash,omitempty"`
-	Refs          []*Ref                 `protobuf:"bytes,3,rep,name=refs,proto3" json:"refs,omitempty"`
-	Rows          []*Row                 `protobuf:"bytes,4,rep,name=rows,proto3" json:"rows,omitempty"`
-	Total         *int64                 `protobuf:"varint,5,opt,name=total,proto3,oneof" json:"total,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Graph      string                 `protobuf:"bytes,1,opt,name=graph,proto3" json:"graph,omitempty"`
+	ParamsHash string                 `protobuf:"bytes,2,opt,name=params_hash,json=paramsHash,proto3" json:"params_hash,omitempty"`
+	Refs       []*Ref                 `protobuf:"bytes,3,rep,name=refs,proto3" json:"refs,omitempty"`
+	Rows       []*Row                 `protobuf:"bytes,4,rep,name=rows,proto3" json:"rows,omitempty"`
+	Total      *int64                 `protobuf:"varint,5,opt,name=total,proto3,oneof" json:"total,omitempty"`
+	// For windowed views: whether rows exist beyond the window's edges.
+	Window *WindowEdges `protobuf:"bytes,6,opt,name=window,proto3" json:"window,omitempty"`
+	// A big snapshot goes out in parts: every part but the last has `more`
+	// set. Parts of one snapshot are consecutive frames of the same view and
+	// version; their refs and rows add up, in order, to the whole snapshot,
+	// which the client applies only when the last part is in.
+	More          bool `protobuf:"varint,7,opt,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -234,6 +252,73 @@ func (x *Snapshot) GetTotal() int64 {
 	return 0
 }
 
+func (x *Snapshot) GetWindow() *WindowEdges {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
+func (x *Snapshot) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
+}
+
+// Whether a window has rows before its first row and after its last.
+type WindowEdges struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	HasBefore     bool                   `protobuf:"varint,1,opt,name=has_before,json=hasBefore,proto3" json:"has_before,omitempty"`
+	HasAfter      bool                   `protobuf:"varint,2,opt,name=has_after,json=hasAfter,proto3" json:"has_after,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WindowEdges) Reset() {
+	*x = WindowEdges{}
+	mi := &file_arcana_v1_view_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WindowEdges) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WindowEdges) ProtoMessage() {}
+
+func (x *WindowEdges) ProtoReflect() protoreflect.Message {
+	mi := &file_arcana_v1_view_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WindowEdges.ProtoReflect.Descriptor instead.
+func (*WindowEdges) Descriptor() ([]byte, []int) {
+	return file_arcana_v1_view_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *WindowEdges) GetHasBefore() bool {
+	if x != nil {
+		return x.HasBefore
+	}
+	return false
+}
+
+func (x *WindowEdges) GetHasAfter() bool {
+	if x != nil {
+		return x.HasAfter
+	}
+	return false
+}
+
 // The change between two consecutive versions of a view.
 type ViewDiff struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -244,14 +329,17 @@ type ViewDiff struct {
 	// Field changes of rows the view referenced before and still references.
 	Patches []*RowPatch `protobuf:"bytes,3,rep,name=patches,proto3" json:"patches,omitempty"`
 	// Present when the total changed.
-	Total         *int64 `protobuf:"varint,4,opt,name=total,proto3,oneof" json:"total,omitempty"`
+	Total *int64 `protobuf:"varint,4,opt,name=total,proto3,oneof" json:"total,omitempty"`
+	// For windowed views: present when the edges changed (always on a
+	// re-anchor diff).
+	Window        *WindowEdges `protobuf:"bytes,5,opt,name=window,proto3" json:"window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ViewDiff) Reset() {
 	*x = ViewDiff{}
-	mi := &file_arcana_v1_view_proto_msgTypes[2]
+	mi := &file_arcana_v1_view_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -263,7 +351,7 @@ func (x *ViewDiff) String() string {
 func (*ViewDiff) ProtoMessage() {}
 
 func (x *ViewDiff) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_view_proto_msgTypes[2]
+	mi := &file_arcana_v1_view_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -276,7 +364,7 @@ func (x *ViewDiff) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ViewDiff.ProtoReflect.Descriptor instead.
 func (*ViewDiff) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_view_proto_rawDescGZIP(), []int{2}
+	return file_arcana_v1_view_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ViewDiff) GetRefs() []*RefOp {
@@ -307,6 +395,13 @@ func (x *ViewDiff) GetTotal() int64 {
 	return 0
 }
 
+func (x *ViewDiff) GetWindow() *WindowEdges {
+	if x != nil {
+		return x.Window
+	}
+	return nil
+}
+
 // The view could not be brought up to date. The client keeps its last good
 // state; the engine retries on the next change and sends a diff from there.
 type ViewError struct {
@@ -320,7 +415,7 @@ type ViewError struct {
 
 func (x *ViewError) Reset() {
 	*x = ViewError{}
-	mi := &file_arcana_v1_view_proto_msgTypes[3]
+	mi := &file_arcana_v1_view_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -332,7 +427,7 @@ func (x *ViewError) String() string {
 func (*ViewError) ProtoMessage() {}
 
 func (x *ViewError) ProtoReflect() protoreflect.Message {
-	mi := &file_arcana_v1_view_proto_msgTypes[3]
+	mi := &file_arcana_v1_view_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -345,7 +440,7 @@ func (x *ViewError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ViewError.ProtoReflect.Descriptor instead.
 func (*ViewError) Descriptor() ([]byte, []int) {
-	return file_arcana_v1_view_proto_rawDescGZIP(), []int{3}
+	return file_arcana_v1_view_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ViewError) GetCode() int32 {
@@ -366,7 +461,7 @@ var File_arcana_v1_view_proto protoreflect.FileDescriptor
 
 const file_arcana_v1_view_proto_rawDesc = "" +
 	"\n" +
-	"\x14arcana/v1/view.proto\x12\tarcana.v1\x1a\x15arcana/v1/value.proto\"\x8b\x02\n" +
+	"\x14arcana/v1/view.proto\x12\tarcana.v1\x1a\x15arcana/v1/value.proto\"\xaa\x02\n" +
 	"\tViewFrame\x12\x17\n" +
 	"\aview_id\x18\x01 \x01(\tR\x06viewId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
@@ -374,21 +469,30 @@ const file_arcana_v1_view_proto_rawDesc = "" +
 	"\fprev_version\x18\x04 \x01(\x04R\vprevVersion\x121\n" +
 	"\bsnapshot\x18\x05 \x01(\v2\x13.arcana.v1.SnapshotH\x00R\bsnapshot\x12)\n" +
 	"\x04diff\x18\x06 \x01(\v2\x13.arcana.v1.ViewDiffH\x00R\x04diff\x12,\n" +
-	"\x05error\x18\a \x01(\v2\x14.arcana.v1.ViewErrorH\x00R\x05errorB\x06\n" +
-	"\x04body\"\xae\x01\n" +
+	"\x05error\x18\a \x01(\v2\x14.arcana.v1.ViewErrorH\x00R\x05error\x12\x1d\n" +
+	"\n" +
+	"prev_epoch\x18\b \x01(\x04R\tprevEpochB\x06\n" +
+	"\x04body\"\xf2\x01\n" +
 	"\bSnapshot\x12\x14\n" +
 	"\x05graph\x18\x01 \x01(\tR\x05graph\x12\x1f\n" +
 	"\vparams_hash\x18\x02 \x01(\tR\n" +
 	"paramsHash\x12\"\n" +
 	"\x04refs\x18\x03 \x03(\v2\x0e.arcana.v1.RefR\x04refs\x12\"\n" +
 	"\x04rows\x18\x04 \x03(\v2\x0e.arcana.v1.RowR\x04rows\x12\x19\n" +
-	"\x05total\x18\x05 \x01(\x03H\x00R\x05total\x88\x01\x01B\b\n" +
-	"\x06_total\"\xa8\x01\n" +
+	"\x05total\x18\x05 \x01(\x03H\x00R\x05total\x88\x01\x01\x12.\n" +
+	"\x06window\x18\x06 \x01(\v2\x16.arcana.v1.WindowEdgesR\x06window\x12\x12\n" +
+	"\x04more\x18\a \x01(\bR\x04moreB\b\n" +
+	"\x06_total\"I\n" +
+	"\vWindowEdges\x12\x1d\n" +
+	"\n" +
+	"has_before\x18\x01 \x01(\bR\thasBefore\x12\x1b\n" +
+	"\thas_after\x18\x02 \x01(\bR\bhasAfter\"\xd8\x01\n" +
 	"\bViewDiff\x12$\n" +
 	"\x04refs\x18\x01 \x03(\v2\x10.arcana.v1.RefOpR\x04refs\x12\"\n" +
 	"\x04rows\x18\x02 \x03(\v2\x0e.arcana.v1.RowR\x04rows\x12-\n" +
 	"\apatches\x18\x03 \x03(\v2\x13.arcana.v1.RowPatchR\apatches\x12\x19\n" +
-	"\x05total\x18\x04 \x01(\x03H\x00R\x05total\x88\x01\x01B\b\n" +
+	"\x05total\x18\x04 \x01(\x03H\x00R\x05total\x88\x01\x01\x12.\n" +
+	"\x06window\x18\x05 \x01(\v2\x16.arcana.v1.WindowEdgesR\x06windowB\b\n" +
 	"\x06_total\"9\n" +
 	"\tViewError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
@@ -406,31 +510,34 @@ func file_arcana_v1_view_proto_rawDescGZIP() []byte {
 	return file_arcana_v1_view_proto_rawDescData
 }
 
-var file_arcana_v1_view_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_arcana_v1_view_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_arcana_v1_view_proto_goTypes = []any{
-	(*ViewFrame)(nil), // 0: arcana.v1.ViewFrame
-	(*Snapshot)(nil),  // 1: arcana.v1.Snapshot
-	(*ViewDiff)(nil),  // 2: arcana.v1.ViewDiff
-	(*ViewError)(nil), // 3: arcana.v1.ViewError
-	(*Ref)(nil),       // 4: arcana.v1.Ref
-	(*Row)(nil),       // 5: arcana.v1.Row
-	(*RefOp)(nil),     // 6: arcana.v1.RefOp
-	(*RowPatch)(nil),  // 7: arcana.v1.RowPatch
+	(*ViewFrame)(nil),   // 0: arcana.v1.ViewFrame
+	(*Snapshot)(nil),    // 1: arcana.v1.Snapshot
+	(*WindowEdges)(nil), // 2: arcana.v1.WindowEdges
+	(*ViewDiff)(nil),    // 3: arcana.v1.ViewDiff
+	(*ViewError)(nil),   // 4: arcana.v1.ViewError
+	(*Ref)(nil),         // 5: arcana.v1.Ref
+	(*Row)(nil),         // 6: arcana.v1.Row
+	(*RefOp)(nil),       // 7: arcana.v1.RefOp
+	(*RowPatch)(nil),    // 8: arcana.v1.RowPatch
 }
 var file_arcana_v1_view_proto_depIdxs = []int32{
-	1, // 0: arcana.v1.ViewFrame.snapshot:type_name -> arcana.v1.Snapshot
-	2, // 1: arcana.v1.ViewFrame.diff:type_name -> arcana.v1.ViewDiff
-	3, // 2: arcana.v1.ViewFrame.error:type_name -> arcana.v1.ViewError
-	4, // 3: arcana.v1.Snapshot.refs:type_name -> arcana.v1.Ref
-	5, // 4: arcana.v1.Snapshot.rows:type_name -> arcana.v1.Row
-	6, // 5: arcana.v1.ViewDiff.refs:type_name -> arcana.v1.RefOp
-	5, // 6: arcana.v1.ViewDiff.rows:type_name -> arcana.v1.Row
-	7, // 7: arcana.v1.ViewDiff.patches:type_name -> arcana.v1.RowPatch
-	8, // [8:8] is the sub-list for method output_type
-	8, // [8:8] is the sub-list for method input_type
-	8, // [8:8] is the sub-list for extension type_name
-	8, // [8:8] is the sub-list for extension extendee
-	0, // [0:8] is the sub-list for field type_name
+	1,  // 0: arcana.v1.ViewFrame.snapshot:type_name -> arcana.v1.Snapshot
+	3,  // 1: arcana.v1.ViewFrame.diff:type_name -> arcana.v1.ViewDiff
+	4,  // 2: arcana.v1.ViewFrame.error:type_name -> arcana.v1.ViewError
+	5,  // 3: arcana.v1.Snapshot.refs:type_name -> arcana.v1.Ref
+	6,  // 4: arcana.v1.Snapshot.rows:type_name -> arcana.v1.Row
+	2,  // 5: arcana.v1.Snapshot.window:type_name -> arcana.v1.WindowEdges
+	7,  // 6: arcana.v1.ViewDiff.refs:type_name -> arcana.v1.RefOp
+	6,  // 7: arcana.v1.ViewDiff.rows:type_name -> arcana.v1.Row
+	8,  // 8: arcana.v1.ViewDiff.patches:type_name -> arcana.v1.RowPatch
+	2,  // 9: arcana.v1.ViewDiff.window:type_name -> arcana.v1.WindowEdges
+	10, // [10:10] is the sub-list for method output_type
+	10, // [10:10] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_arcana_v1_view_proto_init() }
@@ -445,14 +552,14 @@ func file_arcana_v1_view_proto_init() {
 		(*ViewFrame_Error)(nil),
 	}
 	file_arcana_v1_view_proto_msgTypes[1].OneofWrappers = []any{}
-	file_arcana_v1_view_proto_msgTypes[2].OneofWrappers = []any{}
+	file_arcana_v1_view_proto_msgTypes[3].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_arcana_v1_view_proto_rawDesc), len(file_arcana_v1_view_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

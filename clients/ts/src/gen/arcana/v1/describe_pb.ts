@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file arcana/v1/describe.proto.
  */
 export const file_arcana_v1_describe: GenFile = /*@__PURE__*/
-  fileDesc("ChhhcmNhbmEvdjEvZGVzY3JpYmUucHJvdG8SCWFyY2FuYS52MSK6AQoJUGFyYW1JbmZvEgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmFyY2FuYS52MS5QYXJhbVR5cGUSEAoIcmVxdWlyZWQYAyABKAgSJgoHZGVmYXVsdBgEIAEoCzIQLmFyY2FuYS52MS5WYWx1ZUgAiAEBEiAKBm9uZV9vZhgFIAMoCzIQLmFyY2FuYS52MS5WYWx1ZRITCgtkZXNjcmlwdGlvbhgGIAEoCUIKCghfZGVmYXVsdCIqCghUYWJsZURlcBINCgV0YWJsZRgBIAEoCRIPCgdjb2x1bW5zGAIgAygJIkkKCUZpZWxkSW5mbxIOCgZuZXN0ZWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRraW5kGAMgASgJEhAKCG5vdF9udWxsGAQgASgIIrQCCglHcmFwaEluZm8SDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIkCgZwYXJhbXMYAyADKAsyFC5hcmNhbmEudjEuUGFyYW1JbmZvEiEKBGRlcHMYBCADKAsyEy5hcmNhbmEudjEuVGFibGVEZXASEwoLcGVybWlzc2lvbnMYBSADKAkSEAoIcGVyX3VzZXIYBiABKAgSMAoGbmVzdGVkGAcgAygLMiAuYXJjYW5hLnYxLkdyYXBoSW5mby5OZXN0ZWRFbnRyeRINCgV0YWJsZRgIIAEoCRIkCgZmaWVsZHMYCSADKAsyFC5hcmNhbmEudjEuRmllbGRJbmZvGi0KC05lc3RlZEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiuAEKDE11dGF0aW9uSW5mbxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEiQKBnBhcmFtcxgDIAMoCzIULmFyY2FuYS52MS5QYXJhbUluZm8SEwoLcGVybWlzc2lvbnMYBCADKAkSJAoHY2hhbmdlcxgFIAMoCzITLmFyY2FuYS52MS5UYWJsZURlcBIkCgZmaWVsZHMYBiADKAsyFC5hcmNhbmEudjEuRmllbGRJbmZvIjoKCVRhYmxlSW5mbxIMCgRuYW1lGAEgASgJEg8KB2NvbHVtbnMYAiADKAkSDgoGZ3JhcGhzGAMgAygJIhEKD0Rlc2NyaWJlUmVxdWVzdCKkAQoQRGVzY3JpYmVSZXNwb25zZRIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEiQKBmdyYXBocxgCIAMoCzIULmFyY2FuYS52MS5HcmFwaEluZm8SKgoJbXV0YXRpb25zGAMgAygLMhcuYXJjYW5hLnYxLk11dGF0aW9uSW5mbxIkCgZ0YWJsZXMYBCADKAsyFC5hcmNhbmEudjEuVGFibGVJbmZvKqwBCglQYXJhbVR5cGUSGgoWUEFSQU1fVFlQRV9VTlNQRUNJRklFRBAAEhUKEVBBUkFNX1RZUEVfU1RSSU5HEAESEgoOUEFSQU1fVFlQRV9JTlQQAhIUChBQQVJBTV9UWVBFX0ZMT0FUEAMSEwoPUEFSQU1fVFlQRV9CT09MEAQSEwoPUEFSQU1fVFlQRV9VVUlEEAUSGAoUUEFSQU1fVFlQRV9USU1FU1RBTVAQBmIGcHJvdG8z", [file_arcana_v1_value]);
+  fileDesc("ChhhcmNhbmEvdjEvZGVzY3JpYmUucHJvdG8SCWFyY2FuYS52MSK6AQoJUGFyYW1JbmZvEgwKBG5hbWUYASABKAkSIgoEdHlwZRgCIAEoDjIULmFyY2FuYS52MS5QYXJhbVR5cGUSEAoIcmVxdWlyZWQYAyABKAgSJgoHZGVmYXVsdBgEIAEoCzIQLmFyY2FuYS52MS5WYWx1ZUgAiAEBEiAKBm9uZV9vZhgFIAMoCzIQLmFyY2FuYS52MS5WYWx1ZRITCgtkZXNjcmlwdGlvbhgGIAEoCUIKCghfZGVmYXVsdCIqCghUYWJsZURlcBINCgV0YWJsZRgBIAEoCRIPCgdjb2x1bW5zGAIgAygJIkkKCUZpZWxkSW5mbxIOCgZuZXN0ZWQYASABKAkSDAoEbmFtZRgCIAEoCRIMCgRraW5kGAMgASgJEhAKCG5vdF9udWxsGAQgASgIItwCCglHcmFwaEluZm8SDAoEbmFtZRgBIAEoCRITCgtkZXNjcmlwdGlvbhgCIAEoCRIkCgZwYXJhbXMYAyADKAsyFC5hcmNhbmEudjEuUGFyYW1JbmZvEiEKBGRlcHMYBCADKAsyEy5hcmNhbmEudjEuVGFibGVEZXASEwoLcGVybWlzc2lvbnMYBSADKAkSEAoIcGVyX3VzZXIYBiABKAgSMAoGbmVzdGVkGAcgAygLMiAuYXJjYW5hLnYxLkdyYXBoSW5mby5OZXN0ZWRFbnRyeRINCgV0YWJsZRgIIAEoCRIkCgZmaWVsZHMYCSADKAsyFC5hcmNhbmEudjEuRmllbGRJbmZvEiYKBndpbmRvdxgKIAEoCzIWLmFyY2FuYS52MS5XaW5kb3dPcmRlchotCgtOZXN0ZWRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIloKC1dpbmRvd09yZGVyEg0KBW9yZGVyGAEgAygJEhIKCmRlc2NlbmRpbmcYAiABKAgSFQoNZGVmYXVsdF9saW1pdBgDIAEoDRIRCgltYXhfbGltaXQYBCABKA0iuAEKDE11dGF0aW9uSW5mbxIMCgRuYW1lGAEgASgJEhMKC2Rlc2NyaXB0aW9uGAIgASgJEiQKBnBhcmFtcxgDIAMoCzIULmFyY2FuYS52MS5QYXJhbUluZm8SEwoLcGVybWlzc2lvbnMYBCADKAkSJAoHY2hhbmdlcxgFIAMoCzITLmFyY2FuYS52MS5UYWJsZURlcBIkCgZmaWVsZHMYBiADKAsyFC5hcmNhbmEudjEuRmllbGRJbmZvIjoKCVRhYmxlSW5mbxIMCgRuYW1lGAEgASgJEg8KB2NvbHVtbnMYAiADKAkSDgoGZ3JhcGhzGAMgAygJIhEKD0Rlc2NyaWJlUmVxdWVzdCKkAQoQRGVzY3JpYmVSZXNwb25zZRIYChBwcm90b2NvbF92ZXJzaW9uGAEgASgNEiQKBmdyYXBocxgCIAMoCzIULmFyY2FuYS52MS5HcmFwaEluZm8SKgoJbXV0YXRpb25zGAMgAygLMhcuYXJjYW5hLnYxLk11dGF0aW9uSW5mbxIkCgZ0YWJsZXMYBCADKAsyFC5hcmNhbmEudjEuVGFibGVJbmZvKqwBCglQYXJhbVR5cGUSGgoWUEFSQU1fVFlQRV9VTlNQRUNJRklFRBAAEhUKEVBBUkFNX1RZUEVfU1RSSU5HEAESEgoOUEFSQU1fVFlQRV9JTlQQAhIUChBQQVJBTV9UWVBFX0ZMT0FUEAMSEwoPUEFSQU1fVFlQRV9CT09MEAQSEwoPUEFSQU1fVFlQRV9VVUlEEAUSGAoUUEFSQU1fVFlQRV9USU1FU1RBTVAQBmIGcHJvdG8z", [file_arcana_v1_value]);
 
 /**
  * @generated from message arcana.v1.ParamInfo
@@ -187,6 +187,13 @@ export type GraphInfo = Message<"arcana.v1.GraphInfo"> & {
    * @generated from field: repeated arcana.v1.FieldInfo fields = 9;
    */
   fields: FieldInfo[];
+
+  /**
+   * Set for graphs subscribed through a window: the order they keep.
+   *
+   * @generated from field: arcana.v1.WindowOrder window = 10;
+   */
+  window?: WindowOrder | undefined;
 };
 
 /**
@@ -195,6 +202,44 @@ export type GraphInfo = Message<"arcana.v1.GraphInfo"> & {
  */
 export const GraphInfoSchema: GenMessage<GraphInfo> = /*@__PURE__*/
   messageDesc(file_arcana_v1_describe, 3);
+
+/**
+ * A graph's total order: its rows sort by these fields (the last ones a
+ * unique key), ascending unless `descending`. A window's cursor is the values
+ * of these fields of its anchor row.
+ *
+ * @generated from message arcana.v1.WindowOrder
+ */
+export type WindowOrder = Message<"arcana.v1.WindowOrder"> & {
+  /**
+   * @generated from field: repeated string order = 1;
+   */
+  order: string[];
+
+  /**
+   * @generated from field: bool descending = 2;
+   */
+  descending: boolean;
+
+  /**
+   * The window a subscription without one gets, and the largest allowed.
+   *
+   * @generated from field: uint32 default_limit = 3;
+   */
+  defaultLimit: number;
+
+  /**
+   * @generated from field: uint32 max_limit = 4;
+   */
+  maxLimit: number;
+};
+
+/**
+ * Describes the message arcana.v1.WindowOrder.
+ * Use `create(WindowOrderSchema)` to create a new message.
+ */
+export const WindowOrderSchema: GenMessage<WindowOrder> = /*@__PURE__*/
+  messageDesc(file_arcana_v1_describe, 4);
 
 /**
  * @generated from message arcana.v1.MutationInfo
@@ -241,7 +286,7 @@ export type MutationInfo = Message<"arcana.v1.MutationInfo"> & {
  * Use `create(MutationInfoSchema)` to create a new message.
  */
 export const MutationInfoSchema: GenMessage<MutationInfo> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_describe, 4);
+  messageDesc(file_arcana_v1_describe, 5);
 
 /**
  * A table as seen by all graphs together: the union of the columns they read.
@@ -270,7 +315,7 @@ export type TableInfo = Message<"arcana.v1.TableInfo"> & {
  * Use `create(TableInfoSchema)` to create a new message.
  */
 export const TableInfoSchema: GenMessage<TableInfo> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_describe, 5);
+  messageDesc(file_arcana_v1_describe, 6);
 
 /**
  * @generated from message arcana.v1.DescribeRequest
@@ -283,7 +328,7 @@ export type DescribeRequest = Message<"arcana.v1.DescribeRequest"> & {
  * Use `create(DescribeRequestSchema)` to create a new message.
  */
 export const DescribeRequestSchema: GenMessage<DescribeRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_describe, 6);
+  messageDesc(file_arcana_v1_describe, 7);
 
 /**
  * @generated from message arcana.v1.DescribeResponse
@@ -315,7 +360,7 @@ export type DescribeResponse = Message<"arcana.v1.DescribeResponse"> & {
  * Use `create(DescribeResponseSchema)` to create a new message.
  */
 export const DescribeResponseSchema: GenMessage<DescribeResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_describe, 7);
+  messageDesc(file_arcana_v1_describe, 8);
 
 /**
  * The type of a graph or mutation parameter.

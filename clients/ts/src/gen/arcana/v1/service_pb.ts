@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file arcana/v1/service.proto.
  */
 export const file_arcana_v1_service: GenFile = /*@__PURE__*/
-  fileDesc("ChdhcmNhbmEvdjEvc2VydmljZS5wcm90bxIJYXJjYW5hLnYxIo8CCg1DbGllbnRNZXNzYWdlEhIKCnJlcXVlc3RfaWQYASABKAQSMAoJc3Vic2NyaWJlGAIgASgLMhsuYXJjYW5hLnYxLlN1YnNjcmliZVJlcXVlc3RIABI0Cgt1bnN1YnNjcmliZRgDIAEoCzIdLmFyY2FuYS52MS5VbnN1YnNjcmliZVJlcXVlc3RIABImCgRzeW5jGAQgASgLMhYuYXJjYW5hLnYxLlN5bmNSZXF1ZXN0SAASKgoGbXV0YXRlGAUgASgLMhguYXJjYW5hLnYxLk11dGF0ZVJlcXVlc3RIABImCgRwaW5nGAYgASgLMhYuYXJjYW5hLnYxLlBpbmdSZXF1ZXN0SABCBgoEa2luZCK2AQoNU2VydmVyTWVzc2FnZRIqCgZvcGVuZWQYASABKAsyGC5hcmNhbmEudjEuU2Vzc2lvbk9wZW5lZEgAEiEKBXJlcGx5GAIgASgLMhAuYXJjYW5hLnYxLlJlcGx5SAASJQoFZnJhbWUYAyABKAsyFC5hcmNhbmEudjEuVmlld0ZyYW1lSAASJwoGZnJhbWVzGAQgASgLMhUuYXJjYW5hLnYxLkZyYW1lQmF0Y2hIAEIGCgRraW5kIjIKCkZyYW1lQmF0Y2gSJAoGZnJhbWVzGAEgAygLMhQuYXJjYW5hLnYxLlZpZXdGcmFtZSJkCg1TZXNzaW9uT3BlbmVkEhIKCnNlc3Npb25faWQYASABKAkSGAoQcHJvdG9jb2xfdmVyc2lvbhgCIAEoDRIPCgd1c2VyX2lkGAMgASgJEhQKDHdvcmtzcGFjZV9pZBgEIAEoCSKxAgoFUmVwbHkSEgoKcmVxdWVzdF9pZBgBIAEoBBIhCgVlcnJvchgCIAEoCzIQLmFyY2FuYS52MS5FcnJvckgAEjEKCXN1YnNjcmliZRgDIAEoCzIcLmFyY2FuYS52MS5TdWJzY3JpYmVSZXNwb25zZUgAEjUKC3Vuc3Vic2NyaWJlGAQgASgLMh4uYXJjYW5hLnYxLlVuc3Vic2NyaWJlUmVzcG9uc2VIABInCgRzeW5jGAUgASgLMhcuYXJjYW5hLnYxLlN5bmNSZXNwb25zZUgAEisKBm11dGF0ZRgGIAEoCzIZLmFyY2FuYS52MS5NdXRhdGVSZXNwb25zZUgAEicKBHBpbmcYByABKAsyFy5hcmNhbmEudjEuUGluZ1Jlc3BvbnNlSABCCAoGcmVzdWx0IiYKBUVycm9yEgwKBGNvZGUYASABKAUSDwoHbWVzc2FnZRgCIAEoCSIUChJPcGVuU2Vzc2lvblJlcXVlc3QirwEKEFN1YnNjcmliZVJlcXVlc3QSDQoFZ3JhcGgYASABKAkSNwoGcGFyYW1zGAIgAygLMicuYXJjYW5hLnYxLlN1YnNjcmliZVJlcXVlc3QuUGFyYW1zRW50cnkSEgoKc2Vzc2lvbl9pZBgDIAEoCRo/CgtQYXJhbXNFbnRyeRILCgNrZXkYASABKAkSHwoFdmFsdWUYAiABKAsyEC5hcmNhbmEudjEuVmFsdWU6AjgBIlkKEVN1YnNjcmliZVJlc3BvbnNlEg8KB3ZpZXdfaWQYASABKAkSDQoFZXBvY2gYAiABKAQSDwoHdmVyc2lvbhgDIAEoBBITCgtwYXJhbXNfaGFzaBgEIAEoCSI5ChJVbnN1YnNjcmliZVJlcXVlc3QSDwoHdmlld19pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhUKE1Vuc3Vic2NyaWJlUmVzcG9uc2UiRQoLU3luY1JlcXVlc3QSIgoFdmlld3MYASADKAsyEy5hcmNhbmEudjEuU3luY1ZpZXcSEgoKc2Vzc2lvbl9pZBgCIAEoCSKrAQoIU3luY1ZpZXcSDQoFZ3JhcGgYASABKAkSLwoGcGFyYW1zGAIgAygLMh8uYXJjYW5hLnYxLlN5bmNWaWV3LlBhcmFtc0VudHJ5Eg0KBWVwb2NoGAMgASgEEg8KB3ZlcnNpb24YBCABKAQaPwoLUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEh8KBXZhbHVlGAIgASgLMhAuYXJjYW5hLnYxLlZhbHVlOgI4ASKRAQoKU3luY1Jlc3VsdBIPCgd2aWV3X2lkGAEgASgJEiEKBG1vZGUYAiABKA4yEy5hcmNhbmEudjEuU3luY01vZGUSDQoFZXBvY2gYAyABKAQSDwoHdmVyc2lvbhgEIAEoBBIfCgVlcnJvchgFIAEoCzIQLmFyY2FuYS52MS5FcnJvchIOCgZmcmFtZXMYBiABKA0iNgoMU3luY1Jlc3BvbnNlEiYKB3Jlc3VsdHMYASADKAsyFS5hcmNhbmEudjEuU3luY1Jlc3VsdCKsAQoNTXV0YXRlUmVxdWVzdBIQCghtdXRhdGlvbhgBIAEoCRI0CgZwYXJhbXMYAiADKAsyJC5hcmNhbmEudjEuTXV0YXRlUmVxdWVzdC5QYXJhbXNFbnRyeRISCgpzZXNzaW9uX2lkGAMgASgJGj8KC1BhcmFtc0VudHJ5EgsKA2tleRgBIAEoCRIfCgV2YWx1ZRgCIAEoCzIQLmFyY2FuYS52MS5WYWx1ZToCOAEinwIKDk11dGF0ZVJlc3BvbnNlEjEKBGRhdGEYASADKAsyIy5hcmNhbmEudjEuTXV0YXRlUmVzcG9uc2UuRGF0YUVudHJ5EiIKB2NoYW5nZXMYAiADKAsyES5hcmNhbmEudjEuQ2hhbmdlEkIKDXZpZXdfdmVyc2lvbnMYAyADKAsyKy5hcmNhbmEudjEuTXV0YXRlUmVzcG9uc2UuVmlld1ZlcnNpb25zRW50cnkaPQoJRGF0YUVudHJ5EgsKA2tleRgBIAEoCRIfCgV2YWx1ZRgCIAEoCzIQLmFyY2FuYS52MS5WYWx1ZToCOAEaMwoRVmlld1ZlcnNpb25zRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgEOgI4ASINCgtQaW5nUmVxdWVzdCIrCgxQaW5nUmVzcG9uc2USGwoTc2VydmVyX3RpbWVfdW5peF9tcxgBIAEoAyIzCg1Ob3RpZnlSZXF1ZXN0EiIKB2NoYW5nZXMYASADKAsyES5hcmNhbmEudjEuQ2hhbmdlIhAKDk5vdGlmeVJlc3BvbnNlIg4KDFN0YXRzUmVxdWVzdCKOAQoJVmlld1N0YXRzEg0KBWdyYXBoGAEgASgJEhMKC3BhcmFtc19oYXNoGAIgASgJEhQKDHdvcmtzcGFjZV9pZBgDIAEoCRIPCgd2ZXJzaW9uGAQgASgEEhMKC3N1YnNjcmliZXJzGAUgASgNEhMKC2V2YWx1YXRpb25zGAYgASgEEgwKBHJlZnMYByABKA0iqQIKDVN0YXRzUmVzcG9uc2USEAoIc2Vzc2lvbnMYASABKA0SDQoFdmlld3MYAiABKA0SFQoNc3Vic2NyaXB0aW9ucxgDIAEoDRISCgpzdG9yZV9yb3dzGAQgASgEEhMKC2V2YWx1YXRpb25zGAUgASgEEg8KB2NoYW5nZXMYBiABKAQSDwoHYmF0Y2hlcxgHIAEoBBITCgtmcmFtZXNfc2VudBgIIAEoBBIPCgdyZXN5bmNzGAkgASgEEigKCnZpZXdfc3RhdHMYCiADKAsyFC5hcmNhbmEudjEuVmlld1N0YXRzEhkKEWV2YWx1YXRpb25fZXJyb3JzGAsgASgEEhkKEWV2YWx1YXRpb25fcm91bmRzGAwgASgEEg8KB3BhdGNoZXMYDSABKAQqbAoIU3luY01vZGUSGQoVU1lOQ19NT0RFX1VOU1BFQ0lGSUVEEAASFgoSU1lOQ19NT0RFX0NBVENIX1VQEAESFgoSU1lOQ19NT0RFX1NOQVBTSE9UEAISFQoRU1lOQ19NT0RFX0NVUlJFTlQQAzLqBAoNQXJjYW5hU2VydmljZRJBCgdDb25uZWN0EhguYXJjYW5hLnYxLkNsaWVudE1lc3NhZ2UaGC5hcmNhbmEudjEuU2VydmVyTWVzc2FnZSgBMAESSAoLT3BlblNlc3Npb24SHS5hcmNhbmEudjEuT3BlblNlc3Npb25SZXF1ZXN0GhguYXJjYW5hLnYxLlNlcnZlck1lc3NhZ2UwARJGCglTdWJzY3JpYmUSGy5hcmNhbmEudjEuU3Vic2NyaWJlUmVxdWVzdBocLmFyY2FuYS52MS5TdWJzY3JpYmVSZXNwb25zZRJMCgtVbnN1YnNjcmliZRIdLmFyY2FuYS52MS5VbnN1YnNjcmliZVJlcXVlc3QaHi5hcmNhbmEudjEuVW5zdWJzY3JpYmVSZXNwb25zZRI3CgRTeW5jEhYuYXJjYW5hLnYxLlN5bmNSZXF1ZXN0GhcuYXJjYW5hLnYxLlN5bmNSZXNwb25zZRI9CgZNdXRhdGUSGC5hcmNhbmEudjEuTXV0YXRlUmVxdWVzdBoZLmFyY2FuYS52MS5NdXRhdGVSZXNwb25zZRI9CgZOb3RpZnkSGC5hcmNhbmEudjEuTm90aWZ5UmVxdWVzdBoZLmFyY2FuYS52MS5Ob3RpZnlSZXNwb25zZRJDCghEZXNjcmliZRIaLmFyY2FuYS52MS5EZXNjcmliZVJlcXVlc3QaGy5hcmNhbmEudjEuRGVzY3JpYmVSZXNwb25zZRI6CgVTdGF0cxIXLmFyY2FuYS52MS5TdGF0c1JlcXVlc3QaGC5hcmNhbmEudjEuU3RhdHNSZXNwb25zZWIGcHJvdG8z", [file_arcana_v1_describe, file_arcana_v1_value, file_arcana_v1_view]);
+  fileDesc("ChdhcmNhbmEvdjEvc2VydmljZS5wcm90bxIJYXJjYW5hLnYxIr8CCg1DbGllbnRNZXNzYWdlEhIKCnJlcXVlc3RfaWQYASABKAQSMAoJc3Vic2NyaWJlGAIgASgLMhsuYXJjYW5hLnYxLlN1YnNjcmliZVJlcXVlc3RIABI0Cgt1bnN1YnNjcmliZRgDIAEoCzIdLmFyY2FuYS52MS5VbnN1YnNjcmliZVJlcXVlc3RIABImCgRzeW5jGAQgASgLMhYuYXJjYW5hLnYxLlN5bmNSZXF1ZXN0SAASKgoGbXV0YXRlGAUgASgLMhguYXJjYW5hLnYxLk11dGF0ZVJlcXVlc3RIABImCgRwaW5nGAYgASgLMhYuYXJjYW5hLnYxLlBpbmdSZXF1ZXN0SAASLgoIcmVhbmNob3IYByABKAsyGi5hcmNhbmEudjEuUmVhbmNob3JSZXF1ZXN0SABCBgoEa2luZCK2AQoNU2VydmVyTWVzc2FnZRIqCgZvcGVuZWQYASABKAsyGC5hcmNhbmEudjEuU2Vzc2lvbk9wZW5lZEgAEiEKBXJlcGx5GAIgASgLMhAuYXJjYW5hLnYxLlJlcGx5SAASJQoFZnJhbWUYAyABKAsyFC5hcmNhbmEudjEuVmlld0ZyYW1lSAASJwoGZnJhbWVzGAQgASgLMhUuYXJjYW5hLnYxLkZyYW1lQmF0Y2hIAEIGCgRraW5kIjIKCkZyYW1lQmF0Y2gSJAoGZnJhbWVzGAEgAygLMhQuYXJjYW5hLnYxLlZpZXdGcmFtZSJkCg1TZXNzaW9uT3BlbmVkEhIKCnNlc3Npb25faWQYASABKAkSGAoQcHJvdG9jb2xfdmVyc2lvbhgCIAEoDRIPCgd1c2VyX2lkGAMgASgJEhQKDHdvcmtzcGFjZV9pZBgEIAEoCSLiAgoFUmVwbHkSEgoKcmVxdWVzdF9pZBgBIAEoBBIhCgVlcnJvchgCIAEoCzIQLmFyY2FuYS52MS5FcnJvckgAEjEKCXN1YnNjcmliZRgDIAEoCzIcLmFyY2FuYS52MS5TdWJzY3JpYmVSZXNwb25zZUgAEjUKC3Vuc3Vic2NyaWJlGAQgASgLMh4uYXJjYW5hLnYxLlVuc3Vic2NyaWJlUmVzcG9uc2VIABInCgRzeW5jGAUgASgLMhcuYXJjYW5hLnYxLlN5bmNSZXNwb25zZUgAEisKBm11dGF0ZRgGIAEoCzIZLmFyY2FuYS52MS5NdXRhdGVSZXNwb25zZUgAEicKBHBpbmcYByABKAsyFy5hcmNhbmEudjEuUGluZ1Jlc3BvbnNlSAASLwoIcmVhbmNob3IYCCABKAsyGy5hcmNhbmEudjEuUmVhbmNob3JSZXNwb25zZUgAQggKBnJlc3VsdCImCgVFcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAkiFAoST3BlblNlc3Npb25SZXF1ZXN0ItIBChBTdWJzY3JpYmVSZXF1ZXN0Eg0KBWdyYXBoGAEgASgJEjcKBnBhcmFtcxgCIAMoCzInLmFyY2FuYS52MS5TdWJzY3JpYmVSZXF1ZXN0LlBhcmFtc0VudHJ5EhIKCnNlc3Npb25faWQYAyABKAkSIQoGd2luZG93GAQgASgLMhEuYXJjYW5hLnYxLldpbmRvdxo/CgtQYXJhbXNFbnRyeRILCgNrZXkYASABKAkSHwoFdmFsdWUYAiABKAsyEC5hcmNhbmEudjEuVmFsdWU6AjgBInsKBldpbmRvdxINCgVsaW1pdBgBIAEoDRIgCgZjdXJzb3IYAiADKAsyEC5hcmNhbmEudjEuVmFsdWUSLQoJZGlyZWN0aW9uGAMgASgOMhouYXJjYW5hLnYxLldpbmRvd0RpcmVjdGlvbhIRCglpbmNsdXNpdmUYBCABKAgiWQoPUmVhbmNob3JSZXF1ZXN0Eg8KB3ZpZXdfaWQYASABKAkSIQoGd2luZG93GAIgASgLMhEuYXJjYW5hLnYxLldpbmRvdxISCgpzZXNzaW9uX2lkGAMgASgJIm0KEFJlYW5jaG9yUmVzcG9uc2USDwoHdmlld19pZBgBIAEoCRINCgVlcG9jaBgCIAEoBBIPCgd2ZXJzaW9uGAMgASgEEhQKDHByZXZfdmVyc2lvbhgEIAEoBBISCgpwcmV2X2Vwb2NoGAUgASgEIlkKEVN1YnNjcmliZVJlc3BvbnNlEg8KB3ZpZXdfaWQYASABKAkSDQoFZXBvY2gYAiABKAQSDwoHdmVyc2lvbhgDIAEoBBITCgtwYXJhbXNfaGFzaBgEIAEoCSI5ChJVbnN1YnNjcmliZVJlcXVlc3QSDwoHdmlld19pZBgBIAEoCRISCgpzZXNzaW9uX2lkGAIgASgJIhUKE1Vuc3Vic2NyaWJlUmVzcG9uc2UiRQoLU3luY1JlcXVlc3QSIgoFdmlld3MYASADKAsyEy5hcmNhbmEudjEuU3luY1ZpZXcSEgoKc2Vzc2lvbl9pZBgCIAEoCSLOAQoIU3luY1ZpZXcSDQoFZ3JhcGgYASABKAkSLwoGcGFyYW1zGAIgAygLMh8uYXJjYW5hLnYxLlN5bmNWaWV3LlBhcmFtc0VudHJ5Eg0KBWVwb2NoGAMgASgEEg8KB3ZlcnNpb24YBCABKAQSIQoGd2luZG93GAUgASgLMhEuYXJjYW5hLnYxLldpbmRvdxo/CgtQYXJhbXNFbnRyeRILCgNrZXkYASABKAkSHwoFdmFsdWUYAiABKAsyEC5hcmNhbmEudjEuVmFsdWU6AjgBIpEBCgpTeW5jUmVzdWx0Eg8KB3ZpZXdfaWQYASABKAkSIQoEbW9kZRgCIAEoDjITLmFyY2FuYS52MS5TeW5jTW9kZRINCgVlcG9jaBgDIAEoBBIPCgd2ZXJzaW9uGAQgASgEEh8KBWVycm9yGAUgASgLMhAuYXJjYW5hLnYxLkVycm9yEg4KBmZyYW1lcxgGIAEoDSI2CgxTeW5jUmVzcG9uc2USJgoHcmVzdWx0cxgBIAMoCzIVLmFyY2FuYS52MS5TeW5jUmVzdWx0IqwBCg1NdXRhdGVSZXF1ZXN0EhAKCG11dGF0aW9uGAEgASgJEjQKBnBhcmFtcxgCIAMoCzIkLmFyY2FuYS52MS5NdXRhdGVSZXF1ZXN0LlBhcmFtc0VudHJ5EhIKCnNlc3Npb25faWQYAyABKAkaPwoLUGFyYW1zRW50cnkSCwoDa2V5GAEgASgJEh8KBXZhbHVlGAIgASgLMhAuYXJjYW5hLnYxLlZhbHVlOgI4ASKfAgoOTXV0YXRlUmVzcG9uc2USMQoEZGF0YRgBIAMoCzIjLmFyY2FuYS52MS5NdXRhdGVSZXNwb25zZS5EYXRhRW50cnkSIgoHY2hhbmdlcxgCIAMoCzIRLmFyY2FuYS52MS5DaGFuZ2USQgoNdmlld192ZXJzaW9ucxgDIAMoCzIrLmFyY2FuYS52MS5NdXRhdGVSZXNwb25zZS5WaWV3VmVyc2lvbnNFbnRyeRo9CglEYXRhRW50cnkSCwoDa2V5GAEgASgJEh8KBXZhbHVlGAIgASgLMhAuYXJjYW5hLnYxLlZhbHVlOgI4ARozChFWaWV3VmVyc2lvbnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBIg0KC1BpbmdSZXF1ZXN0IisKDFBpbmdSZXNwb25zZRIbChNzZXJ2ZXJfdGltZV91bml4X21zGAEgASgDIjMKDU5vdGlmeVJlcXVlc3QSIgoHY2hhbmdlcxgBIAMoCzIRLmFyY2FuYS52MS5DaGFuZ2UiEAoOTm90aWZ5UmVzcG9uc2UiDgoMU3RhdHNSZXF1ZXN0Io4BCglWaWV3U3RhdHMSDQoFZ3JhcGgYASABKAkSEwoLcGFyYW1zX2hhc2gYAiABKAkSFAoMd29ya3NwYWNlX2lkGAMgASgJEg8KB3ZlcnNpb24YBCABKAQSEwoLc3Vic2NyaWJlcnMYBSABKA0SEwoLZXZhbHVhdGlvbnMYBiABKAQSDAoEcmVmcxgHIAEoDSKpAgoNU3RhdHNSZXNwb25zZRIQCghzZXNzaW9ucxgBIAEoDRINCgV2aWV3cxgCIAEoDRIVCg1zdWJzY3JpcHRpb25zGAMgASgNEhIKCnN0b3JlX3Jvd3MYBCABKAQSEwoLZXZhbHVhdGlvbnMYBSABKAQSDwoHY2hhbmdlcxgGIAEoBBIPCgdiYXRjaGVzGAcgASgEEhMKC2ZyYW1lc19zZW50GAggASgEEg8KB3Jlc3luY3MYCSABKAQSKAoKdmlld19zdGF0cxgKIAMoCzIULmFyY2FuYS52MS5WaWV3U3RhdHMSGQoRZXZhbHVhdGlvbl9lcnJvcnMYCyABKAQSGQoRZXZhbHVhdGlvbl9yb3VuZHMYDCABKAQSDwoHcGF0Y2hlcxgNIAEoBCqJAQoPV2luZG93RGlyZWN0aW9uEiAKHFdJTkRPV19ESVJFQ1RJT05fVU5TUEVDSUZJRUQQABIaChZXSU5ET1dfRElSRUNUSU9OX0FGVEVSEAESGwoXV0lORE9XX0RJUkVDVElPTl9CRUZPUkUQAhIbChdXSU5ET1dfRElSRUNUSU9OX0FST1VORBADKmwKCFN5bmNNb2RlEhkKFVNZTkNfTU9ERV9VTlNQRUNJRklFRBAAEhYKElNZTkNfTU9ERV9DQVRDSF9VUBABEhYKElNZTkNfTU9ERV9TTkFQU0hPVBACEhUKEVNZTkNfTU9ERV9DVVJSRU5UEAMyrwUKDUFyY2FuYVNlcnZpY2USQQoHQ29ubmVjdBIYLmFyY2FuYS52MS5DbGllbnRNZXNzYWdlGhguYXJjYW5hLnYxLlNlcnZlck1lc3NhZ2UoATABEkgKC09wZW5TZXNzaW9uEh0uYXJjYW5hLnYxLk9wZW5TZXNzaW9uUmVxdWVzdBoYLmFyY2FuYS52MS5TZXJ2ZXJNZXNzYWdlMAESRgoJU3Vic2NyaWJlEhsuYXJjYW5hLnYxLlN1YnNjcmliZVJlcXVlc3QaHC5hcmNhbmEudjEuU3Vic2NyaWJlUmVzcG9uc2USTAoLVW5zdWJzY3JpYmUSHS5hcmNhbmEudjEuVW5zdWJzY3JpYmVSZXF1ZXN0Gh4uYXJjYW5hLnYxLlVuc3Vic2NyaWJlUmVzcG9uc2USNwoEU3luYxIWLmFyY2FuYS52MS5TeW5jUmVxdWVzdBoXLmFyY2FuYS52MS5TeW5jUmVzcG9uc2USQwoIUmVhbmNob3ISGi5hcmNhbmEudjEuUmVhbmNob3JSZXF1ZXN0GhsuYXJjYW5hLnYxLlJlYW5jaG9yUmVzcG9uc2USPQoGTXV0YXRlEhguYXJjYW5hLnYxLk11dGF0ZVJlcXVlc3QaGS5hcmNhbmEudjEuTXV0YXRlUmVzcG9uc2USPQoGTm90aWZ5EhguYXJjYW5hLnYxLk5vdGlmeVJlcXVlc3QaGS5hcmNhbmEudjEuTm90aWZ5UmVzcG9uc2USQwoIRGVzY3JpYmUSGi5hcmNhbmEudjEuRGVzY3JpYmVSZXF1ZXN0GhsuYXJjYW5hLnYxLkRlc2NyaWJlUmVzcG9uc2USOgoFU3RhdHMSFy5hcmNhbmEudjEuU3RhdHNSZXF1ZXN0GhguYXJjYW5hLnYxLlN0YXRzUmVzcG9uc2ViBnByb3RvMw", [file_arcana_v1_describe, file_arcana_v1_value, file_arcana_v1_view]);
 
 /**
  * @generated from message arcana.v1.ClientMessage
@@ -62,6 +62,12 @@ export type ClientMessage = Message<"arcana.v1.ClientMessage"> & {
      */
     value: PingRequest;
     case: "ping";
+  } | {
+    /**
+     * @generated from field: arcana.v1.ReanchorRequest reanchor = 7;
+     */
+    value: ReanchorRequest;
+    case: "reanchor";
   } | { case: undefined; value?: undefined };
 };
 
@@ -220,6 +226,12 @@ export type Reply = Message<"arcana.v1.Reply"> & {
      */
     value: PingResponse;
     case: "ping";
+  } | {
+    /**
+     * @generated from field: arcana.v1.ReanchorResponse reanchor = 8;
+     */
+    value: ReanchorResponse;
+    case: "reanchor";
   } | { case: undefined; value?: undefined };
 };
 
@@ -289,6 +301,15 @@ export type SubscribeRequest = Message<"arcana.v1.SubscribeRequest"> & {
    * @generated from field: string session_id = 3;
    */
   sessionId: string;
+
+  /**
+   * For graphs that declare an order: which part of the list to keep live.
+   * Required for them (a missing window is the first `default_window_rows`
+   * rows); refused for other graphs.
+   *
+   * @generated from field: arcana.v1.Window window = 4;
+   */
+  window?: Window | undefined;
 };
 
 /**
@@ -297,6 +318,123 @@ export type SubscribeRequest = Message<"arcana.v1.SubscribeRequest"> & {
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
   messageDesc(file_arcana_v1_service, 7);
+
+/**
+ * A window over an ordered graph: up to `limit` rows next to a cursor.
+ *
+ * @generated from message arcana.v1.Window
+ */
+export type Window = Message<"arcana.v1.Window"> & {
+  /**
+   * @generated from field: uint32 limit = 1;
+   */
+  limit: number;
+
+  /**
+   * The order-key values of the anchor row, in the graph's order-key order.
+   * Empty: the start of the list (AFTER), or its end (BEFORE).
+   *
+   * @generated from field: repeated arcana.v1.Value cursor = 2;
+   */
+  cursor: Value[];
+
+  /**
+   * @generated from field: arcana.v1.WindowDirection direction = 3;
+   */
+  direction: WindowDirection;
+
+  /**
+   * With a cursor: whether the anchor row itself is part of the window
+   * (AFTER and BEFORE; AROUND always includes it).
+   *
+   * @generated from field: bool inclusive = 4;
+   */
+  inclusive: boolean;
+};
+
+/**
+ * Describes the message arcana.v1.Window.
+ * Use `create(WindowSchema)` to create a new message.
+ */
+export const WindowSchema: GenMessage<Window> = /*@__PURE__*/
+  messageDesc(file_arcana_v1_service, 8);
+
+/**
+ * Moves an existing windowed subscription to a new window (cursor, limit or
+ * both). The client gets one diff frame from the rows it holds to the new
+ * window, under the same view id; no snapshot, no unsubscribe.
+ *
+ * @generated from message arcana.v1.ReanchorRequest
+ */
+export type ReanchorRequest = Message<"arcana.v1.ReanchorRequest"> & {
+  /**
+   * @generated from field: string view_id = 1;
+   */
+  viewId: string;
+
+  /**
+   * @generated from field: arcana.v1.Window window = 2;
+   */
+  window?: Window | undefined;
+
+  /**
+   * Only for the unary call: the session from OpenSession.
+   *
+   * @generated from field: string session_id = 3;
+   */
+  sessionId: string;
+};
+
+/**
+ * Describes the message arcana.v1.ReanchorRequest.
+ * Use `create(ReanchorRequestSchema)` to create a new message.
+ */
+export const ReanchorRequestSchema: GenMessage<ReanchorRequest> = /*@__PURE__*/
+  messageDesc(file_arcana_v1_service, 9);
+
+/**
+ * @generated from message arcana.v1.ReanchorResponse
+ */
+export type ReanchorResponse = Message<"arcana.v1.ReanchorResponse"> & {
+  /**
+   * The subscription's view id: unchanged.
+   *
+   * @generated from field: string view_id = 1;
+   */
+  viewId: string;
+
+  /**
+   * The epoch and version the subscription is at once the re-anchor diff
+   * (which follows on the session stream) is applied.
+   *
+   * @generated from field: uint64 epoch = 2;
+   */
+  epoch: bigint;
+
+  /**
+   * @generated from field: uint64 version = 3;
+   */
+  version: bigint;
+
+  /**
+   * The version (and epoch) the re-anchor diff applies on.
+   *
+   * @generated from field: uint64 prev_version = 4;
+   */
+  prevVersion: bigint;
+
+  /**
+   * @generated from field: uint64 prev_epoch = 5;
+   */
+  prevEpoch: bigint;
+};
+
+/**
+ * Describes the message arcana.v1.ReanchorResponse.
+ * Use `create(ReanchorResponseSchema)` to create a new message.
+ */
+export const ReanchorResponseSchema: GenMessage<ReanchorResponse> = /*@__PURE__*/
+  messageDesc(file_arcana_v1_service, 10);
 
 /**
  * @generated from message arcana.v1.SubscribeResponse
@@ -330,7 +468,7 @@ export type SubscribeResponse = Message<"arcana.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 8);
+  messageDesc(file_arcana_v1_service, 11);
 
 /**
  * @generated from message arcana.v1.UnsubscribeRequest
@@ -352,7 +490,7 @@ export type UnsubscribeRequest = Message<"arcana.v1.UnsubscribeRequest"> & {
  * Use `create(UnsubscribeRequestSchema)` to create a new message.
  */
 export const UnsubscribeRequestSchema: GenMessage<UnsubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 9);
+  messageDesc(file_arcana_v1_service, 12);
 
 /**
  * @generated from message arcana.v1.UnsubscribeResponse
@@ -365,7 +503,7 @@ export type UnsubscribeResponse = Message<"arcana.v1.UnsubscribeResponse"> & {
  * Use `create(UnsubscribeResponseSchema)` to create a new message.
  */
 export const UnsubscribeResponseSchema: GenMessage<UnsubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 10);
+  messageDesc(file_arcana_v1_service, 13);
 
 /**
  * @generated from message arcana.v1.SyncRequest
@@ -387,7 +525,7 @@ export type SyncRequest = Message<"arcana.v1.SyncRequest"> & {
  * Use `create(SyncRequestSchema)` to create a new message.
  */
 export const SyncRequestSchema: GenMessage<SyncRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 11);
+  messageDesc(file_arcana_v1_service, 14);
 
 /**
  * A view the client held before it lost its session, and the last version it saw.
@@ -414,6 +552,13 @@ export type SyncView = Message<"arcana.v1.SyncView"> & {
    * @generated from field: uint64 version = 4;
    */
   version: bigint;
+
+  /**
+   * The window the client held, for windowed graphs.
+   *
+   * @generated from field: arcana.v1.Window window = 5;
+   */
+  window?: Window | undefined;
 };
 
 /**
@@ -421,7 +566,7 @@ export type SyncView = Message<"arcana.v1.SyncView"> & {
  * Use `create(SyncViewSchema)` to create a new message.
  */
 export const SyncViewSchema: GenMessage<SyncView> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 12);
+  messageDesc(file_arcana_v1_service, 15);
 
 /**
  * @generated from message arcana.v1.SyncResult
@@ -469,7 +614,7 @@ export type SyncResult = Message<"arcana.v1.SyncResult"> & {
  * Use `create(SyncResultSchema)` to create a new message.
  */
 export const SyncResultSchema: GenMessage<SyncResult> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 13);
+  messageDesc(file_arcana_v1_service, 16);
 
 /**
  * @generated from message arcana.v1.SyncResponse
@@ -489,7 +634,7 @@ export type SyncResponse = Message<"arcana.v1.SyncResponse"> & {
  * Use `create(SyncResponseSchema)` to create a new message.
  */
 export const SyncResponseSchema: GenMessage<SyncResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 14);
+  messageDesc(file_arcana_v1_service, 17);
 
 /**
  * @generated from message arcana.v1.MutateRequest
@@ -519,7 +664,7 @@ export type MutateRequest = Message<"arcana.v1.MutateRequest"> & {
  * Use `create(MutateRequestSchema)` to create a new message.
  */
 export const MutateRequestSchema: GenMessage<MutateRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 15);
+  messageDesc(file_arcana_v1_service, 18);
 
 /**
  * @generated from message arcana.v1.MutateResponse
@@ -555,7 +700,7 @@ export type MutateResponse = Message<"arcana.v1.MutateResponse"> & {
  * Use `create(MutateResponseSchema)` to create a new message.
  */
 export const MutateResponseSchema: GenMessage<MutateResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 16);
+  messageDesc(file_arcana_v1_service, 19);
 
 /**
  * @generated from message arcana.v1.PingRequest
@@ -568,7 +713,7 @@ export type PingRequest = Message<"arcana.v1.PingRequest"> & {
  * Use `create(PingRequestSchema)` to create a new message.
  */
 export const PingRequestSchema: GenMessage<PingRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 17);
+  messageDesc(file_arcana_v1_service, 20);
 
 /**
  * @generated from message arcana.v1.PingResponse
@@ -585,7 +730,7 @@ export type PingResponse = Message<"arcana.v1.PingResponse"> & {
  * Use `create(PingResponseSchema)` to create a new message.
  */
 export const PingResponseSchema: GenMessage<PingResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 18);
+  messageDesc(file_arcana_v1_service, 21);
 
 /**
  * @generated from message arcana.v1.NotifyRequest
@@ -602,7 +747,7 @@ export type NotifyRequest = Message<"arcana.v1.NotifyRequest"> & {
  * Use `create(NotifyRequestSchema)` to create a new message.
  */
 export const NotifyRequestSchema: GenMessage<NotifyRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 19);
+  messageDesc(file_arcana_v1_service, 22);
 
 /**
  * @generated from message arcana.v1.NotifyResponse
@@ -615,7 +760,7 @@ export type NotifyResponse = Message<"arcana.v1.NotifyResponse"> & {
  * Use `create(NotifyResponseSchema)` to create a new message.
  */
 export const NotifyResponseSchema: GenMessage<NotifyResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 20);
+  messageDesc(file_arcana_v1_service, 23);
 
 /**
  * @generated from message arcana.v1.StatsRequest
@@ -628,7 +773,7 @@ export type StatsRequest = Message<"arcana.v1.StatsRequest"> & {
  * Use `create(StatsRequestSchema)` to create a new message.
  */
 export const StatsRequestSchema: GenMessage<StatsRequest> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 21);
+  messageDesc(file_arcana_v1_service, 24);
 
 /**
  * @generated from message arcana.v1.ViewStats
@@ -675,7 +820,7 @@ export type ViewStats = Message<"arcana.v1.ViewStats"> & {
  * Use `create(ViewStatsSchema)` to create a new message.
  */
 export const ViewStatsSchema: GenMessage<ViewStats> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 22);
+  messageDesc(file_arcana_v1_service, 25);
 
 /**
  * @generated from message arcana.v1.StatsResponse
@@ -758,7 +903,47 @@ export type StatsResponse = Message<"arcana.v1.StatsResponse"> & {
  * Use `create(StatsResponseSchema)` to create a new message.
  */
 export const StatsResponseSchema: GenMessage<StatsResponse> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_service, 23);
+  messageDesc(file_arcana_v1_service, 26);
+
+/**
+ * @generated from enum arcana.v1.WindowDirection
+ */
+export enum WindowDirection {
+  /**
+   * Same as AFTER.
+   *
+   * @generated from enum value: WINDOW_DIRECTION_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The first `limit` rows after the cursor.
+   *
+   * @generated from enum value: WINDOW_DIRECTION_AFTER = 1;
+   */
+  AFTER = 1,
+
+  /**
+   * The last `limit` rows before the cursor, shown in list order.
+   *
+   * @generated from enum value: WINDOW_DIRECTION_BEFORE = 2;
+   */
+  BEFORE = 2,
+
+  /**
+   * The anchor row and the rows after it fill limit - limit/2 places; the
+   * rows before it fill limit/2. Needs a cursor.
+   *
+   * @generated from enum value: WINDOW_DIRECTION_AROUND = 3;
+   */
+  AROUND = 3,
+}
+
+/**
+ * Describes the enum arcana.v1.WindowDirection.
+ */
+export const WindowDirectionSchema: GenEnum<WindowDirection> = /*@__PURE__*/
+  enumDesc(file_arcana_v1_service, 0);
 
 /**
  * @generated from enum arcana.v1.SyncMode
@@ -795,7 +980,7 @@ export enum SyncMode {
  * Describes the enum arcana.v1.SyncMode.
  */
 export const SyncModeSchema: GenEnum<SyncMode> = /*@__PURE__*/
-  enumDesc(file_arcana_v1_service, 0);
+  enumDesc(file_arcana_v1_service, 1);
 
 /**
  * The Arcana sync service. Every call needs `authorization: Bearer <token>`.
@@ -850,6 +1035,16 @@ export const ArcanaService: GenService<{
     methodKind: "unary";
     input: typeof SyncRequestSchema;
     output: typeof SyncResponseSchema;
+  },
+  /**
+   * Moves a windowed subscription of an open session to another window.
+   *
+   * @generated from rpc arcana.v1.ArcanaService.Reanchor
+   */
+  reanchor: {
+    methodKind: "unary";
+    input: typeof ReanchorRequestSchema;
+    output: typeof ReanchorResponseSchema;
   },
   /**
    * Runs a named mutation. Needs no session.

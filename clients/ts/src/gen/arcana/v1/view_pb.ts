@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file arcana/v1/view.proto.
  */
 export const file_arcana_v1_view: GenFile = /*@__PURE__*/
-  fileDesc("ChRhcmNhbmEvdjEvdmlldy5wcm90bxIJYXJjYW5hLnYxIs8BCglWaWV3RnJhbWUSDwoHdmlld19pZBgBIAEoCRINCgVlcG9jaBgCIAEoBBIPCgd2ZXJzaW9uGAMgASgEEhQKDHByZXZfdmVyc2lvbhgEIAEoBBInCghzbmFwc2hvdBgFIAEoCzITLmFyY2FuYS52MS5TbmFwc2hvdEgAEiMKBGRpZmYYBiABKAsyEy5hcmNhbmEudjEuVmlld0RpZmZIABIlCgVlcnJvchgHIAEoCzIULmFyY2FuYS52MS5WaWV3RXJyb3JIAEIGCgRib2R5IogBCghTbmFwc2hvdBINCgVncmFwaBgBIAEoCRITCgtwYXJhbXNfaGFzaBgCIAEoCRIcCgRyZWZzGAMgAygLMg4uYXJjYW5hLnYxLlJlZhIcCgRyb3dzGAQgAygLMg4uYXJjYW5hLnYxLlJvdxISCgV0b3RhbBgFIAEoA0gAiAEBQggKBl90b3RhbCKMAQoIVmlld0RpZmYSHgoEcmVmcxgBIAMoCzIQLmFyY2FuYS52MS5SZWZPcBIcCgRyb3dzGAIgAygLMg4uYXJjYW5hLnYxLlJvdxIkCgdwYXRjaGVzGAMgAygLMhMuYXJjYW5hLnYxLlJvd1BhdGNoEhIKBXRvdGFsGAQgASgDSACIAQFCCAoGX3RvdGFsIioKCVZpZXdFcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAliBnByb3RvMw", [file_arcana_v1_value]);
+  fileDesc("ChRhcmNhbmEvdjEvdmlldy5wcm90bxIJYXJjYW5hLnYxIuMBCglWaWV3RnJhbWUSDwoHdmlld19pZBgBIAEoCRINCgVlcG9jaBgCIAEoBBIPCgd2ZXJzaW9uGAMgASgEEhQKDHByZXZfdmVyc2lvbhgEIAEoBBInCghzbmFwc2hvdBgFIAEoCzITLmFyY2FuYS52MS5TbmFwc2hvdEgAEiMKBGRpZmYYBiABKAsyEy5hcmNhbmEudjEuVmlld0RpZmZIABIlCgVlcnJvchgHIAEoCzIULmFyY2FuYS52MS5WaWV3RXJyb3JIABISCgpwcmV2X2Vwb2NoGAggASgEQgYKBGJvZHkivgEKCFNuYXBzaG90Eg0KBWdyYXBoGAEgASgJEhMKC3BhcmFtc19oYXNoGAIgASgJEhwKBHJlZnMYAyADKAsyDi5hcmNhbmEudjEuUmVmEhwKBHJvd3MYBCADKAsyDi5hcmNhbmEudjEuUm93EhIKBXRvdGFsGAUgASgDSACIAQESJgoGd2luZG93GAYgASgLMhYuYXJjYW5hLnYxLldpbmRvd0VkZ2VzEgwKBG1vcmUYByABKAhCCAoGX3RvdGFsIjQKC1dpbmRvd0VkZ2VzEhIKCmhhc19iZWZvcmUYASABKAgSEQoJaGFzX2FmdGVyGAIgASgIIrQBCghWaWV3RGlmZhIeCgRyZWZzGAEgAygLMhAuYXJjYW5hLnYxLlJlZk9wEhwKBHJvd3MYAiADKAsyDi5hcmNhbmEudjEuUm93EiQKB3BhdGNoZXMYAyADKAsyEy5hcmNhbmEudjEuUm93UGF0Y2gSEgoFdG90YWwYBCABKANIAIgBARImCgZ3aW5kb3cYBSABKAsyFi5hcmNhbmEudjEuV2luZG93RWRnZXNCCAoGX3RvdGFsIioKCVZpZXdFcnJvchIMCgRjb2RlGAEgASgFEg8KB21lc3NhZ2UYAiABKAliBnByb3RvMw", [file_arcana_v1_value]);
 
 /**
  * A push for one view. Every frame names the view, its epoch and the version
@@ -70,6 +70,15 @@ export type ViewFrame = Message<"arcana.v1.ViewFrame"> & {
     value: ViewError;
     case: "error";
   } | { case: undefined; value?: undefined };
+
+  /**
+   * Set on a re-anchor diff only: the epoch `prev_version` belongs to, when
+   * the window moved onto a view of another life. A diff applies on top of
+   * (prev_epoch or else epoch, prev_version).
+   *
+   * @generated from field: uint64 prev_epoch = 8;
+   */
+  prevEpoch: bigint;
 };
 
 /**
@@ -109,6 +118,23 @@ export type Snapshot = Message<"arcana.v1.Snapshot"> & {
    * @generated from field: optional int64 total = 5;
    */
   total?: bigint | undefined;
+
+  /**
+   * For windowed views: whether rows exist beyond the window's edges.
+   *
+   * @generated from field: arcana.v1.WindowEdges window = 6;
+   */
+  window?: WindowEdges | undefined;
+
+  /**
+   * A big snapshot goes out in parts: every part but the last has `more`
+   * set. Parts of one snapshot are consecutive frames of the same view and
+   * version; their refs and rows add up, in order, to the whole snapshot,
+   * which the client applies only when the last part is in.
+   *
+   * @generated from field: bool more = 7;
+   */
+  more: boolean;
 };
 
 /**
@@ -117,6 +143,30 @@ export type Snapshot = Message<"arcana.v1.Snapshot"> & {
  */
 export const SnapshotSchema: GenMessage<Snapshot> = /*@__PURE__*/
   messageDesc(file_arcana_v1_view, 1);
+
+/**
+ * Whether a window has rows before its first row and after its last.
+ *
+ * @generated from message arcana.v1.WindowEdges
+ */
+export type WindowEdges = Message<"arcana.v1.WindowEdges"> & {
+  /**
+   * @generated from field: bool has_before = 1;
+   */
+  hasBefore: boolean;
+
+  /**
+   * @generated from field: bool has_after = 2;
+   */
+  hasAfter: boolean;
+};
+
+/**
+ * Describes the message arcana.v1.WindowEdges.
+ * Use `create(WindowEdgesSchema)` to create a new message.
+ */
+export const WindowEdgesSchema: GenMessage<WindowEdges> = /*@__PURE__*/
+  messageDesc(file_arcana_v1_view, 2);
 
 /**
  * The change between two consecutive versions of a view.
@@ -151,6 +201,14 @@ export type ViewDiff = Message<"arcana.v1.ViewDiff"> & {
    * @generated from field: optional int64 total = 4;
    */
   total?: bigint | undefined;
+
+  /**
+   * For windowed views: present when the edges changed (always on a
+   * re-anchor diff).
+   *
+   * @generated from field: arcana.v1.WindowEdges window = 5;
+   */
+  window?: WindowEdges | undefined;
 };
 
 /**
@@ -158,7 +216,7 @@ export type ViewDiff = Message<"arcana.v1.ViewDiff"> & {
  * Use `create(ViewDiffSchema)` to create a new message.
  */
 export const ViewDiffSchema: GenMessage<ViewDiff> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_view, 2);
+  messageDesc(file_arcana_v1_view, 3);
 
 /**
  * The view could not be brought up to date. The client keeps its last good
@@ -185,5 +243,5 @@ export type ViewError = Message<"arcana.v1.ViewError"> & {
  * Use `create(ViewErrorSchema)` to create a new message.
  */
 export const ViewErrorSchema: GenMessage<ViewError> = /*@__PURE__*/
-  messageDesc(file_arcana_v1_view, 3);
+  messageDesc(file_arcana_v1_view, 4);
 

@@ -77,6 +77,10 @@ impl Reader {
         counters.frames.fetch_add(1, Ordering::Relaxed);
         match f.body {
             Some(Body::Snapshot(s)) => {
+                if s.more {
+                    // A part: the snapshot is complete with its last part.
+                    return;
+                }
                 self.snapshots += 1;
                 if self
                     .versions
@@ -136,13 +140,15 @@ impl Reader {
     }
 }
 
-/// Subscribes to `graph` once per params set and reads until `stop`.
-/// Reports on `ready` when every subscription has its snapshot; returns the
-/// recorded latencies (µs).
+/// Subscribes to `graph` once per params set (through `window` when
+/// given) and reads until `stop`. Reports on `ready` when every
+/// subscription has its snapshot; returns the recorded latencies (µs).
+#[allow(clippy::too_many_arguments)]
 pub async fn subscriber(
     channel: Channel,
     graph: &'static str,
     subscriptions: Vec<HashMap<String, pb::Value>>,
+    window: Option<pb::Window>,
     counters: Arc<Counters>,
     seen: Arc<AtomicU64>,
     ready: mpsc::UnboundedSender<Instant>,
@@ -158,7 +164,7 @@ pub async fn subscriber(
                 graph: graph.into(),
                 params,
                 session_id: String::new(),
-                window: None,
+                window: window.clone(),
             })),
         })
         .await

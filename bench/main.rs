@@ -13,6 +13,7 @@
 mod load;
 mod raw;
 mod server;
+mod windows;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
@@ -32,7 +33,7 @@ use load::{Counters, WritePlan, Written};
 use server::{free_port, Server, Usage};
 
 const SCENARIOS: &[&str] = &[
-    "mixed", "fanout", "distinct", "burst", "ingest", "snapshot", "idle", "backlog",
+    "mixed", "fanout", "distinct", "burst", "ingest", "snapshot", "idle", "backlog", "windows",
 ];
 /// Sessions per HTTP/2 connection, as a client process multiplexes them.
 const SESSIONS_PER_CONNECTION: usize = 100;
@@ -43,7 +44,7 @@ struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     /// Scenarios to run: mixed, fanout, distinct, burst, ingest, snapshot,
-    /// idle, backlog (default: all).
+    /// idle, backlog, windows (default: all).
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// A tenth of the subscribers and a fifth of the writes.
@@ -335,6 +336,7 @@ async fn crowd(
             (0..per_session)
                 .map(|j| bucket_params((bucket + j) % views))
                 .collect(),
+            None,
             counters.clone(),
             s,
             ready_tx.clone(),
@@ -808,7 +810,21 @@ async fn main() {
     .await
     .expect("PostgreSQL");
     let mut rows: Vec<Row> = Vec::new();
+    let mut window_rows: Vec<(String, Vec<Metrics>)> = Vec::new();
     for name in &names {
+        if name == "windows" {
+            let shape = windows::Shape::new(cli.quick);
+            for run in 0..cli.runs {
+                eprintln!("windows (run {} of {})", run + 1, cli.runs);
+                for (part, m) in windows::run(&bin, &pg, &shape).await {
+                    match window_rows.iter_mut().find(|(p, _)| *p == part) {
+                        Some((_, runs)) => runs.push(m),
+                        None => window_rows.push((part, vec![m])),
+                    }
+                }
+            }
+            continue;
+        }
         let s = spec(name, cli.quick, &cli);
         let mut specs = vec![s.clone()];
         if cli.compare {
@@ -866,6 +882,9 @@ async fn main() {
         std::io::stderr().flush().ok();
     }
     print_tables(&rows);
+    if !window_rows.is_empty() {
+        windows::print(&window_rows);
+    }
     if let Some(path) = &cli.json {
         std::fs::write(path, serde_json::to_string_pretty(&rows).expect("json"))
             .expect("write json");

@@ -79,10 +79,21 @@ async fn start_source(
             let routed: Vec<String> = routes.keys().cloned().collect();
             let mut keys = wal::prepare(url, &opts, &names, &routed).await?;
             keys.extend(config.table_keys());
+            let mut orders: std::collections::HashMap<String, Vec<Vec<String>>> =
+                Default::default();
+            for g in engine.registry().graphs() {
+                if let (Some(table), Some(w)) = (&g.table, &g.window) {
+                    let lists = orders.entry(table.clone()).or_default();
+                    if !lists.contains(&w.order) {
+                        lists.push(w.order.clone());
+                    }
+                }
+            }
             let tracking = Tracking {
                 columns: tables.into_iter().collect(),
                 keys,
                 routes,
+                orders,
                 workspace_column: Some(config.rls.workspace_column.clone()),
             };
             Some(wal::spawn(engine.clone(), url.to_owned(), opts, tracking)?)

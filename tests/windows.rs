@@ -616,3 +616,72 @@ async fn a_deep_cursor_reads_only_a_window_of_rows() {
         );
     }
 }
+
+/// A change of rows outside what a window last read does not evaluate it:
+/// the WAL carries the rows' order keys, and each window knows the keys its
+/// evaluation read, probe rows included.
+#[tokio::test]
+async fn a_write_far_from_a_window_does_not_evaluate_it() {
+    let h = Harness::wal().await;
+    seed(&h, 400).await;
+    let base = first_id(&h).await;
+    let mut l = h.live("dev-alice").await;
+    let near = l
+        .subscribe_window(
+            "task_window",
+            big(),
+            Some(window(10, None, pb::WindowDirection::After)),
+        )
+        .await
+        .unwrap()
+        .view_id;
+    let far_cursor = key_of(&h, base + 300).await;
+    let far = l
+        .subscribe_window(
+            "task_window",
+            big(),
+            Some(window(10, Some(far_cursor), pb::WindowDirection::After)),
+        )
+        .await
+        .unwrap()
+        .view_id;
+    let evaluations = |h: &Harness| {
+        let stats = h.app().engine.stats();
+        let of = |id: &str| {
+            stats
+                .view_info
+                .iter()
+                .find(|v| id.ends_with(&*v.params_hash))
+                .map(|v| v.evaluations)
+                .unwrap()
+        };
+        (of(&near), of(&far))
+    };
+    let (near0, far0) = evaluations(&h);
+    // Move a row inside the first window: only that window runs its query.
+    let inside = base + 3;
+    h.sql(&format!(
+        "UPDATE tasks SET position = 15 WHERE id = {inside}"
+    ))
+    .await;
+    let want = expected(&h, &window(10, None, pb::WindowDirection::After))
+        .await
+        .0;
+    l.wait_until(&near, |v| ids(v) == want).await;
+    let (near1, far1) = evaluations(&h);
+    assert!(near1 > near0, "the window holding the row re-evaluates");
+    assert_eq!(far1, far0, "a window 300 rows away is not evaluated");
+    // And the other way round, with a row entering the far window.
+    h.sql(&format!(
+        "INSERT INTO tasks (workspace_id, project_id, title, position) VALUES ('acme', {BIG}, 'late', {})",
+        far_cursor.0 + 5
+    ))
+    .await;
+    let to = window(10, Some(far_cursor), pb::WindowDirection::After);
+    let want = expected(&h, &to).await.0;
+    l.wait_until(&far, |v| ids(v) == want).await;
+    let (near2, far2) = evaluations(&h);
+    assert!(far2 > far1);
+    assert_eq!(near2, near1, "the first window is not evaluated for it");
+    assert_window(&h, l.view(&far), &to).await;
+}

@@ -45,7 +45,7 @@ pub use result::{GraphResult, Ref, RowKey};
 pub use session::{Outbound, QueueError, Session};
 pub use value::{row_id, Fields, Value};
 pub use view::{SyncMode, View, ViewInfo};
-pub use window::{Direction, Window, WindowEdges, WindowOrder};
+pub use window::{Direction, Reach, Window, WindowEdges, WindowOrder};
 
 use stats::Stats;
 use store::Store;

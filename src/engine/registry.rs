@@ -192,6 +192,10 @@ pub struct Change {
     /// column (row-level security enforces it), so no other can be touched.
     /// `None`: any workspace.
     pub workspace: Option<String>,
+    /// For windowed graphs' order columns (the names joined with `,`): the
+    /// order keys of the changed rows, before and after. Missing: unknown,
+    /// and every window of such a graph is affected.
+    pub order_keys: BTreeMap<String, Vec<Vec<Value>>>,
 }
 
 impl Change {
@@ -215,6 +219,7 @@ impl Change {
             route_values: BTreeMap::new(),
             values: None,
             workspace: None,
+            order_keys: BTreeMap::new(),
         }
     }
 

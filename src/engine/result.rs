@@ -66,6 +66,7 @@ pub type ViewContent = (
     HashMap<RowKey, Fields>,
     Option<i64>,
     Option<super::window::WindowEdges>,
+    Option<super::window::Reach>,
 );
 
 /// The output of one evaluation of a graph.
@@ -79,6 +80,9 @@ pub struct GraphResult {
     pub total: Option<i64>,
     /// For a windowed view: whether rows lie past the window's edges.
     pub window: Option<super::window::WindowEdges>,
+    /// For a windowed view: the order keys its evaluation read (see
+    /// [`super::window::Reach`]); lets invalidation skip changes outside.
+    pub reach: Option<super::window::Reach>,
 }
 
 impl GraphResult {
@@ -132,6 +136,6 @@ impl GraphResult {
                 k.table, k.id
             )));
         }
-        Ok((self.refs, used, self.total, self.window))
+        Ok((self.refs, used, self.total, self.window, self.reach))
     }
 }

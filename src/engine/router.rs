@@ -5,8 +5,10 @@
 //! update, and maybe the workspace its rows belong to. The registry says
 //! which graphs read those columns; of each graph, a route narrows the views
 //! to those whose param matches a route value, a workspace to that
-//! workspace's views, and a change the graph can patch goes only to the
-//! views holding the row (the store knows them). Scheduling what it finds
+//! workspace's views, a change the graph can patch goes only to the
+//! views holding the row (the store knows them), and a change of a windowed
+//! graph's rows goes only to the windows whose last read covered the rows'
+//! order keys. Scheduling what it finds
 //! is `invalidation.rs`'s job.
 
 use std::collections::{HashMap, HashSet};
@@ -76,17 +78,32 @@ pub(crate) fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
                 .iter()
                 .filter(|r| r.table == c.table)
                 .find_map(|r| c.route_values.get(&r.column).map(|vals| (r, vals)));
+            // A windowed graph's change of its own table with known order
+            // keys reaches only the windows whose last read covered one of
+            // them, and any window evaluating now (its reach is not known).
+            let keys = def
+                .window
+                .as_ref()
+                .filter(|_| def.table.as_deref() == Some(c.table.as_str()))
+                .and_then(|w| c.order_keys.get(&w.order.join(",")));
+            let evaluating = keys.map(|_| inner.in_flight.of(g)).unwrap_or_default();
+            let reached = |v: &Arc<View>| match keys {
+                Some(k) => evaluating.iter().any(|e| Arc::ptr_eq(e, v)) || v.reached_by(k),
+                None => true,
+            };
             let candidates: Vec<&Arc<View>> = match routed {
                 Some((route, values)) => values
                     .iter()
                     .flat_map(|value| views.by_route(g, &route.param, value, ws))
                     .collect(),
                 None => {
-                    whole.insert((g, ws));
+                    if keys.is_none() {
+                        whole.insert((g, ws));
+                    }
                     views.by_graph(g, ws).collect()
                 }
             };
-            for v in candidates {
+            for v in candidates.into_iter().filter(|v| reached(v)) {
                 full.entry(Arc::as_ptr(v)).or_insert_with(|| v.clone());
             }
         }

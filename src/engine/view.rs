@@ -21,7 +21,7 @@ use super::result::{GraphResult, Ref, RowKey};
 use super::session::{Attached, Session};
 use super::stats::{EventKind, Stats};
 use super::store::Store;
-use super::value::{Fields, SharedFields};
+use super::value::{Fields, SharedFields, Value};
 use super::window::WindowEdges;
 
 /// What makes two subscriptions share a view.
@@ -44,6 +44,7 @@ struct State {
     rows: HashMap<RowKey, SharedFields>,
     total: Option<i64>,
     window: Option<WindowEdges>,
+    reach: Option<super::window::Reach>,
     history: VecDeque<Arc<Frame>>,
     subscribers: HashMap<Arc<str>, Arc<Session>>,
     evaluations: u64,
@@ -183,6 +184,17 @@ impl View {
         }
     }
 
+    /// Whether a change of rows with these order keys (before and after)
+    /// can touch this view: always, unless its last evaluation was a window
+    /// whose reach holds none of them.
+    pub(crate) fn reached_by(&self, keys: &[Vec<Value>]) -> bool {
+        let st = self.lock();
+        match &st.reach {
+            Some(r) if st.ready => keys.iter().any(|k| r.touches(k)),
+            _ => true,
+        }
+    }
+
     /// The current version.
     pub fn version(&self) -> u64 {
         self.lock().version
@@ -295,7 +307,7 @@ impl View {
         if st.closed {
             return Ok(Refresh::Skipped);
         }
-        let (refs, rows, total, window) = result?.referenced_rows()?;
+        let (refs, rows, total, window, reach) = result?.referenced_rows()?;
         st.last_error = None;
         let ws = &self.key.scope.workspace_id;
         let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
@@ -341,6 +353,7 @@ impl View {
         st.rows = next;
         st.total = total;
         st.window = window;
+        st.reach = reach;
         if !st.ready {
             st.ready = true;
             st.version = 1;

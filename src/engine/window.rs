@@ -69,6 +69,57 @@ pub struct WindowEdges {
     pub has_after: bool,
 }
 
+/// The order keys a window's last evaluation read, outermost first: a
+/// row whose key lies outside `[lo, hi]` before and after a change cannot
+/// change the window or its edges (`None`: the window reached that end of
+/// the list, so the range is open there). Bounds are in key order, not list
+/// order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reach {
+    /// The lowest key read, unless the window reached the low end.
+    pub lo: Option<Vec<Value>>,
+    /// The highest key read, unless the window reached the high end.
+    pub hi: Option<Vec<Value>>,
+}
+
+impl Reach {
+    /// Whether a row with order key `key` lies in the range. Keys of kinds
+    /// whose order here may differ from PostgreSQL's (text under a
+    /// collation, numerics as text) always count as inside.
+    pub fn touches(&self, key: &[Value]) -> bool {
+        let above_lo = self
+            .lo
+            .as_ref()
+            .is_none_or(|lo| compare(key, lo).is_none_or(|o| o.is_ge()));
+        let below_hi = self
+            .hi
+            .as_ref()
+            .is_none_or(|hi| compare(key, hi).is_none_or(|o| o.is_le()));
+        above_lo && below_hi
+    }
+}
+
+/// Compares two order keys the way PostgreSQL would, when this side can
+/// tell for sure (integers, floats, timestamps, booleans); `None` otherwise.
+fn compare(a: &[Value], b: &[Value]) -> Option<std::cmp::Ordering> {
+    if a.len() != b.len() {
+        return None;
+    }
+    for (x, y) in a.iter().zip(b) {
+        let o = match (x, y) {
+            (Value::Int(x), Value::Int(y)) => x.cmp(y),
+            (Value::Timestamp(x), Value::Timestamp(y)) => x.cmp(y),
+            (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+            (Value::Float(x), Value::Float(y)) => x.partial_cmp(y)?,
+            _ => return None,
+        };
+        if o.is_ne() {
+            return Some(o);
+        }
+    }
+    Some(std::cmp::Ordering::Equal)
+}
+
 impl Window {
     /// The window of a subscription that names none: the list's first rows.
     pub fn first(limit: u32) -> Window {
@@ -211,6 +262,30 @@ mod tests {
         w.limit = 10;
         w.direction = Direction::Around;
         assert!(w.check("g", &order(), &fields()).is_err());
+    }
+
+    #[test]
+    fn a_reach_holds_the_keys_between_its_bounds_and_doubts_text() {
+        let k = |p: i64, id: i64| vec![Value::Int(p), Value::Int(id)];
+        let r = Reach {
+            lo: Some(k(10, 1)),
+            hi: Some(k(20, 5)),
+        };
+        assert!(r.touches(&k(10, 1)) && r.touches(&k(15, 0)) && r.touches(&k(20, 5)));
+        assert!(!r.touches(&k(10, 0)) && !r.touches(&k(20, 6)) && !r.touches(&k(3, 9)));
+        let open = Reach {
+            lo: None,
+            hi: Some(k(20, 5)),
+        };
+        assert!(open.touches(&k(-100, 0)) && !open.touches(&k(21, 0)));
+        let text = Reach {
+            lo: Some(vec![Value::String("b".into())]),
+            hi: Some(vec![Value::String("c".into())]),
+        };
+        assert!(
+            text.touches(&[Value::String("a".into())]),
+            "collations differ: never skip"
+        );
     }
 
     #[test]

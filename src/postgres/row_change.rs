@@ -203,6 +203,38 @@ impl RowChange<'_> {
         seen
     }
 
+    /// The order keys of the row before and after, per order-column list
+    /// of the table's windowed graphs. A key is unknown when an image lacks
+    /// one of its values, or when an update carries no old row.
+    fn order_cells(&self, tracking: &Tracking) -> OrderCells {
+        let Some(lists) = tracking.orders.get(&self.table) else {
+            return Vec::new();
+        };
+        lists
+            .iter()
+            .map(|cols| {
+                let known = !(self.update && self.old.is_none());
+                let keys = known
+                    .then(|| {
+                        [self.old, self.new]
+                            .into_iter()
+                            .flatten()
+                            .map(|image| {
+                                cols.iter()
+                                    .map(|c| match image.cell(c) {
+                                        Cell::Known(v) => Some(v),
+                                        _ => None,
+                                    })
+                                    .collect::<Option<Vec<Value>>>()
+                            })
+                            .collect::<Option<Vec<Vec<Value>>>>()
+                    })
+                    .flatten();
+                (cols.join(","), keys)
+            })
+            .collect()
+    }
+
     /// The new values of `columns`, when every one of them is known.
     fn new_values(&self, columns: &BTreeSet<String>) -> Option<Fields> {
         let new = self.new?;
@@ -233,7 +265,17 @@ struct TableChanges {
     values: Option<Fields>,
     /// The workspace of every changed row.
     workspace: Workspace,
+    /// Order columns (joined with `,`) -> the order keys of the changed
+    /// rows, before and after; `None` once one was not in the WAL.
+    order_keys: BTreeMap<String, Option<Vec<Vec<Value>>>>,
 }
+
+/// Order keys kept per table and transaction; past this many, a change
+/// counts as touching every window.
+const MAX_ORDER_KEYS: usize = 64;
+
+/// One row change's order keys per order-column list (`None`: unknown).
+type OrderCells = Vec<(String, Option<Vec<Vec<Value>>>)>;
 
 /// The workspace of the rows a transaction changed in one table.
 #[derive(Default, PartialEq)]
@@ -291,9 +333,20 @@ impl TxChanges {
         routes: RouteCells,
         values: Option<Fields>,
         workspace: Option<String>,
+        orders: OrderCells,
     ) {
         let e = self.tables.entry(table.to_owned()).or_default();
         e.workspace.add(workspace);
+        for (name, keys) in orders {
+            let slot = e.order_keys.entry(name).or_insert_with(|| Some(Vec::new()));
+            *slot = match (slot.take(), keys) {
+                (Some(mut held), Some(new)) if held.len() + new.len() <= MAX_ORDER_KEYS => {
+                    held.extend(new);
+                    Some(held)
+                }
+                _ => None,
+            };
+        }
         match columns {
             None => e.all = true,
             Some(c) => e.columns.extend(c),
@@ -311,6 +364,7 @@ impl TxChanges {
     fn record(&mut self, change: RowChange, tracking: &Tracking) {
         let routes = change.route_cells(tracking);
         let workspace = change.workspace(tracking);
+        let orders = change.order_cells(tracking);
         if change.is_update_in_place(tracking) {
             let changed = change.changed_columns(tracking);
             if changed.is_empty() {
@@ -318,7 +372,15 @@ impl TxChanges {
             }
             let id = change.new.and_then(|n| n.id(tracking, &change.table));
             let values = change.new_values(&changed);
-            self.add(&change.table, id, Some(changed), routes, values, workspace);
+            self.add(
+                &change.table,
+                id,
+                Some(changed),
+                routes,
+                values,
+                workspace,
+                orders,
+            );
             return;
         }
         // An insert, a delete or a new key: the row left one id and/or
@@ -330,6 +392,7 @@ impl TxChanges {
             .collect();
         ids.dedup();
         let mut routes = Some(routes);
+        let mut orders = Some(orders);
         for id in ids {
             self.add(
                 &change.table,
@@ -338,6 +401,7 @@ impl TxChanges {
                 routes.take().unwrap_or_default(),
                 None,
                 workspace.clone(),
+                orders.take().unwrap_or_default(),
             );
         }
     }
@@ -386,7 +450,15 @@ impl TxChanges {
                         if let Some(cols) = tracking.routes.get(&table) {
                             routes.unknown.extend(cols.iter().cloned());
                         }
-                        self.add(&table, None, None, routes, None, None);
+                        // Every row left: order keys unknown.
+                        let orders = tracking
+                            .orders
+                            .get(&table)
+                            .into_iter()
+                            .flatten()
+                            .map(|cols| (cols.join(","), None))
+                            .collect();
+                        self.add(&table, None, None, routes, None, None, orders);
                     }
                 }
                 None
@@ -420,6 +492,11 @@ impl TxChanges {
                         Workspace::One(w) => Some(w),
                         _ => None,
                     },
+                    order_keys: t
+                        .order_keys
+                        .into_iter()
+                        .filter_map(|(k, v)| Some((k, v?)))
+                        .collect(),
                 }
             })
             .collect()
@@ -459,6 +536,8 @@ mod tests {
         t.columns.insert("tasks".into(), None);
         t.routes
             .insert("tasks".into(), BTreeSet::from(["project_id".into()]));
+        t.orders
+            .insert("tasks".into(), vec![vec!["project_id".into(), "id".into()]]);
         t
     }
 
@@ -469,6 +548,42 @@ mod tests {
             tx.apply(m, &rels, &tracking());
         }
         tx.into_changes()
+    }
+
+    #[test]
+    fn order_keys_come_from_whole_images_only() {
+        let key = |p: i64, id: i64| vec![Value::Int(p), Value::Int(id)];
+        // An insert and a full-image update: every key before and after.
+        let c = changes(&[
+            Message::Insert {
+                rel: 1,
+                new: vec![int(1), int(10), int(0)],
+            },
+            Message::Update {
+                rel: 1,
+                old: Some((b'O', vec![int(2), int(20), int(0)])),
+                new: vec![int(2), int(30), int(0)],
+            },
+        ]);
+        assert_eq!(
+            c[0].order_keys["project_id,id"],
+            vec![key(10, 1), key(20, 2), key(30, 2)]
+        );
+        // An update without the old row, or a key-only delete: unknown.
+        for m in [
+            Message::Update {
+                rel: 1,
+                old: None,
+                new: vec![int(2), int(30), int(1)],
+            },
+            Message::Delete {
+                rel: 1,
+                old: (b'K', vec![int(7), Datum::Null, Datum::Null]),
+            },
+        ] {
+            let c = changes(&[m]);
+            assert!(c[0].order_keys.is_empty(), "{:?}", c[0].order_keys);
+        }
     }
 
     #[test]

@@ -158,7 +158,7 @@ impl Statement {
         params: &Params,
         order: &crate::engine::WindowOrder,
         window: &crate::engine::Window,
-    ) -> Result<(Vec<Row>, crate::engine::WindowEdges), EvalError> {
+    ) -> Result<(Vec<Row>, crate::engine::WindowEdges, crate::engine::Reach), EvalError> {
         let q = super::window_sql::build(&self.named.sql, self.named.names.len(), order, window);
         let mut values = self.values(scope, params);
         values.extend(q.binds.iter().cloned());
@@ -305,6 +305,9 @@ pub struct SqlGraph {
     /// The total order, for graphs kept live through windows.
     pub window: Option<crate::engine::WindowOrder>,
 }
+
+/// A window's edges and the order keys its evaluation read.
+type WindowFacts = (crate::engine::WindowEdges, crate::engine::Reach);
 
 /// A graph's statements in the form that answers many views in one query.
 #[derive(Debug, Clone)]
@@ -589,7 +592,13 @@ impl Factory for Arc<SqlGraph> {
         Box::pin(async move {
             let (rows, total, window) = g.fetch(&scope, &params).await.map_err(|e| g.named(e))?;
             let mut out = g.build(rows, total, usize::from(window.is_some()))?;
-            out.window = window;
+            if let Some((edges, reach)) = window {
+                out.window = Some(edges);
+                // A total counts every row of the list, so any change of
+                // the table can move it: only a window without one can
+                // skip changes outside what it read.
+                out.reach = g.total.is_none().then_some(reach);
+            }
             Ok(out)
         })
     }
@@ -671,17 +680,17 @@ impl SqlGraph {
         &self,
         scope: &Scope,
         params: &Params,
-    ) -> Result<(Vec<Row>, Option<i64>, Option<crate::engine::WindowEdges>), EvalError> {
+    ) -> Result<(Vec<Row>, Option<i64>, Option<WindowFacts>), EvalError> {
         let mut client = connection(&self.pool, &self.ctx).await?;
         let tx = read_snapshot(&mut client).await?;
         self.ctx.enter(&tx, scope).await?;
         let (rows, window) = match (&self.window, params.window()) {
             (Some(order), Some(w)) => {
-                let (rows, edges) = self
+                let (rows, edges, reach) = self
                     .query
                     .query_window(&tx, scope, params, order, w)
                     .await?;
-                (rows, Some(edges))
+                (rows, Some((edges, reach)))
             }
             _ => (self.query.query(&tx, scope, params).await?, None),
         };
@@ -961,6 +970,7 @@ impl MutationHandler for Arc<SqlMutation> {
                         .collect(),
                     values: None,
                     workspace: c.scoped.then(|| scope.workspace_id.to_string()),
+                    order_keys: Default::default(),
                 })
                 .collect();
             Ok(MutationOutput { data, changes })

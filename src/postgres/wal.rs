@@ -243,6 +243,9 @@ pub struct Tracking {
     pub keys: HashMap<String, Vec<String>>,
     /// table -> the columns graphs route it on (see `Route`).
     pub routes: HashMap<String, BTreeSet<String>>,
+    /// table -> the order columns of windowed graphs over it: changes carry
+    /// the rows' order keys so windows they cannot reach are skipped.
+    pub orders: HashMap<String, Vec<Vec<String>>>,
     /// The column holding a row's workspace, in tables that have it: a
     /// change whose rows all name one workspace reaches only its views.
     pub workspace_column: Option<String>,

@@ -10,7 +10,8 @@
 
 use tokio_postgres::Row;
 
-use crate::engine::{Direction, EvalError, Value, Window, WindowEdges, WindowOrder};
+use super::values::SqlValue;
+use crate::engine::{Direction, EvalError, Reach, Value, Window, WindowEdges, WindowOrder};
 
 /// The alias of the graph's query inside a window statement.
 const INNER: &str = "arcana_w";
@@ -33,6 +34,8 @@ pub struct WindowQuery {
     /// each part's limit.
     pub binds: Vec<Value>,
     shape: Shape,
+    order: Vec<String>,
+    descending: bool,
 }
 
 /// Which parts a statement has, in list terms.
@@ -142,13 +145,44 @@ pub fn build(inner: &str, params: usize, order: &WindowOrder, w: &Window) -> Win
         })
         .collect::<Vec<_>>()
         .join(" UNION ALL ");
-    WindowQuery { sql, binds, shape }
+    WindowQuery {
+        sql,
+        binds,
+        shape,
+        order: order.order.clone(),
+        descending: order.descending,
+    }
 }
 
 impl WindowQuery {
+    /// A row's order key; `None` when a value cannot be read.
+    fn key(&self, row: &Row) -> Option<Vec<Value>> {
+        self.order
+            .iter()
+            .map(|name| {
+                let i = row.columns().iter().position(|c| c.name() == name)?;
+                row.try_get::<_, SqlValue>(i).ok().map(|v| v.0)
+            })
+            .collect()
+    }
+
+    /// The reach of a window whose outermost rows read were `start` (the
+    /// furthest toward the list's start, `None` when it reached the start)
+    /// and `end`, in key order. An unreadable key makes that side open.
+    fn reach(&self, start: Option<&Row>, end: Option<&Row>) -> Reach {
+        let start = start.and_then(|r| self.key(r));
+        let end = end.and_then(|r| self.key(r));
+        if self.descending {
+            Reach { lo: end, hi: start }
+        } else {
+            Reach { lo: start, hi: end }
+        }
+    }
+
     /// Splits the statement's rows into the window's rows, in list order,
-    /// and its edges. Each row keeps its leading part column.
-    pub fn settle(&self, rows: Vec<Row>) -> Result<(Vec<Row>, WindowEdges), EvalError> {
+    /// its edges, and the order keys it read. Each row keeps its leading
+    /// part column.
+    pub fn settle(&self, rows: Vec<Row>) -> Result<(Vec<Row>, WindowEdges, Reach), EvalError> {
         let mut parts: [Vec<Row>; 2] = [Vec::new(), Vec::new()];
         for row in rows {
             let at: i32 = row
@@ -164,6 +198,7 @@ impl WindowQuery {
             Shape::Forward { limit, probe } => {
                 let mut rows = first;
                 let has_after = rows.len() > limit;
+                let reach = self.reach(second.first(), rows.get(limit));
                 rows.truncate(limit);
                 let has_before = probe && !second.is_empty();
                 (
@@ -172,11 +207,13 @@ impl WindowQuery {
                         has_before,
                         has_after,
                     },
+                    reach,
                 )
             }
             Shape::Backward { limit, probe } => {
                 let mut rows = first;
                 let has_before = rows.len() > limit;
+                let reach = self.reach(rows.get(limit), second.first());
                 rows.truncate(limit);
                 rows.reverse();
                 let has_after = probe && !second.is_empty();
@@ -186,15 +223,17 @@ impl WindowQuery {
                         has_before,
                         has_after,
                     },
+                    reach,
                 )
             }
             Shape::Around { before, after } => {
                 let mut head = first;
                 let has_before = head.len() > before;
-                head.truncate(before);
-                head.reverse();
                 let mut tail = second;
                 let has_after = tail.len() > after;
+                let reach = self.reach(head.get(before), tail.get(after));
+                head.truncate(before);
+                head.reverse();
                 tail.truncate(after);
                 head.extend(tail);
                 (
@@ -203,6 +242,7 @@ impl WindowQuery {
                         has_before,
                         has_after,
                     },
+                    reach,
                 )
             }
         })

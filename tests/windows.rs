@@ -685,3 +685,79 @@ async fn a_write_far_from_a_window_does_not_evaluate_it() {
     assert_eq!(near2, near1, "the first window is not evaluated for it");
     assert_window(&h, l.view(&far), &to).await;
 }
+
+/// The unary calls a browser uses: a window subscribed on an OpenSession
+/// stream and moved with the unary Reanchor; its diff arrives on the stream
+/// under the first view id.
+#[tokio::test]
+async fn the_unary_reanchor_moves_a_window_of_an_open_session() {
+    let h = Harness::start().await;
+    seed(&h, 100).await;
+    let base = first_id(&h).await;
+    let mut c = h.client("dev-alice").await;
+    let mut stream = c
+        .open_session(pb::OpenSessionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let session_id = match stream.message().await.unwrap().unwrap().kind {
+        Some(pb::server_message::Kind::Opened(o)) => o.session_id,
+        other => panic!("{other:?}"),
+    };
+    let s = c
+        .subscribe(pb::SubscribeRequest {
+            graph: "task_window".into(),
+            params: big(),
+            session_id: session_id.clone(),
+            window: Some(window(5, None, pb::WindowDirection::After)),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut state = ViewState::default();
+    let read = |state: &mut ViewState, frames: Vec<pb::ViewFrame>| {
+        for f in frames {
+            assert_eq!(f.view_id, s.view_id);
+            state.apply(&f).unwrap();
+        }
+    };
+    let next = |m: pb::ServerMessage| match m.kind {
+        Some(pb::server_message::Kind::Frame(f)) => vec![f],
+        Some(pb::server_message::Kind::Frames(b)) => b.frames,
+        _ => vec![],
+    };
+    while state.version < s.version {
+        read(&mut state, next(stream.message().await.unwrap().unwrap()));
+    }
+    let to = window(
+        5,
+        Some(key_of(&h, base + 50).await),
+        pb::WindowDirection::Around,
+    );
+    let r = c
+        .reanchor(pb::ReanchorRequest {
+            view_id: s.view_id.clone(),
+            window: Some(to.clone()),
+            session_id: session_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.view_id, s.view_id);
+    while !(state.epoch == r.epoch && state.version >= r.version) {
+        read(&mut state, next(stream.message().await.unwrap().unwrap()));
+    }
+    assert_window(&h, &state, &to).await;
+    // Another session's id is refused.
+    let e = h
+        .client("dev-alice")
+        .await
+        .reanchor(pb::ReanchorRequest {
+            view_id: s.view_id.clone(),
+            window: Some(to),
+            session_id: "0".repeat(32),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
+}

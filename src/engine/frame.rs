@@ -50,8 +50,8 @@ pub struct Snapshot {
     pub graph: Arc<str>,
     /// The canonical params hash.
     pub params_hash: Arc<str>,
-    /// The refs, in order.
-    pub refs: Vec<Ref>,
+    /// The refs, in order (shared with the view's state).
+    pub refs: Arc<Vec<Ref>>,
     /// Every row the refs reach.
     pub rows: Vec<(RowKey, SharedFields)>,
     /// The total, when the graph sets one.

@@ -40,7 +40,8 @@ struct State {
     ready: bool,
     closed: bool,
     version: u64,
-    refs: Vec<Ref>,
+    /// Shared with the snapshots built from it, which then cost no copy.
+    refs: Arc<Vec<Ref>>,
     rows: HashMap<RowKey, SharedFields>,
     total: Option<i64>,
     window: Option<WindowEdges>,
@@ -63,7 +64,7 @@ struct State {
 pub(crate) struct Held {
     epoch: u64,
     version: u64,
-    refs: Vec<Ref>,
+    refs: Arc<Vec<Ref>>,
     rows: HashMap<RowKey, SharedFields>,
     total: Option<i64>,
     /// The client was owed a snapshot, so holds nothing to diff against.
@@ -349,7 +350,7 @@ impl View {
         if window != st.window {
             diff.window = window;
         }
-        st.refs = refs;
+        st.refs = Arc::new(refs);
         st.rows = next;
         st.total = total;
         st.window = window;
@@ -673,7 +674,7 @@ impl View {
             store.release(&self.key.scope.workspace_id, k, &self.me);
         }
         st.rows.clear();
-        st.refs.clear();
+        st.refs = Arc::default();
         st.history.clear();
     }
 

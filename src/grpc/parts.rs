@@ -136,7 +136,7 @@ mod tests {
             FrameBody::Snapshot(Snapshot {
                 graph: "g".into(),
                 params_hash: "1".into(),
-                refs,
+                refs: Arc::new(refs),
                 rows,
                 total: Some(n as i64),
                 window: None,

@@ -1,10 +1,11 @@
 // Live views: the state of one subscription, kept up to date by frames.
-import type { Ref, RowPatch } from "./gen/arcana/v1/value_pb.js";
+import type { Ref, Row, RowPatch, Value } from "./gen/arcana/v1/value_pb.js";
 import { PatchOp } from "./gen/arcana/v1/value_pb.js";
 import type { ViewFrame } from "./gen/arcana/v1/view_pb.js";
 import { type FieldStep, type Fields, type RowCache, rowKey } from "./cache.js";
 import { ArcanaError } from "./errors.js";
 import { type DecodeOptions, type FieldValue, type Params, fromFields, fromValue } from "./values.js";
+import type { WindowSpec } from "./window.js";
 
 /** A row of a view: its fields, plus one property per nested reference. */
 export type Item = { readonly [field: string]: FieldValue | Item | undefined };
@@ -48,6 +49,26 @@ export interface ViewSnapshot<T = Item> {
   readonly error: ArcanaError | undefined;
   readonly epoch: bigint | undefined;
   readonly version: bigint;
+  /** Windowed views: whether the list goes on before and after the rows held. */
+  readonly edges?: WindowEdgesState;
+}
+
+/** Whether rows exist beyond a window's edges. */
+export interface WindowEdgesState {
+  readonly hasBefore: boolean;
+  readonly hasAfter: boolean;
+}
+
+/**
+ * @internal A re-anchor on its way: the window asked for and, once the
+ * server replied, the position at which the view holds it.
+ */
+export interface Moving {
+  readonly window: WindowSpec;
+  epoch?: bigint;
+  version?: bigint;
+  /** The view is being resynced onto the new window: the next snapshot holds it. */
+  bySnapshot?: boolean;
 }
 
 /** The outcome of applying a frame. */
@@ -83,6 +104,13 @@ export interface ViewHost {
 export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   /** The view id, "<graph>/<params_hash>", once subscribed. */
   id: string | undefined;
+  /** @internal The window the view holds (windowed graphs only). */
+  window: WindowSpec | undefined;
+  /** @internal A re-anchor in flight, if any. */
+  moving: Moving | undefined;
+  private _edges: WindowEdgesState | undefined;
+  /** Windowed views: the wire fields of the top-level rows, for cursors exact to the last digit. */
+  private _wire: Map<string, Readonly<Record<string, Value>>> | undefined;
   private _epoch: bigint | undefined;
   private _version = 0n;
   private _refs: Ref[] = [];
@@ -103,9 +131,13 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   constructor(
     readonly graph: string,
     readonly params: Params,
-    /** @internal */ readonly key: string,
+    /** @internal */ public key: string,
     private readonly host: ViewHost,
-  ) {}
+    window?: WindowSpec,
+  ) {
+    this.window = window;
+    if (window) this._wire = new Map();
+  }
 
   get status(): ViewStatus {
     return this._status;
@@ -121,6 +153,25 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   }
   get total(): bigint | undefined {
     return this._total;
+  }
+  /** Windowed views: whether rows exist before and after the window (unknown before the first snapshot). */
+  get edges(): WindowEdgesState | undefined {
+    return this._edges;
+  }
+  /**
+   * @internal The named fields of a top-level row as the server sent them;
+   * undefined when the view lacks one of them (a row restored from a persist store).
+   */
+  wireFields(r: Ref, names: readonly string[]): Value[] | undefined {
+    const f = this._wire?.get(rowKey(r.table, r.id));
+    if (!f) return undefined;
+    const out: Value[] = [];
+    for (const n of names) {
+      const v = f[n];
+      if (!v) return undefined;
+      out.push(v);
+    }
+    return out;
   }
   /** The top-level refs, in order. */
   get refs(): readonly Ref[] {
@@ -161,6 +212,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
         error: this._error,
         epoch: this._epoch,
         version: this._version,
+        ...(this.window ? { edges: this._edges ?? NO_EDGES } : {}),
       });
     }
     return this._snapshot;
@@ -281,7 +333,14 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   }
 
   /** @internal Takes a persisted state: shown at once, marked stale until the server confirms it. */
-  hydrate(state: { id: string; epoch: bigint; version: bigint; total: bigint | undefined; refs: Ref[] }): void {
+  hydrate(state: {
+    id: string;
+    epoch: bigint;
+    version: bigint;
+    total: bigint | undefined;
+    refs: Ref[];
+    edges?: WindowEdgesState;
+  }): void {
     const next = new Set<string>();
     for (const r of state.refs) collectKeys(r, next);
     for (const k of next) this.host.cache.retain(k);
@@ -290,6 +349,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     this.id = state.id;
     this._refs = state.refs;
     this._total = state.total;
+    if (state.edges) this._edges = state.edges;
     this._epoch = state.epoch;
     this._version = state.version;
     this._status = "stale";
@@ -312,12 +372,19 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
         }
         this._refs = s.refs;
         this._total = s.total;
-        this.commit(frame, changed, written);
+        if (s.window) this._edges = { hasBefore: s.window.hasBefore, hasAfter: s.window.hasAfter };
+        if (this._wire) {
+          this._wire = new Map();
+          this.keepWire(s.rows);
+        }
+        this.commit(frame, changed, written, true);
         return "applied";
       }
       case "diff": {
         if (this._epoch === frame.epoch && frame.version <= this._version) return "stale";
-        if (this._epoch !== frame.epoch || frame.prevVersion !== this._version) return "gap";
+        // A re-anchor diff may start from another life of the view (prev_epoch).
+        const base = frame.prevEpoch !== 0n ? frame.prevEpoch : frame.epoch;
+        if (this._epoch !== base || frame.prevVersion !== this._version) return "gap";
         const d = body.value;
         const refs = applyRefOps(this._refs, d.refs);
         if (!refs) return "gap";
@@ -336,7 +403,12 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
         for (const [k, st] of steps) this.host.cache.patch(k, st, changed);
         this._refs = refs;
         if (d.total !== undefined) this._total = d.total;
-        this.commit(frame, changed, written);
+        if (d.window) this._edges = { hasBefore: d.window.hasBefore, hasAfter: d.window.hasAfter };
+        if (this._wire) {
+          this.keepWire(d.rows);
+          for (const p of d.patches) patchWire(this._wire, p);
+        }
+        this.commit(frame, changed, written, false);
         return "applied";
       }
       case "error": {
@@ -350,7 +422,34 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     }
   }
 
-  private commit(frame: ViewFrame, changed: Set<string>, written: string[]): void {
+  private keepWire(rows: readonly Row[]): void {
+    for (const row of rows) this._wire!.set(rowKey(row.table, row.id), row.fields);
+  }
+
+  /** @internal The server answered a re-anchor: the view holds the new window at (epoch, version). */
+  reanchored(epoch: bigint, version: bigint): void {
+    const m = this.moving;
+    if (!m) return;
+    m.epoch = epoch;
+    m.version = version;
+    // The diff may have come first (grpc-web: the reply and the stream race).
+    if (this.arrived(false)) this.changed();
+  }
+
+  /** Takes the new window once the view reached the re-anchor's position. */
+  private arrived(snapshot: boolean): boolean {
+    const m = this.moving;
+    if (!m) return false;
+    const reached =
+      (m.bySnapshot && snapshot) ||
+      (m.epoch !== undefined && this._epoch === m.epoch && this._version >= m.version!);
+    if (!reached) return false;
+    this.window = m.window;
+    this.moving = undefined;
+    return true;
+  }
+
+  private commit(frame: ViewFrame, changed: Set<string>, written: string[], snapshot: boolean): void {
     const cache = this.host.cache;
     const next = new Set<string>();
     for (const r of this._refs) collectKeys(r, next);
@@ -358,8 +457,13 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     for (const k of this._reached) if (!next.has(k)) cache.release(k);
     cache.sweep(written);
     this._reached = next;
+    if (this._wire) {
+      const top = new Set(this._refs.map((r) => rowKey(r.table, r.id)));
+      for (const k of this._wire.keys()) if (!top.has(k)) this._wire.delete(k);
+    }
     this._epoch = frame.epoch;
     this._version = frame.version;
+    this.arrived(snapshot);
     this._error = undefined;
     // While a sync is in flight the view is live only once the reply confirms it.
     if (!this.resyncing && (this._status === "connecting" || this._status === "stale")) this._status = "live";
@@ -384,6 +488,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     for (const k of this._reached) this.host.cache.release(k);
     this._reached = new Set();
     this._refs = [];
+    this._wire?.clear();
   }
 
   /** @internal */
@@ -419,6 +524,22 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     this._memo.set(r, { row, nested, item });
     return item;
   }
+}
+
+const NO_EDGES: WindowEdgesState = Object.freeze({ hasBefore: false, hasAfter: false });
+
+/** Keeps a row's wire fields in step with a patch (they name cursors). */
+function patchWire(wire: Map<string, Readonly<Record<string, Value>>>, p: RowPatch): void {
+  const k = rowKey(p.table, p.id);
+  const f = wire.get(k);
+  if (!f) return;
+  const next: Record<string, Value> = { ...f };
+  for (const o of p.ops) {
+    const field = unescapeField(o.path);
+    if (o.op === PatchOp.REMOVE || !o.value) delete next[field];
+    else next[field] = o.value;
+  }
+  wire.set(k, next);
 }
 
 /** Adds the cache keys of a ref and its nested refs to `out`. */

@@ -57,6 +57,10 @@ type Client struct {
 	// unsub maps a view id to the request id of the latest Unsubscribe
 	// sent for it on the current session.
 	unsub map[string]uint64
+
+	// registry is the Describe answer windows read their graph's order from.
+	regMu    sync.Mutex
+	registry *pb.DescribeResponse
 }
 
 // session is one Connect stream.
@@ -72,6 +76,9 @@ type session struct {
 	// guarded by Client.mu
 	pending map[uint64]*call
 	lost    bool
+
+	// parts holds snapshots arriving in parts; the reader goroutine's own.
+	parts snapshotParts
 }
 
 // call is one request waiting for its reply.
@@ -464,15 +471,25 @@ func (c *Client) runSession() (opened bool, err error) {
 // first, then the reply, which the reader hands to onSyncReply.
 func (c *Client) sendSync(s *session, views []*viewState) error {
 	req := &pb.SyncRequest{}
+	c.mu.Lock()
 	for _, vs := range views {
 		epoch, version := vs.position()
+		window := vs.window
+		if m := vs.moving; m != nil {
+			// Mid re-anchor it is unknown which window the rows are of:
+			// ask for the new one from scratch (no epoch: a snapshot).
+			m.bySnapshot = true
+			window, epoch, version = m.window, 0, 0
+		}
 		req.Views = append(req.Views, &pb.SyncView{
 			Graph:   vs.graph,
 			Params:  vs.params,
 			Epoch:   epoch,
 			Version: version,
+			Window:  window,
 		})
 	}
+	c.mu.Unlock()
 	cl := &call{
 		op:        "sync",
 		onReply:   func(r *pb.Reply) any { c.onSyncReply(s, views, r); return nil },
@@ -656,6 +673,8 @@ type applied struct {
 	// StatusLive or StatusError (with frameErr); 0 when there was none.
 	outcome  Status
 	frameErr *Error
+	// snapshot is set when a snapshot was applied.
+	snapshot bool
 }
 
 // onFrames applies the frames of one message (a frame, or a batch) in order,
@@ -666,7 +685,13 @@ type applied struct {
 func (c *Client) onFrames(s *session, frames []*pb.ViewFrame) {
 	var order []*applied
 	byView := map[string]*applied{}
-	for _, f := range frames {
+	for _, part := range frames {
+		f := part
+		if s != nil {
+			if f = s.parts.push(part); f == nil {
+				continue // a snapshot part: applied once the last is in
+			}
+		}
 		a := byView[f.GetViewId()]
 		if a == nil {
 			c.mu.Lock()
@@ -695,8 +720,9 @@ func (c *Client) applyFrame(a *applied, f *pb.ViewFrame) {
 	switch body := f.GetBody().(type) {
 	case *pb.ViewFrame_Snapshot:
 		a.set(Update{Kind: UpdateSnapshot, State: stateFromSnapshot(f, body.Snapshot)})
+		a.snapshot = true
 	case *pb.ViewFrame_Diff:
-		if cur == nil || cur.Epoch != f.GetEpoch() || cur.Version != f.GetPrevVersion() {
+		if !cur.continues(f) {
 			if cur != nil && cur.Epoch == f.GetEpoch() && f.GetVersion() <= cur.Version {
 				return // already applied (a catch-up can repeat queued diffs)
 			}
@@ -755,6 +781,7 @@ func (c *Client) publish(a *applied) {
 	}
 	if a.changed {
 		a.vs.setState(a.state)
+		a.vs.arrivedLocked(a.snapshot)
 	}
 	for h := range a.vs.handles {
 		for _, u := range a.updates {
@@ -782,11 +809,17 @@ func (c *Client) resync(s *session, vs *viewState, why string) {
 // Subscribe subscribes to a graph view and returns once its first snapshot
 // is applied. If the session drops before the reply, it retries on the next.
 func (c *Client) Subscribe(ctx context.Context, graph string, params Params) (*View, error) {
-	op := "subscribe " + graph
 	vals, err := toValues(params)
 	if err != nil {
-		return nil, &Error{Code: codes.InvalidArgument, Message: err.Error(), Op: op}
+		return nil, &Error{Code: codes.InvalidArgument, Message: err.Error(), Op: "subscribe " + graph}
 	}
+	return c.subscribe(ctx, graph, vals, nil)
+}
+
+// subscribe subscribes to a view of graph (a window of it when window is
+// set) and returns a new handle once its first snapshot is applied.
+func (c *Client) subscribe(ctx context.Context, graph string, vals map[string]*pb.Value, window *pb.Window) (*View, error) {
+	op := "subscribe " + graph
 	for {
 		s, err := c.waitSession(ctx)
 		if err != nil {
@@ -798,7 +831,7 @@ func (c *Client) Subscribe(ctx context.Context, graph string, params Params) (*V
 			if sr == nil {
 				return nil
 			}
-			return c.attach(cl.id, graph, vals, sr)
+			return c.attach(cl.id, graph, vals, window, sr)
 		}
 		cl.onAbandon = func(r *pb.Reply) {
 			if sr := r.GetSubscribe(); sr != nil {
@@ -810,7 +843,7 @@ func (c *Client) Subscribe(ctx context.Context, graph string, params Params) (*V
 				}
 			}
 		}
-		msg := &pb.ClientMessage{Kind: &pb.ClientMessage_Subscribe{Subscribe: &pb.SubscribeRequest{Graph: graph, Params: vals}}}
+		msg := &pb.ClientMessage{Kind: &pb.ClientMessage_Subscribe{Subscribe: &pb.SubscribeRequest{Graph: graph, Params: vals, Window: window}}}
 		_, _, err = c.request(ctx, s, msg, cl)
 		if err != nil {
 			if Code(err) == codes.Unavailable && ctx.Err() == nil {
@@ -826,7 +859,7 @@ func (c *Client) Subscribe(ctx context.Context, graph string, params Params) (*V
 			continue // superseded by an Unsubscribe sent after it: try again
 		}
 		select {
-		case <-v.vs.ready:
+		case <-v.vs().ready:
 			return v, nil
 		case <-v.done:
 			if err := v.Err(); err != nil {
@@ -861,7 +894,7 @@ func (c *Client) wait(ctx context.Context, cl *call) error {
 
 // attach records a subscribe reply: the shared view state (created on the
 // first subscription) and a new handle. Runs on the reader goroutine.
-func (c *Client) attach(reqID uint64, graph string, vals map[string]*pb.Value, sr *pb.SubscribeResponse) any {
+func (c *Client) attach(reqID uint64, graph string, vals map[string]*pb.Value, window *pb.Window, sr *pb.SubscribeResponse) any {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed || c.fatal != nil {
@@ -875,9 +908,11 @@ func (c *Client) attach(reqID uint64, graph string, vals map[string]*pb.Value, s
 	vs := c.views[sr.GetViewId()]
 	if vs == nil {
 		vs = newViewState(sr.GetViewId(), graph, vals, sr.GetEpoch())
+		vs.window = window
 		c.views[vs.id] = vs
 	}
-	h := &View{c: c, vs: vs, updates: make(chan Update, c.o.updateBuf), done: make(chan struct{})}
+	h := &View{c: c, updates: make(chan Update, c.o.updateBuf), done: make(chan struct{})}
+	h.cur.Store(vs)
 	vs.handles[h] = struct{}{}
 	return h
 }
@@ -890,7 +925,7 @@ func (c *Client) closeView(v *View, err error) {
 		return
 	}
 	v.stop(err)
-	vs := v.vs
+	vs := v.vs()
 	delete(vs.handles, v)
 	last := len(vs.handles) == 0 && c.views[vs.id] == vs
 	if last {

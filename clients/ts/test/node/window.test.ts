@@ -1,0 +1,183 @@
+// Windows against a real `arcana demo` server: a project of 10,000 tasks
+// seeded with SQL, read through `task_window` (ordered by position, id).
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { createGrpcWebTransport } from "@connectrpc/connect-node";
+import pg from "pg";
+import { ArcanaClient, type WindowView, createNodeClient } from "../../src/node.js";
+import { type DemoServer, startDemo } from "../support/server.js";
+import { type Proxy, startProxy } from "../support/proxy.js";
+
+interface Task {
+  id: bigint;
+  title: string;
+  position: bigint;
+}
+
+const ROWS = 10_000;
+const PROJECT = 100;
+let server: DemoServer;
+let proxy: Proxy;
+/** Task ids in list order (position, id). */
+let order: bigint[] = [];
+const clients: ArcanaClient[] = [];
+
+function bidi(baseUrl = server.baseUrl): ArcanaClient {
+  const c = createNodeClient({ baseUrl, token: "dev-alice", backoff: { initialMs: 50, maxMs: 400 } });
+  clients.push(c);
+  return c;
+}
+
+function web(): ArcanaClient {
+  const transport = createGrpcWebTransport({ baseUrl: server.baseUrl, httpVersion: "1.1" });
+  const c = new ArcanaClient({ transport, session: "stream", token: "dev-alice" });
+  clients.push(c);
+  return c;
+}
+
+/** The ids a window from index `from` (inclusive) to `to` (exclusive) must show. */
+const slice = (from: number, to: number) => order.slice(Math.max(0, from), Math.min(ROWS, to));
+const shown = (w: WindowView<Task>) => w.items.map((t) => t.id);
+
+before(async () => {
+  server = await startDemo();
+  proxy = await startProxy(server.port);
+  const db = new pg.Client({ connectionString: server.pgUrl });
+  await db.connect();
+  try {
+    await db.query("INSERT INTO projects (id, workspace_id, name, owner_id) VALUES ($1, 'acme', 'Big list', 'alice')", [
+      PROJECT,
+    ]);
+    // Positions repeat every 1000 rows, so that ties are broken by id.
+    await db.query(
+      `INSERT INTO tasks (workspace_id, project_id, title, position)
+       SELECT 'acme', $1, 'Task ' || i, i % 1000 FROM generate_series(1, $2) AS i`,
+      [PROJECT, ROWS],
+    );
+    const r = await db.query("SELECT id FROM tasks WHERE project_id = $1 ORDER BY position, id", [PROJECT]);
+    order = r.rows.map((x: { id: string }) => BigInt(x.id));
+  } finally {
+    await db.end();
+  }
+});
+
+after(async () => {
+  for (const c of clients) c.close();
+  await proxy?.close();
+  await server?.stop();
+});
+
+describe("windows", () => {
+  it("a window shows the first or last rows in list order, with its edges", async () => {
+    const c = bidi();
+    const first = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 20 });
+    const s = await first.ready();
+    assert.deepEqual(shown(first), slice(0, 20));
+    assert.equal(s.hasBefore, false);
+    assert.equal(s.hasAfter, true);
+    const last = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 20, direction: "before" });
+    const e = await last.ready();
+    assert.deepEqual(shown(last), slice(ROWS - 20, ROWS));
+    assert.equal(e.hasBefore, true);
+    assert.equal(e.hasAfter, false);
+    first.close();
+    last.close();
+  });
+
+  it("reanchor moves the window in place under the same view id, and it stays live", async () => {
+    const c = bidi();
+    const w = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 20 });
+    await w.ready();
+    const id = w.id;
+    const moved = await w.reanchor(await w.cursorOf(19));
+    assert.deepEqual(shown(w), slice(20, 40));
+    assert.equal(w.id, id, "same view id");
+    assert.equal(moved.hasBefore, true);
+    assert.equal(moved.moving, false);
+    const around = await w.reanchor(await w.cursorOf(10), { direction: "around", limit: 10 });
+    assert.deepEqual(around.items.map((t) => t.id), slice(30 - 5, 30 + 5));
+    // A write inside the window shows; so does the window's own Sync state.
+    const target = order[28]!;
+    await c.mutate("update_task", { id: target, title: "Renamed in the window" });
+    assert.equal(w.items.find((t) => t.id === target)?.title, "Renamed in the window");
+    w.close();
+  });
+
+  it("loadMore grows the limit, loadPrevious reaches back, and past the largest window both slide", async () => {
+    const c = bidi();
+    const w = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 10, cursor: [], direction: "after" });
+    await w.ready();
+    await w.loadMore(15);
+    assert.deepEqual(shown(w), slice(0, 25));
+    assert.equal(w.window.limit, 25);
+    await w.reanchor(await w.cursorOf(20), { limit: 10, inclusive: true });
+    assert.deepEqual(shown(w), slice(20, 30));
+    await w.loadPrevious(5);
+    assert.deepEqual(shown(w), slice(15, 30));
+    assert.equal(w.window.direction, "before");
+    // The demo's largest window is 5000 rows.
+    const big = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 4995 });
+    await big.ready();
+    assert.deepEqual(shown(big), slice(0, 4995));
+    await big.loadMore(10);
+    assert.deepEqual(shown(big), slice(5, 5005), "slid by the 5 rows that did not fit");
+    await big.loadPrevious(3);
+    assert.deepEqual(shown(big), slice(2, 5002), "slid back by 3");
+    w.close();
+    big.close();
+  });
+
+  it("of two handles sharing a window, the one that moves subscribes anew and the other stays", async () => {
+    const c = bidi();
+    const a = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 10 });
+    const b = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 10 });
+    await Promise.all([a.ready(), b.ready()]);
+    assert.equal(a.id, b.id);
+    await b.reanchor(await b.cursorOf(9));
+    assert.deepEqual(shown(b), slice(10, 20));
+    assert.deepEqual(shown(a), slice(0, 10), "the other handle did not move");
+    assert.notEqual(a.id, b.id);
+    // Both stay live: a write to a row of each shows in its window.
+    await c.mutate("update_task", { id: order[3]!, title: "Seen by a" });
+    await c.mutate("update_task", { id: order[13]!, title: "Seen by b" });
+    assert.equal(a.items[3]?.title, "Seen by a");
+    assert.equal(b.items[3]?.title, "Seen by b");
+    a.close();
+    // b now holds its window alone, so it moves in place.
+    const id = b.id;
+    await b.reanchor(await b.cursorOf(9));
+    assert.deepEqual(shown(b), slice(20, 30));
+    assert.equal(b.id, id);
+    b.close();
+  });
+
+  it("a moved window comes back after a reconnect as the window it was moved to", async () => {
+    const c = bidi(proxy.baseUrl);
+    const w = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 10 });
+    await w.ready();
+    await w.reanchor(await w.cursorOf(9));
+    assert.deepEqual(shown(w), slice(10, 20));
+    await proxy.cut();
+    await w.until((s) => s.status === "stale", 10_000);
+    const other = bidi();
+    await other.mutate("update_task", { id: order[12]!, title: "Renamed while away" });
+    await proxy.restore();
+    const back = await w.until((s) => s.status === "live", 20_000);
+    assert.deepEqual(back.items.map((t) => t.id), slice(10, 20));
+    assert.equal(back.items[2]?.title, "Renamed while away");
+    w.close();
+  });
+
+  it("over grpc-web a move lands whichever of reply and diff comes first", async () => {
+    const c = web();
+    const w = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 10 });
+    await w.ready();
+    for (let i = 1; i <= 5; i++) {
+      await w.reanchor(await w.cursorOf(9));
+      assert.deepEqual(shown(w), slice(10 * i, 10 * i + 10));
+    }
+    await w.loadPrevious(5);
+    assert.deepEqual(shown(w), slice(45, 60));
+    w.close();
+  });
+});

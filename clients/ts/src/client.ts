@@ -403,6 +403,7 @@ export class ArcanaClient {
       if (v.moving?.window === window) {
         v.moving = undefined;
         if (this.views.get(key) === v && !this.views.has(from)) this.rekey(v, from);
+        v.changed(); // what was held back while the reply was awaited
       }
       if (e.code === Code.ALREADY_EXISTS) return "subscribe";
       throw e;

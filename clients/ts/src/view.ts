@@ -494,6 +494,11 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   /** @internal */
   changed(): void {
     this._snapshot = undefined;
+    // A re-anchor diff may come before the reply that says it is one: hold
+    // listeners back until the reply, so they never see the new rows under
+    // the old window.
+    const m = this.moving;
+    if (m && m.epoch === undefined && !m.bySnapshot) return;
     if (this.listeners.size === 0 || this.host.defer?.(this)) return;
     const s = this.snapshot;
     for (const fn of [...this.listeners]) {

@@ -37,6 +37,8 @@ export class WindowView<T = Item> {
   private closed = false;
   private readonly listeners = new Set<(s: WindowSnapshot<T>) => void>();
   private memo: { of: ViewSnapshot<T>; moving: boolean; snap: WindowSnapshot<T> } | undefined;
+  /** The view's state and window as last told to its listeners: always one whole window. */
+  private shown: { s: ViewSnapshot<T>; window: WindowSpec };
 
   /** @internal Made by `client.window`. */
   constructor(
@@ -46,19 +48,27 @@ export class WindowView<T = Item> {
     view: LiveView<T>,
   ) {
     this.view = view;
-    this.off = view.subscribe(() => this.emit());
+    this.shown = { s: view.snapshot, window: view.window! };
+    this.off = this.watch(view);
+  }
+
+  private watch(view: LiveView<T>): () => void {
+    return view.subscribe((s) => {
+      this.shown = { s, window: view.window! };
+      this.emit();
+    });
   }
 
   /** The current state (a new object after every change). */
   get snapshot(): WindowSnapshot<T> {
-    const s = this.view.snapshot;
+    const { s, window } = this.shown;
     const moving = this.pending > 0;
     if (this.memo?.of === s && this.memo.moving === moving) return this.memo.snap;
     const snap: WindowSnapshot<T> = Object.freeze({
       ...s,
       hasBefore: s.edges?.hasBefore ?? false,
       hasAfter: s.edges?.hasAfter ?? false,
-      window: this.view.window!,
+      window,
       moving,
     });
     this.memo = { of: s, moving, snap };
@@ -75,11 +85,11 @@ export class WindowView<T = Item> {
     return this.snapshot.hasAfter;
   }
   get status() {
-    return this.view.status;
+    return this.snapshot.status;
   }
   /** The window the rows shown are of. */
   get window(): WindowSpec {
-    return this.view.window!;
+    return this.snapshot.window;
   }
   /** The server's view id of the rows shown. */
   get id(): string | undefined {
@@ -223,7 +233,7 @@ export class WindowView<T = Item> {
     }
     this.off();
     this.view = next;
-    this.off = next.subscribe(() => this.emit());
+    this.off = this.watch(next);
     v.close();
     this.emit();
   }

@@ -142,10 +142,14 @@ describe("window state", () => {
     const b = new LiveView("g", {}, "b", host, w1);
     b.apply(snapshotFrame("g/1", 5n, 9n, ["1", "2", "3"]));
     b.moving = { window: w2 };
+    const told: string[][] = [];
+    b.subscribe((x) => told.push(ids(x.items as { title?: unknown }[])));
     assert.equal(move(b), "applied");
     assert.equal(b.window, w1, "no reply yet: which diff moved it is unknown");
+    assert.equal(told.length, 1, "listeners never see the new rows under the old window");
     b.reanchored(5n, 10n);
     assert.equal(b.window, w2);
+    assert.deepEqual(told, [["1", "2", "3"], ["4", "5", "6"]]);
     b.dropRows();
   });
 });

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::engine::diff::{apply_fields, apply_refs};
-use crate::engine::{Fields, Patch, Ref, RowKey};
+use crate::engine::{Fields, Patch, Ref, RowKey, WindowEdges};
 use crate::grpc::convert::{fields_from_pb, op_from_pb, ref_from_pb, value_from_pb};
 use crate::proto::{view_frame::Body, ViewFrame};
 
@@ -24,6 +24,10 @@ pub struct ViewState {
     pub total: Option<i64>,
     /// The last error frame's message, cleared by the next diff.
     pub error: Option<String>,
+    /// A windowed view's edges.
+    pub window: Option<WindowEdges>,
+    /// Parts of a snapshot received so far; applied when the last arrives.
+    pub pending: Option<Box<ViewState>>,
 }
 
 impl ViewState {
@@ -31,31 +35,45 @@ impl ViewState {
     pub fn apply(&mut self, f: &ViewFrame) -> Result<(), String> {
         match f.body.as_ref().ok_or("frame without a body")? {
             Body::Snapshot(s) => {
-                *self = ViewState {
-                    epoch: f.epoch,
-                    version: f.version,
-                    refs: s.refs.iter().cloned().map(ref_from_pb).collect(),
-                    rows: s
-                        .rows
-                        .iter()
-                        .map(|r| {
-                            (
-                                RowKey::new(&r.table, &r.id),
-                                fields_from_pb(r.fields.clone()),
-                            )
-                        })
-                        .collect(),
-                    total: s.total,
-                    error: None,
+                // Parts of one snapshot add up; a part of another version
+                // starts over.
+                let mut next = match self.pending.take() {
+                    Some(p) if p.epoch == f.epoch && p.version == f.version => *p,
+                    _ => ViewState {
+                        epoch: f.epoch,
+                        version: f.version,
+                        ..ViewState::default()
+                    },
                 };
+                next.refs.extend(s.refs.iter().cloned().map(ref_from_pb));
+                next.rows.extend(s.rows.iter().map(|r| {
+                    (
+                        RowKey::new(&r.table, &r.id),
+                        fields_from_pb(r.fields.clone()),
+                    )
+                }));
+                next.total = s.total;
+                next.window = s.window.as_ref().map(edges_from_pb);
+                if s.more {
+                    self.pending = Some(Box::new(next));
+                } else {
+                    *self = next;
+                }
             }
             Body::Diff(d) => {
-                if f.epoch != self.epoch || f.prev_version != self.version {
+                // A re-anchor diff applies on a version of another epoch.
+                let base = if f.prev_epoch != 0 {
+                    f.prev_epoch
+                } else {
+                    f.epoch
+                };
+                if base != self.epoch || f.prev_version != self.version {
                     return Err(format!(
-                        "gap: diff {}->{} (epoch {}) on version {} (epoch {})",
+                        "gap: diff {}->{} (epoch {base}->{}) on version {} (epoch {})",
                         f.prev_version, f.version, f.epoch, self.version, self.epoch
                     ));
                 }
+                self.pending = None;
                 let ops: Vec<Patch<Ref>> = d
                     .refs
                     .iter()
@@ -98,6 +116,9 @@ impl ViewState {
                 if d.total.is_some() {
                     self.total = d.total;
                 }
+                if let Some(w) = &d.window {
+                    self.window = Some(edges_from_pb(w));
+                }
                 // Rows no ref reaches any more leave the view.
                 let mut live: HashSet<RowKey> = HashSet::new();
                 for r in &self.refs {
@@ -107,6 +128,7 @@ impl ViewState {
                 }
                 self.rows.retain(|k, _| live.contains(k));
                 self.version = f.version;
+                self.epoch = f.epoch;
                 self.error = None;
             }
             Body::Error(e) => self.error = Some(e.message.clone()),
@@ -116,7 +138,21 @@ impl ViewState {
 
     /// The same content, ignoring version bookkeeping: what a comparison
     /// with a fresh snapshot should look at.
-    pub fn content(&self) -> (&Vec<Ref>, &BTreeMap<RowKey, Fields>, Option<i64>) {
-        (&self.refs, &self.rows, self.total)
+    pub fn content(
+        &self,
+    ) -> (
+        &Vec<Ref>,
+        &BTreeMap<RowKey, Fields>,
+        Option<i64>,
+        Option<WindowEdges>,
+    ) {
+        (&self.refs, &self.rows, self.total, self.window)
+    }
+}
+
+fn edges_from_pb(w: &crate::proto::WindowEdges) -> WindowEdges {
+    WindowEdges {
+        has_before: w.has_before,
+        has_after: w.has_after,
     }
 }

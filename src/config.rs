@@ -184,6 +184,9 @@ pub struct ServerConfig {
     /// Frames that queue up for a session go out as one message of up to
     /// this many bytes; 0 sends every frame on its own.
     pub max_batch_bytes: usize,
+    /// A snapshot bigger than this goes out in parts of about this many
+    /// bytes, which the client applies as one.
+    pub snapshot_part_bytes: usize,
     /// A connection that has not sent one complete request this many
     /// milliseconds after it was accepted is closed.
     pub handshake_timeout_ms: u64,
@@ -239,6 +242,7 @@ impl Default for ServerConfig {
             max_message_bytes: 1 << 20,
             cors_origins: vec!["*".into()],
             max_batch_bytes: crate::grpc::DEFAULT_BATCH_BYTES,
+            snapshot_part_bytes: crate::grpc::parts::DEFAULT_PART_BYTES,
             handshake_timeout_ms: limits.handshake_timeout.as_millis() as u64,
             max_connections: limits.max_connections,
             max_streams_per_connection: limits.max_streams_per_connection,
@@ -509,6 +513,36 @@ pub struct GraphConfig {
     /// into the views holding the row, without running the query.
     #[serde(default)]
     pub patch: BTreeMap<String, Vec<String>>,
+    /// Keep views live through windows over this order (see
+    /// [`WindowConfig`]); the query then lists every row of the list and
+    /// has no LIMIT of its own.
+    pub window: Option<WindowConfig>,
+}
+
+/// A windowed graph's order: `window = { order = ["position", "id"] }`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Result columns the list sorts by; must end with the graph's key
+    /// columns, so the order is total.
+    pub order: Vec<String>,
+    /// The list runs from the highest key to the lowest.
+    #[serde(default)]
+    pub descending: bool,
+    /// Rows of a subscription that gives no window.
+    #[serde(default = "default_window_limit")]
+    pub default_limit: u32,
+    /// The largest window a subscription may ask for.
+    #[serde(default = "default_window_max")]
+    pub max_limit: u32,
+}
+
+fn default_window_limit() -> u32 {
+    50
+}
+
+fn default_window_max() -> u32 {
+    10_000
 }
 
 /// One graph's route for a table.
@@ -750,7 +784,17 @@ fn graph(
             key: n.key.clone(),
         })
         .collect();
+    let window = g.window.as_ref().map(window_order).transpose()?;
+    if let Some(w) = &window {
+        if !w.order.ends_with(&g.key) {
+            return Err(format!(
+                "window.order must end with the key column(s) {:?}, so that rows never tie",
+                g.key
+            ));
+        }
+    }
     let factory = Arc::new(SqlGraph {
+        window: window.clone(),
         name: g.name.clone(),
         pool: pool.clone(),
         query,
@@ -791,12 +835,31 @@ fn graph(
         .map(|(t, cols)| (t.clone(), cols.iter().cloned().collect()))
         .collect();
     def.table = Some(g.table.clone());
+    def.window = window;
     def.nested = g
         .nested
         .iter()
         .map(|(k, v)| (k.clone(), v.table.clone()))
         .collect();
     Ok((def, factory))
+}
+
+fn window_order(w: &WindowConfig) -> Result<crate::engine::WindowOrder, String> {
+    if w.order.is_empty() {
+        return Err("window.order must name at least one column".into());
+    }
+    if w.default_limit == 0 || w.default_limit > w.max_limit {
+        return Err(format!(
+            "window.default_limit must be between 1 and max_limit ({})",
+            w.max_limit
+        ));
+    }
+    Ok(crate::engine::WindowOrder {
+        order: w.order.clone(),
+        descending: w.descending,
+        default_limit: w.default_limit,
+        max_limit: w.max_limit,
+    })
 }
 
 fn mutation(

@@ -50,11 +50,11 @@ async fn a_slow_view_does_not_hold_up_the_others() {
 
     let session = engine.open_session(Identity::new("user", "ws"));
     engine
-        .subscribe(&session, "slow", HashMap::new(), |_| None)
+        .subscribe(&session, "slow", HashMap::new(), None, |_| None)
         .await
         .unwrap();
     let fast_view = engine
-        .subscribe(&session, "fast", HashMap::new(), |_| None)
+        .subscribe(&session, "fast", HashMap::new(), None, |_| None)
         .await
         .unwrap()
         .view_id;
@@ -63,7 +63,7 @@ async fn a_slow_view_does_not_hold_up_the_others() {
             .await
             .expect("a frame in time")
         {
-            Some(Outbound::Frame(f)) => f,
+            Some(Outbound::Frame(f, _)) => f,
             other => panic!("{other:?}"),
         }
     };
@@ -133,7 +133,7 @@ async fn a_patch_reaches_a_view_whose_evaluation_read_the_old_row() {
     let engine = Engine::new(reg, EngineConfig::default());
     let session = engine.open_session(Identity::new("user", "ws"));
     let view = engine
-        .subscribe(&session, "g", HashMap::new(), |_| None)
+        .subscribe(&session, "g", HashMap::new(), None, |_| None)
         .await
         .unwrap()
         .view_id;
@@ -163,7 +163,9 @@ async fn a_patch_reaches_a_view_whose_evaluation_read_the_old_row() {
     while let Ok(Some(item)) =
         tokio::time::timeout(Duration::from_millis(200), session.next()).await
     {
-        let Outbound::Frame(f) = item else { continue };
+        let Outbound::Frame(f, _) = item else {
+            continue;
+        };
         assert_eq!(f.view_id, view);
         let rows = match &f.body {
             arcana::engine::FrameBody::Snapshot(s) => s.rows.clone(),

@@ -66,6 +66,7 @@ async fn graph(h: &Harness) -> SqlGraph {
         }],
         lateral: OnceLock::new(),
         ctx: Default::default(),
+        window: None,
     };
     let (c, conn) = tokio_postgres::connect(&h.db_url, tokio_postgres::NoTls)
         .await

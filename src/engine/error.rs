@@ -15,6 +15,9 @@ pub enum EngineError {
     /// A limit was reached.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// What the request would create is already there.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// A graph or mutation failed for a reason the caller can fix.
     #[error("{0}")]
     FailedPrecondition(String),

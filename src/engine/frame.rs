@@ -10,6 +10,7 @@ use super::diff::{FieldOp, RefOp};
 use super::error::EngineError;
 use super::result::{Ref, RowKey};
 use super::value::SharedFields;
+use super::window::WindowEdges;
 
 /// One push for one view.
 #[derive(Debug)]
@@ -22,6 +23,9 @@ pub struct Frame {
     pub version: u64,
     /// The version a diff applies on (0 otherwise).
     pub prev_version: u64,
+    /// The epoch `prev_version` belongs to, on a re-anchor diff that moves a
+    /// window onto another view; 0 when it is `epoch`.
+    pub prev_epoch: u64,
     /// What the frame carries.
     pub body: FrameBody,
     /// The transport's encoding, filled by the first sender.
@@ -52,6 +56,8 @@ pub struct Snapshot {
     pub rows: Vec<(RowKey, SharedFields)>,
     /// The total, when the graph sets one.
     pub total: Option<i64>,
+    /// A windowed view's edges.
+    pub window: Option<WindowEdges>,
 }
 
 /// The change between two consecutive versions.
@@ -65,6 +71,8 @@ pub struct ViewDiff {
     pub patches: Vec<(RowKey, Vec<FieldOp>)>,
     /// The new total, when it changed.
     pub total: Option<i64>,
+    /// A windowed view's edges, when they changed.
+    pub window: Option<WindowEdges>,
 }
 
 impl ViewDiff {
@@ -74,6 +82,7 @@ impl ViewDiff {
             && self.rows.is_empty()
             && self.patches.is_empty()
             && self.total.is_none()
+            && self.window.is_none()
     }
 }
 
@@ -91,6 +100,7 @@ impl Frame {
             epoch,
             version,
             prev_version,
+            prev_epoch: 0,
             body,
             encoded: OnceLock::new(),
         })

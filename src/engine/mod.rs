@@ -21,6 +21,7 @@ pub mod stats;
 pub mod store;
 pub mod value;
 pub mod view;
+pub mod window;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,6 +45,7 @@ pub use result::{GraphResult, Ref, RowKey};
 pub use session::{Outbound, QueueError, Session};
 pub use value::{row_id, Fields, Value};
 pub use view::{SyncMode, View, ViewInfo};
+pub use window::{Direction, Window, WindowEdges, WindowOrder};
 
 use stats::Stats;
 use store::Store;
@@ -243,6 +245,21 @@ pub struct Subscribed {
     pub params_hash: Arc<str>,
 }
 
+/// The result of a re-anchor.
+#[derive(Debug, Clone)]
+pub struct Reanchored {
+    /// The subscription's id (unchanged).
+    pub view_id: Arc<str>,
+    /// The epoch the subscription is at after the re-anchor diff.
+    pub epoch: u64,
+    /// The version it is at after the re-anchor diff.
+    pub version: u64,
+    /// The epoch the diff applies on.
+    pub prev_epoch: u64,
+    /// The version the diff applies on (0 when a snapshot was sent instead).
+    pub prev_version: u64,
+}
+
 /// One view in a sync request.
 #[derive(Debug, Clone)]
 pub struct SyncView {
@@ -254,6 +271,8 @@ pub struct SyncView {
     pub epoch: u64,
     /// The last version the client applied.
     pub version: u64,
+    /// The window it held, for windowed graphs.
+    pub window: Option<Window>,
 }
 
 /// The answer for one view of a sync request.
@@ -485,6 +504,7 @@ impl Engine {
         identity: &Identity,
         graph: &str,
         raw: HashMap<String, Value>,
+        window: Option<Window>,
     ) -> Result<(Arc<GraphDef>, Params, ViewKey), EngineError> {
         let found = self.inner.registry.graph(graph);
         let known = self.inner.registry.graphs().map(|g| g.name.as_str());
@@ -497,6 +517,17 @@ impl Engine {
             |g| (&g.permissions, &g.params),
             raw,
         )?;
+        let params = match (&g.window, window) {
+            (Some(order), w) => {
+                let w = w.unwrap_or_else(|| Window::first(order.default_limit));
+                params.with_window(w.check(&g.name, order, &g.fields)?)
+            }
+            (None, Some(_)) => return Err(EngineError::InvalidArgument(format!(
+                "graph `{}` declares no window order, so it takes no window; subscribe without one",
+                g.name
+            ))),
+            (None, None) => params,
+        };
         let key = ViewKey {
             graph: g.name.as_str().into(),
             params: params.canonical(),
@@ -529,19 +560,16 @@ impl Engine {
         session: &Arc<Session>,
         graph: &str,
         params: HashMap<String, Value>,
+        window: Option<Window>,
         reply: impl Fn(&Subscribed) -> Option<Bytes>,
     ) -> Result<Subscribed, EngineError> {
-        let (g, params, key) = self.resolve(&session.identity, graph, params)?;
+        let (g, params, key) = self.resolve(&session.identity, graph, params, window)?;
         let view_id = format!("{}/{}", g.name, params.hash());
         let limit = self.inner.config.max_subscriptions_per_session;
-        let reserved = match session.reserve(&view_id, limit) {
-            Ok(existing) => existing.is_none(),
-            Err(limit) => {
-                return Err(EngineError::ResourceExhausted(format!(
-                    "this session already holds {limit} subscriptions, the limit; unsubscribe from a view first"
-                )))
-            }
-        };
+        let reserved = session
+            .reserve(&view_id, limit)
+            .map_err(|e| reserve_error(e, &view_id))?
+            .is_none();
         let outcome = self.attach_loop(
             session,
             g,
@@ -552,7 +580,7 @@ impl Engine {
                 let mut out = None;
                 let version = view.attach(session, reserved, |version| {
                     let s = Subscribed {
-                        view_id: view.id.clone(),
+                        view_id: session.subscription_id(&view.id),
                         epoch: view.epoch,
                         version,
                         params_hash: view.params_hash.clone(),
@@ -593,26 +621,115 @@ impl Engine {
             }
             let view = self.view_for(g.clone(), params.clone(), key.clone());
             attaching.hold(view.clone());
-            let ready = {
-                let _evaluating = self.inner.in_flight.enter(&view);
-                // A first evaluation takes an evaluation slot like any other.
-                let _slot = match view.refreshable() {
-                    true => None,
-                    false => self.inner.evaluations.acquire().await.ok(),
-                };
-                view.ensure_ready(
-                    &self.inner.store,
-                    &self.inner.stats,
-                    self.inner.config.history_len,
-                )
-                .await
-            };
-            ready?;
+            self.ready(&view).await?;
             if let Some(t) = attach(&view, session, reserved) {
                 attaching.view = None;
                 attaching.reserved = false;
                 self.inner.stats.feed.touch();
                 return Ok(t);
+            }
+        }
+    }
+
+    /// Runs a view's first evaluation unless it has had one.
+    async fn ready(&self, view: &Arc<View>) -> Result<(), EngineError> {
+        let _evaluating = self.inner.in_flight.enter(view);
+        // A first evaluation takes an evaluation slot like any other.
+        let _slot = match view.refreshable() {
+            true => None,
+            false => self.inner.evaluations.acquire().await.ok(),
+        };
+        view.ensure_ready(
+            &self.inner.store,
+            &self.inner.stats,
+            self.inner.config.history_len,
+        )
+        .await
+    }
+
+    /// Moves the windowed subscription `id` of `session` to `window`: the
+    /// session leaves its view for the view of the new window (shared with
+    /// any other subscriber of it) and gets one diff from the rows it held
+    /// to the new window's, under the same id. Costs one evaluation of the
+    /// new window at most, whatever the list's size.
+    pub async fn reanchor(
+        &self,
+        session: &Arc<Session>,
+        id: &str,
+        window: Window,
+    ) -> Result<Reanchored, EngineError> {
+        let old = session.subscription(id).ok_or_else(|| {
+            EngineError::NotFound(format!("this session is not subscribed to view `{id}`"))
+        })?;
+        let id: Arc<str> = session.subscription_id(&old.id);
+        let g = old.graph.clone();
+        let order = g.window.as_ref().ok_or_else(|| {
+            EngineError::InvalidArgument(format!(
+                "view `{id}` is of graph `{}`, which declares no window order; only windowed views re-anchor",
+                g.name
+            ))
+        })?;
+        let params = old
+            .params
+            .with_window(window.check(&g.name, order, &g.fields)?);
+        let key = ViewKey {
+            graph: old.key.graph.clone(),
+            params: params.canonical(),
+            scope: old.key.scope.clone(),
+        };
+        if key == old.key {
+            let version = old.version();
+            return Ok(Reanchored {
+                view_id: id,
+                epoch: old.epoch,
+                version,
+                prev_epoch: old.epoch,
+                prev_version: version,
+            });
+        }
+        let target = format!("{}/{}", g.name, params.hash());
+        if session.holds_view(&target) {
+            return Err(EngineError::AlreadyExists(format!(
+                "this session already holds that window as view `{}`; use that subscription",
+                session.subscription_id(&target.as_str().into())
+            )));
+        }
+        let mut attaching = Attaching {
+            engine: self,
+            session,
+            reserved: false,
+            view: None,
+        };
+        let mut held = None;
+        loop {
+            if session.is_closed() {
+                return Err(EngineError::NotFound("the session is closed".into()));
+            }
+            let view = self.view_for(g.clone(), params.clone(), key.clone());
+            attaching.hold(view.clone());
+            if let Err(e) = self.ready(&view).await {
+                if held.is_some() {
+                    // The old view is gone: the subscription cannot stay.
+                    session.remove_subscription(&id);
+                }
+                return Err(e);
+            }
+            // Leave the old view only once the new one is ready, so a failed
+            // evaluation leaves the subscription where it was.
+            let state = match &held {
+                Some(h) => h,
+                None => {
+                    let (h, closed) = old.leave(session, &self.inner.store);
+                    if closed {
+                        self.views().remove(&old);
+                    }
+                    held.insert(h)
+                }
+            };
+            if let Some(out) = view.take_over(session, &id, state) {
+                attaching.view = None;
+                self.inner.stats.feed.touch();
+                return Ok(out);
             }
         }
     }
@@ -635,7 +752,8 @@ impl Engine {
     pub async fn sync(&self, session: &Arc<Session>, views: Vec<SyncView>) -> Vec<SyncOutcome> {
         let mut out = Vec::with_capacity(views.len());
         for sv in views {
-            let (g, params, key) = match self.resolve(&session.identity, &sv.graph, sv.params) {
+            let resolved = self.resolve(&session.identity, &sv.graph, sv.params, sv.window);
+            let (g, params, key) = match resolved {
                 Ok(r) => r,
                 Err(e) => {
                     out.push(SyncOutcome {
@@ -649,12 +767,10 @@ impl Engine {
             let limit = self.inner.config.max_subscriptions_per_session;
             let reserved = match session.reserve(&view_id, limit) {
                 Ok(existing) => existing.is_none(),
-                Err(limit) => {
+                Err(e) => {
                     out.push(SyncOutcome {
+                        result: Err(reserve_error(e, &view_id)),
                         view_id,
-                        result: Err(EngineError::ResourceExhausted(format!(
-                            "this session already holds {limit} subscriptions, the limit"
-                        ))),
                     });
                     continue;
                 }
@@ -673,7 +789,7 @@ impl Engine {
                 )
                 .await;
             out.push(SyncOutcome {
-                view_id,
+                view_id: session.subscription_id(&view_id),
                 result: res,
             });
         }
@@ -777,7 +893,7 @@ impl Engine {
                 identity: s.identity.clone(),
                 queued: s.queued(),
                 resyncs: s.overflows(),
-                subscriptions: s.view_ids().len(),
+                subscriptions: s.subscriptions(),
             })
             .collect();
         session_info.sort_by(|a, b| a.id.cmp(&b.id));
@@ -841,5 +957,17 @@ impl Engine {
         for id in ids {
             self.close_session(&id);
         }
+    }
+}
+
+/// The error for a subscription slot that could not be reserved.
+fn reserve_error(e: session::Reserve, view_id: &str) -> EngineError {
+    match e {
+        session::Reserve::Full(limit) => EngineError::ResourceExhausted(format!(
+            "this session already holds {limit} subscriptions, the limit; unsubscribe from a view first"
+        )),
+        session::Reserve::Taken => EngineError::AlreadyExists(format!(
+            "view id `{view_id}` names a window of this session that was re-anchored elsewhere; unsubscribe it or re-anchor it back first"
+        )),
     }
 }

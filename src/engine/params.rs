@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::EngineError;
 use super::value::Value;
+use super::window::Window;
 
 /// The type of a parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -87,14 +88,23 @@ impl ParamSpec {
 /// Parameters by name.
 pub type ParamSchema = BTreeMap<String, ParamSpec>;
 
-/// Validated parameters with defaults applied. Cheap to clone.
+/// Validated parameters with defaults applied, and the window of a
+/// windowed graph's view. Cheap to clone.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub struct Params(Arc<BTreeMap<String, Value>>);
+pub struct Params(Arc<BTreeMap<String, Value>>, Option<Arc<Window>>);
 
 impl Params {
     /// The value of `name`; `Null` when absent.
     pub fn get(&self, name: &str) -> &Value {
         self.0.get(name).unwrap_or(&Value::Null)
+    }
+    /// The window, for views of a windowed graph.
+    pub fn window(&self) -> Option<&Window> {
+        self.1.as_deref()
+    }
+    /// The same params with another window.
+    pub fn with_window(&self, window: Window) -> Params {
+        Params(self.0.clone(), Some(Arc::new(window)))
     }
     /// An integer parameter, if set.
     pub fn int(&self, name: &str) -> Option<i64> {
@@ -115,13 +125,18 @@ impl Params {
         self.0.iter()
     }
 
-    /// A canonical text form: same parameters in any order give the same text.
+    /// A canonical text form: same parameters in any order give the same
+    /// text. The window, if any, is part of it under `$window` (a name no
+    /// param can have).
     pub fn canonical(&self) -> String {
-        let map: serde_json::Map<String, serde_json::Value> = self
+        let mut map: serde_json::Map<String, serde_json::Value> = self
             .0
             .iter()
             .map(|(k, v)| (k.clone(), v.to_json()))
             .collect();
+        if let Some(w) = &self.1 {
+            map.insert("$window".into(), w.canonical());
+        }
         serde_json::Value::Object(map).to_string()
     }
 
@@ -197,7 +212,7 @@ pub fn validate(
         }
         out.insert(name.clone(), value);
     }
-    Ok(Params(Arc::new(out)))
+    Ok(Params(Arc::new(out), None))
 }
 
 fn article(ty: ParamType) -> String {

@@ -142,6 +142,8 @@ pub struct GraphDef {
     /// columns is applied to the views holding the row from the change's
     /// new values, without running the query.
     pub patchable: BTreeMap<String, BTreeSet<String>>,
+    /// For graphs kept live through windows: their total order.
+    pub window: Option<super::window::WindowOrder>,
     /// Produces the result.
     pub factory: Arc<dyn Factory>,
 }
@@ -161,6 +163,7 @@ impl GraphDef {
             fields: Vec::new(),
             routes: Vec::new(),
             patchable: BTreeMap::new(),
+            window: None,
             factory: Arc::new(factory),
         }
     }

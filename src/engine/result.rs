@@ -59,8 +59,14 @@ impl Ref {
     }
 }
 
-/// A result reduced to what a view holds: refs, the rows they reach, the total.
-pub type ViewContent = (Vec<Ref>, HashMap<RowKey, Fields>, Option<i64>);
+/// A result reduced to what a view holds: refs, the rows they reach, the
+/// total and the window's edges.
+pub type ViewContent = (
+    Vec<Ref>,
+    HashMap<RowKey, Fields>,
+    Option<i64>,
+    Option<super::window::WindowEdges>,
+);
 
 /// The output of one evaluation of a graph.
 #[derive(Clone, Debug, Default)]
@@ -71,6 +77,8 @@ pub struct GraphResult {
     pub refs: Vec<Ref>,
     /// Total matching rows before paging, when the graph pages.
     pub total: Option<i64>,
+    /// For a windowed view: whether rows lie past the window's edges.
+    pub window: Option<super::window::WindowEdges>,
 }
 
 impl GraphResult {
@@ -124,6 +132,6 @@ impl GraphResult {
                 k.table, k.id
             )));
         }
-        Ok((self.refs, used, self.total))
+        Ok((self.refs, used, self.total, self.window))
     }
 }

@@ -23,12 +23,15 @@ use super::view::View;
 /// An item waiting to be written to the client.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// A view frame (droppable: a resync replaces it).
-    Frame(Arc<Frame>),
+    /// A view frame (droppable: a resync replaces it), and the id the
+    /// session knows the view by when that is not the view's own (a window
+    /// that was re-anchored onto another view keeps its first id).
+    Frame(Arc<Frame>, Option<Arc<str>>),
     /// A Sync catch-up: one view's missed diffs, in version order, sent
     /// together so the client shows the caught-up state at once. Bounded by
     /// the view's history, so it does not count against the frame queue.
-    CatchUp(Vec<Arc<Frame>>),
+    /// The id is as for `Frame`.
+    CatchUp(Vec<Arc<Frame>>, Option<Arc<str>>),
     /// An already encoded transport message, such as a reply (never dropped).
     Message(Bytes),
 }
@@ -40,11 +43,29 @@ struct Inner {
     messages_queued: usize,
     /// Views owed a snapshot, in the order they fell behind.
     resync: Vec<Arc<View>>,
+    /// By the id the client knows each subscription by.
     subscriptions: HashMap<Arc<str>, Arc<View>>,
+    /// View id -> the subscription id, for views held under another id
+    /// than their own (after a re-anchor). A view is held under one id.
+    aliases: HashMap<Arc<str>, Arc<str>>,
     /// Subscribes in progress, counted against the limit.
     pending: usize,
     closed: bool,
     overflows: u64,
+}
+
+impl Inner {
+    /// Whether frames of `view_id` go to this session, and under which id:
+    /// `Some(None)` under the view's own, `Some(Some(alias))` under another.
+    fn route(&self, view_id: &Arc<str>) -> Option<Option<Arc<str>>> {
+        if let Some(alias) = self.aliases.get(view_id) {
+            return Some(Some(alias.clone()));
+        }
+        match self.subscriptions.get(view_id) {
+            Some(v) if v.id == *view_id => Some(None),
+            _ => None,
+        }
+    }
 }
 
 /// What a session receives first for a view it attaches to.
@@ -70,6 +91,16 @@ pub struct Session {
     wake: Notify,
     /// Woken when a queued message leaves or the session closes.
     drained: Notify,
+}
+
+/// Why a subscription slot could not be reserved.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Reserve {
+    /// The session holds the limit of subscriptions.
+    Full(usize),
+    /// The id names a re-anchored window of this session, now showing
+    /// another view.
+    Taken,
 }
 
 /// Why a message could not be queued.
@@ -119,12 +150,12 @@ impl Session {
         let mut g = self.lock();
         let mut queued = false;
         for frame in frames {
-            if g.closed
-                || !g.subscriptions.contains_key(&frame.view_id)
-                || g.resync.iter().any(|v| v.id == frame.view_id)
-            {
+            if g.closed || g.resync.iter().any(|v| v.id == frame.view_id) {
                 continue;
             }
+            let Some(alias) = g.route(&frame.view_id) else {
+                continue;
+            };
             if g.frames_queued >= self.frame_capacity {
                 g.queue.retain(|o| matches!(o, Outbound::Message(_)));
                 g.frames_queued = 0;
@@ -139,7 +170,7 @@ impl Session {
                 queued = true;
                 break;
             }
-            g.queue.push_back(Outbound::Frame(frame));
+            g.queue.push_back(Outbound::Frame(frame, alias));
             g.frames_queued += 1;
             queued = true;
         }
@@ -190,8 +221,8 @@ impl Session {
                 let mut g = self.lock();
                 if let Some(item) = g.queue.pop_front() {
                     match item {
-                        Outbound::Frame(_) => g.frames_queued -= 1,
-                        Outbound::CatchUp(_) => {}
+                        Outbound::Frame(..) => g.frames_queued -= 1,
+                        Outbound::CatchUp(..) => {}
                         Outbound::Message(_) => {
                             g.messages_queued -= 1;
                             self.drained.notify_waiters();
@@ -207,7 +238,8 @@ impl Session {
             match owed {
                 Some(view) => {
                     if let Some(frame) = view.resync_snapshot(self) {
-                        return Some(Outbound::Frame(frame));
+                        let alias = self.lock().aliases.get(&view.id).cloned();
+                        return Some(Outbound::Frame(frame, alias));
                     }
                 }
                 None => self.wake.notified().await,
@@ -215,17 +247,21 @@ impl Session {
         }
     }
 
-    /// The next queued item if it is a frame, without waiting: the stream
-    /// uses it to gather frames that queued up into one batch.
-    pub fn try_next_frame(&self) -> Option<Arc<Frame>> {
+    /// The next queued item if it is a diff or error frame, without
+    /// waiting: the stream uses it to gather frames that queued up into one
+    /// batch. Snapshots are left for [`Session::next`]: they go out alone,
+    /// in parts when big.
+    pub fn try_next_frame(&self) -> Option<(Arc<Frame>, Option<Arc<str>>)> {
         let mut g = self.lock();
-        if !matches!(g.queue.front(), Some(Outbound::Frame(_))) {
-            return None;
+        match g.queue.front() {
+            Some(Outbound::Frame(f, _))
+                if !matches!(f.body, super::frame::FrameBody::Snapshot(_)) => {}
+            _ => return None,
         }
         match g.queue.pop_front() {
-            Some(Outbound::Frame(f)) => {
+            Some(Outbound::Frame(f, alias)) => {
                 g.frames_queued -= 1;
-                Some(f)
+                Some((f, alias))
             }
             _ => None,
         }
@@ -241,17 +277,85 @@ impl Session {
     }
 
     /// Reserves a subscription slot. Returns the existing view when already
-    /// subscribed to `view_id`.
-    pub(crate) fn reserve(&self, view_id: &str, limit: usize) -> Result<Option<Arc<View>>, usize> {
+    /// subscribed to `view_id` (under its own id or another).
+    pub(crate) fn reserve(
+        &self,
+        view_id: &str,
+        limit: usize,
+    ) -> Result<Option<Arc<View>>, Reserve> {
         let mut g = self.lock();
         if let Some(v) = g.subscriptions.get(view_id) {
+            if &*v.id != view_id {
+                return Err(Reserve::Taken);
+            }
             return Ok(Some(v.clone()));
         }
+        if let Some(alias) = g.aliases.get(view_id) {
+            return Ok(g.subscriptions.get(alias).cloned());
+        }
         if g.subscriptions.len() + g.pending >= limit {
-            return Err(limit);
+            return Err(Reserve::Full(limit));
         }
         g.pending += 1;
         Ok(None)
+    }
+
+    /// The id the session knows `view_id` by (its own unless re-anchored).
+    pub fn subscription_id(&self, view_id: &Arc<str>) -> Arc<str> {
+        self.lock()
+            .aliases
+            .get(view_id)
+            .cloned()
+            .unwrap_or_else(|| view_id.clone())
+    }
+
+    /// The view of subscription `id`.
+    pub(crate) fn subscription(&self, id: &str) -> Option<Arc<View>> {
+        self.lock().subscriptions.get(id).cloned()
+    }
+
+    /// Whether the session holds the view `view_id`, under any id.
+    pub(crate) fn holds_view(&self, view_id: &str) -> bool {
+        let g = self.lock();
+        g.aliases.contains_key(view_id)
+            || g.subscriptions
+                .get(view_id)
+                .is_some_and(|v| &*v.id == view_id)
+    }
+
+    /// Whether the session is owed a snapshot of `view` (its client does
+    /// not hold the view's last state).
+    pub(crate) fn owes_snapshot(&self, view: &View) -> bool {
+        self.lock()
+            .resync
+            .iter()
+            .any(|v| std::ptr::eq(Arc::as_ptr(v), view))
+    }
+
+    /// Moves subscription `id` onto `view` (a re-anchor) and queues `first`,
+    /// the frame that takes the client there. Called by the view with its
+    /// state locked. False, changing nothing, when the session has closed.
+    pub(crate) fn move_subscription(
+        &self,
+        id: &Arc<str>,
+        view: Arc<View>,
+        first: Arc<Frame>,
+    ) -> bool {
+        let mut g = self.lock();
+        if g.closed {
+            return false;
+        }
+        if let Some(old) = g.subscriptions.insert(id.clone(), view.clone()) {
+            g.aliases.remove(&old.id);
+            g.resync.retain(|r| !Arc::ptr_eq(r, &old));
+        }
+        if view.id != *id {
+            g.aliases.insert(view.id.clone(), id.clone());
+        }
+        g.resync.retain(|r| !Arc::ptr_eq(r, &view));
+        drop(g);
+        self.push_frame(first);
+        true
     }
 
     /// Gives back a reservation after a failed subscribe.
@@ -273,7 +377,9 @@ impl Session {
             g.pending -= 1;
         }
         g.resync.retain(|r| !Arc::ptr_eq(r, &view));
-        g.subscriptions.insert(view.id.clone(), view);
+        let alias = g.aliases.get(&view.id).cloned();
+        g.subscriptions
+            .insert(alias.clone().unwrap_or_else(|| view.id.clone()), view);
         let snapshot = match first {
             Attached::Snapshot { reply, snapshot } => {
                 if let Some(bytes) = reply {
@@ -284,7 +390,7 @@ impl Session {
             }
             Attached::CatchUp(frames) => {
                 if !frames.is_empty() {
-                    g.queue.push_back(Outbound::CatchUp(frames));
+                    g.queue.push_back(Outbound::CatchUp(frames, alias));
                 }
                 None
             }
@@ -297,20 +403,27 @@ impl Session {
         true
     }
 
-    /// Forgets a subscription; returns its view.
-    pub(crate) fn remove_subscription(&self, view_id: &str) -> Option<Arc<View>> {
+    /// Forgets a subscription (by the id the client knows it by), and
+    /// drops its queued frames; returns its view.
+    pub(crate) fn remove_subscription(&self, id: &str) -> Option<Arc<View>> {
         let mut g = self.lock();
-        let v = g.subscriptions.remove(view_id)?;
+        let v = g.subscriptions.remove(id)?;
+        g.aliases.remove(&v.id);
         g.resync.retain(|r| !Arc::ptr_eq(r, &v));
-        let id = v.id.clone();
+        // Frames queued under this id: the view's own, and any of a view it
+        // was re-anchored from.
+        let ours = |f: &Frame, alias: &Option<Arc<str>>| match alias {
+            Some(a) => &**a == id,
+            None => &*f.view_id == id,
+        };
         let dropped = g
             .queue
             .iter()
-            .filter(|o| matches!(o, Outbound::Frame(f) if f.view_id == id))
+            .filter(|o| matches!(o, Outbound::Frame(f, a) if ours(f, a)))
             .count();
         g.queue.retain(|o| match o {
-            Outbound::Frame(f) => f.view_id != id,
-            Outbound::CatchUp(fs) => fs.first().is_none_or(|f| f.view_id != id),
+            Outbound::Frame(f, a) => !ours(f, a),
+            Outbound::CatchUp(fs, a) => fs.first().is_none_or(|f| !ours(f, a)),
             Outbound::Message(_) => true,
         });
         g.frames_queued -= dropped;
@@ -325,6 +438,7 @@ impl Session {
         g.frames_queued = 0;
         g.messages_queued = 0;
         g.resync.clear();
+        g.aliases.clear();
         let views = g.subscriptions.drain().map(|(_, v)| v).collect();
         drop(g);
         self.wake.notify_one();
@@ -337,14 +451,19 @@ impl Session {
         self.lock().closed
     }
 
-    /// The views the session is subscribed to.
-    pub fn views(&self) -> Vec<Arc<View>> {
-        self.lock().subscriptions.values().cloned().collect()
+    /// The views the session is subscribed to, by the id the client knows
+    /// each by.
+    pub fn views(&self) -> Vec<(Arc<str>, Arc<View>)> {
+        self.lock()
+            .subscriptions
+            .iter()
+            .map(|(id, v)| (id.clone(), v.clone()))
+            .collect()
     }
 
-    /// The ids of the views the session is subscribed to.
-    pub fn view_ids(&self) -> Vec<Arc<str>> {
-        self.lock().subscriptions.keys().cloned().collect()
+    /// How many subscriptions the session holds.
+    pub fn subscriptions(&self) -> usize {
+        self.lock().subscriptions.len()
     }
 
     /// How many times the session fell behind and was cut over to resync.

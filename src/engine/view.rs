@@ -22,6 +22,7 @@ use super::session::{Attached, Session};
 use super::stats::{EventKind, Stats};
 use super::store::Store;
 use super::value::{Fields, SharedFields};
+use super::window::WindowEdges;
 
 /// What makes two subscriptions share a view.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -42,6 +43,7 @@ struct State {
     refs: Vec<Ref>,
     rows: HashMap<RowKey, SharedFields>,
     total: Option<i64>,
+    window: Option<WindowEdges>,
     history: VecDeque<Arc<Frame>>,
     subscribers: HashMap<Arc<str>, Arc<Session>>,
     evaluations: u64,
@@ -53,6 +55,18 @@ struct State {
     last_evaluated: Option<std::time::SystemTime>,
     /// Why the last evaluation failed; cleared by a good one.
     last_error: Option<String>,
+}
+
+/// What a re-anchoring subscriber held of the view it left: enough to diff
+/// the next view against.
+pub(crate) struct Held {
+    epoch: u64,
+    version: u64,
+    refs: Vec<Ref>,
+    rows: HashMap<RowKey, SharedFields>,
+    total: Option<i64>,
+    /// The client was owed a snapshot, so holds nothing to diff against.
+    stale: bool,
 }
 
 /// How a sync request was answered for one view.
@@ -281,7 +295,7 @@ impl View {
         if st.closed {
             return Ok(Refresh::Skipped);
         }
-        let (refs, rows, total) = result?.referenced_rows()?;
+        let (refs, rows, total, window) = result?.referenced_rows()?;
         st.last_error = None;
         let ws = &self.key.scope.workspace_id;
         let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
@@ -320,9 +334,13 @@ impl View {
         if total != st.total {
             diff.total = total;
         }
+        if window != st.window {
+            diff.window = window;
+        }
         st.refs = refs;
         st.rows = next;
         st.total = total;
+        st.window = window;
         if !st.ready {
             st.ready = true;
             st.version = 1;
@@ -433,6 +451,7 @@ impl View {
                 refs: st.refs.clone(),
                 rows,
                 total: st.total,
+                window: st.window,
             }),
         )
     }
@@ -523,6 +542,84 @@ impl View {
         }
         st.subscribers.remove(&session.id);
         false
+    }
+
+    /// Takes `session` off the subscribers (a re-anchor moves it elsewhere)
+    /// and returns what it held, in one step so no later diff reaches it.
+    /// Closes the view when it was the last subscriber (true then).
+    pub(crate) fn leave(&self, session: &Session, store: &Mutex<Store>) -> (Held, bool) {
+        let mut st = self.lock();
+        st.subscribers.remove(&session.id);
+        let held = Held {
+            epoch: self.epoch,
+            version: st.version,
+            refs: st.refs.clone(),
+            rows: st.rows.clone(),
+            total: st.total,
+            stale: session.owes_snapshot(self) || !st.ready,
+        };
+        let closed = st.subscribers.is_empty() && !st.closed;
+        if closed {
+            self.close_locked(&mut st, store);
+        }
+        (held, closed)
+    }
+
+    /// Makes `session`'s subscription `id` a subscriber of this view, with
+    /// one diff from what it `held` to this view's state (a snapshot when it
+    /// held nothing usable). `None` when this view or the session closed.
+    pub(crate) fn take_over(
+        self: &Arc<Self>,
+        session: &Arc<Session>,
+        id: &Arc<str>,
+        held: &Held,
+    ) -> Option<super::Reanchored> {
+        let mut st = self.lock();
+        if st.closed || !st.ready {
+            return None;
+        }
+        let (frame, prev_version) = if held.stale {
+            (self.snapshot_frame(&st), 0)
+        } else {
+            let mut diff = ViewDiff {
+                refs: diff_refs(&held.refs, &st.refs),
+                total: (st.total != held.total).then_some(st.total).flatten(),
+                // Always: the client learns the new window's edges.
+                window: Some(st.window.unwrap_or_default()),
+                ..ViewDiff::default()
+            };
+            for (k, now) in &st.rows {
+                match held.rows.get(k) {
+                    None => diff.rows.push((k.clone(), now.clone())),
+                    Some(was) if Arc::ptr_eq(was, now) || **was == **now => {}
+                    Some(was) => diff.patches.push((k.clone(), diff_fields(was, now))),
+                }
+            }
+            diff.rows.sort_by(|a, b| a.0.cmp(&b.0));
+            diff.patches.sort_by(|a, b| a.0.cmp(&b.0));
+            let frame = Arc::new(Frame {
+                view_id: self.id.clone(),
+                epoch: self.epoch,
+                version: st.version,
+                prev_version: held.version,
+                prev_epoch: held.epoch,
+                body: FrameBody::Diff(diff),
+                encoded: std::sync::OnceLock::new(),
+            });
+            (frame, held.version)
+        };
+        st.subscribers.insert(session.id.clone(), session.clone());
+        if !session.move_subscription(id, self.clone(), frame) {
+            st.subscribers.remove(&session.id);
+            return None;
+        }
+        Some(super::Reanchored {
+            view_id: id.clone(),
+            epoch: self.epoch,
+            version: st.version,
+            prev_epoch: held.epoch,
+            prev_version,
+        })
     }
 
     /// Builds the snapshot a session that fell behind is owed, if it still is.

@@ -61,6 +61,31 @@ pub fn params_from_pb(m: HashMap<String, pb::Value>) -> HashMap<String, engine::
     m.into_iter().map(|(k, v)| (k, value_from_pb(v))).collect()
 }
 
+/// A protobuf window to the engine's; `None` when unset.
+pub fn window_from_pb(w: Option<pb::Window>) -> Option<engine::Window> {
+    let w = w?;
+    let direction = match pb::WindowDirection::try_from(w.direction) {
+        Ok(pb::WindowDirection::Before) => engine::Direction::Before,
+        Ok(pb::WindowDirection::Around) => engine::Direction::Around,
+        // Unknown values read as the default rather than failing.
+        _ => engine::Direction::After,
+    };
+    Some(engine::Window {
+        limit: w.limit,
+        cursor: w.cursor.into_iter().map(value_from_pb).collect(),
+        direction,
+        inclusive: w.inclusive,
+    })
+}
+
+/// A window's edges to protobuf.
+pub fn edges_to_pb(e: &engine::WindowEdges) -> pb::WindowEdges {
+    pb::WindowEdges {
+        has_before: e.has_before,
+        has_after: e.has_after,
+    }
+}
+
 /// Engine fields to a protobuf map.
 pub fn fields_to_pb(f: &engine::Fields) -> HashMap<String, pb::Value> {
     f.iter().map(|(k, v)| (k.clone(), value_to_pb(v))).collect()
@@ -117,7 +142,8 @@ pub fn op_from_pb(op: i32) -> Result<Op, String> {
     }
 }
 
-fn row_to_pb(k: &engine::RowKey, f: &engine::Fields) -> pb::Row {
+/// An engine row as protobuf.
+pub fn row_to_pb(k: &engine::RowKey, f: &engine::Fields) -> pb::Row {
     pb::Row {
         table: k.table.to_string(),
         id: k.id.to_string(),
@@ -135,7 +161,7 @@ pub fn frame_to_pb(f: &Frame) -> pb::ViewFrame {
             refs: s.refs.iter().map(ref_to_pb).collect(),
             rows: s.rows.iter().map(|(k, f)| row_to_pb(k, f)).collect(),
             total: s.total,
-            window: None,
+            window: s.window.as_ref().map(edges_to_pb),
             more: false,
         }),
         FrameBody::Diff(d) => Body::Diff(pb::ViewDiff {
@@ -167,7 +193,7 @@ pub fn frame_to_pb(f: &Frame) -> pb::ViewFrame {
                 })
                 .collect(),
             total: d.total,
-            window: None,
+            window: d.window.as_ref().map(edges_to_pb),
         }),
         FrameBody::Error(e) => Body::Error(pb::ViewError {
             code: super::status::to_status(e.clone()).code() as i32,
@@ -180,7 +206,7 @@ pub fn frame_to_pb(f: &Frame) -> pb::ViewFrame {
         version: f.version,
         prev_version: f.prev_version,
         body: Some(body),
-        prev_epoch: 0,
+        prev_epoch: f.prev_epoch,
     }
 }
 
@@ -261,7 +287,12 @@ pub fn describe(reg: &engine::Registry) -> pb::DescribeResponse {
                     .collect(),
                 table: g.table.clone().unwrap_or_default(),
                 fields: g.fields.iter().map(field_info).collect(),
-                window: None,
+                window: g.window.as_ref().map(|w| pb::WindowOrder {
+                    order: w.order.clone(),
+                    descending: w.descending,
+                    default_limit: w.default_limit,
+                    max_limit: w.max_limit,
+                }),
             })
             .collect(),
         mutations: reg

@@ -7,6 +7,7 @@ pub mod convert;
 mod jwks;
 pub mod limits;
 pub mod listener;
+pub mod parts;
 pub mod server;
 pub mod service;
 pub mod status;

@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub cors_origins: Vec<String>,
     /// Queued frames sent as one batch message, up to this many bytes.
     pub max_batch_bytes: usize,
+    /// Snapshots bigger than this go out in parts of about this size.
+    pub snapshot_part_bytes: usize,
     /// Connection, stream and session limits.
     pub limits: Limits,
     /// Statuses of the `grpc.health.v1` service, kept by the caller
@@ -49,6 +51,7 @@ impl Default for ServeOptions {
             max_message_bytes: 1 << 20,
             cors_origins: vec!["*".into()],
             max_batch_bytes: super::service::DEFAULT_BATCH_BYTES,
+            snapshot_part_bytes: super::parts::DEFAULT_PART_BYTES,
             limits: Limits::default(),
             health: None,
             tls: None,
@@ -148,6 +151,7 @@ pub async fn serve(
     let svc = ArcanaServiceServer::new(
         Service::new(engine, auth)
             .with_batch_bytes(opts.max_batch_bytes)
+            .with_part_bytes(opts.snapshot_part_bytes)
             .with_limits(opts.limits),
     )
     .max_decoding_message_size(opts.max_message_bytes);

@@ -10,14 +10,17 @@ use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::auth::{identify, same_rights, Authenticator, Credentials};
-use super::convert::{describe, encode_message, encoded_frame, params_from_pb, stats_to_pb};
+use super::convert::{
+    describe, encode_message, encoded_frame, params_from_pb, stats_to_pb, window_from_pb,
+};
 use super::limits::{Limits, SessionCounts, SessionSlot};
+use super::parts::SnapshotParts;
 use super::server::arcana_service_server::ArcanaService;
 use super::status::{status, to_pb_error, to_status};
 use super::wire::WireServerMessage;
 use crate::engine::{
-    Change, Engine, Identity, Outbound, QueueError, Session, Subscribed, SyncMode, SyncView,
-    PROTOCOL_VERSION,
+    Change, Engine, Frame, FrameBody, Identity, Outbound, QueueError, Session, Subscribed,
+    SyncMode, SyncView, PROTOCOL_VERSION,
 };
 use crate::ops::telemetry::SPANS;
 use crate::proto::{self as pb, reply, server_message};
@@ -38,6 +41,7 @@ pub struct Service {
     engine: Engine,
     auth: Arc<dyn Authenticator>,
     batch_bytes: usize,
+    part_bytes: usize,
     limits: Arc<Limits>,
     sessions: SessionCounts,
 }
@@ -51,6 +55,7 @@ impl Service {
             engine,
             auth,
             batch_bytes: DEFAULT_BATCH_BYTES,
+            part_bytes: super::parts::DEFAULT_PART_BYTES,
             limits: Arc::new(Limits::default()),
             sessions: SessionCounts::default(),
         }
@@ -66,6 +71,13 @@ impl Service {
     /// (0: every frame on its own).
     pub fn with_batch_bytes(mut self, bytes: usize) -> Self {
         self.batch_bytes = bytes;
+        self
+    }
+
+    /// Sets the size above which a snapshot goes out in parts of about
+    /// this many bytes.
+    pub fn with_part_bytes(mut self, bytes: usize) -> Self {
+        self.part_bytes = bytes;
         self
     }
 
@@ -149,6 +161,9 @@ struct Guard {
     engine: Engine,
     session: Arc<Session>,
     batch_bytes: usize,
+    part_bytes: usize,
+    /// A snapshot going out in parts, ahead of anything else.
+    parts: Option<SnapshotParts>,
     fail: Option<oneshot::Receiver<Status>>,
     reader: Option<tokio::task::JoinHandle<()>>,
     /// When the session's token expires.
@@ -183,6 +198,8 @@ fn session_stream(
         engine: svc.engine.clone(),
         session,
         batch_bytes: svc.batch_bytes,
+        part_bytes: svc.part_bytes,
+        parts: None,
         fail,
         reader,
         deadline,
@@ -192,6 +209,12 @@ fn session_stream(
     Box::pin(futures_util::stream::unfold(guard, |mut g| async move {
         if g.done {
             return None;
+        }
+        if let Some(parts) = g.parts.as_mut() {
+            match parts.next_part() {
+                Some(b) => return Some((Ok(sent(WireServerMessage::One(b))), g)),
+                None => g.parts = None,
+            }
         }
         let item = loop {
             let deadline = g.deadline;
@@ -237,30 +260,36 @@ fn session_stream(
             Outbound::Message(b) => WireServerMessage::One(b),
             // A catch-up goes out whole, whatever the batch size, so the
             // client applies it as one step.
-            Outbound::CatchUp(frames) if frames.len() == 1 => {
-                WireServerMessage::One(encoded_frame(&frames[0]))
+            Outbound::CatchUp(frames, alias) => WireServerMessage::frames(
+                frames
+                    .iter()
+                    .map(|f| encoded_for(f, alias.as_deref()))
+                    .collect(),
+            ),
+            Outbound::Frame(f, alias) if matches!(f.body, FrameBody::Snapshot(_)) => {
+                let mut parts = SnapshotParts::new(f, alias, g.part_bytes);
+                let first = parts.next_part().expect("a snapshot has a first part");
+                g.parts = Some(parts);
+                WireServerMessage::One(first)
             }
-            Outbound::CatchUp(frames) => {
-                WireServerMessage::frames(frames.iter().map(|f| encoded_frame(f)).collect())
-            }
-            Outbound::Frame(f) => {
+            Outbound::Frame(f, alias) => {
                 // Frames that queued up while the client was reading go out
                 // as one message: per-message costs dominate fan-out.
-                let first = encoded_frame(&f);
+                let first = encoded_for(&f, alias.as_deref());
                 let next = (first.len() < g.batch_bytes)
                     .then(|| g.session.try_next_frame())
                     .flatten();
                 match next {
                     // The common case allocates nothing: the bytes are shared.
                     None => WireServerMessage::One(first),
-                    Some(second) => {
-                        let mut pieces = vec![first, encoded_frame(&second)];
+                    Some((second, alias)) => {
+                        let mut pieces = vec![first, encoded_for(&second, alias.as_deref())];
                         let mut size: usize = pieces.iter().map(|b| b.len()).sum();
                         while size < g.batch_bytes {
-                            let Some(f) = g.session.try_next_frame() else {
+                            let Some((f, alias)) = g.session.try_next_frame() else {
                                 break;
                             };
-                            let b = encoded_frame(&f);
+                            let b = encoded_for(&f, alias.as_deref());
                             size += b.len();
                             pieces.push(b);
                         }
@@ -269,13 +298,27 @@ fn session_stream(
                 }
             }
         };
-        let hooks = crate::ops::metrics::hooks();
-        hooks.sent_messages.inc();
-        hooks
-            .sent_bytes
-            .inc_by(prost::Message::encoded_len(&msg) as u64);
-        Some((Ok(msg), g))
+        Some((Ok(sent(msg)), g))
     }))
+}
+
+/// Counts a message on its way out.
+fn sent(msg: WireServerMessage) -> WireServerMessage {
+    let hooks = crate::ops::metrics::hooks();
+    hooks.sent_messages.inc();
+    hooks
+        .sent_bytes
+        .inc_by(prost::Message::encoded_len(&msg) as u64);
+    msg
+}
+
+/// A frame's shared encoding, under the id the session knows its view by.
+fn encoded_for(f: &Frame, alias: Option<&str>) -> bytes::Bytes {
+    let bytes = encoded_frame(f);
+    match alias {
+        Some(id) => super::wire::with_view_id(&bytes, id),
+        None => bytes,
+    }
 }
 
 /// How a session stream ends when the server shuts down: clients retry
@@ -303,6 +346,7 @@ fn sync_views(views: Vec<pb::SyncView>) -> Vec<SyncView> {
             params: params_from_pb(v.params),
             epoch: v.epoch,
             version: v.version,
+            window: window_from_pb(v.window),
         })
         .collect()
 }
@@ -421,9 +465,13 @@ async fn handle(
         )),
         Some(pb::client_message::Kind::Subscribe(req)) => {
             let r = engine
-                .subscribe(session, &req.graph, params_from_pb(req.params), |s| {
-                    Some(reply(reply::Result::Subscribe(subscribed(s))))
-                })
+                .subscribe(
+                    session,
+                    &req.graph,
+                    params_from_pb(req.params),
+                    window_from_pb(req.window),
+                    |s| Some(reply(reply::Result::Subscribe(subscribed(s)))),
+                )
                 .await;
             match r {
                 Ok(_) => return Ok(()), // the reply went out ahead of the snapshot
@@ -451,8 +499,11 @@ async fn handle(
                 Err(e) => error(to_status(e)),
             }
         }
-        Some(pb::client_message::Kind::Reanchor(_)) => {
-            error(Status::unimplemented("Reanchor is not available yet"))
+        Some(pb::client_message::Kind::Reanchor(req)) => {
+            match run_reanchor(engine, session, req).await {
+                Ok(r) => reply(reply::Result::Reanchor(r)),
+                Err(s) => error(s),
+            }
         }
         Some(pb::client_message::Kind::Ping(_)) => {
             let now = std::time::SystemTime::now()
@@ -468,6 +519,28 @@ async fn handle(
             "too many unread replies: the client must read the stream; session closed",
         ),
         QueueError::Closed => Status::cancelled("the session was closed"),
+    })
+}
+
+/// Moves a windowed subscription; the re-anchor diff is queued on the
+/// session stream.
+async fn run_reanchor(
+    engine: &Engine,
+    session: &Arc<Session>,
+    req: pb::ReanchorRequest,
+) -> Result<pb::ReanchorResponse, Status> {
+    let window = window_from_pb(req.window)
+        .ok_or_else(|| Status::invalid_argument("Reanchor needs a window: at least a limit"))?;
+    let r = engine
+        .reanchor(session, &req.view_id, window)
+        .await
+        .map_err(to_status)?;
+    Ok(pb::ReanchorResponse {
+        view_id: r.view_id.to_string(),
+        epoch: r.epoch,
+        version: r.version,
+        prev_version: r.prev_version,
+        prev_epoch: r.prev_epoch,
     })
 }
 
@@ -493,7 +566,7 @@ fn mutate_response(
             .map(|s| {
                 s.views()
                     .iter()
-                    .map(|v| (v.id.to_string(), v.version()))
+                    .map(|(id, v)| (id.to_string(), v.version()))
                     .collect()
             })
             .unwrap_or_default(),
@@ -597,7 +670,13 @@ impl ArcanaService for Service {
         let r = req.into_inner();
         let s = self
             .engine
-            .subscribe(&session, &r.graph, params_from_pb(r.params), |_| None)
+            .subscribe(
+                &session,
+                &r.graph,
+                params_from_pb(r.params),
+                window_from_pb(r.window),
+                |_| None,
+            )
             .await
             .map_err(to_status)?;
         Ok(Response::new(subscribed(&s)))
@@ -638,11 +717,18 @@ impl ArcanaService for Service {
         ))
     }
 
+    #[tracing::instrument(
+        target = SPANS, level = "debug", name = "rpc", skip_all,
+        fields(otel.name = "Reanchor", rpc.method = "Reanchor", session.id = session_field(&req.get_ref().session_id)),
+    )]
     async fn reanchor(
         &self,
-        _req: Request<pb::ReanchorRequest>,
+        req: Request<pb::ReanchorRequest>,
     ) -> Result<Response<pb::ReanchorResponse>, Status> {
-        Err(Status::unimplemented("Reanchor is not available yet"))
+        let session = self.session_of(&req, &req.get_ref().session_id).await?;
+        Ok(Response::new(
+            run_reanchor(&self.engine, &session, req.into_inner()).await?,
+        ))
     }
 
     #[tracing::instrument(

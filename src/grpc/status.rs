@@ -54,6 +54,7 @@ pub fn to_status(e: EngineError) -> Status {
         EngineError::NotFound(_) => Code::NotFound,
         EngineError::PermissionDenied(_) => Code::PermissionDenied,
         EngineError::ResourceExhausted(_) => Code::ResourceExhausted,
+        EngineError::AlreadyExists(_) => Code::AlreadyExists,
         EngineError::FailedPrecondition(_) => Code::FailedPrecondition,
         EngineError::Unavailable(_) | EngineError::ShuttingDown => Code::Unavailable,
         EngineError::DeadlineExceeded(_) => Code::DeadlineExceeded,

@@ -53,6 +53,29 @@ impl WireServerMessage {
     }
 }
 
+/// The key byte of `ViewFrame.view_id` (field 1, length-delimited).
+const VIEW_ID_KEY: u8 = 1 << 3 | 2;
+
+/// An encoded `ServerMessage { frame }` with its frame's `view_id` replaced
+/// by `view_id`: a protobuf reader takes the last value of a field, so the
+/// new id is appended to the shared bytes rather than re-encoding the frame.
+/// For a window the session re-anchored onto another view, which keeps the
+/// id the client first knew it by.
+pub fn with_view_id(encoded: &Bytes, view_id: &str) -> Bytes {
+    debug_assert_eq!(encoded.first(), Some(&FRAME_KEY));
+    let mut rest = &encoded[1..];
+    let len = prost::encoding::decode_varint(&mut rest).expect("an encoded frame") as usize;
+    let extra = 1 + encoded_len_varint(view_id.len() as u64) + view_id.len();
+    let mut out = bytes::BytesMut::with_capacity(encoded.len() + extra + 2);
+    out.put_u8(FRAME_KEY);
+    encode_varint((len + extra) as u64, &mut out);
+    out.put_slice(&rest[..len]);
+    out.put_u8(VIEW_ID_KEY);
+    encode_varint(view_id.len() as u64, &mut out);
+    out.put_slice(view_id.as_bytes());
+    out.freeze()
+}
+
 impl prost::Message for WireServerMessage {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         match self {
@@ -154,6 +177,30 @@ mod tests {
                 frames
             }))
         );
+    }
+
+    #[test]
+    fn an_appended_view_id_replaces_the_frame_s_own() {
+        let msg = proto::ServerMessage {
+            kind: Some(proto::server_message::Kind::Frame(frame(9, "w/aaaa"))),
+        };
+        let bytes: Bytes = msg.encode_to_vec().into();
+        let renamed = with_view_id(&bytes, "w/first");
+        let got = proto::ServerMessage::decode(renamed.as_ref()).unwrap();
+        let mut want = frame(9, "w/first");
+        want.view_id = "w/first".into();
+        assert_eq!(
+            got.kind,
+            Some(proto::server_message::Kind::Frame(want.clone()))
+        );
+        // Still a frame a batch can carry.
+        let batch = WireServerMessage::frames(vec![renamed, bytes]).encode_to_vec();
+        let got = proto::ServerMessage::decode(batch.as_slice()).unwrap();
+        let Some(proto::server_message::Kind::Frames(b)) = got.kind else {
+            panic!("not a batch")
+        };
+        assert_eq!(b.frames[0], want);
+        assert_eq!(b.frames[1].view_id, "w/aaaa");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod tls;
 pub mod triggers;
 pub mod values;
 pub mod wal;
+pub mod window_sql;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::watch;

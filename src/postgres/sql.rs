@@ -129,16 +129,41 @@ impl Statement {
         scope: &Scope,
         params: &Params,
     ) -> Result<Vec<Row>, EvalError> {
-        let values = self.values(scope, params);
+        self.query_text(client, &self.named.sql, self.values(scope, params))
+            .await
+    }
+
+    /// Runs `sql`, a statement built around this one, with `values` bound.
+    async fn query_text(
+        &self,
+        client: &deadpool_postgres::Transaction<'_>,
+        sql: &str,
+        values: Vec<Value>,
+    ) -> Result<Vec<Row>, EvalError> {
         let binds: Vec<SqlParam<'_>> = values.iter().map(SqlParam).collect();
         let refs: Vec<&(dyn ToSql + Sync)> =
             binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
-        // Cached per connection: one parse per statement and connection.
-        let stmt = client
-            .prepare_cached(&self.named.sql)
-            .await
-            .map_err(db_error)?;
+        // Cached per connection: one parse per statement and connection (a
+        // window statement's text depends only on the window's shape).
+        let stmt = client.prepare_cached(sql).await.map_err(db_error)?;
         client.query(&stmt, &refs).await.map_err(db_error)
+    }
+
+    /// Runs the statement wrapped in `window`'s keyset parts; returns the
+    /// window's rows (each led by its part column) and its edges.
+    async fn query_window(
+        &self,
+        client: &deadpool_postgres::Transaction<'_>,
+        scope: &Scope,
+        params: &Params,
+        order: &crate::engine::WindowOrder,
+        window: &crate::engine::Window,
+    ) -> Result<(Vec<Row>, crate::engine::WindowEdges), EvalError> {
+        let q = super::window_sql::build(&self.named.sql, self.named.names.len(), order, window);
+        let mut values = self.values(scope, params);
+        values.extend(q.binds.iter().cloned());
+        let rows = self.query_text(client, &q.sql, values).await?;
+        q.settle(rows)
     }
 }
 
@@ -277,6 +302,8 @@ pub struct SqlGraph {
     pub lateral: std::sync::OnceLock<Option<Lateral>>,
     /// How its transactions are set up.
     pub ctx: TxContext,
+    /// The total order, for graphs kept live through windows.
+    pub window: Option<crate::engine::WindowOrder>,
 }
 
 /// A graph's statements in the form that answers many views in one query.
@@ -430,6 +457,13 @@ impl SqlGraph {
                 ));
             }
         }
+        for c in self.window.iter().flat_map(|w| &w.order) {
+            if !has("", c) {
+                return Err(format!(
+                    "the query returns no `{c}` column, which window.order names"
+                ));
+            }
+        }
         for n in &self.nested {
             for k in &n.key {
                 if !has(&n.name, k) {
@@ -553,8 +587,10 @@ impl Factory for Arc<SqlGraph> {
     ) -> BoxFuture<'static, Result<GraphResult, EvalError>> {
         let g = self.clone();
         Box::pin(async move {
-            let (rows, total) = g.fetch(&scope, &params).await.map_err(|e| g.named(e))?;
-            g.build(rows, total, 0)
+            let (rows, total, window) = g.fetch(&scope, &params).await.map_err(|e| g.named(e))?;
+            let mut out = g.build(rows, total, usize::from(window.is_some()))?;
+            out.window = window;
+            Ok(out)
         })
     }
 
@@ -607,7 +643,8 @@ impl SqlGraph {
         self: &Arc<Self>,
         items: Vec<(Scope, Params)>,
     ) -> Vec<Result<GraphResult, EvalError>> {
-        if items.len() > 1 && matches!(self.lateral.get(), Some(Some(_))) {
+        let windowed = items.iter().any(|(_, p)| p.window().is_some());
+        if items.len() > 1 && !windowed && matches!(self.lateral.get(), Some(Some(_))) {
             match self.evaluate_lateral(&items).await {
                 Ok(results) => {
                     // For the evaluation round's span, if traced.
@@ -628,22 +665,32 @@ impl SqlGraph {
         futures_util::future::join_all(each).await
     }
 
-    /// The rows and total of one view, in one transaction.
+    /// The rows and total of one view, in one transaction, and for a
+    /// window its edges (its rows then lead with the part column).
     async fn fetch(
         &self,
         scope: &Scope,
         params: &Params,
-    ) -> Result<(Vec<Row>, Option<i64>), EvalError> {
+    ) -> Result<(Vec<Row>, Option<i64>, Option<crate::engine::WindowEdges>), EvalError> {
         let mut client = connection(&self.pool, &self.ctx).await?;
         let tx = read_snapshot(&mut client).await?;
         self.ctx.enter(&tx, scope).await?;
-        let rows = self.query.query(&tx, scope, params).await?;
+        let (rows, window) = match (&self.window, params.window()) {
+            (Some(order), Some(w)) => {
+                let (rows, edges) = self
+                    .query
+                    .query_window(&tx, scope, params, order, w)
+                    .await?;
+                (rows, Some(edges))
+            }
+            _ => (self.query.query(&tx, scope, params).await?, None),
+        };
         let total = match &self.total {
             Some(t) => Some(self.total_of(&t.query(&tx, scope, params).await?, 0)?),
             None => None,
         };
         tx.commit().await.map_err(db_error)?;
-        Ok((rows, total))
+        Ok((rows, total, window))
     }
 
     fn named(&self, e: EvalError) -> EvalError {

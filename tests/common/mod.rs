@@ -202,6 +202,22 @@ impl Harness {
         .unwrap();
     }
 
+    /// What a new subscriber of a window would get right now.
+    pub async fn fresh_window(
+        &self,
+        token: &str,
+        graph: &str,
+        params: HashMap<String, pb::Value>,
+        window: pb::Window,
+    ) -> ViewState {
+        let mut l = self.live(token).await;
+        let r = l
+            .subscribe_window(graph, params, Some(window))
+            .await
+            .unwrap();
+        l.views.remove(&r.view_id).unwrap()
+    }
+
     /// What a new subscriber would get right now.
     pub async fn fresh(
         &self,
@@ -425,12 +441,22 @@ impl Live {
         graph: &str,
         params: HashMap<String, pb::Value>,
     ) -> Result<pb::SubscribeResponse, pb::Error> {
+        self.subscribe_window(graph, params, None).await
+    }
+
+    /// Subscribes with a window (for windowed graphs).
+    pub async fn subscribe_window(
+        &mut self,
+        graph: &str,
+        params: HashMap<String, pb::Value>,
+        window: Option<pb::Window>,
+    ) -> Result<pb::SubscribeResponse, pb::Error> {
         let r = self
             .request(Req::Subscribe(pb::SubscribeRequest {
                 graph: graph.into(),
                 params,
                 session_id: String::new(),
-                window: None,
+                window,
             }))
             .await?;
         let pb::reply::Result::Subscribe(s) = r else {
@@ -438,6 +464,29 @@ impl Live {
         };
         self.wait_version(&s.view_id, s.version).await;
         Ok(s)
+    }
+
+    /// Moves a windowed subscription and waits until the client holds the
+    /// new window.
+    pub async fn reanchor(
+        &mut self,
+        view_id: &str,
+        window: pb::Window,
+    ) -> Result<pb::ReanchorResponse, pb::Error> {
+        let r = self
+            .request(Req::Reanchor(pb::ReanchorRequest {
+                view_id: view_id.into(),
+                window: Some(window),
+                session_id: String::new(),
+            }))
+            .await?;
+        let pb::reply::Result::Reanchor(r) = r else {
+            panic!("wrong reply {r:?}")
+        };
+        let (epoch, version) = (r.epoch, r.version);
+        self.wait_until(view_id, |s| s.epoch == epoch && s.version >= version)
+            .await;
+        Ok(r)
     }
 
     pub async fn unsubscribe(&mut self, view_id: &str) -> Result<(), pb::Error> {

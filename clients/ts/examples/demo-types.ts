@@ -68,6 +68,24 @@ export type ProjectsOwnerRow = {
 /** An item of a `projects` view: the row with its nested rows. */
 export type ProjectsItem = ProjectsRow & { owner?: ProjectsOwnerRow };
 
+// Graph `task_window` (table `tasks`)
+
+/** A project's tasks in position order, kept live through a window (any size of list). */
+export type TaskWindowParams = {
+  /** The project whose tasks to list. */
+  project_id: bigint | number;
+};
+
+export type TaskWindowRow = {
+  id: bigint;
+  title: string;
+  status: string;
+  position: bigint;
+};
+
+/** An item of a `task_window` view: the row with its nested rows. */
+export type TaskWindowItem = TaskWindowRow & {  };
+
 /** Adds a task at the end of a project. */
 export type CreateTaskParams = {
   assignee_id?: string | null;
@@ -129,6 +147,7 @@ export interface Graphs {
   my_tasks: { params: MyTasksParams; row: MyTasksRow; item: MyTasksItem; nested: {  } };
   project_tasks: { params: ProjectTasksParams; row: ProjectTasksRow; item: ProjectTasksItem; nested: { assignee: ProjectTasksAssigneeRow } };
   projects: { params: ProjectsParams; row: ProjectsRow; item: ProjectsItem; nested: { owner: ProjectsOwnerRow } };
+  task_window: { params: TaskWindowParams; row: TaskWindowRow; item: TaskWindowItem; nested: {  } };
 }
 
 /** Every mutation: its params and the row it returns. */
@@ -148,4 +167,4 @@ export interface Schema {
   mutations: Mutations;
 }
 
-export const graphNames = ["my_tasks", "project_tasks", "projects"] as const;
+export const graphNames = ["my_tasks", "project_tasks", "projects", "task_window"] as const;

@@ -14,6 +14,7 @@ const (
 	GraphMyTasks      = "my_tasks"
 	GraphProjectTasks = "project_tasks"
 	GraphProjects     = "projects"
+	GraphTaskWindow   = "task_window"
 )
 
 // Mutation names.
@@ -217,6 +218,52 @@ func DecodeProjectsOwnerRow(r *arcana.Row) ProjectsOwnerRow {
 	if v, ok := r.Get("name"); ok {
 		if x, ok := v.(string); ok {
 			out.Name = x
+		}
+	}
+	return out
+}
+
+// TaskWindowParams are the params of graph task_window. Optional params are pointers.
+type TaskWindowParams struct {
+	ProjectID int64 // The project whose tasks to list.
+}
+
+// Params converts to the client's params.
+func (p TaskWindowParams) Params() arcana.Params {
+	m := arcana.Params{}
+	m["project_id"] = p.ProjectID
+	return m
+}
+
+// TaskWindowRow is a row of graph task_window. Pointer fields are nil when NULL or absent; the others are NOT NULL.
+type TaskWindowRow struct {
+	ID       int64
+	Title    string
+	Status   string
+	Position int64
+}
+
+// DecodeTaskWindowRow reads the fields.
+func DecodeTaskWindowRow(r *arcana.Row) TaskWindowRow {
+	var out TaskWindowRow
+	if v, ok := r.Get("id"); ok {
+		if x, ok := v.(int64); ok {
+			out.ID = x
+		}
+	}
+	if v, ok := r.Get("title"); ok {
+		if x, ok := v.(string); ok {
+			out.Title = x
+		}
+	}
+	if v, ok := r.Get("status"); ok {
+		if x, ok := v.(string); ok {
+			out.Status = x
+		}
+	}
+	if v, ok := r.Get("position"); ok {
+		if x, ok := v.(int64); ok {
+			out.Position = x
 		}
 	}
 	return out

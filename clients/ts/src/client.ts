@@ -652,7 +652,7 @@ export class ArcanaClient {
     }
   }
 
-  private async subscribeView(v: LiveView<any>, s: Session): Promise<void> {
+  private async subscribeView(v: LiveView<any>, s: Session, retried = false): Promise<void> {
     try {
       const r = await s.subscribe(v.graph, toParams(v.params), v.window ? toPbWindow(v.window) : undefined);
       if (v.status === "closed") {
@@ -672,14 +672,55 @@ export class ArcanaClient {
       if (this.session !== s || e.code === Code.UNAVAILABLE || e.code === Code.CANCELLED) {
         return; // the session is gone: the next one subscribes again
       }
+      // The session keeps a window's view id for the subscription that was
+      // re-anchored away from it: give that one an id of its own, then retry.
+      const mover = e.code === Code.ALREADY_EXISTS && !retried ? this.movedFrom(v) : undefined;
+      if (mover && v.status !== "closed") {
+        try {
+          await this.relocate(mover, s);
+          return await this.subscribeView(v, s, true);
+        } catch {
+          // fall through: report the first error
+        }
+      }
       this.failView(v, e);
     }
+  }
+
+  /** The view of this client that was re-anchored in place away from `v`'s window. */
+  private movedFrom(v: LiveView<any>): LiveView<any> | undefined {
+    if (!v.window) return undefined;
+    for (const l of this.views.values()) {
+      if (l !== v && l.id && l.origin === v.key && l.key !== v.key && !l.moving) return l;
+    }
+    return undefined;
+  }
+
+  /**
+   * Moves a re-anchored view onto a subscription under its own window's id,
+   * which frees the id of the window it left. It keeps showing its rows
+   * meanwhile; the snapshot of the new subscription brings it up to date.
+   */
+  private async relocate(l: LiveView<any>, s: Session): Promise<void> {
+    const old = l.id!;
+    this.unbind(l);
+    l.id = undefined;
+    await s.unsubscribe(old).catch(() => {});
+    const r = await s.subscribe(l.graph, toParams(l.params), toPbWindow(l.window!));
+    if (l.status === "closed") {
+      if (!this.byId.has(r.viewId)) void s.unsubscribe(r.viewId).catch(() => {});
+      return;
+    }
+    this.bind(l, r.viewId);
+    this.drainOrphans(l);
   }
 
   private bind(v: LiveView<any>, id: string): void {
     if (v.id === id) return;
     this.unbind(v);
     v.id = id;
+    // The server named this id after the window the view holds now.
+    v.origin = v.key;
     let set = this.byId.get(id);
     if (!set) this.byId.set(id, (set = new Set()));
     set.add(v);

@@ -108,6 +108,11 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   window: WindowSpec | undefined;
   /** @internal A re-anchor in flight, if any. */
   moving: Moving | undefined;
+  /**
+   * @internal The key the view had when its id was given: a view re-anchored
+   * in place keeps the id of the window it left (the server's alias).
+   */
+  origin: string | undefined;
   private _edges: WindowEdgesState | undefined;
   /** Windowed views: the wire fields of the top-level rows, for cursors exact to the last digit. */
   private _wire: Map<string, Readonly<Record<string, Value>>> | undefined;

@@ -151,6 +151,27 @@ describe("windows", () => {
     b.close();
   });
 
+  it("a window moved in place does not keep others from the window it left", async () => {
+    const c = bidi();
+    const a = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 10 });
+    await a.ready();
+    const id = a.id;
+    await a.reanchor(await a.cursorOf(9));
+    assert.equal(a.id, id, "moved in place");
+    // The server knows the moved subscription by the id of the window it
+    // left; opening that window again must still work.
+    const b = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 10 });
+    await b.ready();
+    assert.deepEqual(shown(b), slice(0, 10));
+    assert.deepEqual(shown(a), slice(10, 20), "the moved window stays");
+    await c.mutate("update_task", { id: order[15]!, title: "Still live after the swap" });
+    assert.equal(a.items[5]?.title, "Still live after the swap");
+    await c.mutate("update_task", { id: order[5]!, title: "Live in b" });
+    assert.equal(b.items[5]?.title, "Live in b");
+    a.close();
+    b.close();
+  });
+
   it("a moved window comes back after a reconnect as the window it was moved to", async () => {
     const c = bidi(proxy.baseUrl);
     const w = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 10 });

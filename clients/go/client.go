@@ -79,7 +79,16 @@ type session struct {
 
 	// parts holds snapshots arriving in parts; the reader goroutine's own.
 	parts snapshotParts
+	// syncing counts the Syncs in flight. Meanwhile frames of ids no view
+	// has yet are kept in orphans (the reader goroutine's own): a view
+	// synced onto its window may come back under another id, whose frames
+	// precede the reply that names it.
+	syncing atomic.Int32
+	orphans []*pb.ViewFrame
 }
+
+// maxOrphans bounds the frames kept for ids a Sync has yet to name.
+const maxOrphans = 10_000
 
 // call is one request waiting for its reply.
 type call struct {
@@ -420,7 +429,7 @@ func (c *Client) runSession() (opened bool, err error) {
 
 	// Sync first: nothing else can be sent on s before it is published.
 	if len(views) > 0 {
-		sort.Slice(views, func(i, j int) bool { return views[i].id < views[j].id })
+		sort.Slice(views, func(i, j int) bool { return views[i].id() < views[j].id() })
 		if err := c.sendSync(s, views); err != nil {
 			return true, err
 		}
@@ -496,11 +505,66 @@ func (c *Client) sendSync(s *session, views []*viewState) error {
 		onAbandon: func(r *pb.Reply) { c.onSyncReply(s, views, r) },
 		done:      make(chan struct{}),
 	}
+	s.syncing.Add(1)
 	_, err := c.send(s, &pb.ClientMessage{Kind: &pb.ClientMessage_Sync{Sync: req}}, cl)
+	if err != nil {
+		s.syncing.Add(-1)
+	}
 	return err
 }
 
+// rebindSynced files views the sync reply names by another id under that
+// id, then applies the frames that came for it before the reply. Runs on
+// the reader goroutine.
+func (c *Client) rebindSynced(s *session, views []*viewState, results []*pb.SyncResult) {
+	defer func() {
+		if s.syncing.Add(-1) <= 0 {
+			s.orphans = nil
+		}
+	}()
+	moved := map[string]bool{}
+	c.mu.Lock()
+	for i, vs := range views {
+		if i >= len(results) {
+			break
+		}
+		id := results[i].GetViewId()
+		if id == "" || id == vs.id() || results[i].GetError() != nil || c.views[vs.id()] != vs {
+			continue
+		}
+		if c.views[id] != nil {
+			continue // another view of this client holds that id already
+		}
+		delete(c.views, vs.id())
+		c.views[id] = vs
+		vs.idv.Store(id)
+		moved[id] = true
+	}
+	c.mu.Unlock()
+	if len(moved) == 0 || len(s.orphans) == 0 {
+		return
+	}
+	var replay, keep []*pb.ViewFrame
+	for _, f := range s.orphans {
+		if moved[f.GetViewId()] {
+			replay = append(replay, f)
+		} else {
+			keep = append(keep, f)
+		}
+	}
+	s.orphans = keep
+	c.onFrames(s, replay)
+}
+
 func (c *Client) onSyncReply(s *session, views []*viewState, r *pb.Reply) {
+	c.rebindSynced(s, views, r.GetSync().GetResults())
+	c.mu.Lock()
+	for _, vs := range views {
+		if vs.window != nil {
+			vs.origin = vs.window
+		}
+	}
+	c.mu.Unlock()
 	for _, vs := range views {
 		vs.resyncing.Store(false)
 	}
@@ -525,17 +589,21 @@ func (c *Client) onSyncReply(s *session, views []*viewState, r *pb.Reply) {
 			break
 		}
 		res := results[i]
-		live := c.views[vs.id] == vs
+		live := c.views[vs.id()] == vs
 		if !live {
 			// Closed while the sync was in flight: the server attached it again.
 			if res.GetError() == nil {
-				orphans = append(orphans, vs.id)
+				id := res.GetViewId()
+				if id == "" {
+					id = vs.id()
+				}
+				orphans = append(orphans, id)
 			}
 			continue
 		}
 		if e := res.GetError(); e != nil {
 			err := fromPB("sync "+vs.graph, e)
-			delete(c.views, vs.id)
+			delete(c.views, vs.id())
 			vs.setStatusLocked(StatusError, err)
 			vs.pushStatusLocked()
 			for h := range vs.handles {
@@ -546,7 +614,7 @@ func (c *Client) onSyncReply(s *session, views []*viewState, r *pb.Reply) {
 		}
 		st := vs.state.Load()
 		if st != nil && (st.Epoch != res.GetEpoch() || st.Version != res.GetVersion()) {
-			c.log.Warn("arcana: view not at the synced version", "view", vs.id,
+			c.log.Warn("arcana: view not at the synced version", "view", vs.id(),
 				"have", st.Version, "want", res.GetVersion())
 		}
 		// The frames of the sync came before its reply: the view is current.
@@ -698,10 +766,13 @@ func (c *Client) onFrames(s *session, frames []*pb.ViewFrame) {
 			vs := c.views[f.GetViewId()]
 			c.mu.Unlock()
 			if vs == nil {
-				continue // unsubscribed meanwhile
+				if s != nil && s.syncing.Load() > 0 && len(s.orphans) < maxOrphans {
+					s.orphans = append(s.orphans, f)
+				}
+				continue // unsubscribed meanwhile, or named by a Sync reply to come
 			}
 			a = &applied{vs: vs, state: vs.state.Load()}
-			byView[vs.id] = a
+			byView[vs.id()] = a
 			order = append(order, a)
 		}
 		c.applyFrame(a, f)
@@ -736,7 +807,7 @@ func (c *Client) applyFrame(a *applied, f *pb.ViewFrame) {
 		}
 		a.set(Update{Kind: UpdateDiff, State: next})
 	case *pb.ViewFrame_Error:
-		err := fromPB("view "+a.vs.id, &pb.Error{Code: body.Error.GetCode(), Message: body.Error.GetMessage()})
+		err := fromPB("view "+a.vs.id(), &pb.Error{Code: body.Error.GetCode(), Message: body.Error.GetMessage()})
 		a.updates = append(a.updates, Update{Kind: UpdateError, State: cur, Err: err})
 		a.outcome, a.frameErr = StatusError, err
 	}
@@ -798,10 +869,10 @@ func (c *Client) resync(s *session, vs *viewState, why string) {
 	if !vs.resyncing.CompareAndSwap(false, true) {
 		return
 	}
-	c.log.Warn("arcana: resyncing view", "view", vs.id, "why", why)
+	c.log.Warn("arcana: resyncing view", "view", vs.id(), "why", why)
 	go func() {
 		if err := c.sendSync(s, []*viewState{vs}); err != nil {
-			c.log.Warn("arcana: resync not sent", "view", vs.id, "error", err)
+			c.log.Warn("arcana: resync not sent", "view", vs.id(), "error", err)
 		}
 	}()
 }
@@ -820,6 +891,7 @@ func (c *Client) Subscribe(ctx context.Context, graph string, params Params) (*V
 // set) and returns a new handle once its first snapshot is applied.
 func (c *Client) subscribe(ctx context.Context, graph string, vals map[string]*pb.Value, window *pb.Window) (*View, error) {
 	op := "subscribe " + graph
+	relocated := false
 	for {
 		s, err := c.waitSession(ctx)
 		if err != nil {
@@ -852,6 +924,16 @@ func (c *Client) subscribe(ctx context.Context, graph string, vals map[string]*p
 			return nil, err
 		}
 		if e := cl.reply.GetError(); e != nil {
+			// The session keeps a window's id for the subscription that was
+			// re-anchored away from it: give that one an id of its own, retry.
+			if codes.Code(e.GetCode()) == codes.AlreadyExists && window != nil && !relocated {
+				if mover := c.movedFrom(graph, vals, window); mover != nil {
+					relocated = true
+					if err := c.relocate(ctx, s, mover); err == nil {
+						continue
+					}
+				}
+			}
 			return nil, fromPB(op, e)
 		}
 		v, _ := cl.result.(*View)
@@ -908,8 +990,8 @@ func (c *Client) attach(reqID uint64, graph string, vals map[string]*pb.Value, w
 	vs := c.views[sr.GetViewId()]
 	if vs == nil {
 		vs = newViewState(sr.GetViewId(), graph, vals, sr.GetEpoch())
-		vs.window = window
-		c.views[vs.id] = vs
+		vs.window, vs.origin = window, window
+		c.views[vs.id()] = vs
 	}
 	h := &View{c: c, updates: make(chan Update, c.o.updateBuf), done: make(chan struct{})}
 	h.cur.Store(vs)
@@ -927,14 +1009,14 @@ func (c *Client) closeView(v *View, err error) {
 	v.stop(err)
 	vs := v.vs()
 	delete(vs.handles, v)
-	last := len(vs.handles) == 0 && c.views[vs.id] == vs
+	last := len(vs.handles) == 0 && c.views[vs.id()] == vs
 	if last {
-		delete(c.views, vs.id)
+		delete(c.views, vs.id())
 	}
 	s := c.sess
 	c.mu.Unlock()
 	if last && s != nil {
-		c.sendUnsubscribe(s, vs.id)
+		c.sendUnsubscribe(s, vs.id())
 	}
 }
 

@@ -122,7 +122,9 @@ type Update struct {
 // viewState is the client's copy of one server view, shared by every View
 // handle subscribed to the same view id.
 type viewState struct {
-	id     string
+	// idv holds the server's view id (a string). It changes when a Sync or
+	// a relocation gives the view another id; writers hold Client.mu.
+	idv    atomic.Value
 	graph  string
 	params map[string]*pb.Value
 	// epoch from the subscribe reply, used to sync before the first snapshot.
@@ -147,11 +149,13 @@ type viewState struct {
 	// graphs) and moving a re-anchor on its way; guarded by Client.mu.
 	window *pb.Window
 	moving *moving
+	// origin is the window the view had when the server gave it its id: a
+	// view re-anchored in place keeps the id of the window it left.
+	origin *pb.Window
 }
 
 func newViewState(id, graph string, params map[string]*pb.Value, epoch uint64) *viewState {
-	return &viewState{
-		id:         id,
+	vs := &viewState{
 		graph:      graph,
 		params:     params,
 		replyEpoch: epoch,
@@ -160,7 +164,12 @@ func newViewState(id, graph string, params map[string]*pb.Value, epoch uint64) *
 		handles:    map[*View]struct{}{},
 		status:     StatusConnecting,
 	}
+	vs.idv.Store(id)
+	return vs
 }
+
+// id is the server's view id.
+func (vs *viewState) id() string { return vs.idv.Load().(string) }
 
 // setStatusLocked records the view's status and error, and reports whether
 // the status changed. Called with Client.mu held; the caller then sends
@@ -225,7 +234,7 @@ type View struct {
 func (v *View) vs() *viewState { return v.cur.Load() }
 
 // ID is the view id, "<graph>/<params_hash>".
-func (v *View) ID() string { return v.vs().id }
+func (v *View) ID() string { return v.vs().id() }
 
 // Graph is the graph the view reads.
 func (v *View) Graph() string { return v.vs().graph }

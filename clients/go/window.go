@@ -375,7 +375,7 @@ func (c *Client) reanchor(ctx context.Context, v *View, vs *viewState, w *pb.Win
 	}
 	cl := &call{op: op, onAbandon: answer}
 	cl.onReply = func(r *pb.Reply) any { answer(r); return nil }
-	msg := &pb.ClientMessage{Kind: &pb.ClientMessage_Reanchor{Reanchor: &pb.ReanchorRequest{ViewId: vs.id, Window: w}}}
+	msg := &pb.ClientMessage{Kind: &pb.ClientMessage_Reanchor{Reanchor: &pb.ReanchorRequest{ViewId: vs.id(), Window: w}}}
 	if _, _, err := c.request(ctx, s, msg, cl); err != nil && Code(err) != codes.Unavailable {
 		return err // the caller gave up; the reply, when it comes, still moves the view
 	}
@@ -417,15 +417,85 @@ func (c *Client) switchWindow(ctx context.Context, v *View, old *viewState, w *p
 	next.handles[v] = struct{}{}
 	delete(old.handles, v)
 	v.cur.Store(next)
-	last := len(old.handles) == 0 && c.views[old.id] == old
+	last := len(old.handles) == 0 && c.views[old.id()] == old
 	if last {
-		delete(c.views, old.id)
+		delete(c.views, old.id())
 	}
 	s := c.sess
 	v.push(Update{Kind: UpdateSnapshot, State: next.state.Load(), Status: next.status})
 	c.mu.Unlock()
 	if last && s != nil {
-		c.sendUnsubscribe(s, old.id)
+		c.sendUnsubscribe(s, old.id())
+	}
+	return nil
+}
+
+// movedFrom finds the view of this client that was re-anchored in place
+// away from window: the session still knows it by that window's id.
+func (c *Client) movedFrom(graph string, vals map[string]*pb.Value, window *pb.Window) *viewState {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, vs := range c.views {
+		if vs.graph == graph && vs.moving == nil && vs.origin != nil && proto.Equal(vs.origin, window) &&
+			!proto.Equal(vs.window, window) && sameValues(vs.params, vals) {
+			return vs
+		}
+	}
+	return nil
+}
+
+func sameValues(a, b map[string]*pb.Value) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || !proto.Equal(v, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// relocate gives a view re-anchored in place a subscription under its own
+// window's id, which frees the id of the window it left. The view keeps
+// its state meanwhile; the new subscription's snapshot brings it up to date.
+func (c *Client) relocate(ctx context.Context, s *session, vs *viewState) error {
+	c.mu.Lock()
+	old, w := vs.id(), vs.window
+	c.mu.Unlock()
+	c.sendUnsubscribe(s, old)
+	op := "relocate " + vs.graph
+	rebind := func(r *pb.Reply) {
+		sr := r.GetSubscribe()
+		if sr == nil {
+			return
+		}
+		id := sr.GetViewId()
+		c.mu.Lock()
+		if c.views[old] == vs {
+			delete(c.views, old)
+		}
+		free := c.views[id] == nil
+		closed := len(vs.handles) == 0
+		if free && !closed {
+			c.views[id] = vs
+			vs.idv.Store(id)
+			vs.origin = w
+		}
+		c.mu.Unlock()
+		if free && closed {
+			c.sendUnsubscribe(s, id) // closed meanwhile
+		}
+	}
+	cl := &call{op: op, onAbandon: rebind}
+	cl.onReply = func(r *pb.Reply) any { rebind(r); return nil }
+	msg := &pb.ClientMessage{Kind: &pb.ClientMessage_Subscribe{Subscribe: &pb.SubscribeRequest{Graph: vs.graph, Params: vs.params, Window: w}}}
+	reply, _, err := c.request(ctx, s, msg, cl)
+	if err != nil {
+		return err
+	}
+	if e := reply.GetError(); e != nil {
+		return fromPB(op, e)
 	}
 	return nil
 }

@@ -85,7 +85,7 @@ func TestADiffAppliesOnPrevEpochWhenSet(t *testing.T) {
 
 // frameClient is a client with no connection, for driving onFrames by hand.
 func frameClient(vs *viewState) (*Client, *View) {
-	c := &Client{views: map[string]*viewState{vs.id: vs}, log: slog.New(slog.NewTextHandler(io.Discard, nil)), o: options{updateBuf: 16}}
+	c := &Client{views: map[string]*viewState{vs.id(): vs}, log: slog.New(slog.NewTextHandler(io.Discard, nil)), o: options{updateBuf: 16}}
 	h := &View{c: c, updates: make(chan Update, 16), done: make(chan struct{})}
 	h.cur.Store(vs)
 	vs.handles[h] = struct{}{}

@@ -244,4 +244,54 @@ func TestAMovedWindowComesBackAfterAReconnect(t *testing.T) {
 	if u.Mode != arcana.SyncCurrent && u.Mode != arcana.SyncCatchUp {
 		t.Fatalf("sync mode %v: the window the client held was not the one it named", u.Mode)
 	}
+	// The synced window is live: the server may know it by another id now.
+	var id int64
+	fmt.Sscan(bigOrder[14], &id)
+	if _, err := c.Mutate(ctx, "update_task", arcana.Params{"id": id, "title": "Live after the sync"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WaitFor(ctxT(t, 10*time.Second), func(s *arcana.State) bool {
+		return title(s, bigOrder[14]) == "Live after the sync"
+	}); err != nil {
+		t.Fatalf("a write after the sync did not reach the window (view %s): %v", w.ID(), err)
+	}
+}
+
+func TestAWindowMovedInPlaceDoesNotKeepOthersFromTheWindowItLeft(t *testing.T) {
+	seedBig(t)
+	c := dial(t, "dev-alice")
+	ctx := ctxT(t, 30*time.Second)
+	a, err := c.Window(ctx, "task_window", bigParams, arcana.Window{Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := a.ID()
+	cur, _ := a.CursorAt(ctx, nil, 9)
+	if err := a.Reanchor(ctx, arcana.Window{Cursor: cur}); err != nil {
+		t.Fatal(err)
+	}
+	if a.ID() != id {
+		t.Fatalf("not moved in place: %s -> %s", id, a.ID())
+	}
+	// The server knows the moved subscription by the id of the window it
+	// left; opening that window again must still work.
+	b, err := c.Window(ctx, "task_window", bigParams, arcana.Window{Limit: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectRows(t, b, 0, 10, "the window left")
+	expectRows(t, a, 10, 20, "the moved window")
+	for _, row := range []int{5, 15} {
+		var tid int64
+		fmt.Sscan(bigOrder[row], &tid)
+		if _, err := c.Mutate(ctx, "update_task", arcana.Params{"id": tid, "title": fmt.Sprintf("Live %d", row)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.WaitFor(ctx, func(s *arcana.State) bool { return title(s, bigOrder[15]) == "Live 15" }); err != nil {
+		t.Fatalf("the moved window stopped: %v", err)
+	}
+	if title(b.State(), bigOrder[5]) != "Live 5" {
+		t.Fatal("the reopened window is not live")
+	}
 }

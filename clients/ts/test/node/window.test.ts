@@ -186,6 +186,9 @@ describe("windows", () => {
     const back = await w.until((s) => s.status === "live", 20_000);
     assert.deepEqual(back.items.map((t) => t.id), slice(10, 20));
     assert.equal(back.items[2]?.title, "Renamed while away");
+    // Still live on the new session, whatever id the server gave it there.
+    await c.mutate("update_task", { id: order[14]!, title: "Live after the sync" });
+    assert.equal(w.items[4]?.title, "Live after the sync");
     w.close();
   });
 

@@ -246,43 +246,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
    * Rejects when the view fails or closes first, or after `timeoutMs`.
    */
   until(pred: (s: ViewSnapshot<T>) => boolean, timeoutMs?: number): Promise<ViewSnapshot<T>> {
-    return new Promise((resolve, reject) => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const check = (s: ViewSnapshot<T>): boolean => {
-        if (pred(s)) {
-          resolve(s);
-          return true;
-        }
-        if (s.status === "error") {
-          reject(s.error ?? new ArcanaError(2, "view failed"));
-          return true;
-        }
-        if (s.status === "closed") {
-          reject(new ArcanaError(1, `view ${this.graph} was closed`));
-          return true;
-        }
-        return false;
-      };
-      let settled = false;
-      let off: (() => void) | undefined;
-      // subscribe calls back at once with the current snapshot.
-      off = this.subscribe((s) => {
-        if (settled || !check(s)) return;
-        settled = true;
-        off?.();
-        if (timer) clearTimeout(timer);
-      });
-      if (settled) {
-        off();
-        return;
-      }
-      if (timeoutMs !== undefined) {
-        timer = setTimeout(() => {
-          off?.();
-          reject(new ArcanaError(4, `view ${this.graph}: condition not met within ${timeoutMs} ms`));
-        }, timeoutMs);
-      }
-    });
+    return until((fn) => this.subscribe(fn), pred, `view ${this.graph}`, timeoutMs);
   }
 
   /** Yields the current state, then every change (coalescing if the reader is slow). */
@@ -550,6 +514,41 @@ function patchWire(wire: Map<string, Readonly<Record<string, Value>>>, p: RowPat
     else next[field] = o.value;
   }
   wire.set(k, next);
+}
+
+/**
+ * @internal Resolves with the first state from `subscribe` that `pred`
+ * accepts (the current one included); rejects when the state turns `error`
+ * or `closed` first, or after `timeoutMs`.
+ */
+export function until<S extends { status: ViewStatus; error: ArcanaError | undefined }>(
+  subscribe: (fn: (s: S) => void) => () => void,
+  pred: (s: S) => boolean,
+  what: string,
+  timeoutMs?: number,
+): Promise<S> {
+  return new Promise((resolve, reject) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let settled = false;
+    let off: (() => void) | undefined;
+    const settle = (done: () => void) => {
+      settled = true;
+      off?.();
+      if (timer) clearTimeout(timer);
+      done();
+    };
+    // subscribe calls back at once with the current state.
+    off = subscribe((s) => {
+      if (settled) return;
+      if (pred(s)) settle(() => resolve(s));
+      else if (s.status === "error") settle(() => reject(s.error ?? new ArcanaError(2, `${what} failed`)));
+      else if (s.status === "closed") settle(() => reject(new ArcanaError(1, `${what} was closed`)));
+    });
+    if (settled) off();
+    else if (timeoutMs !== undefined) {
+      timer = setTimeout(() => settle(() => reject(new ArcanaError(4, `${what}: condition not met within ${timeoutMs} ms`))), timeoutMs);
+    }
+  });
 }
 
 /** Adds the cache keys of a ref and its nested refs to `out`. */

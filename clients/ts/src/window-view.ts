@@ -6,7 +6,7 @@ import { ArcanaError, Code } from "./errors.js";
 import type { GraphInfo } from "./gen/arcana/v1/describe_pb.js";
 import type { Value } from "./gen/arcana/v1/value_pb.js";
 import { type FieldValue, type JsonValue, type ParamValue, type Params, val } from "./values.js";
-import type { Item, LiveView, ViewSnapshot } from "./view.js";
+import { type Item, type LiveView, type ViewSnapshot, until } from "./view.js";
 import { type Direction, type WindowOptions, type WindowSpec, sameWindow, windowSpec } from "./window.js";
 
 /** A window's state: the view's, plus where the window stands in the list. */
@@ -115,31 +115,7 @@ export class WindowView<T = Item> {
    * rejects when the window fails or closes first, or after `timeoutMs`.
    */
   until(pred: (s: WindowSnapshot<T>) => boolean, timeoutMs?: number): Promise<WindowSnapshot<T>> {
-    return new Promise((resolve, reject) => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      let off: (() => void) | undefined;
-      let settled = false;
-      const settle = (fn: () => void) => {
-        settled = true;
-        off?.();
-        if (timer) clearTimeout(timer);
-        fn();
-      };
-      off = this.subscribe((s) => {
-        if (settled) return;
-        if (pred(s)) settle(() => resolve(s));
-        else if (s.status === "error") settle(() => reject(s.error ?? new ArcanaError(Code.UNKNOWN, "window failed")));
-        else if (s.status === "closed") settle(() => reject(new ArcanaError(Code.CANCELLED, `window of ${this.graph} was closed`)));
-      });
-      if (settled) off();
-      else if (timeoutMs !== undefined) {
-        timer = setTimeout(() => {
-          settled = true;
-          off?.();
-          reject(new ArcanaError(Code.DEADLINE_EXCEEDED, `window of ${this.graph}: condition not met within ${timeoutMs} ms`));
-        }, timeoutMs);
-      }
-    });
+    return until((fn) => this.subscribe(fn), pred, `window of ${this.graph}`, timeoutMs);
   }
 
   /**

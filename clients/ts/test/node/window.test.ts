@@ -192,6 +192,39 @@ describe("windows", () => {
     w.close();
   });
 
+  it("a snapshot too big for one frame arrives in parts and is shown whole, once", async () => {
+    // 5000 tasks with 200-character titles: more than the server's 1 MiB part.
+    const db = new pg.Client({ connectionString: server.pgUrl });
+    await db.connect();
+    let ids: bigint[];
+    try {
+      await db.query("INSERT INTO projects (id, workspace_id, name, owner_id) VALUES (101, 'acme', 'Wide', 'alice')");
+      await db.query(
+        `INSERT INTO tasks (workspace_id, project_id, title, position)
+         SELECT 'acme', 101, rpad('Wide ' || i, 200, '.'), i FROM generate_series(1, 5000) AS i`,
+      );
+      const r = await db.query("SELECT id FROM tasks WHERE project_id = 101 ORDER BY position, id");
+      ids = r.rows.map((x: { id: string }) => BigInt(x.id));
+    } finally {
+      await db.end();
+    }
+    const c = bidi();
+    await c.connect();
+    const before = c.received.frames;
+    const w = c.window<Task>("task_window", { project_id: 101 }, { limit: 5000 });
+    const lengths: number[] = [];
+    w.subscribe((s) => lengths.push(s.items.length));
+    await w.ready();
+    assert.ok(c.received.frames - before >= 2, `the snapshot came in ${c.received.frames - before} frame(s)`);
+    assert.deepEqual(shown(w), ids);
+    assert.deepEqual(
+      lengths.filter((n) => n > 0),
+      [5000],
+      "listeners saw the whole list, never a part",
+    );
+    w.close();
+  });
+
   it("over grpc-web a move lands whichever of reply and diff comes first", async () => {
     const c = web();
     const w = c.window<Task>("task_window", { project_id: PROJECT }, { limit: 10 });

@@ -295,3 +295,40 @@ func TestAWindowMovedInPlaceDoesNotKeepOthersFromTheWindowItLeft(t *testing.T) {
 		t.Fatal("the reopened window is not live")
 	}
 }
+
+func TestASnapshotInPartsIsAppliedWholeOnce(t *testing.T) {
+	seedBig(t)
+	psql, _ := exec.LookPath("psql")
+	// 5000 tasks with 200-character titles: more than the server's 1 MiB part.
+	sql := `INSERT INTO projects (id, workspace_id, name, owner_id) VALUES (201, 'acme', 'Wide', 'alice');
+INSERT INTO tasks (workspace_id, project_id, title, position)
+  SELECT 'acme', 201, rpad('Wide ' || i, 200, '.'), i FROM generate_series(1, 5000) AS i;`
+	if out, err := exec.Command(psql, postgresURL, "-v", "ON_ERROR_STOP=1", "-c", sql).CombinedOutput(); err != nil {
+		t.Fatalf("psql: %v: %s", err, out)
+	}
+	out, err := exec.Command(psql, postgresURL, "-At", "-c", "SELECT id FROM tasks WHERE project_id = 201 ORDER BY position, id").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantIDs := strings.Fields(string(out))
+	c := dial(t, "dev-alice")
+	w, err := c.Window(ctxT(t, 60*time.Second), "task_window", arcana.Params{"project_id": 201}, arcana.Window{Limit: 5000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := refIDs(w.State()); !slices.Equal(got, wantIDs) {
+		t.Fatalf("the window shows %d rows %v..., want %d", len(got), head(got), len(wantIDs))
+	}
+	// The first update is the whole snapshot; no part came as a state of its own.
+	u := nextUpdate(t, w, time.Second, func(arcana.Update) bool { return true })
+	if u.Kind != arcana.UpdateSnapshot || len(u.State.Refs) != 5000 {
+		t.Fatalf("first update: %v with %d refs", u.Kind, len(u.State.Refs))
+	}
+	select {
+	case u := <-w.Updates():
+		if u.Kind == arcana.UpdateSnapshot {
+			t.Fatalf("a second snapshot update (%d refs): parts were applied one by one", len(u.State.Refs))
+		}
+	default:
+	}
+}

@@ -15,6 +15,12 @@ export async function use(): Promise<void> {
   const who: string | undefined = t.assignee?.name;
   void [title, points, who];
   client.view("my_tasks"); // no required params: may be left out
+  const win = client.window("task_window", { project_id: 1 }, { limit: 20 });
+  const position: bigint = win.items[0]!.position;
+  const more: boolean = win.hasAfter;
+  void [position, more];
+  // @ts-expect-error a window's params are checked too
+  client.window("task_window", { project_id: "one" });
 
   // @ts-expect-error an unknown graph
   client.view("project_taks", { project_id: 1 });

@@ -162,8 +162,14 @@ function emptyWindow(window: WindowSpec): WindowSnapshot<never> {
  * `error` and the rows stay those of the last window.
  */
 export function useWindow<T = Item>(graph: string | null, params?: Params, options?: WindowOptions): WindowState<T>;
+export function useWindow<S extends SchemaShape, G extends GraphName<S>>(
+  client: TypedClient<S>,
+  graph: G,
+  params: GraphParams<S, G>,
+  options?: WindowOptions,
+): WindowState<GraphItem<S, G>>;
 export function useWindow<T = Item>(
-  client: AnyClient,
+  client: ArcanaClient,
   graph: string | null,
   params?: Params,
   options?: WindowOptions,

@@ -209,7 +209,7 @@ async fn schedule(
         .faults
         .iter()
         .flat_map(|f| match f {
-            Fault::ClientDrop | Fault::ClientPause => vec![*f, *f],
+            Fault::ClientDrop | Fault::ClientPause | Fault::Reanchor => vec![*f, *f],
             _ => vec![*f],
         })
         .collect();
@@ -380,6 +380,25 @@ async fn fault(
             let _ = clients[rng.range(0, clients.len() as i64 - 1) as usize]
                 .cmds
                 .try_send(client::Cmd::Drop(away));
+        }
+        Fault::Reanchor => {
+            let c = &clients[rng.range(0, clients.len() as i64 - 1) as usize];
+            let windowed: Vec<usize> = c
+                .shared
+                .lock()
+                .unwrap()
+                .views
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| h.spec.window.is_some())
+                .map(|(i, _)| i)
+                .collect();
+            if !windowed.is_empty() {
+                let i = *rng.pick(&windowed);
+                let _ = c
+                    .cmds
+                    .try_send(client::Cmd::Reanchor(i, model::Win::random(rng)));
+            }
         }
         Fault::ClientPause => {
             Stats::inc(&stats.client_pause);

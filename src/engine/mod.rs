@@ -522,10 +522,12 @@ impl Engine {
                 let w = w.unwrap_or_else(|| Window::first(order.default_limit));
                 params.with_window(w.check(&g.name, order, &g.fields)?)
             }
-            (None, Some(_)) => return Err(EngineError::InvalidArgument(format!(
+            (None, Some(_)) => {
+                return Err(EngineError::InvalidArgument(format!(
                 "graph `{}` declares no window order, so it takes no window; subscribe without one",
                 g.name
-            ))),
+            )))
+            }
             (None, None) => params,
         };
         let key = ViewKey {

@@ -14,15 +14,19 @@ pub enum Fault {
     ServerKill,
     ClientDrop,
     ClientPause,
+    /// A client moves one of its windows elsewhere (not a failure, but a
+    /// change of the view under a live subscription).
+    Reanchor,
 }
 
 /// Every fault kind and its name on the command line.
-pub const FAULTS: [(Fault, &str); 5] = [
+pub const FAULTS: [(Fault, &str); 6] = [
     (Fault::PgFast, "pg-fast"),
     (Fault::PgImmediate, "pg-immediate"),
     (Fault::ServerKill, "server-kill"),
     (Fault::ClientDrop, "client-drop"),
     (Fault::ClientPause, "client-pause"),
+    (Fault::Reanchor, "reanchor"),
 ];
 
 /// What to run.
@@ -51,7 +55,7 @@ const HELP: &str = "convergence test switches (unknown arguments are ignored):
   --replica-full on|off force REPLICA IDENTITY FULL on or off
   --self-join on|off    serve the self-join graph (default on); --no-self-join
   --queue N             engine.session_queue (default: 16 or 256 from the seed)
-  --faults LIST         pg-fast,pg-immediate,server-kill,client-drop,client-pause, or none
+  --faults LIST         pg-fast,pg-immediate,server-kill,client-drop,client-pause,reanchor, or none
   --no-faults           same as --faults none
   --no-mutations        no gRPC mutations
   --no-truncate         no TRUNCATE transactions";

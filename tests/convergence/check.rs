@@ -35,7 +35,7 @@ impl Probe {
                 graph: spec.graph.into(),
                 params: spec.pb_params(),
                 session_id: String::new(),
-                window: None,
+                window: spec.pb_window(),
             })),
         })
         .await
@@ -101,6 +101,7 @@ pub async fn drain(addr: &str, url: &str) -> Result<(), String> {
     let marker = ViewSpec {
         graph: "markers",
         params: vec![],
+        window: None,
     };
     let deadline = Instant::now() + CONVERGE;
     for who in [PEOPLE[0], PEOPLE[2]] {

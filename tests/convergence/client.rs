@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
-use super::model::{ViewSpec, Who};
+use super::model::{ViewSpec, Who, Win};
 use super::server::connect;
 use super::stats::Stats;
 
@@ -49,6 +49,10 @@ pub enum Cmd {
     Drop(Duration),
     /// Stop reading for a while.
     Pause(Duration),
+    /// Move the windowed view at this index to another window (skipped
+    /// when the view is not windowed, not subscribed yet, or the client
+    /// holds that window already).
+    Reanchor(usize, Win),
 }
 
 /// A running client: its state, its command channel and its task.
@@ -73,6 +77,7 @@ const INTERNAL: i32 = 13;
 enum Pending {
     Subscribe(usize),
     Sync(Vec<(usize, u64, u64)>),
+    Reanchor(usize, Win),
 }
 
 /// Starts a client holding `specs` as `who`.
@@ -210,6 +215,11 @@ impl Session {
                     None => return End::Quit,
                     Some(Cmd::Drop(d)) => return End::Away(d),
                     Some(Cmd::Pause(d)) => tokio::time::sleep(d).await,
+                    Some(Cmd::Reanchor(i, w)) => {
+                        if self.reanchor(i, w).await.is_err() {
+                            return End::Reconnect;
+                        }
+                    }
                 },
                 _ = retry.tick() => {
                     if self.resume().await.is_err() {
@@ -230,6 +240,34 @@ impl Session {
             })
             .await
             .map_err(|_| ())
+    }
+
+    /// Sends a `Reanchor` for view `i` if it can move to `w`.
+    async fn reanchor(&mut self, i: usize, w: Win) -> Result<(), ()> {
+        let req = {
+            let g = self.shared.lock().unwrap();
+            let Some(h) = g.views.get(i) else {
+                return Ok(());
+            };
+            let target = ViewSpec {
+                window: Some(w.clone()),
+                ..h.spec.clone()
+            };
+            let movable = h.spec.window.is_some()
+                && h.known
+                && !h.awaiting
+                && !g.views.iter().any(|o| o.spec == target);
+            match (&h.view_id, movable) {
+                (Some(id), true) => Req::Reanchor(pb::ReanchorRequest {
+                    view_id: id.clone(),
+                    window: Some(w.pb()),
+                    session_id: String::new(),
+                }),
+                _ => return Ok(()),
+            }
+        };
+        Stats::inc(&self.stats.reanchors);
+        self.send(req, Pending::Reanchor(i, w)).await
     }
 
     /// Asks for every view not yet asked for on this session (or whose
@@ -262,7 +300,7 @@ impl Session {
                 graph: spec.graph.into(),
                 params: spec.pb_params(),
                 session_id: String::new(),
-                window: None,
+                window: spec.pb_window(),
             });
             self.send(req, Pending::Subscribe(i)).await?;
         }
@@ -274,7 +312,7 @@ impl Session {
                     params: spec.pb_params(),
                     epoch: *epoch,
                     version: *version,
-                    window: None,
+                    window: spec.pb_window(),
                 })
                 .collect();
             let sent = syncs.iter().map(|(i, _, e, v)| (*i, *e, *v)).collect();
@@ -328,6 +366,15 @@ impl Session {
         let label = g.label.clone();
         let mut learned = Vec::new();
         match (p, r.result) {
+            (Pending::Reanchor(i, w), Some(pb::reply::Result::Reanchor(_))) => {
+                // The diff may have come first; from now on the view is the
+                // new window (a broken session before this reply resumes
+                // the old one, and a snapshot sorts out what it held).
+                g.views[i].spec.window = Some(w);
+            }
+            (Pending::Reanchor(..), _) => {
+                Stats::inc(&stats.request_errors);
+            }
             (Pending::Subscribe(i), Some(pb::reply::Result::Subscribe(s))) => {
                 // Still awaiting: the snapshot follows the reply.
                 let h = &mut g.views[i];
@@ -391,6 +438,7 @@ impl Session {
                 let idx: Vec<usize> = match p {
                     Pending::Subscribe(i) => vec![i],
                     Pending::Sync(s) => s.into_iter().map(|(i, _, _)| i).collect(),
+                    Pending::Reanchor(..) => vec![],
                 };
                 for i in idx {
                     g.views[i].awaiting = false;
@@ -439,7 +487,15 @@ fn apply(label: &str, h: &mut Held, f: &pb::ViewFrame, stats: &Stats) -> Result<
             h.awaiting = false;
             h.owed = None;
         }
-        Some(Body::Diff(_)) if f.epoch != h.state.epoch || f.prev_version != h.state.version => {
+        // A re-anchor diff applies on a version of another epoch.
+        Some(Body::Diff(_))
+            if (if f.prev_epoch != 0 {
+                f.prev_epoch
+            } else {
+                f.epoch
+            }) != h.state.epoch
+                || f.prev_version != h.state.version =>
+        {
             Stats::inc(&stats.gaps);
             println!(
                 "GAP {label} {}: diff {}->{} (epoch {}) on version {} (epoch {}){}",

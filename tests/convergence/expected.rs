@@ -11,7 +11,7 @@ use arcana::engine::{row_id, Fields, Ref, RowKey, Value};
 use arcana::postgres::named::rewrite_with;
 use arcana::postgres::values::SqlValue;
 
-use super::model::{Graph, ViewSpec, Who};
+use super::model::{Graph, ViewSpec, Who, Win};
 
 /// `sql` with every `:name` replaced by a literal.
 fn literal_sql(sql: &str, who: &Who, spec: &ViewSpec) -> Result<String, String> {
@@ -64,10 +64,12 @@ pub async fn expected(
     db.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .map_err(err)?;
-    let rows = db
-        .query(&literal_sql(g.sql, who, spec)?, &[])
-        .await
-        .map_err(err);
+    let mut sql = literal_sql(g.sql, who, spec)?;
+    if spec.window.is_some() {
+        // Every windowed graph here orders by `pos, id`.
+        sql = format!("SELECT * FROM ({sql}) w ORDER BY w.pos, w.id");
+    }
+    let rows = db.query(&sql, &[]).await.map_err(err);
     let total = match (g.total_sql, &rows) {
         (Some(t), Ok(_)) => Some(
             db.query_one(&literal_sql(t, who, spec)?, &[])
@@ -86,11 +88,11 @@ pub async fn expected(
         total,
         ..Default::default()
     };
-    let mut merge = |table: &str, id: &str, fields: Fields| {
-        out_rows_merge(&mut out.rows, RowKey::new(table, id), fields)
-    };
-    let mut refs = Vec::new();
+    // Each row's ref, order key and the rows it brings (merged only for the
+    // refs a window keeps).
+    let mut entries: Vec<Entry> = Vec::new();
     for row in rows {
+        let mut brings = Vec::new();
         let mut top = Fields::new();
         let mut parts: BTreeMap<String, Fields> = BTreeMap::new();
         for (i, col) in row.columns().iter().enumerate() {
@@ -118,15 +120,67 @@ pub async fn expected(
             let nid = key_of(&["id".to_owned()], &fields)?;
             let mut n = Ref::new(table, &nid);
             n.fields = fields.keys().cloned().collect();
-            merge(table, &nid, fields);
+            brings.push((table.clone(), nid, fields));
             r.nested.insert(name.clone(), n);
         }
-        merge(g.table, &id, top);
-        refs.push(r);
+        let int = |f: &str| match top.get(f) {
+            Some(Value::Int(i)) => *i,
+            _ => 0,
+        };
+        let order = (int("pos"), int("id"));
+        brings.push((g.table.to_owned(), id, top));
+        entries.push((r, order, brings));
     }
-    out.refs = refs;
+    let (from, to) = match &spec.window {
+        Some(w) => {
+            let keys: Vec<(i64, i64)> = entries.iter().map(|e| e.1).collect();
+            let (from, to) = window_range(&keys, w);
+            out.window = Some(arcana::engine::WindowEdges {
+                has_before: from > 0,
+                has_after: to < keys.len(),
+            });
+            (from, to)
+        }
+        None => (0, entries.len()),
+    };
+    for (r, _, brings) in entries.drain(..).skip(from).take(to - from) {
+        for (table, id, fields) in brings {
+            out_rows_merge(&mut out.rows, RowKey::new(&table, &id), fields);
+        }
+        out.refs.push(r);
+    }
     Ok(out)
 }
+
+/// The slice of `keys` (sorted) a window holds, as the protocol defines it.
+fn window_range(keys: &[(i64, i64)], w: &Win) -> (usize, usize) {
+    use arcana::proto::WindowDirection as D;
+    let limit = w.limit as usize;
+    match (D::try_from(w.dir).unwrap_or(D::After), w.cursor) {
+        (D::Before, None) => (keys.len().saturating_sub(limit), keys.len()),
+        (D::Before, Some(c)) => {
+            let end = keys.partition_point(|k| *k < c);
+            (end.saturating_sub(limit), end)
+        }
+        (D::Around, Some(c)) => {
+            let at = keys.partition_point(|k| *k < c);
+            let before = limit / 2;
+            (
+                at.saturating_sub(before),
+                (at + limit - before).min(keys.len()),
+            )
+        }
+        (_, None) => (0, limit.min(keys.len())),
+        (_, Some(c)) => {
+            let start = keys.partition_point(|k| *k <= c);
+            (start, (start + limit).min(keys.len()))
+        }
+    }
+}
+
+/// One result row: its ref, its `(pos, id)` order key, and the rows
+/// (table, id, fields) it brings into the view.
+type Entry = (Ref, (i64, i64), Vec<(String, String, Fields)>);
 
 fn out_rows_merge(rows: &mut BTreeMap<RowKey, Fields>, key: RowKey, fields: Fields) {
     rows.entry(key).or_default().extend(fields);

@@ -173,6 +173,8 @@ pub struct Graph {
     pub per_user: bool,
     /// Param names (all ints, all required).
     pub params: &'static [&'static str],
+    /// The `window` config entry of an ordered graph.
+    pub window: Option<&'static str>,
 }
 
 /// A window: `ORDER BY ... LIMIT :limit`, a total and a nested owner.
@@ -193,6 +195,7 @@ ORDER BY i.pos, i.id LIMIT :limit"#,
     patch: Some(r#"{ items = ["title"], people = ["name"] }"#),
     per_user: false,
     params: &["list_id", "limit"],
+    window: None,
 };
 
 /// A self-join: a person's manager is a row of the same table, often one the
@@ -214,6 +217,7 @@ ORDER BY p.rank, p.id LIMIT :limit"#,
     patch: Some(r#"{ people = ["name"] }"#),
     per_user: false,
     params: &["team_id", "limit"],
+    window: None,
 };
 
 /// A composite key of three columns.
@@ -233,6 +237,7 @@ ORDER BY t.weight DESC, t.item_id, t.tag LIMIT :limit"#,
     patch: None,
     per_user: false,
     params: &["min_weight", "limit"],
+    window: None,
 };
 
 /// Per user: the caller's open items.
@@ -250,6 +255,7 @@ ORDER BY i.list_id, i.pos, i.id"#,
     patch: Some(r#"{ items = ["title"] }"#),
     per_user: true,
     params: &[],
+    window: None,
 };
 
 /// Shows the drain marker: a write to it that a view shows means the
@@ -266,11 +272,81 @@ pub const MARKERS: Graph = Graph {
     patch: None,
     per_user: false,
     params: &[],
+    window: None,
+};
+
+/// A list kept live through windows: the same rows as `list_items`, in
+/// `pos, id` order, with no LIMIT of its own.
+pub const ITEM_WINDOW: Graph = Graph {
+    name: "item_window",
+    table: "items",
+    key: &["id"],
+    sql: r#"SELECT i.id, i.title, i.pos, o.id AS "owner.id", o.name AS "owner.name"
+FROM items i LEFT JOIN people o ON o.id = i.owner_id AND o.ws = i.ws
+WHERE i.ws = :workspace_id AND i.list_id = :list_id AND NOT i.done"#,
+    total_sql: Some(
+        "SELECT count(*) FROM items i WHERE i.ws = :workspace_id AND i.list_id = :list_id AND NOT i.done",
+    ),
+    deps: r#"{ items = ["id", "ws", "list_id", "title", "pos", "done", "owner_id"], people = ["id", "ws", "name"] }"#,
+    nested: Some(r#"{ owner = { table = "people", key = ["id"] } }"#),
+    route: Some(r#"{ items = "list_id" }"#),
+    patch: Some(r#"{ items = ["title"], people = ["name"] }"#),
+    per_user: false,
+    params: &["list_id"],
+    window: Some(r#"{ order = ["pos", "id"], max_limit = 100 }"#),
 };
 
 /// Every graph of the schedule (`config_toml` leaves the self-join out when it is off).
-pub fn graphs() -> [&'static Graph; 5] {
-    [&LIST_ITEMS, &TEAM_PEOPLE, &ITEM_TAGS, &MY_ITEMS, &MARKERS]
+pub fn graphs() -> [&'static Graph; 6] {
+    [
+        &LIST_ITEMS,
+        &TEAM_PEOPLE,
+        &ITEM_TAGS,
+        &MY_ITEMS,
+        &MARKERS,
+        &ITEM_WINDOW,
+    ]
+}
+
+/// A window over `item_window`: a limit, an optional (pos, id) cursor and
+/// a direction (`pb::WindowDirection` as i32).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Win {
+    pub limit: u32,
+    pub cursor: Option<(i64, i64)>,
+    pub dir: i32,
+}
+
+impl Win {
+    pub fn pb(&self) -> pb::Window {
+        let int = |i: i64| pb::Value {
+            kind: Some(pb::value::Kind::Int(i)),
+        };
+        pb::Window {
+            limit: self.limit,
+            cursor: self
+                .cursor
+                .map(|(p, id)| vec![int(p), int(id)])
+                .unwrap_or_default(),
+            direction: self.dir,
+            inclusive: false,
+        }
+    }
+
+    /// A random window over lists whose positions run 0..20.
+    pub fn random(rng: &mut Rng) -> Win {
+        use pb::WindowDirection as D;
+        let dir = *rng.pick(&[D::After, D::After, D::Before, D::Around]);
+        let cursor = match (dir, rng.chance(0.3)) {
+            (D::Around, _) | (_, false) => Some((rng.range(0, 21), rng.range(0, 60))),
+            _ => None,
+        };
+        Win {
+            limit: rng.range(2, 7) as u32,
+            cursor,
+            dir: dir as i32,
+        }
+    }
 }
 
 /// The graph named `name`.
@@ -283,9 +359,15 @@ pub fn graph(name: &str) -> &'static Graph {
 pub struct ViewSpec {
     pub graph: &'static str,
     pub params: Vec<(&'static str, i64)>,
+    /// For windowed graphs.
+    pub window: Option<Win>,
 }
 
 impl ViewSpec {
+    pub fn pb_window(&self) -> Option<pb::Window> {
+        self.window.as_ref().map(Win::pb)
+    }
+
     pub fn pb_params(&self) -> HashMap<String, pb::Value> {
         self.params
             .iter()
@@ -308,7 +390,11 @@ impl fmt::Display for ViewSpec {
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
-        write!(f, "{}({})", self.graph, p.join(", "))
+        write!(f, "{}({})", self.graph, p.join(", "))?;
+        if let Some(w) = &self.window {
+            write!(f, "[{w:?}]")?;
+        }
+        Ok(())
     }
 }
 
@@ -317,7 +403,18 @@ pub fn catalog(self_join: bool) -> Vec<ViewSpec> {
     let v = |graph, params: &[(&'static str, i64)]| ViewSpec {
         graph,
         params: params.to_vec(),
+        window: None,
     };
+    let w =
+        |list: i64, limit: u32, cursor: Option<(i64, i64)>, dir: pb::WindowDirection| ViewSpec {
+            graph: "item_window",
+            params: vec![("list_id", list)],
+            window: Some(Win {
+                limit,
+                cursor,
+                dir: dir as i32,
+            }),
+        };
     let mut out = vec![
         v("list_items", &[("list_id", 1), ("limit", 3)]),
         v("list_items", &[("list_id", 1), ("limit", 5)]),
@@ -326,6 +423,10 @@ pub fn catalog(self_join: bool) -> Vec<ViewSpec> {
         v("item_tags", &[("min_weight", 0), ("limit", 6)]),
         v("item_tags", &[("min_weight", 5), ("limit", 4)]),
         v("my_items", &[]),
+        w(1, 3, None, pb::WindowDirection::After),
+        w(1, 4, Some((8, 0)), pb::WindowDirection::After),
+        w(2, 5, Some((12, 0)), pb::WindowDirection::Around),
+        w(3, 3, None, pb::WindowDirection::Before),
     ];
     if self_join {
         out.push(v("team_people", &[("team_id", 1), ("limit", 3)]));
@@ -369,6 +470,9 @@ pub fn config_toml(axes: &Axes, slot: &str) -> String {
         }
         if let (true, Some(p)) = (axes.patch, g.patch) {
             s.push_str(&format!("patch = {p}\n"));
+        }
+        if let Some(w) = g.window {
+            s.push_str(&format!("window = {w}\n"));
         }
         for p in g.params {
             s.push_str(&format!(

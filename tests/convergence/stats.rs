@@ -30,6 +30,7 @@ counters! {
     server_kill: "faults: server SIGKILL + restart",
     client_drop: "faults: client connection dropped",
     client_pause: "faults: client stopped reading",
+    reanchors: "windows re-anchored",
     reconnects: "client reconnects",
     connect_failures: "client connect attempts failed",
     subscribes: "subscribes",

@@ -376,6 +376,7 @@ export class ArcanaClient {
   async moveView(v: LiveView<any>, window: WindowSpec): Promise<"moved" | "subscribe"> {
     const key = windowViewKey(v.graph, v.params, window);
     const peers = v.id ? this.byId.get(v.id) : undefined;
+    if (!toPbWindow(window)) return "subscribe"; // the default window is subscribed to, not moved to
     if (v.handles > 1 || (peers && peers.size > 1) || this.views.has(key)) return "subscribe";
     if (!v.id || v.epoch === undefined || v.moving || v.status === "closed" || v.status === "error") {
       return "subscribe";
@@ -390,7 +391,7 @@ export class ArcanaClient {
     this.rekey(v, key);
     let r: ReanchorResponse;
     try {
-      r = await s.reanchor(v.id, toPbWindow(window));
+      r = await s.reanchor(v.id, toPbWindow(window)!);
     } catch (err) {
       const e = ArcanaError.from(err);
       if (e.code === Code.UNAVAILABLE || this.session !== s) {
@@ -622,7 +623,7 @@ export class ArcanaClient {
       params: toParams(v.params),
       epoch: m ? 0n : (v.epoch ?? 0n),
       version: m ? 0n : v.version,
-      window: w ? toPbWindow(w) : undefined,
+      window: w && toPbWindow(w),
     });
   }
 
@@ -654,7 +655,7 @@ export class ArcanaClient {
 
   private async subscribeView(v: LiveView<any>, s: Session, retried = false): Promise<void> {
     try {
-      const r = await s.subscribe(v.graph, toParams(v.params), v.window ? toPbWindow(v.window) : undefined);
+      const r = await s.subscribe(v.graph, toParams(v.params), v.window && toPbWindow(v.window));
       if (v.status === "closed") {
         if (!this.byId.has(r.viewId)) void s.unsubscribe(r.viewId).catch(() => {});
         return;
@@ -706,7 +707,7 @@ export class ArcanaClient {
     this.unbind(l);
     l.id = undefined;
     await s.unsubscribe(old).catch(() => {});
-    const r = await s.subscribe(l.graph, toParams(l.params), toPbWindow(l.window!));
+    const r = await s.subscribe(l.graph, toParams(l.params), l.window && toPbWindow(l.window));
     if (l.status === "closed") {
       if (!this.byId.has(r.viewId)) void s.unsubscribe(r.viewId).catch(() => {});
       return;

@@ -126,8 +126,10 @@ export class WindowView<T = Item> {
   reanchor(cursor: readonly ParamValue[], options: ReanchorOptions = {}): Promise<WindowSnapshot<T>> {
     return this.enqueue(async () => {
       const w = this.view.window!;
+      // The default window has no limit of its own: take the graph's.
+      const limit = options.limit ?? (w.limit || (await this.client.graphInfo(this.graph))?.window?.defaultLimit);
       return windowSpec({
-        limit: options.limit ?? w.limit,
+        limit: limit || this.view.refs.length || 1,
         cursor,
         direction: options.direction ?? w.direction,
         inclusive: options.inclusive ?? w.inclusive,

@@ -10,7 +10,10 @@ export type Direction = "after" | "before" | "around";
 
 /** A window as the caller asks for it. */
 export interface WindowOptions {
-  /** Most rows in the window (default: the graph's default window). */
+  /**
+   * Most rows in the window. Left out, the window is the graph's default
+   * window (its first `default_limit` rows), which takes no cursor.
+   */
   limit?: number;
   /**
    * The order-key values of the anchor row, in the graph's order-key order
@@ -26,7 +29,7 @@ export interface WindowOptions {
 
 /** A window as a view holds it: every part explicit, the cursor encoded. */
 export interface WindowSpec {
-  /** 0 asks for the graph's default. */
+  /** 0: the graph's default window (no cursor, `after`). */
   readonly limit: number;
   readonly cursor: readonly Value[];
   readonly direction: Direction;
@@ -37,14 +40,23 @@ export interface WindowSpec {
 export function windowSpec(opts: WindowOptions = {}): WindowSpec {
   const limit = opts.limit ?? 0;
   if (!Number.isInteger(limit) || limit < 0 || limit > 0xffff_ffff) {
-    throw new RangeError(`window limit must be a whole number, or 0 for the graph's default (got ${limit})`);
+    throw new RangeError(`window limit must be a whole number above 0 (got ${limit})`);
   }
-  return Object.freeze({
+  const w: WindowSpec = Object.freeze({
     limit,
     cursor: Object.freeze((opts.cursor ?? []).map((v) => toValue(v))),
     direction: opts.direction ?? "after",
     inclusive: opts.inclusive ?? false,
   });
+  if (limit === 0 && !isDefault(w)) {
+    throw new RangeError("give the window a limit: without one it is the graph's default window, which takes no cursor or direction");
+  }
+  return w;
+}
+
+/** The graph's default window: what a subscription without a window gets. */
+function isDefault(w: WindowSpec): boolean {
+  return w.limit === 0 && w.cursor.length === 0 && w.direction === "after" && !w.inclusive;
 }
 
 const DIRECTIONS: Record<Direction, WindowDirection> = {
@@ -53,8 +65,9 @@ const DIRECTIONS: Record<Direction, WindowDirection> = {
   around: WindowDirection.AROUND,
 };
 
-/** The protobuf Window for a spec. */
-export function toPbWindow(w: WindowSpec): Window {
+/** The protobuf Window for a spec; none for the graph's default window. */
+export function toPbWindow(w: WindowSpec): Window | undefined {
+  if (isDefault(w)) return undefined;
   return create(WindowSchema, {
     limit: w.limit,
     cursor: [...w.cursor],

@@ -80,6 +80,14 @@ describe("windows", () => {
     assert.deepEqual(shown(last), slice(ROWS - 20, ROWS));
     assert.equal(e.hasBefore, true);
     assert.equal(e.hasAfter, false);
+    // No window: the graph's default one (50 rows from the start); a move keeps its limit.
+    const plain = c.window<Task>("task_window", { project_id: PROJECT });
+    await plain.ready();
+    assert.deepEqual(shown(plain), slice(0, 50));
+    await plain.reanchor(await plain.cursorOf(49));
+    assert.deepEqual(shown(plain), slice(50, 100));
+    assert.throws(() => c.window("task_window", { project_id: PROJECT }, { cursor: [1n, 1n] }), RangeError);
+    plain.close();
     first.close();
     last.close();
   });

@@ -495,7 +495,7 @@ func (c *Client) sendSync(s *session, views []*viewState) error {
 			Params:  vs.params,
 			Epoch:   epoch,
 			Version: version,
-			Window:  window,
+			Window:  onWire(window),
 		})
 	}
 	c.mu.Unlock()
@@ -915,7 +915,7 @@ func (c *Client) subscribe(ctx context.Context, graph string, vals map[string]*p
 				}
 			}
 		}
-		msg := &pb.ClientMessage{Kind: &pb.ClientMessage_Subscribe{Subscribe: &pb.SubscribeRequest{Graph: graph, Params: vals, Window: window}}}
+		msg := &pb.ClientMessage{Kind: &pb.ClientMessage_Subscribe{Subscribe: &pb.SubscribeRequest{Graph: graph, Params: vals, Window: onWire(window)}}}
 		_, _, err = c.request(ctx, s, msg, cl)
 		if err != nil {
 			if Code(err) == codes.Unavailable && ctx.Err() == nil {
@@ -942,6 +942,10 @@ func (c *Client) subscribe(ctx context.Context, graph string, vals map[string]*p
 		}
 		select {
 		case <-v.vs().ready:
+			// ready closes while the first frames are published under c.mu:
+			// wait for that to end, so their updates are all queued on v.
+			c.mu.Lock()
+			c.mu.Unlock()
 			return v, nil
 		case <-v.done:
 			if err := v.Err(); err != nil {

@@ -37,8 +37,9 @@ func (d Direction) pb() pb.WindowDirection {
 // Window places a window over an ordered graph: up to Limit rows next to
 // the row whose order-key values are Cursor.
 type Window struct {
-	// Limit is the most rows; 0 is the graph's default window (and, for
-	// Reanchor, the limit the window has now).
+	// Limit is the most rows. The zero Window is the graph's default window
+	// (its first default_limit rows); any other needs a Limit, except for
+	// Reanchor, where 0 keeps the limit the window has.
 	Limit uint32
 	// Cursor holds the order-key values of the anchor row, in the graph's
 	// order (GraphInfo.Window.Order; View.CursorAt reads them off a row),
@@ -47,6 +48,22 @@ type Window struct {
 	Direction Direction
 	// Inclusive puts the anchor row itself in an After or Before window.
 	Inclusive bool
+}
+
+// isDefault reports whether w is the graph's default window: the one a
+// subscription without a window gets, so it is sent as none.
+func isDefault(w *pb.Window) bool {
+	return w.GetLimit() == 0 && len(w.GetCursor()) == 0 && !w.GetInclusive() &&
+		(w.GetDirection() == pb.WindowDirection_WINDOW_DIRECTION_AFTER ||
+			w.GetDirection() == pb.WindowDirection_WINDOW_DIRECTION_UNSPECIFIED)
+}
+
+// onWire is the window as a request carries it: none for the default one.
+func onWire(w *pb.Window) *pb.Window {
+	if w == nil || isDefault(w) {
+		return nil
+	}
+	return w
 }
 
 func (w Window) toPB() (*pb.Window, error) {
@@ -108,6 +125,10 @@ func (c *Client) Window(ctx context.Context, graph string, params Params, w Wind
 	if err != nil {
 		return nil, &Error{Code: codes.InvalidArgument, Message: err.Error(), Op: op}
 	}
+	if pw.Limit == 0 && !isDefault(pw) {
+		return nil, &Error{Code: codes.InvalidArgument, Op: op,
+			Message: "give the window a Limit: without one it is the graph's default window, which takes no cursor or direction"}
+	}
 	return c.subscribe(ctx, graph, vals, pw)
 }
 
@@ -148,6 +169,14 @@ func (v *View) Reanchor(ctx context.Context, w Window) error {
 		if cur := v.Window(); cur != nil {
 			pw.Limit = cur.GetLimit()
 		}
+	}
+	if pw.Limit == 0 {
+		// Moving off the default window: it has the graph's default limit.
+		info, err := v.c.windowOrder(ctx, v.Graph())
+		if err != nil {
+			return err
+		}
+		pw.Limit = info.GetWindow().GetDefaultLimit()
 	}
 	return v.moveTo(ctx, pw)
 }
@@ -489,7 +518,7 @@ func (c *Client) relocate(ctx context.Context, s *session, vs *viewState) error 
 	}
 	cl := &call{op: op, onAbandon: rebind}
 	cl.onReply = func(r *pb.Reply) any { rebind(r); return nil }
-	msg := &pb.ClientMessage{Kind: &pb.ClientMessage_Subscribe{Subscribe: &pb.SubscribeRequest{Graph: vs.graph, Params: vs.params, Window: w}}}
+	msg := &pb.ClientMessage{Kind: &pb.ClientMessage_Subscribe{Subscribe: &pb.SubscribeRequest{Graph: vs.graph, Params: vs.params, Window: onWire(w)}}}
 	reply, _, err := c.request(ctx, s, msg, cl)
 	if err != nil {
 		return err

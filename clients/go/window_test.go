@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+
 	arcana "github.com/arcana-sync/arcana/clients/go"
 )
 
@@ -86,6 +88,21 @@ func TestAWindowShowsItsRowsInOrderWithItsEdges(t *testing.T) {
 	expectRows(t, last, bigRows-20, bigRows, "last rows")
 	if !last.HasBefore() || last.HasAfter() {
 		t.Fatalf("edges of the last rows: before %v, after %v", last.HasBefore(), last.HasAfter())
+	}
+	// The zero Window is the graph's default one (50 rows from the start);
+	// a move keeps its limit.
+	plain, err := c.Window(ctx, "task_window", bigParams, arcana.Window{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectRows(t, plain, 0, 50, "default window")
+	cur, _ := plain.CursorAt(ctx, nil, 49)
+	if err := plain.Reanchor(ctx, arcana.Window{Cursor: cur}); err != nil {
+		t.Fatal(err)
+	}
+	expectRows(t, plain, 50, 100, "moved from the default window")
+	if _, err := c.Window(ctx, "task_window", bigParams, arcana.Window{Cursor: cur}); arcana.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a cursor without a limit: %v", err)
 	}
 }
 

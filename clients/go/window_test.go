@@ -131,6 +131,11 @@ func TestReanchorMovesTheWindowInPlaceAndItStaysLive(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectRows(t, w, 25, 35, "around row 30")
+	// A refused move (a cursor of the wrong length) leaves the window where it was.
+	if err := w.Reanchor(ctx, arcana.Window{Cursor: []any{1}}); arcana.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a one-value cursor: %v", err)
+	}
+	expectRows(t, w, 25, 35, "after a refused move")
 	var target int64
 	fmt.Sscan(bigOrder[28], &target)
 	if _, err := c.Mutate(ctx, "update_task", arcana.Params{"id": target, "title": "Renamed in the window"}); err != nil {
@@ -139,6 +144,11 @@ func TestReanchorMovesTheWindowInPlaceAndItStaysLive(t *testing.T) {
 	if got := title(w.State(), bigOrder[28]); got != "Renamed in the window" {
 		t.Fatalf("title in the window: %q", got)
 	}
+	// Moves go on after the refused one; an Around window grows from its first row.
+	if err := w.LoadMore(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	expectRows(t, w, 25, 36, "load more after a refused move")
 }
 
 func TestLoadMoreAndLoadPreviousGrowTheWindowAndSlidePastTheLargest(t *testing.T) {

@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { createGrpcWebTransport } from "@connectrpc/connect-node";
 import pg from "pg";
-import { ArcanaClient, type WindowView, createNodeClient } from "../../src/node.js";
+import { ArcanaClient, Code, type WindowView, createNodeClient } from "../../src/node.js";
 import { type DemoServer, startDemo } from "../support/server.js";
 import { type Proxy, startProxy } from "../support/proxy.js";
 
@@ -104,7 +104,11 @@ describe("windows", () => {
     assert.equal(moved.moving, false);
     const around = await w.reanchor(await w.cursorOf(10), { direction: "around", limit: 10 });
     assert.deepEqual(around.items.map((t) => t.id), slice(30 - 5, 30 + 5));
-    // A write inside the window shows; so does the window's own Sync state.
+    // A refused move (a cursor of the wrong length) leaves the window where it was.
+    await assert.rejects(w.reanchor([1n]), { code: Code.INVALID_ARGUMENT });
+    assert.deepEqual(shown(w), slice(25, 35));
+    assert.equal(w.window.direction, "around");
+    // A write inside the window shows.
     const target = order[28]!;
     await c.mutate("update_task", { id: target, title: "Renamed in the window" });
     assert.equal(w.items.find((t) => t.id === target)?.title, "Renamed in the window");

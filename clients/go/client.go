@@ -57,6 +57,10 @@ type Client struct {
 	// unsub maps a view id to the request id of the latest Unsubscribe
 	// sent for it on the current session.
 	unsub map[string]uint64
+
+	// registry is the Describe answer windows read their graph's order from.
+	regMu    sync.Mutex
+	registry *pb.DescribeResponse
 }
 
 // session is one Connect stream.
@@ -72,7 +76,19 @@ type session struct {
 	// guarded by Client.mu
 	pending map[uint64]*call
 	lost    bool
+
+	// parts holds snapshots arriving in parts; the reader goroutine's own.
+	parts snapshotParts
+	// syncing counts the Syncs in flight. Meanwhile frames of ids no view
+	// has yet are kept in orphans (the reader goroutine's own): a view
+	// synced onto its window may come back under another id, whose frames
+	// precede the reply that names it.
+	syncing atomic.Int32
+	orphans []*pb.ViewFrame
 }
+
+// maxOrphans bounds the frames kept for ids a Sync has yet to name.
+const maxOrphans = 10_000
 
 // call is one request waiting for its reply.
 type call struct {
@@ -413,7 +429,7 @@ func (c *Client) runSession() (opened bool, err error) {
 
 	// Sync first: nothing else can be sent on s before it is published.
 	if len(views) > 0 {
-		sort.Slice(views, func(i, j int) bool { return views[i].id < views[j].id })
+		sort.Slice(views, func(i, j int) bool { return views[i].id() < views[j].id() })
 		if err := c.sendSync(s, views); err != nil {
 			return true, err
 		}
@@ -464,26 +480,91 @@ func (c *Client) runSession() (opened bool, err error) {
 // first, then the reply, which the reader hands to onSyncReply.
 func (c *Client) sendSync(s *session, views []*viewState) error {
 	req := &pb.SyncRequest{}
+	c.mu.Lock()
 	for _, vs := range views {
 		epoch, version := vs.position()
+		window := vs.window
+		if m := vs.moving; m != nil {
+			// Mid re-anchor it is unknown which window the rows are of:
+			// ask for the new one from scratch (no epoch: a snapshot).
+			m.bySnapshot = true
+			window, epoch, version = m.window, 0, 0
+		}
 		req.Views = append(req.Views, &pb.SyncView{
 			Graph:   vs.graph,
 			Params:  vs.params,
 			Epoch:   epoch,
 			Version: version,
+			Window:  onWire(window),
 		})
 	}
+	c.mu.Unlock()
 	cl := &call{
 		op:        "sync",
 		onReply:   func(r *pb.Reply) any { c.onSyncReply(s, views, r); return nil },
 		onAbandon: func(r *pb.Reply) { c.onSyncReply(s, views, r) },
 		done:      make(chan struct{}),
 	}
+	s.syncing.Add(1)
 	_, err := c.send(s, &pb.ClientMessage{Kind: &pb.ClientMessage_Sync{Sync: req}}, cl)
+	if err != nil {
+		s.syncing.Add(-1)
+	}
 	return err
 }
 
+// rebindSynced files views the sync reply names by another id under that
+// id, then applies the frames that came for it before the reply. Runs on
+// the reader goroutine.
+func (c *Client) rebindSynced(s *session, views []*viewState, results []*pb.SyncResult) {
+	defer func() {
+		if s.syncing.Add(-1) <= 0 {
+			s.orphans = nil
+		}
+	}()
+	moved := map[string]bool{}
+	c.mu.Lock()
+	for i, vs := range views {
+		if i >= len(results) {
+			break
+		}
+		id := results[i].GetViewId()
+		if id == "" || id == vs.id() || results[i].GetError() != nil || c.views[vs.id()] != vs {
+			continue
+		}
+		if c.views[id] != nil {
+			continue // another view of this client holds that id already
+		}
+		delete(c.views, vs.id())
+		c.views[id] = vs
+		vs.idv.Store(id)
+		moved[id] = true
+	}
+	c.mu.Unlock()
+	if len(moved) == 0 || len(s.orphans) == 0 {
+		return
+	}
+	var replay, keep []*pb.ViewFrame
+	for _, f := range s.orphans {
+		if moved[f.GetViewId()] {
+			replay = append(replay, f)
+		} else {
+			keep = append(keep, f)
+		}
+	}
+	s.orphans = keep
+	c.onFrames(s, replay)
+}
+
 func (c *Client) onSyncReply(s *session, views []*viewState, r *pb.Reply) {
+	c.rebindSynced(s, views, r.GetSync().GetResults())
+	c.mu.Lock()
+	for _, vs := range views {
+		if vs.window != nil {
+			vs.origin = vs.window
+		}
+	}
+	c.mu.Unlock()
 	for _, vs := range views {
 		vs.resyncing.Store(false)
 	}
@@ -508,17 +589,21 @@ func (c *Client) onSyncReply(s *session, views []*viewState, r *pb.Reply) {
 			break
 		}
 		res := results[i]
-		live := c.views[vs.id] == vs
+		live := c.views[vs.id()] == vs
 		if !live {
 			// Closed while the sync was in flight: the server attached it again.
 			if res.GetError() == nil {
-				orphans = append(orphans, vs.id)
+				id := res.GetViewId()
+				if id == "" {
+					id = vs.id()
+				}
+				orphans = append(orphans, id)
 			}
 			continue
 		}
 		if e := res.GetError(); e != nil {
 			err := fromPB("sync "+vs.graph, e)
-			delete(c.views, vs.id)
+			delete(c.views, vs.id())
 			vs.setStatusLocked(StatusError, err)
 			vs.pushStatusLocked()
 			for h := range vs.handles {
@@ -529,7 +614,7 @@ func (c *Client) onSyncReply(s *session, views []*viewState, r *pb.Reply) {
 		}
 		st := vs.state.Load()
 		if st != nil && (st.Epoch != res.GetEpoch() || st.Version != res.GetVersion()) {
-			c.log.Warn("arcana: view not at the synced version", "view", vs.id,
+			c.log.Warn("arcana: view not at the synced version", "view", vs.id(),
 				"have", st.Version, "want", res.GetVersion())
 		}
 		// The frames of the sync came before its reply: the view is current.
@@ -656,6 +741,8 @@ type applied struct {
 	// StatusLive or StatusError (with frameErr); 0 when there was none.
 	outcome  Status
 	frameErr *Error
+	// snapshot is set when a snapshot was applied.
+	snapshot bool
 }
 
 // onFrames applies the frames of one message (a frame, or a batch) in order,
@@ -666,17 +753,26 @@ type applied struct {
 func (c *Client) onFrames(s *session, frames []*pb.ViewFrame) {
 	var order []*applied
 	byView := map[string]*applied{}
-	for _, f := range frames {
+	for _, part := range frames {
+		f := part
+		if s != nil {
+			if f = s.parts.push(part); f == nil {
+				continue // a snapshot part: applied once the last is in
+			}
+		}
 		a := byView[f.GetViewId()]
 		if a == nil {
 			c.mu.Lock()
 			vs := c.views[f.GetViewId()]
 			c.mu.Unlock()
 			if vs == nil {
-				continue // unsubscribed meanwhile
+				if s != nil && s.syncing.Load() > 0 && len(s.orphans) < maxOrphans {
+					s.orphans = append(s.orphans, f)
+				}
+				continue // unsubscribed meanwhile, or named by a Sync reply to come
 			}
 			a = &applied{vs: vs, state: vs.state.Load()}
-			byView[vs.id] = a
+			byView[vs.id()] = a
 			order = append(order, a)
 		}
 		c.applyFrame(a, f)
@@ -695,8 +791,9 @@ func (c *Client) applyFrame(a *applied, f *pb.ViewFrame) {
 	switch body := f.GetBody().(type) {
 	case *pb.ViewFrame_Snapshot:
 		a.set(Update{Kind: UpdateSnapshot, State: stateFromSnapshot(f, body.Snapshot)})
+		a.snapshot = true
 	case *pb.ViewFrame_Diff:
-		if cur == nil || cur.Epoch != f.GetEpoch() || cur.Version != f.GetPrevVersion() {
+		if !cur.continues(f) {
 			if cur != nil && cur.Epoch == f.GetEpoch() && f.GetVersion() <= cur.Version {
 				return // already applied (a catch-up can repeat queued diffs)
 			}
@@ -710,7 +807,7 @@ func (c *Client) applyFrame(a *applied, f *pb.ViewFrame) {
 		}
 		a.set(Update{Kind: UpdateDiff, State: next})
 	case *pb.ViewFrame_Error:
-		err := fromPB("view "+a.vs.id, &pb.Error{Code: body.Error.GetCode(), Message: body.Error.GetMessage()})
+		err := fromPB("view "+a.vs.id(), &pb.Error{Code: body.Error.GetCode(), Message: body.Error.GetMessage()})
 		a.updates = append(a.updates, Update{Kind: UpdateError, State: cur, Err: err})
 		a.outcome, a.frameErr = StatusError, err
 	}
@@ -755,6 +852,7 @@ func (c *Client) publish(a *applied) {
 	}
 	if a.changed {
 		a.vs.setState(a.state)
+		a.vs.arrivedLocked(a.snapshot)
 	}
 	for h := range a.vs.handles {
 		for _, u := range a.updates {
@@ -771,10 +869,10 @@ func (c *Client) resync(s *session, vs *viewState, why string) {
 	if !vs.resyncing.CompareAndSwap(false, true) {
 		return
 	}
-	c.log.Warn("arcana: resyncing view", "view", vs.id, "why", why)
+	c.log.Warn("arcana: resyncing view", "view", vs.id(), "why", why)
 	go func() {
 		if err := c.sendSync(s, []*viewState{vs}); err != nil {
-			c.log.Warn("arcana: resync not sent", "view", vs.id, "error", err)
+			c.log.Warn("arcana: resync not sent", "view", vs.id(), "error", err)
 		}
 	}()
 }
@@ -782,11 +880,18 @@ func (c *Client) resync(s *session, vs *viewState, why string) {
 // Subscribe subscribes to a graph view and returns once its first snapshot
 // is applied. If the session drops before the reply, it retries on the next.
 func (c *Client) Subscribe(ctx context.Context, graph string, params Params) (*View, error) {
-	op := "subscribe " + graph
 	vals, err := toValues(params)
 	if err != nil {
-		return nil, &Error{Code: codes.InvalidArgument, Message: err.Error(), Op: op}
+		return nil, &Error{Code: codes.InvalidArgument, Message: err.Error(), Op: "subscribe " + graph}
 	}
+	return c.subscribe(ctx, graph, vals, nil)
+}
+
+// subscribe subscribes to a view of graph (a window of it when window is
+// set) and returns a new handle once its first snapshot is applied.
+func (c *Client) subscribe(ctx context.Context, graph string, vals map[string]*pb.Value, window *pb.Window) (*View, error) {
+	op := "subscribe " + graph
+	relocated := false
 	for {
 		s, err := c.waitSession(ctx)
 		if err != nil {
@@ -798,7 +903,7 @@ func (c *Client) Subscribe(ctx context.Context, graph string, params Params) (*V
 			if sr == nil {
 				return nil
 			}
-			return c.attach(cl.id, graph, vals, sr)
+			return c.attach(cl.id, graph, vals, window, sr)
 		}
 		cl.onAbandon = func(r *pb.Reply) {
 			if sr := r.GetSubscribe(); sr != nil {
@@ -810,7 +915,7 @@ func (c *Client) Subscribe(ctx context.Context, graph string, params Params) (*V
 				}
 			}
 		}
-		msg := &pb.ClientMessage{Kind: &pb.ClientMessage_Subscribe{Subscribe: &pb.SubscribeRequest{Graph: graph, Params: vals}}}
+		msg := &pb.ClientMessage{Kind: &pb.ClientMessage_Subscribe{Subscribe: &pb.SubscribeRequest{Graph: graph, Params: vals, Window: onWire(window)}}}
 		_, _, err = c.request(ctx, s, msg, cl)
 		if err != nil {
 			if Code(err) == codes.Unavailable && ctx.Err() == nil {
@@ -819,6 +924,16 @@ func (c *Client) Subscribe(ctx context.Context, graph string, params Params) (*V
 			return nil, err
 		}
 		if e := cl.reply.GetError(); e != nil {
+			// The session keeps a window's id for the subscription that was
+			// re-anchored away from it: give that one an id of its own, retry.
+			if codes.Code(e.GetCode()) == codes.AlreadyExists && window != nil && !relocated {
+				if mover := c.movedFrom(graph, vals, window); mover != nil {
+					relocated = true
+					if err := c.relocate(ctx, s, mover); err == nil {
+						continue
+					}
+				}
+			}
 			return nil, fromPB(op, e)
 		}
 		v, _ := cl.result.(*View)
@@ -826,7 +941,11 @@ func (c *Client) Subscribe(ctx context.Context, graph string, params Params) (*V
 			continue // superseded by an Unsubscribe sent after it: try again
 		}
 		select {
-		case <-v.vs.ready:
+		case <-v.vs().ready:
+			// ready closes while the first frames are published under c.mu:
+			// wait for that to end, so their updates are all queued on v.
+			c.mu.Lock()
+			c.mu.Unlock()
 			return v, nil
 		case <-v.done:
 			if err := v.Err(); err != nil {
@@ -861,7 +980,7 @@ func (c *Client) wait(ctx context.Context, cl *call) error {
 
 // attach records a subscribe reply: the shared view state (created on the
 // first subscription) and a new handle. Runs on the reader goroutine.
-func (c *Client) attach(reqID uint64, graph string, vals map[string]*pb.Value, sr *pb.SubscribeResponse) any {
+func (c *Client) attach(reqID uint64, graph string, vals map[string]*pb.Value, window *pb.Window, sr *pb.SubscribeResponse) any {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed || c.fatal != nil {
@@ -875,9 +994,11 @@ func (c *Client) attach(reqID uint64, graph string, vals map[string]*pb.Value, s
 	vs := c.views[sr.GetViewId()]
 	if vs == nil {
 		vs = newViewState(sr.GetViewId(), graph, vals, sr.GetEpoch())
-		c.views[vs.id] = vs
+		vs.window, vs.origin = window, window
+		c.views[vs.id()] = vs
 	}
-	h := &View{c: c, vs: vs, updates: make(chan Update, c.o.updateBuf), done: make(chan struct{})}
+	h := &View{c: c, updates: make(chan Update, c.o.updateBuf), done: make(chan struct{})}
+	h.cur.Store(vs)
 	vs.handles[h] = struct{}{}
 	return h
 }
@@ -890,16 +1011,16 @@ func (c *Client) closeView(v *View, err error) {
 		return
 	}
 	v.stop(err)
-	vs := v.vs
+	vs := v.vs()
 	delete(vs.handles, v)
-	last := len(vs.handles) == 0 && c.views[vs.id] == vs
+	last := len(vs.handles) == 0 && c.views[vs.id()] == vs
 	if last {
-		delete(c.views, vs.id)
+		delete(c.views, vs.id())
 	}
 	s := c.sess
 	c.mu.Unlock()
 	if last && s != nil {
-		c.sendUnsubscribe(s, vs.id)
+		c.sendUnsubscribe(s, vs.id())
 	}
 }
 

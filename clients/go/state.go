@@ -77,6 +77,10 @@ type State struct {
 	Rows    map[RowKey]*Row
 	// Total is the graph's total count, when it defines one.
 	Total *int64
+	// HasBefore and HasAfter say, for a windowed view, whether the list
+	// has rows before the first ref and after the last.
+	HasBefore bool
+	HasAfter  bool
 }
 
 // Row returns the row a ref points to, or nil.
@@ -127,6 +131,9 @@ func (s *State) Equal(o *State) bool {
 		return false
 	}
 	if (s.Total == nil) != (o.Total == nil) || (s.Total != nil && *s.Total != *o.Total) {
+		return false
+	}
+	if s.HasBefore != o.HasBefore || s.HasAfter != o.HasAfter {
 		return false
 	}
 	for i := range s.Refs {
@@ -203,6 +210,9 @@ func stateFromSnapshot(f *pb.ViewFrame, snap *pb.Snapshot) *State {
 		Refs:    snap.GetRefs(),
 		Rows:    make(map[RowKey]*Row, len(snap.GetRows())),
 		Total:   totalOf(snap.Total != nil, snap.GetTotal()),
+
+		HasBefore: snap.GetWindow().GetHasBefore(),
+		HasAfter:  snap.GetWindow().GetHasAfter(),
 	}
 	if st.Refs == nil {
 		st.Refs = []*pb.Ref{}
@@ -215,8 +225,19 @@ func stateFromSnapshot(f *pb.ViewFrame, snap *pb.Snapshot) *State {
 	return st
 }
 
+// continues reports whether diff frame f applies on s: a diff applies on top
+// of (prev_epoch, or else epoch; prev_version). A re-anchor diff names the
+// epoch it starts from when the window moved onto another life of the view.
+func (s *State) continues(f *pb.ViewFrame) bool {
+	base := f.GetPrevEpoch()
+	if base == 0 {
+		base = f.GetEpoch()
+	}
+	return s != nil && s.Epoch == base && s.Version == f.GetPrevVersion()
+}
+
 // applyDiff returns the state after diff frame f, leaving s untouched. The
-// caller has checked that f continues s (same epoch, prev_version).
+// caller has checked that f continues s.
 func (s *State) applyDiff(f *pb.ViewFrame, d *pb.ViewDiff) (*State, error) {
 	next := &State{
 		ViewID:  s.ViewID,
@@ -225,6 +246,9 @@ func (s *State) applyDiff(f *pb.ViewFrame, d *pb.ViewDiff) (*State, error) {
 		Refs:    append([]*pb.Ref(nil), s.Refs...),
 		Rows:    maps.Clone(s.Rows),
 		Total:   s.Total,
+
+		HasBefore: s.HasBefore,
+		HasAfter:  s.HasAfter,
 	}
 	if next.Rows == nil {
 		next.Rows = map[RowKey]*Row{}
@@ -255,6 +279,9 @@ func (s *State) applyDiff(f *pb.ViewFrame, d *pb.ViewDiff) (*State, error) {
 	}
 	if d.Total != nil {
 		next.Total = totalOf(true, d.GetTotal())
+	}
+	if w := d.GetWindow(); w != nil {
+		next.HasBefore, next.HasAfter = w.GetHasBefore(), w.GetHasAfter()
 	}
 	next.collect()
 	return next, nil

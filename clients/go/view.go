@@ -122,7 +122,9 @@ type Update struct {
 // viewState is the client's copy of one server view, shared by every View
 // handle subscribed to the same view id.
 type viewState struct {
-	id     string
+	// idv holds the server's view id (a string). It changes when a Sync or
+	// a relocation gives the view another id; writers hold Client.mu.
+	idv    atomic.Value
 	graph  string
 	params map[string]*pb.Value
 	// epoch from the subscribe reply, used to sync before the first snapshot.
@@ -142,11 +144,18 @@ type viewState struct {
 	handles   map[*View]struct{}
 	status    Status
 	statusErr *Error
+
+	// window is the window the view holds (nil for views of unordered
+	// graphs) and moving a re-anchor on its way; guarded by Client.mu.
+	window *pb.Window
+	moving *moving
+	// origin is the window the view had when the server gave it its id: a
+	// view re-anchored in place keeps the id of the window it left.
+	origin *pb.Window
 }
 
 func newViewState(id, graph string, params map[string]*pb.Value, epoch uint64) *viewState {
-	return &viewState{
-		id:         id,
+	vs := &viewState{
 		graph:      graph,
 		params:     params,
 		replyEpoch: epoch,
@@ -155,7 +164,12 @@ func newViewState(id, graph string, params map[string]*pb.Value, epoch uint64) *
 		handles:    map[*View]struct{}{},
 		status:     StatusConnecting,
 	}
+	vs.idv.Store(id)
+	return vs
 }
+
+// id is the server's view id.
+func (vs *viewState) id() string { return vs.idv.Load().(string) }
 
 // setStatusLocked records the view's status and error, and reports whether
 // the status changed. Called with Client.mu held; the caller then sends
@@ -203,24 +217,31 @@ func (vs *viewState) position() (epoch, version uint64) {
 // reconnects until Close, or until the client is closed or the server refuses
 // the view on a resync (then Err says why).
 type View struct {
-	c       *Client
-	vs      *viewState
+	c *Client
+	// cur is the view state the handle shows; a window handle that moves
+	// off a shared view switches to another one.
+	cur     atomic.Pointer[viewState]
 	updates chan Update
 	done    chan struct{}
+	// moveMu makes the moves of one window handle take turns.
+	moveMu sync.Mutex
 	// guarded by Client.mu
 	closed bool
 	err    error
 }
 
+// vs is the view state the handle shows now.
+func (v *View) vs() *viewState { return v.cur.Load() }
+
 // ID is the view id, "<graph>/<params_hash>".
-func (v *View) ID() string { return v.vs.id }
+func (v *View) ID() string { return v.vs().id() }
 
 // Graph is the graph the view reads.
-func (v *View) Graph() string { return v.vs.graph }
+func (v *View) Graph() string { return v.vs().graph }
 
 // State returns the latest state. It is immutable and safe to use from any
 // goroutine; it is nil only before the first snapshot (Subscribe returns after it).
-func (v *View) State() *State { return v.vs.state.Load() }
+func (v *View) State() *State { return v.vs().state.Load() }
 
 // Updates delivers every change of the view. If the reader falls behind by
 // more than the buffer (WithUpdateBuffer), the oldest updates are dropped;
@@ -241,10 +262,10 @@ func (v *View) Done() <-chan struct{} { return v.done }
 func (v *View) Status() (Status, error) {
 	v.c.mu.Lock()
 	defer v.c.mu.Unlock()
-	if v.vs.statusErr == nil {
-		return v.vs.status, nil
+	if v.vs().statusErr == nil {
+		return v.vs().status, nil
 	}
-	return v.vs.status, v.vs.statusErr
+	return v.vs().status, v.vs().statusErr
 }
 
 // Err is why the view stopped: nil while live and after Close, ErrClosed
@@ -259,7 +280,7 @@ func (v *View) Err() error {
 // state. It does not consume Updates.
 func (v *View) WaitFor(ctx context.Context, cond func(*State) bool) (*State, error) {
 	for {
-		ch, st := v.vs.watch()
+		ch, st := v.vs().watch()
 		if st != nil && cond(st) {
 			return st, nil
 		}
@@ -290,7 +311,7 @@ func (v *View) push(u Update) {
 		return
 	}
 	if u.Status == 0 {
-		u.Status = v.vs.status
+		u.Status = v.vs().status
 	}
 	for {
 		select {

@@ -1,10 +1,11 @@
 // The reactive client: views over a shared row cache, kept live across reconnects.
 import { create } from "@bufbuild/protobuf";
 import { type Transport, createClient } from "@connectrpc/connect";
-import type { DescribeResponse } from "./gen/arcana/v1/describe_pb.js";
+import type { DescribeResponse, GraphInfo } from "./gen/arcana/v1/describe_pb.js";
 import type { Change } from "./gen/arcana/v1/value_pb.js";
 import {
   ArcanaService,
+  type ReanchorResponse,
   type SyncResult,
   SyncMode,
   SyncViewSchema,
@@ -17,6 +18,9 @@ import { ArcanaError, Code, isRetryable } from "./errors.js";
 import { type Session, type SessionMode, type TokenSource, authHeaders, openSession } from "./session.js";
 import { type DecodeOptions, type FieldValue, type Params, fromFields, stringifyJson, toParams, toValue } from "./values.js";
 import { type Item, LiveView, type SyncInfo, type ViewHost, type ViewSnapshot, collectKeys } from "./view.js";
+import { SnapshotParts } from "./parts.js";
+import { type WindowOptions, type WindowSpec, toPbWindow, windowKey, windowSpec } from "./window.js";
+import { WindowView } from "./window-view.js";
 
 /** Where the client's connection stands. */
 export type ClientStatus = "idle" | "connecting" | "open" | "reconnecting" | "failed" | "closed";
@@ -105,6 +109,11 @@ function viewKey(graph: string, params: Params): string {
   return `${graph}\u0000${JSON.stringify(entries)}`;
 }
 
+/** The key of a windowed view: its graph, params and window. */
+function windowViewKey(graph: string, params: Params, w: WindowSpec): string {
+  return `${viewKey(graph, params)}\u0000${windowKey(w)}`;
+}
+
 function describeParam(v: unknown): string {
   const value = toValue(v as never);
   const k = value.kind;
@@ -133,6 +142,10 @@ export class ArcanaClient {
   /** Views by server view id; two param spellings may name one server view. */
   private readonly byId = new Map<string, Set<LiveView<any>>>();
   private orphans: { frame: ViewFrame; at: number }[] = [];
+  /** Snapshots arriving in parts, until their last part. */
+  private readonly parts = new SnapshotParts();
+  /** The registry, fetched once for the windows that need their graph's order. */
+  private registry: Promise<DescribeResponse> | undefined;
   private session: Session | undefined;
   private connecting: Promise<Session> | undefined;
   private _status: ClientStatus = "idle";
@@ -218,14 +231,28 @@ export class ArcanaClient {
    * are shared; balance each call with `view.close()`.
    */
   view<T = Item>(graph: string, params: Params = {}): LiveView<T> {
+    return this.openView<T>(graph, params, undefined);
+  }
+
+  /**
+   * A live window over an ordered graph: up to `limit` rows next to a cursor,
+   * kept live, that moves with `reanchor`, `loadMore` and `loadPrevious`.
+   * Balance each call with `close()`.
+   */
+  window<T = Item>(graph: string, params: Params = {}, options: WindowOptions = {}): WindowView<T> {
+    return new WindowView<T>(this, graph, { ...params }, this.openView<T>(graph, params, windowSpec(options)));
+  }
+
+  /** @internal Opens (or shares) the view of a graph, params and window. */
+  openView<T>(graph: string, params: Params, window: WindowSpec | undefined): LiveView<T> {
     if (this._status === "closed") throw new ArcanaError(Code.CANCELLED, "the client is closed");
-    const key = viewKey(graph, params);
+    const key = window ? windowViewKey(graph, params, window) : viewKey(graph, params);
     let v = this.views.get(key) as LiveView<T> | undefined;
     if (v && v.status !== "error") {
       v.handles++;
       return v;
     }
-    v = new LiveView<T>(graph, { ...params }, key, this.host);
+    v = new LiveView<T>(graph, { ...params }, key, this.host, window);
     v.handles = 1;
     this.views.set(key, v);
     this.adopt(v);
@@ -324,6 +351,78 @@ export class ArcanaClient {
     await Promise.all(waits);
   }
 
+  /**
+   * @internal The registry entry of a graph, from one Describe per client
+   * (fetched again after a failure).
+   */
+  async graphInfo(graph: string): Promise<GraphInfo | undefined> {
+    if (!this.registry) {
+      const r = this.describe();
+      this.registry = r;
+      r.catch(() => {
+        if (this.registry === r) this.registry = undefined;
+      });
+    }
+    return (await this.registry).graphs.find((g) => g.name === graph);
+  }
+
+  /**
+   * @internal Moves a windowed view to `window` in place, with Reanchor.
+   * "subscribe" when it cannot be moved without moving someone else (other
+   * handles share it, or the session holds that window already): the caller
+   * then subscribes to the new window instead. Resolves once the view holds
+   * the new window.
+   */
+  async moveView(v: LiveView<any>, window: WindowSpec): Promise<"moved" | "subscribe"> {
+    const key = windowViewKey(v.graph, v.params, window);
+    const peers = v.id ? this.byId.get(v.id) : undefined;
+    if (!toPbWindow(window)) return "subscribe"; // the default window is subscribed to, not moved to
+    if (v.handles > 1 || (peers && peers.size > 1) || this.views.has(key)) return "subscribe";
+    if (!v.id || v.epoch === undefined || v.moving || v.status === "closed" || v.status === "error") {
+      return "subscribe";
+    }
+    const s = await this.ensureSession();
+    // The view may have closed or gained a sharer while the session opened.
+    if ((v.status as string) === "closed" || !v.id || v.handles > 1 || this.views.has(key)) return "subscribe";
+    const from = v.key;
+    v.moving = { window };
+    const moved = v.until(() => v.moving === undefined);
+    moved.catch(() => {});
+    this.rekey(v, key);
+    let r: ReanchorResponse;
+    try {
+      r = await s.reanchor(v.id, toPbWindow(window)!);
+    } catch (err) {
+      const e = ArcanaError.from(err);
+      if (e.code === Code.UNAVAILABLE || this.session !== s) {
+        // Unknown whether the server moved it: a Sync (now, or on the next
+        // session) asks for the new window outright.
+        if (this.session === s) this.resync(v);
+        await moved;
+        return "moved";
+      }
+      if (v.moving?.window === window) {
+        v.moving = undefined;
+        if (this.views.get(key) === v && !this.views.has(from)) this.rekey(v, from);
+        v.changed(); // what was held back while the reply was awaited
+      }
+      if (e.code === Code.ALREADY_EXISTS) return "subscribe";
+      throw e;
+    }
+    v.reanchored(r.epoch, r.version);
+    await moved;
+    return "moved";
+  }
+
+  /** Files a view under a new key (its window moved). */
+  private rekey(v: LiveView<any>, key: string): void {
+    if (this.views.get(v.key) === v) this.views.delete(v.key);
+    this.forget(v.key);
+    v.key = key;
+    this.views.set(key, v);
+    this.markDirty(v);
+  }
+
   /** The server's registry: graphs, mutations and tables. */
   async describe(): Promise<DescribeResponse> {
     try {
@@ -389,6 +488,7 @@ export class ArcanaClient {
     this.views.clear();
     this.byId.clear();
     this.orphans = [];
+    this.parts.clear();
     this.setStatus("closed");
   }
 
@@ -479,6 +579,7 @@ export class ArcanaClient {
   private sessionLost(s: Session, e: ArcanaError): void {
     if (this.session !== s) return;
     this.session = undefined;
+    this.parts.clear();
     this._error = e;
     for (const v of this.views.values()) {
       if (v.status === "live" || v.status === "stale") v.setStatus("stale", e);
@@ -512,11 +613,17 @@ export class ArcanaClient {
   }
 
   private syncView(v: LiveView<any>) {
+    const m = v.moving;
+    // Mid re-anchor the client holds neither window for sure: ask for the
+    // new one from scratch (no epoch means a snapshot).
+    if (m) m.bySnapshot = true;
+    const w = m?.window ?? v.window;
     return create(SyncViewSchema, {
       graph: v.graph,
       params: toParams(v.params),
-      epoch: v.epoch ?? 0n,
-      version: v.version,
+      epoch: m ? 0n : (v.epoch ?? 0n),
+      version: m ? 0n : v.version,
+      window: w && toPbWindow(w),
     });
   }
 
@@ -546,9 +653,9 @@ export class ArcanaClient {
     }
   }
 
-  private async subscribeView(v: LiveView<any>, s: Session): Promise<void> {
+  private async subscribeView(v: LiveView<any>, s: Session, retried = false): Promise<void> {
     try {
-      const r = await s.subscribe(v.graph, toParams(v.params));
+      const r = await s.subscribe(v.graph, toParams(v.params), v.window && toPbWindow(v.window));
       if (v.status === "closed") {
         if (!this.byId.has(r.viewId)) void s.unsubscribe(r.viewId).catch(() => {});
         return;
@@ -566,14 +673,55 @@ export class ArcanaClient {
       if (this.session !== s || e.code === Code.UNAVAILABLE || e.code === Code.CANCELLED) {
         return; // the session is gone: the next one subscribes again
       }
+      // The session keeps a window's view id for the subscription that was
+      // re-anchored away from it: give that one an id of its own, then retry.
+      const mover = e.code === Code.ALREADY_EXISTS && !retried ? this.movedFrom(v) : undefined;
+      if (mover && v.status !== "closed") {
+        try {
+          await this.relocate(mover, s);
+          return await this.subscribeView(v, s, true);
+        } catch {
+          // fall through: report the first error
+        }
+      }
       this.failView(v, e);
     }
+  }
+
+  /** The view of this client that was re-anchored in place away from `v`'s window. */
+  private movedFrom(v: LiveView<any>): LiveView<any> | undefined {
+    if (!v.window) return undefined;
+    for (const l of this.views.values()) {
+      if (l !== v && l.id && l.origin === v.key && l.key !== v.key && !l.moving) return l;
+    }
+    return undefined;
+  }
+
+  /**
+   * Moves a re-anchored view onto a subscription under its own window's id,
+   * which frees the id of the window it left. It keeps showing its rows
+   * meanwhile; the snapshot of the new subscription brings it up to date.
+   */
+  private async relocate(l: LiveView<any>, s: Session): Promise<void> {
+    const old = l.id!;
+    this.unbind(l);
+    l.id = undefined;
+    await s.unsubscribe(old).catch(() => {});
+    const r = await s.subscribe(l.graph, toParams(l.params), l.window && toPbWindow(l.window));
+    if (l.status === "closed") {
+      if (!this.byId.has(r.viewId)) void s.unsubscribe(r.viewId).catch(() => {});
+      return;
+    }
+    this.bind(l, r.viewId);
+    this.drainOrphans(l);
   }
 
   private bind(v: LiveView<any>, id: string): void {
     if (v.id === id) return;
     this.unbind(v);
     v.id = id;
+    // The server named this id after the window the view holds now.
+    v.origin = v.key;
     let set = this.byId.get(id);
     if (!set) this.byId.set(id, (set = new Set()));
     set.add(v);
@@ -687,6 +835,7 @@ export class ArcanaClient {
         version: v.version,
         total: v.total,
         refs: [...v.refs],
+        ...(v.edges ? { edges: v.edges } : {}),
         savedAt: now,
       };
       this.persisted.set(v.key, p);
@@ -756,7 +905,9 @@ export class ArcanaClient {
     }
   }
 
-  private onFrame(f: ViewFrame): void {
+  private onFrame(part: ViewFrame): void {
+    const f = this.parts.push(part);
+    if (!f) return; // a snapshot part: the view shows it once the last is in
     const views = this.byId.get(f.viewId);
     if (!views) {
       const now = Date.now();

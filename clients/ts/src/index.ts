@@ -11,7 +11,12 @@ export type {
   OptimisticTx,
 } from "./client.js";
 export { LiveView, applyRefOps, unescapeField } from "./view.js";
-export type { Item, SyncInfo, ViewSnapshot, ViewStatus } from "./view.js";
+export type { Item, SyncInfo, ViewSnapshot, ViewStatus, WindowEdgesState } from "./view.js";
+export { WindowView } from "./window-view.js";
+export type { ReanchorOptions, WindowSnapshot } from "./window-view.js";
+export { sameWindow, toPbWindow, windowSpec } from "./window.js";
+export type { Direction, WindowOptions, WindowSpec } from "./window.js";
+export { SnapshotParts } from "./parts.js";
 export { RowCache, rowKey, splitKey } from "./cache.js";
 export type { Fields } from "./cache.js";
 export { ArcanaError, Code, codeName } from "./errors.js";

@@ -15,6 +15,8 @@ export interface PersistedView {
   version: bigint;
   total: bigint | undefined;
   refs: Ref[];
+  /** Windowed views: whether rows exist before and after the window. */
+  edges?: { hasBefore: boolean; hasAfter: boolean };
   /** When it was saved (ms since the epoch); the oldest go first past the limit. */
   savedAt: number;
 }

@@ -1,5 +1,5 @@
 // React bindings: a provider for the client, useView (optionally with
-// Suspense) and useMutation.
+// Suspense), useWindow and useMutation.
 import {
   type ReactNode,
   createContext,
@@ -26,8 +26,10 @@ import {
   type TypedClient,
   untyped,
 } from "./typed.js";
-import type { FieldValue, Params } from "./values.js";
+import type { FieldValue, ParamValue, Params } from "./values.js";
 import type { Item, LiveView, ViewSnapshot } from "./view.js";
+import { type WindowOptions, type WindowSpec, windowKey, windowSpec } from "./window.js";
+import type { ReanchorOptions, WindowSnapshot, WindowView } from "./window-view.js";
 
 const ClientContext = createContext<AnyClient | null>(null);
 
@@ -133,6 +135,111 @@ export function useView<T = Item>(...args: unknown[]): ViewSnapshot<T> {
   );
   const get = useCallback(() => (current ? current.snapshot : (EMPTY as ViewSnapshot<T>)), [current]);
   return useSyncExternalStore(subscribe, get, get);
+}
+
+/** A window's state and the calls that move it. */
+export interface WindowState<T> extends WindowSnapshot<T> {
+  /** See `WindowView.loadMore`; resolves with the new state (never rejects: see `error`). */
+  loadMore(n: number): Promise<WindowSnapshot<T> | undefined>;
+  /** See `WindowView.loadPrevious`. */
+  loadPrevious(n: number): Promise<WindowSnapshot<T> | undefined>;
+  /** See `WindowView.reanchor`. */
+  reanchor(cursor: readonly ParamValue[], options?: ReanchorOptions): Promise<WindowSnapshot<T> | undefined>;
+  /** The handle itself, once mounted (for `cursorOf`, `until`, ...). */
+  handle: WindowView<T> | null;
+}
+
+/** The state of a window before it exists (no graph yet). */
+function emptyWindow(window: WindowSpec): WindowSnapshot<never> {
+  return Object.freeze({ ...EMPTY, hasBefore: false, hasAfter: false, window, moving: false });
+}
+
+/**
+ * A live window over an ordered graph while the component is mounted (see
+ * `client.window`). The first `options` place the window; when they change
+ * later the window re-anchors there (same graph and params), and so do the
+ * returned `reanchor`, `loadMore` and `loadPrevious`. A failed move shows in
+ * `error` and the rows stay those of the last window.
+ */
+export function useWindow<T = Item>(graph: string | null, params?: Params, options?: WindowOptions): WindowState<T>;
+export function useWindow<S extends SchemaShape, G extends GraphName<S>>(
+  client: TypedClient<S>,
+  graph: G,
+  params: GraphParams<S, G>,
+  options?: WindowOptions,
+): WindowState<GraphItem<S, G>>;
+export function useWindow<T = Item>(
+  client: ArcanaClient,
+  graph: string | null,
+  params?: Params,
+  options?: WindowOptions,
+): WindowState<T>;
+export function useWindow<T = Item>(...args: unknown[]): WindowState<T> {
+  const fromContext = typeof args[0] === "string" || args[0] === null;
+  const ctx = useContext(ClientContext);
+  const [c, graph, params = {}, options = {}] = (fromContext ? [ctx, ...args] : args) as [
+    AnyClient | null,
+    string | null,
+    Params | undefined,
+    WindowOptions | undefined,
+  ];
+  if (!c) throw new Error("no Arcana client: pass one or wrap the tree in <ArcanaProvider client={...}>");
+  const client = untyped(c);
+  const spec = windowSpec(options);
+  const where = windowKey(spec);
+  const key = graph === null ? "" : `${graph}\u0000${paramsKey(params)}`;
+  const [handle, setHandle] = useState<WindowView<T> | null>(null);
+  const [moveError, setMoveError] = useState<ArcanaError | undefined>(undefined);
+  const latest = useRef({ params, spec });
+  latest.current = { params, spec };
+  // The window each handle was last told to be at through `options`.
+  const placed = useRef(where);
+  useEffect(() => {
+    if (graph === null) {
+      setHandle(null);
+      return;
+    }
+    const { params: p, spec: w } = latest.current;
+    const h = client.window<T>(graph, p, w);
+    placed.current = windowKey(w);
+    setHandle(h);
+    return () => h.close();
+    // eslint-disable-next-line react-hooks/exhaustive-deps
+  }, [client, key]);
+  const run = useCallback(
+    async (move: (h: WindowView<T>) => Promise<WindowSnapshot<T>>) => {
+      if (!handle) return undefined;
+      try {
+        const s = await move(handle);
+        setMoveError(undefined);
+        return s;
+      } catch (err) {
+        setMoveError(err as ArcanaError);
+        return undefined;
+      }
+    },
+    [handle],
+  );
+  useEffect(() => {
+    if (!handle || placed.current === where) return;
+    placed.current = where;
+    const w = latest.current.spec;
+    void run((h) => h.reanchor(w.cursor, { limit: w.limit, direction: w.direction, inclusive: w.inclusive }));
+  }, [handle, where, run]);
+  const subscribe = useCallback((cb: () => void) => (handle ? handle.subscribe(cb) : () => {}), [handle]);
+  const empty = useRef(emptyWindow(spec));
+  const get = useCallback(
+    () => (handle ? handle.snapshot : (empty.current as WindowSnapshot<T>)),
+    [handle],
+  );
+  const snap = useSyncExternalStore(subscribe, get, get);
+  const loadMore = useCallback((n: number) => run((h) => h.loadMore(n)), [run]);
+  const loadPrevious = useCallback((n: number) => run((h) => h.loadPrevious(n)), [run]);
+  const reanchor = useCallback(
+    (cursor: readonly ParamValue[], o?: ReanchorOptions) => run((h) => h.reanchor(cursor, o)),
+    [run],
+  );
+  return { ...snap, error: snap.error ?? moveError, loadMore, loadPrevious, reanchor, handle };
 }
 
 export interface MutationState<D, P = Params> {

@@ -7,11 +7,13 @@ import {
   type ClientMessage,
   ClientMessageSchema,
   type MutateResponse,
+  type ReanchorResponse,
   type ServerMessage,
   type SessionOpened,
   type SubscribeResponse,
   type SyncResponse,
   type SyncView,
+  type Window,
 } from "./gen/arcana/v1/service_pb.js";
 import type { Value } from "./gen/arcana/v1/value_pb.js";
 import type { ViewFrame } from "./gen/arcana/v1/view_pb.js";
@@ -34,8 +36,10 @@ export interface SessionHandlers {
 /** One server session, whichever the transport. */
 export interface Session {
   readonly info: SessionOpened;
-  subscribe(graph: string, params: Record<string, Value>): Promise<SubscribeResponse>;
+  subscribe(graph: string, params: Record<string, Value>, window?: Window): Promise<SubscribeResponse>;
   unsubscribe(viewId: string): Promise<void>;
+  /** Moves a windowed view to another window; its diff comes on the session stream. */
+  reanchor(viewId: string, window: Window): Promise<ReanchorResponse>;
   sync(views: SyncView[]): Promise<SyncResponse>;
   mutate(mutation: string, params: Record<string, Value>): Promise<MutateResponse>;
   close(): void;
@@ -234,8 +238,11 @@ class BidiSession implements Session {
     return withTimeout(p, timeoutMs, kind.case ?? "request", () => this.pending.delete(id));
   }
 
-  subscribe(graph: string, params: Record<string, Value>): Promise<SubscribeResponse> {
-    return this.request({ case: "subscribe", value: { graph, params } });
+  subscribe(graph: string, params: Record<string, Value>, window?: Window): Promise<SubscribeResponse> {
+    return this.request({ case: "subscribe", value: { graph, params, window } });
+  }
+  reanchor(viewId: string, window: Window): Promise<ReanchorResponse> {
+    return this.request({ case: "reanchor", value: { viewId, window } });
   }
   async unsubscribe(viewId: string): Promise<void> {
     await this.request({ case: "unsubscribe", value: { viewId } });
@@ -332,9 +339,14 @@ class StreamSession implements Session {
     this.handlers.onClose(e);
   }
 
-  subscribe(graph: string, params: Record<string, Value>): Promise<SubscribeResponse> {
+  subscribe(graph: string, params: Record<string, Value>, window?: Window): Promise<SubscribeResponse> {
     return this.call((headers) =>
-      this.client.subscribe({ graph, params, sessionId: this.info.sessionId }, { headers }),
+      this.client.subscribe({ graph, params, window, sessionId: this.info.sessionId }, { headers }),
+    );
+  }
+  reanchor(viewId: string, window: Window): Promise<ReanchorResponse> {
+    return this.call((headers) =>
+      this.client.reanchor({ viewId, window, sessionId: this.info.sessionId }, { headers }),
     );
   }
   async unsubscribe(viewId: string): Promise<void> {

@@ -3,6 +3,8 @@
 import type { ArcanaClient, MutateOptions, MutationResult } from "./client.js";
 import type { FieldValue, Params } from "./values.js";
 import type { Item, LiveView } from "./view.js";
+import type { WindowOptions } from "./window.js";
+import type { WindowView } from "./window-view.js";
 
 /** The shape of the `Schema` interface that codegen writes. */
 export interface SchemaShape {
@@ -28,10 +30,16 @@ export type MutationData<S extends SchemaShape, M extends MutationName<S>> = Get
 /** Params may be left out when every one is optional. */
 export type ParamsArg<P> = {} extends P ? [params?: P] : [params: P];
 
-/** An `ArcanaClient` whose `view` and `mutate` are checked against a codegen `Schema`. */
-export type TypedClient<S extends SchemaShape> = Omit<ArcanaClient, "view" | "mutate"> & {
+/** An `ArcanaClient` whose `view`, `window` and `mutate` are checked against a codegen `Schema`. */
+export type TypedClient<S extends SchemaShape> = Omit<ArcanaClient, "view" | "window" | "mutate"> & {
   /** A live view of a graph the schema names, with the params it declares. */
   view<G extends GraphName<S>>(graph: G, ...params: ParamsArg<GraphParams<S, G>>): LiveView<GraphItem<S, G>>;
+  /** A live window over a graph the schema names. */
+  window<G extends GraphName<S>>(
+    graph: G,
+    params: GraphParams<S, G>,
+    options?: WindowOptions,
+  ): WindowView<GraphItem<S, G>>;
   /** Runs a mutation the schema names; `data` has the type of the row it returns. */
   mutate<M extends MutationName<S>>(
     mutation: M,

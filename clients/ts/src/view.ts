@@ -1,10 +1,11 @@
 // Live views: the state of one subscription, kept up to date by frames.
-import type { Ref, RowPatch } from "./gen/arcana/v1/value_pb.js";
+import type { Ref, Row, RowPatch, Value } from "./gen/arcana/v1/value_pb.js";
 import { PatchOp } from "./gen/arcana/v1/value_pb.js";
 import type { ViewFrame } from "./gen/arcana/v1/view_pb.js";
 import { type FieldStep, type Fields, type RowCache, rowKey } from "./cache.js";
 import { ArcanaError } from "./errors.js";
 import { type DecodeOptions, type FieldValue, type Params, fromFields, fromValue } from "./values.js";
+import type { WindowSpec } from "./window.js";
 
 /** A row of a view: its fields, plus one property per nested reference. */
 export type Item = { readonly [field: string]: FieldValue | Item | undefined };
@@ -48,6 +49,26 @@ export interface ViewSnapshot<T = Item> {
   readonly error: ArcanaError | undefined;
   readonly epoch: bigint | undefined;
   readonly version: bigint;
+  /** Windowed views: whether the list goes on before and after the rows held. */
+  readonly edges?: WindowEdgesState;
+}
+
+/** Whether rows exist beyond a window's edges. */
+export interface WindowEdgesState {
+  readonly hasBefore: boolean;
+  readonly hasAfter: boolean;
+}
+
+/**
+ * @internal A re-anchor on its way: the window asked for and, once the
+ * server replied, the position at which the view holds it.
+ */
+export interface Moving {
+  readonly window: WindowSpec;
+  epoch?: bigint;
+  version?: bigint;
+  /** The view is being resynced onto the new window: the next snapshot holds it. */
+  bySnapshot?: boolean;
 }
 
 /** The outcome of applying a frame. */
@@ -83,6 +104,18 @@ export interface ViewHost {
 export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   /** The view id, "<graph>/<params_hash>", once subscribed. */
   id: string | undefined;
+  /** @internal The window the view holds (windowed graphs only). */
+  window: WindowSpec | undefined;
+  /** @internal A re-anchor in flight, if any. */
+  moving: Moving | undefined;
+  /**
+   * @internal The key the view had when its id was given: a view re-anchored
+   * in place keeps the id of the window it left (the server's alias).
+   */
+  origin: string | undefined;
+  private _edges: WindowEdgesState | undefined;
+  /** Windowed views: the wire fields of the top-level rows, for cursors exact to the last digit. */
+  private _wire: Map<string, Readonly<Record<string, Value>>> | undefined;
   private _epoch: bigint | undefined;
   private _version = 0n;
   private _refs: Ref[] = [];
@@ -103,9 +136,13 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   constructor(
     readonly graph: string,
     readonly params: Params,
-    /** @internal */ readonly key: string,
+    /** @internal */ public key: string,
     private readonly host: ViewHost,
-  ) {}
+    window?: WindowSpec,
+  ) {
+    this.window = window;
+    if (window) this._wire = new Map();
+  }
 
   get status(): ViewStatus {
     return this._status;
@@ -121,6 +158,25 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   }
   get total(): bigint | undefined {
     return this._total;
+  }
+  /** Windowed views: whether rows exist before and after the window (unknown before the first snapshot). */
+  get edges(): WindowEdgesState | undefined {
+    return this._edges;
+  }
+  /**
+   * @internal The named fields of a top-level row as the server sent them;
+   * undefined when the view lacks one of them (a row restored from a persist store).
+   */
+  wireFields(r: Ref, names: readonly string[]): Value[] | undefined {
+    const f = this._wire?.get(rowKey(r.table, r.id));
+    if (!f) return undefined;
+    const out: Value[] = [];
+    for (const n of names) {
+      const v = f[n];
+      if (!v) return undefined;
+      out.push(v);
+    }
+    return out;
   }
   /** The top-level refs, in order. */
   get refs(): readonly Ref[] {
@@ -161,6 +217,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
         error: this._error,
         epoch: this._epoch,
         version: this._version,
+        ...(this.window ? { edges: this._edges ?? NO_EDGES } : {}),
       });
     }
     return this._snapshot;
@@ -189,43 +246,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
    * Rejects when the view fails or closes first, or after `timeoutMs`.
    */
   until(pred: (s: ViewSnapshot<T>) => boolean, timeoutMs?: number): Promise<ViewSnapshot<T>> {
-    return new Promise((resolve, reject) => {
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const check = (s: ViewSnapshot<T>): boolean => {
-        if (pred(s)) {
-          resolve(s);
-          return true;
-        }
-        if (s.status === "error") {
-          reject(s.error ?? new ArcanaError(2, "view failed"));
-          return true;
-        }
-        if (s.status === "closed") {
-          reject(new ArcanaError(1, `view ${this.graph} was closed`));
-          return true;
-        }
-        return false;
-      };
-      let settled = false;
-      let off: (() => void) | undefined;
-      // subscribe calls back at once with the current snapshot.
-      off = this.subscribe((s) => {
-        if (settled || !check(s)) return;
-        settled = true;
-        off?.();
-        if (timer) clearTimeout(timer);
-      });
-      if (settled) {
-        off();
-        return;
-      }
-      if (timeoutMs !== undefined) {
-        timer = setTimeout(() => {
-          off?.();
-          reject(new ArcanaError(4, `view ${this.graph}: condition not met within ${timeoutMs} ms`));
-        }, timeoutMs);
-      }
-    });
+    return until((fn) => this.subscribe(fn), pred, `view ${this.graph}`, timeoutMs);
   }
 
   /** Yields the current state, then every change (coalescing if the reader is slow). */
@@ -281,7 +302,14 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   }
 
   /** @internal Takes a persisted state: shown at once, marked stale until the server confirms it. */
-  hydrate(state: { id: string; epoch: bigint; version: bigint; total: bigint | undefined; refs: Ref[] }): void {
+  hydrate(state: {
+    id: string;
+    epoch: bigint;
+    version: bigint;
+    total: bigint | undefined;
+    refs: Ref[];
+    edges?: WindowEdgesState;
+  }): void {
     const next = new Set<string>();
     for (const r of state.refs) collectKeys(r, next);
     for (const k of next) this.host.cache.retain(k);
@@ -290,6 +318,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     this.id = state.id;
     this._refs = state.refs;
     this._total = state.total;
+    if (state.edges) this._edges = state.edges;
     this._epoch = state.epoch;
     this._version = state.version;
     this._status = "stale";
@@ -312,12 +341,19 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
         }
         this._refs = s.refs;
         this._total = s.total;
-        this.commit(frame, changed, written);
+        if (s.window) this._edges = { hasBefore: s.window.hasBefore, hasAfter: s.window.hasAfter };
+        if (this._wire) {
+          this._wire = new Map();
+          this.keepWire(s.rows);
+        }
+        this.commit(frame, changed, written, true);
         return "applied";
       }
       case "diff": {
         if (this._epoch === frame.epoch && frame.version <= this._version) return "stale";
-        if (this._epoch !== frame.epoch || frame.prevVersion !== this._version) return "gap";
+        // A re-anchor diff may start from another life of the view (prev_epoch).
+        const base = frame.prevEpoch !== 0n ? frame.prevEpoch : frame.epoch;
+        if (this._epoch !== base || frame.prevVersion !== this._version) return "gap";
         const d = body.value;
         const refs = applyRefOps(this._refs, d.refs);
         if (!refs) return "gap";
@@ -336,7 +372,12 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
         for (const [k, st] of steps) this.host.cache.patch(k, st, changed);
         this._refs = refs;
         if (d.total !== undefined) this._total = d.total;
-        this.commit(frame, changed, written);
+        if (d.window) this._edges = { hasBefore: d.window.hasBefore, hasAfter: d.window.hasAfter };
+        if (this._wire) {
+          this.keepWire(d.rows);
+          for (const p of d.patches) patchWire(this._wire, p);
+        }
+        this.commit(frame, changed, written, false);
         return "applied";
       }
       case "error": {
@@ -350,7 +391,34 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     }
   }
 
-  private commit(frame: ViewFrame, changed: Set<string>, written: string[]): void {
+  private keepWire(rows: readonly Row[]): void {
+    for (const row of rows) this._wire!.set(rowKey(row.table, row.id), row.fields);
+  }
+
+  /** @internal The server answered a re-anchor: the view holds the new window at (epoch, version). */
+  reanchored(epoch: bigint, version: bigint): void {
+    const m = this.moving;
+    if (!m) return;
+    m.epoch = epoch;
+    m.version = version;
+    // The diff may have come first (grpc-web: the reply and the stream race).
+    if (this.arrived(false)) this.changed();
+  }
+
+  /** Takes the new window once the view reached the re-anchor's position. */
+  private arrived(snapshot: boolean): boolean {
+    const m = this.moving;
+    if (!m) return false;
+    const reached =
+      (m.bySnapshot && snapshot) ||
+      (m.epoch !== undefined && this._epoch === m.epoch && this._version >= m.version!);
+    if (!reached) return false;
+    this.window = m.window;
+    this.moving = undefined;
+    return true;
+  }
+
+  private commit(frame: ViewFrame, changed: Set<string>, written: string[], snapshot: boolean): void {
     const cache = this.host.cache;
     const next = new Set<string>();
     for (const r of this._refs) collectKeys(r, next);
@@ -358,8 +426,13 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     for (const k of this._reached) if (!next.has(k)) cache.release(k);
     cache.sweep(written);
     this._reached = next;
+    if (this._wire) {
+      const top = new Set(this._refs.map((r) => rowKey(r.table, r.id)));
+      for (const k of this._wire.keys()) if (!top.has(k)) this._wire.delete(k);
+    }
     this._epoch = frame.epoch;
     this._version = frame.version;
+    this.arrived(snapshot);
     this._error = undefined;
     // While a sync is in flight the view is live only once the reply confirms it.
     if (!this.resyncing && (this._status === "connecting" || this._status === "stale")) this._status = "live";
@@ -384,11 +457,17 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     for (const k of this._reached) this.host.cache.release(k);
     this._reached = new Set();
     this._refs = [];
+    this._wire?.clear();
   }
 
   /** @internal */
   changed(): void {
     this._snapshot = undefined;
+    // A re-anchor diff may come before the reply that says it is one: hold
+    // listeners back until the reply, so they never see the new rows under
+    // the old window.
+    const m = this.moving;
+    if (m && m.epoch === undefined && !m.bySnapshot) return;
     if (this.listeners.size === 0 || this.host.defer?.(this)) return;
     const s = this.snapshot;
     for (const fn of [...this.listeners]) {
@@ -419,6 +498,57 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     this._memo.set(r, { row, nested, item });
     return item;
   }
+}
+
+const NO_EDGES: WindowEdgesState = Object.freeze({ hasBefore: false, hasAfter: false });
+
+/** Keeps a row's wire fields in step with a patch (they name cursors). */
+function patchWire(wire: Map<string, Readonly<Record<string, Value>>>, p: RowPatch): void {
+  const k = rowKey(p.table, p.id);
+  const f = wire.get(k);
+  if (!f) return;
+  const next: Record<string, Value> = { ...f };
+  for (const o of p.ops) {
+    const field = unescapeField(o.path);
+    if (o.op === PatchOp.REMOVE || !o.value) delete next[field];
+    else next[field] = o.value;
+  }
+  wire.set(k, next);
+}
+
+/**
+ * @internal Resolves with the first state from `subscribe` that `pred`
+ * accepts (the current one included); rejects when the state turns `error`
+ * or `closed` first, or after `timeoutMs`.
+ */
+export function until<S extends { status: ViewStatus; error: ArcanaError | undefined }>(
+  subscribe: (fn: (s: S) => void) => () => void,
+  pred: (s: S) => boolean,
+  what: string,
+  timeoutMs?: number,
+): Promise<S> {
+  return new Promise((resolve, reject) => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let settled = false;
+    let off: (() => void) | undefined;
+    const settle = (done: () => void) => {
+      settled = true;
+      off?.();
+      if (timer) clearTimeout(timer);
+      done();
+    };
+    // subscribe calls back at once with the current state.
+    off = subscribe((s) => {
+      if (settled) return;
+      if (pred(s)) settle(() => resolve(s));
+      else if (s.status === "error") settle(() => reject(s.error ?? new ArcanaError(2, `${what} failed`)));
+      else if (s.status === "closed") settle(() => reject(new ArcanaError(1, `${what} was closed`)));
+    });
+    if (settled) off();
+    else if (timeoutMs !== undefined) {
+      timer = setTimeout(() => settle(() => reject(new ArcanaError(4, `${what}: condition not met within ${timeoutMs} ms`))), timeoutMs);
+    }
+  });
 }
 
 /** Adds the cache keys of a ref and its nested refs to `out`. */

@@ -113,7 +113,7 @@ describe("stream sessions over grpc-web", () => {
     const d = await carol.describe();
     assert.deepEqual(
       d.graphs.map((g) => g.name).sort(),
-      ["my_tasks", "project_tasks", "projects"],
+      ["my_tasks", "project_tasks", "projects", "task_window"],
     );
     v.close();
   });

@@ -2,7 +2,7 @@
 // items and mutation results type-check. Each @ts-expect-error line must be
 // an error, or tsc fails.
 import { createNodeClient, typed } from "../../src/node.js";
-import { useView } from "../../src/react.js";
+import { useView, useWindow } from "../../src/react.js";
 import type { Schema } from "../../examples/demo-types.js";
 
 const client = typed<Schema>(createNodeClient({ baseUrl: "http://127.0.0.1:1", token: "dev-alice" }));
@@ -15,6 +15,14 @@ export async function use(): Promise<void> {
   const who: string | undefined = t.assignee?.name;
   void [title, points, who];
   client.view("my_tasks"); // no required params: may be left out
+  const win = client.window("task_window", { project_id: 1 }, { limit: 20 });
+  const position: bigint = win.items[0]!.position;
+  const more: boolean = win.hasAfter;
+  void [position, more];
+  const hooked = (): string | undefined => useWindow(client, "task_window", { project_id: 1 }, { limit: 20 }).items[0]?.title;
+  void hooked;
+  // @ts-expect-error a window's params are checked too
+  client.window("task_window", { project_id: "one" });
 
   // @ts-expect-error an unknown graph
   client.view("project_taks", { project_id: 1 });

@@ -788,7 +788,7 @@ type SubscribeRequest struct {
 	// Only for the unary call: the session from OpenSession.
 	SessionId string `protobuf:"bytes,3,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// For graphs that declare an order: which part of the list to keep live.
-	// Required for them (a missing window is the first `default_window_rows`
+	// Required for them (a missing window is the first `default_limit`
 	// rows); refused for other graphs.
 	Window        *Window `protobuf:"bytes,4,opt,name=window,proto3" json:"window,omitempty"`
 	unknownFields protoimpl.UnknownFields

@@ -78,6 +78,8 @@ describe("stream sessions over grpc-web", () => {
       await proxy.cut();
       await v.until((s) => s.status === "stale", 10_000);
       for (let i = 1; i <= 3; i++) await other.mutate("update_task", { id, title: `Streamed ${i}` });
+      // The watcher's stream may still be on its way: count once it shows the last write.
+      await watcher.until((s) => s.items.find((t) => t.id === id)?.title === "Streamed 3", 10_000);
       const missed = watcher.version - before.version;
       assert.ok(missed >= 2n, `the writes made ${missed} versions`);
 

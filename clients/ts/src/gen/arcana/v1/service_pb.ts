@@ -304,7 +304,7 @@ export type SubscribeRequest = Message<"arcana.v1.SubscribeRequest"> & {
 
   /**
    * For graphs that declare an order: which part of the list to keep live.
-   * Required for them (a missing window is the first `default_window_rows`
+   * Required for them (a missing window is the first `default_limit`
    * rows); refused for other graphs.
    *
    * @generated from field: arcana.v1.Window window = 4;

@@ -1,0 +1,140 @@
+//! The connection to NATS and the JetStream objects the cluster uses: the
+//! change stream and the lease bucket, created when missing.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+
+use crate::config::ClusterConfig;
+
+/// A node's handles on NATS.
+#[derive(Clone)]
+pub struct Bus {
+    /// The client (reconnects by itself).
+    pub client: async_nats::Client,
+    /// JetStream on it.
+    pub js: jetstream::Context,
+    /// The lease bucket.
+    pub leases: kv::Store,
+    /// The cluster's settings.
+    pub config: ClusterConfig,
+}
+
+/// Checks the settings a person can get wrong before anything connects.
+pub fn validate(c: &ClusterConfig) -> Result<(), String> {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+    };
+    if !token(&c.node_id) {
+        return Err(format!(
+            "cluster.node_id `{}` must be non-empty letters, digits, `-` or `_`",
+            c.node_id
+        ));
+    }
+    if !token(&c.lease_bucket) || !token(&c.changes_stream) {
+        return Err(
+            "cluster.lease_bucket and cluster.changes_stream must be non-empty letters, digits, `-` or `_`"
+                .into(),
+        );
+    }
+    if c.changes_subject.is_empty()
+        || c.changes_subject
+            .chars()
+            .any(|ch| ch.is_whitespace() || ch == '*' || ch == '>')
+    {
+        return Err(format!(
+            "cluster.changes_subject `{}` must be a plain NATS subject (no spaces or wildcards)",
+            c.changes_subject
+        ));
+    }
+    if c.lease_ttl_ms < 300 {
+        return Err(format!(
+            "cluster.lease_ttl_ms is {}, but must be at least 300",
+            c.lease_ttl_ms
+        ));
+    }
+    if c.duplicate_window_ms < 1000 {
+        return Err("cluster.duplicate_window_ms must be at least 1000".into());
+    }
+    Ok(())
+}
+
+impl Bus {
+    /// Connects and makes sure the stream and the bucket exist. Fails if
+    /// NATS cannot be reached now; once connected, the client reconnects by
+    /// itself whenever the connection is lost.
+    pub async fn connect(c: &ClusterConfig) -> Result<Bus, String> {
+        validate(c)?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("arcana-{}", c.node_id))
+            .connection_timeout(Duration::from_secs(5))
+            .connect(c.nats_url.as_str())
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot reach NATS at {} (cluster.nats_url): {e}",
+                    c.nats_url
+                )
+            })?;
+        let js = jetstream::new(client.clone());
+        js.get_or_create_stream(stream::Config {
+            name: c.changes_stream.clone(),
+            subjects: vec![c.changes_subject.clone()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            discard: stream::DiscardPolicy::Old,
+            max_age: Duration::from_secs(c.stream_max_age_s.max(1)),
+            max_bytes: c.stream_max_bytes,
+            duplicate_window: Duration::from_millis(c.duplicate_window_ms),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            format!(
+                "creating the JetStream stream {} (is JetStream enabled on the NATS server?): {e}",
+                c.changes_stream
+            )
+        })?;
+        let leases = match js.get_key_value(c.lease_bucket.as_str()).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: c.lease_bucket.clone(),
+                    history: 1,
+                    // A lease nobody renews disappears after its TTL.
+                    max_age: Duration::from_millis(c.lease_ttl_ms),
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| {
+                    format!(
+                        "creating the JetStream key-value bucket {}: {e}",
+                        c.lease_bucket
+                    )
+                })?,
+        };
+        Ok(Bus {
+            client,
+            js,
+            leases,
+            config: c.clone(),
+        })
+    }
+
+    /// The change stream's last sequence number (0 when empty).
+    pub async fn last_sequence(&self) -> Result<u64, String> {
+        let mut s = self
+            .js
+            .get_stream(self.config.changes_stream.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(s.info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .last_sequence)
+    }
+}

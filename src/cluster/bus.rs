@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, stream};
 
+use tokio::sync::watch;
+
 use crate::config::ClusterConfig;
 
 /// A node's handles on NATS.
@@ -18,6 +20,9 @@ pub struct Bus {
     pub leases: kv::Store,
     /// The cluster's settings.
     pub config: ClusterConfig,
+    /// Counts the connections made to NATS (1 after the first): a change
+    /// means the client reconnected, and server-side consumers may be gone.
+    pub connections: watch::Receiver<u64>,
 }
 
 /// Checks the settings a person can get wrong before anything connects.
@@ -67,8 +72,15 @@ impl Bus {
     /// itself whenever the connection is lost.
     pub async fn connect(c: &ClusterConfig) -> Result<Bus, String> {
         validate(c)?;
+        let (count, connections) = watch::channel(0u64);
         let client = async_nats::ConnectOptions::new()
             .name(format!("arcana-{}", c.node_id))
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Connected) {
+                    count.send_modify(|n| *n += 1);
+                }
+                std::future::ready(())
+            })
             .connection_timeout(Duration::from_secs(5))
             .connect(c.nats_url.as_str())
             .await
@@ -97,30 +109,45 @@ impl Bus {
                 c.changes_stream
             )
         })?;
-        let leases = match js.get_key_value(c.lease_bucket.as_str()).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: c.lease_bucket.clone(),
-                    history: 1,
-                    // A lease nobody renews disappears after its TTL.
-                    max_age: Duration::from_millis(c.lease_ttl_ms),
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| {
-                    format!(
-                        "creating the JetStream key-value bucket {}: {e}",
-                        c.lease_bucket
-                    )
-                })?,
-        };
+        // The bucket's stream is created here as the client would create it:
+        // the client's own bucket creation first asks for account details
+        // that older servers (Debian's 2.9) answer in a form it cannot read.
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{}", c.lease_bucket),
+            subjects: vec![format!("$KV.{}.>", c.lease_bucket)],
+            max_messages_per_subject: 1,
+            // A lease nobody renews disappears after its TTL.
+            max_age: Duration::from_millis(c.lease_ttl_ms),
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| {
+            format!(
+                "creating the JetStream key-value bucket {}: {e}",
+                c.lease_bucket
+            )
+        })?;
+        let leases = js
+            .get_key_value(c.lease_bucket.as_str())
+            .await
+            .map_err(|e| {
+                format!(
+                    "opening the JetStream key-value bucket {}: {e}",
+                    c.lease_bucket
+                )
+            })?;
         Ok(Bus {
             client,
             js,
             leases,
             config: c.clone(),
+            connections,
         })
     }
 

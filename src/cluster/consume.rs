@@ -27,15 +27,27 @@ pub async fn run(
     let mut backoff = Duration::from_millis(100);
     // The highest WAL position taken, to spot a batch arriving late.
     let mut last_wal: u64 = 0;
+    let mut connections = bus.connections.clone();
     loop {
+        connections.mark_unchanged();
         let r = tokio::select! {
             r = consume(&bus, &engine, &mut next, &mut last_wal, &consuming, &mut backoff) => r,
+            // After a reconnect the server may have lost this node's
+            // consumer (a restart); a new one resumes at once instead of
+            // waiting for missed heartbeats to tell.
+            _ = connections.changed() => Err(Interrupted::Reconnected),
             _ = stopped.wait_for(|s| *s) => return,
         };
         consuming.store(false, Ordering::Relaxed);
         match r {
             Ok(()) => return,
-            Err(e) => {
+            Err(Interrupted::Reconnected) => {
+                tracing::info!(
+                    from = next,
+                    "reconnected to NATS; resuming the change stream"
+                );
+            }
+            Err(Interrupted::Failed(e)) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "change stream consumer interrupted");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -47,6 +59,20 @@ pub async fn run(
     }
 }
 
+/// Why a consumer stopped.
+enum Interrupted {
+    /// The client reconnected to NATS.
+    Reconnected,
+    /// An error.
+    Failed(String),
+}
+
+impl From<String> for Interrupted {
+    fn from(e: String) -> Self {
+        Interrupted::Failed(e)
+    }
+}
+
 /// One consumer's life: returns `Ok` when the engine has stopped.
 async fn consume(
     bus: &Bus,
@@ -55,7 +81,7 @@ async fn consume(
     last_wal: &mut u64,
     consuming: &AtomicBool,
     backoff: &mut Duration,
-) -> Result<(), String> {
+) -> Result<(), Interrupted> {
     let stream = bus
         .js
         .get_stream(bus.config.changes_stream.as_str())
@@ -119,7 +145,7 @@ async fn consume(
         }
         *next = seq + 1;
     }
-    Err("the consumer ended".into())
+    Err(Interrupted::Failed("the consumer ended".into()))
 }
 
 /// The WAL position in a batch's message id (`wal-<lsn>`), if it has one.

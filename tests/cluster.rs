@@ -415,3 +415,98 @@ async fn after_a_nats_restart_writes_arrive_everywhere() {
         assert_eq!(titles(l.view(v)), expected);
     }
 }
+
+#[tokio::test]
+async fn a_nats_outage_longer_than_the_lease_loses_nothing() {
+    let _g = serial().await;
+    let mut c = Cluster::start().await;
+    c.leader().await;
+    let mut subs = Vec::new();
+    for n in &c.nodes {
+        subs.push(subscribe(n).await);
+    }
+    c.nats.stop();
+    // Past the lease's life, the leader gives up the slot: it cannot
+    // publish, so it must not read on.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !c.slot_holders().await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader kept the slot without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..3 {
+        c.sql(&format!(
+            "INSERT INTO tasks (workspace_id, project_id, title, position) VALUES ('acme', 1, 'During the outage {i}', {})",
+            300 + i
+        ))
+        .await;
+    }
+    c.nats.start_again();
+    c.leader().await;
+    converge(&c, &mut subs).await;
+    let expected = c.expected_titles().await;
+    assert_eq!(
+        expected
+            .iter()
+            .filter(|t| t.starts_with("During the outage"))
+            .count(),
+        3
+    );
+    for (l, v) in &subs {
+        assert_eq!(titles(l.view(v)), expected);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_nats_stops_startup_with_a_message() {
+    let db_url = fresh_database().await;
+    let mut config = arcana::config::Config::parse(DEMO_CONFIG).unwrap();
+    config.changes.mode = arcana::config::ChangeMode::None;
+    let nats_url = format!("nats://127.0.0.1:{}", free_port());
+    config.cluster = Some(arcana::config::ClusterConfig {
+        nats_url: nats_url.clone(),
+        ..Default::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = match arcana::app::App::start(&config, &db_url, listener).await {
+        Ok(_) => panic!("started without NATS"),
+        Err(e) => e,
+    };
+    assert!(
+        e.contains(&format!(
+            "cannot reach NATS at {nats_url} (cluster.nats_url)"
+        )),
+        "{e}"
+    );
+    // A setting a person can get wrong is named.
+    config.cluster = Some(arcana::config::ClusterConfig {
+        node_id: "a b".into(),
+        ..Default::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = match arcana::app::App::start(&config, &db_url, listener).await {
+        Ok(_) => panic!("started with a bad node_id"),
+        Err(e) => e,
+    };
+    assert!(e.contains("cluster.node_id `a b`"), "{e}");
+}
+
+#[test]
+fn the_cluster_section_parses_with_defaults_and_rejects_unknown_keys() {
+    let c = arcana::config::Config::parse(DEMO_CONFIG).unwrap();
+    assert!(c.cluster.is_none(), "no [cluster]: a standalone server");
+    let c = arcana::config::Config::parse(&format!(
+        "{DEMO_CONFIG}\n[cluster]\nnats_url = \"nats://10.0.0.1:4222\"\n"
+    ))
+    .unwrap();
+    let k = c.cluster.unwrap();
+    assert_eq!(k.nats_url, "nats://10.0.0.1:4222");
+    assert!(k.node_id.starts_with("node-"));
+    assert_eq!(k.lease_ttl_ms, 5000);
+    assert_eq!(k.changes_stream, "ARCANA_CHANGES");
+    let e = arcana::config::Config::parse(&format!("{DEMO_CONFIG}\n[cluster]\nlease_ttl = 5\n"))
+        .unwrap_err();
+    assert!(e.contains("lease_ttl"), "{e}");
+}

@@ -98,6 +98,11 @@ fn free_port() -> u16 {
 
 impl Cluster {
     async fn start() -> Cluster {
+        Self::start_in("wal").await
+    }
+
+    /// Three nodes detecting changes with `changes.mode = mode`.
+    async fn start_in(mode: &str) -> Cluster {
         let nats = Nats::start();
         let db_url = fresh_database().await;
         let slot = format!("slot_{:016x}", rand::random::<u64>());
@@ -108,7 +113,7 @@ impl Cluster {
         for i in 1..=3 {
             let id = format!("n{i}");
             let config = format!(
-                "{DEMO_CONFIG}\n[changes]\nmode = \"wal\"\nslot = \"{slot}\"\n\n\
+                "{DEMO_CONFIG}\n[changes]\nmode = \"{mode}\"\nslot = \"{slot}\"\n\n\
                  [cluster]\nnats_url = \"{}\"\nnode_id = \"{id}\"\nlease_ttl_ms = 1500\n",
                 nats.url()
             );
@@ -509,4 +514,39 @@ fn the_cluster_section_parses_with_defaults_and_rejects_unknown_keys() {
     let e = arcana::config::Config::parse(&format!("{DEMO_CONFIG}\n[cluster]\nlease_ttl = 5\n"))
         .unwrap_err();
     assert!(e.contains("lease_ttl"), "{e}");
+}
+
+#[tokio::test]
+async fn in_notify_mode_the_leader_listens_and_writes_reach_every_node() {
+    let _g = serial().await;
+    let c = Cluster::start_in("notify").await;
+    let mut subs = Vec::new();
+    for n in &c.nodes {
+        subs.push(subscribe(n).await);
+    }
+    // The leader's LISTEN connection is the only change source; writes
+    // count once it listens (it installs the triggers first).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n: i64 = c
+            .query(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE query LIKE 'LISTEN %' AND datname = current_database()",
+            )
+            .await[0]
+            .get(0);
+        assert!(n <= 1, "{n} nodes listen");
+        if n == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no node listens");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.sql("UPDATE tasks SET title = 'Notified everywhere' WHERE id = 2")
+        .await;
+    converge(&c, &mut subs).await;
+    for (l, v) in &subs {
+        assert!(titles(l.view(v)).contains(&"Notified everywhere".to_owned()));
+    }
+    assert!(c.slot_holders().await.is_empty());
 }

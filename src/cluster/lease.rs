@@ -93,7 +93,12 @@ async fn hold(
         Err(e) => {
             tracing::error!(error = %e, "cannot start the change source; handing the lease back");
             release(bus, rev).await;
-            return Ended::Lost;
+            // Another node may fare better; this one tries again later, so a
+            // setup error (wal_level, rights) is not retried in a tight loop.
+            tokio::select! {
+                _ = tokio::time::sleep(ttl.max(Duration::from_secs(5))) => return Ended::Lost,
+                _ = stopped.wait_for(|s| *s) => return Ended::Stopped,
+            }
         }
     };
     let mut renewed = Instant::now();

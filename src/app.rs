@@ -139,6 +139,11 @@ impl App {
         database_url: &str,
         listener: TcpListener,
     ) -> Result<App, String> {
+        // Cluster nodes started together take turns here (see `startup.rs`).
+        let turn = match &config.cluster {
+            Some(_) => Some(crate::cluster::startup::StartupLock::take(database_url).await?),
+            None => None,
+        };
         if config.rls.install {
             let tables = crate::postgres::rls::install(database_url, &config.rls).await?;
             tracing::info!(?tables, "row-level security policies installed");
@@ -149,6 +154,7 @@ impl App {
             config.database.pool_timeout_ms,
         )?;
         let registry = config.registry(&pool).await?;
+        drop(turn);
         let engine = Engine::new(registry, config.engine.clone());
         let wal_slot =
             (config.changes.mode == ChangeMode::Wal).then(|| config.changes.slot.clone());

@@ -550,3 +550,42 @@ async fn in_notify_mode_the_leader_listens_and_writes_reach_every_node() {
     }
     assert!(c.slot_holders().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn nodes_started_together_on_a_new_database_all_start() {
+    let _g = serial().await;
+    let nats = Nats::start();
+    // Startup installs row-level security (DDL) and prepares statements;
+    // side by side on three nodes that could deadlock and fail a node.
+    for round in 0..4 {
+        let db_url = fresh_database().await;
+        let db_tag = format!("{:08x}", rand::random::<u32>());
+        let starts = (1..=3).map(|i| {
+            let db_tag = db_tag.clone();
+            let db_url = db_url.clone();
+            let nats_url = nats.url();
+            async move {
+                let mut config = arcana::config::Config::parse(DEMO_CONFIG).unwrap();
+                config.changes.mode = arcana::config::ChangeMode::Wal;
+                config.changes.slot = format!("slot_{round}_{db_tag}");
+                config.cluster = Some(arcana::config::ClusterConfig {
+                    nats_url,
+                    node_id: format!("r{round}n{i}"),
+                    changes_stream: format!("CHANGES_{round}"),
+                    changes_subject: format!("changes.{round}"),
+                    lease_bucket: format!("leases_{round}"),
+                    ..Default::default()
+                });
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                arcana::app::App::start(&config, &db_url, listener).await
+            }
+        });
+        let apps = futures_util::future::join_all(starts.map(tokio::spawn)).await;
+        for app in apps {
+            match app.unwrap() {
+                Ok(a) => a.stop().await.unwrap(),
+                Err(e) => panic!("round {round}: a node failed to start: {e}"),
+            }
+        }
+    }
+}

@@ -14,6 +14,7 @@ pub mod consume;
 pub mod demo;
 pub mod lease;
 pub mod publish;
+pub mod startup;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};

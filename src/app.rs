@@ -68,6 +68,8 @@ struct SourceSpec {
     url: String,
     /// The replication connection's `application_name`.
     application_name: String,
+    /// Run by a cluster node that has just become leader.
+    clustered: bool,
 }
 
 impl SourceSpec {
@@ -81,6 +83,7 @@ impl SourceSpec {
                 Some(c) => format!("arcana-{}", c.node_id),
                 None => "arcana".into(),
             },
+            clustered: config.cluster.is_some(),
         }
     }
 }
@@ -126,7 +129,13 @@ async fn start_source(
                 crate::postgres::triggers::install(url, &c.channel, &tables, &spec.table_keys)
                     .await?;
             }
-            Some(listen::spawn(sink, url.to_owned(), c.channel.clone()).await?)
+            let listener = listen::spawn(sink.clone(), url.to_owned(), c.channel.clone()).await?;
+            if spec.clustered {
+                // Notifications sent while no node listened (the previous
+                // leader died) are gone: every node refreshes its views.
+                sink.refresh_all().await?;
+            }
+            Some(listener)
         }
     })
 }

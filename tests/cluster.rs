@@ -519,7 +519,7 @@ fn the_cluster_section_parses_with_defaults_and_rejects_unknown_keys() {
 #[tokio::test]
 async fn in_notify_mode_the_leader_listens_and_writes_reach_every_node() {
     let _g = serial().await;
-    let c = Cluster::start_in("notify").await;
+    let mut c = Cluster::start_in("notify").await;
     let mut subs = Vec::new();
     for n in &c.nodes {
         subs.push(subscribe(n).await);
@@ -549,6 +549,39 @@ async fn in_notify_mode_the_leader_listens_and_writes_reach_every_node() {
         assert!(titles(l.view(v)).contains(&"Notified everywhere".to_owned()));
     }
     assert!(c.slot_holders().await.is_empty());
+    // The listening node dies: what is written before another listens is
+    // never notified, and arrives anyway (the new leader refreshes all).
+    let holder = lease_holder(&c.nats.url()).await;
+    let leader = c.nodes.iter().position(|n| n.id == holder).unwrap();
+    c.nodes[leader].kill();
+    let mut subs: Vec<_> = subs
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, s)| s)
+        .collect();
+    c.sql("UPDATE tasks SET title = 'Written with nobody listening' WHERE id = 3")
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while lease_holder(&c.nats.url()).await == holder {
+        assert!(tokio::time::Instant::now() < deadline, "no takeover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    converge(&c, &mut subs).await;
+    for (l, v) in &subs {
+        assert!(titles(l.view(v)).contains(&"Written with nobody listening".to_owned()));
+    }
+}
+
+/// The node holding the change source lease ("" when none does).
+async fn lease_holder(nats_url: &str) -> String {
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let kv = js.get_key_value("arcana_leases").await.unwrap();
+    match kv.get("changes").await.unwrap() {
+        Some(v) => String::from_utf8(v.to_vec()).unwrap(),
+        None => String::new(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 3)]

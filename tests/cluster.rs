@@ -622,3 +622,25 @@ async fn nodes_started_together_on_a_new_database_all_start() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_changed_lease_ttl_or_stream_limit_updates_what_nats_holds() {
+    let nats = Nats::start();
+    let config = |ttl: u64, bytes: i64| arcana::config::ClusterConfig {
+        nats_url: nats.url(),
+        lease_ttl_ms: ttl,
+        stream_max_bytes: bytes,
+        ..Default::default()
+    };
+    arcana::cluster::Bus::connect(&config(1000, 1 << 20))
+        .await
+        .unwrap();
+    let bus = arcana::cluster::Bus::connect(&config(2500, 2 << 20))
+        .await
+        .unwrap();
+    let mut kv = bus.js.get_stream("KV_arcana_leases").await.unwrap();
+    let kv = kv.info().await.unwrap().config.clone();
+    assert_eq!(kv.max_age, Duration::from_millis(2500));
+    let mut changes = bus.js.get_stream("ARCANA_CHANGES").await.unwrap();
+    assert_eq!(changes.info().await.unwrap().config.max_bytes, 2 << 20);
+}

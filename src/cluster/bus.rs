@@ -63,6 +63,35 @@ pub fn validate(c: &ClusterConfig) -> Result<(), String> {
     if c.duplicate_window_ms < 1000 {
         return Err("cluster.duplicate_window_ms must be at least 1000".into());
     }
+    if c.duplicate_window_ms > c.stream_max_age_s.saturating_mul(1000) {
+        return Err(format!(
+            "cluster.duplicate_window_ms ({}) must not exceed cluster.stream_max_age_s ({}) in milliseconds",
+            c.duplicate_window_ms, c.stream_max_age_s
+        ));
+    }
+    Ok(())
+}
+
+/// Creates the stream, or brings an existing one's limits in line with the
+/// config (a changed `lease_ttl_ms` must change the bucket's max age).
+async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<(), String> {
+    let s = js
+        .get_or_create_stream(want.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let have = &s.cached_info().config;
+    // Limits left at 0 in `want` are the server's to choose.
+    let differs = |w: bool, same: bool| w && !same;
+    if differs(!want.max_age.is_zero(), have.max_age == want.max_age)
+        || differs(want.max_bytes > 0, have.max_bytes == want.max_bytes)
+        || differs(
+            !want.duplicate_window.is_zero(),
+            have.duplicate_window == want.duplicate_window,
+        )
+    {
+        tracing::info!(stream = %want.name, "updating the stream's limits to the config's");
+        js.update_stream(&want).await.map_err(|e| e.to_string())?;
+    }
     Ok(())
 }
 
@@ -91,17 +120,20 @@ impl Bus {
                 )
             })?;
         let js = jetstream::new(client.clone());
-        js.get_or_create_stream(stream::Config {
-            name: c.changes_stream.clone(),
-            subjects: vec![c.changes_subject.clone()],
-            storage: stream::StorageType::File,
-            retention: stream::RetentionPolicy::Limits,
-            discard: stream::DiscardPolicy::Old,
-            max_age: Duration::from_secs(c.stream_max_age_s.max(1)),
-            max_bytes: c.stream_max_bytes,
-            duplicate_window: Duration::from_millis(c.duplicate_window_ms),
-            ..Default::default()
-        })
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: c.changes_stream.clone(),
+                subjects: vec![c.changes_subject.clone()],
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::Limits,
+                discard: stream::DiscardPolicy::Old,
+                max_age: Duration::from_secs(c.stream_max_age_s.max(1)),
+                max_bytes: c.stream_max_bytes,
+                duplicate_window: Duration::from_millis(c.duplicate_window_ms),
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| {
             format!(
@@ -112,20 +144,23 @@ impl Bus {
         // The bucket's stream is created here as the client would create it:
         // the client's own bucket creation first asks for account details
         // that older servers (Debian's 2.9) answer in a form it cannot read.
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{}", c.lease_bucket),
-            subjects: vec![format!("$KV.{}.>", c.lease_bucket)],
-            max_messages_per_subject: 1,
-            // A lease nobody renews disappears after its TTL.
-            max_age: Duration::from_millis(c.lease_ttl_ms),
-            storage: stream::StorageType::File,
-            discard: stream::DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            num_replicas: 1,
-            ..Default::default()
-        })
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: format!("KV_{}", c.lease_bucket),
+                subjects: vec![format!("$KV.{}.>", c.lease_bucket)],
+                max_messages_per_subject: 1,
+                // A lease nobody renews disappears after its TTL.
+                max_age: Duration::from_millis(c.lease_ttl_ms),
+                storage: stream::StorageType::File,
+                discard: stream::DiscardPolicy::New,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                num_replicas: 1,
+                ..Default::default()
+            },
+        )
         .await
         .map_err(|e| {
             format!(
@@ -163,5 +198,29 @@ impl Bus {
             .map_err(|e| e.to_string())?
             .state
             .last_sequence)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_a_person_can_get_wrong_are_named() {
+        let ok = ClusterConfig::default();
+        assert!(validate(&ok).is_ok());
+        let bad = |f: fn(&mut ClusterConfig)| {
+            let mut c = ClusterConfig::default();
+            f(&mut c);
+            validate(&c).unwrap_err()
+        };
+        assert!(bad(|c| c.node_id = "".into()).contains("cluster.node_id"));
+        assert!(bad(|c| c.node_id = "a.b".into()).contains("cluster.node_id `a.b`"));
+        assert!(bad(|c| c.changes_subject = "a.*".into()).contains("cluster.changes_subject"));
+        assert!(bad(|c| c.lease_ttl_ms = 10).contains("cluster.lease_ttl_ms is 10"));
+        assert!(bad(|c| c.duplicate_window_ms = 10).contains("cluster.duplicate_window_ms"));
+        assert!(
+            bad(|c| c.stream_max_age_s = 60).contains("must not exceed cluster.stream_max_age_s")
+        );
     }
 }

@@ -644,3 +644,38 @@ async fn a_changed_lease_ttl_or_stream_limit_updates_what_nats_holds() {
     let mut changes = bus.js.get_stream("ARCANA_CHANGES").await.unwrap();
     assert_eq!(changes.info().await.unwrap().config.max_bytes, 2 << 20);
 }
+
+#[tokio::test]
+async fn a_lease_goes_to_one_node_and_passes_on_at_expiry_or_release() {
+    use arcana::cluster::{Bus, Lease, Renewal};
+    let nats = Nats::start();
+    let config = |id: &str| arcana::config::ClusterConfig {
+        nats_url: nats.url(),
+        node_id: id.into(),
+        lease_ttl_ms: 600,
+        ..Default::default()
+    };
+    let a = Bus::connect(&config("a")).await.unwrap();
+    let b = Bus::connect(&config("b")).await.unwrap();
+    let mut held = Lease::try_take(&a, "view-x").await.unwrap().expect("free");
+    assert!(Lease::try_take(&b, "view-x").await.unwrap().is_none());
+    assert_eq!(
+        Lease::holder(&b, "view-x").await.unwrap().as_deref(),
+        Some("a")
+    );
+    assert_eq!(held.renew().await, Renewal::Held);
+    // Nobody renews: it expires and the other node gets it.
+    let started = tokio::time::Instant::now();
+    let taken = loop {
+        if let Some(l) = Lease::try_take(&b, "view-x").await.unwrap() {
+            break l;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(matches!(held.renew().await, Renewal::Lost(_)));
+    // Released, it is free at once.
+    taken.release().await;
+    assert!(Lease::try_take(&a, "view-x").await.unwrap().is_some());
+}

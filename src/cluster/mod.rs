@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::config::ClusterConfig;
 use crate::engine::Engine;
 pub use bus::Bus;
-pub use lease::SourceStarter;
+pub use lease::{Lease, Renewal, SourceStarter};
 
 /// This server's membership in the cluster.
 pub struct Node {

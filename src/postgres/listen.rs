@@ -87,7 +87,7 @@ impl Open {
 /// no change committed after startup can slip by; fails if the first
 /// attempt does. Each transaction goes to `sink` as one batch.
 pub async fn spawn(
-    engine: std::sync::Arc<dyn ChangeSink>,
+    sink: std::sync::Arc<dyn ChangeSink>,
     url: String,
     channel: String,
 ) -> Result<Listener, String> {
@@ -101,7 +101,7 @@ pub async fn spawn(
         let mut ready = Some(ready_tx);
         loop {
             let r = tokio::select! {
-                r = listen_once(engine.as_ref(), &url, &channel, outage, &mut backoff, &mut ready, &flag) => r,
+                r = listen_once(sink.as_ref(), &url, &channel, outage, &mut backoff, &mut ready, &flag) => r,
                 _ = stopped.wait_for(|s| *s) => return,
             };
             flag.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -131,7 +131,7 @@ pub async fn spawn(
 
 /// Listens until the connection fails; returns why.
 async fn listen_once(
-    engine: &dyn ChangeSink,
+    sink: &dyn ChangeSink,
     url: &str,
     channel: &str,
     after_outage: bool,
@@ -173,7 +173,7 @@ async fn listen_once(
     }
     *backoff = Duration::from_millis(100);
     if after_outage {
-        if let Err(e) = engine.refresh_all().await {
+        if let Err(e) = sink.refresh_all().await {
             return e;
         }
     }
@@ -189,7 +189,7 @@ async fn listen_once(
                             "no end marker for a transaction's notifications; reinstall the triggers (arcana triggers install)"
                         );
                     }
-                    if let Err(e) = hand_over(engine, open.take()).await {
+                    if let Err(e) = hand_over(sink, open.take()).await {
                         return e;
                     }
                     continue;
@@ -214,7 +214,7 @@ async fn listen_once(
                 if open.as_ref().is_some_and(|o| o.xid != xid) {
                     tracing::warn!("a transaction's notifications ended without its marker");
                 }
-                if let Err(e) = hand_over(engine, open.take()).await {
+                if let Err(e) = hand_over(sink, open.take()).await {
                     return e;
                 }
                 continue;
@@ -222,7 +222,7 @@ async fn listen_once(
             Note::Change(xid, change) => (xid, change),
         };
         if open.as_ref().is_some_and(|o| o.xid != xid) {
-            if let Err(e) = hand_over(engine, open.take()).await {
+            if let Err(e) = hand_over(sink, open.take()).await {
                 return e;
             }
         }
@@ -237,13 +237,13 @@ async fn listen_once(
     }
 }
 
-/// Hands a complete transaction to the engine as one batch.
-async fn hand_over(engine: &dyn ChangeSink, open: Option<Open>) -> Result<(), String> {
+/// Hands a complete transaction to the sink as one batch.
+async fn hand_over(sink: &dyn ChangeSink, open: Option<Open>) -> Result<(), String> {
     match open {
         // The 64-bit transaction id names the transaction.
         Some(o) => {
             let id = (!o.xid.is_empty()).then(|| format!("tx-{}", o.xid));
-            engine.changes(ChangeBatch::new(o.changes, None), id).await
+            sink.changes(ChangeBatch::new(o.changes, None), id).await
         }
         None => Ok(()),
     }

@@ -27,6 +27,13 @@ impl NodeProc {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Asks the process to stop (SIGTERM) and waits for it.
+    fn terminate(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
     /// Kills the process with SIGKILL: no lease is handed back.
     fn kill(&mut self) {
         let _ = self.child.kill();
@@ -103,6 +110,11 @@ impl Cluster {
 
     /// Three nodes detecting changes with `changes.mode = mode`.
     async fn start_in(mode: &str) -> Cluster {
+        Self::start_with(mode, 1500).await
+    }
+
+    /// Three nodes with `changes.mode = mode` and a lease TTL of `ttl_ms`.
+    async fn start_with(mode: &str, ttl_ms: u64) -> Cluster {
         let nats = Nats::start();
         let db_url = fresh_database().await;
         let slot = format!("slot_{:016x}", rand::random::<u64>());
@@ -114,7 +126,7 @@ impl Cluster {
             let id = format!("n{i}");
             let config = format!(
                 "{DEMO_CONFIG}\n[changes]\nmode = \"{mode}\"\nslot = \"{slot}\"\n\n\
-                 [cluster]\nnats_url = \"{}\"\nnode_id = \"{id}\"\nlease_ttl_ms = 1500\n",
+                 [cluster]\nnats_url = \"{}\"\nnode_id = \"{id}\"\nlease_ttl_ms = {ttl_ms}\n",
                 nats.url()
             );
             let path = dir.join(format!("{id}.toml"));
@@ -678,4 +690,38 @@ async fn a_lease_goes_to_one_node_and_passes_on_at_expiry_or_release() {
     // Released, it is free at once.
     taken.release().await;
     assert!(Lease::try_take(&a, "view-x").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_leader_that_stops_cleanly_hands_over_without_waiting_for_its_lease() {
+    let _g = serial().await;
+    // A lease that would take 12 s to expire.
+    let mut c = Cluster::start_with("wal", 12_000).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut subs = vec![subscribe(&c.nodes[follower]).await];
+    let stopped = tokio::time::Instant::now();
+    c.nodes[leader].terminate();
+    c.sql("UPDATE tasks SET title = 'Written during a clean handover' WHERE id = 2")
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let next = loop {
+        let holders = c.slot_holders().await;
+        if let Some(i) = c
+            .nodes
+            .iter()
+            .position(|n| holders.contains(&format!("arcana-{}", n.id)))
+        {
+            break i;
+        }
+        // Followers look every third of the TTL (4 s): well before it expires.
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no takeover after {:?}",
+            stopped.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(next, leader);
+    converge(&c, &mut subs).await;
 }

@@ -68,7 +68,7 @@ struct SourceSpec {
     url: String,
     /// The replication connection's `application_name`.
     application_name: String,
-    /// Run by a cluster node that has just become leader.
+    /// Whether a cluster node runs it (on becoming leader).
     clustered: bool,
 }
 

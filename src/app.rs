@@ -9,15 +9,17 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::config::{ChangeMode, Config};
+use crate::cluster::{Node, SourceStarter};
+use crate::config::{ChangeMode, ChangesConfig, Config};
 use crate::engine::Engine;
 use crate::grpc::{serve, ServeOptions, TokenAuthenticator};
 use crate::ops::admin::{self, AdminState};
 use crate::ops::health::Readiness;
 use crate::ops::metrics::Exporter;
 use crate::postgres::listen;
+use crate::postgres::sink::ChangeSink;
 use crate::postgres::wal::{self, Tracking, WalOptions};
 use crate::postgres::Listener;
 
@@ -36,8 +38,11 @@ pub struct App {
     pub admin_addr: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), String>>>,
-    /// The running change listener, if `changes.mode` has one.
+    /// The running change listener, if `changes.mode` has one (and the
+    /// server is not a cluster node, whose node runs it while leader).
     source: Option<Listener>,
+    /// Membership in a cluster (`[cluster]`).
+    node: Option<Node>,
     readiness: Readiness,
     /// The admin listener and the readiness watch.
     background: Vec<JoinHandle<()>>,
@@ -54,13 +59,44 @@ pub fn tracked_tables(engine: &Engine) -> BTreeMap<String, Option<BTreeSet<Strin
         .collect()
 }
 
+/// What starting the change source takes, owned, so a cluster node can
+/// start it whenever it becomes leader.
+struct SourceSpec {
+    changes: ChangesConfig,
+    table_keys: HashMap<String, Vec<String>>,
+    workspace_column: String,
+    url: String,
+    /// The replication connection's `application_name`.
+    application_name: String,
+    /// Whether a cluster node runs it (on becoming leader).
+    clustered: bool,
+}
+
+impl SourceSpec {
+    fn new(config: &Config, url: &str) -> Self {
+        SourceSpec {
+            changes: config.changes.clone(),
+            table_keys: config.table_keys(),
+            workspace_column: config.rls.workspace_column.clone(),
+            url: url.to_owned(),
+            application_name: match &config.cluster {
+                Some(c) => format!("arcana-{}", c.node_id),
+                None => "arcana".into(),
+            },
+            clustered: config.cluster.is_some(),
+        }
+    }
+}
+
+/// Starts the change source of `changes.mode`, handing batches to `sink`.
 async fn start_source(
-    config: &Config,
+    spec: &SourceSpec,
     engine: &Engine,
-    url: &str,
+    sink: Arc<dyn ChangeSink>,
 ) -> Result<Option<Listener>, String> {
     let tables = tracked_tables(engine);
-    let c = &config.changes;
+    let c = &spec.changes;
+    let url = spec.url.as_str();
     Ok(match c.mode {
         ChangeMode::None => None,
         ChangeMode::Wal => {
@@ -68,6 +104,7 @@ async fn start_source(
                 slot: c.slot.clone(),
                 publication: c.publication.clone(),
                 create: c.create,
+                application_name: spec.application_name.clone(),
                 ..WalOptions::default()
             };
             let names: Vec<String> = tables.keys().cloned().collect();
@@ -78,7 +115,7 @@ async fn start_source(
                 .collect();
             let routed: Vec<String> = routes.keys().cloned().collect();
             let mut keys = wal::prepare(url, &opts, &names, &routed).await?;
-            keys.extend(config.table_keys());
+            keys.extend(spec.table_keys.clone());
             let mut orders: std::collections::HashMap<String, Vec<Vec<String>>> =
                 Default::default();
             for g in engine.registry().graphs() {
@@ -94,16 +131,22 @@ async fn start_source(
                 keys,
                 routes,
                 orders,
-                workspace_column: Some(config.rls.workspace_column.clone()),
+                workspace_column: Some(spec.workspace_column.clone()),
             };
-            Some(wal::spawn(engine.clone(), url.to_owned(), opts, tracking)?)
+            Some(wal::spawn(sink, url.to_owned(), opts, tracking)?)
         }
         ChangeMode::Notify => {
             if c.install_triggers {
-                crate::postgres::triggers::install(url, &c.channel, &tables, &config.table_keys())
+                crate::postgres::triggers::install(url, &c.channel, &tables, &spec.table_keys)
                     .await?;
             }
-            Some(listen::spawn(engine.clone(), url.to_owned(), c.channel.clone()).await?)
+            let listener = listen::spawn(sink.clone(), url.to_owned(), c.channel.clone()).await?;
+            if spec.clustered {
+                // Notifications sent while no node listened (the previous
+                // leader died) are gone: every node refreshes its views.
+                sink.refresh_all().await?;
+            }
+            Some(listener)
         }
     })
 }
@@ -116,6 +159,11 @@ impl App {
         database_url: &str,
         listener: TcpListener,
     ) -> Result<App, String> {
+        // Cluster nodes started together take turns here (see `startup.rs`).
+        let turn = match &config.cluster {
+            Some(_) => Some(crate::cluster::startup::StartupLock::take(database_url).await?),
+            None => None,
+        };
         if config.rls.install {
             let tables = crate::postgres::rls::install(database_url, &config.rls).await?;
             tracing::info!(?tables, "row-level security policies installed");
@@ -126,6 +174,7 @@ impl App {
             config.database.pool_timeout_ms,
         )?;
         let registry = config.registry(&pool).await?;
+        drop(turn);
         let engine = Engine::new(registry, config.engine.clone());
         let wal_slot =
             (config.changes.mode == ChangeMode::Wal).then(|| config.changes.slot.clone());
@@ -133,11 +182,38 @@ impl App {
             crate::ops::slot::warn_if_retaining(&pool, slot, config.changes.max_retained_wal_mb)
                 .await;
         }
-        let source = start_source(config, &engine, database_url).await?;
+        let spec = SourceSpec::new(config, database_url);
+        let (source, node) = match &config.cluster {
+            None => {
+                let sink: Arc<dyn ChangeSink> = Arc::new(engine.clone());
+                (start_source(&spec, &engine, sink).await?, None)
+            }
+            Some(c) => {
+                // The node runs the source only while it holds the lease.
+                let spec = Arc::new(spec);
+                let e = engine.clone();
+                let starter: SourceStarter = Arc::new(
+                    move |sink: Arc<dyn ChangeSink>| -> futures_util::future::BoxFuture<
+                        'static,
+                        Result<Option<Listener>, String>,
+                    > {
+                        let (spec, e) = (spec.clone(), e.clone());
+                        Box::pin(async move { start_source(&spec, &e, sink).await })
+                    },
+                );
+                (None, Some(Node::start(c, engine.clone(), starter).await?))
+            }
+        };
+        // Ready means changes flow in: from the local listener, or (in a
+        // cluster) from the change stream.
+        let streaming = match &node {
+            Some(n) => Some(n.consuming()),
+            None => source.as_ref().map(|s| s.streaming()),
+        };
         let health = tonic_health::server::HealthReporter::new();
         let readiness = Readiness::new(
             pool.clone(),
-            source.as_ref().map(|s| s.streaming()),
+            streaming,
             Duration::from_millis(config.admin.ready_timeout_ms.max(1)),
             health.clone(),
         );
@@ -191,6 +267,7 @@ impl App {
             stop: Some(stop),
             task: Some(task),
             source,
+            node,
             readiness,
             background,
             grace: Duration::from_millis(config.server.shutdown_grace_ms),
@@ -223,10 +300,18 @@ impl App {
         if let Some(l) = self.source.take() {
             l.stop().await;
         }
+        if let Some(n) = self.node.take() {
+            n.stop().await;
+        }
         for t in self.background.drain(..) {
             t.abort();
         }
         r?
+    }
+
+    /// This server's membership in a cluster (`[cluster]`).
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
     }
 
     /// The readiness of this server (`/readyz`).

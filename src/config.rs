@@ -51,6 +51,62 @@ pub struct Config {
     /// Trace export over OTLP.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Running as one node of a cluster over NATS JetStream; absent: a
+    /// standalone server without NATS.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: nodes sharing one PostgreSQL and one NATS server with
+/// JetStream. One node at a time (the holder of a lease) reads the change
+/// stream from PostgreSQL and publishes it; every node consumes it.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    pub nats_url: String,
+    /// This node's name in the cluster (leases, logs, the replication
+    /// connection's `application_name`); default: random.
+    pub node_id: String,
+    /// How long a lease lives without renewal, in milliseconds; the holder
+    /// renews it every third of that. A dead leader is replaced after at
+    /// most this long.
+    pub lease_ttl_ms: u64,
+    /// The JetStream key-value bucket holding the leases.
+    pub lease_bucket: String,
+    /// The JetStream stream carrying change batches.
+    pub changes_stream: String,
+    /// The subject change batches are published on.
+    pub changes_subject: String,
+    /// How long the stream remembers a batch's id to drop a republished
+    /// one (a new leader replaying the WAL), in milliseconds.
+    pub duplicate_window_ms: u64,
+    /// How long the stream keeps batches, in seconds: a node that was cut
+    /// off from NATS for longer refreshes every view when it comes back.
+    pub stream_max_age_s: u64,
+    /// Most bytes the stream keeps (oldest dropped first).
+    pub stream_max_bytes: i64,
+    /// Largest batch published as is, in bytes; a larger transaction is
+    /// published as "refresh every view" (NATS refuses messages over its
+    /// `max_payload`, which lowers this limit further).
+    pub max_batch_bytes: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats_url: "nats://127.0.0.1:4222".into(),
+            node_id: format!("node-{:08x}", rand::random::<u32>()),
+            lease_ttl_ms: 5000,
+            lease_bucket: "arcana_leases".into(),
+            changes_stream: "ARCANA_CHANGES".into(),
+            changes_subject: "arcana.changes".into(),
+            duplicate_window_ms: 120_000,
+            stream_max_age_s: 86_400,
+            stream_max_bytes: 1 << 30,
+            max_batch_bytes: 1 << 20,
+        }
+    }
 }
 
 /// `[telemetry]`: exporting spans to an OpenTelemetry collector over

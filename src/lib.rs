@@ -11,6 +11,7 @@ pub mod proto {
 
 pub mod app;
 pub mod client;
+pub mod cluster;
 pub mod codegen;
 pub mod config;
 pub mod engine;

@@ -61,6 +61,14 @@ enum Command {
         /// picks a free one.
         #[arg(long, default_value = "127.0.0.1:0")]
         admin_listen: String,
+        /// Run this many cluster nodes over NATS JetStream instead of one
+        /// server, on consecutive ports from `--listen`'s. Starts a local
+        /// nats-server unless `--nats-url` names one.
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=16))]
+        cluster: Option<u16>,
+        /// The NATS server of `--cluster` (with JetStream enabled).
+        #[arg(long, requires = "cluster")]
+        nats_url: Option<String>,
     },
     /// Typed params and rows for every graph and mutation of a running server.
     Codegen {
@@ -192,10 +200,19 @@ async fn main() {
             let config = loaded.expect("loaded above");
             serve(config, database_url, listen, admin_listen).await
         }
+        // Each node's admin listener takes a free port.
+        Command::Demo {
+            database_url,
+            listen,
+            admin_listen: _,
+            cluster: Some(n),
+            nats_url,
+        } => arcana::cluster::demo::run(n, database_url, listen, nats_url).await,
         Command::Demo {
             database_url,
             listen,
             admin_listen,
+            ..
         } => demo(database_url, listen, admin_listen).await,
         Command::Slot { action } => slot(action).await,
         Command::Triggers { action } => triggers(action).await,

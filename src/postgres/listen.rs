@@ -17,8 +17,9 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::AsyncMessage;
 
+use super::sink::ChangeSink;
 use super::Listener;
-use crate::engine::{Change, ChangeBatch, Engine};
+use crate::engine::{Change, ChangeBatch};
 
 /// One parsed notification.
 #[derive(Debug, PartialEq)]
@@ -84,8 +85,12 @@ impl Open {
 
 /// Starts listening on `channel`. Returns once `LISTEN` is in effect, so
 /// no change committed after startup can slip by; fails if the first
-/// attempt does.
-pub async fn spawn(engine: Engine, url: String, channel: String) -> Result<Listener, String> {
+/// attempt does. Each transaction goes to `sink` as one batch.
+pub async fn spawn(
+    sink: std::sync::Arc<dyn ChangeSink>,
+    url: String,
+    channel: String,
+) -> Result<Listener, String> {
     let (stop, mut stopped) = watch::channel(false);
     let (ready_tx, ready_rx) = oneshot::channel::<Result<(), String>>();
     let streaming = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -96,7 +101,7 @@ pub async fn spawn(engine: Engine, url: String, channel: String) -> Result<Liste
         let mut ready = Some(ready_tx);
         loop {
             let r = tokio::select! {
-                r = listen_once(&engine, &url, &channel, outage, &mut backoff, &mut ready, &flag) => r,
+                r = listen_once(sink.as_ref(), &url, &channel, outage, &mut backoff, &mut ready, &flag) => r,
                 _ = stopped.wait_for(|s| *s) => return,
             };
             flag.store(false, std::sync::atomic::Ordering::Relaxed);
@@ -126,7 +131,7 @@ pub async fn spawn(engine: Engine, url: String, channel: String) -> Result<Liste
 
 /// Listens until the connection fails; returns why.
 async fn listen_once(
-    engine: &Engine,
+    sink: &dyn ChangeSink,
     url: &str,
     channel: &str,
     after_outage: bool,
@@ -168,8 +173,8 @@ async fn listen_once(
     }
     *backoff = Duration::from_millis(100);
     if after_outage {
-        if let Err(e) = engine.refresh_all().await {
-            return e.to_string();
+        if let Err(e) = sink.refresh_all().await {
+            return e;
         }
     }
     let mut open: Option<Open> = None;
@@ -184,7 +189,7 @@ async fn listen_once(
                             "no end marker for a transaction's notifications; reinstall the triggers (arcana triggers install)"
                         );
                     }
-                    if let Err(e) = hand_over(engine, open.take()).await {
+                    if let Err(e) = hand_over(sink, open.take()).await {
                         return e;
                     }
                     continue;
@@ -209,7 +214,7 @@ async fn listen_once(
                 if open.as_ref().is_some_and(|o| o.xid != xid) {
                     tracing::warn!("a transaction's notifications ended without its marker");
                 }
-                if let Err(e) = hand_over(engine, open.take()).await {
+                if let Err(e) = hand_over(sink, open.take()).await {
                     return e;
                 }
                 continue;
@@ -217,7 +222,7 @@ async fn listen_once(
             Note::Change(xid, change) => (xid, change),
         };
         if open.as_ref().is_some_and(|o| o.xid != xid) {
-            if let Err(e) = hand_over(engine, open.take()).await {
+            if let Err(e) = hand_over(sink, open.take()).await {
                 return e;
             }
         }
@@ -232,13 +237,14 @@ async fn listen_once(
     }
 }
 
-/// Hands a complete transaction to the engine as one batch.
-async fn hand_over(engine: &Engine, open: Option<Open>) -> Result<(), String> {
+/// Hands a complete transaction to the sink as one batch.
+async fn hand_over(sink: &dyn ChangeSink, open: Option<Open>) -> Result<(), String> {
     match open {
-        Some(o) => engine
-            .changes(ChangeBatch::new(o.changes, None))
-            .await
-            .map_err(|e| e.to_string()),
+        // The 64-bit transaction id names the transaction.
+        Some(o) => {
+            let id = (!o.xid.is_empty()).then(|| format!("tx-{}", o.xid));
+            sink.changes(ChangeBatch::new(o.changes, None), id).await
+        }
         None => Ok(()),
     }
 }

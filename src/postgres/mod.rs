@@ -9,6 +9,7 @@ pub mod named;
 pub mod pgoutput;
 pub mod rls;
 mod row_change;
+pub mod sink;
 pub mod sql;
 pub mod tls;
 pub mod triggers;

@@ -22,8 +22,9 @@ use tokio::sync::{oneshot, watch};
 
 use super::pgoutput::{decode, Message, Relation};
 use super::row_change::TxChanges;
+use super::sink::ChangeSink;
 use super::Listener;
-use crate::engine::{Change, ChangeBatch, Engine};
+use crate::engine::{Change, ChangeBatch};
 
 /// Where the listener reads from.
 #[derive(Debug, Clone)]
@@ -36,6 +37,9 @@ pub struct WalOptions {
     pub create: bool,
     /// How often standby status is sent at most while positions advance.
     pub status_interval: Duration,
+    /// The replication connection's `application_name` (in
+    /// `pg_stat_replication`); cluster nodes put their name in it.
+    pub application_name: String,
 }
 
 impl Default for WalOptions {
@@ -45,6 +49,7 @@ impl Default for WalOptions {
             publication: "arcana_pub".into(),
             create: true,
             status_interval: Duration::from_secs(1),
+            application_name: "arcana".into(),
         }
     }
 }
@@ -288,13 +293,13 @@ fn replication_config(
     .with_port(port)
     .with_binary(true)
     .with_status_interval(opts.status_interval)
-    .with_application_name("arcana");
+    .with_application_name(&opts.application_name);
     Ok((cfg, relay))
 }
 
-/// Starts the listener task.
+/// Starts the listener task, which hands each transaction to `sink`.
 pub fn spawn(
-    engine: Engine,
+    sink: std::sync::Arc<dyn ChangeSink>,
     url: String,
     opts: WalOptions,
     tracking: Tracking,
@@ -308,7 +313,7 @@ pub fn spawn(
         let mut backoff = Duration::from_millis(100);
         let mut outage = false;
         loop {
-            let mut state = Stream::new(&engine, &tracking, &flag);
+            let mut state = Stream::new(sink.as_ref(), &tracking, &flag);
             let r = tokio::select! {
                 r = state.run(&url, cfg.clone(), outage) => r,
                 _ = stopped.wait_for(|s| *s) => return,
@@ -438,7 +443,7 @@ fn visible(snapshot: &str, xid: u32) -> bool {
 }
 
 struct Stream<'a> {
-    engine: &'a Engine,
+    sink: &'a dyn ChangeSink,
     tracking: &'a Tracking,
     relations: HashMap<u32, Relation>,
     /// Set once streaming (the spawning loop clears it on failure).
@@ -449,12 +454,12 @@ type RunError = (String, bool);
 
 impl<'a> Stream<'a> {
     fn new(
-        engine: &'a Engine,
+        sink: &'a dyn ChangeSink,
         tracking: &'a Tracking,
         streaming: &'a std::sync::atomic::AtomicBool,
     ) -> Self {
         Stream {
-            engine,
+            sink,
             tracking,
             relations: HashMap::new(),
             streaming,
@@ -494,10 +499,7 @@ impl<'a> Stream<'a> {
         if after_outage {
             // Whatever failed while we were away (evaluations, missed
             // notifications of other sources) converges now.
-            self.engine
-                .refresh_all()
-                .await
-                .map_err(|e| (e.to_string(), true))?;
+            self.sink.refresh_all().await.map_err(|e| (e, true))?;
         }
         // Batches handed to the engine, oldest first, with the position to
         // confirm once each is applied.
@@ -514,7 +516,7 @@ impl<'a> Stream<'a> {
                 done = async { (&mut pending.front_mut().expect("guarded").0).await }, if !pending.is_empty() => {
                     let (_, lsn, committed) = pending.pop_front().expect("guarded");
                     if done.is_err() {
-                        return Err(("the engine stopped".into(), true));
+                        return Err(("the change sink stopped".into(), true));
                     }
                     if let Some(at) = committed {
                         // The frames of the batch are queued: that is the lag clients see.
@@ -608,10 +610,13 @@ impl<'a> Stream<'a> {
             if d.changes.is_empty() {
                 let _ = t.send(());
             } else {
-                self.engine
-                    .changes(ChangeBatch::new(d.changes, Some(t)))
+                // The commit's position names the transaction: a replay
+                // after a crash hands it over with the same id.
+                let id = format!("wal-{}", d.end_lsn.as_u64());
+                self.sink
+                    .changes(ChangeBatch::new(d.changes, Some(t)), Some(id))
                     .await
-                    .map_err(|e| (e.to_string(), true))?;
+                    .map_err(|e| (e, true))?;
             }
             pending.push_back((r, d.end_lsn, d.committed));
         }

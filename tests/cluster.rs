@@ -1,0 +1,740 @@
+//! A cluster of three `arcana serve` processes on one PostgreSQL and one
+//! real nats-server: writes reach every node, one node reads the WAL, the
+//! leader's death and a NATS restart lose nothing.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use arcana::app::DEMO_CONFIG;
+use arcana::client::ViewState;
+use arcana::engine::Value;
+use arcana::proto::arcana_service_client::ArcanaServiceClient;
+use common::nats::Nats;
+use common::*;
+use tonic::transport::Channel;
+
+/// One `arcana serve` child process.
+struct NodeProc {
+    id: String,
+    port: u16,
+    child: Child,
+    /// Not killed or stopped by the test.
+    alive: bool,
+}
+
+impl NodeProc {
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Asks the process to stop (SIGTERM) and waits for it.
+    fn terminate(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        self.alive = false;
+    }
+
+    /// Kills the process with SIGKILL: no lease is handed back.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.alive = false;
+    }
+
+    async fn live(&self, token: &str) -> Live {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(ch) = Channel::from_shared(self.endpoint())
+                .unwrap()
+                .connect()
+                .await
+            {
+                let c = ArcanaServiceClient::with_interceptor(ch, Bearer(token.into()));
+                if let Ok(l) = Live::connect(c).await {
+                    return l;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} did not come up",
+                self.id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Three nodes, their NATS and their database.
+struct Cluster {
+    nats: Nats,
+    db_url: String,
+    slot: String,
+    nodes: Vec<NodeProc>,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // A failed test shows what each node logged.
+        if std::thread::panicking() {
+            for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+                if e.path().extension().is_some_and(|x| x == "log") {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    eprintln!("==== {} ====\n{text}", e.path().display());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        Self::start_in("wal").await
+    }
+
+    /// Three nodes detecting changes with `changes.mode = mode`.
+    async fn start_in(mode: &str) -> Cluster {
+        Self::start_with(mode, 1500).await
+    }
+
+    /// Three nodes with `changes.mode = mode` and a lease TTL of `ttl_ms`.
+    async fn start_with(mode: &str, ttl_ms: u64) -> Cluster {
+        let nats = Nats::start();
+        let db_url = fresh_database().await;
+        let slot = format!("slot_{:016x}", rand::random::<u64>());
+        let dir =
+            std::env::temp_dir().join(format!("arcana-cluster-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nodes = Vec::new();
+        for i in 1..=3 {
+            let id = format!("n{i}");
+            let config = format!(
+                "{DEMO_CONFIG}\n[changes]\nmode = \"{mode}\"\nslot = \"{slot}\"\n\n\
+                 [cluster]\nnats_url = \"{}\"\nnode_id = \"{id}\"\nlease_ttl_ms = {ttl_ms}\n",
+                nats.url()
+            );
+            let path = dir.join(format!("{id}.toml"));
+            std::fs::write(&path, config).unwrap();
+            let port = free_port();
+            let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_arcana"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&path)
+                .args(["--database-url", &db_url])
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .env(
+                    "RUST_LOG",
+                    std::env::var("ARCANA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start arcana serve");
+            nodes.push(NodeProc {
+                id,
+                port,
+                child,
+                alive: true,
+            });
+        }
+        Cluster {
+            nats,
+            db_url,
+            slot,
+            nodes,
+            _dir: TempDir(dir),
+        }
+    }
+
+    async fn query(&self, q: &str) -> Vec<tokio_postgres::Row> {
+        let (c, conn) = tokio_postgres::connect(&self.db_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.query(q, &[]).await.unwrap()
+    }
+
+    async fn sql(&self, q: &str) {
+        arcana::postgres::execute_script(&self.db_url, q)
+            .await
+            .unwrap();
+    }
+
+    /// The `application_name` of every connection streaming from the slot.
+    async fn slot_holders(&self) -> Vec<String> {
+        self.query(&format!(
+            "SELECT a.application_name FROM pg_replication_slots s \
+             JOIN pg_stat_activity a ON a.pid = s.active_pid \
+             WHERE s.slot_name = '{}' AND s.active",
+            self.slot
+        ))
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+
+    /// Waits until a live node streams from the slot (a dead node's
+    /// walsender may linger a moment); returns its index.
+    async fn leader(&self) -> usize {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let holders = self.slot_holders().await;
+            assert!(holders.len() <= 1, "several holders: {holders:?}");
+            if let Some(h) = holders.first() {
+                if let Some(i) = self
+                    .nodes
+                    .iter()
+                    .position(|n| n.alive && *h == format!("arcana-{}", n.id))
+                {
+                    return i;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no node took the slot; holders: {holders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Project 1's task titles in view order, as SQL has them now.
+    async fn expected_titles(&self) -> Vec<String> {
+        self.query(
+            "SELECT title FROM tasks WHERE workspace_id = 'acme' AND project_id = 1 \
+             ORDER BY position, id LIMIT 50",
+        )
+        .await
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    }
+}
+
+/// The titles a `project_tasks` view shows, in order.
+fn titles(v: &ViewState) -> Vec<String> {
+    v.refs
+        .iter()
+        .map(|r| match v.rows.get(&r.key).and_then(|f| f.get("title")) {
+            Some(Value::String(s)) => s.clone(),
+            other => panic!("title of {:?}: {other:?}", r.key),
+        })
+        .collect()
+}
+
+/// A subscriber on one node to project 1's tasks.
+async fn subscribe(node: &NodeProc) -> (Live, String) {
+    let mut l = node.live("dev-alice").await;
+    let v = l
+        .subscribe("project_tasks", params(&[("project_id", int(1))]))
+        .await
+        .unwrap()
+        .view_id;
+    (l, v)
+}
+
+/// Waits until every subscriber's view equals what SQL returns.
+async fn converge(c: &Cluster, subs: &mut [(Live, String)]) {
+    let expected = c.expected_titles().await;
+    for (l, v) in subs.iter_mut() {
+        l.wait_until(v, |s| titles(s) == expected).await;
+    }
+}
+
+/// The cluster tests each start three servers; one at a time keeps them
+/// within the machine's means.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+#[tokio::test]
+async fn writes_reach_every_node_and_one_node_reads_the_wal() {
+    let _g = serial().await;
+    let c = Cluster::start().await;
+    let leader = c.leader().await;
+    let mut subs = Vec::new();
+    for n in &c.nodes {
+        subs.push(subscribe(n).await);
+    }
+    // A write from psql reaches subscribers on every node.
+    c.sql("UPDATE tasks SET title = 'Book the big venue' WHERE id = 2")
+        .await;
+    converge(&c, &mut subs).await;
+    assert!(titles(subs[1].0.view(&subs[1].1)).contains(&"Book the big venue".to_owned()));
+    // A mutation on a node that does not read the WAL reaches the others.
+    let writer = (leader + 1) % 3;
+    subs[writer]
+        .0
+        .mutate(
+            "create_task",
+            params(&[("project_id", int(1)), ("title", text("Cluster task"))]),
+        )
+        .await
+        .unwrap();
+    converge(&c, &mut subs).await;
+    for (l, v) in &subs {
+        assert!(titles(l.view(v)).contains(&"Cluster task".to_owned()));
+    }
+    // Still exactly one node streams from the slot.
+    assert_eq!(c.slot_holders().await.len(), 1);
+    assert_eq!(c.leader().await, leader);
+}
+
+#[tokio::test]
+async fn the_leader_killed_another_takes_over_and_nothing_is_lost() {
+    let _g = serial().await;
+    let mut c = Cluster::start().await;
+    let leader = c.leader().await;
+    let mut subs = Vec::new();
+    for (i, n) in c.nodes.iter().enumerate() {
+        if i != leader {
+            subs.push(subscribe(n).await);
+        }
+    }
+    c.sql("UPDATE tasks SET title = 'Before the handover' WHERE id = 1")
+        .await;
+    converge(&c, &mut subs).await;
+    c.nodes[leader].kill();
+    let killed = tokio::time::Instant::now();
+    // Writes while nobody reads the WAL, then while the new leader starts.
+    for i in 0..8 {
+        c.sql(&format!(
+            "INSERT INTO tasks (workspace_id, project_id, title, position) VALUES ('acme', 1, 'During handover {i}', {})",
+            100 + i
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let next = c.leader().await;
+    assert_ne!(next, leader);
+    // The lease lives 1.5 s; the WAL listener retries the slot within 5 s.
+    assert!(
+        killed.elapsed() < Duration::from_secs(8),
+        "takeover took {:?}",
+        killed.elapsed()
+    );
+    converge(&c, &mut subs).await;
+    c.sql("UPDATE tasks SET title = 'After the handover' WHERE id = 3")
+        .await;
+    converge(&c, &mut subs).await;
+    let expected = c.expected_titles().await;
+    assert_eq!(
+        expected.iter().filter(|t| t.starts_with("During")).count(),
+        8
+    );
+    for (l, v) in &subs {
+        assert_eq!(titles(l.view(v)), expected);
+    }
+    // In the stream, each inserted row is in exactly one batch, and no
+    // transaction (WAL position) was stored twice.
+    let batches = stream_batches(&c.nats.url()).await;
+    let ids: Vec<&String> = batches.iter().filter_map(|(id, _)| id.as_ref()).collect();
+    let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "a transaction stored twice: {ids:?}"
+    );
+    // Task 1 was updated just before the kill, likely before the old leader
+    // confirmed its position: the new leader replays that transaction.
+    for r in c
+        .query("SELECT id::text FROM tasks WHERE title LIKE 'During handover%' OR id = 1")
+        .await
+    {
+        let row: String = r.get(0);
+        let holding = batches
+            .iter()
+            .filter(|(_, b)| {
+                b["changes"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|ch| ch["table"] == "tasks" && ch["id"] == row.as_str())
+                })
+            })
+            .count();
+        assert_eq!(holding, 1, "task {row} in {holding} batches");
+    }
+}
+
+/// Every batch in the change stream: its message id and its JSON.
+async fn stream_batches(nats_url: &str) -> Vec<(Option<String>, serde_json::Value)> {
+    use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+    use futures_util::StreamExt;
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("ARCANA_CHANGES").await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while let Some(m) = tokio::time::timeout(WAIT, messages.next())
+        .await
+        .expect("stream read in time")
+    {
+        let m = m.unwrap();
+        let seq = m.info().unwrap().stream_sequence;
+        let id = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_owned());
+        out.push((id, serde_json::from_slice(&m.payload).unwrap()));
+        if seq >= last {
+            break;
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn after_a_nats_restart_writes_arrive_everywhere() {
+    let _g = serial().await;
+    let mut c = Cluster::start().await;
+    let leader = c.leader().await;
+    let mut subs = Vec::new();
+    for n in &c.nodes {
+        subs.push(subscribe(n).await);
+    }
+    c.sql("UPDATE tasks SET title = 'Before the restart' WHERE id = 1")
+        .await;
+    converge(&c, &mut subs).await;
+    c.nats.restart();
+    for i in 0..3 {
+        c.sql(&format!(
+            "INSERT INTO tasks (workspace_id, project_id, title, position) VALUES ('acme', 1, 'After restart {i}', {})",
+            200 + i
+        ))
+        .await;
+    }
+    converge(&c, &mut subs).await;
+    // One node reads the WAL again (the same one or another).
+    let now = c.leader().await;
+    tracing::debug!(before = leader, now, "leaders");
+    let expected = c.expected_titles().await;
+    for (l, v) in &subs {
+        assert_eq!(titles(l.view(v)), expected);
+    }
+}
+
+#[tokio::test]
+async fn a_nats_outage_longer_than_the_lease_loses_nothing() {
+    let _g = serial().await;
+    let mut c = Cluster::start().await;
+    c.leader().await;
+    let mut subs = Vec::new();
+    for n in &c.nodes {
+        subs.push(subscribe(n).await);
+    }
+    c.nats.stop();
+    // Past the lease's life, the leader gives up the slot: it cannot
+    // publish, so it must not read on.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !c.slot_holders().await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the leader kept the slot without NATS"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..3 {
+        c.sql(&format!(
+            "INSERT INTO tasks (workspace_id, project_id, title, position) VALUES ('acme', 1, 'During the outage {i}', {})",
+            300 + i
+        ))
+        .await;
+    }
+    c.nats.start_again();
+    c.leader().await;
+    converge(&c, &mut subs).await;
+    let expected = c.expected_titles().await;
+    assert_eq!(
+        expected
+            .iter()
+            .filter(|t| t.starts_with("During the outage"))
+            .count(),
+        3
+    );
+    for (l, v) in &subs {
+        assert_eq!(titles(l.view(v)), expected);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_nats_stops_startup_with_a_message() {
+    let db_url = fresh_database().await;
+    let mut config = arcana::config::Config::parse(DEMO_CONFIG).unwrap();
+    config.changes.mode = arcana::config::ChangeMode::None;
+    let nats_url = format!("nats://127.0.0.1:{}", free_port());
+    config.cluster = Some(arcana::config::ClusterConfig {
+        nats_url: nats_url.clone(),
+        ..Default::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = match arcana::app::App::start(&config, &db_url, listener).await {
+        Ok(_) => panic!("started without NATS"),
+        Err(e) => e,
+    };
+    assert!(
+        e.contains(&format!(
+            "cannot reach NATS at {nats_url} (cluster.nats_url)"
+        )),
+        "{e}"
+    );
+    // A setting a person can get wrong is named.
+    config.cluster = Some(arcana::config::ClusterConfig {
+        node_id: "a b".into(),
+        ..Default::default()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = match arcana::app::App::start(&config, &db_url, listener).await {
+        Ok(_) => panic!("started with a bad node_id"),
+        Err(e) => e,
+    };
+    assert!(e.contains("cluster.node_id `a b`"), "{e}");
+}
+
+#[test]
+fn the_cluster_section_parses_with_defaults_and_rejects_unknown_keys() {
+    let c = arcana::config::Config::parse(DEMO_CONFIG).unwrap();
+    assert!(c.cluster.is_none(), "no [cluster]: a standalone server");
+    let c = arcana::config::Config::parse(&format!(
+        "{DEMO_CONFIG}\n[cluster]\nnats_url = \"nats://10.0.0.1:4222\"\n"
+    ))
+    .unwrap();
+    let k = c.cluster.unwrap();
+    assert_eq!(k.nats_url, "nats://10.0.0.1:4222");
+    assert!(k.node_id.starts_with("node-"));
+    assert_eq!(k.lease_ttl_ms, 5000);
+    assert_eq!(k.changes_stream, "ARCANA_CHANGES");
+    let e = arcana::config::Config::parse(&format!("{DEMO_CONFIG}\n[cluster]\nlease_ttl = 5\n"))
+        .unwrap_err();
+    assert!(e.contains("lease_ttl"), "{e}");
+}
+
+#[tokio::test]
+async fn in_notify_mode_the_leader_listens_and_writes_reach_every_node() {
+    let _g = serial().await;
+    let mut c = Cluster::start_in("notify").await;
+    let mut subs = Vec::new();
+    for n in &c.nodes {
+        subs.push(subscribe(n).await);
+    }
+    // The leader's LISTEN connection is the only change source; writes
+    // count once it listens (it installs the triggers first).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let n: i64 = c
+            .query(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE query LIKE 'LISTEN %' AND datname = current_database()",
+            )
+            .await[0]
+            .get(0);
+        assert!(n <= 1, "{n} nodes listen");
+        if n == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no node listens");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.sql("UPDATE tasks SET title = 'Notified everywhere' WHERE id = 2")
+        .await;
+    converge(&c, &mut subs).await;
+    for (l, v) in &subs {
+        assert!(titles(l.view(v)).contains(&"Notified everywhere".to_owned()));
+    }
+    assert!(c.slot_holders().await.is_empty());
+    // The listening node dies: what is written before another listens is
+    // never notified, and arrives anyway (the new leader refreshes all).
+    let holder = lease_holder(&c.nats.url()).await;
+    let leader = c.nodes.iter().position(|n| n.id == holder).unwrap();
+    c.nodes[leader].kill();
+    let mut subs: Vec<_> = subs
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, s)| s)
+        .collect();
+    c.sql("UPDATE tasks SET title = 'Written with nobody listening' WHERE id = 3")
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while lease_holder(&c.nats.url()).await == holder {
+        assert!(tokio::time::Instant::now() < deadline, "no takeover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    converge(&c, &mut subs).await;
+    for (l, v) in &subs {
+        assert!(titles(l.view(v)).contains(&"Written with nobody listening".to_owned()));
+    }
+}
+
+/// The node holding the change source lease ("" when none does).
+async fn lease_holder(nats_url: &str) -> String {
+    let client = async_nats::connect(nats_url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let kv = js.get_key_value("arcana_leases").await.unwrap();
+    match kv.get("changes").await.unwrap() {
+        Some(v) => String::from_utf8(v.to_vec()).unwrap(),
+        None => String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn nodes_started_together_on_a_new_database_all_start() {
+    let _g = serial().await;
+    let nats = Nats::start();
+    // Startup installs row-level security (DDL) and prepares statements;
+    // side by side on three nodes that could deadlock and fail a node.
+    for round in 0..4 {
+        let db_url = fresh_database().await;
+        let db_tag = format!("{:08x}", rand::random::<u32>());
+        let starts = (1..=3).map(|i| {
+            let db_tag = db_tag.clone();
+            let db_url = db_url.clone();
+            let nats_url = nats.url();
+            async move {
+                let mut config = arcana::config::Config::parse(DEMO_CONFIG).unwrap();
+                config.changes.mode = arcana::config::ChangeMode::Wal;
+                config.changes.slot = format!("slot_{round}_{db_tag}");
+                config.cluster = Some(arcana::config::ClusterConfig {
+                    nats_url,
+                    node_id: format!("r{round}n{i}"),
+                    changes_stream: format!("CHANGES_{round}"),
+                    changes_subject: format!("changes.{round}"),
+                    lease_bucket: format!("leases_{round}"),
+                    ..Default::default()
+                });
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                arcana::app::App::start(&config, &db_url, listener).await
+            }
+        });
+        let apps = futures_util::future::join_all(starts.map(tokio::spawn)).await;
+        for app in apps {
+            match app.unwrap() {
+                Ok(a) => a.stop().await.unwrap(),
+                Err(e) => panic!("round {round}: a node failed to start: {e}"),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_changed_lease_ttl_or_stream_limit_updates_what_nats_holds() {
+    let nats = Nats::start();
+    let config = |ttl: u64, bytes: i64| arcana::config::ClusterConfig {
+        nats_url: nats.url(),
+        lease_ttl_ms: ttl,
+        stream_max_bytes: bytes,
+        ..Default::default()
+    };
+    arcana::cluster::Bus::connect(&config(1000, 1 << 20))
+        .await
+        .unwrap();
+    let bus = arcana::cluster::Bus::connect(&config(2500, 2 << 20))
+        .await
+        .unwrap();
+    let mut kv = bus.js.get_stream("KV_arcana_leases").await.unwrap();
+    let kv = kv.info().await.unwrap().config.clone();
+    assert_eq!(kv.max_age, Duration::from_millis(2500));
+    let mut changes = bus.js.get_stream("ARCANA_CHANGES").await.unwrap();
+    assert_eq!(changes.info().await.unwrap().config.max_bytes, 2 << 20);
+}
+
+#[tokio::test]
+async fn a_lease_goes_to_one_node_and_passes_on_at_expiry_or_release() {
+    use arcana::cluster::{Bus, Lease, Renewal};
+    let nats = Nats::start();
+    let config = |id: &str| arcana::config::ClusterConfig {
+        nats_url: nats.url(),
+        node_id: id.into(),
+        lease_ttl_ms: 600,
+        ..Default::default()
+    };
+    let a = Bus::connect(&config("a")).await.unwrap();
+    let b = Bus::connect(&config("b")).await.unwrap();
+    let mut held = Lease::try_take(&a, "view-x").await.unwrap().expect("free");
+    assert!(Lease::try_take(&b, "view-x").await.unwrap().is_none());
+    assert_eq!(
+        Lease::holder(&b, "view-x").await.unwrap().as_deref(),
+        Some("a")
+    );
+    assert_eq!(held.renew().await, Renewal::Held);
+    // Nobody renews: it expires and the other node gets it.
+    let started = tokio::time::Instant::now();
+    let taken = loop {
+        if let Some(l) = Lease::try_take(&b, "view-x").await.unwrap() {
+            break l;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(matches!(held.renew().await, Renewal::Lost(_)));
+    // Released, it is free at once.
+    taken.release().await;
+    assert!(Lease::try_take(&a, "view-x").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_leader_that_stops_cleanly_hands_over_without_waiting_for_its_lease() {
+    let _g = serial().await;
+    // A lease that would take 12 s to expire.
+    let mut c = Cluster::start_with("wal", 12_000).await;
+    let leader = c.leader().await;
+    let follower = (leader + 1) % 3;
+    let mut subs = vec![subscribe(&c.nodes[follower]).await];
+    let stopped = tokio::time::Instant::now();
+    c.nodes[leader].terminate();
+    c.sql("UPDATE tasks SET title = 'Written during a clean handover' WHERE id = 2")
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let next = loop {
+        let holders = c.slot_holders().await;
+        // The old walsender may linger a moment after its node exits.
+        if let Some(i) = c
+            .nodes
+            .iter()
+            .enumerate()
+            .position(|(i, n)| i != leader && holders.contains(&format!("arcana-{}", n.id)))
+        {
+            break i;
+        }
+        // Followers look every third of the TTL (4 s): well before it expires.
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no takeover after {:?}",
+            stopped.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_ne!(next, leader);
+    converge(&c, &mut subs).await;
+    assert_eq!(c.slot_holders().await.len(), 1);
+}

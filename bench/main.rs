@@ -816,7 +816,7 @@ async fn main() {
             let shape = windows::Shape::new(cli.quick);
             for run in 0..cli.runs {
                 eprintln!("windows (run {} of {})", run + 1, cli.runs);
-                for (part, m) in windows::run(&bin, &pg, &shape).await {
+                for (part, m) in windows::run(&bin, &pg, &shape, cli.compare).await {
                     match window_rows.iter_mut().find(|(p, _)| *p == part) {
                         Some((_, runs)) => runs.push(m),
                         None => window_rows.push((part, vec![m])),

@@ -68,7 +68,14 @@ impl Shape {
     }
 }
 
-fn config(port: u16, slot: &str, part_bytes: usize) -> String {
+fn config(port: u16, slot: &str, part_bytes: usize, total: bool) -> String {
+    // A total counts every row, so with one every change reaches every
+    // window: the baseline for routing changes by the windows' reach.
+    let total = if total {
+        "total_sql = \"SELECT count(*) FROM feed\""
+    } else {
+        ""
+    };
     format!(
         r#"
 [server]
@@ -96,6 +103,7 @@ sql = "SELECT id, pos, title, seq, written_us FROM feed"
 deps = {{ feed = ["*"] }}
 patch = {{ feed = ["title", "seq", "written_us"] }}
 window = {{ order = ["pos", "id"], default_limit = 50, max_limit = 100000 }}
+{total}
 
 [changes]
 mode = "wal"
@@ -156,22 +164,36 @@ fn sorted(mut v: Vec<u32>) -> Vec<u32> {
 }
 
 /// Runs the three parts; returns a row of metrics per part.
-pub async fn run(bin: &Path, pg: &EmbeddedPostgres, shape: &Shape) -> Vec<(String, Metrics)> {
+pub async fn run(
+    bin: &Path,
+    pg: &EmbeddedPostgres,
+    shape: &Shape,
+    compare: bool,
+) -> Vec<(String, Metrics)> {
     let (db, url) = database(pg, shape.rows).await;
     let slot = format!("slot_{db}");
     let mut out = Vec::new();
     {
         let port = free_port();
-        let server = Server::arcana(bin, &config(port, &slot, 1 << 20), &url, port).await;
+        let server = Server::arcana(bin, &config(port, &slot, 1 << 20, false), &url, port).await;
         eprintln!("  [windows] re-anchoring");
         out.extend(reanchors(&server, shape).await);
         eprintln!("  [windows] live windows under writes");
         out.push(("live windows".into(), live(&server, &url, shape).await));
     }
+    if compare {
+        let port = free_port();
+        let server = Server::arcana(bin, &config(port, &slot, 1 << 20, true), &url, port).await;
+        eprintln!("  [windows] live windows, every window evaluated per change");
+        out.push((
+            "live windows, unrouted (graph with a total)".into(),
+            live(&server, &url, shape).await,
+        ));
+    }
     for (variant, part_bytes) in [("in parts", 1usize << 20), ("whole", 1 << 30)] {
         eprintln!("  [windows] snapshot {variant}");
         let port = free_port();
-        let server = Server::arcana(bin, &config(port, &slot, part_bytes), &url, port).await;
+        let server = Server::arcana(bin, &config(port, &slot, part_bytes, false), &url, port).await;
         out.push((
             format!("snapshot of {} rows, {variant}", shape.snapshot_rows),
             snapshot(&server, shape.snapshot_rows).await,
@@ -440,6 +462,7 @@ async fn snapshot(server: &Server, rows: u32) -> Metrics {
     .await;
     let (first, _) = s.settle().await;
     let all = t.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let used = server.usage();
     Metrics::from([
         (
@@ -450,6 +473,10 @@ async fn snapshot(server: &Server, rows: u32) -> Metrics {
         (
             "peak_over_idle_mib",
             (used.peak_rss.saturating_sub(idle.rss)) as f64 / (1 << 20) as f64,
+        ),
+        (
+            "held_over_idle_mib",
+            (used.rss.saturating_sub(idle.rss)) as f64 / (1 << 20) as f64,
         ),
     ])
 }
@@ -483,7 +510,7 @@ pub fn print(rows: &[(String, Vec<Metrics>)]) {
     println!();
     println!("| part | windows | writes/s | deliveries | p50 ms | p99 ms | server CPU s | gaps |");
     println!("|---|---|---|---|---|---|---|---|");
-    for (name, runs) in rows.iter().filter(|(n, _)| n == "live windows") {
+    for (name, runs) in rows.iter().filter(|(n, _)| n.starts_with("live windows")) {
         println!(
             "| {name} | {} | {} | {} | {} | {} | {} | {} |",
             med(runs, "windows"),
@@ -496,14 +523,15 @@ pub fn print(rows: &[(String, Vec<Metrics>)]) {
         );
     }
     println!();
-    println!("| part | first frame ms | whole snapshot ms | server peak over idle MiB |");
-    println!("|---|---|---|---|");
+    println!("| part | first frame ms | whole snapshot ms | server peak over idle MiB | held after MiB |");
+    println!("|---|---|---|---|---|");
     for (name, runs) in rows.iter().filter(|(n, _)| n.starts_with("snapshot")) {
         println!(
-            "| {name} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} |",
             med(runs, "first_frame_ms"),
             med(runs, "all_ms"),
-            med(runs, "peak_over_idle_mib")
+            med(runs, "peak_over_idle_mib"),
+            med(runs, "held_over_idle_mib")
         );
     }
 }

@@ -30,8 +30,9 @@ impl RowKey {
 pub struct Ref {
     /// The referenced row.
     pub key: RowKey,
-    /// The fields of the row this reference uses (informational; empty: all).
-    pub fields: Vec<String>,
+    /// The fields of the row this reference uses (informational; empty:
+    /// all). Shared: the rows of one query have the same field names.
+    pub fields: Arc<[String]>,
     /// Nested references by name.
     pub nested: BTreeMap<String, Ref>,
 }
@@ -41,7 +42,7 @@ impl Ref {
     pub fn new(table: &str, id: &str) -> Self {
         Ref {
             key: RowKey::new(table, id),
-            fields: Vec::new(),
+            fields: Arc::from([]),
             nested: BTreeMap::new(),
         }
     }

@@ -101,7 +101,7 @@ pub fn ref_to_pb(r: &engine::Ref) -> pb::Ref {
     pb::Ref {
         table: r.key.table.to_string(),
         id: r.key.id.to_string(),
-        fields: r.fields.clone(),
+        fields: r.fields.to_vec(),
         nested: r
             .nested
             .iter()
@@ -113,7 +113,7 @@ pub fn ref_to_pb(r: &engine::Ref) -> pb::Ref {
 /// Protobuf ref to engine.
 pub fn ref_from_pb(r: pb::Ref) -> engine::Ref {
     let mut out = engine::Ref::new(&r.table, &r.id);
-    out.fields = r.fields;
+    out.fields = r.fields.into();
     out.nested = r
         .nested
         .into_iter()

@@ -331,6 +331,8 @@ impl SqlGraph {
         skip: usize,
     ) -> Result<GraphResult, EvalError> {
         let mut out = GraphResult::new();
+        // The field-name lists refs carry, one allocation per distinct list.
+        let mut names: Vec<Arc<[String]>> = Vec::new();
         for row in rows {
             let mut top = Fields::new();
             let mut nested: BTreeMap<&str, Fields> = BTreeMap::new();
@@ -364,7 +366,7 @@ impl SqlGraph {
             }
             let id = self.key_of(&self.table, &self.key, &top)?;
             let mut r = Ref::new(&self.table, &id);
-            r.fields = top.keys().cloned().collect();
+            r.fields = shared_names(&mut names, &top);
             for spec in &self.nested {
                 let Some(fields) = nested.remove(spec.name.as_str()) else {
                     continue;
@@ -378,7 +380,7 @@ impl SqlGraph {
                 }
                 let nid = self.key_of(&spec.table, &spec.key, &fields)?;
                 let mut n = Ref::new(&spec.table, &nid);
-                n.fields = fields.keys().cloned().collect();
+                n.fields = shared_names(&mut names, &fields);
                 out.add_row(&spec.table, &nid, fields);
                 r.nested.insert(spec.name.clone(), n);
             }
@@ -404,6 +406,19 @@ impl SqlGraph {
         }
         Ok(row_id(&parts))
     }
+}
+
+/// `fields`' names as a list shared with earlier rows of the same shape.
+fn shared_names(cache: &mut Vec<Arc<[String]>>, fields: &Fields) -> Arc<[String]> {
+    let same = |l: &Arc<[String]>| {
+        l.len() == fields.len() && l.iter().zip(fields.keys()).all(|(a, b)| a == b)
+    };
+    if let Some(l) = cache.iter().find(|l| same(l)) {
+        return l.clone();
+    }
+    let l: Arc<[String]> = fields.keys().cloned().collect();
+    cache.push(l.clone());
+    l
 }
 
 fn source_text(e: &tokio_postgres::Error) -> String {

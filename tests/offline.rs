@@ -429,6 +429,17 @@ async fn a_replayed_bundle_returns_its_result_and_applies_nothing() {
     assert!(again.replayed);
     assert_eq!(again.committed, first.committed);
     assert_eq!(again.results, first.results);
+    // The same bundle id with other content is a device bug, not a replay.
+    let e = a
+        .push_as(7, vec![note("notes", IntentOp::Insert, "r2", "other", 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("resend it unchanged"),
+        "{}",
+        e.message()
+    );
     assert_eq!(
         h.query_i64("SELECT count(*) FROM arcana_offline.changes")
             .await,

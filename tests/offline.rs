@@ -383,6 +383,8 @@ async fn last_writer_wins_and_server_wins_converge() {
         r.results[0].status,
         pb::intent_result::Status::Applied as i32
     );
+    // Both clamp to the server's clock plus the skew: let that clock move.
+    tokio::time::sleep(Duration::from_millis(5)).await;
     let r = a
         .push(vec![timed("lww_notes", "alice now", now + 3_600_000)])
         .await
@@ -1047,4 +1049,104 @@ async fn a_server_killed_mid_push_applies_nothing_and_the_replay_works() {
     );
     server.proc.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_offline_command_prints_and_installs_the_change_log() {
+    let db_url = fresh_database().await;
+    arcana::postgres::execute_script(&db_url, SCHEMA)
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("arcana-offline-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("arcana.toml");
+    std::fs::write(&config, format!("{}\n{CONFIG}", arcana::app::DEMO_CONFIG)).unwrap();
+    let run = |action: &'static str| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_arcana"))
+            .args(["offline", action, "--config"])
+            .arg(&config)
+            .args(["--database-url", &db_url])
+            .output()
+    };
+    let out = run("sql").await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sql = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        sql.contains("CREATE TABLE IF NOT EXISTS arcana_offline.changes"),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("AFTER INSERT OR UPDATE OR DELETE ON \"prefs\""),
+        "{sql}"
+    );
+    assert!(
+        sql.contains("to_json(ARRAY[NEW.\"user_id\"::text, NEW.\"name\"::text]::text[])"),
+        "{sql}"
+    );
+    let out = run("install").await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (c, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.batch_execute("INSERT INTO prefs VALUES ('alice', 'theme', 'dark')")
+        .await
+        .unwrap();
+    let id: String = c
+        .query_one(
+            "SELECT id FROM arcana_offline.changes WHERE tbl = 'prefs'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The same id a device computes for the composite key.
+    assert_eq!(id, r#"["alice","theme"]"#);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn every_change_of_a_transaction_is_sequenced_once_however_it_commits() {
+    let h = harness().await;
+    h.sql(
+        "BEGIN;
+         INSERT INTO notes VALUES ('a', 'acme', 'a', NULL), ('b', 'acme', 'b', NULL), ('c', 'acme', 'c', NULL);
+         SAVEPOINT s;
+         INSERT INTO notes VALUES ('gone', 'acme', 'rolled back', NULL);
+         ROLLBACK TO s;
+         SET CONSTRAINTS arcana_offline.arcana_offline_sequence IMMEDIATE;
+         INSERT INTO notes VALUES ('d', 'acme', 'd', NULL), ('e', 'acme', 'e', NULL);
+         COMMIT;",
+    )
+    .await;
+    assert_eq!(seqs(&h, "workspace:acme").await, vec![1, 2, 3, 4, 5]);
+    // A bulk write sequences in one pass at commit, not once per row.
+    let started = std::time::Instant::now();
+    h.sql(
+        "INSERT INTO notes SELECT 'bulk' || g, 'acme', 't', NULL FROM generate_series(1, 20000) g",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        h.query_i64("SELECT max(seq) FROM arcana_offline.changes WHERE scope = 'workspace:acme'")
+            .await,
+        20005
+    );
+    assert_eq!(
+        h.query_i64("SELECT count(*) FROM arcana_offline.pending")
+            .await,
+        0
+    );
 }

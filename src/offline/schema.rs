@@ -2,8 +2,9 @@
 //! that fill it.
 //!
 //! A row trigger on every sync table bumps the row's version in `rows` and
-//! queues the change in `pending` (tagged with the transaction id). A
-//! deferred constraint trigger on `pending` runs at commit: it takes each
+//! queues the change in `pending` (tagged with the transaction id); the
+//! transaction's first change also adds a row to `commits`, whose deferred
+//! constraint trigger runs once at commit: it takes each
 //! touched scope's counter row in `scopes` (in scope order, so committers
 //! never deadlock), adds the transaction's changes to `changes` with the
 //! next sequences, and notifies `arcana_offline`. The counter row stays
@@ -53,6 +54,12 @@ CREATE UNLOGGED TABLE IF NOT EXISTS arcana_offline.pending (
     bundle_id bigint
 );
 CREATE INDEX IF NOT EXISTS pending_by_xid ON arcana_offline.pending (xid, scope);
+
+-- One row per transaction with pending changes: its deferred trigger
+-- sequences them at commit.
+CREATE UNLOGGED TABLE IF NOT EXISTS arcana_offline.commits (
+    xid bigint NOT NULL
+);
 
 CREATE TABLE IF NOT EXISTS arcana_offline.changes (
     scope     text NOT NULL,
@@ -111,6 +118,13 @@ BEGIN
     VALUES (txid_current(), p_scope, p_tbl, p_id, p_op, v,
             nullif(current_setting('arcana_offline.client_id', true), ''),
             nullif(current_setting('arcana_offline.bundle_id', true), '')::bigint);
+    -- The first change of the transaction queues the commit trigger once.
+    IF coalesce(current_setting('arcana_offline.queued', true), '') <> '1' THEN
+        -- The flag first: an immediate trigger (SET CONSTRAINTS) runs
+        -- within the insert and clears it again.
+        PERFORM set_config('arcana_offline.queued', '1', true);
+        INSERT INTO arcana_offline.commits (xid) VALUES (txid_current());
+    END IF;
 END
 $f$;
 
@@ -122,8 +136,6 @@ DECLARE
     n bigint;
     base bigint;
 BEGIN
-    -- The first firing sequences the whole transaction; later ones find
-    -- nothing left.
     FOR s, n IN SELECT p.scope, count(*) FROM arcana_offline.pending p WHERE p.xid = me
                 GROUP BY p.scope ORDER BY p.scope LOOP
         INSERT INTO arcana_offline.scopes (scope) VALUES (s) ON CONFLICT DO NOTHING;
@@ -135,6 +147,10 @@ BEGIN
         PERFORM pg_notify('arcana_offline', s);
     END LOOP;
     DELETE FROM arcana_offline.pending WHERE xid = me;
+    DELETE FROM arcana_offline.commits WHERE xid = me;
+    -- Changes made after this (past SET CONSTRAINTS ... IMMEDIATE) queue
+    -- the trigger again.
+    PERFORM set_config('arcana_offline.queued', '', true);
     RETURN NULL;
 END
 $f$;
@@ -142,8 +158,8 @@ $f$;
 DO $d$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'arcana_offline_sequence'
-                   AND tgrelid = 'arcana_offline.pending'::regclass) THEN
-        CREATE CONSTRAINT TRIGGER arcana_offline_sequence AFTER INSERT ON arcana_offline.pending
+                   AND tgrelid = 'arcana_offline.commits'::regclass) THEN
+        CREATE CONSTRAINT TRIGGER arcana_offline_sequence AFTER INSERT ON arcana_offline.commits
             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION arcana_offline.sequence();
     END IF;
 END

@@ -296,6 +296,14 @@ async fn reject_refuses_the_whole_bundle_and_devices_converge_after_rebasing() {
         .await
         .unwrap();
     assert!(r.applied, "{r:?}");
+    // Each applied intent reports the row's new version.
+    assert_eq!(r.results[0].version, 2);
+    assert_eq!(r.results[1].version, 3);
+    assert_eq!(
+        h.query_i64("SELECT version FROM arcana_offline.rows WHERE tbl = 'notes' AND id = 'n1'")
+            .await,
+        3
+    );
     a.pull().await.unwrap();
     b.pull().await.unwrap();
     let want = server_column(&h, "notes", "title", "workspace_id = 'acme'").await;

@@ -412,20 +412,6 @@ async fn apply(
             }
         }
     }
-    let meta = tx
-        .query_opt(
-            "SELECT version, write_ms, scope, deleted FROM arcana_offline.rows WHERE tbl = $1 AND id = $2",
-            &[&t.name, &row_id],
-        )
-        .await
-        .map_err(|e| db_status("reading the row version", e))?;
-    // The log knows the scope of rows the caller cannot even see.
-    if let Some(m) = &meta {
-        if !m.get::<_, bool>(3) && m.get::<_, String>(2) != t.scope_of(mine) {
-            return Err(outside());
-        }
-    }
-    let (version, write_ms) = meta.map_or((0u64, 0i64), |r| (r.get::<_, i64>(0) as u64, r.get(1)));
     let now = now_ms();
     let client_ms = if intent.client_time_unix_ms > 0 {
         intent
@@ -434,6 +420,25 @@ async fn apply(
     } else {
         now
     };
+    // The row's version, and the write time the trigger records if this
+    // intent writes (one round trip for both).
+    let meta = tx
+        .query_one(
+            "SELECT m.version, m.write_ms, m.scope, m.deleted \
+             FROM (SELECT set_config('arcana_offline.write_ms', $3, true)) AS s \
+             LEFT JOIN arcana_offline.rows m ON m.tbl = $1 AND m.id = $2",
+            &[&t.name, &row_id, &client_ms.to_string()],
+        )
+        .await
+        .map_err(|e| db_status("reading the row version", e))?;
+    let meta = meta.get::<_, Option<i64>>(0).map(|_| meta);
+    // The log knows the scope of rows the caller cannot even see.
+    if let Some(m) = &meta {
+        if !m.get::<_, bool>(3) && m.get::<_, String>(2) != t.scope_of(mine) {
+            return Err(outside());
+        }
+    }
+    let (version, write_ms) = meta.map_or((0u64, 0i64), |r| (r.get::<_, i64>(0) as u64, r.get(1)));
     let decision = if op == IntentOp::Delete && current.is_none() {
         // Deleting what is gone already changes nothing and conflicts with
         // nothing.
@@ -477,12 +482,7 @@ async fn apply(
         Decision::Apply => {}
     }
     let failed = |e| db_status(&format!("intent {i} (table `{}`)", t.name), e);
-    tx.query(
-        "SELECT set_config('arcana_offline.write_ms', $1, true)",
-        &[&client_ms.to_string()],
-    )
-    .await
-    .map_err(failed)?;
+    let mut wrote = true;
     let key_where: Vec<String> = t
         .key
         .iter()
@@ -500,7 +500,7 @@ async fn apply(
                 .collect();
             tx.execute(&sql, &params).await.map_err(failed)?;
         }
-        (IntentOp::Delete, false) => {}
+        (IntentOp::Delete, false) => wrote = false,
         (_, true) => {
             let set: Vec<(&String, &Value)> = values
                 .iter()
@@ -524,6 +524,8 @@ async fn apply(
                     .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
                     .collect();
                 tx.execute(&sql, &params).await.map_err(failed)?;
+            } else {
+                wrote = false;
             }
         }
         (_, false) => {
@@ -543,14 +545,9 @@ async fn apply(
             tx.execute(&sql, &params).await.map_err(failed)?;
         }
     }
-    let after = tx
-        .query_opt(
-            "SELECT version FROM arcana_offline.rows WHERE tbl = $1 AND id = $2",
-            &[&t.name, &row_id],
-        )
-        .await
-        .map_err(|e| db_status("reading the row version", e))?
-        .map_or(0, |r| r.get::<_, i64>(0) as u64);
+    // The row trigger bumped the version once (a push never moves a row
+    // to another key or scope, which would log it twice).
+    let after = if wrote { version + 1 } else { version };
     Ok(pb::IntentResult {
         status: Outcome::Applied as i32,
         version: after,

@@ -11,6 +11,7 @@
 //! See docs/BENCHMARKS.md for what each number means.
 
 mod load;
+mod offline;
 mod raw;
 mod server;
 mod windows;
@@ -34,6 +35,7 @@ use server::{free_port, Server, Usage};
 
 const SCENARIOS: &[&str] = &[
     "mixed", "fanout", "distinct", "burst", "ingest", "snapshot", "idle", "backlog", "windows",
+    "offline",
 ];
 /// Sessions per HTTP/2 connection, as a client process multiplexes them.
 const SESSIONS_PER_CONNECTION: usize = 100;
@@ -44,7 +46,7 @@ struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     /// Scenarios to run: mixed, fanout, distinct, burst, ingest, snapshot,
-    /// idle, backlog, windows (default: all).
+    /// idle, backlog, windows, offline (default: all).
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// A tenth of the subscribers and a fifth of the writes.
@@ -823,6 +825,11 @@ async fn main() {
                     }
                 }
             }
+            continue;
+        }
+        if name == "offline" {
+            // Offline sync has its own shape and table.
+            offline::run(&bin, &pg, cli.quick).await;
             continue;
         }
         let s = spec(name, cli.quick, &cli);

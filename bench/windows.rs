@@ -383,7 +383,17 @@ async fn live(server: &Server, url: &str, shape: &Shape) -> Metrics {
     let before = server.usage();
     let started = Instant::now();
     let total = shape.rate * shape.seconds;
-    let next_id = Arc::new(AtomicU64::new(shape.rows as u64 + 1));
+    // Rows an earlier part inserted are still there: new ids go past them.
+    let (db, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let top: i64 = db
+        .query_one("SELECT max(id) FROM feed", &[])
+        .await
+        .expect("max id")
+        .get(0);
+    let next_id = Arc::new(AtomicU64::new(top as u64 + 1));
     let mut writers = Vec::new();
     const WRITERS: u64 = 4;
     for w in 0..WRITERS {

@@ -55,6 +55,9 @@ pub struct Config {
     /// standalone server without NATS.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Two-way offline sync (`OfflineService`).
+    #[serde(default)]
+    pub offline: crate::offline::OfflineConfig,
 }
 
 /// `[cluster]`: nodes sharing one PostgreSQL and one NATS server with

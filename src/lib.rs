@@ -16,5 +16,6 @@ pub mod codegen;
 pub mod config;
 pub mod engine;
 pub mod grpc;
+pub mod offline;
 pub mod ops;
 pub mod postgres;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod nats;
+pub mod offline;
 
 use std::collections::HashMap;
 use std::sync::OnceLock;

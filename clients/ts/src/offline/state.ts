@@ -350,7 +350,8 @@ export class LocalState {
       }
     }
     const scopes = this.scopes();
-    for (const t of cb.through) scopes.set(t.scope, t.sequence);
+    // Forward only: a slower pull answered late must not move a scope back.
+    for (const t of cb.through) if (t.sequence > (scopes.get(t.scope) ?? 0n)) scopes.set(t.scope, t.sequence);
     batch.meta = new Map([[META.scopes, formatScopes(scopes)]]);
     return batch;
   }

@@ -283,17 +283,8 @@ func (l *localState) write(table string, op pb.IntentOp, values map[string]*pb.V
 	if op != pb.IntentOp_INTENT_OP_INSERT && current == nil {
 		return nil, "", status.Errorf(codes.NotFound, "%s %s does not exist", table, id)
 	}
-	if op == pb.IntentOp_INTENT_OP_INSERT {
-		var missing []string
-		for _, c := range spec.GetColumns() {
-			if !c.GetNullable() && !c.GetKey() && values[c.GetName()] == nil {
-				missing = append(missing, c.GetName())
-			}
-		}
-		if len(missing) > 0 {
-			return nil, "", status.Errorf(codes.InvalidArgument, "%s: %s cannot be null", table, strings.Join(missing, ", "))
-		}
-	}
+	// Columns left out of an insert are not checked here: the server fills
+	// in the scope and owner columns, and the spec does not say which.
 	key := keyOnly(spec, values)
 	if op == pb.IntentOp_INTENT_OP_DELETE {
 		values = key

@@ -64,6 +64,15 @@ type Row struct {
 	Pending bool
 }
 
+// BundleResult is the server's answer to one pushed bundle.
+type BundleResult struct {
+	BundleID uint64
+	Applied  bool
+	// Replayed is true when the bundle had already committed (a resend after a crash).
+	Replayed bool
+	Writes   int
+}
+
 // Options configure a Store.
 type Options struct {
 	// Conn is the connection to the server.
@@ -82,6 +91,8 @@ type Options struct {
 	// overruled. For a rejected write, returning Reapply writes it again on
 	// top of the server's row; Drop discards it.
 	OnConflict func(Conflict) Resolution
+	// OnBundle is called with the server's answer to every pushed bundle.
+	OnBundle func(BundleResult)
 	// OnError is called when a sync attempt fails (retryable failures are retried).
 	OnError func(error)
 	// MinBackoff and MaxBackoff bound the wait between attempts (defaults 200ms and 10s).
@@ -584,6 +595,9 @@ func (s *Store) pushAll(ctx context.Context) error {
 		res, err := s.send(ctx, id, entries)
 		if err != nil {
 			return err
+		}
+		if s.opts.OnBundle != nil {
+			s.opts.OnBundle(BundleResult{BundleID: id, Applied: res.GetApplied(), Replayed: res.GetReplayed(), Writes: len(entries)})
 		}
 		var conflicts []Conflict
 		if err := s.commit(ctx, func() (*Batch, error) {

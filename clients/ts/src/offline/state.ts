@@ -192,12 +192,8 @@ export class LocalState {
     if (op !== IntentOp.INSERT && !current) {
       throw new ArcanaError(Code.NOT_FOUND, `${table} ${id} does not exist`);
     }
-    if (op === IntentOp.INSERT) {
-      const missing = spec.columns.filter((c) => !c.nullable && !c.key && values[c.name] === undefined);
-      if (missing.length) {
-        throw new ArcanaError(Code.INVALID_ARGUMENT, `${table}: ${missing.map((c) => c.name).join(", ")} cannot be null`);
-      }
-    }
+    // Columns left out of an insert are not checked here: the server fills
+    // in the scope and owner columns, and the spec does not say which.
     const keyOnly = Object.fromEntries(spec.key.map((k) => [k, values[k]!]));
     const vals = op === IntentOp.DELETE ? keyOnly : values;
     const mine = this.outbox.filter((e) => e.table === table && e.id === id);

@@ -62,6 +62,8 @@ export interface OfflineStoreOptions {
    * again on top of the server's row; anything else drops it.
    */
   onConflict?: (c: Conflict) => Resolution | void | Promise<Resolution | void>;
+  /** Called with the server's answer to every pushed bundle. */
+  onBundle?: (b: { bundleId: bigint; applied: boolean; replayed: boolean; writes: number }) => void;
   /** Called when a sync attempt fails (the loop retries retryable failures). */
   onError?: (e: ArcanaError) => void;
   backoff?: BackoffOptions;
@@ -388,6 +390,7 @@ export class OfflineStore {
             }
             if (!b) return;
             const res = await this.send(b.bundleId, b.entries);
+            this.opts.onBundle?.({ bundleId: b.bundleId, applied: res.applied, replayed: res.replayed, writes: b.entries.length });
             const entries = b.entries;
             let conflicts: Conflict[] = [];
             await this.commit(() => {

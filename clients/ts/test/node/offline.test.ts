@@ -1,0 +1,178 @@
+// Offline stores in Node against a real server and PostgreSQL: two devices
+// edit one row offline and converge, a crash after a push replays the same
+// bundle without applying it twice, and a follow stream delivers a write
+// made in psql.
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import {
+  type Conflict,
+  type OfflineStore,
+  SqlJsStorage,
+  type StorageBatch,
+  UpgradeRequiredError,
+  openNodeOfflineStore,
+  OfflineStore as Store,
+} from "../../src/offline/node.js";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { type OfflineServer, eventually, startOfflineServer } from "../support/offline.js";
+
+let server: OfflineServer;
+let dir: string;
+const open: OfflineStore[] = [];
+
+before(async () => {
+  server = await startOfflineServer();
+  dir = mkdtempSync(join(tmpdir(), "arcana-offline-node-"));
+});
+
+after(async () => {
+  for (const s of open) await s.close().catch(() => {});
+  await server?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+async function device(file: string, token: string, extra: Partial<Parameters<typeof openNodeOfflineStore>[0]> = {}) {
+  const s = await openNodeOfflineStore({
+    baseUrl: server.baseUrl,
+    token,
+    file: join(dir, file),
+    appVersion: "1.2.0",
+    backoff: { initialMs: 50, maxMs: 500 },
+    ...extra,
+  });
+  open.push(s);
+  return s;
+}
+
+const body = (s: OfflineStore, id: string) => s.get("offline_notes", id)?.values.body;
+
+describe("offline stores in Node", () => {
+  it("two devices edit one row offline; after reconnecting both hold the same row", async () => {
+    const conflicts: Conflict[] = [];
+    const a = await device("a.sqlite", "dev-alice");
+    const b = await device("b.sqlite", "dev-bob", {
+      // Device B keeps its own edit: it writes it again on the server's row.
+      onConflict: (c) => {
+        conflicts.push(c);
+        return "reapply";
+      },
+    });
+    await a.sync();
+    await b.sync();
+    assert.deepEqual(a.tables(), ["offline_notes"]);
+    await a.insert("offline_notes", { id: 1, workspace_id: "acme", body: "first" });
+    await a.sync();
+    await b.sync();
+    assert.equal(body(b, "1"), "first");
+    const v1 = b.get("offline_notes", "1")!.version;
+
+    await server.pause();
+    await a.update("offline_notes", "1", { body: "from A" });
+    await b.update("offline_notes", "1", { body: "from B" });
+    await b.insert("offline_notes", { id: 2, workspace_id: "acme", body: "B's own note" });
+    await assert.rejects(a.sync(), /UNAVAILABLE/);
+    assert.equal(a.pendingCount(), 1, "the write waits in the outbox");
+    assert.equal(body(a, "1"), "from A", "the device reads its own pending write");
+    await server.resume();
+
+    await a.sync();
+    await b.sync();
+    await a.sync();
+    assert.equal(conflicts.length, 1);
+    assert.equal(conflicts[0]!.kind, "reject");
+    assert.equal(conflicts[0]!.serverRow.values.body?.kind.value, "from A");
+    assert.ok(conflicts[0]!.serverRow.version > v1);
+    for (const s of [a, b]) {
+      assert.equal(s.pendingCount(), 0);
+      assert.equal(body(s, "1"), "from B");
+      assert.equal(body(s, "2"), "B's own note");
+    }
+    assert.equal(a.get("offline_notes", "1")!.version, b.get("offline_notes", "1")!.version);
+    const db = await server.sql("SELECT body FROM offline_notes WHERE id = 1");
+    assert.equal(db.rows[0].body, "from B");
+  });
+
+  it("a restart with a pending bundle sends the same bundle id again and the server applies it once", async () => {
+    const file = join(dir, "crash.sqlite");
+    const results: { bundleId: bigint; replayed: boolean; applied: boolean }[] = [];
+    // A storage that fails like a crash right after the server answered a
+    // push: the answer is never recorded locally.
+    const real = await SqlJsStorage.open(file);
+    let crash = true;
+    const crashing = {
+      load: () => real.load(),
+      close: () => real.close(),
+      commit: async (b: StorageBatch) => {
+        if (crash && b.deleteOutbox?.length) throw new Error("crashed before recording the answer");
+        return real.commit(b);
+      },
+    };
+    const transport = createGrpcTransport({ baseUrl: server.baseUrl });
+    const first = await Store.open({
+      transport,
+      storage: crashing,
+      token: "dev-alice",
+      appVersion: "1.2.0",
+      onBundle: (r) => results.push(r),
+    });
+    await first.sync();
+    const before = (await server.sql("SELECT count(*)::int AS n FROM offline_notes")).rows[0].n as number;
+    await first.insert("offline_notes", { id: 30, workspace_id: "acme", body: "once" });
+    await first.update("offline_notes", "1", { body: "edited once" });
+    await assert.rejects(first.sync(), /crashed/);
+    await first.close();
+    crash = false;
+    const watcher = await device("watcher.sqlite", "dev-alice");
+    await watcher.sync();
+    const v = watcher.get("offline_notes", "1")!.version;
+
+    const second = await device("crash.sqlite", "dev-alice", { onBundle: (r) => results.push(r) });
+    assert.equal(second.pendingCount(), 2, "the outbox survived the crash");
+    await second.sync();
+    assert.equal(results.length, 2);
+    assert.equal(results[1]!.bundleId, results[0]!.bundleId, "the same bundle id");
+    assert.equal(results[1]!.replayed, true);
+    assert.equal(second.pendingCount(), 0);
+    const after = (await server.sql("SELECT count(*)::int AS n FROM offline_notes")).rows[0].n as number;
+    assert.equal(after, before + 1);
+    await watcher.sync();
+    assert.equal(watcher.get("offline_notes", "1")!.version, v, "the replay applied nothing more");
+    assert.equal(body(second, "30"), "once");
+    assert.equal(body(second, "1"), "edited once");
+  });
+
+  it("follow delivers writes made in psql and pushes local writes as they are made", async () => {
+    const a = await device("live-a.sqlite", "dev-alice");
+    const b = await device("live-b.sqlite", "dev-bob");
+    a.start();
+    b.start();
+    await eventually("both stores live", () => a.status === "live" && b.status === "live");
+    await server.sql("UPDATE offline_notes SET body = 'from psql' WHERE id = 1");
+    await eventually("the psql write on A", () => body(a, "1") === "from psql");
+    await eventually("the psql write on B", () => body(b, "1") === "from psql");
+    await a.insert("offline_notes", { id: 40, workspace_id: "acme", body: "live from A" });
+    await eventually("A's write on B", () => body(b, "40") === "live from A");
+    assert.equal(a.pendingCount(), 0);
+    await a.stop();
+    await b.stop();
+  });
+
+  it("keeps other workspaces' rows away and refuses an old app version with a typed error", async () => {
+    const c = await device("carol.sqlite", "dev-carol");
+    await c.sync();
+    assert.equal(c.rows("offline_notes").length, 0);
+    const old = await device("old.sqlite", "dev-alice", { appVersion: "0.9.0" });
+    const err = await old.sync().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof UpgradeRequiredError, String(err));
+    assert.match(err.message, /upgrade/i);
+    old.start();
+    await eventually("the loop to stop as failed", () => old.status === "failed");
+    assert.ok(old.error instanceof UpgradeRequiredError);
+  });
+});

@@ -1,0 +1,253 @@
+package offline_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/arcana-sync/arcana/clients/go/offline"
+)
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// device opens a store on a SQLite file in dir, closed when the test ends.
+func device(t *testing.T, s *offlineServer, path, token string, edit func(*offline.Options)) *offline.Store {
+	t.Helper()
+	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	st, err := offline.OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := offline.Options{Conn: conn, Storage: st, Token: token, AppVersion: "1.2.0",
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond}
+	if edit != nil {
+		edit(&opts)
+	}
+	store, err := offline.Open(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
+}
+
+func body(t *testing.T, s *offline.Store, id string) any {
+	t.Helper()
+	r, ok, err := s.Get("offline_notes", id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ok {
+		return nil
+	}
+	return r.Values["body"]
+}
+
+func eventually(t *testing.T, what string, check func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !check() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestTwoDevicesEditOfflineAndConverge(t *testing.T) {
+	s := server(t)
+	ctx := ctxT(t, 2*time.Minute)
+	dir := t.TempDir()
+	var conflicts []offline.Conflict
+	a := device(t, s, filepath.Join(dir, "a.sqlite"), "dev-alice", nil)
+	b := device(t, s, filepath.Join(dir, "b.sqlite"), "dev-bob", func(o *offline.Options) {
+		// Device B keeps its edit: it writes it again on the server's row.
+		o.OnConflict = func(c offline.Conflict) offline.Resolution {
+			conflicts = append(conflicts, c)
+			return offline.Reapply
+		}
+	})
+	must(t, a.Sync(ctx))
+	if _, err := a.Insert(ctx, "offline_notes", map[string]any{"id": 101, "workspace_id": "acme", "body": "first"}); err != nil {
+		t.Fatal(err)
+	}
+	must(t, a.Sync(ctx))
+	must(t, b.Sync(ctx))
+	if got := body(t, b, "101"); got != "first" {
+		t.Fatalf("B sees %v", got)
+	}
+
+	s.pause()
+	must(t, a.Update(ctx, "offline_notes", "101", map[string]any{"body": "from A"}))
+	must(t, b.Update(ctx, "offline_notes", "101", map[string]any{"body": "from B"}))
+	if _, err := b.Insert(ctx, "offline_notes", map[string]any{"id": 102, "workspace_id": "acme", "body": "B's own"}); err != nil {
+		t.Fatal(err)
+	}
+	offCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	err := a.Sync(offCtx)
+	cancel()
+	if err == nil {
+		t.Fatal("Sync succeeded with the server down")
+	}
+	if a.Pending() != 1 || body(t, a, "101") != "from A" {
+		t.Fatalf("offline: pending %d, row %v", a.Pending(), body(t, a, "101"))
+	}
+	must(t, s.resume())
+
+	must(t, a.Sync(ctx))
+	must(t, b.Sync(ctx))
+	must(t, a.Sync(ctx))
+	if len(conflicts) != 1 || conflicts[0].Kind != offline.Rejected || conflicts[0].ServerValues["body"].GetString_() != "from A" {
+		t.Fatalf("conflicts = %+v", conflicts)
+	}
+	for name, st := range map[string]*offline.Store{"A": a, "B": b} {
+		if st.Pending() != 0 || body(t, st, "101") != "from B" || body(t, st, "102") != "B's own" {
+			t.Fatalf("%s: pending %d, rows %v %v", name, st.Pending(), body(t, st, "101"), body(t, st, "102"))
+		}
+	}
+	ra, _, _ := a.Get("offline_notes", "101")
+	rb, _, _ := b.Get("offline_notes", "101")
+	if ra.Version != rb.Version {
+		t.Fatalf("versions differ: %d and %d", ra.Version, rb.Version)
+	}
+}
+
+// crashing fails like a crash right after the server answered a push: the
+// answer is never recorded locally.
+type crashing struct {
+	offline.Storage
+	mu    sync.Mutex
+	crash bool
+}
+
+func (c *crashing) Commit(ctx context.Context, b *offline.Batch) error {
+	c.mu.Lock()
+	crash := c.crash
+	c.mu.Unlock()
+	if crash && len(b.DeleteOutbox) > 0 {
+		return errors.New("crashed before recording the answer")
+	}
+	return c.Storage.Commit(ctx, b)
+}
+
+func TestRestartReplaysThePendingBundleOnce(t *testing.T) {
+	s := server(t)
+	ctx := ctxT(t, 2*time.Minute)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "crash.sqlite")
+	var results []offline.BundleResult
+	var resMu sync.Mutex
+	record := func(r offline.BundleResult) {
+		resMu.Lock()
+		defer resMu.Unlock()
+		results = append(results, r)
+	}
+
+	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	real, err := offline.OpenSQLite(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := offline.Open(ctx, offline.Options{Conn: conn, Storage: &crashing{Storage: real, crash: true},
+		Token: "dev-alice", AppVersion: "1.2.0", OnBundle: record})
+	if err != nil {
+		t.Fatal(err)
+	}
+	must(t, first.Sync(ctx))
+	if _, err := first.Insert(ctx, "offline_notes", map[string]any{"id": 130, "workspace_id": "acme", "body": "once"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.Sync(ctx); err == nil || !strings.Contains(err.Error(), "crashed") {
+		t.Fatalf("Sync = %v, want the crash", err)
+	}
+	must(t, first.Close())
+
+	watcher := device(t, s, filepath.Join(dir, "watcher.sqlite"), "dev-alice", nil)
+	must(t, watcher.Sync(ctx))
+	w1, ok, _ := watcher.Get("offline_notes", "130")
+	if !ok {
+		t.Fatal("the first push did not apply")
+	}
+
+	second := device(t, s, path, "dev-alice", func(o *offline.Options) { o.OnBundle = record })
+	if second.Pending() != 1 {
+		t.Fatalf("pending after the crash = %d, want 1", second.Pending())
+	}
+	must(t, second.Sync(ctx))
+	resMu.Lock()
+	if len(results) != 2 || results[1].BundleID != results[0].BundleID || !results[1].Replayed {
+		t.Fatalf("bundle results = %+v, want the same id replayed", results)
+	}
+	resMu.Unlock()
+	if second.Pending() != 0 || body(t, second, "130") != "once" {
+		t.Fatalf("after the replay: pending %d, row %v", second.Pending(), body(t, second, "130"))
+	}
+	must(t, watcher.Sync(ctx))
+	w2, _, _ := watcher.Get("offline_notes", "130")
+	if w2.Version != w1.Version {
+		t.Fatalf("the replay changed the row: version %d, then %d", w1.Version, w2.Version)
+	}
+}
+
+func TestFollowDeliversPsqlWritesAndPushesLocalWrites(t *testing.T) {
+	s := server(t)
+	ctx := ctxT(t, 2*time.Minute)
+	dir := t.TempDir()
+	a := device(t, s, filepath.Join(dir, "a.sqlite"), "dev-alice", nil)
+	b := device(t, s, filepath.Join(dir, "b.sqlite"), "dev-bob", nil)
+	must(t, s.sql("INSERT INTO offline_notes (id, workspace_id, body) VALUES (150, 'acme', 'seed')"))
+	a.Start()
+	b.Start()
+	live := func(st *offline.Store) bool { s, _ := st.Status(); return s == offline.StatusLive }
+	eventually(t, "both live", func() bool { return live(a) && live(b) })
+	must(t, s.sql("UPDATE offline_notes SET body = 'from psql' WHERE id = 150"))
+	eventually(t, "the psql write on A", func() bool { return body(t, a, "150") == "from psql" })
+	eventually(t, "the psql write on B", func() bool { return body(t, b, "150") == "from psql" })
+	if _, err := a.Insert(ctx, "offline_notes", map[string]any{"id": 151, "workspace_id": "acme", "body": "live from A"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "A's write on B", func() bool { return body(t, b, "151") == "live from A" })
+	a.Stop()
+	b.Stop()
+}
+
+func TestOldAppVersionGetsUpgradeRequired(t *testing.T) {
+	s := server(t)
+	ctx := ctxT(t, time.Minute)
+	old := device(t, s, filepath.Join(t.TempDir(), "old.sqlite"), "dev-alice", func(o *offline.Options) { o.AppVersion = "0.9.0" })
+	err := old.Sync(ctx)
+	var up *offline.UpgradeRequiredError
+	if !errors.As(err, &up) || status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("Sync = %v, want an UpgradeRequiredError", err)
+	}
+	old.Start()
+	eventually(t, "the loop to stop as failed", func() bool { st, _ := old.Status(); return st == offline.StatusFailed })
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

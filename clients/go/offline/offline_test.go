@@ -111,7 +111,8 @@ func TestTwoDevicesEditOfflineAndConverge(t *testing.T) {
 	}
 	must(t, s.resume())
 
-	must(t, a.Sync(ctx))
+	// The connection redials on its own schedule after the outage.
+	syncEventually(t, ctx, a)
 	must(t, b.Sync(ctx))
 	must(t, a.Sync(ctx))
 	if len(conflicts) != 1 || conflicts[0].Kind != offline.Rejected || conflicts[0].ServerValues["body"].GetString_() != "from A" {
@@ -243,6 +244,21 @@ func TestOldAppVersionGetsUpgradeRequired(t *testing.T) {
 	}
 	old.Start()
 	eventually(t, "the loop to stop as failed", func() bool { st, _ := old.Status(); return st == offline.StatusFailed })
+}
+
+// syncEventually retries Sync while the server is still unreachable.
+func syncEventually(t *testing.T, ctx context.Context, s *offline.Store) {
+	t.Helper()
+	for {
+		err := s.Sync(ctx)
+		if err == nil {
+			return
+		}
+		if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 func must(t *testing.T, err error) {

@@ -118,16 +118,17 @@ describe("offline stores in Node", () => {
       appVersion: "1.2.0",
       onBundle: (r) => results.push(r),
     });
+    await server.sql("INSERT INTO offline_notes (id, workspace_id, body) VALUES (31, 'acme', 'before')");
     await first.sync();
     const before = (await server.sql("SELECT count(*)::int AS n FROM offline_notes")).rows[0].n as number;
     await first.insert("offline_notes", { id: 30, workspace_id: "acme", body: "once" });
-    await first.update("offline_notes", "1", { body: "edited once" });
+    await first.update("offline_notes", "31", { body: "edited once" });
     await assert.rejects(first.sync(), /crashed/);
     await first.close();
     crash = false;
     const watcher = await device("watcher.sqlite", "dev-alice");
     await watcher.sync();
-    const v = watcher.get("offline_notes", "1")!.version;
+    const v = watcher.get("offline_notes", "31")!.version;
 
     const second = await device("crash.sqlite", "dev-alice", { onBundle: (r) => results.push(r) });
     assert.equal(second.pendingCount(), 2, "the outbox survived the crash");
@@ -139,9 +140,9 @@ describe("offline stores in Node", () => {
     const after = (await server.sql("SELECT count(*)::int AS n FROM offline_notes")).rows[0].n as number;
     assert.equal(after, before + 1);
     await watcher.sync();
-    assert.equal(watcher.get("offline_notes", "1")!.version, v, "the replay applied nothing more");
+    assert.equal(watcher.get("offline_notes", "31")!.version, v, "the replay applied nothing more");
     assert.equal(body(second, "30"), "once");
-    assert.equal(body(second, "1"), "edited once");
+    assert.equal(body(second, "31"), "edited once");
   });
 
   it("follow delivers writes made in psql and pushes local writes as they are made", async () => {
@@ -150,9 +151,11 @@ describe("offline stores in Node", () => {
     a.start();
     b.start();
     await eventually("both stores live", () => a.status === "live" && b.status === "live");
-    await server.sql("UPDATE offline_notes SET body = 'from psql' WHERE id = 1");
-    await eventually("the psql write on A", () => body(a, "1") === "from psql");
-    await eventually("the psql write on B", () => body(b, "1") === "from psql");
+    await server.sql("INSERT INTO offline_notes (id, workspace_id, body) VALUES (41, 'acme', 'seed')");
+    await eventually("the psql insert on A", () => body(a, "41") === "seed");
+    await server.sql("UPDATE offline_notes SET body = 'from psql' WHERE id = 41");
+    await eventually("the psql write on A", () => body(a, "41") === "from psql");
+    await eventually("the psql write on B", () => body(b, "41") === "from psql");
     await a.insert("offline_notes", { id: 40, workspace_id: "acme", body: "live from A" });
     await eventually("A's write on B", () => body(b, "40") === "live from A");
     assert.equal(a.pendingCount(), 0);

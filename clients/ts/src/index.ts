@@ -35,12 +35,3 @@ export { fromFields, fromValue, parseJson, stringifyJson, toParams, toValue, val
 export type { DecodeOptions, FieldValue, JsonValue, ParamValue, Params } from "./values.js";
 export type { SessionMode, TokenSource } from "./session.js";
 export * as pb from "./pb.js";
-export { IndexedDbOfflineStorage, MemoryStorage, OfflineStore, UpgradeRequiredError, rowId } from "./offline/index.js";
-export type {
-  Conflict,
-  OfflineRow,
-  OfflineStatus,
-  OfflineStorage,
-  OfflineStoreOptions,
-  Resolution,
-} from "./offline/index.js";

@@ -3,6 +3,7 @@ package offline_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -112,7 +113,7 @@ func TestTwoDevicesEditOfflineAndConverge(t *testing.T) {
 	must(t, s.resume())
 
 	// The connection redials on its own schedule after the outage.
-	syncEventually(t, ctx, a)
+	syncEventually(ctx, t, a)
 	must(t, b.Sync(ctx))
 	must(t, a.Sync(ctx))
 	if len(conflicts) != 1 || conflicts[0].Kind != offline.Rejected || conflicts[0].ServerValues["body"].GetString_() != "from A" {
@@ -233,6 +234,33 @@ func TestFollowDeliversPsqlWritesAndPushesLocalWrites(t *testing.T) {
 	b.Stop()
 }
 
+func TestDeviceBehindThePrunedHistoryTakesASnapshot(t *testing.T) {
+	s := server(t)
+	ctx := ctxT(t, time.Minute)
+	var snaps [][]string
+	d := device(t, s, filepath.Join(t.TempDir(), "behind.sqlite"), "dev-alice", func(o *offline.Options) {
+		o.OnSnapshot = func(sc []string) { snaps = append(snaps, sc) }
+	})
+	must(t, s.sql("INSERT INTO offline_notes (id, workspace_id, body) VALUES (170, 'acme', 'stays'), (171, 'acme', 'goes')"))
+	must(t, d.Sync(ctx))
+	if len(snaps) != 1 || len(snaps[0]) != 0 || body(t, d, "171") != "goes" {
+		t.Fatalf("first sync: snapshots %v, row 171 %v", snaps, body(t, d, "171"))
+	}
+	// More changes than the server keeps, while the device is away.
+	must(t, s.sql("DELETE FROM offline_notes WHERE id = 171"))
+	for i := 0; i < 8; i++ {
+		must(t, s.sql(fmt.Sprintf("UPDATE offline_notes SET body = 'stays %d' WHERE id = 170", i)))
+	}
+	time.Sleep(1500 * time.Millisecond) // retention runs every 200 ms
+	must(t, d.Sync(ctx))
+	if len(snaps) != 2 || len(snaps[1]) != 1 || snaps[1][0] != "workspace:acme" {
+		t.Fatalf("snapshots = %v, want a second one of workspace:acme", snaps)
+	}
+	if body(t, d, "170") != "stays 7" || body(t, d, "171") != nil {
+		t.Fatalf("after the snapshot: 170 = %v, 171 = %v", body(t, d, "170"), body(t, d, "171"))
+	}
+}
+
 func TestOldAppVersionGetsUpgradeRequired(t *testing.T) {
 	s := server(t)
 	ctx := ctxT(t, time.Minute)
@@ -247,7 +275,7 @@ func TestOldAppVersionGetsUpgradeRequired(t *testing.T) {
 }
 
 // syncEventually retries Sync while the server is still unreachable.
-func syncEventually(t *testing.T, ctx context.Context, s *offline.Store) {
+func syncEventually(ctx context.Context, t *testing.T, s *offline.Store) {
 	t.Helper()
 	for {
 		err := s.Sync(ctx)

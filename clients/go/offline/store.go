@@ -93,6 +93,8 @@ type Options struct {
 	OnConflict func(Conflict) Resolution
 	// OnBundle is called with the server's answer to every pushed bundle.
 	OnBundle func(BundleResult)
+	// OnSnapshot is called after a snapshot replaced the rows of these scopes (none: every scope).
+	OnSnapshot func(scopes []string)
 	// OnError is called when a sync attempt fails (retryable failures are retried).
 	OnError func(error)
 	// MinBackoff and MaxBackoff bound the wait between attempts (defaults 200ms and 10s).
@@ -479,9 +481,15 @@ func (s *Store) snapshot(ctx context.Context, scopes []string) error {
 				}
 				cursor = chunk.GetCursor()
 				if chunk.GetLast() {
-					return s.commit(ctx, func() (*Batch, error) {
+					if err := s.commit(ctx, func() (*Batch, error) {
 						return s.state.snapshotted(len(scopes) == 0, scopes, rows, at), nil
-					})
+					}); err != nil {
+						return err
+					}
+					if s.opts.OnSnapshot != nil {
+						s.opts.OnSnapshot(scopes)
+					}
+					return nil
 				}
 			}
 		}()

@@ -64,6 +64,8 @@ export interface OfflineStoreOptions {
   onConflict?: (c: Conflict) => Resolution | void | Promise<Resolution | void>;
   /** Called with the server's answer to every pushed bundle. */
   onBundle?: (b: { bundleId: bigint; applied: boolean; replayed: boolean; writes: number }) => void;
+  /** Called after a snapshot replaced the rows of these scopes (empty: every scope). */
+  onSnapshot?: (scopes: string[]) => void;
   /** Called when a sync attempt fails (the loop retries retryable failures). */
   onError?: (e: ArcanaError) => void;
   backoff?: BackoffOptions;
@@ -327,6 +329,7 @@ export class OfflineStore {
           cursor = chunk.cursor;
           if (chunk.last) {
             await this.commit(() => this.state.snapshotted(scopes.length === 0, scopes, rows, at));
+            this.opts.onSnapshot?.(scopes);
             return;
           }
         }

@@ -163,6 +163,23 @@ describe("offline stores in Node", () => {
     await b.stop();
   });
 
+  it("a device behind the pruned history takes a snapshot of its scope", async () => {
+    const snaps: string[][] = [];
+    const d = await device("behind.sqlite", "dev-alice", { onSnapshot: (sc) => snaps.push(sc) });
+    await server.sql("INSERT INTO offline_notes (id, workspace_id, body) VALUES (70, 'acme', 'stays'), (71, 'acme', 'goes')");
+    await d.sync();
+    assert.deepEqual(snaps, [[]], "a new device starts from a snapshot of everything");
+    assert.equal(body(d, "71"), "goes");
+    // More changes than the server keeps, while the device is away.
+    await server.sql("DELETE FROM offline_notes WHERE id = 71");
+    for (let i = 0; i < 8; i++) await server.sql(`UPDATE offline_notes SET body = 'stays ${i}' WHERE id = 70`);
+    await new Promise((r) => setTimeout(r, 1500)); // retention runs every 200 ms
+    await d.sync();
+    assert.deepEqual(snaps, [[], ["workspace:acme"]]);
+    assert.equal(body(d, "70"), "stays 7");
+    assert.equal(body(d, "71"), undefined, "a row deleted while away is gone");
+  });
+
   it("keeps other workspaces' rows away and refuses an old app version with a typed error", async () => {
     const c = await device("carol.sqlite", "dev-carol");
     await c.sync();

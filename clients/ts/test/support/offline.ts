@@ -53,6 +53,9 @@ permissions = ["tasks:read", "tasks:write"]
 
 [offline]
 min_app_version = "1.0.0"
+# Short history, pruned often: a device that falls behind must snapshot.
+retention_max_rows = 5
+retention_interval_ms = 200
 
 [[offline.tables]]
 table = "offline_notes"

@@ -62,6 +62,8 @@ min_app_version = "1.0.0"
 # Short history, pruned often: a device that falls behind must snapshot.
 retention_max_rows = 5
 retention_interval_ms = 200
+# Small chunks: snapshots take several, so one can break in the middle.
+snapshot_chunk_rows = 2
 
 [[offline.tables]]
 table = "offline_notes"

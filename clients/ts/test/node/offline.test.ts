@@ -16,6 +16,7 @@ import {
   openNodeOfflineStore,
   OfflineStore as Store,
 } from "../../src/offline/node.js";
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { type OfflineServer, eventually, startOfflineServer } from "../support/offline.js";
 
@@ -178,6 +179,61 @@ describe("offline stores in Node", () => {
     assert.deepEqual(snaps, [[], ["workspace:acme"]]);
     assert.equal(body(d, "70"), "stays 7");
     assert.equal(body(d, "71"), undefined, "a row deleted while away is gone");
+  });
+
+  it("a snapshot broken after its first chunk resumes from that chunk's cursor", async () => {
+    for (let i = 80; i < 87; i++) {
+      await server.sql("INSERT INTO offline_notes (id, workspace_id, body) VALUES ($1, 'acme', $2)", [i, `row ${i}`]);
+    }
+    const cursors: string[] = [];
+    let broken = false;
+    // Breaks the first Snapshot stream after one chunk, as a dropped
+    // connection would.
+    const breaker: Interceptor = (next) => async (req) => {
+      if (req.method.name !== "Snapshot" || !req.stream) return next(req);
+      const sent = req.message as AsyncIterable<{ cursor: string }>;
+      const res = await next({
+        ...req,
+        message: (async function* () {
+          for await (const m of sent) {
+            cursors.push(m.cursor);
+            yield m;
+          }
+        })(),
+      } as typeof req);
+      if (!res.stream) return res;
+      const inner = res.message;
+      const first = !broken;
+      broken = true;
+      return {
+        ...res,
+        message: (async function* () {
+          let n = 0;
+          for await (const m of inner) {
+            yield m;
+            if (first && ++n === 1) throw new ConnectError("connection dropped", Code.Unavailable);
+          }
+        })(),
+      };
+    };
+    const d = await Store.open({
+      transport: createGrpcTransport({ baseUrl: server.baseUrl, interceptors: [breaker] }),
+      storage: await SqlJsStorage.open(join(dir, "resume.sqlite")),
+      token: "dev-alice",
+      appVersion: "1.2.0",
+      backoff: { initialMs: 10, maxMs: 50 },
+    });
+    open.push(d);
+    await d.sync();
+    assert.equal(cursors.length, 2, "one snapshot call, then one resumed call");
+    assert.equal(cursors[0], "");
+    assert.notEqual(cursors[1], "");
+    const want = (await server.sql("SELECT id::text, body FROM offline_notes WHERE workspace_id = 'acme' ORDER BY id")).rows;
+    const got = d
+      .rows("offline_notes")
+      .map((r) => ({ id: r.id, body: r.values.body }))
+      .sort((a, b) => Number(a.id) - Number(b.id));
+    assert.deepEqual(got, want);
   });
 
   it("keeps other workspaces' rows away and refuses an old app version with a typed error", async () => {

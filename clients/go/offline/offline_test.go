@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	pb "github.com/arcana-sync/arcana/clients/go/arcanapb"
 	"github.com/arcana-sync/arcana/clients/go/offline"
 )
 
@@ -259,6 +261,95 @@ func TestDeviceBehindThePrunedHistoryTakesASnapshot(t *testing.T) {
 	if body(t, d, "170") != "stays 7" || body(t, d, "171") != nil {
 		t.Fatalf("after the snapshot: 170 = %v, 171 = %v", body(t, d, "170"), body(t, d, "171"))
 	}
+}
+
+// breakingStream fails after its first message, as a dropped connection would.
+type breakingStream struct {
+	grpc.ClientStream
+	n int
+}
+
+func (b *breakingStream) RecvMsg(m any) error {
+	if b.n == 1 {
+		return status.Error(codes.Unavailable, "connection dropped")
+	}
+	b.n++
+	return b.ClientStream.RecvMsg(m)
+}
+
+func TestBrokenSnapshotResumesFromItsCursor(t *testing.T) {
+	s := server(t)
+	ctx := ctxT(t, time.Minute)
+	for i := 180; i < 187; i++ {
+		must(t, s.sql(fmt.Sprintf("INSERT INTO offline_notes (id, workspace_id, body) VALUES (%d, 'acme', 'row %d')", i, i)))
+	}
+	var mu sync.Mutex
+	var cursors []string
+	broke := false
+	// Records each Snapshot request's cursor and breaks the first stream
+	// after one chunk.
+	intercept := func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+		cs, err := streamer(ctx, desc, cc, method, opts...)
+		if err != nil || !strings.HasSuffix(method, "/Snapshot") {
+			return cs, err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !broke {
+			broke = true
+			return &recording{ClientStream: &breakingStream{ClientStream: cs}, cursors: &cursors, mu: &mu}, nil
+		}
+		return &recording{ClientStream: cs, cursors: &cursors, mu: &mu}, nil
+	}
+	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithStreamInterceptor(intercept))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	st, err := offline.OpenSQLite(filepath.Join(t.TempDir(), "resume.sqlite"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := offline.Open(ctx, offline.Options{Conn: conn, Storage: st, Token: "dev-alice", AppVersion: "1.2.0", MinBackoff: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	must(t, d.Sync(ctx))
+	mu.Lock()
+	if len(cursors) != 2 || cursors[0] != "" || cursors[1] == "" {
+		t.Fatalf("snapshot cursors = %q, want a first call and a resumed one", cursors)
+	}
+	mu.Unlock()
+	out, err := exec.Command("psql", s.pgURL, "-At", "-c", "SELECT count(*) FROM offline_notes WHERE workspace_id = 'acme'").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, _ := d.Rows("offline_notes")
+	if want := strings.TrimSpace(string(out)); fmt.Sprint(len(rows)) != want {
+		t.Fatalf("the device has %d rows, the database %s", len(rows), want)
+	}
+	for i := 180; i < 187; i++ {
+		if got := body(t, d, fmt.Sprint(i)); got != fmt.Sprintf("row %d", i) {
+			t.Fatalf("row %d = %v", i, got)
+		}
+	}
+}
+
+// recording notes the cursor of each Snapshot request sent.
+type recording struct {
+	grpc.ClientStream
+	cursors *[]string
+	mu      *sync.Mutex
+}
+
+func (r *recording) SendMsg(m any) error {
+	if req, ok := m.(*pb.SnapshotRequest); ok {
+		r.mu.Lock()
+		*r.cursors = append(*r.cursors, req.GetCursor())
+		r.mu.Unlock()
+	}
+	return r.ClientStream.SendMsg(m)
 }
 
 func TestOldAppVersionGetsUpgradeRequired(t *testing.T) {

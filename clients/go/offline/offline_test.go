@@ -133,6 +133,34 @@ func TestTwoDevicesEditOfflineAndConverge(t *testing.T) {
 	}
 }
 
+func TestLastWriterWinsSupersedesTheOlderWrite(t *testing.T) {
+	s := server(t)
+	ctx := ctxT(t, time.Minute)
+	dir := t.TempDir()
+	var conflicts []offline.Conflict
+	a := device(t, s, filepath.Join(dir, "a.sqlite"), "dev-alice", nil)
+	b := device(t, s, filepath.Join(dir, "b.sqlite"), "dev-bob", func(o *offline.Options) {
+		o.OnConflict = func(c offline.Conflict) offline.Resolution { conflicts = append(conflicts, c); return offline.Drop }
+	})
+	must(t, s.sql("INSERT INTO offline_prefs (id, workspace_id, value) VALUES (101, 'acme', 'start')"))
+	must(t, a.Sync(ctx))
+	must(t, b.Sync(ctx))
+	must(t, b.Update(ctx, "offline_prefs", "101", map[string]any{"value": "older, from B"}))
+	time.Sleep(20 * time.Millisecond)
+	must(t, a.Update(ctx, "offline_prefs", "101", map[string]any{"value": "newer, from A"}))
+	must(t, a.Sync(ctx))
+	must(t, b.Sync(ctx))
+	if len(conflicts) != 1 || conflicts[0].Kind != offline.Superseded || conflicts[0].ServerValues["value"].GetString_() != "newer, from A" {
+		t.Fatalf("conflicts = %+v", conflicts)
+	}
+	for name, st := range map[string]*offline.Store{"A": a, "B": b} {
+		r, _, _ := st.Get("offline_prefs", "101")
+		if st.Pending() != 0 || r.Values["value"] != "newer, from A" {
+			t.Fatalf("%s: pending %d, value %v", name, st.Pending(), r.Values["value"])
+		}
+	}
+}
+
 // crashing fails like a crash right after the server answered a push: the
 // answer is never recorded locally.
 type crashing struct {

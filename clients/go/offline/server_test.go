@@ -70,6 +70,12 @@ table = "offline_notes"
 scope = "workspace"
 push = "scope"
 conflict = "reject"
+
+[[offline.tables]]
+table = "offline_prefs"
+scope = "workspace"
+push = "scope"
+conflict = "last_writer_wins"
 `
 
 type offlineServer struct {
@@ -169,7 +175,11 @@ func startOffline() (*offlineServer, error) {
 		id bigint PRIMARY KEY,
 		workspace_id text NOT NULL REFERENCES workspaces(id),
 		body text NOT NULL,
-		done boolean NOT NULL DEFAULT false)`); err != nil {
+		done boolean NOT NULL DEFAULT false);
+		CREATE TABLE offline_prefs (
+		id bigint PRIMARY KEY,
+		workspace_id text NOT NULL REFERENCES workspaces(id),
+		value text NOT NULL)`); err != nil {
 		s.stop()
 		return nil, err
 	}

@@ -63,7 +63,7 @@ describe("offline stores in Node", () => {
     });
     await a.sync();
     await b.sync();
-    assert.deepEqual(a.tables(), ["offline_notes"]);
+    assert.deepEqual(a.tables().sort(), ["offline_notes", "offline_prefs"]);
     await a.insert("offline_notes", { id: 1, workspace_id: "acme", body: "first" });
     await a.sync();
     await b.sync();
@@ -94,6 +94,27 @@ describe("offline stores in Node", () => {
     assert.equal(a.get("offline_notes", "1")!.version, b.get("offline_notes", "1")!.version);
     const db = await server.sql("SELECT body FROM offline_notes WHERE id = 1");
     assert.equal(db.rows[0].body, "from B");
+  });
+
+  it("under last-writer-wins the older offline write is superseded and reported", async () => {
+    const conflicts: Conflict[] = [];
+    const a = await device("lww-a.sqlite", "dev-alice");
+    const b = await device("lww-b.sqlite", "dev-bob", { onConflict: (c) => void conflicts.push(c) });
+    await server.sql("INSERT INTO offline_prefs (id, workspace_id, value) VALUES (1, 'acme', 'start')");
+    await a.sync();
+    await b.sync();
+    await b.update("offline_prefs", "1", { value: "older, from B" });
+    await new Promise((r) => setTimeout(r, 20));
+    await a.update("offline_prefs", "1", { value: "newer, from A" });
+    await a.sync();
+    await b.sync();
+    assert.equal(conflicts.length, 1);
+    assert.equal(conflicts[0]!.kind, "superseded");
+    assert.equal(conflicts[0]!.serverRow.values.value?.kind.value, "newer, from A");
+    for (const s of [a, b]) {
+      assert.equal(s.pendingCount(), 0);
+      assert.equal(s.get("offline_prefs", "1")?.values.value, "newer, from A");
+    }
   });
 
   it("a restart with a pending bundle sends the same bundle id again and the server applies it once", async () => {

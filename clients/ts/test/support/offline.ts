@@ -64,6 +64,12 @@ table = "offline_notes"
 scope = "workspace"
 push = "scope"
 conflict = "reject"
+
+[[offline.tables]]
+table = "offline_prefs"
+scope = "workspace"
+push = "scope"
+conflict = "last_writer_wins"
 `;
 
 export async function startOfflineServer(): Promise<OfflineServer> {
@@ -76,6 +82,11 @@ export async function startOfflineServer(): Promise<OfflineServer> {
     body text NOT NULL,
     done boolean NOT NULL DEFAULT false,
     due_at timestamptz
+  )`);
+  await db.query(`CREATE TABLE IF NOT EXISTS offline_prefs (
+    id bigint PRIMARY KEY,
+    workspace_id text NOT NULL REFERENCES workspaces(id),
+    value text NOT NULL
   )`);
   const dir = mkdtempSync(join(tmpdir(), "arcana-offline-"));
   const port = await freePort();

@@ -18,7 +18,7 @@ import { ArcanaError, Code, isRetryable } from "../errors.js";
 import { type TokenSource, authHeaders } from "../session.js";
 import type { Value } from "../gen/arcana/v1/value_pb.js";
 import { type DecodeOptions, type FieldValue, type Params, fromFields } from "../values.js";
-import { type BundleLimits, type Conflict, LocalState, META, type Resolution, formatScopes } from "./state.js";
+import { type BundleLimits, type Conflict, LocalState, META, type Resolution, formatScopes, opName } from "./state.js";
 import { type OfflineStorage, type OutboxEntry, type StorageBatch, emptyBatch } from "./storage.js";
 import { encodeRow } from "./values.js";
 
@@ -47,6 +47,14 @@ export interface OfflineRow {
   pending: boolean;
 }
 
+/** A local write the server refused. */
+export interface RefusedWrite {
+  table: string;
+  id: string;
+  op: "insert" | "update" | "delete";
+  values: Record<string, Value>;
+}
+
 export interface OfflineStoreOptions {
   transport: Transport;
   storage: OfflineStorage;
@@ -62,6 +70,12 @@ export interface OfflineStoreOptions {
    * again on top of the server's row; anything else drops it.
    */
   onConflict?: (c: Conflict) => Resolution | void | Promise<Resolution | void>;
+  /**
+   * Called when the server refused a whole bundle as invalid
+   * (INVALID_ARGUMENT, e.g. a value a column cannot take): its writes are
+   * dropped from the outbox so later writes can go.
+   */
+  onRefused?: (r: { bundleId: bigint; writes: RefusedWrite[]; error: ArcanaError }) => void;
   /** Called with the server's answer to every pushed bundle. */
   onBundle?: (b: { bundleId: bigint; applied: boolean; replayed: boolean; writes: number }) => void;
   /** Called after a snapshot replaced the rows of these scopes (empty: every scope). */
@@ -174,6 +188,16 @@ export class OfflineStore {
   /** Deletes a row (given by id or by its key values). */
   async delete(table: string, key: string | Params): Promise<void> {
     await this.write(table, IntentOp.DELETE, this.keyValues(table, key));
+  }
+
+  /** Forgets every pending write (say, after the app handled a loop that stopped as `failed`). */
+  async dropPending(): Promise<number> {
+    let n = 0;
+    await this.commit(() => {
+      n = this.state.outbox.length;
+      return { deleteOutbox: this.state.outbox.map((e) => e.seq) };
+    });
+    return n;
   }
 
   /**
@@ -392,7 +416,23 @@ export class OfflineStore {
               b = sealed;
             }
             if (!b) return;
-            const res = await this.send(b.bundleId, b.entries);
+            let res: PushResponse;
+            try {
+              res = await this.send(b.bundleId, b.entries);
+            } catch (e) {
+              const err = ArcanaError.from(e);
+              // The server will refuse these writes however often they go:
+              // drop them rather than block every later write behind them.
+              if (err.code !== Code.INVALID_ARGUMENT) throw err;
+              const dropped = b.entries;
+              await this.commit(() => ({ deleteOutbox: dropped.map((e) => e.seq) }));
+              this.opts.onRefused?.({
+                bundleId: b.bundleId,
+                writes: dropped.map((e) => ({ table: e.table, id: e.id, op: opName(e.op), values: e.values })),
+                error: err,
+              });
+              continue;
+            }
             this.opts.onBundle?.({ bundleId: b.bundleId, applied: res.applied, replayed: res.replayed, writes: b.entries.length });
             const entries = b.entries;
             let conflicts: Conflict[] = [];

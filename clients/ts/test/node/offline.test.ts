@@ -257,6 +257,24 @@ describe("offline stores in Node", () => {
     assert.deepEqual(got, want);
   });
 
+  it("a bundle the server refuses as invalid is dropped and reported, and later writes still go", async () => {
+    const refused: { ids: string[]; code: number }[] = [];
+    const d = await device("refused.sqlite", "dev-alice", {
+      onRefused: (r) => refused.push({ ids: r.writes.map((w) => w.id), code: r.error.code }),
+    });
+    await d.sync();
+    // Local checks pass (the spec says the column is NOT NULL, but the server
+    // fills some columns in); PostgreSQL refuses the null.
+    await d.insert("offline_notes", { id: 90, workspace_id: "acme", body: null });
+    await d.sync();
+    assert.deepEqual(refused, [{ ids: ["90"], code: 3 }]);
+    assert.equal(d.pendingCount(), 0);
+    assert.equal(d.get("offline_notes", "90"), undefined);
+    await d.insert("offline_notes", { id: 91, workspace_id: "acme", body: "fine" });
+    await d.sync();
+    assert.equal((await server.sql("SELECT body FROM offline_notes WHERE id = 91")).rows[0]?.body, "fine");
+  });
+
   it("keeps other workspaces' rows away and refuses an old app version with a typed error", async () => {
     const c = await device("carol.sqlite", "dev-carol");
     await c.sync();

@@ -161,6 +161,35 @@ func TestLastWriterWinsSupersedesTheOlderWrite(t *testing.T) {
 	}
 }
 
+func TestInvalidBundleIsDroppedAndReported(t *testing.T) {
+	s := server(t)
+	ctx := ctxT(t, time.Minute)
+	var refused []string
+	d := device(t, s, filepath.Join(t.TempDir(), "refused.sqlite"), "dev-alice", func(o *offline.Options) {
+		o.OnRefused = func(_ uint64, writes []*offline.OutboxEntry, err error) {
+			for _, w := range writes {
+				refused = append(refused, w.ID+" "+status.Code(err).String())
+			}
+		}
+	})
+	must(t, d.Sync(ctx))
+	// Local checks pass (the server fills some columns in); PostgreSQL refuses the null.
+	if _, err := d.Insert(ctx, "offline_notes", map[string]any{"id": 190, "workspace_id": "acme", "body": nil}); err != nil {
+		t.Fatal(err)
+	}
+	must(t, d.Sync(ctx))
+	if len(refused) != 1 || refused[0] != "190 InvalidArgument" || d.Pending() != 0 {
+		t.Fatalf("refused %v, pending %d", refused, d.Pending())
+	}
+	if _, err := d.Insert(ctx, "offline_notes", map[string]any{"id": 191, "workspace_id": "acme", "body": "fine"}); err != nil {
+		t.Fatal(err)
+	}
+	must(t, d.Sync(ctx))
+	if body(t, d, "191") != "fine" || d.Pending() != 0 {
+		t.Fatalf("the next write did not go: pending %d", d.Pending())
+	}
+}
+
 // crashing fails like a crash right after the server answered a push: the
 // answer is never recorded locally.
 type crashing struct {

@@ -91,6 +91,10 @@ type Options struct {
 	// overruled. For a rejected write, returning Reapply writes it again on
 	// top of the server's row; Drop discards it.
 	OnConflict func(Conflict) Resolution
+	// OnRefused is called when the server refused a whole bundle as invalid
+	// (InvalidArgument, e.g. a value a column cannot take): its writes are
+	// dropped from the outbox so later writes can go.
+	OnRefused func(bundleID uint64, writes []*OutboxEntry, err error)
 	// OnBundle is called with the server's answer to every pushed bundle.
 	OnBundle func(BundleResult)
 	// OnSnapshot is called after a snapshot replaced the rows of these scopes (none: every scope).
@@ -389,6 +393,21 @@ func (s *Store) authCtx(ctx context.Context) (context.Context, error) {
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok), nil
 }
 
+// DropPending forgets every pending write (say, after the loop stopped as
+// failed) and returns how many there were.
+func (s *Store) DropPending(ctx context.Context) (int, error) {
+	n := 0
+	err := s.commit(ctx, func() (*Batch, error) {
+		b := &Batch{}
+		for _, e := range s.state.outbox {
+			b.DeleteOutbox = append(b.DeleteOutbox, e.Seq)
+		}
+		n = len(b.DeleteOutbox)
+		return b, nil
+	})
+	return n, err
+}
+
 // Sync runs one round: connect, push every pending write, pull until caught up.
 func (s *Store) Sync(ctx context.Context) error {
 	if err := s.connect(ctx); err != nil {
@@ -601,6 +620,24 @@ func (s *Store) pushAll(ctx context.Context) error {
 			return nil
 		}
 		res, err := s.send(ctx, id, entries)
+		if status.Code(err) == codes.InvalidArgument {
+			// The server will refuse these writes however often they go:
+			// drop them rather than block every later write behind them.
+			dropped := entries
+			if err := s.commit(ctx, func() (*Batch, error) {
+				b := &Batch{}
+				for _, e := range dropped {
+					b.DeleteOutbox = append(b.DeleteOutbox, e.Seq)
+				}
+				return b, nil
+			}); err != nil {
+				return err
+			}
+			if s.opts.OnRefused != nil {
+				s.opts.OnRefused(id, dropped, err)
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}

@@ -190,6 +190,38 @@ func TestInvalidBundleIsDroppedAndReported(t *testing.T) {
 	}
 }
 
+func TestManyWritesGoAsSeveralBundlesOfSeveralChunks(t *testing.T) {
+	s := server(t)
+	ctx := ctxT(t, time.Minute)
+	var bundles []offline.BundleResult
+	d := device(t, s, filepath.Join(t.TempDir(), "many.sqlite"), "dev-alice", func(o *offline.Options) {
+		o.OnBundle = func(r offline.BundleResult) { bundles = append(bundles, r) }
+	})
+	must(t, d.Sync(ctx))
+	for i := 0; i < 12; i++ {
+		if _, err := d.Insert(ctx, "offline_notes", map[string]any{"id": 600 + i, "workspace_id": "acme", "body": fmt.Sprint("many ", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(t, d.Sync(ctx))
+	// The server takes at most 5 writes a bundle and 2 a chunk.
+	got := fmt.Sprint(bundles)
+	want := "[{1 true false 5} {2 true false 5} {3 true false 2}]"
+	if got != want {
+		t.Fatalf("bundles = %s, want %s", got, want)
+	}
+	rows, _ := d.Rows("offline_notes")
+	n := 0
+	for _, r := range rows {
+		if strings.HasPrefix(fmt.Sprint(r.Values["body"]), "many ") && !r.Pending {
+			n++
+		}
+	}
+	if n != 12 {
+		t.Fatalf("%d of the 12 rows came back from the server", n)
+	}
+}
+
 // crashing fails like a crash right after the server answered a push: the
 // answer is never recorded locally.
 type crashing struct {

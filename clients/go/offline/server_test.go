@@ -64,6 +64,9 @@ retention_max_rows = 5
 retention_interval_ms = 200
 # Small chunks: snapshots take several, so one can break in the middle.
 snapshot_chunk_rows = 2
+# Small bundles and chunks: a few writes already take several of each.
+max_push_rows = 5
+max_chunk_rows = 2
 
 [[offline.tables]]
 table = "offline_notes"

@@ -117,6 +117,29 @@ describe("offline stores in Node", () => {
     }
   });
 
+  it("many offline writes go as several bundles of several chunks, within the server's limits", async () => {
+    const bundles: { bundleId: bigint; writes: number; applied: boolean }[] = [];
+    const d = await device("many.sqlite", "dev-alice", { onBundle: (r) => bundles.push(r) });
+    await d.sync();
+    for (let i = 0; i < 12; i++) await d.insert("offline_notes", { id: 500 + i, workspace_id: "acme", body: `many ${i}` });
+    await d.sync();
+    // The server takes at most 5 writes a bundle and 2 a chunk.
+    assert.deepEqual(
+      bundles.map((b) => [b.writes, b.applied]),
+      [
+        [5, true],
+        [5, true],
+        [2, true],
+      ],
+    );
+    assert.deepEqual(
+      bundles.map((b) => b.bundleId),
+      [1n, 2n, 3n],
+    );
+    const n = (await server.sql("SELECT count(*)::int AS n FROM offline_notes WHERE id BETWEEN 500 AND 511")).rows[0].n;
+    assert.equal(n, 12);
+  });
+
   it("a restart with a pending bundle sends the same bundle id again and the server applies it once", async () => {
     const file = join(dir, "crash.sqlite");
     const results: { bundleId: bigint; replayed: boolean; applied: boolean }[] = [];
@@ -249,7 +272,7 @@ describe("offline stores in Node", () => {
     assert.equal(cursors.length, 2, "one snapshot call, then one resumed call");
     assert.equal(cursors[0], "");
     assert.notEqual(cursors[1], "");
-    const want = (await server.sql("SELECT id::text, body FROM offline_notes WHERE workspace_id = 'acme' ORDER BY id")).rows;
+    const want = (await server.sql("SELECT id::text, body FROM offline_notes WHERE workspace_id = 'acme' ORDER BY offline_notes.id")).rows;
     const got = d
       .rows("offline_notes")
       .map((r) => ({ id: r.id, body: r.values.body }))

@@ -6,6 +6,9 @@
 //! `ServerMessage` whose view frames are encoded once and shared by every
 //! subscriber of a view, and use the lean codec (small initial buffers) that
 //! keeps idle sessions cheap.
+//!
+//! The offline sync service's server is generated the same way, with the
+//! plain prost codec: its messages need no sharing.
 
 use std::path::PathBuf;
 
@@ -17,6 +20,7 @@ const PROTOS: &[&str] = &[
     "arcana/v1/view.proto",
     "arcana/v1/describe.proto",
     "arcana/v1/service.proto",
+    "arcana/v1/offline.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -94,6 +98,55 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .build_server(true)
         .build_transport(false)
-        .compile(&[service]);
+        .compile(&[service, offline_service()]);
     Ok(())
+}
+
+/// The `OfflineService` server trait, over the messages in `crate::proto`.
+fn offline_service() -> Service {
+    let method = |name: &str, route: &str, input: &str, output: &str| {
+        Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(format!("crate::proto::{input}"))
+            .output_type(format!("crate::proto::{output}"))
+            .codec_path("tonic_prost::ProstCodec")
+    };
+    Service::builder()
+        .name("OfflineService")
+        .package("arcana.v1")
+        .method(
+            method(
+                "capabilities",
+                "Capabilities",
+                "CapabilitiesRequest",
+                "CapabilitiesResponse",
+            )
+            .build(),
+        )
+        .method(
+            method(
+                "register_client",
+                "RegisterClient",
+                "RegisterClientRequest",
+                "RegisterClientResponse",
+            )
+            .build(),
+        )
+        .method(
+            method("push", "Push", "PushChunk", "PushResponse")
+                .client_streaming()
+                .build(),
+        )
+        .method(
+            method("pull", "Pull", "PullRequest", "PullResponse")
+                .server_streaming()
+                .build(),
+        )
+        .method(
+            method("snapshot", "Snapshot", "SnapshotRequest", "SnapshotChunk")
+                .server_streaming()
+                .build(),
+        )
+        .build()
 }

@@ -155,6 +155,20 @@ impl App {
         background.push(tokio::spawn(readiness.clone().watch(
             Duration::from_millis(config.admin.ready_interval_ms.max(10)),
         )));
+        let offline = if config.offline.tables.is_empty() {
+            None
+        } else {
+            let (o, tasks) = crate::offline::Offline::start(
+                &config.offline,
+                pool.clone(),
+                database_url,
+                auth.clone(),
+                config.database.tx_context(),
+            )
+            .await?;
+            background.extend(tasks);
+            Some(o)
+        };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let opts = ServeOptions {
             max_message_bytes: config.server.max_message_bytes,
@@ -163,6 +177,7 @@ impl App {
             limits: config.server.limits(),
             health: Some(health),
             tls: config.server.tls.clone(),
+            offline,
         };
         if let Some(tls) = &config.server.tls {
             // A certificate that cannot be loaded stops startup, not just the listener.

@@ -51,6 +51,9 @@ pub struct Config {
     /// Trace export over OTLP.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Two-way offline sync (`OfflineService`).
+    #[serde(default)]
+    pub offline: crate::offline::OfflineConfig,
 }
 
 /// `[telemetry]`: exporting spans to an OpenTelemetry collector over

@@ -15,5 +15,6 @@ pub mod codegen;
 pub mod config;
 pub mod engine;
 pub mod grpc;
+pub mod offline;
 pub mod ops;
 pub mod postgres;

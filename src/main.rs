@@ -90,6 +90,11 @@ enum Command {
         #[command(subcommand)]
         action: SqlAction,
     },
+    /// The change log of two-way offline sync (the `[offline]` section).
+    Offline {
+        #[command(subcommand)]
+        action: SqlAction,
+    },
     /// The replication slot of `changes.mode = "wal"`.
     Slot {
         #[command(subcommand)]
@@ -200,6 +205,7 @@ async fn main() {
         Command::Slot { action } => slot(action).await,
         Command::Triggers { action } => triggers(action).await,
         Command::Rls { action } => rls(action).await,
+        Command::Offline { action } => offline(action).await,
         Command::Codegen {
             lang,
             server,
@@ -333,6 +339,26 @@ async fn rls(action: SqlAction) -> Result<(), String> {
         for stmt in arcana::postgres::rls::all_sql(&url, &config.rls).await? {
             println!("{stmt};");
         }
+    }
+    Ok(())
+}
+
+async fn offline(action: SqlAction) -> Result<(), String> {
+    let (path, url, apply) = action.parts();
+    let config = load(&path)?;
+    let url = database(&config, url)?;
+    let eval_role = config.database.eval_role.as_deref();
+    let pool = arcana::postgres::pool(&url, 1)?;
+    let mut client = pool.get().await.map_err(|e| e.to_string())?;
+    let tables = arcana::offline::spec::resolve(&client, &config.offline).await?;
+    if apply {
+        arcana::offline::schema::install(&mut client, &tables, eval_role).await?;
+        eprintln!(
+            "installed the offline change log for {} tables",
+            tables.len()
+        );
+    } else {
+        println!("{}", arcana::offline::schema::script(&tables, eval_role));
     }
     Ok(())
 }

@@ -41,6 +41,9 @@ pub struct ServeOptions {
     pub health: Option<tonic_health::server::HealthReporter>,
     /// Serve over TLS with this certificate; plain when `None`.
     pub tls: Option<crate::config::ServerTls>,
+    /// The offline sync service, mounted next to the Arcana service when
+    /// `[offline]` has tables.
+    pub offline: Option<crate::offline::Offline>,
 }
 
 impl Default for ServeOptions {
@@ -52,6 +55,7 @@ impl Default for ServeOptions {
             limits: Limits::default(),
             health: None,
             tls: None,
+            offline: None,
         }
     }
 }
@@ -145,6 +149,10 @@ pub async fn serve(
     let _reloader = tls
         .as_ref()
         .map(|(_, task)| AbortOnDrop(task.abort_handle()));
+    let offline = opts.offline.clone().map(|o| {
+        crate::offline::offline_service_server::OfflineServiceServer::new(o)
+            .max_decoding_message_size(opts.max_message_bytes)
+    });
     let svc = ArcanaServiceServer::new(
         Service::new(engine, auth)
             .with_batch_bytes(opts.max_batch_bytes)
@@ -182,6 +190,7 @@ pub async fn serve(
         .layer(crate::ops::metrics::GrpcCodesLayer)
         .layer(OversizedLayer)
         .add_service(svc)
+        .add_optional_service(offline)
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -3,6 +3,8 @@
 //! real bidirectional gRPC stream.
 #![allow(dead_code)]
 
+pub mod offline;
+
 use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;

@@ -1,0 +1,271 @@
+//! Pull: committed changes after per-scope sequences, in sequence order,
+//! bounded by rows and bytes; with `follow`, more as they commit.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use prost::Message;
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Code, Status};
+
+use super::follow::ANY;
+use super::{db_status, read_rows, Offline};
+use crate::grpc::status::status;
+use crate::proto::{self as pb, pull_response::Kind, IntentOp};
+
+/// One read of the log: a batch, or the news that a scope must snapshot.
+pub async fn pull_once(
+    o: &Offline,
+    after: &BTreeMap<String, u64>,
+    max_rows: usize,
+    max_bytes: usize,
+) -> Result<pb::PullResponse, Status> {
+    let mut c = o.conn().await?;
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(|e| db_status("starting the pull", e))?;
+    let failed = |e| db_status("reading the change log", e);
+    let scopes: Vec<&String> = after.keys().collect();
+    let positions: Vec<i64> = after.values().map(|&s| s as i64).collect();
+    for r in tx
+        .query(
+            "SELECT scope, floor, floor_reason FROM arcana_offline.scopes WHERE scope = ANY($1)",
+            &[&scopes],
+        )
+        .await
+        .map_err(failed)?
+    {
+        let scope: String = r.get(0);
+        let floor = r.get::<_, i64>(1) as u64;
+        if after.get(&scope).is_some_and(|&a| a < floor) {
+            return Ok(pb::PullResponse {
+                kind: Some(Kind::SnapshotRequired(pb::SnapshotRequired {
+                    scope,
+                    retained_floor: floor,
+                    reason: r.get(2),
+                })),
+            });
+        }
+    }
+    let entries = tx
+        .query(
+            "SELECT c.scope, c.seq, c.tbl, c.id, c.op, c.client_id, c.bundle_id \
+             FROM unnest($1::text[], $2::int8[]) AS a(scope, after) \
+             CROSS JOIN LATERAL (SELECT * FROM arcana_offline.changes c \
+                 WHERE c.scope = a.scope AND c.seq > a.after ORDER BY c.seq LIMIT $3) c \
+             ORDER BY c.scope, c.seq",
+            &[&scopes, &positions, &(max_rows as i64 + 1)],
+        )
+        .await
+        .map_err(failed)?;
+    let taken = &entries[..entries.len().min(max_rows)];
+    // The rows as they stand now, in this same snapshot.
+    let mut tbls = Vec::new();
+    let mut ids = Vec::new();
+    for e in taken {
+        tbls.push(e.get::<_, String>(2));
+        ids.push(e.get::<_, String>(3));
+    }
+    let meta = tx
+        .query(
+            "SELECT tbl, id, key, version, deleted, scope FROM arcana_offline.rows \
+             WHERE (tbl, id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            &[&tbls, &ids],
+        )
+        .await
+        .map_err(failed)?;
+    let mut state: HashMap<(String, String), (u64, bool, String)> = HashMap::new();
+    let mut wanted: HashMap<String, Vec<Vec<String>>> = HashMap::new();
+    for m in &meta {
+        let (tbl, id): (String, String) = (m.get(0), m.get(1));
+        let deleted: bool = m.get(4);
+        if !deleted {
+            wanted.entry(tbl.clone()).or_default().push(m.get(2));
+        }
+        state.insert((tbl, id), (m.get::<_, i64>(3) as u64, deleted, m.get(5)));
+    }
+    let mut values = HashMap::new();
+    for (tbl, keys) in &wanted {
+        if let Some(t) = o.table(tbl) {
+            let rows = read_rows(&tx, t, keys).await.map_err(failed)?;
+            for (id, r) in rows {
+                values.insert((tbl.clone(), id), r.values);
+            }
+        }
+    }
+    let mut through: BTreeMap<String, u64> = after.clone();
+    let mut changes = Vec::with_capacity(taken.len());
+    let mut bytes = 0usize;
+    let mut cut = false;
+    for e in taken {
+        let scope: String = e.get(0);
+        let seq = e.get::<_, i64>(1) as u64;
+        let (tbl, id): (String, String) = (e.get(2), e.get(3));
+        let op: i16 = e.get(4);
+        let (version, deleted, now_scope) = state
+            .get(&(tbl.clone(), id.clone()))
+            .cloned()
+            .unwrap_or((0, true, String::new()));
+        let current = values.get(&(tbl.clone(), id.clone()));
+        // A change carries the row as it stands: a row since deleted or
+        // moved out of the scope reads as a delete here.
+        let (op, vals) = match current {
+            Some(v) if !deleted && now_scope == scope => (
+                if op == 3 {
+                    IntentOp::Insert
+                } else {
+                    IntentOp::try_from(i32::from(op)).unwrap_or(IntentOp::Update)
+                },
+                v.clone(),
+            ),
+            _ => (IntentOp::Delete, HashMap::new()),
+        };
+        let change = pb::RowChange {
+            scope: scope.clone(),
+            sequence: seq,
+            table: tbl,
+            id,
+            op: op as i32,
+            values: vals,
+            version,
+            source_client_id: e.get::<_, Option<String>>(5).unwrap_or_default(),
+            source_bundle_id: e.get::<_, Option<i64>>(6).unwrap_or(0) as u64,
+        };
+        let len = change.encoded_len();
+        if !changes.is_empty() && bytes + len > max_bytes {
+            cut = true;
+            break;
+        }
+        bytes += len;
+        through.insert(scope, seq);
+        changes.push(change);
+    }
+    let has_more = cut || entries.len() > taken.len();
+    Ok(pb::PullResponse {
+        kind: Some(Kind::Changes(pb::ChangeBatch {
+            changes,
+            through: through
+                .into_iter()
+                .map(|(scope, sequence)| pb::ScopeSequence { scope, sequence })
+                .collect(),
+            has_more,
+        })),
+    })
+}
+
+/// Releases a client's follow slot when the stream ends.
+pub struct FollowSlot {
+    o: Offline,
+    client_id: String,
+}
+
+impl FollowSlot {
+    /// Takes a follow slot of `client_id`, if it has one free.
+    pub fn take(o: &Offline, client_id: &str) -> Result<FollowSlot, Status> {
+        let mut f = o.inner.follows.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(client_id.to_owned()).or_insert(0);
+        if *n >= o.inner.cfg.max_follows_per_client {
+            return Err(status(
+                Code::ResourceExhausted,
+                format!(
+                    "client `{client_id}` already has {n} follow streams open (offline.max_follows_per_client): close one first"
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(FollowSlot {
+            o: o.clone(),
+            client_id: client_id.to_owned(),
+        })
+    }
+}
+
+impl Drop for FollowSlot {
+    fn drop(&mut self) {
+        let mut f = self
+            .o
+            .inner
+            .follows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = f.get_mut(&self.client_id) {
+            *n -= 1;
+            if *n == 0 {
+                f.remove(&self.client_id);
+            }
+        }
+    }
+}
+
+/// Streams batches into `tx` until caught up; then, when following, waits
+/// for commits of the stream's scopes and streams again.
+pub async fn run(
+    o: Offline,
+    mut after: BTreeMap<String, u64>,
+    max_rows: usize,
+    max_bytes: usize,
+    follow: Option<FollowSlot>,
+    tx: mpsc::Sender<Result<pb::PullResponse, Status>>,
+) {
+    // Subscribed before the first read, so no commit falls in between.
+    let mut commits = o.inner.commits.subscribe();
+    let mut first = true;
+    loop {
+        let r = pull_once(&o, &after, max_rows, max_bytes).await;
+        let (more, stop) = match &r {
+            Err(_) => (false, true),
+            Ok(pb::PullResponse {
+                kind: Some(Kind::Changes(b)),
+            }) => {
+                for s in &b.through {
+                    after.insert(s.scope.clone(), s.sequence);
+                }
+                (b.has_more, false)
+            }
+            Ok(_) => (false, true),
+        };
+        let empty = matches!(&r, Ok(pb::PullResponse { kind: Some(Kind::Changes(b)) }) if b.changes.is_empty());
+        // A follow stream says nothing when a wake-up found nothing new.
+        if (first || !empty || stop) && tx.send(r).await.is_err() {
+            return;
+        }
+        first = false;
+        if stop {
+            return;
+        }
+        if more {
+            continue;
+        }
+        if follow.is_none() {
+            return;
+        }
+        if !wait(&mut commits, &after, &tx).await {
+            return;
+        }
+    }
+}
+
+/// Waits for a commit of one of `after`'s scopes; false when the stream or
+/// the listener is gone.
+async fn wait(
+    commits: &mut broadcast::Receiver<Arc<str>>,
+    after: &BTreeMap<String, u64>,
+    tx: &mpsc::Sender<Result<pb::PullResponse, Status>>,
+) -> bool {
+    loop {
+        tokio::select! {
+            r = commits.recv() => match r {
+                Ok(s) if &*s == ANY || after.contains_key(&*s) => return true,
+                Ok(_) => {}
+                // Missed some: look anyway.
+                Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                Err(broadcast::error::RecvError::Closed) => return false,
+            },
+            _ = tx.closed() => return false,
+        }
+    }
+}

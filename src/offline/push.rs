@@ -1,0 +1,526 @@
+//! Push: a bundle of row intents in numbered chunks, applied all or nothing
+//! in one transaction under the caller's identity, exactly once per
+//! (client id, bundle id).
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use tonic::{Code, Status, Streaming};
+
+use super::config::{ConflictPolicy, PushPolicy};
+use super::spec::{ident, TableSpec};
+use super::{check_client, db_status, scope_id, Offline};
+use crate::engine::{Identity, Scope, Value};
+use crate::grpc::convert::value_from_pb;
+use crate::grpc::status::status;
+use crate::postgres::values::SqlParam;
+use crate::proto::{self as pb, intent_result::Status as Outcome, IntentOp};
+
+/// Reads the chunks of one bundle, checking order, identity and limits.
+async fn collect(
+    o: &Offline,
+    id: &Identity,
+    stream: &mut Streaming<pb::PushChunk>,
+) -> Result<(String, u64, Vec<pb::RowIntent>), Status> {
+    let cfg = &o.inner.cfg;
+    let mut bundle: Option<(String, u64)> = None;
+    let mut intents = Vec::new();
+    let mut bytes = 0usize;
+    let mut next = 0u32;
+    let mut ended = false;
+    while let Some(chunk) = stream.message().await? {
+        if ended {
+            return Err(status(
+                Code::InvalidArgument,
+                "a chunk arrived after the chunk with last = true: one bundle per stream",
+            ));
+        }
+        match &bundle {
+            None => {
+                check_client(o, id, &chunk.client_id).await?;
+                bundle = Some((chunk.client_id.clone(), chunk.bundle_id));
+            }
+            Some((c, b)) if *c != chunk.client_id || *b != chunk.bundle_id => {
+                return Err(status(
+                    Code::InvalidArgument,
+                    format!(
+                        "chunk {} names bundle {} of client `{}`, but the stream began bundle {b} of client `{c}`: one bundle per stream",
+                        chunk.chunk_index, chunk.bundle_id, chunk.client_id
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+        if chunk.chunk_index != next {
+            return Err(status(
+                Code::InvalidArgument,
+                format!(
+                    "chunk_index {} arrived where {next} was expected: send chunks 0, 1, 2, ... in order",
+                    chunk.chunk_index
+                ),
+            ));
+        }
+        if chunk.intents.len() > cfg.max_chunk_rows as usize {
+            return Err(status(
+                Code::ResourceExhausted,
+                format!(
+                    "chunk {next} holds {} row intents, more than offline.max_chunk_rows = {}: send smaller chunks",
+                    chunk.intents.len(),
+                    cfg.max_chunk_rows
+                ),
+            ));
+        }
+        if intents.len() + chunk.intents.len() > cfg.max_push_rows as usize {
+            return Err(status(
+                Code::ResourceExhausted,
+                format!(
+                    "the bundle holds more than offline.max_push_rows = {} row intents: split it into several bundles",
+                    cfg.max_push_rows
+                ),
+            ));
+        }
+        bytes += chunk
+            .intents
+            .iter()
+            .map(Message::encoded_len)
+            .sum::<usize>();
+        if bytes > cfg.max_push_bytes as usize {
+            return Err(status(
+                Code::ResourceExhausted,
+                format!(
+                    "the bundle's row intents exceed offline.max_push_bytes = {} bytes: split it into several bundles",
+                    cfg.max_push_bytes
+                ),
+            ));
+        }
+        next += 1;
+        ended = chunk.last;
+        intents.extend(chunk.intents);
+    }
+    let Some((client_id, bundle_id)) = bundle else {
+        return Err(status(
+            Code::InvalidArgument,
+            "the push stream held no chunk",
+        ));
+    };
+    if !ended {
+        return Err(status(
+            Code::InvalidArgument,
+            format!("the push stream ended after {next} chunks without one with last = true; nothing was applied"),
+        ));
+    }
+    Ok((client_id, bundle_id, intents))
+}
+
+/// Handles one Push call.
+pub async fn push(
+    o: &Offline,
+    id: &Identity,
+    mut stream: Streaming<pb::PushChunk>,
+) -> Result<pb::PushResponse, Status> {
+    let (client_id, bundle_id, intents) = collect(o, id, &mut stream).await?;
+    let mut c = o.conn().await?;
+    if let Some(r) = stored(&c, &client_id, bundle_id).await? {
+        return Ok(r);
+    }
+    let tx = c
+        .transaction()
+        .await
+        .map_err(|e| db_status("starting the push", e))?;
+    let scope = Scope {
+        workspace_id: id.workspace_id.clone(),
+        user_id: Some(id.user_id.clone()),
+        role: Some(id.role.as_str().into()),
+    };
+    o.inner
+        .ctx
+        .enter(&tx, &scope)
+        .await
+        .map_err(|e| status(Code::Unavailable, e.to_string()))?;
+    tx.query(
+        "SELECT set_config('arcana_offline.client_id', $1, true), \
+         set_config('arcana_offline.bundle_id', $2, true)",
+        &[&client_id, &(bundle_id as i64).to_string()],
+    )
+    .await
+    .map_err(|e| db_status("starting the push", e))?;
+    let mut results = Vec::with_capacity(intents.len());
+    let mut refused = false;
+    for (i, intent) in intents.into_iter().enumerate() {
+        let r = apply(o, id, &tx, i, intent).await?;
+        refused |= r.status == Outcome::Conflict as i32;
+        results.push(r);
+    }
+    if refused {
+        // Nothing of a refused bundle applies; it is not stored, so the
+        // device may rebase it and send it again under the same id.
+        drop(tx);
+        return Ok(pb::PushResponse {
+            replayed: false,
+            applied: false,
+            committed: Vec::new(),
+            results,
+        });
+    }
+    // Sequence now rather than at commit, to answer with the sequences.
+    tx.batch_execute(&format!(
+        "SET CONSTRAINTS arcana_offline.{} IMMEDIATE",
+        super::schema::SEQUENCE_TRIGGER
+    ))
+    .await
+    .map_err(|e| db_status("sequencing the bundle", e))?;
+    let committed = tx
+        .query(
+            "SELECT scope, max(seq) FROM arcana_offline.changes WHERE xid = txid_current() \
+             GROUP BY scope ORDER BY scope",
+            &[],
+        )
+        .await
+        .map_err(|e| db_status("sequencing the bundle", e))?
+        .iter()
+        .map(|r| pb::ScopeSequence {
+            scope: r.get(0),
+            sequence: r.get::<_, i64>(1) as u64,
+        })
+        .collect();
+    let response = pb::PushResponse {
+        replayed: false,
+        applied: true,
+        committed,
+        results,
+    };
+    let inserted = tx
+        .query_opt(
+            "INSERT INTO arcana_offline.bundles (client_id, bundle_id, result) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING RETURNING 1",
+            &[&client_id, &(bundle_id as i64), &response.encode_to_vec()],
+        )
+        .await
+        .map_err(|e| db_status("recording the bundle", e))?;
+    if inserted.is_none() {
+        // The same bundle committed meanwhile on another stream.
+        drop(tx);
+        return stored(&c, &client_id, bundle_id).await?.ok_or_else(|| {
+            status(
+                Code::Aborted,
+                "the bundle is being applied concurrently: retry",
+            )
+        });
+    }
+    tx.commit()
+        .await
+        .map_err(|e| db_status("committing the bundle", e))?;
+    Ok(response)
+}
+
+/// The stored result of a bundle that already committed, marked replayed.
+async fn stored(
+    c: &tokio_postgres::Client,
+    client_id: &str,
+    bundle_id: u64,
+) -> Result<Option<pb::PushResponse>, Status> {
+    let row = c
+        .query_opt(
+            "SELECT result FROM arcana_offline.bundles WHERE client_id = $1 AND bundle_id = $2",
+            &[&client_id, &(bundle_id as i64)],
+        )
+        .await
+        .map_err(|e| db_status("reading the bundle log", e))?;
+    row.map(|r| {
+        let bytes: Vec<u8> = r.get(0);
+        let mut resp = pb::PushResponse::decode(bytes.as_slice()).map_err(|e| {
+            status(
+                Code::Internal,
+                format!("a stored bundle result is unreadable: {e}"),
+            )
+        })?;
+        resp.replayed = true;
+        Ok(resp)
+    })
+    .transpose()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What becomes of one intent.
+enum Decision {
+    Apply,
+    Conflict,
+    Superseded,
+}
+
+/// Checks and applies one intent inside the bundle's transaction.
+async fn apply(
+    o: &Offline,
+    who: &Identity,
+    tx: &deadpool_postgres::Transaction<'_>,
+    i: usize,
+    intent: pb::RowIntent,
+) -> Result<pb::IntentResult, Status> {
+    let invalid = |m: String| status(Code::InvalidArgument, format!("intent {i}: {m}"));
+    let denied = |m: String| status(Code::PermissionDenied, format!("intent {i}: {m}"));
+    let t: &TableSpec = o
+        .table(&intent.table)
+        .ok_or_else(|| invalid(format!("table `{}` is not synced", intent.table)))?;
+    let op = match IntentOp::try_from(intent.op) {
+        Ok(IntentOp::Insert) => IntentOp::Insert,
+        Ok(IntentOp::Update) => IntentOp::Update,
+        Ok(IntentOp::Delete) => IntentOp::Delete,
+        _ => return Err(invalid("op must be INSERT, UPDATE or DELETE".into())),
+    };
+    if t.push == PushPolicy::ReadOnly {
+        return Err(denied(format!(
+            "table `{}` is read-only for devices",
+            t.name
+        )));
+    }
+    let mut values: BTreeMap<String, Value> = BTreeMap::new();
+    for (k, v) in intent.values {
+        if t.column(&k).is_none() {
+            return Err(invalid(format!(
+                "column `{k}` of table `{}` is not synced",
+                t.name
+            )));
+        }
+        values.insert(k, value_from_pb(v));
+    }
+    let mine = scope_id(t, who);
+    let outside = || {
+        denied(format!(
+            "the row of table `{}` is outside your scope: devices write only rows of their own {}",
+            t.name,
+            match t.scope {
+                super::config::ScopeKind::Workspace => "workspace",
+                super::config::ScopeKind::User => "user",
+            }
+        ))
+    };
+    match values.get(&t.scope_column) {
+        Some(v) if v.key_text() != mine => return Err(outside()),
+        Some(_) => {}
+        // Rows are always the caller's: fill in what the device left out.
+        None => {
+            values.insert(t.scope_column.clone(), Value::String(mine.to_owned()));
+        }
+    }
+    let owner_only = t.push == PushPolicy::OwnerOnly;
+    let owner_column = t.owner_column.clone().unwrap_or_default();
+    let not_owner = || {
+        denied(format!(
+            "table `{}` accepts writes only to rows whose `{owner_column}` is you",
+            t.name
+        ))
+    };
+    if owner_only {
+        match values.get(&owner_column) {
+            Some(v) if v.key_text() != *who.user_id => return Err(not_owner()),
+            Some(_) => {}
+            None => {
+                values.insert(owner_column.clone(), Value::String(who.user_id.to_string()));
+            }
+        }
+    }
+    let mut keys = Vec::with_capacity(t.key.len());
+    for (k, _) in &t.key {
+        match values.get(k) {
+            Some(Value::Null) | None => {
+                return Err(invalid(format!(
+                    "key column `{k}` of table `{}` is missing",
+                    t.name
+                )))
+            }
+            Some(v) => keys.push(v.clone()),
+        }
+    }
+    let key_texts: Vec<String> = keys.iter().map(Value::key_text).collect();
+    let row_id = crate::engine::value::row_id(&keys);
+    // The table row, locked until commit, and its version.
+    let current = read_locked(tx, t, &key_texts)
+        .await
+        .map_err(|e| db_status(&format!("intent {i} (table `{}`)", t.name), e))?;
+    if let Some(row) = &current {
+        let theirs = row
+            .values
+            .get(&t.scope_column)
+            .map(|v| crate::grpc::convert::value_from_pb(v.clone()).key_text());
+        if theirs.as_deref() != Some(mine) {
+            return Err(outside());
+        }
+        if owner_only {
+            let owner = row
+                .values
+                .get(&owner_column)
+                .map(|v| crate::grpc::convert::value_from_pb(v.clone()).key_text());
+            if owner.as_deref() != Some(&*who.user_id) {
+                return Err(not_owner());
+            }
+        }
+    }
+    let meta = tx
+        .query_opt(
+            "SELECT version, write_ms, scope, deleted FROM arcana_offline.rows WHERE tbl = $1 AND id = $2",
+            &[&t.name, &row_id],
+        )
+        .await
+        .map_err(|e| db_status("reading the row version", e))?;
+    // The log knows the scope of rows the caller cannot even see.
+    if let Some(m) = &meta {
+        if !m.get::<_, bool>(3) && m.get::<_, String>(2) != t.scope_of(mine) {
+            return Err(outside());
+        }
+    }
+    let (version, write_ms) = meta.map_or((0u64, 0i64), |r| (r.get::<_, i64>(0) as u64, r.get(1)));
+    let now = now_ms();
+    let client_ms = if intent.client_time_unix_ms > 0 {
+        intent
+            .client_time_unix_ms
+            .min(now + i64::from(t.clock_skew_ms))
+    } else {
+        now
+    };
+    let decision = if op == IntentOp::Delete && current.is_none() {
+        // Deleting what is gone already changes nothing and conflicts with
+        // nothing.
+        Decision::Apply
+    } else if intent.base_version == version {
+        Decision::Apply
+    } else {
+        match t.conflict {
+            ConflictPolicy::Reject => Decision::Conflict,
+            ConflictPolicy::ServerWins => Decision::Superseded,
+            ConflictPolicy::LastWriterWins if client_ms > write_ms => Decision::Apply,
+            ConflictPolicy::LastWriterWins => Decision::Superseded,
+        }
+    };
+    let server_row = || pb::ServerRow {
+        table: t.name.clone(),
+        id: row_id.clone(),
+        values: current
+            .as_ref()
+            .map(|r| r.values.clone())
+            .unwrap_or_default(),
+        version,
+        deleted: current.is_none(),
+        scope: t.scope_of(mine),
+    };
+    match decision {
+        Decision::Conflict => {
+            return Ok(pb::IntentResult {
+                status: Outcome::Conflict as i32,
+                version,
+                server_row: Some(server_row()),
+            })
+        }
+        Decision::Superseded => {
+            return Ok(pb::IntentResult {
+                status: Outcome::Superseded as i32,
+                version,
+                server_row: Some(server_row()),
+            })
+        }
+        Decision::Apply => {}
+    }
+    let failed = |e| db_status(&format!("intent {i} (table `{}`)", t.name), e);
+    tx.query(
+        "SELECT set_config('arcana_offline.write_ms', $1, true)",
+        &[&client_ms.to_string()],
+    )
+    .await
+    .map_err(failed)?;
+    let key_where: Vec<String> = t
+        .key
+        .iter()
+        .enumerate()
+        .map(|(n, (k, _))| format!("{} = ${}", ident(k), n + 1))
+        .collect();
+    let key_where = key_where.join(" AND ");
+    let key_params: Vec<SqlParam> = keys.iter().map(SqlParam).collect();
+    match (op, current.is_some()) {
+        (IntentOp::Delete, true) => {
+            let sql = format!("DELETE FROM {} WHERE {key_where}", t.quoted);
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = key_params
+                .iter()
+                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            tx.execute(&sql, &params).await.map_err(failed)?;
+        }
+        (IntentOp::Delete, false) => {}
+        (_, true) => {
+            let set: Vec<(&String, &Value)> = values
+                .iter()
+                .filter(|(k, _)| !t.key.iter().any(|(kc, _)| kc == *k))
+                .collect();
+            if !set.is_empty() {
+                let assignments: Vec<String> = set
+                    .iter()
+                    .enumerate()
+                    .map(|(n, (k, _))| format!("{} = ${}", ident(k), n + 1 + keys.len()))
+                    .collect();
+                let sql = format!(
+                    "UPDATE {} SET {} WHERE {key_where}",
+                    t.quoted,
+                    assignments.join(", ")
+                );
+                let set_params: Vec<SqlParam> = set.iter().map(|(_, v)| SqlParam(v)).collect();
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = key_params
+                    .iter()
+                    .chain(set_params.iter())
+                    .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                tx.execute(&sql, &params).await.map_err(failed)?;
+            }
+        }
+        (_, false) => {
+            let cols: Vec<String> = values.keys().map(|k| ident(k)).collect();
+            let marks: Vec<String> = (1..=values.len()).map(|n| format!("${n}")).collect();
+            let sql = format!(
+                "INSERT INTO {} ({}) VALUES ({})",
+                t.quoted,
+                cols.join(", "),
+                marks.join(", ")
+            );
+            let ps: Vec<SqlParam> = values.values().map(SqlParam).collect();
+            let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = ps
+                .iter()
+                .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                .collect();
+            tx.execute(&sql, &params).await.map_err(failed)?;
+        }
+    }
+    let after = tx
+        .query_opt(
+            "SELECT version FROM arcana_offline.rows WHERE tbl = $1 AND id = $2",
+            &[&t.name, &row_id],
+        )
+        .await
+        .map_err(|e| db_status("reading the row version", e))?
+        .map_or(0, |r| r.get::<_, i64>(0) as u64);
+    Ok(pb::IntentResult {
+        status: Outcome::Applied as i32,
+        version: after,
+        server_row: None,
+    })
+}
+
+/// The row with these key texts, locked for the rest of the transaction.
+async fn read_locked(
+    tx: &deadpool_postgres::Transaction<'_>,
+    t: &TableSpec,
+    key_texts: &[String],
+) -> Result<Option<super::ReadRow>, tokio_postgres::Error> {
+    let columns: Vec<Vec<String>> = key_texts.iter().map(|k| vec![k.clone()]).collect();
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
+        .iter()
+        .map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
+    let stmt = tx
+        .prepare_cached(&format!("{} FOR UPDATE", t.select_by_keys))
+        .await?;
+    let rows = tx.query(&stmt, &params).await?;
+    rows.first().map(|r| super::to_read_row(t, r)).transpose()
+}

@@ -1,0 +1,273 @@
+//! The `OfflineService` gRPC handlers: authentication, argument checks,
+//! and the hand-off to push, pull and snapshot.
+
+use std::collections::BTreeMap;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::pull::FollowSlot;
+use super::snapshot::Cursor;
+use super::{check_client, db_status, scopes_of, Offline, PROTOCOL_VERSION};
+use crate::engine::Identity;
+use crate::grpc::auth::identify;
+use crate::grpc::status::status;
+use crate::proto as pb;
+
+#[allow(missing_docs, clippy::all)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/arcana.v1.OfflineService.rs"));
+}
+pub use generated::offline_service_server;
+
+/// Longest client id accepted, in characters.
+const MAX_CLIENT_ID: usize = 128;
+
+impl Offline {
+    async fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
+        Ok(identify(&*self.inner.auth, req.metadata()).await?.identity)
+    }
+
+    /// Checks that every scope of `wanted` is one of the caller's.
+    fn own_scopes<'a>(
+        &self,
+        id: &Identity,
+        wanted: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), Status> {
+        let mine = scopes_of(self, id);
+        for s in wanted {
+            if !mine.contains(s) {
+                return Err(status(
+                    Code::PermissionDenied,
+                    format!(
+                        "scope `{s}` is not one of yours: yours are {}",
+                        mine.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses "1.4.2" (pre-release and build suffixes ignored) to numbers.
+fn parse_version(v: &str) -> Option<Vec<u64>> {
+    let core = v.trim().trim_start_matches('v');
+    let core = core.split(['-', '+']).next()?;
+    let parts: Option<Vec<u64>> = core.split('.').map(|p| p.parse().ok()).collect();
+    parts.filter(|p| !p.is_empty() && p.len() <= 4)
+}
+
+/// Compares versions with missing parts read as 0.
+fn version_at_least(have: &[u64], min: &[u64]) -> bool {
+    let n = have.len().max(min.len());
+    let at = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
+    for i in 0..n {
+        match at(have, i).cmp(&at(min, i)) {
+            std::cmp::Ordering::Greater => return true,
+            std::cmp::Ordering::Less => return false,
+            std::cmp::Ordering::Equal => {}
+        }
+    }
+    true
+}
+
+#[tonic::async_trait]
+impl offline_service_server::OfflineService for Offline {
+    async fn capabilities(
+        &self,
+        req: Request<pb::CapabilitiesRequest>,
+    ) -> Result<Response<pb::CapabilitiesResponse>, Status> {
+        self.caller(&req).await?;
+        let cfg = &self.inner.cfg;
+        Ok(Response::new(pb::CapabilitiesResponse {
+            protocol_version: PROTOCOL_VERSION,
+            schema_version: cfg.schema_version,
+            schema_hash: self.inner.schema_hash.clone(),
+            tables: self.inner.tables.iter().map(|t| t.to_pb()).collect(),
+            limits: Some(pb::OfflineLimits {
+                max_push_rows: cfg.max_push_rows,
+                max_push_bytes: cfg.max_push_bytes,
+                max_chunk_rows: cfg.max_chunk_rows,
+                max_pull_rows: cfg.max_pull_rows,
+                max_pull_bytes: cfg.max_pull_bytes,
+                snapshot_chunk_rows: cfg.snapshot_chunk_rows,
+                retention_seconds: cfg.retention_seconds,
+            }),
+            features: vec!["follow".into(), "snapshot_resume".into()],
+            min_app_version: cfg.min_app_version.clone(),
+        }))
+    }
+
+    async fn register_client(
+        &self,
+        req: Request<pb::RegisterClientRequest>,
+    ) -> Result<Response<pb::RegisterClientResponse>, Status> {
+        let id = self.caller(&req).await?;
+        let r = req.into_inner();
+        if r.client_id.is_empty() || r.client_id.chars().count() > MAX_CLIENT_ID {
+            return Err(status(
+                Code::InvalidArgument,
+                format!("client_id must be 1 to {MAX_CLIENT_ID} characters (a UUID is fine)"),
+            ));
+        }
+        let min = &self.inner.cfg.min_app_version;
+        if !min.is_empty() {
+            let have = parse_version(&r.app_version).ok_or_else(|| {
+                status(
+                    Code::InvalidArgument,
+                    format!(
+                        "app_version `{}` is not a version like 1.4.2",
+                        r.app_version
+                    ),
+                )
+            })?;
+            let need = parse_version(min).unwrap_or_default();
+            if !version_at_least(&have, &need) {
+                return Err(status(
+                    Code::FailedPrecondition,
+                    format!(
+                        "upgrade required: app version {} is too old, this server needs >= {min}",
+                        r.app_version
+                    ),
+                ));
+            }
+        }
+        let c = self.conn().await?;
+        let owner = c
+            .query_opt(
+                "INSERT INTO arcana_offline.clients (client_id, workspace_id, user_id, platform, app_version) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (client_id) DO UPDATE SET platform = EXCLUDED.platform, \
+                     app_version = EXCLUDED.app_version, last_seen = now(), active = true \
+                 WHERE clients.workspace_id = EXCLUDED.workspace_id AND clients.user_id = EXCLUDED.user_id \
+                 RETURNING 1",
+                &[&r.client_id, &&*id.workspace_id, &&*id.user_id, &r.platform, &r.app_version],
+            )
+            .await
+            .map_err(|e| db_status("registering the client", e))?;
+        if owner.is_none() {
+            return Err(status(
+                Code::PermissionDenied,
+                format!(
+                    "client id `{}` is registered to another user: choose a new client id",
+                    r.client_id
+                ),
+            ));
+        }
+        let scopes = scopes_of(self, &id);
+        let mut at: BTreeMap<String, u64> = scopes.iter().map(|s| (s.clone(), 0)).collect();
+        for row in c
+            .query(
+                "SELECT scope, seq FROM arcana_offline.scopes WHERE scope = ANY($1)",
+                &[&scopes],
+            )
+            .await
+            .map_err(|e| db_status("reading the scopes", e))?
+        {
+            at.insert(row.get(0), row.get::<_, i64>(1) as u64);
+        }
+        Ok(Response::new(pb::RegisterClientResponse {
+            scopes: at
+                .into_iter()
+                .map(|(scope, sequence)| pb::ScopeSequence { scope, sequence })
+                .collect(),
+            schema_hash: self.inner.schema_hash.clone(),
+        }))
+    }
+
+    async fn push(
+        &self,
+        req: Request<Streaming<pb::PushChunk>>,
+    ) -> Result<Response<pb::PushResponse>, Status> {
+        let id = self.caller(&req).await?;
+        let r = super::push::push(self, &id, req.into_inner()).await?;
+        Ok(Response::new(r))
+    }
+
+    type PullStream = ReceiverStream<Result<pb::PullResponse, Status>>;
+
+    async fn pull(
+        &self,
+        req: Request<pb::PullRequest>,
+    ) -> Result<Response<Self::PullStream>, Status> {
+        let id = self.caller(&req).await?;
+        let r = req.into_inner();
+        check_client(self, &id, &r.client_id).await?;
+        let after: BTreeMap<String, u64> = if r.after.is_empty() {
+            scopes_of(self, &id).into_iter().map(|s| (s, 0)).collect()
+        } else {
+            r.after
+                .iter()
+                .map(|s| (s.scope.clone(), s.sequence))
+                .collect()
+        };
+        self.own_scopes(&id, after.keys())?;
+        let cfg = &self.inner.cfg;
+        let bound = |asked: u32, max: u32| {
+            if asked == 0 || asked > max {
+                max
+            } else {
+                asked
+            }
+        };
+        let max_rows = bound(r.max_rows, cfg.max_pull_rows).max(1) as usize;
+        let max_bytes = bound(r.max_bytes, cfg.max_pull_bytes) as usize;
+        let slot = if r.follow {
+            Some(FollowSlot::take(self, &r.client_id)?)
+        } else {
+            None
+        };
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(super::pull::run(
+            self.clone(),
+            after,
+            max_rows,
+            max_bytes,
+            slot,
+            tx,
+        ));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type SnapshotStream = ReceiverStream<Result<pb::SnapshotChunk, Status>>;
+
+    async fn snapshot(
+        &self,
+        req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        let id = self.caller(&req).await?;
+        let r = req.into_inner();
+        check_client(self, &id, &r.client_id).await?;
+        let cursor = if r.cursor.is_empty() {
+            None
+        } else {
+            Some(Cursor::decode(&r.cursor)?)
+        };
+        let scopes: Vec<String> = match &cursor {
+            Some(c) => c.at.keys().cloned().collect(),
+            None if r.scopes.is_empty() => scopes_of(self, &id),
+            None => r.scopes.clone(),
+        };
+        self.own_scopes(&id, scopes.iter())?;
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(super::snapshot::run(self.clone(), scopes, cursor, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_compare_by_number() {
+        let v = |s| parse_version(s).unwrap();
+        assert!(version_at_least(&v("1.4.2"), &v("1.4.0")));
+        assert!(version_at_least(&v("1.10.0"), &v("1.9.9")));
+        assert!(!version_at_least(&v("1.4"), &v("1.4.1")));
+        assert!(version_at_least(&v("2.0.0-beta"), &v("2")));
+        assert!(parse_version("one.two").is_none());
+    }
+}

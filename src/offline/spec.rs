@@ -1,0 +1,296 @@
+//! Startup checks of `[[offline.tables]]` against the catalog, resolving
+//! each into a [`TableSpec`]: the key, the travelling columns with their
+//! types, and the SQL that reads rows by key.
+
+use std::collections::BTreeSet;
+
+use sha2::{Digest, Sha256};
+
+use super::config::{ConflictPolicy, OfflineConfig, PushPolicy, ScopeKind, SyncTableConfig};
+use crate::postgres::catalog::unique_keys;
+use crate::postgres::values::kind_of;
+use crate::postgres::wal::quote_table;
+use crate::proto as pb;
+
+/// One travelling column.
+#[derive(Debug, Clone)]
+pub struct ColumnSpec {
+    /// Its name.
+    pub name: String,
+    /// `format_type` of its type, e.g. `bigint`.
+    pub pg_type: String,
+    /// The Value kind it travels as.
+    pub kind: &'static str,
+    /// Whether it may hold NULL.
+    pub nullable: bool,
+    /// Whether it is a key column.
+    pub key: bool,
+}
+
+/// A checked sync table.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    /// The name devices use (as configured).
+    pub name: String,
+    /// The quoted name for SQL.
+    pub quoted: String,
+    /// The key columns, in order, with their types.
+    pub key: Vec<(String, String)>,
+    /// The travelling columns (key and scope columns always travel).
+    pub columns: Vec<ColumnSpec>,
+    /// Workspace or user.
+    pub scope: ScopeKind,
+    /// The scope column.
+    pub scope_column: String,
+    /// Who may push.
+    pub push: PushPolicy,
+    /// The owner column, for owner-only pushes.
+    pub owner_column: Option<String>,
+    /// How stale writes resolve.
+    pub conflict: ConflictPolicy,
+    /// Clock skew tolerance for last-writer-wins.
+    pub clock_skew_ms: u32,
+    /// `SELECT <columns> FROM t WHERE (<key>) IN (unnest of one text array
+    /// per key column)`.
+    pub select_by_keys: String,
+}
+
+/// Quotes an identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Quotes a string literal.
+pub fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+impl TableSpec {
+    /// The column list of the travelling columns.
+    pub fn column_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|c| ident(&c.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Looks up a travelling column.
+    pub fn column(&self, name: &str) -> Option<&ColumnSpec> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    /// The scope id (the wire's scope string) for a scope column value.
+    pub fn scope_of(&self, id: &str) -> String {
+        scope_name(self.scope, id)
+    }
+
+    /// The wire description of this table.
+    pub fn to_pb(&self) -> pb::SyncTableSpec {
+        pb::SyncTableSpec {
+            name: self.name.clone(),
+            key: self.key.iter().map(|(k, _)| k.clone()).collect(),
+            columns: self
+                .columns
+                .iter()
+                .map(|c| pb::SyncColumn {
+                    name: c.name.clone(),
+                    pg_type: c.pg_type.clone(),
+                    kind: c.kind.into(),
+                    nullable: c.nullable,
+                    key: c.key,
+                })
+                .collect(),
+            push_policy: match self.push {
+                PushPolicy::ReadOnly => pb::PushPolicy::ReadOnly,
+                PushPolicy::OwnerOnly => pb::PushPolicy::OwnerOnly,
+                PushPolicy::Scope => pb::PushPolicy::Scope,
+            } as i32,
+            conflict_policy: match self.conflict {
+                ConflictPolicy::Reject => pb::ConflictPolicy::Reject,
+                ConflictPolicy::LastWriterWins => pb::ConflictPolicy::LastWriterWins,
+                ConflictPolicy::ServerWins => pb::ConflictPolicy::ServerWins,
+            } as i32,
+            clock_skew_ms: self.clock_skew_ms,
+        }
+    }
+}
+
+/// The wire name of a scope: `workspace:<id>` or `user:<id>`.
+pub fn scope_name(kind: ScopeKind, id: &str) -> String {
+    match kind {
+        ScopeKind::Workspace => format!("workspace:{id}"),
+        ScopeKind::User => format!("user:{id}"),
+    }
+}
+
+/// Checks every configured table; the error names the table and what to fix.
+pub async fn resolve(
+    client: &tokio_postgres::Client,
+    cfg: &OfflineConfig,
+) -> Result<Vec<TableSpec>, String> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for t in &cfg.tables {
+        if !seen.insert(t.table.clone()) {
+            return Err(format!(
+                "offline.tables: table `{}` is listed twice",
+                t.table
+            ));
+        }
+        out.push(
+            resolve_one(client, t)
+                .await
+                .map_err(|e| format!("offline.tables `{}`: {e}", t.table))?,
+        );
+    }
+    Ok(out)
+}
+
+async fn resolve_one(
+    client: &tokio_postgres::Client,
+    t: &SyncTableConfig,
+) -> Result<TableSpec, String> {
+    let keys = unique_keys(client, &t.table).await?;
+    let key: Vec<String> = if t.key.is_empty() {
+        keys.iter()
+            .find(|k| k.primary)
+            .map(|k| k.columns.clone())
+            .ok_or(
+                "the table has no primary key: give it one or set key to a unique index's columns",
+            )?
+    } else {
+        let given: BTreeSet<&String> = t.key.iter().collect();
+        if !keys
+            .iter()
+            .any(|k| k.columns.iter().collect::<BTreeSet<_>>() == given)
+        {
+            return Err(format!(
+                "key [{}] is not the primary key or a unique index of the table",
+                t.key.join(", ")
+            ));
+        }
+        t.key.clone()
+    };
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull \
+             FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attnum > 0 \
+             AND NOT a.attisdropped ORDER BY a.attnum",
+            &[&quote_table(&t.table)],
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let all: Vec<(String, String, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), !r.get::<_, bool>(2)))
+        .collect();
+    let scope_column = t.scope_column();
+    let mut wanted: Vec<String> = if t.columns.is_empty() {
+        all.iter().map(|c| c.0.clone()).collect()
+    } else {
+        t.columns.clone()
+    };
+    // Key, scope and owner columns always travel: devices need them to
+    // address rows and to know whose rows they are.
+    let mut must = key.clone();
+    must.push(scope_column.clone());
+    if let Some(o) = &t.owner_column {
+        must.push(o.clone());
+    }
+    for m in must {
+        if !wanted.contains(&m) {
+            wanted.push(m);
+        }
+    }
+    if t.push == PushPolicy::OwnerOnly && t.owner_column.is_none() {
+        return Err("push = \"owner_only\" needs owner_column".into());
+    }
+    // The Value kinds come from a prepared statement's column types.
+    let list = wanted
+        .iter()
+        .map(|c| ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let quoted = quote_table(&t.table);
+    let mut columns = Vec::new();
+    for name in &wanted {
+        let Some((_, pg_type, nullable)) = all.iter().find(|c| &c.0 == name) else {
+            return Err(format!("column `{name}` does not exist"));
+        };
+        columns.push(ColumnSpec {
+            name: name.clone(),
+            pg_type: pg_type.clone(),
+            kind: "",
+            nullable: *nullable,
+            key: key.contains(name),
+        });
+    }
+    let stmt = client
+        .prepare(&format!("SELECT {list} FROM {quoted}"))
+        .await
+        .map_err(|e| e.to_string())?;
+    for (c, col) in columns.iter_mut().zip(stmt.columns()) {
+        c.kind = kind_of(col.type_()).map_err(|e| format!("column `{}`: {e}", c.name))?;
+    }
+    let key_typed: Vec<(String, String)> = key
+        .iter()
+        .map(|k| {
+            let ty = all.iter().find(|c| &c.0 == k).map(|c| c.1.clone());
+            (k.clone(), ty.unwrap_or_else(|| "text".into()))
+        })
+        .collect();
+    let unnest_args: Vec<String> = (1..=key.len()).map(|i| format!("${i}::text[]")).collect();
+    let casts: Vec<String> = key_typed
+        .iter()
+        .enumerate()
+        .map(|(i, (_, ty))| format!("u.k{i}::{ty}"))
+        .collect();
+    let names: Vec<String> = (0..key.len()).map(|i| format!("k{i}")).collect();
+    let key_cols: Vec<String> = key.iter().map(|k| ident(k)).collect();
+    let select_by_keys = format!(
+        "SELECT {list} FROM {quoted} WHERE ({}) IN (SELECT {} FROM unnest({}) AS u({}))",
+        key_cols.join(", "),
+        casts.join(", "),
+        unnest_args.join(", "),
+        names.join(", ")
+    );
+    Ok(TableSpec {
+        name: t.table.clone(),
+        quoted,
+        key: key_typed,
+        columns,
+        scope: t.scope,
+        scope_column,
+        push: t.push,
+        owner_column: t.owner_column.clone(),
+        conflict: t.conflict,
+        clock_skew_ms: t.clock_skew_ms,
+        select_by_keys,
+    })
+}
+
+/// A hash of the table specs: devices rebuild when it changes.
+pub fn schema_hash(version: u32, tables: &[TableSpec]) -> String {
+    let mut h = Sha256::new();
+    h.update(version.to_be_bytes());
+    for t in tables {
+        h.update(t.name.as_bytes());
+        h.update([0]);
+        for (k, _) in &t.key {
+            h.update(k.as_bytes());
+            h.update([1]);
+        }
+        for c in &t.columns {
+            h.update(c.name.as_bytes());
+            h.update([2]);
+            h.update(c.pg_type.as_bytes());
+            h.update([u8::from(c.nullable)]);
+        }
+    }
+    h.finalize()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

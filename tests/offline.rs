@@ -1,0 +1,878 @@
+//! Two-way offline sync over the real server and PostgreSQL: the change log
+//! under concurrent writers, registration, pushes under each conflict
+//! policy, replays, pulls and follows of writes made anywhere, retention
+//! and snapshots, tenancy, and chunk errors.
+
+mod common;
+
+use std::time::Duration;
+
+use arcana::proto::{self as pb, IntentOp};
+use common::offline::*;
+use common::*;
+use tokio_stream::StreamExt;
+use tonic::Code;
+
+const SCHEMA: &str = r#"
+CREATE TABLE notes (
+    id           text PRIMARY KEY,
+    workspace_id text NOT NULL REFERENCES workspaces(id),
+    title        text NOT NULL CHECK (length(title) > 0),
+    body         text
+);
+CREATE TABLE lww_notes (LIKE notes INCLUDING ALL);
+CREATE TABLE sw_notes (LIKE notes INCLUDING ALL);
+CREATE TABLE prefs (
+    user_id text NOT NULL,
+    name    text NOT NULL,
+    value   text,
+    PRIMARY KEY (user_id, name)
+);
+GRANT SELECT, INSERT, UPDATE, DELETE ON notes, lww_notes, sw_notes, prefs TO arcana_eval;
+"#;
+
+const CONFIG: &str = r#"
+[offline]
+min_app_version = "1.0.0"
+max_chunk_rows = 5
+max_push_rows = 8
+retention_interval_ms = 100
+
+[[offline.tables]]
+table = "notes"
+scope = "workspace"
+
+[[offline.tables]]
+table = "lww_notes"
+scope = "workspace"
+conflict = "last_writer_wins"
+
+[[offline.tables]]
+table = "sw_notes"
+scope = "workspace"
+conflict = "server_wins"
+
+[[offline.tables]]
+table = "prefs"
+scope = "user"
+push = "owner_only"
+owner_column = "user_id"
+"#;
+
+async fn harness() -> Harness {
+    Harness::with_extra(SCHEMA, CONFIG, |_| {}).await
+}
+
+async fn harness_with(f: impl FnOnce(&mut arcana::config::Config)) -> Harness {
+    Harness::with_extra(SCHEMA, CONFIG, f).await
+}
+
+fn note(table: &str, op: IntentOp, id: &str, title: &str, base: u64) -> pb::RowIntent {
+    let mut v = vec![("id", text(id))];
+    if op != IntentOp::Delete {
+        v.push(("title", text(title)));
+    }
+    intent(table, op, &v, base)
+}
+
+async fn seqs(h: &Harness, scope: &str) -> Vec<i64> {
+    let (c, conn) = tokio_postgres::connect(&h.db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.query(
+        "SELECT seq FROM arcana_offline.changes WHERE scope = $1 ORDER BY seq",
+        &[&scope],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+#[tokio::test]
+async fn concurrent_writers_never_show_a_gap_in_the_sequence() {
+    let h = harness().await;
+    let writers = 6;
+    let per = 15;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let url = h.db_url.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            for i in 0..per {
+                let tx = c.transaction().await.unwrap();
+                // Two rows per transaction, and a pause holding them open,
+                // so commits interleave.
+                for k in 0..2 {
+                    tx.execute(
+                        "INSERT INTO notes (id, workspace_id, title) VALUES ($1, 'acme', 't')",
+                        &[&format!("w{w}-{i}-{k}")],
+                    )
+                    .await
+                    .unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(rand::random::<u64>() % 3)).await;
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    let total = (writers * per * 2) as i64;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = seqs(&h, "workspace:acme").await;
+        let expected: Vec<i64> = (1..=s.len() as i64).collect();
+        assert_eq!(s, expected, "a reader saw a gap");
+        if s.len() as i64 == total {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "writers stalled");
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // Versions bump on every write, whoever makes it.
+    h.sql("UPDATE notes SET title = 'again' WHERE id = 'w0-0-0'")
+        .await;
+    assert_eq!(
+        h.query_i64(
+            "SELECT version FROM arcana_offline.rows WHERE tbl = 'notes' AND id = 'w0-0-0'"
+        )
+        .await,
+        2
+    );
+}
+
+#[tokio::test]
+async fn the_log_survives_a_restart_and_rows_already_there_are_logged_once() {
+    let mut h = harness().await;
+    h.sql("INSERT INTO notes VALUES ('n1', 'acme', 'one', NULL)")
+        .await;
+    h.restart().await;
+    h.sql("INSERT INTO notes VALUES ('n2', 'acme', 'two', NULL)")
+        .await;
+    assert_eq!(seqs(&h, "workspace:acme").await, vec![1, 2]);
+    let mut d = Device::new(&h, "dev-alice", "d1").await;
+    assert!(d.pull().await.unwrap().is_none());
+    assert_eq!(d.column("notes", "title").len(), 2);
+}
+
+#[tokio::test]
+async fn capabilities_and_registration() {
+    let h = harness().await;
+    let mut c = offline_client(&h, "dev-alice").await;
+    let caps = c
+        .capabilities(pb::CapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(caps.min_app_version, "1.0.0");
+    assert_eq!(caps.limits.as_ref().unwrap().max_chunk_rows, 5);
+    let notes = caps.tables.iter().find(|t| t.name == "notes").unwrap();
+    assert_eq!(notes.key, vec!["id".to_string()]);
+    let title = notes.columns.iter().find(|c| c.name == "title").unwrap();
+    assert_eq!(
+        (title.pg_type.as_str(), title.kind.as_str()),
+        ("text", "string")
+    );
+    assert!(!title.nullable);
+    let prefs = caps.tables.iter().find(|t| t.name == "prefs").unwrap();
+    assert_eq!(prefs.key.len(), 2);
+    assert_eq!(prefs.push_policy, pb::PushPolicy::OwnerOnly as i32);
+    assert!(caps.features.contains(&"follow".to_string()));
+
+    let e = c
+        .register_client(pb::RegisterClientRequest {
+            client_id: "old".into(),
+            platform: "ios".into(),
+            app_version: "0.9.7".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("upgrade required") && e.message().contains(">= 1.0.0"),
+        "{}",
+        e.message()
+    );
+
+    // An unregistered client may not push or pull.
+    let mut d = Device::new(&h, "dev-alice", "known").await;
+    d.id = "stranger".into();
+    let e = d
+        .push(vec![note("notes", IntentOp::Insert, "x", "x", 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+    assert!(e.message().contains("RegisterClient"), "{}", e.message());
+    // Nor may another user use this client id.
+    let mut carol = offline_client(&h, "dev-carol").await;
+    let e = carol
+        .register_client(pb::RegisterClientRequest {
+            client_id: "known".into(),
+            platform: "ios".into(),
+            app_version: "1.2.0".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+}
+
+#[tokio::test]
+async fn reject_refuses_the_whole_bundle_and_devices_converge_after_rebasing() {
+    let h = harness().await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let mut b = Device::new(&h, "dev-bob", "b").await;
+    let r = a
+        .push(vec![
+            note("notes", IntentOp::Insert, "n1", "first", 0),
+            note("notes", IntentOp::Insert, "n2", "second", 0),
+        ])
+        .await
+        .unwrap();
+    assert!(r.applied && !r.replayed);
+    assert_eq!(
+        r.committed,
+        vec![pb::ScopeSequence {
+            scope: "workspace:acme".into(),
+            sequence: 2
+        }]
+    );
+    a.pull().await.unwrap();
+    b.pull().await.unwrap();
+    assert_eq!(b.version("notes", "n1"), 1);
+    // Both edit n1 from version 1; b also edits n2 in the same bundle.
+    a.push(vec![note("notes", IntentOp::Update, "n1", "alice's", 1)])
+        .await
+        .unwrap();
+    let r = b
+        .push(vec![
+            note("notes", IntentOp::Update, "n2", "bob's n2", 1),
+            note("notes", IntentOp::Update, "n1", "bob's", 1),
+        ])
+        .await
+        .unwrap();
+    assert!(!r.applied);
+    assert!(r.committed.is_empty());
+    assert_eq!(
+        r.results[1].status,
+        pb::intent_result::Status::Conflict as i32
+    );
+    let server = r.results[1].server_row.as_ref().unwrap();
+    assert_eq!(server.version, 2);
+    assert_eq!(
+        text_of(server.values.get("title")).as_deref(),
+        Some("alice's")
+    );
+    assert!(!server.deleted);
+    // Nothing of it applied, n2 included.
+    assert_eq!(
+        server_column(&h, "notes", "title", "id = 'n2'").await["n2"].as_deref(),
+        Some("second")
+    );
+    // b rebases on what it pulls and pushes again.
+    b.pull().await.unwrap();
+    let r = b
+        .push(vec![
+            note(
+                "notes",
+                IntentOp::Update,
+                "n2",
+                "bob's n2",
+                b.version("notes", "n2"),
+            ),
+            note(
+                "notes",
+                IntentOp::Update,
+                "n1",
+                "bob's",
+                b.version("notes", "n1"),
+            ),
+        ])
+        .await
+        .unwrap();
+    assert!(r.applied, "{r:?}");
+    a.pull().await.unwrap();
+    b.pull().await.unwrap();
+    let want = server_column(&h, "notes", "title", "workspace_id = 'acme'").await;
+    assert_eq!(a.column("notes", "title"), want);
+    assert_eq!(b.column("notes", "title"), want);
+    assert_eq!(want["n1"].as_deref(), Some("bob's"));
+}
+
+#[tokio::test]
+async fn last_writer_wins_and_server_wins_converge() {
+    let h = harness().await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let mut b = Device::new(&h, "dev-bob", "b").await;
+    for t in ["lww_notes", "sw_notes"] {
+        a.push(vec![note(t, IntentOp::Insert, "n", "base", 0)])
+            .await
+            .unwrap();
+    }
+    a.pull().await.unwrap();
+    b.pull().await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    // Both edit from version 1 while offline; b's write is later but
+    // arrives first.
+    let timed = |t: &str, title: &str, at: i64| {
+        let mut i = note(t, IntentOp::Update, "n", title, 1);
+        i.client_time_unix_ms = at;
+        i
+    };
+    for t in ["lww_notes", "sw_notes"] {
+        let r = b
+            .push(vec![timed(t, "bob later", now + 1000)])
+            .await
+            .unwrap();
+        assert!(r.applied);
+        let r = a.push(vec![timed(t, "alice earlier", now)]).await.unwrap();
+        assert!(r.applied, "superseded writes do not refuse the bundle");
+        assert_eq!(
+            r.results[0].status,
+            pb::intent_result::Status::Superseded as i32
+        );
+        assert_eq!(
+            text_of(
+                r.results[0]
+                    .server_row
+                    .as_ref()
+                    .unwrap()
+                    .values
+                    .get("title")
+            )
+            .as_deref(),
+            Some("bob later")
+        );
+    }
+    // A stale write with a later time wins under last-writer-wins only.
+    let r = a
+        .push(vec![timed("lww_notes", "alice latest", now + 2000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.results[0].status,
+        pb::intent_result::Status::Applied as i32
+    );
+    let r = a
+        .push(vec![timed("sw_notes", "alice latest", now + 2000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.results[0].status,
+        pb::intent_result::Status::Superseded as i32
+    );
+    // A time far in the future is clamped to the server's clock plus the
+    // skew tolerance, so it cannot win forever.
+    let r = b
+        .push(vec![timed(
+            "lww_notes",
+            "bob from the future",
+            now + 86_400_000,
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.results[0].status,
+        pb::intent_result::Status::Applied as i32
+    );
+    let r = a
+        .push(vec![timed("lww_notes", "alice now", now + 3_600_000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        r.results[0].status,
+        pb::intent_result::Status::Applied as i32,
+        "the future write was clamped"
+    );
+    a.pull().await.unwrap();
+    b.pull().await.unwrap();
+    for t in ["lww_notes", "sw_notes"] {
+        let want = server_column(&h, t, "title", "true").await;
+        assert_eq!(a.column(t, "title"), want, "{t}");
+        assert_eq!(b.column(t, "title"), want, "{t}");
+    }
+    assert_eq!(
+        server_column(&h, "lww_notes", "title", "true").await["n"].as_deref(),
+        Some("alice now")
+    );
+    assert_eq!(
+        server_column(&h, "sw_notes", "title", "true").await["n"].as_deref(),
+        Some("bob later")
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_bundle_returns_its_result_and_applies_nothing() {
+    let h = harness().await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let bundle = vec![
+        note("notes", IntentOp::Insert, "r1", "once", 0),
+        intent(
+            "prefs",
+            IntentOp::Insert,
+            &[("name", text("theme")), ("value", text("dark"))],
+            0,
+        ),
+    ];
+    let first = a.push_as(7, bundle.clone()).await.unwrap();
+    assert!(first.applied && !first.replayed);
+    assert_eq!(first.committed.len(), 2, "{first:?}");
+    let again = a.push_as(7, bundle).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.committed, first.committed);
+    assert_eq!(again.results, first.results);
+    assert_eq!(
+        h.query_i64("SELECT count(*) FROM arcana_offline.changes")
+            .await,
+        2
+    );
+    assert_eq!(
+        h.query_i64("SELECT version FROM arcana_offline.rows WHERE id = 'r1'")
+            .await,
+        1
+    );
+    // The device recognises its own writes when it pulls them.
+    let mut s = a
+        .client
+        .pull(pb::PullRequest {
+            client_id: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::pull_response::Kind::Changes(b)) = s.next().await.unwrap().unwrap().kind else {
+        panic!()
+    };
+    assert!(b
+        .changes
+        .iter()
+        .all(|c| c.source_client_id == "a" && c.source_bundle_id == 7));
+    // The owner column was filled in from the caller.
+    assert_eq!(
+        h.query_i64("SELECT count(*) FROM prefs WHERE user_id = 'alice' AND name = 'theme'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn writes_from_psql_reach_pulls_and_follows() {
+    let h = harness().await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    h.sql("INSERT INTO notes VALUES ('p1', 'acme', 'from psql', NULL)")
+        .await;
+    a.pull().await.unwrap();
+    assert_eq!(
+        a.column("notes", "title")["p1"].as_deref(),
+        Some("from psql")
+    );
+    let mut s = a
+        .client
+        .pull(pb::PullRequest {
+            client_id: "a".into(),
+            after: a.after(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Caught up: one empty batch.
+    let Some(pb::pull_response::Kind::Changes(b)) = s.next().await.unwrap().unwrap().kind else {
+        panic!()
+    };
+    assert!(b.changes.is_empty() && !b.has_more);
+    h.sql("UPDATE notes SET title = 'edited in psql' WHERE id = 'p1'")
+        .await;
+    let m = tokio::time::timeout(WAIT, s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(pb::pull_response::Kind::Changes(b)) = m.kind else {
+        panic!()
+    };
+    a.take(&b);
+    assert_eq!(
+        a.column("notes", "title")["p1"].as_deref(),
+        Some("edited in psql")
+    );
+    // Another workspace's commit wakes nobody here; a delete arrives.
+    h.sql("INSERT INTO notes VALUES ('g1', 'globex', 'theirs', NULL)")
+        .await;
+    h.sql("DELETE FROM notes WHERE id = 'p1'").await;
+    let m = tokio::time::timeout(WAIT, s.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Some(pb::pull_response::Kind::Changes(b)) = m.kind else {
+        panic!()
+    };
+    assert!(
+        b.changes.iter().all(|c| c.scope == "workspace:acme"),
+        "{b:?}"
+    );
+    a.take(&b);
+    assert!(a.column("notes", "title").is_empty());
+    // Follow streams per client are bounded.
+    let _second = a
+        .client
+        .pull(pb::PullRequest {
+            client_id: "a".into(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let e = a
+        .client
+        .pull(pb::PullRequest {
+            client_id: "a".into(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+}
+
+#[tokio::test]
+async fn a_device_behind_retention_snapshots_and_converges() {
+    let h = harness_with(|c| c.offline.retention_max_rows = 3).await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let mut b = Device::new(&h, "dev-bob", "b").await;
+    for i in 0..6 {
+        a.push(vec![note(
+            "notes",
+            IntentOp::Insert,
+            &format!("n{i}"),
+            "t",
+            0,
+        )])
+        .await
+        .unwrap();
+    }
+    h.sql("DELETE FROM notes WHERE id = 'n0'").await;
+    // Wait for the retention task to prune.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h
+        .query_i64("SELECT floor FROM arcana_offline.scopes WHERE scope = 'workspace:acme'")
+        .await
+        < 4
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let need = b.pull().await.unwrap().expect("told to snapshot");
+    assert_eq!(need.scope, "workspace:acme");
+    assert_eq!(need.retained_floor, 4);
+    assert!(
+        need.reason.contains("retention_max_rows"),
+        "{}",
+        need.reason
+    );
+    b.snapshot().await.unwrap();
+    assert_eq!(b.at["workspace:acme"], 7);
+    h.sql("UPDATE notes SET title = 'later' WHERE id = 'n5'")
+        .await;
+    assert!(b.pull().await.unwrap().is_none());
+    let want = server_column(&h, "notes", "title", "workspace_id = 'acme'").await;
+    assert_eq!(b.column("notes", "title"), want);
+    assert_eq!(want.len(), 5);
+}
+
+#[tokio::test]
+async fn a_snapshot_resumed_from_its_cursor_converges() {
+    let h = harness_with(|c| c.offline.snapshot_chunk_rows = 2).await;
+    for i in 0..5 {
+        h.sql(&format!(
+            "INSERT INTO notes VALUES ('s{i}', 'acme', 't{i}', NULL)"
+        ))
+        .await;
+    }
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let mut s = a
+        .client
+        .snapshot(pb::SnapshotRequest {
+            client_id: "a".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = s.next().await.unwrap().unwrap();
+    drop(s);
+    assert_eq!(first.rows.len(), 2);
+    assert!(!first.last);
+    // Changes meanwhile, before the resume.
+    h.sql(
+        "DELETE FROM notes WHERE id = 's4'; INSERT INTO notes VALUES ('s9', 'acme', 'new', NULL)",
+    )
+    .await;
+    for r in &first.rows {
+        a.rows.insert(
+            (r.table.clone(), r.id.clone()),
+            LocalRow {
+                version: r.version,
+                values: r.values.clone(),
+            },
+        );
+    }
+    let mut s = a
+        .client
+        .snapshot(pb::SnapshotRequest {
+            client_id: "a".into(),
+            cursor: first.cursor.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    while let Some(c) = s.next().await {
+        let c = c.unwrap();
+        assert_eq!(c.at, first.at, "frozen at the same sequences");
+        for r in c.rows {
+            a.rows.insert(
+                (r.table.clone(), r.id.clone()),
+                LocalRow {
+                    version: r.version,
+                    values: r.values,
+                },
+            );
+        }
+    }
+    for x in &first.at {
+        a.at.insert(x.scope.clone(), x.sequence);
+    }
+    a.pull().await.unwrap();
+    assert_eq!(
+        a.column("notes", "title"),
+        server_column(&h, "notes", "title", "workspace_id = 'acme'").await
+    );
+    // A forged cursor is refused.
+    let e = a
+        .client
+        .snapshot(pb::SnapshotRequest {
+            client_id: "a".into(),
+            cursor: "bm9wZQ".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn another_scopes_rows_are_never_visible_or_writable() {
+    let h = harness().await;
+    h.sql("INSERT INTO notes VALUES ('g1', 'globex', 'globex secret', NULL)")
+        .await;
+    h.sql("INSERT INTO prefs VALUES ('bob', 'theme', 'bob secret')")
+        .await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    a.pull().await.unwrap();
+    a.snapshot().await.unwrap();
+    assert!(a.rows.is_empty(), "{:?}", a.rows);
+    // Pulling or snapshotting another scope by name is refused.
+    let e = a
+        .client
+        .pull(pb::PullRequest {
+            client_id: "a".into(),
+            after: vec![pb::ScopeSequence {
+                scope: "workspace:globex".into(),
+                sequence: 0,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let e = a
+        .client
+        .snapshot(pb::SnapshotRequest {
+            client_id: "a".into(),
+            scopes: vec!["user:bob".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    // Writing it is refused, the whole bundle with it, with no data echoed.
+    for bad in [
+        note("notes", IntentOp::Update, "g1", "mine now", 1),
+        intent(
+            "notes",
+            IntentOp::Insert,
+            &[
+                ("id", text("x")),
+                ("workspace_id", text("globex")),
+                ("title", text("t")),
+            ],
+            0,
+        ),
+        intent(
+            "prefs",
+            IntentOp::Update,
+            &[
+                ("user_id", text("bob")),
+                ("name", text("theme")),
+                ("value", text("x")),
+            ],
+            1,
+        ),
+    ] {
+        let e = a
+            .push(vec![note("notes", IntentOp::Insert, "ok", "fine", 0), bad])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+        assert!(!e.message().contains("secret"), "{}", e.message());
+    }
+    assert_eq!(
+        h.query_i64("SELECT count(*) FROM notes WHERE id = 'ok'")
+            .await,
+        0
+    );
+    assert_eq!(
+        server_column(&h, "notes", "title", "id = 'g1'").await["g1"].as_deref(),
+        Some("globex secret")
+    );
+}
+
+#[tokio::test]
+async fn chunk_errors_get_precise_statuses() {
+    let h = harness().await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let chunk = |bundle: u64, index: u32, last: bool, n: usize| pb::PushChunk {
+        client_id: "a".into(),
+        bundle_id: bundle,
+        chunk_index: index,
+        last,
+        intents: (0..n)
+            .map(|i| {
+                note(
+                    "notes",
+                    IntentOp::Insert,
+                    &format!("c{bundle}-{index}-{i}"),
+                    "t",
+                    0,
+                )
+            })
+            .collect(),
+    };
+    let cases = [
+        (
+            vec![chunk(1, 0, false, 1), chunk(1, 2, true, 1)],
+            Code::InvalidArgument,
+            "chunk_index 2 arrived where 1 was expected",
+        ),
+        (
+            vec![chunk(1, 0, false, 1), chunk(2, 1, true, 1)],
+            Code::InvalidArgument,
+            "one bundle per stream",
+        ),
+        (
+            vec![chunk(1, 0, false, 1)],
+            Code::InvalidArgument,
+            "without one with last = true",
+        ),
+        (
+            vec![chunk(1, 0, true, 6)],
+            Code::ResourceExhausted,
+            "offline.max_chunk_rows = 5",
+        ),
+        (
+            vec![chunk(1, 0, false, 5), chunk(1, 1, true, 4)],
+            Code::ResourceExhausted,
+            "offline.max_push_rows = 8",
+        ),
+        (vec![], Code::InvalidArgument, "held no chunk"),
+    ];
+    for (chunks, code, text) in cases {
+        let e = a.push_chunks(chunks).await.unwrap_err();
+        assert_eq!(e.code(), code, "{}", e.message());
+        assert!(e.message().contains(text), "{}", e.message());
+    }
+    let bad = [
+        (
+            intent("nope", IntentOp::Insert, &[], 0),
+            Code::InvalidArgument,
+            "table `nope` is not synced",
+        ),
+        (
+            intent("notes", IntentOp::Unspecified, &[("id", text("x"))], 0),
+            Code::InvalidArgument,
+            "op must be",
+        ),
+        (
+            intent("notes", IntentOp::Insert, &[("title", text("x"))], 0),
+            Code::InvalidArgument,
+            "key column `id`",
+        ),
+        (
+            intent(
+                "notes",
+                IntentOp::Insert,
+                &[("id", text("x")), ("colour", text("x"))],
+                0,
+            ),
+            Code::InvalidArgument,
+            "column `colour`",
+        ),
+        (
+            note("notes", IntentOp::Insert, "x", "", 0),
+            Code::InvalidArgument,
+            "check constraint",
+        ),
+    ];
+    for (i, code, text) in bad {
+        let e = a.push(vec![i]).await.unwrap_err();
+        assert_eq!(e.code(), code, "{}", e.message());
+        assert!(e.message().contains(text), "{}", e.message());
+    }
+    assert_eq!(h.query_i64("SELECT count(*) FROM notes").await, 0);
+    // Chunks in order apply as one bundle.
+    let r = a
+        .push_chunks(vec![chunk(9, 0, false, 3), chunk(9, 1, true, 2)])
+        .await
+        .unwrap();
+    assert!(r.applied);
+    assert_eq!(r.results.len(), 5);
+    assert_eq!(h.query_i64("SELECT count(*) FROM notes").await, 5);
+}
+
+#[tokio::test]
+async fn idle_clients_are_deactivated_and_must_register_again() {
+    let h = harness_with(|c| c.offline.client_idle_seconds = 0).await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    h.sql("UPDATE arcana_offline.clients SET last_seen = now() - interval '1 hour'")
+        .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h
+        .query_i64("SELECT count(*) FROM arcana_offline.clients WHERE active")
+        .await
+        > 0
+    {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let e = a.pull().await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(
+        e.message().contains("register") || e.message().contains("RegisterClient"),
+        "{}",
+        e.message()
+    );
+    assert!(e.message().contains("Snapshot"), "{}", e.message());
+    let _again = Device::new(&h, "dev-alice", "a").await;
+}

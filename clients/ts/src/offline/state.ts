@@ -1,10 +1,9 @@
 // The device's copy in memory: server rows, the outbox of local writes, and
 // the positions. Every change is computed here as a StorageBatch, committed
 // to storage, and only then applied here, so memory never runs ahead of disk.
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import {
   type ChangeBatch,
-  ConflictPolicy,
   IntentOp,
   IntentResult_Status,
   type PushResponse,
@@ -15,7 +14,6 @@ import {
 } from "../gen/arcana/v1/offline_pb.js";
 import type { Value } from "../gen/arcana/v1/value_pb.js";
 import { ArcanaError, Code } from "../errors.js";
-import { toBinary } from "@bufbuild/protobuf";
 import { type OutboxEntry, type StorageBatch, type StoredRow, type StoredState, applyBatch } from "./storage.js";
 
 /** Meta keys. */
@@ -404,9 +402,4 @@ function merge(
       // Deleted, then inserted again: the server still has the row.
       return { op: IntentOp.UPDATE, values };
   }
-}
-
-/** The conflict policy's name, for messages. */
-export function policyName(p: ConflictPolicy): string {
-  return ConflictPolicy[p]?.toLowerCase() ?? "unspecified";
 }

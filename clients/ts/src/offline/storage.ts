@@ -1,8 +1,7 @@
 // The storage a device's offline copy lives in. Backends (SQLite through
 // sql.js in Node, IndexedDB in browsers, memory in tests) only load
 // everything at open and apply atomic batches; the sync logic is shared.
-import type { SyncTableSpec } from "../gen/arcana/v1/offline_pb.js";
-import type { IntentOp } from "../gen/arcana/v1/offline_pb.js";
+import type { IntentOp, SyncTableSpec } from "../gen/arcana/v1/offline_pb.js";
 import type { Value } from "../gen/arcana/v1/value_pb.js";
 
 /** One row as the server last sent it. */

@@ -1,8 +1,7 @@
 // An offline store: a local copy of the synced tables that the app reads and
 // writes without a connection, and a loop that pushes the outbox and pulls
 // everyone else's changes whenever the server can be reached.
-import { create } from "@bufbuild/protobuf";
-import type { DescMethodServerStreaming } from "@bufbuild/protobuf";
+import { type DescMethodServerStreaming, create } from "@bufbuild/protobuf";
 import { type Client, type Transport, createClient } from "@connectrpc/connect";
 import {
   type CapabilitiesResponse,

@@ -370,6 +370,7 @@ func (l *localState) seal(lim bundleLimits) (*Batch, uint64, []*OutboxEntry) {
 	last, _ := strconv.ParseUint(l.meta[metaBundleID], 10, 64)
 	id := last + 1
 	var entries []*OutboxEntry
+	rowsIn := map[RowRef]bool{}
 	size := 0
 	for _, e := range l.outbox {
 		if e.BundleID != 0 {
@@ -379,6 +380,12 @@ func (l *localState) seal(lim bundleLimits) (*Batch, uint64, []*OutboxEntry) {
 		if len(entries) > 0 && (len(entries) >= lim.rows || size+n > lim.bytes) {
 			break
 		}
+		// A second write of a row needs the version the first one makes: it
+		// goes in the next bundle, rebased once this one is answered.
+		if rowsIn[RowRef{e.Table, e.ID}] {
+			break
+		}
+		rowsIn[RowRef{e.Table, e.ID}] = true
 		c := *e
 		c.BundleID = id
 		entries = append(entries, &c)
@@ -422,13 +429,14 @@ func (l *localState) pushed(entries []*OutboxEntry, res *pb.PushResponse) (*Batc
 		case st == pb.IntentResult_STATUS_APPLIED && res.GetApplied():
 			ref := RowRef{e.Table, e.ID}
 			cur := l.rows[ref]
-			var from uint64
 			var scope string
 			vals := map[string]*pb.Value{}
 			if cur != nil {
-				from, scope, vals = cur.Version, cur.Scope, copyValues(cur.Values)
+				scope, vals = cur.Scope, copyValues(cur.Values)
 			}
-			moved[ref] = move{from, r.GetVersion()}
+			// Later writes of the row were made on the version this write was
+			// (a pull may have brought this write's own result since).
+			moved[ref] = move{e.BaseVersion, r.GetVersion()}
 			if e.Op == pb.IntentOp_INTENT_OP_DELETE {
 				b.DeleteRows = append(b.DeleteRows, ref)
 			} else {

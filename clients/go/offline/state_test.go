@@ -3,6 +3,7 @@ package offline
 import (
 	"context"
 	"path/filepath"
+	"strconv"
 	"testing"
 
 	"google.golang.org/grpc"
@@ -202,5 +203,42 @@ func TestPendingWritesStayOverPulledChanges(t *testing.T) {
 	l.apply(l.pulled(&pb.ChangeBatch{Through: []*pb.ScopeSequence{{Scope: "w1", Sequence: 3}}}))
 	if l.scopes()["w1"] != 7 {
 		t.Fatalf("position moved back to %v", l.scopes())
+	}
+}
+
+func TestLaterWriteRebasesOnTheSentWritesVersion(t *testing.T) {
+	l := newLocalState(&StoredState{Meta: map[string]string{}})
+	l.apply(&Batch{SetTables: true, Tables: []*pb.SyncTableSpec{notes}})
+	l.apply(&Batch{PutRows: []*StoredRow{{Table: "notes", ID: "1", Scope: "w1", Version: 4, Values: map[string]*pb.Value{"id": i64(1), "body": str("a")}}}})
+	b, _, _ := l.write("notes", pb.IntentOp_INTENT_OP_UPDATE, map[string]*pb.Value{"id": i64(1), "body": str("b")}, 1)
+	l.apply(b)
+	sb, _, sent := l.seal(bundleLimits{rows: 10, bytes: 1 << 20})
+	l.apply(sb)
+	b, _, _ = l.write("notes", pb.IntentOp_INTENT_OP_UPDATE, map[string]*pb.Value{"id": i64(1), "body": str("c")}, 2)
+	l.apply(b)
+	// The pull brings the sent write's own result before its answer is handled.
+	l.apply(l.pulled(&pb.ChangeBatch{
+		Changes: []*pb.RowChange{{Scope: "w1", Sequence: 9, Table: "notes", Id: "1", Op: pb.IntentOp_INTENT_OP_UPDATE, Version: 5, Values: map[string]*pb.Value{"id": i64(1), "body": str("b")}}},
+		Through: []*pb.ScopeSequence{{Scope: "w1", Sequence: 9}},
+	}))
+	pbatch, _ := l.pushed(sent, &pb.PushResponse{Applied: true, Results: []*pb.IntentResult{{Status: pb.IntentResult_STATUS_APPLIED, Version: 5}}})
+	l.apply(pbatch)
+	if len(l.outbox) != 1 || l.outbox[0].BaseVersion != 5 {
+		t.Fatalf("outbox = %+v, want the later write based on 5", l.outbox)
+	}
+}
+
+func TestOneWritePerRowInABundle(t *testing.T) {
+	l := newLocalState(&StoredState{Meta: map[string]string{}})
+	l.apply(&Batch{SetTables: true, Tables: []*pb.SyncTableSpec{notes}})
+	w := func(seq, id int64) *OutboxEntry {
+		return &OutboxEntry{Seq: seq, Table: "notes", ID: strconv.FormatInt(id, 10), Op: pb.IntentOp_INTENT_OP_UPDATE,
+			Values: map[string]*pb.Value{"id": i64(id)}, BaseVersion: 1}
+	}
+	// Two unsent writes of row 1 (as after a refused bundle): the second waits.
+	l.apply(&Batch{PutOutbox: []*OutboxEntry{w(1, 1), w(2, 2), w(3, 1), w(4, 3)}})
+	_, _, entries := l.seal(bundleLimits{rows: 10, bytes: 1 << 20})
+	if len(entries) != 2 || entries[0].Seq != 1 || entries[1].Seq != 2 {
+		t.Fatalf("sealed %+v, want writes 1 and 2", entries)
 	}
 }

@@ -235,10 +235,15 @@ export class LocalState {
     if (!open.length) return undefined;
     const bundleId = BigInt(this.meta.get(META.bundleId) ?? "0") + 1n;
     const entries: OutboxEntry[] = [];
+    const rowsIn = new Set<string>();
     let bytes = 0;
     for (const e of open) {
       const size = intentSize(e);
       if (entries.length && (entries.length >= limits.rows || bytes + size > limits.bytes)) break;
+      // A second write of a row needs the version the first one makes: it
+      // goes in the next bundle, rebased once this one is answered.
+      if (rowsIn.has(rkey(e.table, e.id))) break;
+      rowsIn.add(rkey(e.table, e.id));
       entries.push({ ...e, bundleId });
       bytes += size;
     }
@@ -267,7 +272,9 @@ export class LocalState {
       if (res.applied) batch.deleteOutbox!.push(e.seq);
       if (status === IntentResult_Status.APPLIED && res.applied) {
         const cur = this.serverRow(e.table, e.id);
-        newVersion.set(rkey(e.table, e.id), { from: cur?.version ?? 0n, to: r!.version });
+        // Later writes of the row were made on the version this write was
+        // (a pull may have brought this write's own result since).
+        newVersion.set(rkey(e.table, e.id), { from: e.baseVersion, to: r!.version });
         if (e.op === IntentOp.DELETE) batch.deleteRows!.push({ table: e.table, id: e.id });
         else
           batch.putRows!.push({

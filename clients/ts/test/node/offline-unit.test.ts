@@ -132,6 +132,46 @@ describe("offline store, locally", () => {
     assert.equal(s.visible("notes", "1")!.body!.kind.value, "mine");
   });
 
+  it("rebases a later write of a row on the version its sent write made, even after a pull brought that version", async () => {
+    const s = new LocalState(await new MemoryStorage().load());
+    s.apply({ tables: [notes] });
+    s.apply({ putRows: [{ table: "notes", id: "1", scope: "w1", version: 4n, values: { id: val.int(1), body: val.string("a") } }] });
+    s.apply(s.write("notes", IntentOp.UPDATE, { id: val.int(1), body: val.string("b") }, 1n).batch);
+    const sealed = s.seal({ rows: 10, bytes: 1 << 20 })!;
+    s.apply(sealed.batch);
+    s.apply(s.write("notes", IntentOp.UPDATE, { id: val.int(1), body: val.string("c") }, 2n).batch);
+    // The pull brings the sent write's own result before its answer is handled.
+    s.apply(
+      s.pulled(
+        create(ChangeBatchSchema, {
+          changes: [{ scope: "w1", sequence: 9n, table: "notes", id: "1", op: IntentOp.UPDATE, version: 5n, values: { id: val.int(1), body: val.string("b") } }],
+          through: [{ scope: "w1", sequence: 9n }],
+        }),
+      ),
+    );
+    s.apply(s.pushed(sealed.entries, create(PushResponseSchema, { applied: true, results: [{ status: IntentResult_Status.APPLIED, version: 5n }] })).batch);
+    assert.deepEqual(s.outbox.map((e) => [e.id, e.baseVersion]), [["1", 5n]]);
+    assert.equal(s.visible("notes", "1")!.body!.kind.value, "c");
+  });
+
+  it("puts one write per row in a bundle", async () => {
+    const s = new LocalState(await new MemoryStorage().load());
+    s.apply({ tables: [notes] });
+    const w = (seq: number, id: number) => ({
+      seq,
+      table: "notes",
+      id: String(id),
+      op: IntentOp.UPDATE,
+      values: { id: val.int(id), body: val.string(`v${seq}`) },
+      baseVersion: 1n,
+      clientTimeMs: 0n,
+      bundleId: 0n,
+    });
+    // Two unsent writes of row 1 (as after a refused bundle): the second waits.
+    s.apply({ putOutbox: [w(1, 1), w(2, 2), w(3, 1), w(4, 3)] });
+    assert.deepEqual(s.seal({ rows: 10, bytes: 1 << 20 })!.entries.map((e) => e.seq), [1, 2]);
+  });
+
   it("keeps pending writes on top of pulled changes", async () => {
     const s = new LocalState(await new MemoryStorage().load());
     s.apply({ tables: [notes] });

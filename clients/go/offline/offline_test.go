@@ -98,6 +98,12 @@ func TestTwoDevicesEditOfflineAndConverge(t *testing.T) {
 	}
 
 	s.pause()
+	resumed := false
+	defer func() {
+		if !resumed {
+			_ = s.resume() // for the tests after this one
+		}
+	}()
 	must(t, a.Update(ctx, "offline_notes", "101", map[string]any{"body": "from A"}))
 	must(t, b.Update(ctx, "offline_notes", "101", map[string]any{"body": "from B"}))
 	if _, err := b.Insert(ctx, "offline_notes", map[string]any{"id": 102, "workspace_id": "acme", "body": "B's own"}); err != nil {
@@ -112,6 +118,7 @@ func TestTwoDevicesEditOfflineAndConverge(t *testing.T) {
 	if a.Pending() != 1 || body(t, a, "101") != "from A" {
 		t.Fatalf("offline: pending %d, row %v", a.Pending(), body(t, a, "101"))
 	}
+	resumed = true
 	must(t, s.resume())
 
 	// The connection redials on its own schedule after the outage.
@@ -323,6 +330,43 @@ func TestFollowDeliversPsqlWritesAndPushesLocalWrites(t *testing.T) {
 	eventually(t, "A's write on B", func() bool { return body(t, b, "151") == "live from A" })
 	a.Stop()
 	b.Stop()
+}
+
+func TestLoopGoesOfflineAndPushesWritesOnceTheServerIsBack(t *testing.T) {
+	s := server(t)
+	ctx := ctxT(t, time.Minute)
+	d := device(t, s, filepath.Join(t.TempDir(), "loop.sqlite"), "dev-alice", func(o *offline.Options) {
+		o.MaxBackoff = 300 * time.Millisecond
+	})
+	state := func() offline.Status { st, _ := d.Status(); return st }
+	d.Start()
+	eventually(t, "live", func() bool { return state() == offline.StatusLive })
+	s.pause()
+	resumed := false
+	defer func() {
+		if !resumed {
+			_ = s.resume() // for the tests after this one
+		}
+	}()
+	eventually(t, "offline", func() bool { return state() == offline.StatusOffline })
+	if _, err := d.Insert(ctx, "offline_notes", map[string]any{"id": 145, "workspace_id": "acme", "body": "written during the outage"}); err != nil {
+		t.Fatal(err)
+	}
+	resumed = true
+	must(t, s.resume())
+	deadline := time.Now().Add(30 * time.Second)
+	for d.Pending() != 0 || state() != offline.StatusLive {
+		if time.Now().After(deadline) {
+			st, err := d.Status()
+			t.Fatalf("not pushed after the outage: pending %d, status %s (%v)", d.Pending(), st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	out, err := exec.Command("psql", s.pgURL, "-At", "-c", "SELECT body FROM offline_notes WHERE id = 145").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "written during the outage" {
+		t.Fatalf("the database has %q (%v)", out, err)
+	}
+	d.Stop()
 }
 
 func TestDeviceBehindThePrunedHistoryTakesASnapshot(t *testing.T) {

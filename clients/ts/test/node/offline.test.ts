@@ -208,6 +208,31 @@ describe("offline stores in Node", () => {
     await b.stop();
   });
 
+  it("the loop goes offline when the server stops, and pushes the writes made meanwhile once it is back", async () => {
+    const d = await device("loop.sqlite", "dev-alice", { backoff: { initialMs: 50, maxMs: 300 } });
+    const seen: string[] = [];
+    d.subscribe(() => {
+      if (seen[seen.length - 1] !== d.status) seen.push(d.status);
+    });
+    d.start();
+    await eventually("live", () => d.status === "live");
+    await server.pause();
+    try {
+      await eventually("offline", () => d.status === "offline");
+      // The stream ends as the server shuts down; the retries then find nothing listening.
+      await eventually("a refused retry", () => d.error?.codeName === "UNAVAILABLE");
+      await d.insert("offline_notes", { id: 45, workspace_id: "acme", body: "written during the outage" });
+    } finally {
+      await server.resume();
+    }
+    await eventually("the write pushed", () => d.pendingCount() === 0, 30_000);
+    assert.equal(d.status, "live");
+    const r = await server.sql("SELECT body FROM offline_notes WHERE id = 45");
+    assert.equal(r.rows[0]?.body, "written during the outage");
+    assert.ok(seen.includes("offline") && seen.lastIndexOf("live") > seen.indexOf("offline"), seen.join(" "));
+    await d.stop();
+  });
+
   it("a device behind the pruned history takes a snapshot of its scope", async () => {
     const snaps: string[][] = [];
     const d = await device("behind.sqlite", "dev-alice", { onSnapshot: (sc) => snaps.push(sc) });

@@ -11,6 +11,7 @@
 //! See docs/BENCHMARKS.md for what each number means.
 
 mod load;
+mod offline;
 mod raw;
 mod server;
 
@@ -32,7 +33,7 @@ use load::{Counters, WritePlan, Written};
 use server::{free_port, Server, Usage};
 
 const SCENARIOS: &[&str] = &[
-    "mixed", "fanout", "distinct", "burst", "ingest", "snapshot", "idle", "backlog",
+    "mixed", "fanout", "distinct", "burst", "ingest", "snapshot", "idle", "backlog", "offline",
 ];
 /// Sessions per HTTP/2 connection, as a client process multiplexes them.
 const SESSIONS_PER_CONNECTION: usize = 100;
@@ -43,7 +44,7 @@ struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     /// Scenarios to run: mixed, fanout, distinct, burst, ingest, snapshot,
-    /// idle, backlog (default: all).
+    /// idle, backlog, offline (default: all).
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// A tenth of the subscribers and a fifth of the writes.
@@ -809,6 +810,11 @@ async fn main() {
     .expect("PostgreSQL");
     let mut rows: Vec<Row> = Vec::new();
     for name in &names {
+        if name == "offline" {
+            // Offline sync has its own shape and table.
+            offline::run(&bin, &pg, cli.quick).await;
+            continue;
+        }
         let s = spec(name, cli.quick, &cli);
         let mut specs = vec![s.clone()];
         if cli.compare {

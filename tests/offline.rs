@@ -429,6 +429,17 @@ async fn a_replayed_bundle_returns_its_result_and_applies_nothing() {
     assert!(again.replayed);
     assert_eq!(again.committed, first.committed);
     assert_eq!(again.results, first.results);
+    // The same bundle id with other content is a device bug, not a replay.
+    let e = a
+        .push_as(7, vec![note("notes", IntentOp::Insert, "r2", "other", 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(
+        e.message().contains("resend it unchanged"),
+        "{}",
+        e.message()
+    );
     assert_eq!(
         h.query_i64("SELECT count(*) FROM arcana_offline.changes")
             .await,
@@ -875,4 +886,165 @@ async fn idle_clients_are_deactivated_and_must_register_again() {
     );
     assert!(e.message().contains("Snapshot"), "{}", e.message());
     let _again = Device::new(&h, "dev-alice", "a").await;
+}
+
+#[tokio::test]
+async fn a_key_that_is_not_unique_is_refused_at_startup() {
+    let db_url = fresh_database().await;
+    arcana::postgres::execute_script(&db_url, SCHEMA)
+        .await
+        .unwrap();
+    let mut config =
+        arcana::config::Config::parse(&format!("{}\n{CONFIG}", arcana::app::DEMO_CONFIG)).unwrap();
+    config.changes.mode = arcana::config::ChangeMode::None;
+    config.offline.tables[0].key = vec!["title".into()];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Err(e) = arcana::app::App::start(&config, &db_url, listener).await else {
+        panic!("started with a key that is not unique")
+    };
+    assert!(
+        e.contains("offline.tables `notes`") && e.contains("not the primary key or a unique index"),
+        "{e}"
+    );
+}
+
+/// `arcana serve` as a child process, killed with SIGKILL at will.
+struct Child {
+    proc: tokio::process::Child,
+    addr: String,
+}
+
+async fn serve_child(config: &std::path::Path, db_url: &str, addr: &str) -> Child {
+    let proc = tokio::process::Command::new(env!("CARGO_BIN_EXE_arcana"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--database-url", db_url, "--listen", addr])
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Child {
+        proc,
+        addr: addr.to_owned(),
+    }
+}
+
+async fn child_client(c: &Child, token: &str) -> OfflineClient {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", c.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    arcana::proto::offline_service_client::OfflineServiceClient::with_interceptor(
+        channel,
+        Bearer(token.into()),
+    )
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_push_applies_nothing_and_the_replay_works() {
+    let db_url = fresh_database().await;
+    arcana::postgres::execute_script(&db_url, SCHEMA)
+        .await
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("arcana-offline-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("arcana.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[changes]\nmode = \"none\"\n{CONFIG}",
+            arcana::app::DEMO_CONFIG
+        ),
+    )
+    .unwrap();
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut server = serve_child(&config, &db_url, &addr).await;
+    let mut c = child_client(&server, "dev-alice").await;
+    c.register_client(pb::RegisterClientRequest {
+        client_id: "k".into(),
+        platform: "test".into(),
+        app_version: "1.0.0".into(),
+    })
+    .await
+    .unwrap();
+    let chunk = |index: u32, last: bool| pb::PushChunk {
+        client_id: "k".into(),
+        bundle_id: 1,
+        chunk_index: index,
+        last,
+        intents: vec![note(
+            "notes",
+            IntentOp::Insert,
+            &format!("k{index}"),
+            "t",
+            0,
+        )],
+    };
+    // Chunk 0 arrives, then the server dies before the last chunk.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(chunk(0, false)).await.unwrap();
+    let mut pusher = c.clone();
+    let push = tokio::spawn(async move {
+        pusher
+            .push(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.proc.kill().await.unwrap();
+    assert!(push.await.unwrap().is_err());
+    drop(tx);
+    let (pg, conn) = tokio_postgres::connect(&db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let count = |q: &'static str| {
+        let pg = &pg;
+        async move { pg.query_one(q, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM notes").await, 0);
+    assert_eq!(
+        count("SELECT count(*) FROM arcana_offline.bundles").await,
+        0
+    );
+    // A new server; the device replays the whole bundle.
+    server = serve_child(&config, &db_url, &addr).await;
+    let mut c = child_client(&server, "dev-alice").await;
+    let r = c
+        .push(tokio_stream::iter(vec![chunk(0, false), chunk(1, true)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.applied && !r.replayed);
+    // Killed right after answering, before the device saw the answer: the
+    // replay on the next server returns the same result.
+    server.proc.kill().await.unwrap();
+    server = serve_child(&config, &db_url, &addr).await;
+    let mut c = child_client(&server, "dev-alice").await;
+    let again = c
+        .push(tokio_stream::iter(vec![chunk(0, false), chunk(1, true)]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.replayed);
+    assert_eq!(again.results, r.results);
+    assert_eq!(count("SELECT count(*) FROM notes").await, 2);
+    assert_eq!(
+        count("SELECT count(*) FROM arcana_offline.changes").await,
+        2
+    );
+    server.proc.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
+use sha2::{Digest, Sha256};
 use tonic::{Code, Status, Streaming};
 
 use super::config::{ConflictPolicy, PushPolicy};
@@ -17,12 +18,20 @@ use crate::grpc::status::status;
 use crate::postgres::values::SqlParam;
 use crate::proto::{self as pb, intent_result::Status as Outcome, IntentOp};
 
+/// A bundle as received: its name, intents and a digest of them.
+struct Bundle {
+    client_id: String,
+    bundle_id: u64,
+    intents: Vec<pb::RowIntent>,
+    digest: Vec<u8>,
+}
+
 /// Reads the chunks of one bundle, checking order, identity and limits.
 async fn collect(
     o: &Offline,
     id: &Identity,
     stream: &mut Streaming<pb::PushChunk>,
-) -> Result<(String, u64, Vec<pb::RowIntent>), Status> {
+) -> Result<Bundle, Status> {
     let cfg = &o.inner.cfg;
     let mut bundle: Option<(String, u64)> = None;
     let mut intents = Vec::new();
@@ -110,7 +119,27 @@ async fn collect(
             format!("the push stream ended after {next} chunks without one with last = true; nothing was applied"),
         ));
     }
-    Ok((client_id, bundle_id, intents))
+    let mut h = Sha256::new();
+    for i in &intents {
+        // Map order is not canonical: hash the values sorted by column.
+        h.update(i.table.as_bytes());
+        h.update(i.op.to_be_bytes());
+        h.update(i.base_version.to_be_bytes());
+        h.update(i.client_time_unix_ms.to_be_bytes());
+        let mut cols: Vec<_> = i.values.iter().collect();
+        cols.sort_by(|a, b| a.0.cmp(b.0));
+        for (k, v) in cols {
+            h.update(k.as_bytes());
+            h.update(v.encode_to_vec());
+        }
+        h.update([0xff]);
+    }
+    Ok(Bundle {
+        client_id,
+        bundle_id,
+        intents,
+        digest: h.finalize().to_vec(),
+    })
 }
 
 /// Handles one Push call.
@@ -119,9 +148,14 @@ pub async fn push(
     id: &Identity,
     mut stream: Streaming<pb::PushChunk>,
 ) -> Result<pb::PushResponse, Status> {
-    let (client_id, bundle_id, intents) = collect(o, id, &mut stream).await?;
+    let Bundle {
+        client_id,
+        bundle_id,
+        intents,
+        digest,
+    } = collect(o, id, &mut stream).await?;
     let mut c = o.conn().await?;
-    if let Some(r) = stored(&c, &client_id, bundle_id).await? {
+    if let Some(r) = stored(&c, &client_id, bundle_id, &digest).await? {
         return Ok(r);
     }
     let tx = c
@@ -192,21 +226,28 @@ pub async fn push(
     };
     let inserted = tx
         .query_opt(
-            "INSERT INTO arcana_offline.bundles (client_id, bundle_id, result) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING RETURNING 1",
-            &[&client_id, &(bundle_id as i64), &response.encode_to_vec()],
+            "INSERT INTO arcana_offline.bundles (client_id, bundle_id, result, digest) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1",
+            &[
+                &client_id,
+                &(bundle_id as i64),
+                &response.encode_to_vec(),
+                &digest,
+            ],
         )
         .await
         .map_err(|e| db_status("recording the bundle", e))?;
     if inserted.is_none() {
         // The same bundle committed meanwhile on another stream.
         drop(tx);
-        return stored(&c, &client_id, bundle_id).await?.ok_or_else(|| {
-            status(
-                Code::Aborted,
-                "the bundle is being applied concurrently: retry",
-            )
-        });
+        return stored(&c, &client_id, bundle_id, &digest)
+            .await?
+            .ok_or_else(|| {
+                status(
+                    Code::Aborted,
+                    "the bundle is being applied concurrently: retry",
+                )
+            });
     }
     tx.commit()
         .await
@@ -214,20 +255,30 @@ pub async fn push(
     Ok(response)
 }
 
-/// The stored result of a bundle that already committed, marked replayed.
+/// The stored result of a bundle that already committed, marked replayed;
+/// refused when the replay's intents differ from what committed.
 async fn stored(
     c: &tokio_postgres::Client,
     client_id: &str,
     bundle_id: u64,
+    digest: &[u8],
 ) -> Result<Option<pb::PushResponse>, Status> {
     let row = c
         .query_opt(
-            "SELECT result FROM arcana_offline.bundles WHERE client_id = $1 AND bundle_id = $2",
+            "SELECT result, digest FROM arcana_offline.bundles WHERE client_id = $1 AND bundle_id = $2",
             &[&client_id, &(bundle_id as i64)],
         )
         .await
         .map_err(|e| db_status("reading the bundle log", e))?;
     row.map(|r| {
+        if r.get::<_, &[u8]>(1) != digest {
+            return Err(status(
+                Code::InvalidArgument,
+                format!(
+                    "bundle {bundle_id} of client `{client_id}` already committed with other row intents: a replay must resend it unchanged, new writes need a new bundle id"
+                ),
+            ));
+        }
         let bytes: Vec<u8> = r.get(0);
         let mut resp = pb::PushResponse::decode(bytes.as_slice()).map_err(|e| {
             status(

@@ -84,6 +84,7 @@ CREATE TABLE IF NOT EXISTS arcana_offline.bundles (
     client_id text NOT NULL,
     bundle_id bigint NOT NULL,
     result    bytea NOT NULL,
+    digest    bytea NOT NULL,
     at        timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (client_id, bundle_id)
 );

@@ -8,6 +8,7 @@ import (
 	"io"
 	"math"
 	mrand "math/rand/v2"
+	"sort"
 	"sync"
 	"time"
 
@@ -204,7 +205,7 @@ func (s *Store) Pending() int {
 	return len(s.state.outbox)
 }
 
-// Rows are every row of a table.
+// Rows are every row of a table, by id.
 func (s *Store) Rows(table string) ([]Row, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -242,6 +243,7 @@ func (s *Store) Rows(table string) ([]Row, error) {
 			out = append(out, makeRow(id, vals, 0, "", true))
 		}
 	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
 }
 

@@ -12,6 +12,8 @@ interface Notes {
   list(): { id: string; body: string; pending: boolean }[];
   pending(): number;
   clientId(): string;
+  start(): void;
+  status(): string;
 }
 
 async function main() {
@@ -39,6 +41,8 @@ async function main() {
         .sort((a, b) => Number(a.id) - Number(b.id)),
     pending: () => store.pendingCount(),
     clientId: () => store.clientId,
+    start: () => store.start(),
+    status: () => store.status,
   };
   (window as unknown as { notes: Notes }).notes = notes;
   const status = document.getElementById("status")!;

@@ -1,7 +1,7 @@
 // Headless Chromium holds an offline store in IndexedDB synced over
 // grpc-web: it writes while the server is unreachable, the page reloads and
 // still has its outbox, and once the server is back it pushes its write and
-// sees another device's.
+// sees another device's; then it follows changes live.
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { type Server, createServer } from "node:http";
@@ -71,6 +71,8 @@ type Notes = {
   list(): { id: string; body: string; pending: boolean }[];
   pending(): number;
   clientId(): string;
+  start(): void;
+  status(): string;
 };
 const notes = (page: Page) => page.evaluateHandle(() => (window as unknown as { notes: Notes }).notes);
 
@@ -130,6 +132,20 @@ it("an IndexedDB store writes offline, keeps its outbox across a reload, then sy
     ]);
     await other.sync();
     assert.equal(other.get("offline_notes", "201")?.values.body, "written offline in the browser");
+
+    // Live: the page follows changes over grpc-web and pushes as it writes.
+    await n.evaluate((x) => x.start());
+    await page.waitForFunction(() => (window as unknown as { notes: Notes }).notes.status() === "live", null, { timeout: 15_000 });
+    await server.sql("UPDATE offline_notes SET body = 'changed in psql' WHERE id = 202");
+    await page.waitForFunction(
+      () => (window as unknown as { notes: Notes }).notes.list().some((r) => r.id === "202" && r.body === "changed in psql"),
+      null,
+      { timeout: 15_000 },
+    );
+    await n.evaluate((x) => x.add(203, "pushed live from the page"));
+    await page.waitForFunction(() => (window as unknown as { notes: Notes }).notes.pending() === 0, null, { timeout: 15_000 });
+    const live = await server.sql("SELECT body FROM offline_notes WHERE id = 203");
+    assert.equal(live.rows[0]?.body, "pushed live from the page");
   } catch (err) {
     console.error(logs.join("\n"));
     throw err;

@@ -106,7 +106,7 @@ pub async fn run(bin: &Path, pg: &EmbeddedPostgres, quick: bool) {
     let (devices, bundles, rows_per_bundle, follows, snapshot_rows) = if quick {
         (4, 25, 100, 200, 20_000)
     } else {
-        (4, 100, 250, 1_000, 200_000)
+        (4, 100, 250, 1_000, 1_000_000)
     };
     let db = format!("bench_{:08x}", rand::random::<u32>());
     arcana::postgres::execute_script(&pg.url("postgres"), &format!("CREATE DATABASE {db}"))

@@ -224,6 +224,102 @@ pub fn encoded_frame(f: &Frame) -> bytes::Bytes {
         .clone()
 }
 
+/// An encoded `ServerMessage` carrying a frame (as [`encoded_frame`] makes
+/// it) back to the engine's frame, keeping `bytes` as its encoding: a
+/// cluster node fans out the bytes its owner published.
+pub fn frame_from_encoded(bytes: bytes::Bytes) -> Result<Frame, String> {
+    use pb::view_frame::Body;
+    let msg = pb::ServerMessage::decode(bytes.clone()).map_err(|e| e.to_string())?;
+    let Some(pb::server_message::Kind::Frame(f)) = msg.kind else {
+        return Err("not a frame".into());
+    };
+    let row = |r: pb::Row| {
+        (
+            engine::RowKey::new(&r.table, &r.id),
+            std::sync::Arc::new(fields_from_pb(r.fields)),
+        )
+    };
+    let edges = |w: pb::WindowEdges| engine::WindowEdges {
+        has_before: w.has_before,
+        has_after: w.has_after,
+    };
+    let body = match f.body.ok_or("a frame without a body")? {
+        Body::Snapshot(s) => FrameBody::Snapshot(engine::Snapshot {
+            graph: s.graph.into(),
+            params_hash: s.params_hash.into(),
+            refs: std::sync::Arc::new(s.refs.into_iter().map(ref_from_pb).collect()),
+            rows: s.rows.into_iter().map(row).collect(),
+            total: s.total,
+            window: s.window.map(edges),
+        }),
+        Body::Diff(d) => FrameBody::Diff(engine::ViewDiff {
+            refs: d
+                .refs
+                .into_iter()
+                .map(|p| {
+                    Ok(Patch {
+                        op: op_from_pb(p.op)?,
+                        path: p.path,
+                        from: (!p.from.is_empty()).then_some(p.from),
+                        value: p.value.map(ref_from_pb),
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+            rows: d.rows.into_iter().map(row).collect(),
+            patches: d
+                .patches
+                .into_iter()
+                .map(|p| {
+                    let ops = p
+                        .ops
+                        .into_iter()
+                        .map(|o| {
+                            Ok(Patch {
+                                op: op_from_pb(o.op)?,
+                                path: o.path,
+                                from: None,
+                                value: o.value.map(value_from_pb),
+                            })
+                        })
+                        .collect::<Result<_, String>>()?;
+                    Ok((engine::RowKey::new(&p.table, &p.id), ops))
+                })
+                .collect::<Result<_, String>>()?,
+            total: d.total,
+            window: d.window.map(edges),
+        }),
+        Body::Error(e) => FrameBody::Error(error_from_pb(e.code, e.message)),
+    };
+    let out = Frame {
+        view_id: f.view_id.into(),
+        epoch: f.epoch,
+        version: f.version,
+        prev_version: f.prev_version,
+        prev_epoch: f.prev_epoch,
+        body,
+        encoded: std::sync::OnceLock::new(),
+    };
+    let _ = out.encoded.set(bytes);
+    Ok(out)
+}
+
+/// A view error frame's status back to the engine's error.
+fn error_from_pb(code: i32, message: String) -> engine::EngineError {
+    use engine::EngineError as E;
+    use tonic::Code;
+    match Code::from_i32(code) {
+        Code::InvalidArgument => E::InvalidArgument(message),
+        Code::NotFound => E::NotFound(message),
+        Code::PermissionDenied => E::PermissionDenied(message),
+        Code::ResourceExhausted => E::ResourceExhausted(message),
+        Code::AlreadyExists => E::AlreadyExists(message),
+        Code::FailedPrecondition => E::FailedPrecondition(message),
+        Code::Unavailable => E::Unavailable(message),
+        Code::DeadlineExceeded => E::DeadlineExceeded(message),
+        _ => E::Internal(message),
+    }
+}
+
 /// Encodes any `ServerMessage` kind.
 pub fn encode_message(kind: pb::server_message::Kind) -> bytes::Bytes {
     pb::ServerMessage { kind: Some(kind) }

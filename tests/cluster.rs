@@ -796,7 +796,11 @@ async fn with_view_owners_a_view_is_evaluated_on_one_node_and_every_node_shows_i
         counts.push(evaluations(n).await);
     }
     assert!(counts[0] >= 1, "{counts:?}");
-    assert_eq!(&counts[1..], &[0, 0], "followers evaluate nothing: {counts:?}");
+    assert_eq!(
+        &counts[1..],
+        &[0, 0],
+        "followers evaluate nothing: {counts:?}"
+    );
 }
 
 #[tokio::test]
@@ -810,12 +814,14 @@ async fn with_view_owners_a_client_moving_to_another_node_catches_up() {
     let before = away.view(&view_id).clone();
     drop(away);
     for i in 0..3 {
-        c.sql(&format!("UPDATE tasks SET title = 'Missed {i}' WHERE id = 3"))
-            .await;
+        c.sql(&format!(
+            "UPDATE tasks SET title = 'Missed {i}' WHERE id = 3"
+        ))
+        .await;
     }
     converge(&c, std::slice::from_mut(&mut keeper)).await;
     let target = keeper.0.view(&keeper.1).version;
-    assert!(target >= before.version + 1);
+    assert!(target > before.version);
     // Back on the third node, which has not seen the view yet.
     let mut back = c.nodes[2].live("dev-alice").await;
     let r = back

@@ -92,7 +92,10 @@ pub fn validate(c: &ClusterConfig) -> Result<(), String> {
 
 /// Creates the stream, or brings an existing one's limits in line with the
 /// config (a changed `lease_ttl_ms` must change the bucket's max age).
-pub(crate) async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<(), String> {
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<(), String> {
     let s = js
         .get_or_create_stream(want.clone())
         .await

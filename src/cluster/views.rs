@@ -145,7 +145,11 @@ impl ViewOwners {
         let bus = &self.shared.bus;
         let me = bus.config.node_id.clone();
         let key = lease_key(hash);
-        match bus.leases.create(&key, me.clone().into_bytes().into()).await {
+        match bus
+            .leases
+            .create(&key, me.clone().into_bytes().into())
+            .await
+        {
             Ok(r) => Ok(Some(r)),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
                 match bus.leases.entry(&key).await.map_err(|e| e.to_string())? {

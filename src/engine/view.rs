@@ -726,13 +726,21 @@ impl View {
         if !st.ready || st.closed || st.follower {
             return None;
         }
-        Some((self.snapshot_frame(&st), st.history.iter().cloned().collect()))
+        Some((
+            self.snapshot_frame(&st),
+            st.history.iter().cloned().collect(),
+        ))
     }
 
     /// Makes this view a follower holding the owner's `snapshot`, with
     /// `history` (the owner's diffs up to it) for catch-up. Subscribers it
     /// already has get the snapshot: the owner, or its epoch, changed.
-    pub(crate) fn load(&self, snapshot: &Arc<Frame>, history: Vec<Arc<Frame>>, store: &Mutex<Store>) {
+    pub(crate) fn load(
+        &self,
+        snapshot: &Arc<Frame>,
+        history: Vec<Arc<Frame>>,
+        store: &Mutex<Store>,
+    ) {
         let FrameBody::Snapshot(snap) = &snapshot.body else {
             return;
         };

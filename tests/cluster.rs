@@ -893,3 +893,30 @@ async fn with_view_owners_killing_the_owner_moves_the_view_without_a_gap() {
         "one survivor evaluates: {counts:?}"
     );
 }
+
+#[tokio::test]
+async fn with_view_owners_an_owner_that_stops_cleanly_hands_its_views_over() {
+    let _g = serial().await;
+    let mut c = Cluster::start_owners().await;
+    c.leader().await;
+    let _owner = subscribe(&c.nodes[0]).await;
+    let mut subs = vec![subscribe(&c.nodes[1]).await];
+    let old_epoch = subs[0].0.view(&subs[0].1).epoch;
+    // SIGTERM: the node stops within its grace and hands its leases back.
+    let n = &mut c.nodes[0];
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(n.child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while n.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owner did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    n.alive = false;
+    c.sql("UPDATE tasks SET title = 'After the owner left' WHERE id = 4")
+        .await;
+    converge(&c, &mut subs).await;
+    assert_ne!(subs[0].0.view(&subs[0].1).epoch, old_epoch);
+}

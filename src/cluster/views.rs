@@ -120,7 +120,7 @@ impl ViewOwners {
             }),
         };
         let tasks = vec![
-            tokio::spawn(publish(bus.clone(), rx)),
+            tokio::spawn(publish(bus.clone(), rx, stopped.clone())),
             tokio::spawn(answer(owners.clone(), requests, stopped.clone())),
             tokio::spawn(renew(owners.clone(), stopped)),
         ];
@@ -307,9 +307,19 @@ fn unpack(mut b: Bytes) -> Option<Vec<Arc<Frame>>> {
     Some(out)
 }
 
-/// Publishes owned views' frames to the frames stream, in the order made.
-async fn publish(bus: Bus, mut rx: mpsc::UnboundedReceiver<(String, Arc<Frame>)>) {
-    while let Some((hash, frame)) = rx.recv().await {
+/// Publishes owned views' frames to the frames stream, in the order made,
+/// until `stopped` (the engine, which holds the sender, outlives the node).
+async fn publish(
+    bus: Bus,
+    mut rx: mpsc::UnboundedReceiver<(String, Arc<Frame>)>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    loop {
+        let (hash, frame) = tokio::select! {
+            biased;
+            m = rx.recv() => match m { Some(m) => m, None => return },
+            _ = stopped.wait_for(|s| *s) => return,
+        };
         let mut headers = HeaderMap::new();
         if matches!(frame.body, crate::engine::FrameBody::Diff(_)) {
             // A frame published twice (a retry) is stored once.

@@ -920,3 +920,27 @@ async fn with_view_owners_an_owner_that_stops_cleanly_hands_its_views_over() {
     converge(&c, &mut subs).await;
     assert_ne!(subs[0].0.view(&subs[0].1).epoch, old_epoch);
 }
+
+#[tokio::test]
+async fn with_view_owners_a_mutation_on_a_follower_replies_after_its_frames() {
+    let _g = serial().await;
+    let c = Cluster::start_owners().await;
+    c.leader().await;
+    let _owner = subscribe(&c.nodes[0]).await;
+    let (mut l, v) = subscribe(&c.nodes[1]).await;
+    for i in 0..3 {
+        let title = format!("Written on a follower {i}");
+        l.mutate(
+            "create_task",
+            params(&[("project_id", int(1)), ("title", text(&title))]),
+        )
+        .await
+        .unwrap();
+        // No wait: the frames came before the reply.
+        assert!(
+            titles(l.view(&v)).contains(&title),
+            "{:?}",
+            titles(l.view(&v))
+        );
+    }
+}

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::bus::Bus;
-use crate::engine::{Claim, EngineError, Followed, Frame, Owners, View, WeakEngine};
+use crate::engine::{Change, Claim, EngineError, Followed, Frame, Owners, View, WeakEngine};
 use crate::grpc::convert::{encoded_frame, frame_from_encoded};
 
 /// The hash naming a view across the cluster: of its graph, canonical
@@ -251,6 +251,11 @@ impl Owners for ViewOwners {
         let _ = self.shared.frames.send((view_hash(view), frame.clone()));
     }
 
+    fn written(&self, changes: Vec<Change>, followed: Vec<Arc<View>>) -> BoxFuture<'static, ()> {
+        let me = self.clone();
+        Box::pin(async move { me.forward(changes, followed).await })
+    }
+
     fn closed(&self, view: &Arc<View>) {
         let hash = view_hash(view);
         let me = Arc::downgrade(view);
@@ -282,6 +287,83 @@ impl Owners for ViewOwners {
             }
         }
     }
+}
+
+/// The last token of a request subject naming a write rather than a view.
+const WRITE: &str = "write";
+
+impl ViewOwners {
+    /// Sends a mutation's changes to the owners of the `followed` views and
+    /// waits (at most `owner_wait_ms`) until each copy reaches the version
+    /// its owner reports once it applied them.
+    async fn forward(&self, changes: Vec<Change>, followed: Vec<Arc<View>>) {
+        let bus = &self.shared.bus;
+        let mut by_owner: HashMap<String, Vec<(String, Arc<View>)>> = HashMap::new();
+        for v in followed {
+            let hash = view_hash(&v);
+            let holder = bus.leases.get(lease_key(&hash)).await.ok().flatten();
+            if let Some(owner) = holder.map(|b| String::from_utf8_lossy(&b).into_owned()) {
+                by_owner.entry(owner).or_default().push((hash, v));
+            }
+        }
+        let batch = Bytes::from(super::wire::encode(&crate::engine::ChangeBatch::new(
+            changes, None,
+        )));
+        let wait = Duration::from_millis(bus.config.owner_wait_ms);
+        let deadline = Instant::now() + wait;
+        for (owner, views) in by_owner {
+            let subject = format!("{}.{owner}.{WRITE}", bus.config.snapshot_subject);
+            let reply =
+                tokio::time::timeout(wait, bus.client.request(subject, batch.clone())).await;
+            let Ok(Ok(reply)) = reply else { continue };
+            let versions: HashMap<String, (u64, u64)> = String::from_utf8_lossy(&reply.payload)
+                .lines()
+                .filter_map(|l| {
+                    let mut p = l.split(' ');
+                    Some((
+                        p.next()?.to_owned(),
+                        (p.next()?.parse().ok()?, p.next()?.parse().ok()?),
+                    ))
+                })
+                .collect();
+            for (hash, v) in views {
+                let Some(&(epoch, version)) = versions.get(&hash) else {
+                    continue;
+                };
+                while v.epoch() == epoch
+                    && v.version() < version
+                    && v.is_follower()
+                    && !v.is_closed()
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Applies a write another node forwarded, then answers with the epoch and
+/// version of each view this node owns (`<hash> <epoch> <version>` lines).
+async fn apply_write(owners: ViewOwners, payload: Bytes) -> Bytes {
+    let Some(engine) = owners.shared.engine.upgrade() else {
+        return Bytes::new();
+    };
+    if let Ok(batch) = super::wire::decode(&payload) {
+        if let Err(e) = engine.notify(batch.changes).await {
+            tracing::debug!(error = %e, "a forwarded write was not applied");
+        }
+    }
+    let owned: Vec<(String, Arc<View>)> = owners
+        .owned()
+        .iter()
+        .filter_map(|(h, o)| Some((h.clone(), o.view.upgrade()?)))
+        .collect();
+    let mut out = String::new();
+    for (h, v) in owned {
+        out.push_str(&format!("{h} {} {}\n", v.epoch(), v.version()));
+    }
+    out.into()
 }
 
 /// Frames as one message: each one's length (4 bytes) then its bytes.
@@ -362,6 +444,14 @@ async fn answer(
         };
         let Some(reply) = m.reply else { continue };
         let hash = m.subject.rsplit('.').next().unwrap_or_default().to_owned();
+        if hash == WRITE {
+            let (o, client) = (owners.clone(), owners.shared.bus.client.clone());
+            tokio::spawn(async move {
+                let answer = apply_write(o, m.payload).await;
+                let _ = client.publish(reply, answer).await;
+            });
+            continue;
+        }
         let view = owners.owned().get(&hash).and_then(|o| o.view.upgrade());
         let payload = match view.and_then(|v| v.snapshot_with_history()) {
             Some((snapshot, history)) => {

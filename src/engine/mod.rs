@@ -895,6 +895,17 @@ impl Engine {
         let out = m.handler.run(scope, params).await?;
         if !out.changes.is_empty() {
             self.notify(out.changes.clone()).await?;
+            if let Some(o) = self.inner.owners.get() {
+                let followed: Vec<Arc<View>> = self
+                    .views()
+                    .all()
+                    .filter(|v| v.is_follower())
+                    .cloned()
+                    .collect();
+                if !followed.is_empty() {
+                    o.written(out.changes.clone(), followed).await;
+                }
+            }
         }
         Ok(out)
     }

@@ -10,6 +10,7 @@ use futures_util::future::BoxFuture;
 
 use super::error::EngineError;
 use super::frame::Frame;
+use super::registry::Change;
 use super::view::View;
 
 /// Who evaluates a view, decided before its first evaluation.
@@ -50,4 +51,9 @@ pub trait Owners: Send + Sync {
     fn published(&self, view: &View, frame: &Arc<Frame>);
     /// The view closed on this node (its last local subscriber left).
     fn closed(&self, view: &Arc<View>);
+    /// A mutation on this node made `changes` (already applied to the views
+    /// this node owns): returns once the owners of `followed` have applied
+    /// them too and their frames reached these copies, so the mutation's
+    /// reply still follows its frames.
+    fn written(&self, changes: Vec<Change>, followed: Vec<Arc<View>>) -> BoxFuture<'static, ()>;
 }

@@ -92,8 +92,8 @@ pub struct ClusterConfig {
     pub max_batch_bytes: usize,
     /// Evaluate each view on one node (its owner, by a lease) and send its
     /// frames to the other nodes through JetStream, so every node shows
-    /// the same epochs and versions. Off: every node evaluates the views
-    /// its own clients hold.
+    /// the same epochs and versions (default). Off: every node evaluates
+    /// the views its own clients hold.
     pub view_owners: bool,
     /// The JetStream stream keeping each owned view's latest frames.
     pub frames_stream: String,
@@ -123,7 +123,7 @@ impl Default for ClusterConfig {
             stream_max_age_s: 86_400,
             stream_max_bytes: 1 << 30,
             max_batch_bytes: 1 << 20,
-            view_owners: false,
+            view_owners: true,
             frames_stream: "ARCANA_FRAMES".into(),
             frames_subject: "arcana.frames".into(),
             snapshot_subject: "arcana.snapshots".into(),

@@ -944,3 +944,50 @@ async fn with_view_owners_a_mutation_on_a_follower_replies_after_its_frames() {
         );
     }
 }
+
+#[tokio::test]
+async fn with_view_owners_after_a_nats_outage_longer_than_the_lease_one_node_owns_each_view() {
+    let _g = serial().await;
+    let mut c = Cluster::start_owners().await;
+    c.leader().await;
+    let mut subs = Vec::new();
+    for n in &c.nodes {
+        subs.push(subscribe(n).await);
+    }
+    c.nats.stop();
+    // Every lease, the view's included, outlives its TTL unrenewed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.sql("UPDATE tasks SET title = 'During the outage' WHERE id = 2")
+        .await;
+    c.nats.start_again();
+    c.leader().await;
+    converge(&c, &mut subs).await;
+    // Settled: one node evaluates the next write, and every node shows
+    // the same epoch and version.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut before = Vec::new();
+    for n in &c.nodes {
+        before.push(evaluations(n).await);
+    }
+    // An insert, which the update fast path cannot patch in.
+    c.sql(
+        "INSERT INTO tasks (workspace_id, project_id, title, position) VALUES ('acme', 1, 'After the outage', 400)",
+    )
+    .await;
+    converge(&c, &mut subs).await;
+    let (epoch, version) = {
+        let v = subs[0].0.view(&subs[0].1);
+        (v.epoch, v.version)
+    };
+    for (l, v) in subs.iter_mut() {
+        l.wait_until(v, |s| s.epoch == epoch && s.version >= version)
+            .await;
+    }
+    let mut grew = 0;
+    for (i, n) in c.nodes.iter().enumerate() {
+        if evaluations(n).await > before[i] {
+            grew += 1;
+        }
+    }
+    assert_eq!(grew, 1, "one node evaluated the write");
+}

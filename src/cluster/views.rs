@@ -493,8 +493,14 @@ async fn renew(owners: ViewOwners, mut stopped: watch::Receiver<bool>) {
                     }
                 }
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                    tracing::warn!(view = %hash, "lost a view's lease; another node may evaluate it too");
-                    owners.owned().remove(&hash);
+                    // Expired while NATS was out of reach: another node may
+                    // own the view now, so this copy follows it (or owns
+                    // it again if nobody took it).
+                    let view = owners.owned().remove(&hash).and_then(|o| o.view.upgrade());
+                    if let Some(v) = view {
+                        tracing::warn!(view = %v.id, "lost a view's lease; following its new owner");
+                        tokio::spawn(demote(owners.clone(), v, hash));
+                    }
                 }
                 Err(e) => tracing::debug!(view = %hash, error = %e, "renewing a view lease failed"),
             }
@@ -512,6 +518,55 @@ async fn renew(owners: ViewOwners, mut stopped: watch::Receiver<bool>) {
                 .delete_expect_revision(lease_key(&hash), Some(revision)),
         )
         .await;
+    }
+}
+
+/// Turns a view whose lease this node lost back into a follower of its
+/// new owner, or takes the lease again when nobody holds it.
+async fn demote(owners: ViewOwners, view: Arc<View>, hash: String) {
+    let bus = owners.shared.bus.clone();
+    let c = &bus.config;
+    let deadline = Instant::now() + Duration::from_millis(c.lease_ttl_ms + c.owner_wait_ms);
+    while Instant::now() < deadline && !view.is_closed() {
+        if let Ok(Some(revision)) = owners.take(&hash).await {
+            owners.owned().insert(
+                hash,
+                Owned {
+                    view: Arc::downgrade(&view),
+                    revision,
+                },
+            );
+            return;
+        }
+        let holder = bus.leases.get(lease_key(&hash)).await.ok().flatten();
+        if let Some(owner) = holder.map(|b| String::from_utf8_lossy(&b).into_owned()) {
+            let subject = format!("{}.{hash}", c.frames_subject);
+            if let Ok(frames) = bus.client.subscribe(subject).await {
+                if let Some((snapshot, history)) = owners.ask(&owner, &hash).await {
+                    let Some(engine) = owners.shared.engine.upgrade() else {
+                        return;
+                    };
+                    let _eval = view.lock_eval().await;
+                    engine.reload(&view, &snapshot, history);
+                    drop(_eval);
+                    let task = tokio::spawn(follow(
+                        owners.clone(),
+                        Arc::downgrade(&view),
+                        hash.clone(),
+                        frames,
+                    ));
+                    let f = Following {
+                        view: Arc::downgrade(&view),
+                        task,
+                    };
+                    if let Some(old) = owners.following().insert(hash, f) {
+                        old.task.abort();
+                    }
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -446,3 +446,86 @@ pub fn stats_to_pb(s: engine::EngineStats) -> pb::StatsResponse {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::{Ref, RowKey, Snapshot, Value, ViewDiff, WindowEdges};
+
+    fn round_trip(f: Arc<Frame>) {
+        let bytes = encoded_frame(&f);
+        let back = frame_from_encoded(bytes.clone()).unwrap();
+        assert_eq!(frame_to_pb(&back), frame_to_pb(&f));
+        assert_eq!(back.encoded.get(), Some(&bytes), "the bytes are kept");
+    }
+
+    #[test]
+    fn frames_read_back_as_they_were_encoded() {
+        let row = |t: &str| {
+            let mut f = engine::Fields::new();
+            f.insert("title".into(), Value::String(t.into()));
+            f.insert("n".into(), Value::Int(3));
+            Arc::new(f)
+        };
+        round_trip(Frame::new(
+            "g/abc".into(),
+            7,
+            4,
+            3,
+            FrameBody::Diff(ViewDiff {
+                refs: vec![
+                    Patch {
+                        op: Op::Add,
+                        path: "/0".into(),
+                        from: None,
+                        value: Some(Ref::new("tasks", "1").with_nested("p", Ref::new("p", "2"))),
+                    },
+                    Patch {
+                        op: Op::Move,
+                        path: "/2".into(),
+                        from: Some("/1".into()),
+                        value: None,
+                    },
+                ],
+                rows: vec![(RowKey::new("tasks", "1"), row("a"))],
+                patches: vec![(
+                    RowKey::new("tasks", "2"),
+                    vec![Patch {
+                        op: Op::Replace,
+                        path: "/title".into(),
+                        from: None,
+                        value: Some(Value::String("b".into())),
+                    }],
+                )],
+                total: Some(9),
+                window: Some(WindowEdges {
+                    has_before: true,
+                    has_after: false,
+                }),
+            }),
+        ));
+        round_trip(Frame::new(
+            "g/abc".into(),
+            7,
+            4,
+            0,
+            FrameBody::Snapshot(Snapshot {
+                graph: "g".into(),
+                params_hash: "abc".into(),
+                refs: Arc::new(vec![Ref::new("tasks", "1")]),
+                rows: vec![(RowKey::new("tasks", "1"), row("a"))],
+                total: None,
+                window: None,
+            }),
+        ));
+        round_trip(Frame::new(
+            "g/abc".into(),
+            7,
+            4,
+            0,
+            FrameBody::Error(engine::EngineError::Unavailable("down".into())),
+        ));
+    }
+}

@@ -93,6 +93,24 @@ pub struct ClusterConfig {
     /// published as "refresh every view" (NATS refuses messages over its
     /// `max_payload`, which lowers this limit further).
     pub max_batch_bytes: usize,
+    /// Evaluate each view on one node (its owner, by a lease) and send its
+    /// frames to the other nodes through JetStream, so every node shows
+    /// the same epochs and versions (default). Off: every node evaluates
+    /// the views its own clients hold.
+    pub view_owners: bool,
+    /// The JetStream stream keeping each owned view's latest frames.
+    pub frames_stream: String,
+    /// The subject prefix of views' frames (`<prefix>.<view hash>`).
+    pub frames_subject: String,
+    /// The subject prefix on which a node asks a view's owner for its
+    /// snapshot (`<prefix>.<owner node>.<view hash>`).
+    pub snapshot_subject: String,
+    /// How long the frames stream keeps a frame, in seconds.
+    pub frames_max_age_s: u64,
+    /// How long a node waits for a view's owner before failing a
+    /// subscribe, in milliseconds (added to `lease_ttl_ms`, so a dead
+    /// owner's lease can expire meanwhile).
+    pub owner_wait_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -108,6 +126,12 @@ impl Default for ClusterConfig {
             stream_max_age_s: 86_400,
             stream_max_bytes: 1 << 30,
             max_batch_bytes: 1 << 20,
+            view_owners: true,
+            frames_stream: "ARCANA_FRAMES".into(),
+            frames_subject: "arcana.frames".into(),
+            snapshot_subject: "arcana.snapshots".into(),
+            frames_max_age_s: 3600,
+            owner_wait_ms: 5000,
         }
     }
 }

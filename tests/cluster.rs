@@ -119,6 +119,16 @@ impl Cluster {
 
     /// Three nodes with `changes.mode = mode` and a lease TTL of `ttl_ms`.
     async fn start_with(mode: &str, ttl_ms: u64) -> Cluster {
+        Self::start_full(mode, ttl_ms, "").await
+    }
+
+    /// Three nodes evaluating each view on one node (`view_owners`).
+    async fn start_owners() -> Cluster {
+        Self::start_full("wal", 1500, "view_owners = true\n").await
+    }
+
+    /// Three nodes; `extra` is added to their `[cluster]` section.
+    async fn start_full(mode: &str, ttl_ms: u64, extra: &str) -> Cluster {
         let nats = Nats::start();
         let db_url = fresh_database().await;
         let slot = format!("slot_{:016x}", rand::random::<u64>());
@@ -130,7 +140,7 @@ impl Cluster {
             let id = format!("n{i}");
             let config = format!(
                 "{DEMO_CONFIG}\n[changes]\nmode = \"{mode}\"\nslot = \"{slot}\"\n\n\
-                 [cluster]\nnats_url = \"{}\"\nnode_id = \"{id}\"\nlease_ttl_ms = {ttl_ms}\n",
+                 [cluster]\nnats_url = \"{}\"\nnode_id = \"{id}\"\nlease_ttl_ms = {ttl_ms}\n{extra}",
                 nats.url()
             );
             let path = dir.join(format!("{id}.toml"));
@@ -737,4 +747,247 @@ async fn a_leader_that_stops_cleanly_hands_over_without_waiting_for_its_lease() 
     assert_ne!(next, leader);
     converge(&c, &mut subs).await;
     assert_eq!(c.slot_holders().await.len(), 1);
+}
+
+/// The evaluations each node's Stats count for the `acme` workspace.
+async fn evaluations(node: &NodeProc) -> u64 {
+    let ch = Channel::from_shared(node.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    ArcanaServiceClient::with_interceptor(ch, Bearer("dev-service".into()))
+        .stats(arcana::proto::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .evaluations
+}
+
+#[tokio::test]
+async fn with_view_owners_a_view_is_evaluated_on_one_node_and_every_node_shows_its_versions() {
+    let _g = serial().await;
+    let c = Cluster::start_owners().await;
+    c.leader().await;
+    let mut subs = Vec::new();
+    for n in &c.nodes {
+        subs.push(subscribe(n).await);
+    }
+    for i in 0..3 {
+        c.sql(&format!(
+            "UPDATE tasks SET title = 'Owned {i}' WHERE id = 2"
+        ))
+        .await;
+        converge(&c, &mut subs).await;
+    }
+    // Every node reaches the same epoch and version.
+    let (epoch, version) = {
+        let v = subs[0].0.view(&subs[0].1);
+        (v.epoch, v.version)
+    };
+    for (l, v) in subs.iter_mut() {
+        l.wait_until(v, |s| s.epoch == epoch && s.version >= version)
+            .await;
+        assert_eq!((l.view(v).epoch, l.view(v).version), (epoch, version));
+    }
+    // One node evaluated it: the first subscriber's, which owns it.
+    let mut counts = Vec::new();
+    for n in &c.nodes {
+        counts.push(evaluations(n).await);
+    }
+    assert!(counts[0] >= 1, "{counts:?}");
+    assert_eq!(
+        &counts[1..],
+        &[0, 0],
+        "followers evaluate nothing: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_view_owners_a_client_moving_to_another_node_catches_up() {
+    let _g = serial().await;
+    let c = Cluster::start_owners().await;
+    c.leader().await;
+    // The owner keeps the view alive; the client starts on a follower.
+    let mut keeper = subscribe(&c.nodes[0]).await;
+    let (away, view_id) = subscribe(&c.nodes[1]).await;
+    let before = away.view(&view_id).clone();
+    drop(away);
+    for i in 0..3 {
+        c.sql(&format!(
+            "UPDATE tasks SET title = 'Missed {i}' WHERE id = 3"
+        ))
+        .await;
+    }
+    converge(&c, std::slice::from_mut(&mut keeper)).await;
+    let target = keeper.0.view(&keeper.1).version;
+    assert!(target > before.version);
+    // Back on the third node, which has not seen the view yet.
+    let mut back = c.nodes[2].live("dev-alice").await;
+    let r = back
+        .resume(
+            &view_id,
+            &before,
+            "project_tasks",
+            params(&[("project_id", int(1))]),
+        )
+        .await;
+    let res = &r.results[0];
+    assert!(res.error.is_none(), "{res:?}");
+    assert_eq!(res.mode, arcana::proto::SyncMode::CatchUp as i32, "{res:?}");
+    assert_eq!(res.version, target);
+    back.wait_version(&view_id, target).await;
+    let expected = c.expected_titles().await;
+    assert_eq!(titles(back.view(&view_id)), expected);
+    // And it goes on receiving the owner's versions.
+    c.sql("UPDATE tasks SET title = 'After the move' WHERE id = 3")
+        .await;
+    let mut subs = vec![keeper, (back, view_id)];
+    converge(&c, &mut subs).await;
+}
+
+#[tokio::test]
+async fn with_view_owners_killing_the_owner_moves_the_view_without_a_gap() {
+    let _g = serial().await;
+    let mut c = Cluster::start_owners().await;
+    c.leader().await;
+    // Node 0 owns the view (first subscriber); nodes 1 and 2 follow it.
+    let _owner = subscribe(&c.nodes[0]).await;
+    let mut subs = vec![subscribe(&c.nodes[1]).await, subscribe(&c.nodes[2]).await];
+    c.sql("UPDATE tasks SET title = 'Before the kill' WHERE id = 1")
+        .await;
+    converge(&c, &mut subs).await;
+    let old_epoch = subs[0].0.view(&subs[0].1).epoch;
+    c.nodes[0].kill();
+    let killed = tokio::time::Instant::now();
+    for i in 0..6 {
+        c.sql(&format!(
+            "INSERT INTO tasks (workspace_id, project_id, title, position) VALUES ('acme', 1, 'Orphaned {i}', {})",
+            200 + i
+        ))
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Every frame applied cleanly (the client panics on a misapplied
+    // diff), and both converge to SQL in a new epoch from the new owner.
+    converge(&c, &mut subs).await;
+    assert!(killed.elapsed() < Duration::from_secs(15));
+    let (epoch, version) = {
+        let v = subs[0].0.view(&subs[0].1);
+        (v.epoch, v.version)
+    };
+    assert_ne!(epoch, old_epoch, "the new owner starts a new epoch");
+    let (l, v) = &mut subs[1];
+    l.wait_until(v, |s| s.epoch == epoch && s.version >= version)
+        .await;
+    c.sql("UPDATE tasks SET title = 'After the kill' WHERE id = 1")
+        .await;
+    converge(&c, &mut subs).await;
+    let mut counts = Vec::new();
+    for n in &c.nodes[1..] {
+        counts.push(evaluations(n).await);
+    }
+    assert_eq!(
+        counts.iter().filter(|&&n| n > 0).count(),
+        1,
+        "one survivor evaluates: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_view_owners_an_owner_that_stops_cleanly_hands_its_views_over() {
+    let _g = serial().await;
+    let mut c = Cluster::start_owners().await;
+    c.leader().await;
+    let _owner = subscribe(&c.nodes[0]).await;
+    let mut subs = vec![subscribe(&c.nodes[1]).await];
+    let old_epoch = subs[0].0.view(&subs[0].1).epoch;
+    // SIGTERM: the node stops within its grace and hands its leases back.
+    let n = &mut c.nodes[0];
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(n.child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while n.child.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the owner did not stop"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    n.alive = false;
+    c.sql("UPDATE tasks SET title = 'After the owner left' WHERE id = 4")
+        .await;
+    converge(&c, &mut subs).await;
+    assert_ne!(subs[0].0.view(&subs[0].1).epoch, old_epoch);
+}
+
+#[tokio::test]
+async fn with_view_owners_a_mutation_on_a_follower_replies_after_its_frames() {
+    let _g = serial().await;
+    let c = Cluster::start_owners().await;
+    c.leader().await;
+    let _owner = subscribe(&c.nodes[0]).await;
+    let (mut l, v) = subscribe(&c.nodes[1]).await;
+    for i in 0..3 {
+        let title = format!("Written on a follower {i}");
+        l.mutate(
+            "create_task",
+            params(&[("project_id", int(1)), ("title", text(&title))]),
+        )
+        .await
+        .unwrap();
+        // No wait: the frames came before the reply.
+        assert!(
+            titles(l.view(&v)).contains(&title),
+            "{:?}",
+            titles(l.view(&v))
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_view_owners_after_a_nats_outage_longer_than_the_lease_one_node_owns_each_view() {
+    let _g = serial().await;
+    let mut c = Cluster::start_owners().await;
+    c.leader().await;
+    let mut subs = Vec::new();
+    for n in &c.nodes {
+        subs.push(subscribe(n).await);
+    }
+    c.nats.stop();
+    // Every lease, the view's included, outlives its TTL unrenewed.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.sql("UPDATE tasks SET title = 'During the outage' WHERE id = 2")
+        .await;
+    c.nats.start_again();
+    c.leader().await;
+    converge(&c, &mut subs).await;
+    // Settled: one node evaluates the next write, and every node shows
+    // the same epoch and version.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut before = Vec::new();
+    for n in &c.nodes {
+        before.push(evaluations(n).await);
+    }
+    // An insert, which the update fast path cannot patch in.
+    c.sql(
+        "INSERT INTO tasks (workspace_id, project_id, title, position) VALUES ('acme', 1, 'After the outage', 400)",
+    )
+    .await;
+    converge(&c, &mut subs).await;
+    let (epoch, version) = {
+        let v = subs[0].0.view(&subs[0].1);
+        (v.epoch, v.version)
+    };
+    for (l, v) in subs.iter_mut() {
+        l.wait_until(v, |s| s.epoch == epoch && s.version >= version)
+            .await;
+    }
+    let mut grew = 0;
+    for (i, n) in c.nodes.iter().enumerate() {
+        if evaluations(n).await > before[i] {
+            grew += 1;
+        }
+    }
+    assert_eq!(grew, 1, "one node evaluated the write");
 }

@@ -54,6 +54,24 @@ pub fn validate(c: &ClusterConfig) -> Result<(), String> {
             c.changes_subject
         ));
     }
+    for (key, subject) in [
+        ("frames_subject", &c.frames_subject),
+        ("snapshot_subject", &c.snapshot_subject),
+    ] {
+        if subject.is_empty()
+            || subject.starts_with(&c.changes_subject)
+            || subject
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch == '*' || ch == '>')
+        {
+            return Err(format!(
+                "cluster.{key} `{subject}` must be a plain NATS subject (no spaces or wildcards) apart from cluster.changes_subject"
+            ));
+        }
+    }
+    if !token(&c.frames_stream) {
+        return Err("cluster.frames_stream must be non-empty letters, digits, `-` or `_`".into());
+    }
     if c.lease_ttl_ms < 300 {
         return Err(format!(
             "cluster.lease_ttl_ms is {}, but must be at least 300",
@@ -74,7 +92,10 @@ pub fn validate(c: &ClusterConfig) -> Result<(), String> {
 
 /// Creates the stream, or brings an existing one's limits in line with the
 /// config (a changed `lease_ttl_ms` must change the bucket's max age).
-async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<(), String> {
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    want: stream::Config,
+) -> Result<(), String> {
     let s = js
         .get_or_create_stream(want.clone())
         .await
@@ -218,6 +239,7 @@ mod tests {
         assert!(bad(|c| c.node_id = "a.b".into()).contains("cluster.node_id `a.b`"));
         assert!(bad(|c| c.changes_subject = "a.*".into()).contains("cluster.changes_subject"));
         assert!(bad(|c| c.lease_ttl_ms = 10).contains("cluster.lease_ttl_ms is 10"));
+        assert!(bad(|c| c.frames_subject = "a.>".into()).contains("cluster.frames_subject"));
         assert!(bad(|c| c.duplicate_window_ms = 10).contains("cluster.duplicate_window_ms"));
         assert!(
             bad(|c| c.stream_max_age_s = 60).contains("must not exceed cluster.stream_max_age_s")

@@ -7,7 +7,8 @@
 //! has stored it. Every node, the leader included, consumes the stream into
 //! its own engine (`consume.rs`), so a write reaches subscribers on every
 //! node. Mutations still invalidate locally at once; their changes arriving
-//! again from the stream only re-evaluate.
+//! again from the stream only re-evaluate. With `view_owners`, each view is
+//! evaluated on one node and followed on the others (`views.rs`).
 
 pub mod bus;
 pub mod consume;
@@ -15,6 +16,7 @@ pub mod demo;
 pub mod lease;
 pub mod publish;
 pub mod startup;
+pub mod views;
 pub mod wire;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,7 +56,16 @@ impl Node {
         let (stop, stopped) = watch::channel(false);
         let leader = Arc::new(AtomicBool::new(false));
         let consuming = Arc::new(AtomicBool::new(false));
-        let tasks = vec![
+        let mut tasks = Vec::new();
+        if config.view_owners {
+            let history = engine.config().history_len;
+            let (owners, t) =
+                views::ViewOwners::start(bus.clone(), engine.downgrade(), history, stopped.clone())
+                    .await?;
+            engine.set_owners(Arc::new(owners));
+            tasks.extend(t);
+        }
+        tasks.extend([
             tokio::spawn(consume::run(
                 bus.clone(),
                 engine,
@@ -63,7 +74,7 @@ impl Node {
                 stopped.clone(),
             )),
             tokio::spawn(lease::run(bus, source, leader.clone(), stopped)),
-        ];
+        ]);
         tracing::info!(node = %config.node_id, nats = %config.nats_url, "joined the cluster");
         Ok(Node {
             node_id: config.node_id.clone(),

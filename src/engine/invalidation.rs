@@ -196,6 +196,11 @@ fn schedule(
     }
 }
 
+/// Has `view` evaluated in the next round, whatever changed.
+pub(crate) fn refresh(inner: &Arc<Inner>, view: Arc<View>) {
+    schedule(inner, view, None, None);
+}
+
 /// Views whose evaluation is running, per graph. An evaluation that read
 /// the database before a patchable change became visible may bring in the
 /// changed row with its old values; such views get the patch too, applied

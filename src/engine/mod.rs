@@ -12,6 +12,7 @@ pub mod error;
 pub mod frame;
 pub mod identity;
 mod invalidation;
+pub mod owners;
 pub mod params;
 pub mod registry;
 pub mod result;
@@ -36,6 +37,7 @@ pub use error::{EngineError, EvalError, EvalErrorKind};
 pub use frame::{Frame, FrameBody, Snapshot, ViewDiff};
 pub use identity::{Identity, Scope};
 pub use invalidation::ChangeBatch;
+pub use owners::{Claim, Followed, Owners};
 pub use params::{ParamSchema, ParamSpec, ParamType, Params};
 pub use registry::{
     Change, Factory, FieldShape, GraphDef, MutationDef, MutationHandler, MutationOutput, Registry,
@@ -230,6 +232,8 @@ pub(crate) struct Inner {
     in_flight: invalidation::InFlight,
     /// Set by [`Engine::shutdown`].
     shutting_down: std::sync::atomic::AtomicBool,
+    /// View ownership across a cluster's nodes; unset on a standalone server.
+    owners: std::sync::OnceLock<Arc<dyn Owners>>,
 }
 
 /// The result of a subscribe.
@@ -375,6 +379,17 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// A handle on an engine that does not keep it alive.
+#[derive(Clone)]
+pub struct WeakEngine(std::sync::Weak<Inner>);
+
+impl WeakEngine {
+    /// The engine, while it lives.
+    pub fn upgrade(&self) -> Option<Engine> {
+        self.0.upgrade().map(|inner| Engine { inner })
+    }
+}
+
 impl Engine {
     /// Starts an engine with the given graphs and mutations. Must be called
     /// inside a Tokio runtime: it spawns the invalidation task, which ends
@@ -394,9 +409,15 @@ impl Engine {
             queues: Mutex::default(),
             in_flight: invalidation::InFlight::default(),
             shutting_down: Default::default(),
+            owners: Default::default(),
         });
         tokio::spawn(invalidation::run(Arc::downgrade(&inner), rx));
         Engine { inner }
+    }
+
+    /// A handle that does not keep the engine alive.
+    pub fn downgrade(&self) -> WeakEngine {
+        WeakEngine(Arc::downgrade(&self.inner))
     }
 
     /// The graphs and mutations.
@@ -452,15 +473,59 @@ impl Engine {
 
     fn release(&self, view: &Arc<View>, session_id: &str) {
         if view.detach(session_id, &self.inner.store) {
-            self.views().remove(view);
+            self.forget(view);
         }
     }
 
     /// Closes `view` if no session holds it.
     fn close_if_unused(&self, view: &Arc<View>) {
         if view.close_if_unused(&self.inner.store) {
-            self.views().remove(view);
+            self.forget(view);
         }
+    }
+
+    /// Drops a closed view from the index (and tells the cluster).
+    fn forget(&self, view: &Arc<View>) {
+        self.views().remove(view);
+        if let Some(o) = self.inner.owners.get() {
+            o.closed(view);
+        }
+    }
+
+    /// Makes this engine one node of a cluster that evaluates each view on
+    /// one node (see [`owners`]). Set once, before serving; false if set
+    /// already.
+    pub fn set_owners(&self, owners: Arc<dyn Owners>) -> bool {
+        self.inner.owners.set(owners).is_ok()
+    }
+
+    /// Applies an owner's frame to the follower `view` (see [`View::follow`]).
+    pub fn follow(&self, view: &View, frame: Arc<Frame>) -> Followed {
+        view.follow(
+            frame,
+            &self.inner.store,
+            &self.inner.stats,
+            self.inner.config.history_len,
+        )
+    }
+
+    /// Loads the owner's snapshot into the follower `view`; its subscribers
+    /// get it as a snapshot.
+    pub fn reload(&self, view: &View, snapshot: &Arc<Frame>, history: Vec<Arc<Frame>>) {
+        view.load(snapshot, history, &self.inner.store);
+    }
+
+    /// Makes this node the owner of the follower `view` (a new epoch) and
+    /// has it evaluated at once.
+    pub fn promote(&self, view: &Arc<View>) -> bool {
+        let Some(o) = self.inner.owners.get() else {
+            return false;
+        };
+        if !view.promote(o.clone()) {
+            return false;
+        }
+        invalidation::refresh(&self.inner, view.clone());
+        true
     }
 
     /// The checks every graph or mutation call passes: it exists, the caller
@@ -583,7 +648,7 @@ impl Engine {
                 let version = view.attach(session, reserved, |version| {
                     let s = Subscribed {
                         view_id: session.subscription_id(&view.id),
-                        epoch: view.epoch,
+                        epoch: view.epoch(),
                         version,
                         params_hash: view.params_hash.clone(),
                     };
@@ -645,6 +710,7 @@ impl Engine {
             &self.inner.store,
             &self.inner.stats,
             self.inner.config.history_len,
+            self.inner.owners.get(),
         )
         .await
     }
@@ -683,9 +749,9 @@ impl Engine {
             let version = old.version();
             return Ok(Reanchored {
                 view_id: id,
-                epoch: old.epoch,
+                epoch: old.epoch(),
                 version,
-                prev_epoch: old.epoch,
+                prev_epoch: old.epoch(),
                 prev_version: version,
             });
         }
@@ -723,7 +789,7 @@ impl Engine {
                 None => {
                     let (h, closed) = old.leave(session, &self.inner.store);
                     if closed {
-                        self.views().remove(&old);
+                        self.forget(&old);
                     }
                     held.insert(h)
                 }
@@ -786,7 +852,7 @@ impl Engine {
                     reserved,
                     |view, session, reserved| {
                         view.attach_sync(session, reserved, sv.epoch, sv.version)
-                            .map(|(m, v)| (m, view.epoch, v))
+                            .map(|(m, v)| (m, view.epoch(), v))
                     },
                 )
                 .await;
@@ -829,6 +895,17 @@ impl Engine {
         let out = m.handler.run(scope, params).await?;
         if !out.changes.is_empty() {
             self.notify(out.changes.clone()).await?;
+            if let Some(o) = self.inner.owners.get() {
+                let followed: Vec<Arc<View>> = self
+                    .views()
+                    .all()
+                    .filter(|v| v.is_follower())
+                    .cloned()
+                    .collect();
+                if !followed.is_empty() {
+                    o.written(out.changes.clone(), followed).await;
+                }
+            }
         }
         Ok(out)
     }

@@ -7,7 +7,8 @@
 //! results and queue frames, never across a database call.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
 
@@ -15,6 +16,7 @@ use super::diff::{diff_fields, diff_refs};
 use super::error::{EngineError, EvalError};
 use super::frame::{Frame, FrameBody, Snapshot, ViewDiff};
 use super::identity::Scope;
+use super::owners::{Claim, Followed, Owners};
 use super::params::Params;
 use super::registry::GraphDef;
 use super::result::{GraphResult, Ref, RowKey};
@@ -57,6 +59,9 @@ struct State {
     last_evaluated: Option<std::time::SystemTime>,
     /// Why the last evaluation failed; cleared by a good one.
     last_error: Option<String>,
+    /// Another node of the cluster evaluates the view; this copy applies
+    /// its frames.
+    follower: bool,
 }
 
 /// What a re-anchoring subscriber held of the view it left: enough to diff
@@ -117,8 +122,10 @@ pub struct View {
     pub id: Arc<str>,
     /// The canonical params hash.
     pub params_hash: Arc<str>,
-    /// Random per life of the view, so versions of an earlier life never match.
-    pub epoch: u64,
+    /// Random per life of the view, so versions of an earlier life never
+    /// match. A follower takes its owner's, and a new one when the owner
+    /// changes (see [`View::epoch`]).
+    epoch: AtomicU64,
     /// The graph definition.
     pub graph: Arc<GraphDef>,
     /// Validated params.
@@ -129,6 +136,9 @@ pub struct View {
     pub(crate) schedule: Mutex<super::invalidation::Schedule>,
     /// Itself, as the store records the views holding each row.
     me: Weak<View>,
+    /// Where an owned view of a cluster publishes its frames for the other
+    /// nodes; unset on a standalone server.
+    publisher: OnceLock<Arc<dyn Owners>>,
 }
 
 /// Whether an evaluation changed anything.
@@ -152,14 +162,20 @@ impl View {
             me: me.clone(),
             id: format!("{}/{}", graph.name, params_hash).into(),
             params_hash,
-            epoch: rand::random::<u64>() >> 11, // fits a JS number exactly
+            epoch: AtomicU64::new(new_epoch()),
             key,
             graph,
             params,
             eval: tokio::sync::Mutex::new(()),
             state: Mutex::new(State::default()),
             schedule: Mutex::default(),
+            publisher: OnceLock::new(),
         })
+    }
+
+    /// The view's current life.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -212,12 +228,25 @@ impl View {
         store: &Mutex<Store>,
         stats: &Stats,
         history: usize,
+        owners: Option<&Arc<dyn Owners>>,
     ) -> Result<(), EngineError> {
         let _eval = self.eval.lock().await;
         {
             let st = self.lock();
             if st.ready || st.closed {
                 return Ok(());
+            }
+        }
+        if let Some(o) = owners {
+            let me = self.me.upgrade().expect("a view in use is alive");
+            match o.claim(me).await? {
+                Claim::Own => {
+                    let _ = self.publisher.set(o.clone());
+                }
+                Claim::Follow { snapshot, history } => {
+                    self.load(&snapshot, history, store);
+                    return Ok(());
+                }
             }
         }
         self.run(store, stats, history).await.map(|_| ())
@@ -227,7 +256,7 @@ impl View {
     /// and is not closed.
     pub(crate) fn refreshable(&self) -> bool {
         let st = self.lock();
-        st.ready && !st.closed
+        st.ready && !st.closed && !st.follower
     }
 
     /// Serializes evaluations of this view; held from evaluation to apply.
@@ -255,13 +284,16 @@ impl View {
                 stats.feed.touch();
                 let frame = Frame::new(
                     self.id.clone(),
-                    self.epoch,
+                    self.epoch(),
                     st.version,
                     0,
                     FrameBody::Error(e),
                 );
                 for s in st.subscribers.values() {
                     s.push_frame(frame.clone());
+                }
+                if let Some(o) = self.publisher.get() {
+                    o.published(self, &frame);
                 }
                 Refresh::Failed
             }
@@ -382,7 +414,7 @@ impl View {
         st.version += 1;
         let frame = Frame::new(
             self.id.clone(),
-            self.epoch,
+            self.epoch(),
             st.version,
             st.version - 1,
             FrameBody::Diff(diff),
@@ -393,6 +425,9 @@ impl View {
         }
         for s in st.subscribers.values() {
             s.push_frame(frame.clone());
+        }
+        if let Some(o) = self.publisher.get() {
+            o.published(self, &frame);
         }
         stats.frames.add(st.subscribers.len() as u64);
         stats.feed.record(|| EventKind::Frame {
@@ -415,7 +450,7 @@ impl View {
         history: usize,
     ) -> Refresh {
         let mut st = self.lock();
-        if !st.ready || st.closed {
+        if !st.ready || st.closed || st.follower {
             return Refresh::Skipped;
         }
         let mut touched: BTreeMap<RowKey, Fields> = BTreeMap::new();
@@ -456,7 +491,7 @@ impl View {
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         Frame::new(
             self.id.clone(),
-            self.epoch,
+            self.epoch(),
             st.version,
             0,
             FrameBody::Snapshot(Snapshot {
@@ -506,7 +541,7 @@ impl View {
             return None;
         }
         let current = st.version;
-        let covered = epoch == self.epoch
+        let covered = epoch == self.epoch()
             && version <= current
             && (version == current
                 || st
@@ -565,7 +600,7 @@ impl View {
         let mut st = self.lock();
         st.subscribers.remove(&session.id);
         let held = Held {
-            epoch: self.epoch,
+            epoch: self.epoch(),
             version: st.version,
             refs: st.refs.clone(),
             rows: st.rows.clone(),
@@ -613,7 +648,7 @@ impl View {
             diff.patches.sort_by(|a, b| a.0.cmp(&b.0));
             let frame = Arc::new(Frame {
                 view_id: self.id.clone(),
-                epoch: self.epoch,
+                epoch: self.epoch(),
                 version: st.version,
                 prev_version: held.version,
                 prev_epoch: held.epoch,
@@ -629,7 +664,7 @@ impl View {
         }
         Some(super::Reanchored {
             view_id: id.clone(),
-            epoch: self.epoch,
+            epoch: self.epoch(),
             version: st.version,
             prev_epoch: held.epoch,
             prev_version,
@@ -678,6 +713,200 @@ impl View {
         st.history.clear();
     }
 
+    /// Whether another node evaluates this view and this copy follows it.
+    pub fn is_follower(&self) -> bool {
+        self.lock().follower
+    }
+
+    /// The owner's side of a follower's start: the current snapshot and the
+    /// diffs kept for catch-up, or `None` while this node does not evaluate
+    /// the view (not ready, closed, or itself a follower).
+    pub fn snapshot_with_history(&self) -> Option<(Arc<Frame>, Vec<Arc<Frame>>)> {
+        let st = self.lock();
+        if !st.ready || st.closed || st.follower {
+            return None;
+        }
+        Some((
+            self.snapshot_frame(&st),
+            st.history.iter().cloned().collect(),
+        ))
+    }
+
+    /// Makes this view a follower holding the owner's `snapshot`, with
+    /// `history` (the owner's diffs up to it) for catch-up. Subscribers it
+    /// already has get the snapshot: the owner, or its epoch, changed.
+    pub(crate) fn load(
+        &self,
+        snapshot: &Arc<Frame>,
+        history: Vec<Arc<Frame>>,
+        store: &Mutex<Store>,
+    ) {
+        let FrameBody::Snapshot(snap) = &snapshot.body else {
+            return;
+        };
+        let mut st = self.lock();
+        if st.closed {
+            return;
+        }
+        let ws = &self.key.scope.workspace_id;
+        let mut next: HashMap<RowKey, SharedFields> = HashMap::with_capacity(snap.rows.len());
+        {
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, fields) in &snap.rows {
+                let shared = match st.rows.get(k) {
+                    Some(old) if **old == **fields => old.clone(),
+                    Some(_) => store.update(ws, k, (**fields).clone()),
+                    None => store.acquire(ws, k, (**fields).clone(), &self.me),
+                };
+                next.insert(k.clone(), shared);
+            }
+            for k in st.rows.keys() {
+                if !next.contains_key(k) {
+                    store.release(ws, k, &self.me);
+                }
+            }
+        }
+        self.epoch.store(snapshot.epoch, Ordering::Relaxed);
+        st.follower = true;
+        st.ready = true;
+        st.version = snapshot.version;
+        st.refs = snap.refs.clone();
+        st.rows = next;
+        st.total = snap.total;
+        st.window = snap.window;
+        st.reach = None;
+        st.history = history
+            .into_iter()
+            .filter(|f| {
+                f.epoch == snapshot.epoch
+                    && f.version <= snapshot.version
+                    && matches!(f.body, FrameBody::Diff(_))
+            })
+            .collect();
+        if !st.subscribers.is_empty() {
+            let frame = self.snapshot_frame(&st);
+            for s in st.subscribers.values() {
+                s.push_frame(frame.clone());
+            }
+        }
+    }
+
+    /// Applies one of the owner's frames to a follower and hands it to the
+    /// subscribers, with the owner's epoch, version and encoding.
+    pub(crate) fn follow(
+        &self,
+        frame: Arc<Frame>,
+        store: &Mutex<Store>,
+        stats: &Stats,
+        history: usize,
+    ) -> Followed {
+        let mut st = self.lock();
+        if st.closed || !st.follower {
+            return Followed::Closed;
+        }
+        let diff = match &frame.body {
+            FrameBody::Snapshot(_) => {
+                drop(st);
+                self.load(&frame, Vec::new(), store);
+                return Followed::Applied;
+            }
+            _ if frame.epoch != self.epoch() => return Followed::Gap,
+            FrameBody::Error(_) => {
+                for s in st.subscribers.values() {
+                    s.push_frame(frame.clone());
+                }
+                return Followed::Applied;
+            }
+            FrameBody::Diff(d) => d,
+        };
+        if frame.version <= st.version {
+            return Followed::Stale;
+        }
+        if frame.prev_version != st.version {
+            return Followed::Gap;
+        }
+        let mut refs = (*st.refs).clone();
+        if super::diff::apply_refs(&mut refs, &diff.refs).is_err() {
+            return Followed::Gap;
+        }
+        let ws = self.key.scope.workspace_id.clone();
+        let mut rows = st.rows.clone();
+        {
+            let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, fields) in &diff.rows {
+                let shared = match rows.get(k) {
+                    Some(_) => store.update(&ws, k, (**fields).clone()),
+                    None => store.acquire(&ws, k, (**fields).clone(), &self.me),
+                };
+                rows.insert(k.clone(), shared);
+            }
+            for (k, ops) in &diff.patches {
+                let Some(old) = rows.get(k) else {
+                    continue;
+                };
+                let mut f = (**old).clone();
+                if super::diff::apply_fields(&mut f, ops).is_err() {
+                    continue;
+                }
+                let shared = store.update(&ws, k, f);
+                rows.insert(k.clone(), shared);
+            }
+            // Rows no ref reaches any more are let go, as the owner did.
+            let mut reached = std::collections::HashSet::new();
+            for r in &refs {
+                r.visit_keys(&mut |k| {
+                    reached.insert(k.clone());
+                });
+            }
+            rows.retain(|k, _| {
+                let keep = reached.contains(k);
+                if !keep {
+                    store.release(&ws, k, &self.me);
+                }
+                keep
+            });
+        }
+        st.refs = Arc::new(refs);
+        st.rows = rows;
+        if diff.total.is_some() {
+            st.total = diff.total;
+        }
+        if diff.window.is_some() {
+            st.window = diff.window;
+        }
+        st.version = frame.version;
+        st.history.push_back(frame.clone());
+        while st.history.len() > history {
+            st.history.pop_front();
+        }
+        for s in st.subscribers.values() {
+            s.push_frame(frame.clone());
+        }
+        stats.frames.add(st.subscribers.len() as u64);
+        Followed::Applied
+    }
+
+    /// Turns a follower into the view's owner, in a new epoch (the old
+    /// owner's last frames may not all have reached this node): subscribers
+    /// get a snapshot, and `owners` the frames from now on. The caller then
+    /// has the view evaluated. False when the view is not a follower.
+    pub(crate) fn promote(&self, owners: Arc<dyn Owners>) -> bool {
+        let mut st = self.lock();
+        if st.closed || !st.follower {
+            return false;
+        }
+        st.follower = false;
+        st.history.clear();
+        self.epoch.store(new_epoch(), Ordering::Relaxed);
+        let frame = self.snapshot_frame(&st);
+        for s in st.subscribers.values() {
+            s.push_frame(frame.clone());
+        }
+        let _ = self.publisher.set(owners.clone());
+        owners.published(self, &frame);
+        true
+    }
+
     /// A summary for stats.
     pub fn info(&self) -> ViewInfo {
         let st = self.lock();
@@ -695,4 +924,9 @@ impl View {
             last_error: st.last_error.clone(),
         }
     }
+}
+
+/// A random epoch that fits a JavaScript number exactly.
+fn new_epoch() -> u64 {
+    rand::random::<u64>() >> 11
 }

@@ -224,6 +224,102 @@ pub fn encoded_frame(f: &Frame) -> bytes::Bytes {
         .clone()
 }
 
+/// An encoded `ServerMessage` carrying a frame (as [`encoded_frame`] makes
+/// it) back to the engine's frame, keeping `bytes` as its encoding: a
+/// cluster node fans out the bytes its owner published.
+pub fn frame_from_encoded(bytes: bytes::Bytes) -> Result<Frame, String> {
+    use pb::view_frame::Body;
+    let msg = pb::ServerMessage::decode(bytes.clone()).map_err(|e| e.to_string())?;
+    let Some(pb::server_message::Kind::Frame(f)) = msg.kind else {
+        return Err("not a frame".into());
+    };
+    let row = |r: pb::Row| {
+        (
+            engine::RowKey::new(&r.table, &r.id),
+            std::sync::Arc::new(fields_from_pb(r.fields)),
+        )
+    };
+    let edges = |w: pb::WindowEdges| engine::WindowEdges {
+        has_before: w.has_before,
+        has_after: w.has_after,
+    };
+    let body = match f.body.ok_or("a frame without a body")? {
+        Body::Snapshot(s) => FrameBody::Snapshot(engine::Snapshot {
+            graph: s.graph.into(),
+            params_hash: s.params_hash.into(),
+            refs: std::sync::Arc::new(s.refs.into_iter().map(ref_from_pb).collect()),
+            rows: s.rows.into_iter().map(row).collect(),
+            total: s.total,
+            window: s.window.map(edges),
+        }),
+        Body::Diff(d) => FrameBody::Diff(engine::ViewDiff {
+            refs: d
+                .refs
+                .into_iter()
+                .map(|p| {
+                    Ok(Patch {
+                        op: op_from_pb(p.op)?,
+                        path: p.path,
+                        from: (!p.from.is_empty()).then_some(p.from),
+                        value: p.value.map(ref_from_pb),
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+            rows: d.rows.into_iter().map(row).collect(),
+            patches: d
+                .patches
+                .into_iter()
+                .map(|p| {
+                    let ops = p
+                        .ops
+                        .into_iter()
+                        .map(|o| {
+                            Ok(Patch {
+                                op: op_from_pb(o.op)?,
+                                path: o.path,
+                                from: None,
+                                value: o.value.map(value_from_pb),
+                            })
+                        })
+                        .collect::<Result<_, String>>()?;
+                    Ok((engine::RowKey::new(&p.table, &p.id), ops))
+                })
+                .collect::<Result<_, String>>()?,
+            total: d.total,
+            window: d.window.map(edges),
+        }),
+        Body::Error(e) => FrameBody::Error(error_from_pb(e.code, e.message)),
+    };
+    let out = Frame {
+        view_id: f.view_id.into(),
+        epoch: f.epoch,
+        version: f.version,
+        prev_version: f.prev_version,
+        prev_epoch: f.prev_epoch,
+        body,
+        encoded: std::sync::OnceLock::new(),
+    };
+    let _ = out.encoded.set(bytes);
+    Ok(out)
+}
+
+/// A view error frame's status back to the engine's error.
+fn error_from_pb(code: i32, message: String) -> engine::EngineError {
+    use engine::EngineError as E;
+    use tonic::Code;
+    match Code::from_i32(code) {
+        Code::InvalidArgument => E::InvalidArgument(message),
+        Code::NotFound => E::NotFound(message),
+        Code::PermissionDenied => E::PermissionDenied(message),
+        Code::ResourceExhausted => E::ResourceExhausted(message),
+        Code::AlreadyExists => E::AlreadyExists(message),
+        Code::FailedPrecondition => E::FailedPrecondition(message),
+        Code::Unavailable => E::Unavailable(message),
+        Code::DeadlineExceeded => E::DeadlineExceeded(message),
+        _ => E::Internal(message),
+    }
+}
+
 /// Encodes any `ServerMessage` kind.
 pub fn encode_message(kind: pb::server_message::Kind) -> bytes::Bytes {
     pb::ServerMessage { kind: Some(kind) }
@@ -348,5 +444,88 @@ pub fn stats_to_pb(s: engine::EngineStats) -> pb::StatsResponse {
                 refs: v.refs as u32,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::{Ref, RowKey, Snapshot, Value, ViewDiff, WindowEdges};
+
+    fn round_trip(f: Arc<Frame>) {
+        let bytes = encoded_frame(&f);
+        let back = frame_from_encoded(bytes.clone()).unwrap();
+        assert_eq!(frame_to_pb(&back), frame_to_pb(&f));
+        assert_eq!(back.encoded.get(), Some(&bytes), "the bytes are kept");
+    }
+
+    #[test]
+    fn frames_read_back_as_they_were_encoded() {
+        let row = |t: &str| {
+            let mut f = engine::Fields::new();
+            f.insert("title".into(), Value::String(t.into()));
+            f.insert("n".into(), Value::Int(3));
+            Arc::new(f)
+        };
+        round_trip(Frame::new(
+            "g/abc".into(),
+            7,
+            4,
+            3,
+            FrameBody::Diff(ViewDiff {
+                refs: vec![
+                    Patch {
+                        op: Op::Add,
+                        path: "/0".into(),
+                        from: None,
+                        value: Some(Ref::new("tasks", "1").with_nested("p", Ref::new("p", "2"))),
+                    },
+                    Patch {
+                        op: Op::Move,
+                        path: "/2".into(),
+                        from: Some("/1".into()),
+                        value: None,
+                    },
+                ],
+                rows: vec![(RowKey::new("tasks", "1"), row("a"))],
+                patches: vec![(
+                    RowKey::new("tasks", "2"),
+                    vec![Patch {
+                        op: Op::Replace,
+                        path: "/title".into(),
+                        from: None,
+                        value: Some(Value::String("b".into())),
+                    }],
+                )],
+                total: Some(9),
+                window: Some(WindowEdges {
+                    has_before: true,
+                    has_after: false,
+                }),
+            }),
+        ));
+        round_trip(Frame::new(
+            "g/abc".into(),
+            7,
+            4,
+            0,
+            FrameBody::Snapshot(Snapshot {
+                graph: "g".into(),
+                params_hash: "abc".into(),
+                refs: Arc::new(vec![Ref::new("tasks", "1")]),
+                rows: vec![(RowKey::new("tasks", "1"), row("a"))],
+                total: None,
+                window: None,
+            }),
+        ));
+        round_trip(Frame::new(
+            "g/abc".into(),
+            7,
+            4,
+            0,
+            FrameBody::Error(engine::EngineError::Unavailable("down".into())),
+        ));
     }
 }

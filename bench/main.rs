@@ -76,6 +76,10 @@ struct Cli {
     /// Override the number of writes.
     #[arg(long)]
     writes: Option<u64>,
+    /// Run the engine scenarios on a cluster of this many nodes (one
+    /// nats-server with JetStream, sessions spread over the nodes).
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +122,8 @@ struct Spec {
     eval_batch: usize,
     /// Whether the graph declares its shown columns patchable.
     patch: bool,
+    /// Cluster nodes (1: a standalone server).
+    nodes: usize,
 }
 
 fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
@@ -146,7 +152,12 @@ fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
     };
     Spec {
         scenario: name.into(),
-        variant: "optimized".into(),
+        variant: if cli.nodes > 1 {
+            format!("optimized, {} nodes", cli.nodes)
+        } else {
+            "optimized".into()
+        },
+        nodes: cli.nodes.max(1),
         subscribers: cli.subscribers.unwrap_or(subscribers),
         per_session: if name == "idle" { 10 } else { 1 },
         views: cli.views.unwrap_or(views),
@@ -403,10 +414,13 @@ type Metrics = BTreeMap<&'static str, f64>;
 async fn run_engine(bin: &Path, pg: &EmbeddedPostgres, s: &Spec) -> Metrics {
     let label = format!("{}/{}", s.scenario, s.variant);
     let (db, url) = create_database(pg, s).await;
-    let port = free_port();
-    let server = Server::arcana(bin, &config(s, port, &format!("slot_{db}")), &url, port).await;
+    let (nodes, _nats) = server::cluster(bin, s.nodes, &url, |port| {
+        config(s, port, &format!("slot_{db}"))
+    })
+    .await;
+    let server = server::Nodes(nodes);
     let base = server.usage();
-    let chans = channels(&server.addr, s.subscribers.max(1)).await;
+    let chans = server.channels(s.subscribers.max(1)).await;
     let setup = Instant::now();
     let crowd = crowd(&label, &chans, s.subscribers, s.per_session, s.views).await;
     let first_frame = crowd
@@ -441,7 +455,7 @@ async fn run_engine(bin: &Path, pg: &EmbeddedPostgres, s: &Spec) -> Metrics {
         return m;
     }
 
-    let st0 = engine_stats(&chans[0]).await;
+    let st0 = server.stats().await;
     let (frames0, msgs0, bytes0) = (
         crowd.frames(),
         crowd.counters.messages.load(Ordering::Relaxed),
@@ -495,7 +509,7 @@ async fn run_engine(bin: &Path, pg: &EmbeddedPostgres, s: &Spec) -> Metrics {
     }
     let end = Instant::now();
     let used: Usage = server.usage();
-    let st1 = engine_stats(&chans[0]).await;
+    let st1 = server.stats().await;
     let elapsed = end.duration_since(start).as_secs_f64();
     let frames = crowd.frames() - frames0;
     let msgs = crowd.counters.messages.load(Ordering::Relaxed) - msgs0;

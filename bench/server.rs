@@ -125,3 +125,145 @@ impl Drop for Server {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A nats-server with JetStream for a cluster run, killed on drop.
+pub struct Nats {
+    child: Child,
+    dir: PathBuf,
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Nats {
+    /// Starts one (installed by `scripts/nats.sh` when missing).
+    pub async fn start() -> Nats {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nats.sh");
+        let out = Command::new("bash")
+            .args([script, "install"])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/nats.sh");
+        let bin = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("nats-server")
+            .trim()
+            .to_owned();
+        let port = free_port();
+        let dir = Server::scratch_dir();
+        let child = Command::new(&bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
+        for _ in 0..500 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Nats {
+            child,
+            dir,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+/// `n` servers on `database_url`: one standalone server when `n` is 1, else
+/// a cluster of `n` nodes over a nats-server of their own. `config` gives
+/// the config for a listen port; the `[cluster]` section is added to it.
+pub async fn cluster(
+    bin: &Path,
+    n: usize,
+    database_url: &str,
+    config: impl Fn(u16) -> String,
+) -> (Vec<Server>, Option<Nats>) {
+    if n <= 1 {
+        let port = free_port();
+        return (
+            vec![Server::arcana(bin, &config(port), database_url, port).await],
+            None,
+        );
+    }
+    let nats = Nats::start().await;
+    let mut nodes = Vec::with_capacity(n);
+    for i in 0..n {
+        let port = free_port();
+        let cfg = format!(
+            "{}\n[cluster]\nnats_url = \"{}\"\nnode_id = \"bench-{i}\"\n",
+            config(port),
+            nats.url
+        );
+        nodes.push(Server::arcana(bin, &cfg, database_url, port).await);
+    }
+    (nodes, Some(nats))
+}
+
+/// The servers of a run, seen together.
+pub struct Nodes(pub Vec<Server>);
+
+impl Nodes {
+    /// CPU and memory summed over the nodes.
+    pub fn usage(&self) -> Usage {
+        self.0.iter().map(Server::usage).fold(
+            Usage {
+                cpu_s: 0.0,
+                rss: 0,
+                peak_rss: 0,
+            },
+            |a, u| Usage {
+                cpu_s: a.cpu_s + u.cpu_s,
+                rss: a.rss + u.rss,
+                peak_rss: a.peak_rss + u.peak_rss,
+            },
+        )
+    }
+
+    /// Connections for `sessions` sessions, spread over the nodes in turn.
+    pub async fn channels(&self, sessions: usize) -> Vec<tonic::transport::Channel> {
+        let mut out = Vec::new();
+        for k in 0..sessions.div_ceil(super::SESSIONS_PER_CONNECTION) {
+            let addr = &self.0[k % self.0.len()].addr;
+            out.push(
+                tonic::transport::Channel::from_shared(addr.clone())
+                    .expect("address")
+                    .connect()
+                    .await
+                    .expect("connect"),
+            );
+        }
+        out
+    }
+
+    /// The engine counters summed over the nodes.
+    pub async fn stats(&self) -> arcana::proto::StatsResponse {
+        let mut sum = arcana::proto::StatsResponse::default();
+        for s in &self.0 {
+            let ch = tonic::transport::Channel::from_shared(s.addr.clone())
+                .expect("address")
+                .connect()
+                .await
+                .expect("connect");
+            let st = super::engine_stats(&ch).await;
+            sum.evaluations += st.evaluations;
+            sum.evaluation_rounds += st.evaluation_rounds;
+            sum.patches += st.patches;
+            sum.frames_sent += st.frames_sent;
+        }
+        sum
+    }
+}

@@ -38,8 +38,14 @@ pub struct TableSpec {
     pub key: Vec<(String, String)>,
     /// The travelling columns (key and scope columns always travel).
     pub columns: Vec<ColumnSpec>,
-    /// Workspace or user.
+    /// Workspace, user or SQL buckets.
     pub scope: ScopeKind,
+    /// What scope names of this table begin with: `workspace:`, `user:` or
+    /// `<scope_name>:`.
+    pub prefix: String,
+    /// For SQL buckets: the caller's bucket ids as text, `$1` the user id
+    /// and `$2` the workspace id.
+    pub scopes_sql: Option<String>,
     /// The scope column.
     pub scope_column: String,
     /// Who may push.
@@ -82,7 +88,7 @@ impl TableSpec {
 
     /// The scope id (the wire's scope string) for a scope column value.
     pub fn scope_of(&self, id: &str) -> String {
-        scope_name(self.scope, id)
+        format!("{}{id}", self.prefix)
     }
 
     /// The wire description of this table.
@@ -113,14 +119,6 @@ impl TableSpec {
             } as i32,
             clock_skew_ms: self.clock_skew_ms,
         }
-    }
-}
-
-/// The wire name of a scope: `workspace:<id>` or `user:<id>`.
-pub fn scope_name(kind: ScopeKind, id: &str) -> String {
-    match kind {
-        ScopeKind::Workspace => format!("workspace:{id}"),
-        ScopeKind::User => format!("user:{id}"),
     }
 }
 
@@ -186,6 +184,37 @@ async fn resolve_one(
         .map(|r| (r.get(0), r.get(1), !r.get::<_, bool>(2)))
         .collect();
     let scope_column = t.scope_column();
+    let (prefix, scopes_sql) = match t.scope {
+        ScopeKind::Workspace => ("workspace:".to_owned(), None),
+        ScopeKind::User => ("user:".to_owned(), None),
+        ScopeKind::Sql => {
+            if t.scope_column.is_none() {
+                return Err(
+                    "scope = \"sql\" needs scope_column (the column holding the row's bucket id)"
+                        .into(),
+                );
+            }
+            let Some(sql) = &t.scopes_sql else {
+                return Err(
+                    "scope = \"sql\" needs scopes_sql (the query listing a caller's bucket ids)"
+                        .into(),
+                );
+            };
+            let name = t.scope_name.clone().unwrap_or_else(|| t.table.clone());
+            if name.is_empty() || name.contains(':') || name == "workspace" || name == "user" {
+                return Err(format!(
+                    "scope_name `{name}` must be non-empty, hold no `:` and not be `workspace` or `user`"
+                ));
+            }
+            let prepared = super::scopes::prepare(client, sql)
+                .await
+                .map_err(|e| format!("scopes_sql: {e}"))?;
+            (format!("{name}:"), Some(prepared))
+        }
+    };
+    if t.scope != ScopeKind::Sql && (t.scopes_sql.is_some() || t.scope_name.is_some()) {
+        return Err("scopes_sql and scope_name belong to scope = \"sql\"".into());
+    }
     let mut wanted: Vec<String> = if t.columns.is_empty() {
         all.iter().map(|c| c.0.clone()).collect()
     } else {
@@ -261,6 +290,8 @@ async fn resolve_one(
         key: key_typed,
         columns,
         scope: t.scope,
+        prefix,
+        scopes_sql,
         scope_column,
         push: t.push,
         owner_column: t.owner_column.clone(),

@@ -1160,20 +1160,20 @@ async fn every_change_of_a_transaction_is_sequenced_once_however_it_commits() {
 }
 
 const TEAM_SCHEMA: &str = r#"
-CREATE TABLE memberships (
+CREATE TABLE team_members (
     user_id      text NOT NULL,
     workspace_id text NOT NULL,
     team_id      int NOT NULL,
     PRIMARY KEY (user_id, workspace_id, team_id)
 );
-CREATE TABLE tasks (
+CREATE TABLE team_tasks (
     id      text PRIMARY KEY,
     team_id int NOT NULL,
     title   text NOT NULL
 );
-INSERT INTO memberships VALUES ('alice', 'acme', 1), ('alice', 'acme', 3), ('bob', 'acme', 2);
-GRANT SELECT ON memberships TO arcana_eval;
-GRANT SELECT, INSERT, UPDATE, DELETE ON tasks TO arcana_eval;
+INSERT INTO team_members VALUES ('alice', 'acme', 1), ('alice', 'acme', 3), ('bob', 'acme', 2);
+GRANT SELECT ON team_members TO arcana_eval;
+GRANT SELECT, INSERT, UPDATE, DELETE ON team_tasks TO arcana_eval;
 "#;
 
 const TEAM_CONFIG: &str = r#"
@@ -1181,11 +1181,11 @@ const TEAM_CONFIG: &str = r#"
 retention_interval_ms = 100
 
 [[offline.tables]]
-table = "tasks"
+table = "team_tasks"
 scope = "sql"
 scope_column = "team_id"
 scope_name = "team"
-scopes_sql = "SELECT team_id FROM memberships WHERE user_id = :user_id AND workspace_id = :workspace_id"
+scopes_sql = "SELECT team_id FROM team_members WHERE user_id = :user_id AND workspace_id = :workspace_id"
 "#;
 
 async fn team_harness() -> Harness {
@@ -1194,7 +1194,7 @@ async fn team_harness() -> Harness {
 
 fn task(op: IntentOp, id: &str, team: i64, title: &str, base: u64) -> pb::RowIntent {
     intent(
-        "tasks",
+        "team_tasks",
         op,
         &[
             ("id", text(id)),
@@ -1225,7 +1225,7 @@ async fn registered_scopes(h: &Harness, token: &str, client_id: &str) -> Vec<Str
 #[tokio::test]
 async fn sql_buckets_give_each_user_only_their_teams_rows() {
     let h = team_harness().await;
-    h.sql("INSERT INTO tasks VALUES ('t1', 1, 'team one'), ('t2', 2, 'team two secret'), ('t3', 3, 'team three')")
+    h.sql("INSERT INTO team_tasks VALUES ('t1', 1, 'team one'), ('t2', 2, 'team two secret'), ('t3', 3, 'team three')")
         .await;
     assert_eq!(
         registered_scopes(&h, "dev-alice", "a").await,
@@ -1236,11 +1236,16 @@ async fn sql_buckets_give_each_user_only_their_teams_rows() {
     let mut b = Device::new(&h, "dev-bob", "b").await;
     a.pull().await.unwrap();
     b.pull().await.unwrap();
-    let ids = |d: &Device| d.column("tasks", "title").into_keys().collect::<Vec<_>>();
+    let ids = |d: &Device| {
+        d.column("team_tasks", "title")
+            .into_keys()
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&a), ["t1", "t3"]);
     assert_eq!(ids(&b), ["t2"]);
     // The log buckets later writes the same way.
-    h.sql("INSERT INTO tasks VALUES ('t4', 2, 'later')").await;
+    h.sql("INSERT INTO team_tasks VALUES ('t4', 2, 'later')")
+        .await;
     a.pull().await.unwrap();
     b.pull().await.unwrap();
     assert_eq!(ids(&a), ["t1", "t3"]);
@@ -1265,7 +1270,7 @@ async fn sql_buckets_give_each_user_only_their_teams_rows() {
 #[tokio::test]
 async fn a_membership_added_by_sql_counts_on_the_next_call_and_a_lost_one_ends_the_follow() {
     let h = team_harness().await;
-    h.sql("INSERT INTO tasks VALUES ('t2', 2, 'team two')")
+    h.sql("INSERT INTO team_tasks VALUES ('t2', 2, 'team two')")
         .await;
     let mut a = Device::new(&h, "dev-alice", "a").await;
     let snapshot_team2 = |c: &mut OfflineClient| {
@@ -1283,7 +1288,7 @@ async fn a_membership_added_by_sql_counts_on_the_next_call_and_a_lost_one_ends_t
         snapshot_team2(&mut a.client).await.unwrap_err().code(),
         Code::PermissionDenied
     );
-    h.sql("INSERT INTO memberships VALUES ('alice', 'acme', 2)")
+    h.sql("INSERT INTO team_members VALUES ('alice', 'acme', 2)")
         .await;
     assert_eq!(
         registered_scopes(&h, "dev-alice", "a").await,
@@ -1296,7 +1301,7 @@ async fn a_membership_added_by_sql_counts_on_the_next_call_and_a_lost_one_ends_t
     }
     assert_eq!(rows, [("t2".to_owned(), "team:2".to_owned())]);
     a.snapshot().await.unwrap();
-    assert_eq!(a.version("tasks", "t2"), 1);
+    assert_eq!(a.version("team_tasks", "t2"), 1);
     // A follow of team 2 ends with PERMISSION_DENIED once alice leaves it.
     let mut f = a
         .client
@@ -1310,9 +1315,9 @@ async fn a_membership_added_by_sql_counts_on_the_next_call_and_a_lost_one_ends_t
         .unwrap()
         .into_inner();
     f.next().await.unwrap().unwrap();
-    h.sql("DELETE FROM memberships WHERE user_id = 'alice' AND team_id = 2")
+    h.sql("DELETE FROM team_members WHERE user_id = 'alice' AND team_id = 2")
         .await;
-    h.sql("UPDATE tasks SET title = 'after she left' WHERE id = 't2'")
+    h.sql("UPDATE team_tasks SET title = 'after she left' WHERE id = 't2'")
         .await;
     let end = tokio::time::timeout(WAIT, f.next()).await.unwrap();
     let e = end.unwrap().unwrap_err();
@@ -1327,15 +1332,15 @@ async fn a_membership_added_by_sql_counts_on_the_next_call_and_a_lost_one_ends_t
 #[tokio::test]
 async fn a_push_touching_another_teams_row_is_refused_whole() {
     let h = team_harness().await;
-    h.sql("INSERT INTO tasks VALUES ('t1', 1, 'one'), ('t2', 2, 'team two secret')")
+    h.sql("INSERT INTO team_tasks VALUES ('t1', 1, 'one'), ('t2', 2, 'team two secret')")
         .await;
     let mut a = Device::new(&h, "dev-alice", "a").await;
-    let before = server_column(&h, "tasks", "team_id || ':' || title", "true").await;
+    let before = server_column(&h, "team_tasks", "team_id || ':' || title", "true").await;
     for bad in [
         // Another team's row, its bucket before the write.
         task(IntentOp::Update, "t2", 2, "mine now", 1),
         task(IntentOp::Update, "t2", 1, "moved to mine", 1),
-        intent("tasks", IntentOp::Delete, &[("id", text("t2"))], 1),
+        intent("team_tasks", IntentOp::Delete, &[("id", text("t2"))], 1),
         // Into another team, its bucket after the write.
         task(IntentOp::Insert, "x", 2, "new", 0),
         task(IntentOp::Update, "t1", 2, "given away", 1),
@@ -1347,14 +1352,14 @@ async fn a_push_touching_another_teams_row_is_refused_whole() {
         assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
         assert!(!e.message().contains("secret"), "{}", e.message());
         assert_eq!(
-            server_column(&h, "tasks", "team_id || ':' || title", "true").await,
+            server_column(&h, "team_tasks", "team_id || ':' || title", "true").await,
             before
         );
     }
     // An insert must say which team it goes to.
     let e = a
         .push(vec![intent(
-            "tasks",
+            "team_tasks",
             IntentOp::Insert,
             &[("id", text("y")), ("title", text("t"))],
             0,
@@ -1371,9 +1376,9 @@ async fn a_push_touching_another_teams_row_is_refused_whole() {
     assert!(r.applied);
     assert_eq!(r.results[0].version, 3);
     a.pull().await.unwrap();
-    assert_eq!(a.version("tasks", "t1"), 3);
+    assert_eq!(a.version("team_tasks", "t1"), 3);
     assert_eq!(
-        a.column("tasks", "team_id").get("t1"),
+        a.column("team_tasks", "team_id").get("t1"),
         Some(&Some("3".to_owned()))
     );
 }
@@ -1393,7 +1398,7 @@ async fn a_broken_scopes_sql_stops_startup_with_the_databases_words() {
         panic!("started with a broken scopes_sql")
     };
     assert!(
-        e.contains("offline.tables `tasks`")
+        e.contains("offline.tables `team_tasks`")
             && e.contains("scopes_sql")
             && e.contains("column \"team_ident\" does not exist"),
         "{e}"

@@ -1410,4 +1410,20 @@ async fn a_broken_scopes_sql_stops_startup_with_the_databases_words() {
         panic!("started without scopes_sql")
     };
     assert!(e.contains("needs scopes_sql"), "{e}");
+    // Two tables sharing a scope name must share its query.
+    let config = format!(
+        "{}\n{TEAM_CONFIG}\n[[offline.tables]]\ntable = \"team_members\"\nscope = \"sql\"\n\
+         scope_column = \"team_id\"\nscope_name = \"team\"\nscopes_sql = \"SELECT 1\"\n",
+        arcana::app::DEMO_CONFIG
+    );
+    let mut config = arcana::config::Config::parse(&config).unwrap();
+    config.changes.mode = arcana::config::ChangeMode::None;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Err(e) = arcana::app::App::start(&config, &db_url, listener).await else {
+        panic!("started with two queries for one scope name")
+    };
+    assert!(
+        e.contains("shares scope_name `team` with table `team_tasks`"),
+        "{e}"
+    );
 }

@@ -117,10 +117,14 @@ pub async fn scopes_on<C: deadpool_postgres::GenericClient>(
     id: &Identity,
 ) -> Result<Vec<String>, Status> {
     let mut s = Vec::new();
+    let mut asked: Vec<&str> = Vec::new();
     for t in &o.inner.tables {
         match (token_scope_id(t, id), &t.scopes_sql) {
             (Some(mine), _) => s.push(t.scope_of(mine)),
+            // Tables sharing a scope name share its query: ask it once.
+            (None, Some(_)) if asked.contains(&t.prefix.as_str()) => {}
             (None, Some(sql)) => {
+                asked.push(&t.prefix);
                 let stmt = c
                     .prepare_typed_cached(sql, &[Type::TEXT, Type::TEXT])
                     .await

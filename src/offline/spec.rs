@@ -136,11 +136,23 @@ pub async fn resolve(
                 t.table
             ));
         }
-        out.push(
-            resolve_one(client, t)
-                .await
-                .map_err(|e| format!("offline.tables `{}`: {e}", t.table))?,
-        );
+        let spec = resolve_one(client, t)
+            .await
+            .map_err(|e| format!("offline.tables `{}`: {e}", t.table))?;
+        // Tables sharing SQL buckets must agree on who holds them, or one
+        // table's query would open the other's rows.
+        if let Some(other) = out
+            .iter()
+            .find(|o: &&TableSpec| o.prefix == spec.prefix && o.scopes_sql != spec.scopes_sql)
+        {
+            return Err(format!(
+                "offline.tables `{}`: it shares scope_name `{}` with table `{}` but not its scopes_sql: give both the same query or different scope names",
+                t.table,
+                spec.prefix.trim_end_matches(':'),
+                other.name
+            ));
+        }
+        out.push(spec);
     }
     Ok(out)
 }

@@ -1158,3 +1158,272 @@ async fn every_change_of_a_transaction_is_sequenced_once_however_it_commits() {
         0
     );
 }
+
+const TEAM_SCHEMA: &str = r#"
+CREATE TABLE team_members (
+    user_id      text NOT NULL,
+    workspace_id text NOT NULL,
+    team_id      int NOT NULL,
+    PRIMARY KEY (user_id, workspace_id, team_id)
+);
+CREATE TABLE team_tasks (
+    id      text PRIMARY KEY,
+    team_id int NOT NULL,
+    title   text NOT NULL
+);
+INSERT INTO team_members VALUES ('alice', 'acme', 1), ('alice', 'acme', 3), ('bob', 'acme', 2);
+GRANT SELECT ON team_members TO arcana_eval;
+GRANT SELECT, INSERT, UPDATE, DELETE ON team_tasks TO arcana_eval;
+"#;
+
+const TEAM_CONFIG: &str = r#"
+[offline]
+retention_interval_ms = 100
+
+[[offline.tables]]
+table = "team_tasks"
+scope = "sql"
+scope_column = "team_id"
+scope_name = "team"
+scopes_sql = "SELECT team_id FROM team_members WHERE user_id = :user_id AND workspace_id = :workspace_id"
+"#;
+
+async fn team_harness() -> Harness {
+    Harness::with_extra(TEAM_SCHEMA, TEAM_CONFIG, |_| {}).await
+}
+
+fn task(op: IntentOp, id: &str, team: i64, title: &str, base: u64) -> pb::RowIntent {
+    intent(
+        "team_tasks",
+        op,
+        &[
+            ("id", text(id)),
+            ("team_id", int(team)),
+            ("title", text(title)),
+        ],
+        base,
+    )
+}
+
+async fn registered_scopes(h: &Harness, token: &str, client_id: &str) -> Vec<String> {
+    offline_client(h, token)
+        .await
+        .register_client(pb::RegisterClientRequest {
+            client_id: client_id.into(),
+            platform: "test".into(),
+            app_version: "1.0.0".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .scopes
+        .into_iter()
+        .map(|s| s.scope)
+        .collect()
+}
+
+#[tokio::test]
+async fn sql_buckets_give_each_user_only_their_teams_rows() {
+    let h = team_harness().await;
+    h.sql("INSERT INTO team_tasks VALUES ('t1', 1, 'team one'), ('t2', 2, 'team two secret'), ('t3', 3, 'team three')")
+        .await;
+    assert_eq!(
+        registered_scopes(&h, "dev-alice", "a").await,
+        ["team:1", "team:3"]
+    );
+    assert_eq!(registered_scopes(&h, "dev-bob", "b").await, ["team:2"]);
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let mut b = Device::new(&h, "dev-bob", "b").await;
+    a.pull().await.unwrap();
+    b.pull().await.unwrap();
+    let ids = |d: &Device| {
+        d.column("team_tasks", "title")
+            .into_keys()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&a), ["t1", "t3"]);
+    assert_eq!(ids(&b), ["t2"]);
+    // The log buckets later writes the same way.
+    h.sql("INSERT INTO team_tasks VALUES ('t4', 2, 'later')")
+        .await;
+    a.pull().await.unwrap();
+    b.pull().await.unwrap();
+    assert_eq!(ids(&a), ["t1", "t3"]);
+    assert_eq!(ids(&b), ["t2", "t4"]);
+    // Another team by name is refused, naming none of its data.
+    let e = a
+        .client
+        .pull(pb::PullRequest {
+            client_id: "a".into(),
+            after: vec![pb::ScopeSequence {
+                scope: "team:2".into(),
+                sequence: 0,
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    assert!(!e.message().contains("secret"), "{}", e.message());
+}
+
+#[tokio::test]
+async fn a_membership_added_by_sql_counts_on_the_next_call_and_a_lost_one_ends_the_follow() {
+    let h = team_harness().await;
+    h.sql("INSERT INTO team_tasks VALUES ('t2', 2, 'team two')")
+        .await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let snapshot_team2 = |c: &mut OfflineClient| {
+        let mut c = c.clone();
+        async move {
+            c.snapshot(pb::SnapshotRequest {
+                client_id: "a".into(),
+                scopes: vec!["team:2".into()],
+                cursor: String::new(),
+            })
+            .await
+        }
+    };
+    assert_eq!(
+        snapshot_team2(&mut a.client).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    h.sql("INSERT INTO team_members VALUES ('alice', 'acme', 2)")
+        .await;
+    assert_eq!(
+        registered_scopes(&h, "dev-alice", "a").await,
+        ["team:1", "team:2", "team:3"]
+    );
+    let mut s = snapshot_team2(&mut a.client).await.unwrap().into_inner();
+    let mut rows = Vec::new();
+    while let Some(c) = s.next().await {
+        rows.extend(c.unwrap().rows.into_iter().map(|r| (r.id, r.scope)));
+    }
+    assert_eq!(rows, [("t2".to_owned(), "team:2".to_owned())]);
+    a.snapshot().await.unwrap();
+    assert_eq!(a.version("team_tasks", "t2"), 1);
+    // A follow of team 2 ends with PERMISSION_DENIED once alice leaves it.
+    let mut f = a
+        .client
+        .pull(pb::PullRequest {
+            client_id: "a".into(),
+            after: a.after(),
+            follow: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    f.next().await.unwrap().unwrap();
+    h.sql("DELETE FROM team_members WHERE user_id = 'alice' AND team_id = 2")
+        .await;
+    h.sql("UPDATE team_tasks SET title = 'after she left' WHERE id = 't2'")
+        .await;
+    let end = tokio::time::timeout(WAIT, f.next()).await.unwrap();
+    let e = end.unwrap().unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    assert!(!e.message().contains("after she left"), "{}", e.message());
+    assert!(tokio::time::timeout(WAIT, f.next())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn a_push_touching_another_teams_row_is_refused_whole() {
+    let h = team_harness().await;
+    h.sql("INSERT INTO team_tasks VALUES ('t1', 1, 'one'), ('t2', 2, 'team two secret')")
+        .await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let before = server_column(&h, "team_tasks", "team_id || ':' || title", "true").await;
+    for bad in [
+        // Another team's row, its bucket before the write.
+        task(IntentOp::Update, "t2", 2, "mine now", 1),
+        task(IntentOp::Update, "t2", 1, "moved to mine", 1),
+        intent("team_tasks", IntentOp::Delete, &[("id", text("t2"))], 1),
+        // Into another team, its bucket after the write.
+        task(IntentOp::Insert, "x", 2, "new", 0),
+        task(IntentOp::Update, "t1", 2, "given away", 1),
+    ] {
+        let e = a
+            .push(vec![task(IntentOp::Insert, "ok", 1, "fine", 0), bad])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+        assert!(!e.message().contains("secret"), "{}", e.message());
+        assert_eq!(
+            server_column(&h, "team_tasks", "team_id || ':' || title", "true").await,
+            before
+        );
+    }
+    // An insert must say which team it goes to.
+    let e = a
+        .push(vec![intent(
+            "team_tasks",
+            IntentOp::Insert,
+            &[("id", text("y")), ("title", text("t"))],
+            0,
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    // Moving a row between two of one's own teams is a write like any
+    // other; the log bumps its version twice (out of one, into the other).
+    let r = a
+        .push(vec![task(IntentOp::Update, "t1", 3, "moved", 1)])
+        .await
+        .unwrap();
+    assert!(r.applied);
+    assert_eq!(r.results[0].version, 3);
+    a.pull().await.unwrap();
+    assert_eq!(a.version("team_tasks", "t1"), 3);
+    assert_eq!(
+        a.column("team_tasks", "team_id").get("t1"),
+        Some(&Some("3".to_owned()))
+    );
+}
+
+#[tokio::test]
+async fn a_broken_scopes_sql_stops_startup_with_the_databases_words() {
+    let db_url = fresh_database().await;
+    arcana::postgres::execute_script(&db_url, TEAM_SCHEMA)
+        .await
+        .unwrap();
+    let config = TEAM_CONFIG.replace("SELECT team_id FROM", "SELECT team_ident FROM");
+    let mut config =
+        arcana::config::Config::parse(&format!("{}\n{config}", arcana::app::DEMO_CONFIG)).unwrap();
+    config.changes.mode = arcana::config::ChangeMode::None;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Err(e) = arcana::app::App::start(&config, &db_url, listener).await else {
+        panic!("started with a broken scopes_sql")
+    };
+    assert!(
+        e.contains("offline.tables `team_tasks`")
+            && e.contains("scopes_sql")
+            && e.contains("column \"team_ident\" does not exist"),
+        "{e}"
+    );
+    // A missing scopes_sql is named too.
+    config.offline.tables[0].scopes_sql = None;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Err(e) = arcana::app::App::start(&config, &db_url, listener).await else {
+        panic!("started without scopes_sql")
+    };
+    assert!(e.contains("needs scopes_sql"), "{e}");
+    // Two tables sharing a scope name must share its query.
+    let config = format!(
+        "{}\n{TEAM_CONFIG}\n[[offline.tables]]\ntable = \"team_members\"\nscope = \"sql\"\n\
+         scope_column = \"team_id\"\nscope_name = \"team\"\nscopes_sql = \"SELECT 1\"\n",
+        arcana::app::DEMO_CONFIG
+    );
+    let mut config = arcana::config::Config::parse(&config).unwrap();
+    config.changes.mode = arcana::config::ChangeMode::None;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Err(e) = arcana::app::App::start(&config, &db_url, listener).await else {
+        panic!("started with two queries for one scope name")
+    };
+    assert!(
+        e.contains("shares scope_name `team` with table `team_tasks`"),
+        "{e}"
+    );
+}

@@ -73,6 +73,9 @@ pub enum ScopeKind {
     Workspace,
     /// Rows belong to the user in `scope_column`.
     User,
+    /// Rows belong to the bucket whose id is in `scope_column`; a caller's
+    /// buckets are the rows of `scopes_sql`.
+    Sql,
 }
 
 /// Who may push writes of a table.
@@ -109,11 +112,17 @@ pub struct SyncTableConfig {
     /// unique index.
     #[serde(default)]
     pub key: Vec<String>,
-    /// `workspace` or `user`.
+    /// `workspace`, `user` or `sql`.
     pub scope: ScopeKind,
     /// The column holding the scope's id; default `workspace_id` or
-    /// `user_id`.
+    /// `user_id`; required for `sql`.
     pub scope_column: Option<String>,
+    /// For `sql`: the query listing the caller's bucket ids (one column),
+    /// with `:user_id` and `:workspace_id` bound from the caller's token.
+    pub scopes_sql: Option<String>,
+    /// For `sql`: the prefix of the wire's scope names (`<scope_name>:<id>`);
+    /// default the table's name.
+    pub scope_name: Option<String>,
     /// The columns that travel; empty: all.
     #[serde(default)]
     pub columns: Vec<String>,
@@ -148,6 +157,7 @@ impl SyncTableConfig {
             match self.scope {
                 ScopeKind::Workspace => "workspace_id",
                 ScopeKind::User => "user_id",
+                ScopeKind::Sql => "",
             }
             .into()
         })

@@ -11,6 +11,7 @@ mod pull;
 mod push;
 mod retention;
 pub mod schema;
+mod scopes;
 mod service;
 mod snapshot;
 pub mod spec;
@@ -116,27 +117,6 @@ impl Offline {
                 format!("the database is not available right now, retry: {e}"),
             )
         })
-    }
-}
-
-/// The scopes an identity may read and write, sorted and distinct.
-fn scopes_of(o: &Offline, id: &Identity) -> Vec<String> {
-    let mut s: Vec<String> = o
-        .inner
-        .tables
-        .iter()
-        .map(|t| t.scope_of(scope_id(t, id)))
-        .collect();
-    s.sort();
-    s.dedup();
-    s
-}
-
-/// The id in a table's scope column that rows of `id`'s scope hold.
-fn scope_id<'a>(t: &TableSpec, id: &'a Identity) -> &'a str {
-    match t.scope {
-        config::ScopeKind::Workspace => &id.workspace_id,
-        config::ScopeKind::User => &id.user_id,
     }
 }
 

@@ -9,7 +9,9 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::{Code, Status};
 
 use super::follow::ANY;
+use super::scopes::{check_own, scopes_of};
 use super::{db_status, read_rows, Offline};
+use crate::engine::Identity;
 use crate::grpc::status::status;
 use crate::proto::{self as pb, pull_response::Kind, IntentOp};
 
@@ -205,6 +207,7 @@ impl Drop for FollowSlot {
 /// for commits of the stream's scopes and streams again.
 pub async fn run(
     o: Offline,
+    who: Identity,
     mut after: BTreeMap<String, u64>,
     max_rows: usize,
     max_bytes: usize,
@@ -214,8 +217,21 @@ pub async fn run(
     // Subscribed before the first read, so no commit falls in between.
     let mut commits = o.inner.commits.subscribe();
     let mut first = true;
+    let sql_buckets = o.inner.tables.iter().any(|t| t.scopes_sql.is_some());
     loop {
-        let r = pull_once(&o, &after, max_rows, max_bytes).await;
+        // A caller may have lost a SQL bucket since the last read: the
+        // stream ends rather than deliver it further.
+        let r = if !first && sql_buckets {
+            match scopes_of(&o, &who).await {
+                Ok(mine) => match check_own(&mine, after.keys()) {
+                    Ok(()) => pull_once(&o, &after, max_rows, max_bytes).await,
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            }
+        } else {
+            pull_once(&o, &after, max_rows, max_bytes).await
+        };
         let (more, stop) = match &r {
             Err(_) => (false, true),
             Ok(pb::PullResponse {

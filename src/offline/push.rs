@@ -10,9 +10,10 @@ use sha2::{Digest, Sha256};
 use tonic::{Code, Status, Streaming};
 
 use super::config::{ConflictPolicy, PushPolicy};
+use super::scopes::token_scope_id;
 use super::spec::{ident, TableSpec};
-use super::{check_client, db_status, scope_id, Offline};
-use crate::engine::{Identity, Scope, Value};
+use super::{check_client, db_status, Offline};
+use crate::engine::{Identity, Value};
 use crate::grpc::convert::value_from_pb;
 use crate::grpc::status::status;
 use crate::postgres::values::SqlParam;
@@ -162,16 +163,9 @@ pub async fn push(
         .transaction()
         .await
         .map_err(|e| db_status("starting the push", e))?;
-    let scope = Scope {
-        workspace_id: id.workspace_id.clone(),
-        user_id: Some(id.user_id.clone()),
-        role: Some(id.role.as_str().into()),
-    };
-    o.inner
-        .ctx
-        .enter(&tx, &scope)
-        .await
-        .map_err(|e| status(Code::Unavailable, e.to_string()))?;
+    super::scopes::enter(o, &tx, id).await?;
+    // The caller's scopes as this transaction sees them.
+    let mine = super::scopes::scopes_on(o, &tx, id).await?;
     tx.query(
         "SELECT set_config('arcana_offline.client_id', $1, true), \
          set_config('arcana_offline.bundle_id', $2, true)",
@@ -182,7 +176,7 @@ pub async fn push(
     let mut results = Vec::with_capacity(intents.len());
     let mut refused = false;
     for (i, intent) in intents.into_iter().enumerate() {
-        let r = apply(o, id, &tx, i, intent).await?;
+        let r = apply(o, id, &mine, &tx, i, intent).await?;
         refused |= r.status == Outcome::Conflict as i32;
         results.push(r);
     }
@@ -309,6 +303,7 @@ enum Decision {
 async fn apply(
     o: &Offline,
     who: &Identity,
+    mine: &[String],
     tx: &deadpool_postgres::Transaction<'_>,
     i: usize,
     intent: pb::RowIntent,
@@ -340,7 +335,8 @@ async fn apply(
         }
         values.insert(k, value_from_pb(v));
     }
-    let mine = scope_id(t, who);
+    // Whether a scope column value names one of the caller's scopes.
+    let ours = |v: &str| mine.contains(&t.scope_of(v));
     let outside = || {
         denied(format!(
             "the row of table `{}` is outside your scope: devices write only rows of their own {}",
@@ -348,15 +344,19 @@ async fn apply(
             match t.scope {
                 super::config::ScopeKind::Workspace => "workspace",
                 super::config::ScopeKind::User => "user",
+                super::config::ScopeKind::Sql => "scopes",
             }
         ))
     };
     match values.get(&t.scope_column) {
-        Some(v) if v.key_text() != mine => return Err(outside()),
+        Some(v) if !ours(&v.key_text()) => return Err(outside()),
         Some(_) => {}
-        // Rows are always the caller's: fill in what the device left out.
         None => {
-            values.insert(t.scope_column.clone(), Value::String(mine.to_owned()));
+            // Rows of the token's scope are always the caller's: fill in
+            // what the device left out. A SQL bucket has no default.
+            if let Some(own) = token_scope_id(t, who) {
+                values.insert(t.scope_column.clone(), Value::String(own.to_owned()));
+            }
         }
     }
     let owner_only = t.push == PushPolicy::OwnerOnly;
@@ -399,7 +399,7 @@ async fn apply(
             .values
             .get(&t.scope_column)
             .map(|v| crate::grpc::convert::value_from_pb(v.clone()).key_text());
-        if theirs.as_deref() != Some(mine) {
+        if !theirs.as_deref().is_some_and(ours) {
             return Err(outside());
         }
         if owner_only {
@@ -412,6 +412,24 @@ async fn apply(
             }
         }
     }
+    // The row's scope before and after this write.
+    let before = current.as_ref().and_then(|r| {
+        r.values
+            .get(&t.scope_column)
+            .map(|v| crate::grpc::convert::value_from_pb(v.clone()).key_text())
+    });
+    let after_scope = values
+        .get(&t.scope_column)
+        .map(Value::key_text)
+        .or_else(|| before.clone());
+    if after_scope.is_none() && op != IntentOp::Delete {
+        return Err(invalid(format!(
+            "column `{}` of table `{}` is missing: it names the row's scope",
+            t.scope_column, t.name
+        )));
+    }
+    let row_scope = t.scope_of(before.as_deref().or(after_scope.as_deref()).unwrap_or(""));
+    let moved = before.is_some() && before != after_scope;
     let now = now_ms();
     let client_ms = if intent.client_time_unix_ms > 0 {
         intent
@@ -434,7 +452,7 @@ async fn apply(
     let meta = meta.get::<_, Option<i64>>(0).map(|_| meta);
     // The log knows the scope of rows the caller cannot even see.
     if let Some(m) = &meta {
-        if !m.get::<_, bool>(3) && m.get::<_, String>(2) != t.scope_of(mine) {
+        if !m.get::<_, bool>(3) && !mine.contains(&m.get::<_, String>(2)) {
             return Err(outside());
         }
     }
@@ -462,7 +480,7 @@ async fn apply(
             .unwrap_or_default(),
         version,
         deleted: current.is_none(),
-        scope: t.scope_of(mine),
+        scope: row_scope.clone(),
     };
     match decision {
         Decision::Conflict => {
@@ -545,9 +563,13 @@ async fn apply(
             tx.execute(&sql, &params).await.map_err(failed)?;
         }
     }
-    // The row trigger bumped the version once (a push never moves a row
-    // to another key or scope, which would log it twice).
-    let after = if wrote { version + 1 } else { version };
+    // The row trigger bumped the version once, or twice when the row moved
+    // to another of the caller's scopes (logged as a delete and an insert).
+    let after = match (wrote, moved && op != IntentOp::Delete) {
+        (false, _) => version,
+        (true, false) => version + 1,
+        (true, true) => version + 2,
+    };
     Ok(pb::IntentResult {
         status: Outcome::Applied as i32,
         version: after,

@@ -193,14 +193,10 @@ fn function_name(t: &TableSpec) -> String {
 /// The SQL recording one row image `r` with operation `op`.
 fn record_call(t: &TableSpec, r: &str, op: u8) -> String {
     let (id, key) = id_expr(t, r);
-    let prefix = match t.scope {
-        super::config::ScopeKind::Workspace => "workspace:",
-        super::config::ScopeKind::User => "user:",
-    };
     format!(
         "PERFORM arcana_offline.record({}, {id}, {key}, {} || {r}.{}::text, {op}::smallint);",
         literal(&t.name),
-        literal(prefix),
+        literal(&t.prefix),
         ident(&t.scope_column)
     )
 }
@@ -260,10 +256,7 @@ $d$;
         tlit = literal(&t.name),
         id = id_expr(t, "r").0,
         key = id_expr(t, "r").1,
-        prefix = literal(match t.scope {
-            super::config::ScopeKind::Workspace => "workspace:",
-            super::config::ScopeKind::User => "user:",
-        }),
+        prefix = literal(&t.prefix),
         scol = ident(&t.scope_column),
     )
 }

@@ -8,8 +8,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::pull::FollowSlot;
+use super::scopes::{check_own, scopes_of};
 use super::snapshot::Cursor;
-use super::{check_client, db_status, scopes_of, Offline, PROTOCOL_VERSION};
+use super::{check_client, db_status, Offline, PROTOCOL_VERSION};
 use crate::engine::Identity;
 use crate::grpc::auth::identify;
 use crate::grpc::status::status;
@@ -27,27 +28,6 @@ const MAX_CLIENT_ID: usize = 128;
 impl Offline {
     async fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
         Ok(identify(&*self.inner.auth, req.metadata()).await?.identity)
-    }
-
-    /// Checks that every scope of `wanted` is one of the caller's.
-    fn own_scopes<'a>(
-        &self,
-        id: &Identity,
-        wanted: impl IntoIterator<Item = &'a String>,
-    ) -> Result<(), Status> {
-        let mine = scopes_of(self, id);
-        for s in wanted {
-            if !mine.contains(s) {
-                return Err(status(
-                    Code::PermissionDenied,
-                    format!(
-                        "scope `{s}` is not one of yours: yours are {}",
-                        mine.join(", ")
-                    ),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -156,7 +136,7 @@ impl offline_service_server::OfflineService for Offline {
                 ),
             ));
         }
-        let scopes = scopes_of(self, &id);
+        let scopes = scopes_of(self, &id).await?;
         let mut at: BTreeMap<String, u64> = scopes.iter().map(|s| (s.clone(), 0)).collect();
         for row in c
             .query(
@@ -195,15 +175,16 @@ impl offline_service_server::OfflineService for Offline {
         let id = self.caller(&req).await?;
         let r = req.into_inner();
         check_client(self, &id, &r.client_id).await?;
+        let mine = scopes_of(self, &id).await?;
         let after: BTreeMap<String, u64> = if r.after.is_empty() {
-            scopes_of(self, &id).into_iter().map(|s| (s, 0)).collect()
+            mine.iter().map(|s| (s.clone(), 0)).collect()
         } else {
             r.after
                 .iter()
                 .map(|s| (s.scope.clone(), s.sequence))
                 .collect()
         };
-        self.own_scopes(&id, after.keys())?;
+        check_own(&mine, after.keys())?;
         let cfg = &self.inner.cfg;
         let bound = |asked: u32, max: u32| {
             if asked == 0 || asked > max {
@@ -222,6 +203,7 @@ impl offline_service_server::OfflineService for Offline {
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(super::pull::run(
             self.clone(),
+            id,
             after,
             max_rows,
             max_bytes,
@@ -245,12 +227,13 @@ impl offline_service_server::OfflineService for Offline {
         } else {
             Some(Cursor::decode(&r.cursor)?)
         };
+        let mine = scopes_of(self, &id).await?;
         let scopes: Vec<String> = match &cursor {
             Some(c) => c.at.keys().cloned().collect(),
-            None if r.scopes.is_empty() => scopes_of(self, &id),
+            None if r.scopes.is_empty() => mine.clone(),
             None => r.scopes.clone(),
         };
-        self.own_scopes(&id, scopes.iter())?;
+        check_own(&mine, scopes.iter())?;
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(super::snapshot::run(self.clone(), scopes, cursor, tx));
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -38,8 +38,14 @@ pub struct TableSpec {
     pub key: Vec<(String, String)>,
     /// The travelling columns (key and scope columns always travel).
     pub columns: Vec<ColumnSpec>,
-    /// Workspace or user.
+    /// Workspace, user or SQL buckets.
     pub scope: ScopeKind,
+    /// What scope names of this table begin with: `workspace:`, `user:` or
+    /// `<scope_name>:`.
+    pub prefix: String,
+    /// For SQL buckets: the caller's bucket ids as text, `$1` the user id
+    /// and `$2` the workspace id.
+    pub scopes_sql: Option<String>,
     /// The scope column.
     pub scope_column: String,
     /// Who may push.
@@ -82,7 +88,7 @@ impl TableSpec {
 
     /// The scope id (the wire's scope string) for a scope column value.
     pub fn scope_of(&self, id: &str) -> String {
-        scope_name(self.scope, id)
+        format!("{}{id}", self.prefix)
     }
 
     /// The wire description of this table.
@@ -116,14 +122,6 @@ impl TableSpec {
     }
 }
 
-/// The wire name of a scope: `workspace:<id>` or `user:<id>`.
-pub fn scope_name(kind: ScopeKind, id: &str) -> String {
-    match kind {
-        ScopeKind::Workspace => format!("workspace:{id}"),
-        ScopeKind::User => format!("user:{id}"),
-    }
-}
-
 /// Checks every configured table; the error names the table and what to fix.
 pub async fn resolve(
     client: &tokio_postgres::Client,
@@ -138,11 +136,23 @@ pub async fn resolve(
                 t.table
             ));
         }
-        out.push(
-            resolve_one(client, t)
-                .await
-                .map_err(|e| format!("offline.tables `{}`: {e}", t.table))?,
-        );
+        let spec = resolve_one(client, t)
+            .await
+            .map_err(|e| format!("offline.tables `{}`: {e}", t.table))?;
+        // Tables sharing SQL buckets must agree on who holds them, or one
+        // table's query would open the other's rows.
+        if let Some(other) = out
+            .iter()
+            .find(|o: &&TableSpec| o.prefix == spec.prefix && o.scopes_sql != spec.scopes_sql)
+        {
+            return Err(format!(
+                "offline.tables `{}`: it shares scope_name `{}` with table `{}` but not its scopes_sql: give both the same query or different scope names",
+                t.table,
+                spec.prefix.trim_end_matches(':'),
+                other.name
+            ));
+        }
+        out.push(spec);
     }
     Ok(out)
 }
@@ -186,6 +196,37 @@ async fn resolve_one(
         .map(|r| (r.get(0), r.get(1), !r.get::<_, bool>(2)))
         .collect();
     let scope_column = t.scope_column();
+    let (prefix, scopes_sql) = match t.scope {
+        ScopeKind::Workspace => ("workspace:".to_owned(), None),
+        ScopeKind::User => ("user:".to_owned(), None),
+        ScopeKind::Sql => {
+            if t.scope_column.is_none() {
+                return Err(
+                    "scope = \"sql\" needs scope_column (the column holding the row's bucket id)"
+                        .into(),
+                );
+            }
+            let Some(sql) = &t.scopes_sql else {
+                return Err(
+                    "scope = \"sql\" needs scopes_sql (the query listing a caller's bucket ids)"
+                        .into(),
+                );
+            };
+            let name = t.scope_name.clone().unwrap_or_else(|| t.table.clone());
+            if name.is_empty() || name.contains(':') || name == "workspace" || name == "user" {
+                return Err(format!(
+                    "scope_name `{name}` must be non-empty, hold no `:` and not be `workspace` or `user`"
+                ));
+            }
+            let prepared = super::scopes::prepare(client, sql)
+                .await
+                .map_err(|e| format!("scopes_sql: {e}"))?;
+            (format!("{name}:"), Some(prepared))
+        }
+    };
+    if t.scope != ScopeKind::Sql && (t.scopes_sql.is_some() || t.scope_name.is_some()) {
+        return Err("scopes_sql and scope_name belong to scope = \"sql\"".into());
+    }
     let mut wanted: Vec<String> = if t.columns.is_empty() {
         all.iter().map(|c| c.0.clone()).collect()
     } else {
@@ -261,6 +302,8 @@ async fn resolve_one(
         key: key_typed,
         columns,
         scope: t.scope,
+        prefix,
+        scopes_sql,
         scope_column,
         push: t.push,
         owner_column: t.owner_column.clone(),

@@ -289,13 +289,24 @@ async fn resolve_one(
         .collect();
     let names: Vec<String> = (0..key.len()).map(|i| format!("k{i}")).collect();
     let key_cols: Vec<String> = key.iter().map(|k| ident(k)).collect();
-    let select_by_keys = format!(
-        "SELECT {list} FROM {quoted} WHERE ({}) IN (SELECT {} FROM unnest({}) AS u({}))",
-        key_cols.join(", "),
-        casts.join(", "),
-        unnest_args.join(", "),
-        names.join(", ")
-    );
+    // A single key column is matched with `= ANY(array)`, which PostgreSQL
+    // answers from the key's index whatever the table's size; an `IN
+    // (SELECT ... unnest)` may be planned as a hash join over the whole
+    // table, once per chunk of a snapshot.
+    let select_by_keys = if key_cols.len() == 1 {
+        format!(
+            "SELECT {list} FROM {quoted} WHERE {} = ANY(ARRAY(SELECT {} FROM unnest({}) AS u({})))",
+            key_cols[0], casts[0], unnest_args[0], names[0]
+        )
+    } else {
+        format!(
+            "SELECT {list} FROM {quoted} WHERE ({}) IN (SELECT {} FROM unnest({}) AS u({}))",
+            key_cols.join(", "),
+            casts.join(", "),
+            unnest_args.join(", "),
+            names.join(", ")
+        )
+    };
     Ok(TableSpec {
         name: t.table.clone(),
         quoted,

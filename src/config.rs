@@ -107,6 +107,11 @@ pub struct ClusterConfig {
     pub snapshot_subject: String,
     /// How long the frames stream keeps a frame, in seconds.
     pub frames_max_age_s: u64,
+    /// The JetStream object store bucket holding each view's checkpoint
+    /// (its last state, for the next owner to go on from).
+    pub checkpoint_bucket: String,
+    /// The checkpoint bucket's size limit in bytes (-1: no limit).
+    pub checkpoint_max_bytes: i64,
     /// How long a node waits for a view's owner before failing a
     /// subscribe, in milliseconds (added to `lease_ttl_ms`, so a dead
     /// owner's lease can expire meanwhile).
@@ -131,6 +136,8 @@ impl Default for ClusterConfig {
             frames_subject: "arcana.frames".into(),
             snapshot_subject: "arcana.snapshots".into(),
             frames_max_age_s: 3600,
+            checkpoint_bucket: "ARCANA_VIEWS".into(),
+            checkpoint_max_bytes: 1 << 30,
             owner_wait_ms: 5000,
         }
     }

@@ -22,9 +22,41 @@ struct NodeProc {
     child: Child,
     /// Not killed or stopped by the test.
     alive: bool,
+    config: std::path::PathBuf,
+    db_url: String,
+    log: std::path::PathBuf,
 }
 
 impl NodeProc {
+    fn spawn(config: &std::path::Path, db_url: &str, port: u16, log: &std::path::Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_arcana"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--database-url", db_url])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env(
+                "RUST_LOG",
+                std::env::var("ARCANA_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start arcana serve")
+    }
+
+    /// Starts the node again, on the same port and config.
+    fn start_again(&mut self) {
+        assert!(!self.alive);
+        self.child = Self::spawn(&self.config, &self.db_url, self.port, &self.log);
+        self.alive = true;
+    }
+
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
@@ -146,26 +178,16 @@ impl Cluster {
             let path = dir.join(format!("{id}.toml"));
             std::fs::write(&path, config).unwrap();
             let port = free_port();
-            let log = std::fs::File::create(dir.join(format!("{id}.log"))).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_arcana"))
-                .arg("serve")
-                .arg("--config")
-                .arg(&path)
-                .args(["--database-url", &db_url])
-                .args(["--listen", &format!("127.0.0.1:{port}")])
-                .env(
-                    "RUST_LOG",
-                    std::env::var("ARCANA_TEST_LOG").unwrap_or_else(|_| "info".into()),
-                )
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start arcana serve");
+            let log = dir.join(format!("{id}.log"));
+            let child = NodeProc::spawn(&path, &db_url, port, &log);
             nodes.push(NodeProc {
                 id,
                 port,
                 child,
                 alive: true,
+                config: path,
+                db_url: db_url.clone(),
+                log,
             });
         }
         Cluster {
@@ -858,6 +880,7 @@ async fn with_view_owners_killing_the_owner_moves_the_view_without_a_gap() {
         .await;
     converge(&c, &mut subs).await;
     let old_epoch = subs[0].0.view(&subs[0].1).epoch;
+    let seen: Vec<usize> = subs.iter().map(|(l, _)| l.frames.len()).collect();
     c.nodes[0].kill();
     let killed = tokio::time::Instant::now();
     for i in 0..6 {
@@ -869,14 +892,22 @@ async fn with_view_owners_killing_the_owner_moves_the_view_without_a_gap() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     // Every frame applied cleanly (the client panics on a misapplied
-    // diff), and both converge to SQL in a new epoch from the new owner.
+    // diff), and both converge to SQL in the same epoch: the new owner
+    // goes on from the old one's last frame, with diffs only.
     converge(&c, &mut subs).await;
     assert!(killed.elapsed() < Duration::from_secs(15));
     let (epoch, version) = {
         let v = subs[0].0.view(&subs[0].1);
         (v.epoch, v.version)
     };
-    assert_ne!(epoch, old_epoch, "the new owner starts a new epoch");
+    assert_eq!(epoch, old_epoch, "the new owner keeps the epoch");
+    for ((l, _), from) in subs.iter().zip(&seen) {
+        assert_eq!(
+            snapshots(&l.frames[*from..]),
+            0,
+            "no snapshot after the kill"
+        );
+    }
     let (l, v) = &mut subs[1];
     l.wait_until(v, |s| s.epoch == epoch && s.version >= version)
         .await;
@@ -902,6 +933,7 @@ async fn with_view_owners_an_owner_that_stops_cleanly_hands_its_views_over() {
     let _owner = subscribe(&c.nodes[0]).await;
     let mut subs = vec![subscribe(&c.nodes[1]).await];
     let old_epoch = subs[0].0.view(&subs[0].1).epoch;
+    let seen = subs[0].0.frames.len();
     // SIGTERM: the node stops within its grace and hands its leases back.
     let n = &mut c.nodes[0];
     // SAFETY: kill(2) on our own child's pid.
@@ -918,7 +950,8 @@ async fn with_view_owners_an_owner_that_stops_cleanly_hands_its_views_over() {
     c.sql("UPDATE tasks SET title = 'After the owner left' WHERE id = 4")
         .await;
     converge(&c, &mut subs).await;
-    assert_ne!(subs[0].0.view(&subs[0].1).epoch, old_epoch);
+    assert_eq!(subs[0].0.view(&subs[0].1).epoch, old_epoch);
+    assert_eq!(snapshots(&subs[0].0.frames[seen..]), 0);
 }
 
 #[tokio::test]
@@ -990,4 +1023,228 @@ async fn with_view_owners_after_a_nats_outage_longer_than_the_lease_one_node_own
         }
     }
     assert_eq!(grew, 1, "one node evaluated the write");
+}
+
+/// How many of `frames` are snapshots.
+fn snapshots(frames: &[arcana::proto::ViewFrame]) -> usize {
+    frames
+        .iter()
+        .filter(|f| matches!(f.body, Some(arcana::proto::view_frame::Body::Snapshot(_))))
+        .count()
+}
+
+/// Resumes `state` of project 1's tasks on `node` with Sync; its mode.
+async fn resume_on(node: &NodeProc, view_id: &str, state: &ViewState) -> (Live, i32) {
+    let mut l = node.live("dev-alice").await;
+    let r = l
+        .resume(
+            view_id,
+            state,
+            "project_tasks",
+            params(&[("project_id", int(1))]),
+        )
+        .await;
+    let res = &r.results[0];
+    assert!(res.error.is_none(), "{res:?}");
+    let mode = res.mode;
+    (l, mode)
+}
+
+#[tokio::test]
+async fn with_view_owners_a_view_nobody_holds_any_more_goes_on_from_its_checkpoint() {
+    let _g = serial().await;
+    let c = Cluster::start_owners().await;
+    c.leader().await;
+    // Only node 0 ever has the view; its last subscriber leaves, so it
+    // closes there and its lease is handed back.
+    let mut subs = vec![subscribe(&c.nodes[0]).await];
+    c.sql("UPDATE tasks SET title = 'Kept 0' WHERE id = 2")
+        .await;
+    converge(&c, &mut subs).await;
+    let (l, view_id) = subs.pop().unwrap();
+    let before = l.view(&view_id).clone();
+    drop(l);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 1..4 {
+        c.sql(&format!("UPDATE tasks SET title = 'Kept {i}' WHERE id = 2"))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Back on another node: the view goes on in the same epoch, and the
+    // client gets one diff instead of a snapshot.
+    let (mut back, mode) = resume_on(&c.nodes[1], &view_id, &before).await;
+    assert_eq!(mode, arcana::proto::SyncMode::CatchUp as i32);
+    let expected = c.expected_titles().await;
+    back.wait_until(&view_id, |s| titles(s) == expected).await;
+    let now = back.view(&view_id);
+    assert_eq!(now.epoch, before.epoch);
+    assert!(now.version > before.version);
+    assert_eq!(snapshots(&back.frames), 0);
+}
+
+#[tokio::test]
+async fn with_view_owners_a_killed_owners_view_goes_on_from_its_checkpoint_and_kept_frames() {
+    let _g = serial().await;
+    let mut c = Cluster::start_owners().await;
+    c.leader().await;
+    // Only node 0 has the view.
+    let (mut l, view_id) = subscribe(&c.nodes[0]).await;
+    // Its first checkpoint is written within a third of the lease TTL.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for i in 0..3 {
+        c.sql(&format!(
+            "UPDATE tasks SET title = 'Crash {i}' WHERE id = 3"
+        ))
+        .await;
+    }
+    let expected = c.expected_titles().await;
+    l.wait_until(&view_id, |s| titles(s) == expected).await;
+    let before = l.view(&view_id).clone();
+    c.nodes[0].kill();
+    drop(l);
+    c.sql("UPDATE tasks SET title = 'After the crash' WHERE id = 3")
+        .await;
+    // The checkpoint plus the frames after it rebuild the state the
+    // client holds: it gets the diffs it missed.
+    let (mut back, mode) = resume_on(&c.nodes[2], &view_id, &before).await;
+    assert_eq!(mode, arcana::proto::SyncMode::CatchUp as i32);
+    let expected = c.expected_titles().await;
+    back.wait_until(&view_id, |s| titles(s) == expected).await;
+    assert_eq!(back.view(&view_id).epoch, before.epoch);
+    assert_eq!(snapshots(&back.frames), 0);
+}
+
+#[tokio::test]
+async fn with_view_owners_rolling_every_node_sends_no_snapshot() {
+    let _g = serial().await;
+    let mut c = Cluster::start_owners().await;
+    c.leader().await;
+    c.sql(
+        "INSERT INTO projects (id, workspace_id, name, owner_id) \
+         SELECT g, 'acme', 'Roll ' || g, 'alice' FROM generate_series(10, 15) g",
+    )
+    .await;
+    // Six views; each session holds one, on the node of its index, so some
+    // views live on one node only and some on several.
+    struct Held {
+        live: Live,
+        view: String,
+        project: i64,
+        node: usize,
+        moved: bool,
+    }
+    let mut held = Vec::new();
+    for i in 0..12usize {
+        let project = 10 + (i % 6) as i64;
+        let node = (i * 7 / 3) % 3;
+        let mut l = c.nodes[node].live("dev-alice").await;
+        let view = l
+            .subscribe("project_tasks", params(&[("project_id", int(project))]))
+            .await
+            .unwrap()
+            .view_id;
+        held.push(Held {
+            live: l,
+            view,
+            project,
+            node,
+            moved: false,
+        });
+    }
+    let mut n = 0;
+    let mut write = async |c: &Cluster| {
+        n += 1;
+        c.sql(&format!(
+            "INSERT INTO tasks (workspace_id, project_id, title, position) \
+             SELECT 'acme', g, 'Rolled {n}', {n} FROM generate_series(10, 15) g"
+        ))
+        .await;
+    };
+    let mut modes = Vec::new();
+    for down in 0..3 {
+        write(&c).await;
+        c.nodes[down].terminate();
+        write(&c).await;
+        // Its sessions move to the next node and resume there.
+        for h in held.iter_mut().filter(|h| h.node == down) {
+            let to = (down + 1) % 3;
+            let state = h.live.view(&h.view).clone();
+            let mut l = c.nodes[to].live("dev-alice").await;
+            let r = l
+                .resume(
+                    &h.view,
+                    &state,
+                    "project_tasks",
+                    params(&[("project_id", int(h.project))]),
+                )
+                .await;
+            assert!(r.results[0].error.is_none(), "{r:?}");
+            modes.push(r.results[0].mode);
+            h.live = l;
+            h.node = to;
+            h.moved = true;
+        }
+        write(&c).await;
+        c.nodes[down].start_again();
+        drop(c.nodes[down].live("dev-alice").await);
+        c.leader().await;
+    }
+    write(&c).await;
+    for h in held.iter_mut() {
+        let expected: Vec<String> = c
+            .query(&format!(
+                "SELECT title FROM tasks WHERE workspace_id = 'acme' AND project_id = {} \
+                 ORDER BY position, id LIMIT 50",
+                h.project
+            ))
+            .await
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        h.live.wait_until(&h.view, |s| titles(s) == expected).await;
+        // Its first subscription's snapshot only; none after a move.
+        let expected = usize::from(!h.moved);
+        assert_eq!(snapshots(&h.live.frames), expected, "{}", h.view);
+    }
+    assert!(
+        modes
+            .iter()
+            .all(|m| *m != arcana::proto::SyncMode::Snapshot as i32),
+        "{modes:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_view_owners_a_version_the_dead_owner_never_got_out_is_answered_with_a_snapshot() {
+    let _g = serial().await;
+    let mut c = Cluster::start_owners().await;
+    c.leader().await;
+    let (mut owner, view_id) = subscribe(&c.nodes[0]).await;
+    let mut subs = vec![subscribe(&c.nodes[1]).await];
+    converge(&c, &mut subs).await;
+    // With NATS gone, a write on the owner reaches its own client only.
+    c.nats.stop();
+    owner
+        .mutate(
+            "create_task",
+            params(&[("project_id", int(1)), ("title", text("Never published"))]),
+        )
+        .await
+        .unwrap();
+    let orphan = owner.view(&view_id).clone();
+    assert!(titles(&orphan).contains(&"Never published".to_owned()));
+    c.nodes[0].kill();
+    drop(owner);
+    c.nats.start_again();
+    // Node 1 takes the view over in the same epoch, past that version.
+    let expected = c.expected_titles().await;
+    let (l, v) = &mut subs[0];
+    l.wait_until(v, |s| titles(s) == expected).await;
+    assert_eq!(l.view(v).epoch, orphan.epoch);
+    assert!(l.view(v).version > orphan.version);
+    // The orphan version is not on the new owner's chain: a diff from it
+    // would not apply, so Sync answers with a snapshot.
+    let (mut back, mode) = resume_on(&c.nodes[1], &view_id, &orphan).await;
+    assert_eq!(mode, arcana::proto::SyncMode::Snapshot as i32);
+    back.wait_until(&view_id, |s| titles(s) == expected).await;
 }

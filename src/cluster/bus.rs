@@ -69,8 +69,11 @@ pub fn validate(c: &ClusterConfig) -> Result<(), String> {
             ));
         }
     }
-    if !token(&c.frames_stream) {
-        return Err("cluster.frames_stream must be non-empty letters, digits, `-` or `_`".into());
+    if !token(&c.frames_stream) || !token(&c.checkpoint_bucket) {
+        return Err(
+            "cluster.frames_stream and cluster.checkpoint_bucket must be non-empty letters, digits, `-` or `_`"
+                .into(),
+        );
     }
     if c.lease_ttl_ms < 300 {
         return Err(format!(
@@ -109,6 +112,7 @@ pub(crate) async fn ensure_stream(
             !want.duplicate_window.is_zero(),
             have.duplicate_window == want.duplicate_window,
         )
+        || differs(want.allow_direct, have.allow_direct)
     {
         tracing::info!(stream = %want.name, "updating the stream's limits to the config's");
         js.update_stream(&want).await.map_err(|e| e.to_string())?;

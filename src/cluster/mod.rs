@@ -13,6 +13,7 @@
 pub mod bus;
 pub mod consume;
 pub mod demo;
+pub mod kept;
 pub mod lease;
 pub mod publish;
 pub mod startup;

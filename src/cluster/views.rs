@@ -6,8 +6,9 @@
 //! diffs (`<snapshot_subject>.<owner>.<hash>`), and from then on applies the
 //! owner's frames to its copy and fans them out, so its clients see the
 //! owner's epoch and versions and can Sync on any node. A follower that
-//! finds the lease gone (the owner died or let go) takes it, and the view
-//! goes on in a new epoch on that node.
+//! finds the lease gone (the owner died or let go) takes it, reads the
+//! frames it missed from the stream, and goes on in the same epoch; a node
+//! that takes a view nobody holds goes on from its checkpoint (`kept.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
 use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use async_nats::jetstream::stream;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
@@ -24,8 +25,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::bus::Bus;
+use super::kept::{pack, unpack, Kept};
 use crate::engine::{Change, Claim, EngineError, Followed, Frame, Owners, View, WeakEngine};
 use crate::grpc::convert::{encoded_frame, frame_from_encoded};
+
+/// The header of a snapshot reply too big for one NATS message: the owner
+/// wrote it as the view's checkpoint instead, to be read from there.
+const IN_CHECKPOINT: &str = "Arcana-Checkpoint";
 
 /// The hash naming a view across the cluster: of its graph, canonical
 /// params, workspace and (per-user graphs) user.
@@ -55,6 +61,30 @@ fn lease_key(hash: &str) -> String {
 struct Owned {
     view: Weak<View>,
     revision: u64,
+    /// A checkpoint of it was asked for since this node took it.
+    kept: bool,
+}
+
+impl Owned {
+    fn new(view: Weak<View>, revision: u64) -> Owned {
+        Owned {
+            view,
+            revision,
+            kept: false,
+        }
+    }
+}
+
+/// Work for the keeper task, done in order.
+enum Job {
+    /// Checkpoint an owned view's current state.
+    Save(String),
+    /// Checkpoint a closing view's last state.
+    Keep(String, Vec<Arc<Frame>>),
+    /// Hand a lease back (after the jobs before it).
+    Release(String, u64),
+    /// No job comes after this one: the node is stopping.
+    Done,
 }
 
 /// A view this node follows.
@@ -69,6 +99,11 @@ struct Shared {
     owned: Mutex<HashMap<String, Owned>>,
     following: Mutex<HashMap<String, Following>>,
     frames: mpsc::UnboundedSender<(String, Arc<Frame>)>,
+    kept: Kept,
+    jobs: mpsc::UnboundedSender<Job>,
+    /// Frames each owned view made since its last checkpoint.
+    unkept: Mutex<HashMap<String, usize>>,
+    history_len: usize,
 }
 
 /// This node's side of view ownership; the engine's [`Owners`].
@@ -99,6 +134,8 @@ impl ViewOwners {
                 max_messages_per_subject: history_len.max(1) as i64,
                 max_age: Duration::from_secs(c.frames_max_age_s.max(1)),
                 duplicate_window: Duration::from_millis(c.duplicate_window_ms),
+                // A node taking a view over reads its frames back by subject.
+                allow_direct: true,
                 ..Default::default()
             },
         )
@@ -109,7 +146,9 @@ impl ViewOwners {
             .subscribe(format!("{}.{}.*", c.snapshot_subject, c.node_id))
             .await
             .map_err(|e| format!("subscribing to snapshot requests: {e}"))?;
+        let kept = Kept::open(&bus, history_len).await?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (jobs, jobs_rx) = mpsc::unbounded_channel();
         let owners = ViewOwners {
             shared: Arc::new(Shared {
                 bus: bus.clone(),
@@ -117,11 +156,16 @@ impl ViewOwners {
                 owned: Mutex::default(),
                 following: Mutex::default(),
                 frames: tx,
+                kept,
+                jobs,
+                unkept: Mutex::default(),
+                history_len: history_len.max(1),
             }),
         };
         let tasks = vec![
             tokio::spawn(publish(bus.clone(), rx, stopped.clone())),
             tokio::spawn(answer(owners.clone(), requests, stopped.clone())),
+            tokio::spawn(keeper(owners.clone(), jobs_rx, stopped.clone())),
             tokio::spawn(renew(owners.clone(), stopped)),
         ];
         Ok((owners, tasks))
@@ -140,7 +184,7 @@ impl ViewOwners {
 
     /// Tries to take the view's lease; its revision when taken. A lease this
     /// node already holds (left from an earlier life of the view) is taken
-    /// over.
+    /// over with a new revision, so that life's pending release fails.
     async fn take(&self, hash: &str) -> Result<Option<u64>, String> {
         let bus = &self.shared.bus;
         let me = bus.config.node_id.clone();
@@ -153,7 +197,13 @@ impl ViewOwners {
             Ok(r) => Ok(Some(r)),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
                 match bus.leases.entry(&key).await.map_err(|e| e.to_string())? {
-                    Some(en) if en.value.as_ref() == me.as_bytes() => Ok(Some(en.revision)),
+                    Some(en) if en.value.as_ref() == me.as_bytes() => {
+                        match bus.leases.update(&key, en.value, en.revision).await {
+                            Ok(r) => Ok(Some(r)),
+                            Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => Ok(None),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
                     _ => Ok(None),
                 }
             }
@@ -174,14 +224,21 @@ impl ViewOwners {
         let deadline = Instant::now() + Duration::from_millis(c.lease_ttl_ms + c.owner_wait_ms);
         loop {
             if let Some(revision) = self.take(&hash).await.map_err(unavailable)? {
-                self.owned().insert(
-                    hash,
-                    Owned {
-                        view: Arc::downgrade(&view),
-                        revision,
+                self.owned()
+                    .insert(hash.clone(), Owned::new(Arc::downgrade(&view), revision));
+                // Whoever held it last may have left a checkpoint to go on from.
+                return Ok(match self.shared.kept.resume(&hash).await {
+                    Ok(Some((k, after))) => Claim::Resume {
+                        snapshot: k.snapshot,
+                        history: k.history,
+                        after,
                     },
-                );
-                return Ok(Claim::Own);
+                    Ok(None) => Claim::Own,
+                    Err(e) => {
+                        tracing::warn!(view = %view.id, error = %e, "reading a view's checkpoint failed; starting it afresh");
+                        Claim::Own
+                    }
+                });
             }
             let holder = bus
                 .leases
@@ -235,7 +292,11 @@ impl ViewOwners {
         .await
         .ok()?
         .ok()?;
-        let mut frames = unpack(reply.payload)?.into_iter();
+        let payload = match reply.headers.as_ref().and_then(|h| h.get(IN_CHECKPOINT)) {
+            Some(_) => pack(&self.shared.kept.load(hash).await.ok()??),
+            None => reply.payload,
+        };
+        let mut frames = unpack(payload)?.into_iter();
         let snapshot = frames.next()?;
         Some((snapshot, frames.collect()))
     }
@@ -248,7 +309,24 @@ impl Owners for ViewOwners {
     }
 
     fn published(&self, view: &View, frame: &Arc<Frame>) {
-        let _ = self.shared.frames.send((view_hash(view), frame.clone()));
+        let hash = view_hash(view);
+        {
+            // Checkpointed before the stream lets go of the frames after the
+            // last checkpoint, so a node taking over can always rebuild it.
+            let mut unkept = self.shared.unkept.lock().unwrap_or_else(|e| e.into_inner());
+            let n = unkept.entry(hash.clone()).or_default();
+            *n += 1;
+            if *n * 2 >= self.shared.history_len {
+                *n = 0;
+                let _ = self.shared.jobs.send(Job::Save(hash.clone()));
+            }
+        }
+        let _ = self.shared.frames.send((hash, frame.clone()));
+    }
+
+    fn retired(&self, view: &View, snapshot: Arc<Frame>, mut history: Vec<Arc<Frame>>) {
+        history.insert(0, snapshot);
+        let _ = self.shared.jobs.send(Job::Keep(view_hash(view), history));
     }
 
     fn written(&self, changes: Vec<Change>, followed: Vec<Arc<View>>) -> BoxFuture<'static, ()> {
@@ -267,14 +345,15 @@ impl Owners for ViewOwners {
             }
         };
         if let Some(o) = owned {
-            // Handed back at once, so a follower with subscribers takes
-            // over without waiting for it to expire.
-            let leases = self.shared.bus.leases.clone();
-            tokio::spawn(async move {
-                let _ = leases
-                    .delete_expect_revision(lease_key(&hash), Some(o.revision))
-                    .await;
-            });
+            // Handed back once its checkpoint is written, without waiting
+            // for it to expire: a follower with subscribers takes over, or
+            // whoever opens the view next goes on from the checkpoint.
+            self.shared
+                .unkept
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&hash);
+            let _ = self.shared.jobs.send(Job::Release(hash, o.revision));
             return;
         }
         let mut following = self.following();
@@ -366,29 +445,6 @@ async fn apply_write(owners: ViewOwners, payload: Bytes) -> Bytes {
     out.into()
 }
 
-/// Frames as one message: each one's length (4 bytes) then its bytes.
-fn pack(frames: &[Arc<Frame>]) -> Bytes {
-    let mut out = BytesMut::new();
-    for f in frames {
-        let b = encoded_frame(f);
-        out.put_u32(b.len() as u32);
-        out.put_slice(&b);
-    }
-    out.freeze()
-}
-
-fn unpack(mut b: Bytes) -> Option<Vec<Arc<Frame>>> {
-    let mut out = Vec::new();
-    while b.remaining() >= 4 {
-        let n = b.get_u32() as usize;
-        if b.remaining() < n {
-            return None;
-        }
-        out.push(Arc::new(frame_from_encoded(b.split_to(n)).ok()?));
-    }
-    Some(out)
-}
-
 /// Publishes owned views' frames to the frames stream, in the order made,
 /// until `stopped` (the engine, which holds the sender, outlives the node).
 async fn publish(
@@ -453,15 +509,90 @@ async fn answer(
             continue;
         }
         let view = owners.owned().get(&hash).and_then(|o| o.view.upgrade());
-        let payload = match view.and_then(|v| v.snapshot_with_history()) {
-            Some((snapshot, history)) => {
-                let mut frames = vec![snapshot];
-                frames.extend(history);
-                pack(&frames)
-            }
-            None => Bytes::new(),
+        let Some((snapshot, history)) = view.and_then(|v| v.snapshot_with_history()) else {
+            let _ = owners.shared.bus.client.publish(reply, Bytes::new()).await;
+            continue;
         };
-        let _ = owners.shared.bus.client.publish(reply, payload).await;
+        let mut frames = vec![snapshot];
+        frames.extend(history);
+        let payload = pack(&frames);
+        let client = owners.shared.bus.client.clone();
+        // Room for the headers NATS adds.
+        let limit = client.server_info().max_payload.saturating_sub(4096);
+        if payload.len() <= limit {
+            let _ = client.publish(reply, payload).await;
+            continue;
+        }
+        // Too big for one message: written as the view's checkpoint (object
+        // store chunks), which the asker reads.
+        let kept = owners.shared.kept.clone();
+        tokio::spawn(async move {
+            match kept.save(&hash, &frames).await {
+                Ok(()) => {
+                    let mut headers = HeaderMap::new();
+                    headers.insert(IN_CHECKPOINT, "1");
+                    let _ = client
+                        .publish_with_headers(reply, headers, Bytes::new())
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(view = %hash, error = %e, "writing a view's checkpoint failed")
+                }
+            }
+        });
+    }
+}
+
+/// Does the checkpoint and lease jobs in order. Once the node stops, it
+/// finishes what is queued (at most until [`Job::Done`] or a few seconds)
+/// so the next owner finds every closed view's last state.
+async fn keeper(
+    owners: ViewOwners,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let shared = owners.shared.clone();
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        let job = match deadline {
+            None => tokio::select! {
+                j = jobs.recv() => j,
+                _ = stopped.wait_for(|s| *s) => {
+                    deadline = Some(tokio::time::Instant::now() + Duration::from_secs(10));
+                    continue;
+                }
+            },
+            Some(d) => tokio::time::timeout_at(d, jobs.recv()).await.ok().flatten(),
+        };
+        let Some(job) = job else { return };
+        match job {
+            Job::Save(hash) => {
+                let view = owners.owned().get(&hash).and_then(|o| o.view.upgrade());
+                if let Some((snapshot, history)) = view.and_then(|v| v.snapshot_with_history()) {
+                    let mut frames = vec![snapshot];
+                    frames.extend(history);
+                    if let Err(e) = shared.kept.save(&hash, &frames).await {
+                        tracing::debug!(view = %hash, error = %e, "writing a view's checkpoint failed");
+                    }
+                }
+            }
+            Job::Keep(hash, frames) => {
+                if let Err(e) = shared.kept.save(&hash, &frames).await {
+                    tracing::warn!(view = %hash, error = %e, "writing a closed view's checkpoint failed");
+                }
+            }
+            Job::Release(hash, revision) => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    shared
+                        .bus
+                        .leases
+                        .delete_expect_revision(lease_key(&hash), Some(revision)),
+                )
+                .await;
+            }
+            Job::Done => return,
+        }
     }
 }
 
@@ -476,11 +607,19 @@ async fn renew(owners: ViewOwners, mut stopped: watch::Receiver<bool>) {
             _ = tokio::time::sleep(every) => {}
             _ = stopped.wait_for(|s| *s) => break,
         }
-        let held: Vec<(String, u64)> = owners
-            .owned()
-            .iter()
-            .map(|(h, o)| (h.clone(), o.revision))
-            .collect();
+        let held: Vec<(String, u64)> = {
+            let mut owned = owners.owned();
+            for (hash, o) in owned.iter_mut() {
+                // A first checkpoint for each view taken (later ones follow
+                // its frames), once it has a state.
+                let ready = o.view.upgrade().is_some_and(|v| v.version() > 0);
+                if !o.kept && ready {
+                    o.kept = true;
+                    let _ = owners.shared.jobs.send(Job::Save(hash.clone()));
+                }
+            }
+            owned.iter().map(|(h, o)| (h.clone(), o.revision)).collect()
+        };
         for (hash, revision) in held {
             let r = bus
                 .leases
@@ -506,19 +645,16 @@ async fn renew(owners: ViewOwners, mut stopped: watch::Receiver<bool>) {
             }
         }
     }
-    let held: Vec<(String, u64)> = owners
-        .owned()
-        .drain()
-        .map(|(h, o)| (h, o.revision))
-        .collect();
-    for (hash, revision) in held {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            bus.leases
-                .delete_expect_revision(lease_key(&hash), Some(revision)),
-        )
-        .await;
+    // Each view still held is checkpointed, then handed back.
+    let held: Vec<String> = owners.owned().keys().cloned().collect();
+    for hash in held {
+        let _ = owners.shared.jobs.send(Job::Save(hash.clone()));
+        let revision = owners.owned().remove(&hash).map(|o| o.revision);
+        if let Some(r) = revision {
+            let _ = owners.shared.jobs.send(Job::Release(hash, r));
+        }
     }
+    let _ = owners.shared.jobs.send(Job::Done);
 }
 
 /// Turns a view whose lease this node lost back into a follower of its
@@ -529,13 +665,13 @@ async fn demote(owners: ViewOwners, view: Arc<View>, hash: String) {
     let deadline = Instant::now() + Duration::from_millis(c.lease_ttl_ms + c.owner_wait_ms);
     while Instant::now() < deadline && !view.is_closed() {
         if let Ok(Some(revision)) = owners.take(&hash).await {
-            owners.owned().insert(
-                hash,
-                Owned {
-                    view: Arc::downgrade(&view),
-                    revision,
-                },
-            );
+            // Another node may have owned it meanwhile: a new term.
+            if let Some(engine) = owners.shared.engine.upgrade() {
+                engine.retake(&view);
+            }
+            owners
+                .owned()
+                .insert(hash, Owned::new(Arc::downgrade(&view), revision));
             return;
         }
         let holder = bus.leases.get(lease_key(&hash)).await.ok().flatten();
@@ -603,9 +739,15 @@ async fn follow(
                         continue;
                     }
                 };
-                match engine.follow(&v, frame) {
+                match engine.follow(&v, frame.clone()) {
                     Followed::Applied | Followed::Stale => {}
-                    Followed::Gap => resync(&owners, &engine, &v, &hash).await,
+                    Followed::Gap => {
+                        // The frames missed are likely still in the stream.
+                        fill(&owners, &engine, &v, &hash).await;
+                        if engine.follow(&v, frame) == Followed::Gap {
+                            resync(&owners, &engine, &v, &hash).await;
+                        }
+                    }
                     Followed::Closed => return,
                 }
             }
@@ -613,7 +755,9 @@ async fn follow(
                 let holder = bus.leases.get(lease_key(&hash)).await;
                 if let Ok(None) = holder {
                     if let Ok(Some(revision)) = owners.take(&hash).await {
-                        owners.owned().insert(hash.clone(), Owned { view: view.clone(), revision });
+                        // Whatever the last owner got out before it left.
+                        fill(&owners, &engine, &v, &hash).await;
+                        owners.owned().insert(hash.clone(), Owned::new(view.clone(), revision));
                         owners.following().remove(&hash);
                         if engine.promote(&v) {
                             tracing::info!(view = %v.id, "took over a view whose owner left");
@@ -626,6 +770,20 @@ async fn follow(
                 }
             }
         }
+    }
+}
+
+/// Applies the view's frames the stream holds after the follower's version.
+async fn fill(owners: &ViewOwners, engine: &crate::engine::Engine, v: &Arc<View>, hash: &str) {
+    match owners.shared.kept.after(hash, v.epoch(), v.version()).await {
+        Ok(frames) => {
+            for f in frames {
+                if !matches!(engine.follow(v, f), Followed::Applied | Followed::Stale) {
+                    break;
+                }
+            }
+        }
+        Err(e) => tracing::debug!(view = %v.id, error = %e, "reading a view's kept frames failed"),
     }
 }
 

@@ -515,8 +515,8 @@ impl Engine {
         view.load(snapshot, history, &self.inner.store);
     }
 
-    /// Makes this node the owner of the follower `view` (a new epoch) and
-    /// has it evaluated at once.
+    /// Makes this node the owner of the follower `view` (the same epoch, a
+    /// new term of versions) and has it evaluated at once.
     pub fn promote(&self, view: &Arc<View>) -> bool {
         let Some(o) = self.inner.owners.get() else {
             return false;
@@ -526,6 +526,13 @@ impl Engine {
         }
         invalidation::refresh(&self.inner, view.clone());
         true
+    }
+
+    /// Marks an owned `view` as taken again after its lease was lost (some
+    /// other node may have owned it meanwhile): its next version starts a
+    /// new term.
+    pub fn retake(&self, view: &Arc<View>) {
+        view.retake();
     }
 
     /// The checks every graph or mutation call passes: it exists, the caller

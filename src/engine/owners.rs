@@ -17,6 +17,17 @@ use super::view::View;
 pub enum Claim {
     /// This node: evaluate, and publish every frame.
     Own,
+    /// This node, going on from the state the cluster kept of the view
+    /// (the last owner's checkpoint and the frames after it): same epoch,
+    /// the next version in a new term. The first evaluation is then a diff.
+    Resume {
+        /// The kept state.
+        snapshot: Arc<Frame>,
+        /// The diffs up to it, oldest first, for catch-up.
+        history: Vec<Arc<Frame>>,
+        /// The diffs after it, to apply before evaluating.
+        after: Vec<Arc<Frame>>,
+    },
     /// Another node: start from its snapshot, with the diffs before it for
     /// catch-up.
     Follow {
@@ -51,6 +62,10 @@ pub trait Owners: Send + Sync {
     fn published(&self, view: &View, frame: &Arc<Frame>);
     /// The view closed on this node (its last local subscriber left).
     fn closed(&self, view: &Arc<View>);
+    /// An owned view is closing: its last state and kept diffs, for the
+    /// cluster to keep. Called with the view's state locked: must only
+    /// queue them. Comes before [`Owners::closed`].
+    fn retired(&self, view: &View, snapshot: Arc<Frame>, history: Vec<Arc<Frame>>);
     /// A mutation on this node made `changes` (already applied to the views
     /// this node owns): returns once the owners of `followed` have applied
     /// them too and their frames reached these copies, so the mutation's

@@ -62,6 +62,9 @@ struct State {
     /// Another node of the cluster evaluates the view; this copy applies
     /// its frames.
     follower: bool,
+    /// This node took the view over from another (or from a checkpoint):
+    /// its next version skips ahead to the next term (see [`next_term`]).
+    jump: bool,
 }
 
 /// What a re-anchoring subscriber held of the view it left: enough to diff
@@ -247,6 +250,21 @@ impl View {
                     self.load(&snapshot, history, store);
                     return Ok(());
                 }
+                Claim::Resume {
+                    snapshot,
+                    history: kept,
+                    after,
+                } => {
+                    // Rebuilt as a follower of the last owner, then taken
+                    // over: the evaluation below is a diff in its epoch.
+                    self.load(&snapshot, kept, store);
+                    for f in after {
+                        if self.follow(f, store, stats, history) != Followed::Applied {
+                            break;
+                        }
+                    }
+                    self.promote(o.clone());
+                }
             }
         }
         self.run(store, stats, history).await.map(|_| ())
@@ -411,12 +429,16 @@ impl View {
         }
         diff.rows.sort_by(|a, b| a.0.cmp(&b.0));
         diff.patches.sort_by(|a, b| a.0.cmp(&b.0));
-        st.version += 1;
+        let prev = st.version;
+        st.version = match std::mem::take(&mut st.jump) {
+            true => next_term(prev),
+            false => prev + 1,
+        };
         let frame = Frame::new(
             self.id.clone(),
             self.epoch(),
             st.version,
-            st.version - 1,
+            prev,
             FrameBody::Diff(diff),
         );
         st.history.push_back(frame.clone());
@@ -541,20 +563,16 @@ impl View {
             return None;
         }
         let current = st.version;
-        let covered = epoch == self.epoch()
-            && version <= current
-            && (version == current
-                || st
-                    .history
-                    .front()
-                    .is_some_and(|f| f.prev_version <= version));
-        let (mode, first) = if covered {
-            let missed: Vec<Arc<Frame>> = st
-                .history
-                .iter()
-                .filter(|f| f.version > version)
-                .cloned()
-                .collect();
+        // The client's version must be one this life of the view went
+        // through: versions can skip ahead (a new owner), and a version in
+        // the gap was made by an owner whose last frames never got out.
+        let from = match epoch == self.epoch() {
+            true if version == current => Some(st.history.len()),
+            true => st.history.iter().position(|f| f.prev_version == version),
+            false => None,
+        };
+        let (mode, first) = if let Some(from) = from {
+            let missed: Vec<Arc<Frame>> = st.history.iter().skip(from).cloned().collect();
             let mode = match missed.len() {
                 0 => SyncMode::Current,
                 n => SyncMode::CatchUp(n as u32),
@@ -704,6 +722,14 @@ impl View {
 
     fn close_locked(&self, st: &mut State, store: &Mutex<Store>) {
         st.closed = true;
+        if let Some(o) = self.publisher.get() {
+            if st.ready && !st.follower {
+                // The cluster keeps the last state, so whoever opens the view
+                // next goes on from it instead of starting a new life.
+                let history = st.history.iter().cloned().collect();
+                o.retired(self, self.snapshot_frame(st), history);
+            }
+        }
         let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
         for k in st.rows.keys() {
             store.release(&self.key.scope.workspace_id, k, &self.me);
@@ -886,9 +912,10 @@ impl View {
         Followed::Applied
     }
 
-    /// Turns a follower into the view's owner, in a new epoch (the old
-    /// owner's last frames may not all have reached this node): subscribers
-    /// get a snapshot, and `owners` the frames from now on. The caller then
+    /// Turns a follower into the view's owner, in the same epoch: its next
+    /// version skips to the next term, so a version the old owner made but
+    /// never got out (its own clients may hold it) is never made again with
+    /// other contents. `owners` gets the frames from now on; the caller then
     /// has the view evaluated. False when the view is not a follower.
     pub(crate) fn promote(&self, owners: Arc<dyn Owners>) -> bool {
         let mut st = self.lock();
@@ -896,15 +923,14 @@ impl View {
             return false;
         }
         st.follower = false;
-        st.history.clear();
-        self.epoch.store(new_epoch(), Ordering::Relaxed);
-        let frame = self.snapshot_frame(&st);
-        for s in st.subscribers.values() {
-            s.push_frame(frame.clone());
-        }
-        let _ = self.publisher.set(owners.clone());
-        owners.published(self, &frame);
+        st.jump = true;
+        let _ = self.publisher.set(owners);
         true
+    }
+
+    /// The next version starts a new term (see [`next_term`]).
+    pub(crate) fn retake(&self) {
+        self.lock().jump = true;
     }
 
     /// A summary for stats.
@@ -924,6 +950,13 @@ impl View {
             last_error: st.last_error.clone(),
         }
     }
+}
+
+/// The first version of the term after `version`'s: a view's versions
+/// count up within a term of 2^32, and each new owner starts a new term.
+/// 2^21 terms of 2^32 versions still fit a JavaScript number exactly.
+pub(crate) fn next_term(version: u64) -> u64 {
+    ((version >> 32) + 1) << 32
 }
 
 /// A random epoch that fits a JavaScript number exactly.

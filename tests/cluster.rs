@@ -1248,3 +1248,27 @@ async fn with_view_owners_a_version_the_dead_owner_never_got_out_is_answered_wit
     assert_eq!(mode, arcana::proto::SyncMode::Snapshot as i32);
     back.wait_until(&view_id, |s| titles(s) == expected).await;
 }
+
+#[tokio::test]
+async fn with_view_owners_a_view_bigger_than_a_nats_message_reaches_a_follower() {
+    let _g = serial().await;
+    let c = Cluster::start_owners().await;
+    c.leader().await;
+    // 50 tasks of 40 KB each: about 2 MB, twice NATS's default max_payload.
+    c.sql(
+        "ALTER TABLE tasks DROP CONSTRAINT tasks_title_check; \
+         UPDATE tasks SET title = repeat('x', 40000) || id WHERE project_id = 1; \
+         INSERT INTO tasks (workspace_id, project_id, title, position) \
+         SELECT 'acme', 1, repeat('y', 40000) || g, 100 + g FROM generate_series(1, 50) g",
+    )
+    .await;
+    let mut subs = vec![subscribe(&c.nodes[0]).await, subscribe(&c.nodes[1]).await];
+    converge(&c, &mut subs).await;
+    c.sql("UPDATE tasks SET title = 'Small again' WHERE id = 1")
+        .await;
+    converge(&c, &mut subs).await;
+    assert_eq!(
+        subs[0].0.view(&subs[0].1).version,
+        subs[1].0.view(&subs[1].1).version
+    );
+}

@@ -161,6 +161,16 @@ impl Cluster {
 
     /// Three nodes; `extra` is added to their `[cluster]` section.
     async fn start_full(mode: &str, ttl_ms: u64, extra: &str) -> Cluster {
+        Self::start_relayed(mode, ttl_ms, extra, None).await
+    }
+
+    /// Three nodes, node `relayed.0` reaching NATS through `relayed.1`.
+    async fn start_relayed(
+        mode: &str,
+        ttl_ms: u64,
+        extra: &str,
+        relayed: Option<(usize, String)>,
+    ) -> Cluster {
         let nats = Nats::start();
         let db_url = fresh_database().await;
         let slot = format!("slot_{:016x}", rand::random::<u64>());
@@ -173,7 +183,10 @@ impl Cluster {
             let config = format!(
                 "{DEMO_CONFIG}\n[changes]\nmode = \"{mode}\"\nslot = \"{slot}\"\n\n\
                  [cluster]\nnats_url = \"{}\"\nnode_id = \"{id}\"\nlease_ttl_ms = {ttl_ms}\n{extra}",
-                nats.url()
+                match &relayed {
+                    Some((at, url)) if *at == i - 1 => url.clone(),
+                    _ => nats.url(),
+                }
             );
             let path = dir.join(format!("{id}.toml"));
             std::fs::write(&path, config).unwrap();
@@ -502,8 +515,13 @@ async fn a_nats_outage_longer_than_the_lease_loses_nothing() {
         ))
         .await;
     }
+    // Longer than a lease for every node: each one sends its clients away.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
     c.nats.start_again();
     c.leader().await;
+    // Cut off past a lease, every node sent its clients away; they come
+    // back and Sync.
+    let mut subs = come_back(&c, subs).await;
     converge(&c, &mut subs).await;
     let expected = c.expected_titles().await;
     assert_eq!(
@@ -994,6 +1012,7 @@ async fn with_view_owners_after_a_nats_outage_longer_than_the_lease_one_node_own
         .await;
     c.nats.start_again();
     c.leader().await;
+    let mut subs = come_back(&c, subs).await;
     converge(&c, &mut subs).await;
     // Settled: one node evaluates the next write, and every node shows
     // the same epoch and version.
@@ -1023,6 +1042,24 @@ async fn with_view_owners_after_a_nats_outage_longer_than_the_lease_one_node_own
         }
     }
     assert_eq!(grew, 1, "one node evaluated the write");
+}
+
+/// After every node sent its clients away (a NATS outage longer than a
+/// lease), each subscriber reads its stream to the end (UNAVAILABLE) and
+/// resumes on the same node with Sync, once the node takes sessions again.
+async fn come_back(c: &Cluster, subs: Vec<(Live, String)>) -> Vec<(Live, String)> {
+    let mut out = Vec::new();
+    for (i, (mut l, v)) in subs.into_iter().enumerate() {
+        let status = loop {
+            if let Err(s) = l.read_one().await {
+                break s;
+            }
+        };
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        let (back, _) = resume_on(&c.nodes[i], &v, l.view(&v)).await;
+        out.push((back, v));
+    }
+    out
 }
 
 /// How many of `frames` are snapshots.
@@ -1271,4 +1308,126 @@ async fn with_view_owners_a_view_bigger_than_a_nats_message_reaches_a_follower()
         subs[0].0.view(&subs[0].1).version,
         subs[1].0.view(&subs[1].1).version
     );
+}
+
+/// A TCP relay to NATS that the test can cut: one node's link alone.
+struct Relay {
+    port: u16,
+    /// NATS's port; links wait until it is set.
+    to: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start() -> Relay {
+        use std::sync::atomic::Ordering;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let to = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(0));
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (t, c, ls) = (to.clone(), cut.clone(), links.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                if c.load(Ordering::SeqCst) {
+                    continue; // dropped: refused while cut
+                }
+                let t = t.clone();
+                let link = tokio::spawn(async move {
+                    while t.load(Ordering::SeqCst) == 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let to = t.load(Ordering::SeqCst);
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                });
+                ls.lock().unwrap().push(link);
+            }
+        });
+        Relay {
+            port,
+            to,
+            cut,
+            links,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn relay_to(&self, nats_url: &str) {
+        let port = nats_url.rsplit(':').next().unwrap().parse().unwrap();
+        self.to.store(port, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Drops every link and refuses new ones until `restore`.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.links.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn with_view_owners_a_node_cut_off_from_nats_sends_its_clients_elsewhere() {
+    let _g = serial().await;
+    let relay = Relay::start().await;
+    let c =
+        Cluster::start_relayed("wal", 1500, "view_owners = true\n", Some((0, relay.url()))).await;
+    relay.relay_to(&c.nats.url());
+    c.leader().await;
+    let (mut cut, view_id) = subscribe(&c.nodes[0]).await;
+    let mut subs = vec![subscribe(&c.nodes[1]).await];
+    converge(&c, &mut subs).await;
+    relay.cut();
+    // Past a lease TTL without NATS, node 0 ends its sessions.
+    let status = loop {
+        match cut.read_one().await {
+            Ok(()) => continue,
+            Err(s) => break s,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert!(status.message().contains("another node"), "{status:?}");
+    // And refuses new ones while cut off.
+    let ch = Channel::from_shared(c.nodes[0].endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let refused = Live::connect(ArcanaServiceClient::with_interceptor(
+        ch,
+        Bearer("dev-alice".into()),
+    ))
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    // Meanwhile the others go on: node 1 owns the view now.
+    c.sql("UPDATE tasks SET title = 'While cut off' WHERE id = 2")
+        .await;
+    converge(&c, &mut subs).await;
+    // The client moves to node 2 and catches up.
+    let held = cut.view(&view_id).clone();
+    let (mut moved, mode) = resume_on(&c.nodes[2], &view_id, &held).await;
+    assert_eq!(mode, arcana::proto::SyncMode::CatchUp as i32);
+    let expected = c.expected_titles().await;
+    moved.wait_until(&view_id, |s| titles(s) == expected).await;
+    // Once the link is back, node 0 serves again.
+    relay.restore();
+    let mut back = c.nodes[0].live("dev-alice").await;
+    let v = back
+        .subscribe("project_tasks", params(&[("project_id", int(1))]))
+        .await
+        .unwrap()
+        .view_id;
+    back.wait_until(&v, |s| titles(s) == expected).await;
 }

@@ -47,17 +47,27 @@ impl Kept {
             .map_err(|e| format!("opening the stream {}: {e}", c.frames_stream))?;
         let checkpoints = match bus.js.get_object_store(&c.checkpoint_bucket).await {
             Ok(s) => s,
-            Err(_) => bus
-                .js
-                .create_object_store(object_store::Config {
-                    bucket: c.checkpoint_bucket.clone(),
-                    description: Some("Arcana view checkpoints".into()),
-                    max_age: Duration::from_secs(c.frames_max_age_s.max(1)),
-                    max_bytes: c.checkpoint_max_bytes,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("creating the bucket {}: {e}", c.checkpoint_bucket))?,
+            Err(_) => {
+                let made = bus
+                    .js
+                    .create_object_store(object_store::Config {
+                        bucket: c.checkpoint_bucket.clone(),
+                        description: Some("Arcana view checkpoints".into()),
+                        max_age: Duration::from_secs(c.frames_max_age_s.max(1)),
+                        max_bytes: c.checkpoint_max_bytes,
+                        ..Default::default()
+                    })
+                    .await;
+                match made {
+                    Ok(s) => s,
+                    // Another node starting at the same time made it first.
+                    Err(e) => bus
+                        .js
+                        .get_object_store(&c.checkpoint_bucket)
+                        .await
+                        .map_err(|_| format!("creating the bucket {}: {e}", c.checkpoint_bucket))?,
+                }
+            }
         };
         Ok(Kept {
             frames,

@@ -15,6 +15,7 @@ pub mod consume;
 pub mod demo;
 pub mod kept;
 pub mod lease;
+pub mod link;
 pub mod publish;
 pub mod startup;
 pub mod views;
@@ -67,6 +68,12 @@ impl Node {
             tasks.extend(t);
         }
         tasks.extend([
+            tokio::spawn(link::run(
+                bus.clone(),
+                engine.downgrade(),
+                consuming.clone(),
+                stopped.clone(),
+            )),
             tokio::spawn(consume::run(
                 bus.clone(),
                 engine,

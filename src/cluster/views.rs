@@ -368,6 +368,9 @@ impl Owners for ViewOwners {
     }
 }
 
+/// View leases renewed concurrently.
+const RENEWALS_AT_ONCE: usize = 64;
+
 /// The last token of a request subject naming a write rather than a view.
 const WRITE: &str = "write";
 
@@ -620,22 +623,41 @@ async fn renew(owners: ViewOwners, mut stopped: watch::Receiver<bool>) {
             }
             owned.iter().map(|(h, o)| (h.clone(), o.revision)).collect()
         };
-        for (hash, revision) in held {
-            let r = bus
-                .leases
-                .update(lease_key(&hash), me.clone().into_bytes().into(), revision)
-                .await;
+        // Renewed many at a time: one round trip each, and a node may own
+        // thousands of views within a third of the TTL.
+        let renewals = futures_util::stream::iter(held)
+            .map(|(hash, revision)| {
+                let (leases, me) = (bus.leases.clone(), me.clone());
+                async move {
+                    let r = leases
+                        .update(lease_key(&hash), me.into_bytes().into(), revision)
+                        .await;
+                    (hash, revision, r)
+                }
+            })
+            .buffer_unordered(RENEWALS_AT_ONCE);
+        let done: Vec<_> = renewals.collect().await;
+        for (hash, revision, r) in done {
             match r {
                 Ok(r) => {
                     if let Some(o) = owners.owned().get_mut(&hash) {
-                        o.revision = r;
+                        if o.revision == revision {
+                            o.revision = r;
+                        }
                     }
                 }
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {
                     // Expired while NATS was out of reach: another node may
                     // own the view now, so this copy follows it (or owns
                     // it again if nobody took it).
-                    let view = owners.owned().remove(&hash).and_then(|o| o.view.upgrade());
+                    let view = {
+                        let mut owned = owners.owned();
+                        match owned.get(&hash) {
+                            Some(o) if o.revision == revision => owned.remove(&hash),
+                            _ => None,
+                        }
+                    }
+                    .and_then(|o| o.view.upgrade());
                     if let Some(v) = view {
                         tracing::warn!(view = %v.id, "lost a view's lease; following its new owner");
                         tokio::spawn(demote(owners.clone(), v, hash));

@@ -232,6 +232,8 @@ pub(crate) struct Inner {
     in_flight: invalidation::InFlight,
     /// Set by [`Engine::shutdown`].
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Why this node serves no sessions now (cut off from its cluster).
+    away: Mutex<Option<Arc<str>>>,
     /// View ownership across a cluster's nodes; unset on a standalone server.
     owners: std::sync::OnceLock<Arc<dyn Owners>>,
 }
@@ -409,6 +411,7 @@ impl Engine {
             queues: Mutex::default(),
             in_flight: invalidation::InFlight::default(),
             shutting_down: Default::default(),
+            away: Mutex::default(),
             owners: Default::default(),
         });
         tokio::spawn(invalidation::run(Arc::downgrade(&inner), rx));
@@ -1031,6 +1034,30 @@ impl Engine {
         self.inner
             .shutting_down
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Marks this node as unable to serve (`Some(why)`: cut off from its
+    /// cluster, so its views fall behind) or able again (`None`). Going
+    /// away ends every session, each with `why`, so clients reconnect to
+    /// another node and Sync there; new sessions are refused meanwhile.
+    pub fn set_away(&self, why: Option<String>) {
+        let why: Option<Arc<str>> = why.map(Into::into);
+        *self.inner.away.lock().unwrap_or_else(|e| e.into_inner()) = why.clone();
+        let Some(why) = why else { return };
+        let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        for s in sessions {
+            s.end_because(why.clone());
+            self.close_session(&s.id);
+        }
+    }
+
+    /// Why this node serves no sessions now, if it does not.
+    pub fn away(&self) -> Option<Arc<str>> {
+        self.inner
+            .away
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Closes every session; their streams end after what is already queued

@@ -51,6 +51,8 @@ struct Inner {
     /// Subscribes in progress, counted against the limit.
     pending: usize,
     closed: bool,
+    /// Why the server ended the session (the client should go elsewhere).
+    ended: Option<Arc<str>>,
     overflows: u64,
 }
 
@@ -449,6 +451,16 @@ impl Session {
     /// Whether the session was closed.
     pub fn is_closed(&self) -> bool {
         self.lock().closed
+    }
+
+    /// Why the server ended the session, when it did so to send the
+    /// client elsewhere (see [`super::Engine::set_away`]).
+    pub fn ended(&self) -> Option<Arc<str>> {
+        self.lock().ended.clone()
+    }
+
+    pub(crate) fn end_because(&self, reason: Arc<str>) {
+        self.lock().ended = Some(reason);
     }
 
     /// The views the session is subscribed to, by the id the client knows

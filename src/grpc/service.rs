@@ -124,6 +124,9 @@ impl Service {
         if creds.expires_at.is_some_and(|t| t <= SystemTime::now()) {
             return Err(expired());
         }
+        if let Some(why) = self.engine.away() {
+            return Err(Status::unavailable(why.to_string()));
+        }
         let slot = self.sessions.take(&creds.identity, &self.limits)?;
         let session = self.engine.open_session(creds.identity);
         let opened = encode_message(server_message::Kind::Opened(pb::SessionOpened {
@@ -249,7 +252,11 @@ fn session_stream(
             }
         };
         let Some(item) = item else {
-            // Closed by a shutdown, not by the client: tell it to go elsewhere.
+            // Closed by the server, not by the client: tell it to go elsewhere.
+            if let Some(why) = g.session.ended() {
+                g.done = true;
+                return Some((Err(Status::unavailable(why.to_string())), g));
+            }
             if g.engine.is_shutting_down() {
                 g.done = true;
                 return Some((Err(shutting_down()), g));

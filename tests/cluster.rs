@@ -1431,3 +1431,34 @@ async fn with_view_owners_a_node_cut_off_from_nats_sends_its_clients_elsewhere()
         .view_id;
     back.wait_until(&v, |s| titles(s) == expected).await;
 }
+
+#[tokio::test]
+async fn a_notify_call_on_one_node_reaches_views_owned_and_followed_elsewhere() {
+    let _g = serial().await;
+    // No change source: only mutations and Notify calls move views.
+    let c = Cluster::start_full("none", 1500, "view_owners = true\n").await;
+    let mut subs = Vec::new();
+    for n in &c.nodes {
+        subs.push(subscribe(n).await);
+    }
+    c.sql("UPDATE tasks SET title = 'Told by Notify' WHERE id = 2")
+        .await;
+    let ch = Channel::from_shared(c.nodes[2].endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ArcanaServiceClient::with_interceptor(ch, Bearer("dev-service".into()));
+    client
+        .notify(arcana::proto::NotifyRequest {
+            changes: vec![arcana::proto::Change {
+                table: "tasks".into(),
+                id: "2".into(),
+                columns: vec!["title".into()],
+                ..Default::default()
+            }],
+        })
+        .await
+        .unwrap();
+    converge(&c, &mut subs).await;
+}

@@ -59,6 +59,8 @@ impl Node {
         let leader = Arc::new(AtomicBool::new(false));
         let consuming = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
+        // Every node consumes the stream, so a Notify call reaches them all.
+        engine.set_broadcast(Arc::new(publish::StreamSink::new(bus.clone())));
         if config.view_owners {
             let history = engine.config().history_len;
             let (owners, t) =

@@ -79,6 +79,24 @@ impl StreamSink {
     }
 }
 
+impl crate::engine::Broadcast for StreamSink {
+    fn broadcast(
+        &self,
+        changes: Vec<crate::engine::Change>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let sink = StreamSink {
+            bus: self.bus.clone(),
+        };
+        Box::pin(async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let payload = wire::encode(&ChangeBatch::new(changes, None));
+            sink.publish(payload, None, Some(tx)).await?;
+            rx.await
+                .map_err(|_| "the change stream did not store the changes".to_owned())
+        })
+    }
+}
+
 impl ChangeSink for StreamSink {
     fn changes(
         &self,

@@ -37,7 +37,7 @@ pub use error::{EngineError, EvalError, EvalErrorKind};
 pub use frame::{Frame, FrameBody, Snapshot, ViewDiff};
 pub use identity::{Identity, Scope};
 pub use invalidation::ChangeBatch;
-pub use owners::{Claim, Followed, Owners};
+pub use owners::{Broadcast, Claim, Followed, Owners};
 pub use params::{ParamSchema, ParamSpec, ParamType, Params};
 pub use registry::{
     Change, Factory, FieldShape, GraphDef, MutationDef, MutationHandler, MutationOutput, Registry,
@@ -236,6 +236,7 @@ pub(crate) struct Inner {
     away: Mutex<Option<Arc<str>>>,
     /// View ownership across a cluster's nodes; unset on a standalone server.
     owners: std::sync::OnceLock<Arc<dyn Owners>>,
+    broadcast: std::sync::OnceLock<Arc<dyn Broadcast>>,
 }
 
 /// The result of a subscribe.
@@ -413,6 +414,7 @@ impl Engine {
             shutting_down: Default::default(),
             away: Mutex::default(),
             owners: Default::default(),
+            broadcast: Default::default(),
         });
         tokio::spawn(invalidation::run(Arc::downgrade(&inner), rx));
         Engine { inner }
@@ -925,6 +927,25 @@ impl Engine {
         let (tx, rx) = oneshot::channel();
         self.changes(ChangeBatch::new(changes, Some(tx))).await?;
         rx.await.map_err(|_| EngineError::ShuttingDown)
+    }
+
+    /// Makes `Notify` calls reach every node of a cluster. Set once.
+    pub fn set_broadcast(&self, b: Arc<dyn Broadcast>) -> bool {
+        self.inner.broadcast.set(b).is_ok()
+    }
+
+    /// [`Engine::notify`] here, and on every other node of the cluster
+    /// when there is one: the call returns once this node applied the
+    /// changes and the bus stored them for the others.
+    pub async fn notify_everywhere(&self, changes: Vec<Change>) -> Result<(), EngineError> {
+        if let Some(b) = self.inner.broadcast.get() {
+            b.broadcast(changes.clone()).await.map_err(|e| {
+                EngineError::Unavailable(format!(
+                    "the change could not be passed to the other nodes ({e}); retry"
+                ))
+            })?;
+        }
+        self.notify(changes).await
     }
 
     /// Queues a batch of changes (waiting while the queue is full). Change

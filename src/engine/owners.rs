@@ -52,6 +52,14 @@ pub enum Followed {
     Closed,
 }
 
+/// Hands changes a node received directly (a `Notify` call, which no change
+/// source sees) to every node of its cluster.
+pub trait Broadcast: Send + Sync {
+    /// Sends `changes` to every node; returns once they are on their way
+    /// for good (stored by the bus).
+    fn broadcast(&self, changes: Vec<Change>) -> BoxFuture<'static, Result<(), String>>;
+}
+
 /// The cluster's side of view ownership.
 pub trait Owners: Send + Sync {
     /// Decides who evaluates `view`; following includes fetching the

@@ -792,7 +792,10 @@ impl ArcanaService for Service {
                 ),
             ));
         }
-        self.engine.notify(changes).await.map_err(to_status)?;
+        self.engine
+            .notify_everywhere(changes)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(pb::NotifyResponse {}))
     }
 

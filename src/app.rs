@@ -201,7 +201,9 @@ impl App {
                         Box::pin(async move { start_source(&spec, &e, sink).await })
                     },
                 );
-                (None, Some(Node::start(c, engine.clone(), starter).await?))
+                let node = Node::start(c, engine.clone(), starter).await?;
+                engine.broadcast_mutations(config.changes.mode == ChangeMode::None);
+                (None, Some(node))
             }
         };
         // Ready means changes flow in: from the local listener, or (in a

@@ -1462,3 +1462,30 @@ async fn a_notify_call_on_one_node_reaches_views_owned_and_followed_elsewhere() 
         .unwrap();
     converge(&c, &mut subs).await;
 }
+
+#[tokio::test]
+async fn without_a_change_source_a_mutation_reaches_every_node() {
+    let _g = serial().await;
+    let c = Cluster::start_full("none", 1500, "view_owners = true\n").await;
+    // Node 1 owns the view; nodes 0 and 2 follow it; node 0 writes.
+    let mut subs = vec![subscribe(&c.nodes[1]).await];
+    subs.push(subscribe(&c.nodes[0]).await);
+    subs.push(subscribe(&c.nodes[2]).await);
+    // A second view, only on node 2: nothing forwards the write to it.
+    let mut other = c.nodes[2].live("dev-alice").await;
+    let v2 = other
+        .subscribe("project_tasks", params(&[("project_id", int(2))]))
+        .await
+        .unwrap()
+        .view_id;
+    let before = other.view(&v2).refs.len();
+    subs[1]
+        .0
+        .mutate(
+            "create_task",
+            params(&[("project_id", int(2)), ("title", text("Heard everywhere"))]),
+        )
+        .await
+        .unwrap();
+    other.wait_until(&v2, |s| s.refs.len() == before + 1).await;
+}

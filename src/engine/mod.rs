@@ -237,6 +237,9 @@ pub(crate) struct Inner {
     /// View ownership across a cluster's nodes; unset on a standalone server.
     owners: std::sync::OnceLock<Arc<dyn Owners>>,
     broadcast: std::sync::OnceLock<Arc<dyn Broadcast>>,
+    /// Mutations' changes are broadcast too: no change source reads the
+    /// database (`changes.mode = "none"`).
+    broadcast_mutations: std::sync::atomic::AtomicBool,
 }
 
 /// The result of a subscribe.
@@ -415,6 +418,7 @@ impl Engine {
             away: Mutex::default(),
             owners: Default::default(),
             broadcast: Default::default(),
+            broadcast_mutations: Default::default(),
         });
         tokio::spawn(invalidation::run(Arc::downgrade(&inner), rx));
         Engine { inner }
@@ -906,7 +910,14 @@ impl Engine {
         };
         let out = m.handler.run(scope, params).await?;
         if !out.changes.is_empty() {
-            self.notify(out.changes.clone()).await?;
+            let everywhere = self
+                .inner
+                .broadcast_mutations
+                .load(std::sync::atomic::Ordering::Relaxed);
+            match everywhere {
+                true => self.notify_everywhere(out.changes.clone()).await?,
+                false => self.notify(out.changes.clone()).await?,
+            }
             if let Some(o) = self.inner.owners.get() {
                 let followed: Vec<Arc<View>> = self
                     .views()
@@ -932,6 +943,14 @@ impl Engine {
     /// Makes `Notify` calls reach every node of a cluster. Set once.
     pub fn set_broadcast(&self, b: Arc<dyn Broadcast>) -> bool {
         self.inner.broadcast.set(b).is_ok()
+    }
+
+    /// Also broadcasts mutations' changes: for a cluster without a change
+    /// source, where nothing else tells the other nodes of a write.
+    pub fn broadcast_mutations(&self, on: bool) {
+        self.inner
+            .broadcast_mutations
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// [`Engine::notify`] here, and on every other node of the cluster

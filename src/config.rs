@@ -112,6 +112,10 @@ pub struct ClusterConfig {
     pub checkpoint_bucket: String,
     /// The checkpoint bucket's size limit in bytes (-1: no limit).
     pub checkpoint_max_bytes: i64,
+    /// Checkpoints waiting to be written, at most; past it a view goes
+    /// without a newer one (a node taking it over may then start a new
+    /// epoch, which sends snapshots).
+    pub checkpoint_queue: usize,
     /// How long a node waits for a view's owner before failing a
     /// subscribe, in milliseconds (added to `lease_ttl_ms`, so a dead
     /// owner's lease can expire meanwhile).
@@ -138,6 +142,7 @@ impl Default for ClusterConfig {
             frames_max_age_s: 3600,
             checkpoint_bucket: "ARCANA_VIEWS".into(),
             checkpoint_max_bytes: 1 << 30,
+            checkpoint_queue: 4096,
             owner_wait_ms: 5000,
         }
     }

@@ -1489,3 +1489,23 @@ async fn without_a_change_source_a_mutation_reaches_every_node() {
         .unwrap();
     other.wait_until(&v2, |s| s.refs.len() == before + 1).await;
 }
+
+#[tokio::test]
+async fn with_no_room_for_checkpoints_a_view_nobody_holds_starts_a_new_epoch() {
+    let _g = serial().await;
+    let c = Cluster::start_full("wal", 1500, "view_owners = true\ncheckpoint_queue = 0\n").await;
+    c.leader().await;
+    let (l, view_id) = subscribe(&c.nodes[0]).await;
+    let before = l.view(&view_id).clone();
+    drop(l);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.sql("UPDATE tasks SET title = 'Not kept' WHERE id = 2")
+        .await;
+    // Nothing was kept of the view: the client gets a snapshot of a new
+    // life, still exact.
+    let (mut back, mode) = resume_on(&c.nodes[1], &view_id, &before).await;
+    assert_eq!(mode, arcana::proto::SyncMode::Snapshot as i32);
+    let expected = c.expected_titles().await;
+    back.wait_until(&view_id, |s| titles(s) == expected).await;
+    assert_ne!(back.view(&view_id).epoch, before.epoch);
+}

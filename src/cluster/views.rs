@@ -103,6 +103,9 @@ struct Shared {
     jobs: mpsc::UnboundedSender<Job>,
     /// Frames each owned view made since its last checkpoint.
     unkept: Mutex<HashMap<String, usize>>,
+    /// Views with a checkpoint queued: one at a time each, and at most
+    /// `checkpoint_queue` in all (a slow NATS must not pile up snapshots).
+    queued: Mutex<std::collections::HashSet<String>>,
     history_len: usize,
 }
 
@@ -159,6 +162,7 @@ impl ViewOwners {
                 kept,
                 jobs,
                 unkept: Mutex::default(),
+                queued: Mutex::default(),
                 history_len: history_len.max(1),
             }),
         };
@@ -173,6 +177,22 @@ impl ViewOwners {
 
     fn owned(&self) -> std::sync::MutexGuard<'_, HashMap<String, Owned>> {
         self.shared.owned.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a checkpoint of `hash` (`frames` when the view is closing,
+    /// else its state when written), unless one is queued already or the
+    /// queue is full; false then. A view without a checkpoint only starts
+    /// a new epoch where it could have gone on.
+    fn keep(&self, hash: String, frames: Option<Vec<Arc<Frame>>>) -> bool {
+        let mut queued = self.shared.queued.lock().unwrap_or_else(|e| e.into_inner());
+        if queued.len() >= self.shared.bus.config.checkpoint_queue || !queued.insert(hash.clone()) {
+            return false;
+        }
+        let job = match frames {
+            Some(f) => Job::Keep(hash, f),
+            None => Job::Save(hash),
+        };
+        self.shared.jobs.send(job).is_ok()
     }
 
     fn following(&self) -> std::sync::MutexGuard<'_, HashMap<String, Following>> {
@@ -318,7 +338,7 @@ impl Owners for ViewOwners {
             *n += 1;
             if *n * 2 >= self.shared.history_len {
                 *n = 0;
-                let _ = self.shared.jobs.send(Job::Save(hash.clone()));
+                self.keep(hash.clone(), None);
             }
         }
         let _ = self.shared.frames.send((hash, frame.clone()));
@@ -326,7 +346,17 @@ impl Owners for ViewOwners {
 
     fn retired(&self, view: &View, snapshot: Arc<Frame>, mut history: Vec<Arc<Frame>>) {
         history.insert(0, snapshot);
-        let _ = self.shared.jobs.send(Job::Keep(view_hash(view), history));
+        if !self.keep(view_hash(view), Some(history.clone())) {
+            // A save of its live state is queued: it must not outlive
+            // the view's rows, so it is replaced by this last state.
+            let hash = view_hash(view);
+            self.shared
+                .queued
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&hash);
+            self.keep(hash, Some(history));
+        }
     }
 
     fn written(&self, changes: Vec<Change>, followed: Vec<Arc<View>>) -> BoxFuture<'static, ()> {
@@ -570,6 +600,11 @@ async fn keeper(
         let Some(job) = job else { return };
         match job {
             Job::Save(hash) => {
+                shared
+                    .queued
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&hash);
                 let view = owners.owned().get(&hash).and_then(|o| o.view.upgrade());
                 if let Some((snapshot, history)) = view.and_then(|v| v.snapshot_with_history()) {
                     let mut frames = vec![snapshot];
@@ -580,6 +615,11 @@ async fn keeper(
                 }
             }
             Job::Keep(hash, frames) => {
+                shared
+                    .queued
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&hash);
                 if let Err(e) = shared.kept.save(&hash, &frames).await {
                     tracing::warn!(view = %hash, error = %e, "writing a closed view's checkpoint failed");
                 }
@@ -618,7 +658,7 @@ async fn renew(owners: ViewOwners, mut stopped: watch::Receiver<bool>) {
                 let ready = o.view.upgrade().is_some_and(|v| v.version() > 0);
                 if !o.kept && ready {
                     o.kept = true;
-                    let _ = owners.shared.jobs.send(Job::Save(hash.clone()));
+                    owners.keep(hash.clone(), None);
                 }
             }
             owned.iter().map(|(h, o)| (h.clone(), o.revision)).collect()
@@ -670,7 +710,7 @@ async fn renew(owners: ViewOwners, mut stopped: watch::Receiver<bool>) {
     // Each view still held is checkpointed, then handed back.
     let held: Vec<String> = owners.owned().keys().cloned().collect();
     for hash in held {
-        let _ = owners.shared.jobs.send(Job::Save(hash.clone()));
+        owners.keep(hash.clone(), None);
         let revision = owners.owned().remove(&hash).map(|o| o.revision);
         if let Some(r) = revision {
             let _ = owners.shared.jobs.send(Job::Release(hash, r));

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A running child server, stopped (SIGTERM) on drop.
 pub struct Server {
@@ -11,6 +11,19 @@ pub struct Server {
     /// `http://127.0.0.1:<port>`.
     pub addr: String,
     dir: PathBuf,
+    /// How it was started, for [`Server::restart`].
+    bin: PathBuf,
+    args: Vec<String>,
+    port: u16,
+}
+
+/// How long a restart took.
+#[derive(Debug, Clone, Copy)]
+pub struct Restart {
+    /// From SIGTERM until the process exited.
+    pub stop: Duration,
+    /// From the new process's start until it accepted connections.
+    pub start: Duration,
 }
 
 /// CPU time and memory of a process.
@@ -45,32 +58,39 @@ impl Server {
     /// Starts `bin` with `args` and waits until `port` accepts connections.
     /// `dir` (from [`Server::scratch_dir`]) is removed when it stops.
     pub async fn spawn(bin: &Path, args: &[String], port: u16, dir: PathBuf) -> Server {
-        let mut child = Command::new(bin)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        for _ in 0..1500 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Server {
-                    child,
-                    addr: format!("http://127.0.0.1:{port}"),
-                    dir,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("{} exited during startup: {status}", bin.display());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        Server {
+            child: start_child(bin, args, port).await,
+            addr: format!("http://127.0.0.1:{port}"),
+            dir,
+            bin: bin.to_owned(),
+            args: args.to_vec(),
+            port,
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{} did not start listening", bin.display());
+    }
+
+    /// Stops the process (SIGTERM), waits until it exited, and starts it
+    /// again with the same arguments on the same port.
+    pub async fn restart(&mut self) -> Restart {
+        let t0 = Instant::now();
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        // Polled rather than a blocking wait, so the clients keep running.
+        while self
+            .child
+            .try_wait()
+            .expect("wait for the server")
+            .is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let t1 = Instant::now();
+        self.child = start_child(&self.bin, &self.args, self.port).await;
+        Restart {
+            stop: t1 - t0,
+            start: t1.elapsed(),
+        }
     }
 
     /// Starts `arcana serve` with `config` against `database_url`.
@@ -113,6 +133,32 @@ impl Server {
             peak_rss: kib("VmHWM:"),
         }
     }
+}
+
+/// Starts `bin` with `args` and waits until `port` accepts connections.
+async fn start_child(bin: &Path, args: &[String], port: u16) -> Child {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    for _ in 0..1500 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return child;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{} exited during startup: {status}", bin.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{} did not start listening", bin.display());
 }
 
 impl Drop for Server {

@@ -864,12 +864,13 @@ async fn compare_nodes(bin: &Path, pg: &EmbeddedPostgres, s: &Spec, cli: &Cli) -
 /// the first node count.
 fn print_nodes(rows: &[Row]) {
     println!();
-    println!("| scenario | nodes | sessions | views | writes/s | p50 ms | p90 ms | p99 ms | frames/s | server CPU s (all nodes) | peak RSS MiB (all nodes) | gaps | unconverged |");
-    println!("|{}", "---|".repeat(13));
+    println!("| scenario | nodes | sessions | views | writes/s | p50 ms | p90 ms | p99 ms | p50 ms of each run | frames/s | coalesced | server CPU s (all nodes) | peak RSS MiB (all nodes) | gaps | unconverged |");
+    println!("|{}", "---|".repeat(15));
     for r in rows {
         let (s, m) = (&r.spec, &r.median);
+        let each: Vec<String> = r.runs.iter().map(|m| cell(m, "p50_ms", 2)).collect();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             s.scenario,
             s.nodes,
             s.subscribers,
@@ -878,7 +879,10 @@ fn print_nodes(rows: &[Row]) {
             cell(m, "p50_ms", 2),
             cell(m, "p90_ms", 2),
             cell(m, "p99_ms", 2),
+            each.join(" / "),
             cell(m, "frames_per_s", 0),
+            m.get("coalesced")
+                .map_or("-".into(), |c| format!("{:.0}%", c * 100.0)),
             cell(m, "server_cpu_s", 2),
             cell(m, "server_peak_rss_mib", 0),
             cell(m, "gaps", 0),

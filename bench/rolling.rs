@@ -132,6 +132,8 @@ struct Board {
     node: Vec<AtomicU8>,
     /// Sessions not (yet, or no longer) Synced.
     down: AtomicUsize,
+    /// Per move: ms from the drop until Synced elsewhere, and the Sync mode.
+    moves: std::sync::Mutex<Vec<(u32, i32)>>,
 }
 
 /// One session: the view it holds and where the last request stands.
@@ -144,6 +146,8 @@ struct Session {
     target: Option<(u64, u64)>,
     /// Whether a Subscribe or Sync is in flight: a snapshot then is asked for.
     asked: bool,
+    /// The mode of the last Sync answer.
+    mode: i32,
 }
 
 impl Session {
@@ -222,6 +226,7 @@ async fn session(
     // The node that dropped the session last, and how many nodes it tried since.
     let mut from = home;
     let mut attempt = 0usize;
+    let mut dropped: Option<Instant> = None;
     loop {
         if *stop.borrow() {
             return;
@@ -297,6 +302,10 @@ async fn session(
                 s.asked = false;
                 board.node[s.id].store(node as u8, Ordering::Relaxed);
                 board.down.fetch_sub(1, Ordering::Relaxed);
+                if let Some(at) = dropped.take() {
+                    let ms = at.elapsed().as_millis().min(u32::MAX as u128) as u32;
+                    board.moves.lock().expect("moves").push((ms, s.mode));
+                }
             }
         };
         // The node went away (or the stream failed): move on.
@@ -306,6 +315,7 @@ async fn session(
             t.stream_errors.fetch_add(1, Ordering::Relaxed);
         }
         if !s.asked {
+            dropped = Some(Instant::now());
             board.node[s.id].store(DOWN, Ordering::Relaxed);
             board.down.fetch_add(1, Ordering::Relaxed);
         }
@@ -354,6 +364,7 @@ impl Session {
                 .fetch_add(1, Ordering::Relaxed);
                 t.catch_up_frames
                     .fetch_add(u64::from(res.frames), Ordering::Relaxed);
+                self.mode = res.mode;
                 self.target = Some((res.epoch, res.version));
             }
             Some(pb::reply::Result::Error(_)) => {
@@ -486,6 +497,7 @@ pub async fn run(bin: &std::path::Path, pg: &EmbeddedPostgres, shape: &Shape) ->
         seen: (0..shape.sessions).map(|_| AtomicU64::new(0)).collect(),
         node: (0..shape.sessions).map(|_| AtomicU8::new(DOWN)).collect(),
         down: AtomicUsize::new(shape.sessions),
+        moves: std::sync::Mutex::new(Vec::new()),
     });
     let (stop_tx, stop) = watch::channel(false);
     let setup = Instant::now();
@@ -497,6 +509,7 @@ pub async fn run(bin: &std::path::Path, pg: &EmbeddedPostgres, shape: &Shape) ->
             held: None,
             target: None,
             asked: false,
+            mode: 0,
         };
         tasks.push(tokio::spawn(session(
             s,
@@ -586,6 +599,23 @@ pub async fn run(bin: &std::path::Path, pg: &EmbeddedPostgres, shape: &Shape) ->
         let _ = t.await;
     }
     let d = |k: &str| (after[k] - before[k]) as f64;
+    let moves = std::mem::take(&mut *board.moves.lock().expect("moves"));
+    let mut gap: Vec<u32> = moves.iter().map(|m| m.0).collect();
+    gap.sort_unstable();
+    // Slow moves by the mode of their Sync answer, to see what they waited for.
+    let slow = |mode: pb::SyncMode| {
+        moves
+            .iter()
+            .filter(|m| m.0 >= 1000 && m.1 == mode as i32)
+            .count()
+    };
+    eprintln!(
+        "  [rolling] moves over 1 s: {} SNAPSHOT, {} CATCH_UP, {} CURRENT",
+        slow(pb::SyncMode::Snapshot),
+        slow(pb::SyncMode::CatchUp),
+        slow(pb::SyncMode::Current)
+    );
+    let ms = |p: f64| super::pct(&gap, p) * 1000.0;
     m.extend([
         ("roll_s", rolled.as_secs_f64()),
         ("current_s", current.as_secs_f64()),
@@ -612,6 +642,9 @@ pub async fn run(bin: &std::path::Path, pg: &EmbeddedPostgres, shape: &Shape) ->
         ("mib", d("bytes") / 1048576.0),
         ("snapshot_mib", d("snapshot_bytes") / 1048576.0),
         ("gaps", d("gaps")),
+        ("move_p50_ms", ms(0.5)),
+        ("move_p99_ms", ms(0.99)),
+        ("move_max_ms", ms(1.0)),
         ("request_errors", d("request_errors")),
         ("connect_failures", d("connect_failures")),
         ("stream_errors", d("stream_errors")),
@@ -629,8 +662,8 @@ pub async fn run(bin: &std::path::Path, pg: &EmbeddedPostgres, shape: &Shape) ->
 /// The rolling table: one row per run and the median.
 pub fn print(shape: &Shape, runs: &[Metrics]) {
     println!();
-    println!("| run | nodes | sessions | views | writes/s | roll s | all current s | of which pauses s | tail ms | slowest node back ms | stop ms | start ms | moved sessions | Sync SNAPSHOT | Sync CATCH_UP | Sync CURRENT | catch-up diffs | snapshot frames | of which pushed | MiB received | MiB snapshots | gaps | errors | unconverged |");
-    println!("|{}", "---|".repeat(24));
+    println!("| run | nodes | sessions | views | writes/s | roll s | all current s | of which pauses s | tail ms | slowest node back ms | stop ms | start ms | moved sessions | move p50 ms | move p99 ms | move max ms | Sync SNAPSHOT | Sync CATCH_UP | Sync CURRENT | catch-up diffs | snapshot frames | of which pushed | MiB received | MiB snapshots | gaps | errors | unconverged |");
+    println!("|{}", "---|".repeat(27));
     let mut rows: Vec<(String, Metrics)> = runs
         .iter()
         .enumerate()
@@ -645,7 +678,7 @@ pub fn print(shape: &Shape, runs: &[Metrics]) {
             .filter_map(|k| m.get(k))
             .sum::<f64>();
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {errors:.0} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {errors:.0} | {} |",
             shape.nodes,
             shape.sessions,
             shape.views,
@@ -658,6 +691,9 @@ pub fn print(shape: &Shape, runs: &[Metrics]) {
             cell(&m, "stop_ms", 0),
             cell(&m, "start_ms", 0),
             cell(&m, "moves", 0),
+            cell(&m, "move_p50_ms", 0),
+            cell(&m, "move_p99_ms", 0),
+            cell(&m, "move_max_ms", 0),
             cell(&m, "sync_snapshot", 0),
             cell(&m, "sync_catch_up", 0),
             cell(&m, "sync_current", 0),

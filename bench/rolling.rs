@@ -649,6 +649,7 @@ pub async fn run(bin: &std::path::Path, pg: &EmbeddedPostgres, shape: &Shape) ->
         ("connect_failures", d("connect_failures")),
         ("stream_errors", d("stream_errors")),
         ("unconverged", unconverged as f64),
+        ("client_peak_rss_mib", own_peak_rss() as f64 / 1048576.0),
     ]);
     drop(nodes);
     let _ = arcana::postgres::execute_script(
@@ -659,11 +660,24 @@ pub async fn run(bin: &std::path::Path, pg: &EmbeddedPostgres, shape: &Shape) ->
     m
 }
 
+/// This process's peak resident memory, bytes: what the sessions cost the
+/// client side (PostgreSQL and the servers are other processes).
+fn own_peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
 /// The rolling table: one row per run and the median.
 pub fn print(shape: &Shape, runs: &[Metrics]) {
     println!();
-    println!("| run | nodes | sessions | views | writes/s | roll s | all current s | of which pauses s | tail ms | slowest node back ms | stop ms | start ms | moved sessions | move p50 ms | move p99 ms | move max ms | Sync SNAPSHOT | Sync CATCH_UP | Sync CURRENT | catch-up diffs | snapshot frames | of which pushed | MiB received | MiB snapshots | gaps | errors | unconverged |");
-    println!("|{}", "---|".repeat(27));
+    println!("| run | nodes | sessions | views | writes/s | roll s | all current s | of which pauses s | tail ms | slowest node back ms | stop ms | start ms | moved sessions | move p50 ms | move p99 ms | move max ms | Sync SNAPSHOT | Sync CATCH_UP | Sync CURRENT | catch-up diffs | snapshot frames | of which pushed | MiB received | MiB snapshots | gaps | errors | unconverged | client peak RSS MiB |");
+    println!("|{}", "---|".repeat(28));
     let mut rows: Vec<(String, Metrics)> = runs
         .iter()
         .enumerate()
@@ -678,7 +692,7 @@ pub fn print(shape: &Shape, runs: &[Metrics]) {
             .filter_map(|k| m.get(k))
             .sum::<f64>();
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {errors:.0} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {errors:.0} | {} | {} |",
             shape.nodes,
             shape.sessions,
             shape.views,
@@ -704,6 +718,7 @@ pub fn print(shape: &Shape, runs: &[Metrics]) {
             cell(&m, "snapshot_mib", 1),
             cell(&m, "gaps", 0),
             cell(&m, "unconverged", 0),
+            cell(&m, "client_peak_rss_mib", 0),
         );
     }
 }

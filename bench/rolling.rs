@@ -5,9 +5,10 @@
 //! clients go through.
 //!
 //! Policy: a session whose node goes away reconnects at once to another
-//! node (the others in turn, starting at one chosen by its index so the
-//! dropped sessions spread evenly), and Syncs the view it holds with its
-//! epoch and version. It never moves back by itself.
+//! node (the others in turn, starting at one picked by a hash of its index
+//! and the node it left, so the dropped sessions spread evenly), and Syncs
+//! the view it holds with its epoch and version. It never moves back by
+//! itself.
 //!
 //! "Current again": once the last node is back, the writers stop and one
 //! marker write goes to every bucket; a session is current when it is
@@ -327,18 +328,20 @@ async fn session(
 }
 
 /// The `attempt`-th node to try after `from` dropped the session: the
-/// others in turn, starting at one picked by the session's index; `from`
-/// itself last.
+/// others in turn, starting at one picked by a hash of the session's index
+/// and `from` (so sessions that moved together split again at their next
+/// move); `from` itself last.
 fn next_node(from: usize, id: usize, attempt: usize, nodes: usize) -> usize {
     if nodes == 1 {
         return from;
     }
     let k = (attempt - 1) % nodes;
     if k == nodes - 1 {
-        from
-    } else {
-        (from + 1 + (id + k) % (nodes - 1)) % nodes
+        return from;
     }
+    // A hash of both, as a load balancer's pick would be.
+    let h = ((id as u64) ^ ((from as u64) << 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33;
+    (from + 1 + (h as usize + k) % (nodes - 1)) % nodes
 }
 
 impl Session {
@@ -551,6 +554,7 @@ pub async fn run(bin: &std::path::Path, pg: &EmbeddedPostgres, shape: &Shape) ->
     let mut worst_back = Duration::ZERO;
     let mut stops = Vec::new();
     let mut starts = Vec::new();
+    let mut readies = Vec::new();
     for k in 0..nodes.0.len() {
         let held = (0..shape.sessions)
             .filter(|&i| board.node[i].load(Ordering::Relaxed) as usize == k)
@@ -566,15 +570,17 @@ pub async fn run(bin: &std::path::Path, pg: &EmbeddedPostgres, shape: &Shape) ->
         .await;
         let took = sigterm.elapsed();
         eprintln!(
-            "  [rolling] node {k}: {held} sessions, stopped in {} ms, started in {} ms, sessions back {} after {} ms",
+            "  [rolling] node {k}: {held} sessions, stopped in {} ms, listening in {} ms, ready in {} ms, sessions back {} after {} ms",
             r.stop.as_millis(),
             r.start.as_millis(),
+            r.ready.as_millis(),
             if back { "all" } else { "NOT all" },
             took.as_millis(),
         );
         worst_back = worst_back.max(took);
         stops.push(r.stop.as_secs_f64() * 1000.0);
         starts.push(r.start.as_secs_f64() * 1000.0);
+        readies.push(r.ready.as_secs_f64() * 1000.0);
         tokio::time::sleep(shape.pause).await;
     }
     let rolled = t0.elapsed();
@@ -627,6 +633,7 @@ pub async fn run(bin: &std::path::Path, pg: &EmbeddedPostgres, shape: &Shape) ->
         ("pauses_s", shape.pause.as_secs_f64() * nodes.0.len() as f64),
         ("stop_ms", super::median(&mut stops)),
         ("start_ms", super::median(&mut starts)),
+        ("ready_ms", super::median(&mut readies)),
         (
             "writes",
             (written.commits.load(Ordering::Relaxed) - commits0) as f64,
@@ -676,8 +683,8 @@ fn own_peak_rss() -> u64 {
 /// The rolling table: one row per run and the median.
 pub fn print(shape: &Shape, runs: &[Metrics]) {
     println!();
-    println!("| run | nodes | sessions | views | writes/s | roll s | all current s | of which pauses s | tail ms | slowest node back ms | stop ms | start ms | moved sessions | move p50 ms | move p99 ms | move max ms | Sync SNAPSHOT | Sync CATCH_UP | Sync CURRENT | catch-up diffs | snapshot frames | of which pushed | MiB received | MiB snapshots | gaps | errors | unconverged | client peak RSS MiB |");
-    println!("|{}", "---|".repeat(28));
+    println!("| run | nodes | sessions | views | writes/s | roll s | all current s | of which pauses s | tail ms | slowest node back ms | stop ms | listening ms | ready ms | moved sessions | move p50 ms | move p99 ms | move max ms | Sync SNAPSHOT | Sync CATCH_UP | Sync CURRENT | catch-up diffs | snapshot frames | of which pushed | MiB received | MiB snapshots | gaps | errors | unconverged | client peak RSS MiB |");
+    println!("|{}", "---|".repeat(29));
     let mut rows: Vec<(String, Metrics)> = runs
         .iter()
         .enumerate()
@@ -692,7 +699,7 @@ pub fn print(shape: &Shape, runs: &[Metrics]) {
             .filter_map(|k| m.get(k))
             .sum::<f64>();
         println!(
-            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {errors:.0} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {errors:.0} | {} | {} |",
             shape.nodes,
             shape.sessions,
             shape.views,
@@ -704,6 +711,7 @@ pub fn print(shape: &Shape, runs: &[Metrics]) {
             cell(&m, "worst_node_back_ms", 0),
             cell(&m, "stop_ms", 0),
             cell(&m, "start_ms", 0),
+            cell(&m, "ready_ms", 0),
             cell(&m, "moves", 0),
             cell(&m, "move_p50_ms", 0),
             cell(&m, "move_p99_ms", 0),

@@ -24,6 +24,9 @@ pub struct Restart {
     pub stop: Duration,
     /// From the new process's start until it accepted connections.
     pub start: Duration,
+    /// From the new process's start until its gRPC health check answered
+    /// SERVING (changes flow in, the database answers).
+    pub ready: Duration,
 }
 
 /// CPU time and memory of a process.
@@ -68,8 +71,9 @@ impl Server {
         }
     }
 
-    /// Stops the process (SIGTERM), waits until it exited, and starts it
-    /// again with the same arguments on the same port.
+    /// Stops the process (SIGTERM), waits until it exited, starts it
+    /// again with the same arguments on the same port, and waits until it
+    /// reports itself ready.
     pub async fn restart(&mut self) -> Restart {
         let t0 = Instant::now();
         // SAFETY: signalling our own child.
@@ -87,9 +91,40 @@ impl Server {
         }
         let t1 = Instant::now();
         self.child = start_child(&self.bin, &self.args, self.port).await;
+        let start = t1.elapsed();
+        self.wait_ready().await;
         Restart {
             stop: t1 - t0,
-            start: t1.elapsed(),
+            start,
+            ready: t1.elapsed(),
+        }
+    }
+
+    /// Polls the gRPC health check until it answers SERVING.
+    pub async fn wait_ready(&self) {
+        use tonic_health::pb::{
+            health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let endpoint =
+                tonic::transport::Channel::from_shared(self.addr.clone()).expect("address");
+            if let Ok(ch) = endpoint.connect().await {
+                let check = HealthClient::new(ch)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if check.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not report ready within 60 s",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -88,6 +88,10 @@ struct Cli {
     /// the counts run after run (e.g. `1,3`), and print the comparison.
     #[arg(long, value_delimiter = ',')]
     compare_nodes: Vec<usize>,
+    /// A `[cluster]` setting for every node of a cluster run, as
+    /// `key=value` with a TOML value (e.g. `lease_ttl_ms=2000`); repeatable.
+    #[arg(long = "cluster-set", value_name = "KEY=VALUE")]
+    cluster_set: Vec<String>,
     /// rolling: pause after a restarted node's sessions are all back,
     /// before the next node is stopped (ms).
     #[arg(long, default_value_t = 1000)]
@@ -136,6 +140,19 @@ struct Spec {
     patch: bool,
     /// Cluster nodes (1: a standalone server).
     nodes: usize,
+    /// Extra `[cluster]` lines (from `--cluster-set`).
+    cluster_extra: String,
+}
+
+/// The `--cluster-set` settings as TOML lines.
+fn cluster_extra(cli: &Cli) -> String {
+    cli.cluster_set
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => format!("{} = {}\n", k.trim(), v.trim()),
+            None => panic!("--cluster-set takes KEY=VALUE, got `{kv}`"),
+        })
+        .collect()
 }
 
 fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
@@ -170,6 +187,7 @@ fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
             "optimized".into()
         },
         nodes: cli.nodes.max(1),
+        cluster_extra: cluster_extra(cli),
         subscribers: cli.subscribers.unwrap_or(subscribers),
         per_session: if name == "idle" { 10 } else { 1 },
         views: cli.views.unwrap_or(views),
@@ -426,7 +444,7 @@ type Metrics = BTreeMap<&'static str, f64>;
 async fn run_engine(bin: &Path, pg: &EmbeddedPostgres, s: &Spec) -> Metrics {
     let label = format!("{}/{}", s.scenario, s.variant);
     let (db, url) = create_database(pg, s).await;
-    let (nodes, _nats) = server::cluster(bin, s.nodes, &url, |port| {
+    let (nodes, _nats) = server::cluster(bin, s.nodes, &url, &s.cluster_extra, |port| {
         config(s, port, &format!("slot_{db}"))
     })
     .await;
@@ -820,6 +838,7 @@ fn rolling_shape(cli: &Cli) -> rolling::Shape {
         rate: cli.rate.unwrap_or(200),
         nodes: if cli.nodes > 1 { cli.nodes } else { 3 },
         pause: Duration::from_millis(cli.roll_pause_ms),
+        cluster_extra: cluster_extra(cli),
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Shape {
     pub nodes: usize,
     /// Pause after a node's sessions are all back, before the next SIGTERM.
     pub pause: Duration,
+    /// Extra `[cluster]` lines for every node.
+    pub cluster_extra: String,
 }
 
 /// Which node and bucket each session starts on: the shared buckets
@@ -448,6 +450,7 @@ fn spec(shape: &Shape) -> Spec {
         eval_batch: arcana::engine::EngineConfig::default().eval_batch,
         patch: true,
         nodes: shape.nodes,
+        cluster_extra: shape.cluster_extra.clone(),
     }
 }
 
@@ -476,7 +479,7 @@ pub async fn run(bin: &std::path::Path, pg: &EmbeddedPostgres, shape: &Shape) ->
             1,
         )
     };
-    let (nodes, _nats) = server::cluster(bin, shape.nodes, &url, cfg).await;
+    let (nodes, _nats) = server::cluster(bin, shape.nodes, &url, &shape.cluster_extra, cfg).await;
     let mut nodes = server::Nodes(nodes);
     let place = placement(shape);
     let per_node = shape.sessions.div_ceil(shape.nodes);

@@ -266,11 +266,13 @@ impl Nats {
 
 /// `n` servers on `database_url`: one standalone server when `n` is 1, else
 /// a cluster of `n` nodes over a nats-server of their own. `config` gives
-/// the config for a listen port; the `[cluster]` section is added to it.
+/// the config for a listen port; the `[cluster]` section is added to it,
+/// ending with the `extra` lines.
 pub async fn cluster(
     bin: &Path,
     n: usize,
     database_url: &str,
+    extra: &str,
     config: impl Fn(u16) -> String,
 ) -> (Vec<Server>, Option<Nats>) {
     if n <= 1 {
@@ -285,7 +287,7 @@ pub async fn cluster(
     for i in 0..n {
         let port = free_port();
         let cfg = format!(
-            "{}\n[cluster]\nnats_url = \"{}\"\nnode_id = \"bench-{i}\"\n",
+            "{}\n[cluster]\nnats_url = \"{}\"\nnode_id = \"bench-{i}\"\n{extra}",
             config(port),
             nats.url
         );

@@ -1,8 +1,8 @@
 //! The rolling restart: a cluster of nodes serving many sessions under a
 //! steady write load is restarted one node at a time (SIGTERM, wait for the
-//! exit, start again on the same port, wait until it listens, wait until
-//! every dropped session is back), and the benchmark measures what the
-//! clients go through.
+//! exit, start again on the same port, wait until its health check answers
+//! SERVING, wait until every dropped session is back), and the benchmark
+//! measures what the clients go through.
 //!
 //! Policy: a session whose node goes away reconnects at once to another
 //! node (the others in turn, starting at one picked by a hash of its index

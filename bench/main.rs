@@ -7,12 +7,15 @@
 //!     target/release/arcana-bench                       # every scenario
 //!     target/release/arcana-bench --scenario fanout     # one of them
 //!     target/release/arcana-bench --quick --compare     # smaller, with before/after variants
+//!     target/release/arcana-bench --scenario mixed --scenario fanout --runs 3 --compare-nodes 1,3
+//!     target/release/arcana-bench --scenario rolling    # restart 3 nodes in turn under load
 //!
 //! See docs/BENCHMARKS.md for what each number means.
 
 mod load;
 mod offline;
 mod raw;
+mod rolling;
 mod server;
 mod windows;
 
@@ -46,7 +49,8 @@ struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
     /// Scenarios to run: mixed, fanout, distinct, burst, ingest, snapshot,
-    /// idle, backlog, windows, offline (default: all).
+    /// idle, backlog, windows, offline (default: all of these), and
+    /// rolling (only when named).
     #[arg(long = "scenario")]
     scenarios: Vec<String>,
     /// A tenth of the subscribers and a fifth of the writes.
@@ -61,8 +65,8 @@ struct Cli {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Override the scenario's subscriber count.
-    #[arg(long)]
+    /// Override the scenario's subscriber (session) count.
+    #[arg(long, visible_alias = "sessions")]
     subscribers: Option<usize>,
     /// Override the number of distinct views.
     #[arg(long)]
@@ -80,6 +84,18 @@ struct Cli {
     /// nats-server with JetStream, sessions spread over the nodes).
     #[arg(long, default_value_t = 1)]
     nodes: usize,
+    /// Run each engine scenario on each of these node counts, alternating
+    /// the counts run after run (e.g. `1,3`), and print the comparison.
+    #[arg(long, value_delimiter = ',')]
+    compare_nodes: Vec<usize>,
+    /// A `[cluster]` setting for every node of a cluster run, as
+    /// `key=value` with a TOML value (e.g. `lease_ttl_ms=2000`); repeatable.
+    #[arg(long = "cluster-set", value_name = "KEY=VALUE")]
+    cluster_set: Vec<String>,
+    /// rolling: pause after a restarted node's sessions are all back,
+    /// before the next node is stopped (ms).
+    #[arg(long, default_value_t = 1000)]
+    roll_pause_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +140,19 @@ struct Spec {
     patch: bool,
     /// Cluster nodes (1: a standalone server).
     nodes: usize,
+    /// Extra `[cluster]` lines (from `--cluster-set`).
+    cluster_extra: String,
+}
+
+/// The `--cluster-set` settings as TOML lines.
+fn cluster_extra(cli: &Cli) -> String {
+    cli.cluster_set
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => format!("{} = {}\n", k.trim(), v.trim()),
+            None => panic!("--cluster-set takes KEY=VALUE, got `{kv}`"),
+        })
+        .collect()
 }
 
 fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
@@ -158,6 +187,7 @@ fn spec(name: &str, quick: bool, cli: &Cli) -> Spec {
             "optimized".into()
         },
         nodes: cli.nodes.max(1),
+        cluster_extra: cluster_extra(cli),
         subscribers: cli.subscribers.unwrap_or(subscribers),
         per_session: if name == "idle" { 10 } else { 1 },
         views: cli.views.unwrap_or(views),
@@ -414,7 +444,7 @@ type Metrics = BTreeMap<&'static str, f64>;
 async fn run_engine(bin: &Path, pg: &EmbeddedPostgres, s: &Spec) -> Metrics {
     let label = format!("{}/{}", s.scenario, s.variant);
     let (db, url) = create_database(pg, s).await;
-    let (nodes, _nats) = server::cluster(bin, s.nodes, &url, |port| {
+    let (nodes, _nats) = server::cluster(bin, s.nodes, &url, &s.cluster_extra, |port| {
         config(s, port, &format!("slot_{db}"))
     })
     .await;
@@ -793,6 +823,128 @@ fn print_tables(rows: &[Row]) {
     }
 }
 
+/// The rolling scenario's shape from the command line.
+fn rolling_shape(cli: &Cli) -> rolling::Shape {
+    let (sessions, views) = if cli.quick {
+        (1_000, 100)
+    } else {
+        (10_000, 1_000)
+    };
+    let views = cli.views.unwrap_or(views);
+    rolling::Shape {
+        sessions: cli.subscribers.unwrap_or(sessions),
+        views,
+        rows: cli.rows.unwrap_or(views * 10),
+        rate: cli.rate.unwrap_or(200),
+        nodes: if cli.nodes > 1 { cli.nodes } else { 3 },
+        pause: Duration::from_millis(cli.roll_pause_ms),
+        cluster_extra: cluster_extra(cli),
+    }
+}
+
+/// Runs `s` on each node count of `--compare-nodes`, alternating the
+/// counts within each round of runs so that noise hits them alike.
+async fn compare_nodes(bin: &Path, pg: &EmbeddedPostgres, s: &Spec, cli: &Cli) -> Vec<Row> {
+    let specs: Vec<Spec> = cli
+        .compare_nodes
+        .iter()
+        .map(|&n| Spec {
+            nodes: n.max(1),
+            variant: format!("{} node{}", n, if n == 1 { "" } else { "s" }),
+            ..s.clone()
+        })
+        .collect();
+    let mut runs: Vec<Vec<Metrics>> = vec![Vec::new(); specs.len()];
+    for run in 0..cli.runs {
+        for (sp, out) in specs.iter().zip(&mut runs) {
+            eprintln!(
+                "{} / {} (run {} of {})",
+                sp.scenario,
+                sp.variant,
+                run + 1,
+                cli.runs
+            );
+            out.push(run_engine(bin, pg, sp).await);
+        }
+    }
+    specs
+        .into_iter()
+        .zip(runs)
+        .map(|(spec, runs)| Row {
+            median: medians(&runs),
+            spec,
+            runs,
+        })
+        .collect()
+}
+
+/// The node comparison: one row per scenario and node count (medians of
+/// the runs), then what the bus adds to the latency, per scenario, against
+/// the first node count.
+fn print_nodes(rows: &[Row]) {
+    println!();
+    println!("| scenario | nodes | sessions | views | writes/s | p50 ms | p90 ms | p99 ms | p50 ms of each run | frames/s | coalesced | server CPU s (all nodes) | peak RSS MiB (all nodes) | gaps | unconverged |");
+    println!("|{}", "---|".repeat(15));
+    for r in rows {
+        let (s, m) = (&r.spec, &r.median);
+        let each: Vec<String> = r.runs.iter().map(|m| cell(m, "p50_ms", 2)).collect();
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.scenario,
+            s.nodes,
+            s.subscribers,
+            s.views,
+            cell(m, "writes_per_s", 0),
+            cell(m, "p50_ms", 2),
+            cell(m, "p90_ms", 2),
+            cell(m, "p99_ms", 2),
+            each.join(" / "),
+            cell(m, "frames_per_s", 0),
+            m.get("coalesced")
+                .map_or("-".into(), |c| format!("{:.0}%", c * 100.0)),
+            cell(m, "server_cpu_s", 2),
+            cell(m, "server_peak_rss_mib", 0),
+            cell(m, "gaps", 0),
+            cell(m, "unconverged", 0),
+        );
+    }
+    println!();
+    println!("| scenario | nodes | runs | p50 added ms (median of per-run differences) | p50 added ms (difference of medians) | p99 added ms (difference of medians) | frames/s ratio |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut i = 0;
+    while i < rows.len() {
+        let base = &rows[i];
+        let mut j = i + 1;
+        while j < rows.len() && rows[j].spec.scenario == base.spec.scenario {
+            let r = &rows[j];
+            // Run k of every node count ran back to back.
+            let mut paired: Vec<f64> = r
+                .runs
+                .iter()
+                .zip(&base.runs)
+                .map(|(a, b)| {
+                    let p50 = |m: &Metrics| m.get("p50_ms").copied().unwrap_or(f64::NAN);
+                    p50(a) - p50(b)
+                })
+                .collect();
+            let get = |row: &Row, k: &str| row.median.get(k).copied().unwrap_or(f64::NAN);
+            println!(
+                "| {} | {} vs {} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+                r.spec.scenario,
+                r.spec.nodes,
+                base.spec.nodes,
+                r.runs.len(),
+                median(&mut paired),
+                get(r, "p50_ms") - get(base, "p50_ms"),
+                get(r, "p99_ms") - get(base, "p99_ms"),
+                get(r, "frames_per_s") / get(base, "frames_per_s"),
+            );
+            j += 1;
+        }
+        i = j;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
@@ -827,6 +979,8 @@ async fn main() {
     .expect("PostgreSQL");
     let mut rows: Vec<Row> = Vec::new();
     let mut window_rows: Vec<(String, Vec<Metrics>)> = Vec::new();
+    let mut node_rows: Vec<Row> = Vec::new();
+    let mut rolling_rows: Vec<(rolling::Shape, Vec<Metrics>)> = Vec::new();
     for name in &names {
         if name == "windows" {
             let shape = windows::Shape::new(cli.quick);
@@ -846,7 +1000,22 @@ async fn main() {
             offline::run(&bin, &pg, cli.quick).await;
             continue;
         }
+        if name == "rolling" {
+            let shape = rolling_shape(&cli);
+            let mut runs = Vec::new();
+            for run in 0..cli.runs {
+                eprintln!("rolling (run {} of {})", run + 1, cli.runs);
+                runs.push(rolling::run(&bin, &pg, &shape).await);
+            }
+            rolling_rows.push((shape, runs));
+            continue;
+        }
         let s = spec(name, cli.quick, &cli);
+        // The backlog replays with the server down: one node is its shape.
+        if !cli.compare_nodes.is_empty() && name != "backlog" {
+            node_rows.extend(compare_nodes(&bin, &pg, &s, &cli).await);
+            continue;
+        }
         let mut specs = vec![s.clone()];
         if cli.compare {
             specs.extend(baselines(&s));
@@ -906,7 +1075,14 @@ async fn main() {
     if !window_rows.is_empty() {
         windows::print(&window_rows);
     }
+    if !node_rows.is_empty() {
+        print_nodes(&node_rows);
+    }
+    for (shape, runs) in &rolling_rows {
+        rolling::print(shape, runs);
+    }
     if let Some(path) = &cli.json {
+        rows.extend(node_rows);
         std::fs::write(path, serde_json::to_string_pretty(&rows).expect("json"))
             .expect("write json");
     }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A running child server, stopped (SIGTERM) on drop.
 pub struct Server {
@@ -11,6 +11,22 @@ pub struct Server {
     /// `http://127.0.0.1:<port>`.
     pub addr: String,
     dir: PathBuf,
+    /// How it was started, for [`Server::restart`].
+    bin: PathBuf,
+    args: Vec<String>,
+    port: u16,
+}
+
+/// How long a restart took.
+#[derive(Debug, Clone, Copy)]
+pub struct Restart {
+    /// From SIGTERM until the process exited.
+    pub stop: Duration,
+    /// From the new process's start until it accepted connections.
+    pub start: Duration,
+    /// From the new process's start until its gRPC health check answered
+    /// SERVING (changes flow in, the database answers).
+    pub ready: Duration,
 }
 
 /// CPU time and memory of a process.
@@ -45,32 +61,71 @@ impl Server {
     /// Starts `bin` with `args` and waits until `port` accepts connections.
     /// `dir` (from [`Server::scratch_dir`]) is removed when it stops.
     pub async fn spawn(bin: &Path, args: &[String], port: u16, dir: PathBuf) -> Server {
-        let mut child = Command::new(bin)
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        for _ in 0..1500 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Server {
-                    child,
-                    addr: format!("http://127.0.0.1:{port}"),
-                    dir,
-                };
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("{} exited during startup: {status}", bin.display());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        Server {
+            child: start_child(bin, args, port).await,
+            addr: format!("http://127.0.0.1:{port}"),
+            dir,
+            bin: bin.to_owned(),
+            args: args.to_vec(),
+            port,
         }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{} did not start listening", bin.display());
+    }
+
+    /// Stops the process (SIGTERM), waits until it exited, starts it
+    /// again with the same arguments on the same port, and waits until it
+    /// reports itself ready.
+    pub async fn restart(&mut self) -> Restart {
+        let t0 = Instant::now();
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        // Polled rather than a blocking wait, so the clients keep running.
+        while self
+            .child
+            .try_wait()
+            .expect("wait for the server")
+            .is_none()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let t1 = Instant::now();
+        self.child = start_child(&self.bin, &self.args, self.port).await;
+        let start = t1.elapsed();
+        self.wait_ready().await;
+        Restart {
+            stop: t1 - t0,
+            start,
+            ready: t1.elapsed(),
+        }
+    }
+
+    /// Polls the gRPC health check until it answers SERVING.
+    pub async fn wait_ready(&self) {
+        use tonic_health::pb::{
+            health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let endpoint =
+                tonic::transport::Channel::from_shared(self.addr.clone()).expect("address");
+            if let Ok(ch) = endpoint.connect().await {
+                let check = HealthClient::new(ch)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if check.is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not report ready within 60 s",
+                self.addr
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Starts `arcana serve` with `config` against `database_url`.
@@ -113,6 +168,32 @@ impl Server {
             peak_rss: kib("VmHWM:"),
         }
     }
+}
+
+/// Starts `bin` with `args` and waits until `port` accepts connections.
+async fn start_child(bin: &Path, args: &[String], port: u16) -> Child {
+    let mut child = Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    for _ in 0..1500 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return child;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{} exited during startup: {status}", bin.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{} did not start listening", bin.display());
 }
 
 impl Drop for Server {
@@ -185,11 +266,13 @@ impl Nats {
 
 /// `n` servers on `database_url`: one standalone server when `n` is 1, else
 /// a cluster of `n` nodes over a nats-server of their own. `config` gives
-/// the config for a listen port; the `[cluster]` section is added to it.
+/// the config for a listen port; the `[cluster]` section is added to it,
+/// ending with the `extra` lines.
 pub async fn cluster(
     bin: &Path,
     n: usize,
     database_url: &str,
+    extra: &str,
     config: impl Fn(u16) -> String,
 ) -> (Vec<Server>, Option<Nats>) {
     if n <= 1 {
@@ -204,7 +287,7 @@ pub async fn cluster(
     for i in 0..n {
         let port = free_port();
         let cfg = format!(
-            "{}\n[cluster]\nnats_url = \"{}\"\nnode_id = \"bench-{i}\"\n",
+            "{}\n[cluster]\nnats_url = \"{}\"\nnode_id = \"bench-{i}\"\n{extra}",
             config(port),
             nats.url
         );

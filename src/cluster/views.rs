@@ -195,6 +195,35 @@ impl ViewOwners {
         self.shared.jobs.send(job).is_ok()
     }
 
+    /// Hands a view's lease back. A renewal in flight when the view closed
+    /// may have moved the lease past `revision`: while the lease still names
+    /// this node and no new life of the view here owns it, it goes anyway.
+    async fn release(&self, hash: &str, revision: u64) {
+        let leases = &self.shared.bus.leases;
+        let key = lease_key(hash);
+        let mut revision = revision;
+        for _ in 0..3 {
+            if leases
+                .delete_expect_revision(&key, Some(revision))
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            let Ok(Some(en)) = leases.entry(&key).await else {
+                return;
+            };
+            let me = self.shared.bus.config.node_id.as_bytes();
+            if en.value.as_ref() != me
+                || en.operation != async_nats::jetstream::kv::Operation::Put
+                || self.owned().contains_key(hash)
+            {
+                return;
+            }
+            revision = en.revision;
+        }
+    }
+
     fn following(&self) -> std::sync::MutexGuard<'_, HashMap<String, Following>> {
         self.shared
             .following
@@ -576,15 +605,20 @@ async fn answer(
     }
 }
 
-/// Does the checkpoint and lease jobs in order. Once the node stops, it
-/// finishes what is queued (at most until [`Job::Done`] or a few seconds)
-/// so the next owner finds every closed view's last state.
+/// Checkpoint writes and lease hand-backs at once, at most.
+const KEEPERS_AT_ONCE: usize = 32;
+
+/// Does the checkpoint and lease jobs: those of one view in order, those of
+/// different views side by side. Once the node stops, it finishes what is
+/// queued (until [`Job::Done`], at most 10 s) so the next owner finds every
+/// closed view's last state.
 async fn keeper(
     owners: ViewOwners,
     mut jobs: mpsc::UnboundedReceiver<Job>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let shared = owners.shared.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(KEEPERS_AT_ONCE));
+    let mut last: HashMap<String, JoinHandle<()>> = HashMap::new();
     let mut deadline: Option<tokio::time::Instant> = None;
     loop {
         let job = match deadline {
@@ -597,15 +631,48 @@ async fn keeper(
             },
             Some(d) => tokio::time::timeout_at(d, jobs.recv()).await.ok().flatten(),
         };
-        let Some(job) = job else { return };
+        let hash = match &job {
+            Some(Job::Save(h) | Job::Keep(h, _) | Job::Release(h, _)) => h.clone(),
+            Some(Job::Done) | None => break,
+        };
+        let Some(job) = job else { break };
+        if last.len() >= KEEPERS_AT_ONCE * 4 {
+            last.retain(|_, t| !t.is_finished());
+        }
+        let before = last.remove(&hash);
+        let (o, slots) = (owners.clone(), slots.clone());
+        let task = tokio::spawn(async move {
+            if let Some(b) = before {
+                let _ = b.await;
+            }
+            let Ok(_slot) = slots.acquire_owned().await else {
+                return;
+            };
+            o.run(job).await;
+        });
+        last.insert(hash, task);
+    }
+    let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(10));
+    for (_, t) in last {
+        let _ = tokio::time::timeout_at(until, t).await;
+    }
+}
+
+impl ViewOwners {
+    /// Does one keeper job.
+    async fn run(&self, job: Job) {
+        let shared = &self.shared;
+        let unqueue = |hash: &str| {
+            shared
+                .queued
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(hash);
+        };
         match job {
             Job::Save(hash) => {
-                shared
-                    .queued
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&hash);
-                let view = owners.owned().get(&hash).and_then(|o| o.view.upgrade());
+                unqueue(&hash);
+                let view = self.owned().get(&hash).and_then(|o| o.view.upgrade());
                 if let Some((snapshot, history)) = view.and_then(|v| v.snapshot_with_history()) {
                     let mut frames = vec![snapshot];
                     frames.extend(history);
@@ -615,26 +682,16 @@ async fn keeper(
                 }
             }
             Job::Keep(hash, frames) => {
-                shared
-                    .queued
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&hash);
+                unqueue(&hash);
                 if let Err(e) = shared.kept.save(&hash, &frames).await {
                     tracing::warn!(view = %hash, error = %e, "writing a closed view's checkpoint failed");
                 }
             }
             Job::Release(hash, revision) => {
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    shared
-                        .bus
-                        .leases
-                        .delete_expect_revision(lease_key(&hash), Some(revision)),
-                )
-                .await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), self.release(&hash, revision))
+                    .await;
             }
-            Job::Done => return,
+            Job::Done => {}
         }
     }
 }

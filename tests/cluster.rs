@@ -1509,3 +1509,22 @@ async fn with_no_room_for_checkpoints_a_view_nobody_holds_starts_a_new_epoch() {
     back.wait_until(&view_id, |s| titles(s) == expected).await;
     assert_ne!(back.view(&view_id).epoch, before.epoch);
 }
+
+#[tokio::test]
+async fn a_lease_handed_back_is_taken_over_at_once_not_at_the_next_check() {
+    let _g = serial().await;
+    // Followers check leases every 30 s here: only the release itself can
+    // wake them within the test's wait.
+    let mut c = Cluster::start_full("wal", 90_000, "view_owners = true\n").await;
+    let leader = c.leader().await;
+    let owner = (leader + 1) % 3;
+    let follower = (leader + 2) % 3;
+    let _o = subscribe(&c.nodes[owner]).await;
+    let mut subs = vec![subscribe(&c.nodes[follower]).await];
+    let epoch = subs[0].0.view(&subs[0].1).epoch;
+    c.nodes[owner].terminate();
+    c.sql("UPDATE tasks SET title = 'Taken over at once' WHERE id = 4")
+        .await;
+    converge(&c, &mut subs).await;
+    assert_eq!(subs[0].0.view(&subs[0].1).epoch, epoch);
+}

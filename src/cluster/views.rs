@@ -91,6 +91,9 @@ enum Job {
 struct Following {
     view: Weak<View>,
     task: JoinHandle<()>,
+    /// Woken when the view's lease is handed back, so the follower takes
+    /// over at once rather than at its next check.
+    released: Arc<tokio::sync::Notify>,
 }
 
 struct Shared {
@@ -167,6 +170,7 @@ impl ViewOwners {
             }),
         };
         let tasks = vec![
+            tokio::spawn(watch_releases(owners.clone(), stopped.clone())),
             tokio::spawn(publish(bus.clone(), rx, stopped.clone())),
             tokio::spawn(answer(owners.clone(), requests, stopped.clone())),
             tokio::spawn(keeper(owners.clone(), jobs_rx, stopped.clone())),
@@ -221,6 +225,26 @@ impl ViewOwners {
                 return;
             }
             revision = en.revision;
+        }
+    }
+
+    /// Starts the task keeping the follower `view` current from `frames`.
+    fn start_following(&self, view: &Arc<View>, hash: String, frames: async_nats::Subscriber) {
+        let released = Arc::new(tokio::sync::Notify::new());
+        let task = tokio::spawn(follow(
+            self.clone(),
+            Arc::downgrade(view),
+            hash.clone(),
+            frames,
+            released.clone(),
+        ));
+        let f = Following {
+            view: Arc::downgrade(view),
+            task,
+            released,
+        };
+        if let Some(old) = self.following().insert(hash, f) {
+            old.task.abort();
         }
     }
 
@@ -304,22 +328,7 @@ impl ViewOwners {
                     .await
                     .map_err(|e| unavailable(e.to_string()))?;
                 if let Some((snapshot, history)) = self.ask(&owner, &hash).await {
-                    let task = tokio::spawn(follow(
-                        self.clone(),
-                        Arc::downgrade(&view),
-                        hash.clone(),
-                        frames,
-                    ));
-                    let old = self.following().insert(
-                        hash,
-                        Following {
-                            view: Arc::downgrade(&view),
-                            task,
-                        },
-                    );
-                    if let Some(old) = old {
-                        old.task.abort();
-                    }
+                    self.start_following(&view, hash, frames);
                     return Ok(Claim::Follow { snapshot, history });
                 }
             }
@@ -804,19 +813,7 @@ async fn demote(owners: ViewOwners, view: Arc<View>, hash: String) {
                     let _eval = view.lock_eval().await;
                     engine.reload(&view, &snapshot, history);
                     drop(_eval);
-                    let task = tokio::spawn(follow(
-                        owners.clone(),
-                        Arc::downgrade(&view),
-                        hash.clone(),
-                        frames,
-                    ));
-                    let f = Following {
-                        view: Arc::downgrade(&view),
-                        task,
-                    };
-                    if let Some(old) = owners.following().insert(hash, f) {
-                        old.task.abort();
-                    }
+                    owners.start_following(&view, hash, frames);
                     return;
                 }
             }
@@ -833,6 +830,7 @@ async fn follow(
     view: Weak<View>,
     hash: String,
     mut frames: async_nats::Subscriber,
+    released: Arc<tokio::sync::Notify>,
 ) {
     // The claim that started this task loads the snapshot first.
     if let Some(v) = view.upgrade() {
@@ -870,7 +868,7 @@ async fn follow(
                     Followed::Closed => return,
                 }
             }
-            _ = tick.tick() => {
+            _ = async { tokio::select! { _ = tick.tick() => {}, _ = released.notified() => {} } } => {
                 let holder = bus.leases.get(lease_key(&hash)).await;
                 if let Ok(None) = holder {
                     if let Ok(Some(revision)) = owners.take(&hash).await {
@@ -887,6 +885,45 @@ async fn follow(
                         return;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Wakes the follower of a view whose lease was handed back (a delete in
+/// the lease bucket; an expiry is noticed by the followers' own checks).
+async fn watch_releases(owners: ViewOwners, mut stopped: watch::Receiver<bool>) {
+    let leases = owners.shared.bus.leases.clone();
+    loop {
+        let w = tokio::select! {
+            // Every lease key: a `view-*` pattern is not a subject wildcard.
+            w = leases.watch_all() => w,
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        let mut w = match w {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!(error = %e, "watching view leases failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = stopped.wait_for(|s| *s) => return,
+                }
+            }
+        };
+        loop {
+            let e = tokio::select! {
+                e = w.next() => e,
+                _ = stopped.wait_for(|s| *s) => return,
+            };
+            let Some(Ok(e)) = e else { break };
+            if e.operation == async_nats::jetstream::kv::Operation::Put {
+                continue;
+            }
+            let Some(hash) = e.key.strip_prefix("view-") else {
+                continue;
+            };
+            if let Some(f) = owners.following().get(hash) {
+                f.released.notify_one();
             }
         }
     }

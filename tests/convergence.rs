@@ -214,6 +214,13 @@ async fn schedule(
 
     // Writes and faults.
     let until = Instant::now() + args.duration;
+    let started = Instant::now();
+    let mut sequence: Vec<String> = Vec::new();
+    let bad_before = (
+        Stats::get(&stats.gaps),
+        Stats::get(&stats.divergences),
+        Stats::get(&stats.ended_in_error),
+    );
     let mut writers = Vec::new();
     for _ in 0..2 {
         writers.push(tokio::spawn(writes::sql_writer(
@@ -247,7 +254,9 @@ async fn schedule(
             break;
         }
         let f = *rng.pick(&faults);
-        fault(f, &mut rng, pg, &mut srv, &clients, stats).await?;
+        let at = started.elapsed().as_secs_f64();
+        let what = fault(f, &mut rng, pg, &mut srv, &clients, stats).await?;
+        sequence.push(format!("{at:.1} s: {what}"));
     }
     for w in writers {
         let _ = w.await;
@@ -317,6 +326,17 @@ async fn schedule(
         }
     }
 
+    let bad_after = (
+        Stats::get(&stats.gaps),
+        Stats::get(&stats.divergences),
+        Stats::get(&stats.ended_in_error),
+    );
+    if bad_after != bad_before {
+        println!("  faults (seconds from the start of writes):");
+        for s in &sequence {
+            println!("    {s}");
+        }
+    }
     drop(clients);
     srv.stop().await;
     drop(srv);
@@ -387,6 +407,8 @@ fn shown(clients: &[client::ClientHandle], rng: &mut Rng) -> (i64, i64) {
     (item, person)
 }
 
+/// Injects fault `f`; says what it did, for the fault sequence printed
+/// when the schedule fails.
 async fn fault(
     f: Fault,
     rng: &mut Rng,
@@ -394,8 +416,12 @@ async fn fault(
     srv: &mut cluster::Nodes,
     clients: &[client::ClientHandle],
     stats: &Stats,
-) -> Result<(), String> {
-    match f {
+) -> Result<String, String> {
+    let name = args::FAULTS
+        .iter()
+        .find(|(x, _)| *x == f)
+        .map_or("?", |(_, n)| *n);
+    let what = match f {
         Fault::PgFast | Fault::PgImmediate => {
             Stats::inc(if f == Fault::PgFast {
                 &stats.pg_fast
@@ -413,13 +439,16 @@ async fn fault(
             })
             .await
             .map_err(|e| e.to_string())??;
+            String::new()
         }
         Fault::ServerKill => {
             Stats::inc(&stats.server_kill);
             let s = &mut srv.servers[0];
             s.kill().await;
-            tokio::time::sleep(Duration::from_millis(rng.range(0, 800) as u64)).await;
+            let pause = rng.range(0, 800);
+            tokio::time::sleep(Duration::from_millis(pause as u64)).await;
             s.start().await?;
+            format!("back after {pause} ms")
         }
         Fault::NodeKill | Fault::LeaderKill => {
             let i = if f == Fault::LeaderKill {
@@ -438,29 +467,36 @@ async fn fault(
             let s = &mut srv.servers[i];
             s.kill().await;
             // At times past the lease's life, so another node takes over.
-            tokio::time::sleep(Duration::from_millis(rng.range(0, 3000) as u64)).await;
+            let pause = rng.range(0, 3000);
+            tokio::time::sleep(Duration::from_millis(pause as u64)).await;
             s.start().await?;
+            format!("n{} back after {pause} ms", i + 1)
         }
         Fault::NodeTerm => {
             Stats::inc(&stats.node_term);
             let i = rng.range(0, srv.count() as i64 - 1) as usize;
             let s = &mut srv.servers[i];
             s.stop().await;
-            tokio::time::sleep(Duration::from_millis(rng.range(0, 1000) as u64)).await;
+            let pause = rng.range(0, 1000);
+            tokio::time::sleep(Duration::from_millis(pause as u64)).await;
             s.start().await?;
+            format!("n{} back after {pause} ms", i + 1)
         }
         Fault::NatsRestart => {
             Stats::inc(&stats.nats_restart);
-            let pause = Duration::from_millis(rng.range(0, 2500) as u64);
-            srv.restart_nats(pause).await;
+            let pause = rng.range(0, 2500);
+            srv.restart_nats(Duration::from_millis(pause as u64)).await;
+            format!("back after {pause} ms")
         }
         Fault::ClientDrop => {
             Stats::inc(&stats.client_drop);
             // Long enough, at times, to miss more diffs than a session queue holds.
-            let away = Duration::from_millis(rng.range(0, 3000) as u64);
-            let _ = clients[rng.range(0, clients.len() as i64 - 1) as usize]
+            let away = rng.range(0, 3000);
+            let k = rng.range(0, clients.len() as i64 - 1) as usize;
+            let _ = clients[k]
                 .cmds
-                .try_send(client::Cmd::Drop(away));
+                .try_send(client::Cmd::Drop(Duration::from_millis(away as u64)));
+            format!("client {k} away {away} ms")
         }
         Fault::Reanchor => {
             let c = &clients[rng.range(0, clients.len() as i64 - 1) as usize];
@@ -480,14 +516,17 @@ async fn fault(
                     .cmds
                     .try_send(client::Cmd::Reanchor(i, model::Win::random(rng)));
             }
+            String::new()
         }
         Fault::ClientPause => {
             Stats::inc(&stats.client_pause);
-            let d = Duration::from_millis(rng.range(300, 2500) as u64);
-            let _ = clients[rng.range(0, clients.len() as i64 - 1) as usize]
+            let d = rng.range(300, 2500);
+            let k = rng.range(0, clients.len() as i64 - 1) as usize;
+            let _ = clients[k]
                 .cmds
-                .try_send(client::Cmd::Pause(d));
+                .try_send(client::Cmd::Pause(Duration::from_millis(d as u64)));
+            format!("client {k} for {d} ms")
         }
-    }
-    Ok(())
+    };
+    Ok(format!("{name} {what}").trim_end().to_owned())
 }

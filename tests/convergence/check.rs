@@ -233,7 +233,7 @@ async fn converge(
                         g.views
                             .iter()
                             .find(|h| h.spec == *spec)
-                            .map(|h| (g.label.clone(), h.state.clone()))
+                            .map(|h| (format!("{} on n{}", g.label, g.node + 1), h.state.clone()))
                     })
                     .flatten()
             })

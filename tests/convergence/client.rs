@@ -42,6 +42,8 @@ pub struct Held {
 pub struct Shared {
     pub who: Who,
     pub label: String,
+    /// The node of the current (or last) session, counted from 0.
+    pub node: usize,
     pub views: Vec<Held>,
 }
 
@@ -106,6 +108,7 @@ pub fn spawn(
     let shared = Arc::new(Mutex::new(Shared {
         who,
         label,
+        node: first % addrs.len(),
         views: specs
             .into_iter()
             .map(|spec| Held {
@@ -191,6 +194,7 @@ async fn run(
         }
         first = false;
         session_node = node;
+        shared.lock().unwrap().node = node;
         let mut s = Session {
             moved,
             tx,

@@ -184,7 +184,7 @@ async fn schedule(
 
     let dir = std::env::temp_dir().join(format!("arcana-{tag}"));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut srv = cluster::Nodes::start(&dir, nodes, axes, &tag, &url).await?;
+    let mut srv = cluster::Nodes::start(&dir, nodes, args.fresh_node_ids, axes, &tag, &url).await?;
     let addrs = srv.addrs();
 
     let catalog = model::catalog(axes.self_join);
@@ -263,13 +263,13 @@ async fn schedule(
     }
 
     // Quiescence: every node is up and the change stream has drained.
-    for s in &mut srv.servers {
-        if let Some(how) = s.exited() {
+    for i in 0..srv.count() {
+        if let Some(how) = srv.servers[i].exited() {
             println!(
                 "  note: a server was not running at the end ({how}); log: {}",
-                s.log.display()
+                srv.servers[i].log.display()
             );
-            s.start().await?;
+            srv.start_node(i).await?;
         }
     }
     let divergences_before = Stats::get(&stats.divergences);
@@ -464,23 +464,23 @@ async fn fault(
                 Stats::inc(&stats.node_kill);
                 rng.range(0, srv.count() as i64 - 1) as usize
             };
-            let s = &mut srv.servers[i];
-            s.kill().await;
+            let was = srv.id(i).to_owned();
+            srv.servers[i].kill().await;
             // At times past the lease's life, so another node takes over.
             let pause = rng.range(0, 3000);
             tokio::time::sleep(Duration::from_millis(pause as u64)).await;
-            s.start().await?;
-            format!("n{} back after {pause} ms", i + 1)
+            srv.start_node(i).await?;
+            format!("{was} back after {pause} ms as {}", srv.id(i))
         }
         Fault::NodeTerm => {
             Stats::inc(&stats.node_term);
             let i = rng.range(0, srv.count() as i64 - 1) as usize;
-            let s = &mut srv.servers[i];
-            s.stop().await;
+            let was = srv.id(i).to_owned();
+            srv.servers[i].stop().await;
             let pause = rng.range(0, 1000);
             tokio::time::sleep(Duration::from_millis(pause as u64)).await;
-            s.start().await?;
-            format!("n{} back after {pause} ms", i + 1)
+            srv.start_node(i).await?;
+            format!("{was} back after {pause} ms as {}", srv.id(i))
         }
         Fault::NatsRestart => {
             Stats::inc(&stats.nats_restart);

@@ -61,6 +61,8 @@ pub struct Args {
     pub nodes: usize,
     /// Schedules run after those, as clusters of `CLUSTER_NODES` nodes.
     pub cluster_schedules: u64,
+    /// A cluster node started again takes a new `cluster.node_id`.
+    pub fresh_node_ids: bool,
     pub duration: Duration,
     pub clients: usize,
     pub checks: u64,
@@ -80,6 +82,8 @@ const HELP: &str = "convergence test switches (unknown arguments are ignored):
                         (default 1: a single server); given, --cluster-schedules defaults to 0
   --cluster-schedules N schedules run after those on a cluster of 3 nodes, with seeds
                         following theirs (default 2)
+  --fresh-node-ids      a cluster node started again takes a new cluster.node_id (default:
+                        it comes back under the same one)
   --duration-ms N       how long each schedule writes (default 5000)
   --clients N           client sessions per schedule (default 6)
   --checks N            single writes at the end, each followed by a full comparison (default 25)
@@ -112,6 +116,7 @@ pub fn parse() -> Args {
         seed: 1,
         nodes: 1,
         cluster_schedules: 2,
+        fresh_node_ids: false,
         duration: Duration::from_millis(5000),
         clients: 6,
         checks: 25,
@@ -174,6 +179,7 @@ pub fn parse() -> Args {
                 match other {
                     "--no-self-join" => a.axes.self_join = Some(false),
                     "--no-faults" => a.faults.clear(),
+                    "--fresh-node-ids" => a.fresh_node_ids = true,
                     "--no-mutations" => a.mutations = false,
                     "--no-truncate" => a.truncate = false,
                     _ => {} // libtest's own flags and anything else
@@ -217,6 +223,9 @@ impl Args {
             self.checks,
             if faults.is_empty() { "none".into() } else { faults.join(",") }
         );
+        if self.fresh_node_ids {
+            s.push_str(" --fresh-node-ids");
+        }
         if !self.mutations {
             s.push_str(" --no-mutations");
         }

@@ -21,8 +21,14 @@ const LEASE_BUCKET: &str = "arcana_leases";
 /// The nodes of one schedule.
 pub struct Nodes {
     pub servers: Vec<Server>,
-    /// Each node's `cluster.node_id`.
+    /// Each node's `cluster.node_id` now.
     ids: Vec<String>,
+    /// Each node's config as it was first written, and how many times it
+    /// was started.
+    configs: Vec<(std::path::PathBuf, String)>,
+    starts: Vec<u32>,
+    /// A node started again takes a new `cluster.node_id`.
+    fresh_ids: bool,
     nats: Option<Nats>,
     db_url: String,
     slot: String,
@@ -30,10 +36,13 @@ pub struct Nodes {
 
 impl Nodes {
     /// Writes each node's config into `dir` and starts `n` nodes (one
-    /// plain server when `n` is 1).
+    /// plain server when `n` is 1). With `fresh_ids`, a node started
+    /// again comes back under a new `cluster.node_id` (as with the
+    /// default, random one); otherwise under the same.
     pub async fn start(
         dir: &Path,
         n: usize,
+        fresh_ids: bool,
         axes: &Axes,
         tag: &str,
         db_url: &str,
@@ -44,6 +53,9 @@ impl Nodes {
         let mut nodes = Nodes {
             servers: Vec::new(),
             ids: Vec::new(),
+            configs: Vec::new(),
+            starts: vec![1; n],
+            fresh_ids,
             nats,
             db_url: db_url.to_owned(),
             slot: tag.to_owned(),
@@ -62,7 +74,8 @@ impl Nodes {
                 }
             };
             let path = dir.join(format!("{name}.toml"));
-            std::fs::write(&path, config).map_err(|e| e.to_string())?;
+            std::fs::write(&path, &config).map_err(|e| e.to_string())?;
+            nodes.configs.push((path.clone(), config));
             nodes
                 .servers
                 .push(Server::new(dir, &name, path, db_url.to_owned()));
@@ -72,6 +85,32 @@ impl Nodes {
             s.start().await?;
         }
         Ok(nodes)
+    }
+
+    /// Starts node `i` again (after a kill or a stop), under a new node id
+    /// when the nodes take fresh ids.
+    pub async fn start_node(&mut self, i: usize) -> Result<(), String> {
+        if self.fresh_ids && self.nats.is_some() {
+            self.starts[i] += 1;
+            let id = format!("n{}-{}", i + 1, self.starts[i]);
+            let (path, config) = &self.configs[i];
+            let config = config.replace(
+                &format!("node_id = \"{}\"", self.ids_first(i)),
+                &format!("node_id = \"{id}\""),
+            );
+            std::fs::write(path, config).map_err(|e| e.to_string())?;
+            self.ids[i] = id;
+        }
+        self.servers[i].start().await
+    }
+
+    fn ids_first(&self, i: usize) -> String {
+        format!("n{}", i + 1)
+    }
+
+    /// Node `i`'s current node id.
+    pub fn id(&self, i: usize) -> &str {
+        &self.ids[i]
     }
 
     /// Every node's gRPC address (a restarted node keeps its own).

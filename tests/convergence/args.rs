@@ -82,8 +82,8 @@ const HELP: &str = "convergence test switches (unknown arguments are ignored):
                         (default 1: a single server); given, --cluster-schedules defaults to 0
   --cluster-schedules N schedules run after those on a cluster of 3 nodes, with seeds
                         following theirs (default 2)
-  --fresh-node-ids      a cluster node started again takes a new cluster.node_id (default:
-                        it comes back under the same one)
+  --same-node-ids       a cluster node started again keeps its cluster.node_id (default: it
+                        takes a new one, as with the server's default random node_id)
   --duration-ms N       how long each schedule writes (default 5000)
   --clients N           client sessions per schedule (default 6)
   --checks N            single writes at the end, each followed by a full comparison (default 25)
@@ -116,7 +116,7 @@ pub fn parse() -> Args {
         seed: 1,
         nodes: 1,
         cluster_schedules: 2,
-        fresh_node_ids: false,
+        fresh_node_ids: true,
         duration: Duration::from_millis(5000),
         clients: 6,
         checks: 25,
@@ -179,7 +179,7 @@ pub fn parse() -> Args {
                 match other {
                     "--no-self-join" => a.axes.self_join = Some(false),
                     "--no-faults" => a.faults.clear(),
-                    "--fresh-node-ids" => a.fresh_node_ids = true,
+                    "--same-node-ids" => a.fresh_node_ids = false,
                     "--no-mutations" => a.mutations = false,
                     "--no-truncate" => a.truncate = false,
                     _ => {} // libtest's own flags and anything else
@@ -223,8 +223,8 @@ impl Args {
             self.checks,
             if faults.is_empty() { "none".into() } else { faults.join(",") }
         );
-        if self.fresh_node_ids {
-            s.push_str(" --fresh-node-ids");
+        if !self.fresh_node_ids {
+            s.push_str(" --same-node-ids");
         }
         if !self.mutations {
             s.push_str(" --no-mutations");

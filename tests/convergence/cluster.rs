@@ -94,18 +94,15 @@ impl Nodes {
             self.starts[i] += 1;
             let id = format!("n{}-{}", i + 1, self.starts[i]);
             let (path, config) = &self.configs[i];
+            // The config as first written names the node `n<i+1>`.
             let config = config.replace(
-                &format!("node_id = \"{}\"", self.ids_first(i)),
+                &format!("node_id = \"n{}\"", i + 1),
                 &format!("node_id = \"{id}\""),
             );
             std::fs::write(path, config).map_err(|e| e.to_string())?;
             self.ids[i] = id;
         }
         self.servers[i].start().await
-    }
-
-    fn ids_first(&self, i: usize) -> String {
-        format!("n{}", i + 1)
     }
 
     /// Node `i`'s current node id.

@@ -10,9 +10,15 @@
 //! change stream has drained, every client view is compared with a fresh
 //! snapshot and with the SQL. See docs/RELIABILITY.md.
 //!
-//! `cargo test --test convergence` runs a short set of schedules;
+//! Cluster schedules run three nodes on one nats-server, with clients
+//! spread over them and moving to another node at every reconnect, and add
+//! node kills, leader kills, graceful node restarts and NATS restarts.
+//!
+//! `cargo test --test convergence` runs a short set of schedules (four on a
+//! single server, two on a cluster);
 //! `cargo test --release --test convergence -- --schedules 40 --seed 7` a
-//! long one. `--help` lists the switches.
+//! long one, `-- --nodes 3 --schedules 20` a long cluster one. `--help`
+//! lists the switches.
 
 #[path = "convergence/args.rs"]
 mod args;
@@ -20,10 +26,16 @@ mod args;
 mod check;
 #[path = "convergence/client.rs"]
 mod client;
+#[path = "convergence/cluster.rs"]
+mod cluster;
 #[path = "convergence/expected.rs"]
 mod expected;
 #[path = "convergence/model.rs"]
 mod model;
+// Shared with tests/cluster.rs, which uses more of it.
+#[allow(dead_code)]
+#[path = "common/nats.rs"]
+mod nats;
 #[path = "convergence/rng.rs"]
 mod rng;
 #[path = "convergence/server.rs"]
@@ -41,7 +53,7 @@ use arcana::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use arcana::postgres::execute_script;
 use tokio::time::Instant;
 
-use args::{Args, Fault};
+use args::{Args, Fault, CLUSTER_NODES};
 use check::{compare, drain};
 use model::{Axes, ViewSpec, PEOPLE};
 use rng::Rng;
@@ -73,11 +85,17 @@ async fn run(args: Args) -> ExitCode {
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
     let (mut passed, mut failed) = (0u64, 0u64);
-    for i in 0..args.schedules {
-        let seed = args.seed + i;
+    // The single-server schedules (or clusters, with --nodes), then the
+    // cluster set, its seeds following theirs.
+    let runs = (0..args.schedules)
+        .map(|i| (args.seed + i, args.nodes))
+        .chain(
+            (0..args.cluster_schedules).map(|j| (args.seed + args.schedules + j, CLUSTER_NODES)),
+        );
+    for (seed, nodes) in runs {
         let mut rng = Rng::new(seed);
         let axes = args.axes.pick(seed, &mut rng);
-        println!("schedule seed {seed}: {axes}");
+        println!("schedule seed {seed} on {nodes} node(s): {axes}");
         // A view still flagged with an error once the database is back has
         // not recovered: the server retries failed views until they succeed.
         let counts = || {
@@ -89,7 +107,14 @@ async fn run(args: Args) -> ExitCode {
         };
         let before = counts();
         let t = Instant::now();
-        let r = schedule(&args, seed, &axes, rng, &pg, &stats).await;
+        // A task of its own, so a panic fails this schedule only; its
+        // processes are killed as its values drop.
+        let r = {
+            let (args, axes, pg, stats) = (args.clone(), axes.clone(), pg.clone(), stats.clone());
+            tokio::spawn(async move { schedule(&args, seed, nodes, &axes, rng, &pg, &stats).await })
+                .await
+                .unwrap_or_else(|e| Err(format!("the schedule panicked: {e}")))
+        };
         Stats::inc(&stats.schedules);
         let bad = counts() != before;
         match r {
@@ -105,14 +130,14 @@ async fn run(args: Args) -> ExitCode {
                 }
                 println!(
                     "  FAILED (seed {seed}, {axes}); rerun with:\n    {}",
-                    args.rerun(seed, &axes)
+                    args.rerun(seed, nodes, &axes)
                 );
             }
         }
     }
     println!(
         "\n{} schedules in {:.0} s\n\n{}",
-        args.schedules,
+        passed + failed,
         started.elapsed().as_secs_f64(),
         stats.table()
     );
@@ -128,16 +153,17 @@ async fn run(args: Args) -> ExitCode {
     }
 }
 
-type Cluster = Arc<Mutex<EmbeddedPostgres>>;
+type Pg = Arc<Mutex<EmbeddedPostgres>>;
 
 /// Runs one schedule; divergences and gaps are counted in `stats`, and an
 /// `Err` means the schedule could not be set up or driven.
 async fn schedule(
     args: &Args,
     seed: u64,
+    nodes: usize,
     axes: &Axes,
     mut rng: Rng,
-    pg: &Cluster,
+    pg: &Pg,
     stats: &Arc<Stats>,
 ) -> Result<(), String> {
     let tag = format!("conv_{}_{seed}", std::process::id());
@@ -158,10 +184,8 @@ async fn schedule(
 
     let dir = std::env::temp_dir().join(format!("arcana-{tag}"));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let config = dir.join("arcana.toml");
-    std::fs::write(&config, model::config_toml(axes, &tag)).map_err(|e| e.to_string())?;
-    let mut srv = server::Server::new(&dir, config, url.clone());
-    srv.start().await?;
+    let mut srv = cluster::Nodes::start(&dir, nodes, args.fresh_node_ids, axes, &tag, &url).await?;
+    let addrs = srv.addrs();
 
     let catalog = model::catalog(axes.self_join);
     let clients: Vec<client::ClientHandle> = (0..args.clients)
@@ -175,7 +199,11 @@ async fn schedule(
                 }
             }
             client::spawn(
-                srv.addr.clone(),
+                addrs.clone(),
+                k,
+                // Not drawn from `rng`, so single-server schedules pick
+                // what they picked before clusters existed.
+                Rng::new(seed.wrapping_mul(31).wrapping_add(k as u64 + 1)),
                 who,
                 format!("client {k} ({})", who.user),
                 specs,
@@ -186,6 +214,13 @@ async fn schedule(
 
     // Writes and faults.
     let until = Instant::now() + args.duration;
+    let started = Instant::now();
+    let mut sequence: Vec<String> = Vec::new();
+    let bad_before = (
+        Stats::get(&stats.gaps),
+        Stats::get(&stats.divergences),
+        Stats::get(&stats.ended_in_error),
+    );
     let mut writers = Vec::new();
     for _ in 0..2 {
         writers.push(tokio::spawn(writes::sql_writer(
@@ -198,7 +233,7 @@ async fn schedule(
     }
     if args.mutations {
         writers.push(tokio::spawn(writes::mutator(
-            srv.addr.clone(),
+            addrs.clone(),
             rng.fork(),
             until,
             stats.clone(),
@@ -206,7 +241,7 @@ async fn schedule(
     }
     // Client faults weigh double: they are cheap, and they drive Sync.
     let faults: Vec<Fault> = args
-        .faults
+        .faults_for(nodes)
         .iter()
         .flat_map(|f| match f {
             Fault::ClientDrop | Fault::ClientPause | Fault::Reanchor => vec![*f, *f],
@@ -219,25 +254,29 @@ async fn schedule(
             break;
         }
         let f = *rng.pick(&faults);
-        fault(f, &mut rng, pg, &mut srv, &clients, stats).await?;
+        let at = started.elapsed().as_secs_f64();
+        let what = fault(f, &mut rng, pg, &mut srv, &clients, stats).await?;
+        sequence.push(format!("{at:.1} s: {what}"));
     }
     for w in writers {
         let _ = w.await;
     }
 
-    // Quiescence: the server is up and the change stream has drained.
-    if let Some(how) = srv.exited() {
-        println!(
-            "  note: the server was not running at the end ({how}); log: {}",
-            srv.log.display()
-        );
-        srv.start().await?;
+    // Quiescence: every node is up and the change stream has drained.
+    for i in 0..srv.count() {
+        if let Some(how) = srv.servers[i].exited() {
+            println!(
+                "  note: a server was not running at the end ({how}); log: {}",
+                srv.servers[i].log.display()
+            );
+            srv.start_node(i).await?;
+        }
     }
     let divergences_before = Stats::get(&stats.divergences);
     let failures = || Stats::get(&stats.divergences) + Stats::get(&stats.gaps);
     let failures_before = failures();
-    drain(&srv.addr, &url).await?;
-    compare(seed, axes, &srv.addr, &url, &clients, stats).await?;
+    drain_all(&addrs, &url).await?;
+    compare(seed, axes, &addrs, &url, &clients, stats).await?;
     // Checkpoints: one write, then drain and compare, so a change lost on
     // its way is not hidden by a later one that re-evaluates the view.
     for _ in 0..args.checks {
@@ -247,7 +286,8 @@ async fn schedule(
         let last: String;
         if args.mutations && rng.chance(0.3) {
             last = "a gRPC mutation".into();
-            let ok = writes::mutate_once(&srv.addr, &mut rng).await;
+            let addr = pick_node(&addrs, &mut rng);
+            let ok = writes::mutate_once(&addr, &mut rng).await;
             Stats::inc(if ok {
                 &stats.mutations
             } else {
@@ -264,14 +304,14 @@ async fn schedule(
                 &stats.sql_failed
             });
         }
-        drain(&srv.addr, &url).await?;
-        compare(seed, axes, &srv.addr, &url, &clients, stats).await?;
+        drain_all(&addrs, &url).await?;
+        compare(seed, axes, &addrs, &url, &clients, stats).await?;
         if failures() != failures_before {
             println!("  (at a checkpoint, after: {last})");
         }
     }
     if Stats::get(&stats.divergences) != divergences_before {
-        println!("  server log: {}", srv.log.display());
+        println!("  server logs: {}", srv.logs());
     }
     for c in &clients {
         let g = c.shared.lock().unwrap();
@@ -286,11 +326,20 @@ async fn schedule(
         }
     }
 
-    for c in clients {
-        drop(c.cmds);
-        c.task.abort();
+    let bad_after = (
+        Stats::get(&stats.gaps),
+        Stats::get(&stats.divergences),
+        Stats::get(&stats.ended_in_error),
+    );
+    if bad_after != bad_before {
+        println!("  faults (seconds from the start of writes):");
+        for s in &sequence {
+            println!("    {s}");
+        }
     }
+    drop(clients);
     srv.stop().await;
+    drop(srv);
     // Best effort: a slot left behind would pin WAL for the rest of the run.
     for _ in 0..20 {
         let dropped = execute_script(
@@ -308,6 +357,24 @@ async fn schedule(
     let _ = execute_script(&admin, &format!("DROP DATABASE {tag} WITH (FORCE)")).await;
     if Stats::get(&stats.divergences) == divergences_before {
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// A random node's address; with one node, no draw from `rng` (so a seed
+/// still gives the schedule it gave a single server before).
+pub fn pick_node(addrs: &[String], rng: &mut Rng) -> String {
+    if addrs.len() == 1 {
+        addrs[0].clone()
+    } else {
+        rng.pick(addrs).clone()
+    }
+}
+
+/// Drains the change stream as every node sees it.
+async fn drain_all(addrs: &[String], url: &str) -> Result<(), String> {
+    for a in addrs {
+        drain(a, url).await?;
     }
     Ok(())
 }
@@ -340,15 +407,21 @@ fn shown(clients: &[client::ClientHandle], rng: &mut Rng) -> (i64, i64) {
     (item, person)
 }
 
+/// Injects fault `f`; says what it did, for the fault sequence printed
+/// when the schedule fails.
 async fn fault(
     f: Fault,
     rng: &mut Rng,
-    pg: &Cluster,
-    srv: &mut server::Server,
+    pg: &Pg,
+    srv: &mut cluster::Nodes,
     clients: &[client::ClientHandle],
     stats: &Stats,
-) -> Result<(), String> {
-    match f {
+) -> Result<String, String> {
+    let name = args::FAULTS
+        .iter()
+        .find(|(x, _)| *x == f)
+        .map_or("?", |(_, n)| *n);
+    let what = match f {
         Fault::PgFast | Fault::PgImmediate => {
             Stats::inc(if f == Fault::PgFast {
                 &stats.pg_fast
@@ -366,20 +439,64 @@ async fn fault(
             })
             .await
             .map_err(|e| e.to_string())??;
+            String::new()
         }
         Fault::ServerKill => {
             Stats::inc(&stats.server_kill);
-            srv.kill().await;
-            tokio::time::sleep(Duration::from_millis(rng.range(0, 800) as u64)).await;
-            srv.start().await?;
+            let s = &mut srv.servers[0];
+            s.kill().await;
+            let pause = rng.range(0, 800);
+            tokio::time::sleep(Duration::from_millis(pause as u64)).await;
+            s.start().await?;
+            format!("back after {pause} ms")
+        }
+        Fault::NodeKill | Fault::LeaderKill => {
+            let i = if f == Fault::LeaderKill {
+                Stats::inc(&stats.leader_kill);
+                match srv.leader().await {
+                    Some(i) => i,
+                    None => {
+                        Stats::inc(&stats.leader_unknown);
+                        rng.range(0, srv.count() as i64 - 1) as usize
+                    }
+                }
+            } else {
+                Stats::inc(&stats.node_kill);
+                rng.range(0, srv.count() as i64 - 1) as usize
+            };
+            let was = srv.id(i).to_owned();
+            srv.servers[i].kill().await;
+            // At times past the lease's life, so another node takes over.
+            let pause = rng.range(0, 3000);
+            tokio::time::sleep(Duration::from_millis(pause as u64)).await;
+            srv.start_node(i).await?;
+            format!("{was} back after {pause} ms as {}", srv.id(i))
+        }
+        Fault::NodeTerm => {
+            Stats::inc(&stats.node_term);
+            let i = rng.range(0, srv.count() as i64 - 1) as usize;
+            let was = srv.id(i).to_owned();
+            srv.servers[i].stop().await;
+            let pause = rng.range(0, 1000);
+            tokio::time::sleep(Duration::from_millis(pause as u64)).await;
+            srv.start_node(i).await?;
+            format!("{was} back after {pause} ms as {}", srv.id(i))
+        }
+        Fault::NatsRestart => {
+            Stats::inc(&stats.nats_restart);
+            let pause = rng.range(0, 2500);
+            srv.restart_nats(Duration::from_millis(pause as u64)).await;
+            format!("back after {pause} ms")
         }
         Fault::ClientDrop => {
             Stats::inc(&stats.client_drop);
             // Long enough, at times, to miss more diffs than a session queue holds.
-            let away = Duration::from_millis(rng.range(0, 3000) as u64);
-            let _ = clients[rng.range(0, clients.len() as i64 - 1) as usize]
+            let away = rng.range(0, 3000);
+            let k = rng.range(0, clients.len() as i64 - 1) as usize;
+            let _ = clients[k]
                 .cmds
-                .try_send(client::Cmd::Drop(away));
+                .try_send(client::Cmd::Drop(Duration::from_millis(away as u64)));
+            format!("client {k} away {away} ms")
         }
         Fault::Reanchor => {
             let c = &clients[rng.range(0, clients.len() as i64 - 1) as usize];
@@ -399,14 +516,17 @@ async fn fault(
                     .cmds
                     .try_send(client::Cmd::Reanchor(i, model::Win::random(rng)));
             }
+            String::new()
         }
         Fault::ClientPause => {
             Stats::inc(&stats.client_pause);
-            let d = Duration::from_millis(rng.range(300, 2500) as u64);
-            let _ = clients[rng.range(0, clients.len() as i64 - 1) as usize]
+            let d = rng.range(300, 2500);
+            let k = rng.range(0, clients.len() as i64 - 1) as usize;
+            let _ = clients[k]
                 .cmds
-                .try_send(client::Cmd::Pause(d));
+                .try_send(client::Cmd::Pause(Duration::from_millis(d as u64)));
+            format!("client {k} for {d} ms")
         }
-    }
-    Ok(())
+    };
+    Ok(format!("{name} {what}").trim_end().to_owned())
 }

@@ -146,10 +146,11 @@ async fn bump_marker(url: &str, ws: &str) -> Result<i64, String> {
 
 /// Every client view must equal a fresh snapshot, and that the SQL run
 /// directly; each view that does not within `CONVERGE` is a divergence.
+/// With several nodes, the fresh snapshots are taken on each in turn.
 pub async fn compare(
     seed: u64,
     axes: &Axes,
-    addr: &str,
+    addrs: &[String],
     url: &str,
     clients: &[client::ClientHandle],
     stats: &Stats,
@@ -167,9 +168,10 @@ pub async fn compare(
             }
         }
     }
-    let checks = pairs
-        .iter()
-        .map(|(who, spec)| converge(seed, axes, addr, url, clients, stats, who, spec));
+    let checks = pairs.iter().enumerate().map(|(k, (who, spec))| {
+        let addr = &addrs[k % addrs.len()];
+        converge(seed, axes, addr, url, clients, stats, who, spec)
+    });
     futures_util::future::join_all(checks).await;
     // A sync whose announced frames never came, with nothing after them to
     // expose the gap.
@@ -231,7 +233,7 @@ async fn converge(
                         g.views
                             .iter()
                             .find(|h| h.spec == *spec)
-                            .map(|h| (g.label.clone(), h.state.clone()))
+                            .map(|h| (format!("{} on n{}", g.label, g.node + 1), h.state.clone()))
                     })
                     .flatten()
             })
@@ -265,7 +267,7 @@ async fn converge(
                 break;
             }
             let mut text = format!(
-                "DIVERGENCE seed {seed} ({axes}) as {} in {}: view {spec}\n  fresh:  {}\n  sql:    {}",
+                "DIVERGENCE seed {seed} ({axes}) as {} in {}: view {spec}\n  fresh ({addr}):  {}\n  sql:    {}",
                 who.user,
                 who.ws,
                 fresh.as_ref().map_or_else(|e| format!("error: {e}"), show),

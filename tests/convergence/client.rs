@@ -1,6 +1,7 @@
 //! Client sessions: each holds several views over one `Connect` stream,
 //! applies their frames with `ViewState`, counts gaps, and when its stream
-//! breaks reconnects with backoff and resumes its views with `Sync`.
+//! breaks reconnects with backoff and resumes its views with `Sync`. With
+//! several nodes, every reconnect goes to another node than the last.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
 use super::model::{ViewSpec, Who, Win};
+use super::rng::Rng;
 use super::server::connect;
 use super::stats::Stats;
 
@@ -40,6 +42,8 @@ pub struct Held {
 pub struct Shared {
     pub who: Who,
     pub label: String,
+    /// The node of the current (or last) session, counted from 0.
+    pub node: usize,
     pub views: Vec<Held>,
 }
 
@@ -55,11 +59,18 @@ pub enum Cmd {
     Reanchor(usize, Win),
 }
 
-/// A running client: its state, its command channel and its task.
+/// A running client: its state, its command channel and its task (ended
+/// when the handle is dropped).
 pub struct ClientHandle {
     pub shared: Arc<Mutex<Shared>>,
     pub cmds: mpsc::Sender<Cmd>,
     pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ClientHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 enum End {
@@ -76,13 +87,19 @@ const INTERNAL: i32 = 13;
 
 enum Pending {
     Subscribe(usize),
-    Sync(Vec<(usize, u64, u64)>),
+    /// The views synced, and whether this is the first sync after moving
+    /// to another node.
+    Sync(Vec<(usize, u64, u64)>, bool),
     Reanchor(usize, Win),
 }
 
-/// Starts a client holding `specs` as `who`.
+/// Starts a client holding `specs` as `who`, first on node `first` of
+/// `addrs`; `rng` picks the nodes it moves to.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    addr: String,
+    addrs: Vec<String>,
+    first: usize,
+    rng: Rng,
     who: Who,
     label: String,
     specs: Vec<ViewSpec>,
@@ -91,6 +108,7 @@ pub fn spawn(
     let shared = Arc::new(Mutex::new(Shared {
         who,
         label,
+        node: first % addrs.len(),
         views: specs
             .into_iter()
             .map(|spec| Held {
@@ -105,7 +123,7 @@ pub fn spawn(
             .collect(),
     }));
     let (tx, rx) = mpsc::channel(8);
-    let task = tokio::spawn(run(addr, shared.clone(), rx, stats));
+    let task = tokio::spawn(run(addrs, first, rng, shared.clone(), rx, stats));
     ClientHandle {
         shared,
         cmds: tx,
@@ -113,8 +131,28 @@ pub fn spawn(
     }
 }
 
+/// A node other than `last_session` (where the previous session was) and
+/// `last_try` (the last connect attempt); any other one when there are too
+/// few nodes for both.
+fn next_node(n: usize, last_session: usize, last_try: usize, rng: &mut Rng) -> usize {
+    let others: Vec<usize> = (0..n)
+        .filter(|&i| i != last_session && i != last_try)
+        .collect();
+    if !others.is_empty() {
+        return *rng.pick(&others);
+    }
+    let others: Vec<usize> = (0..n).filter(|&i| i != last_try).collect();
+    if others.is_empty() {
+        last_try
+    } else {
+        *rng.pick(&others)
+    }
+}
+
 async fn run(
-    addr: String,
+    addrs: Vec<String>,
+    first_node: usize,
+    mut rng: Rng,
     shared: Arc<Mutex<Shared>>,
     mut cmds: mpsc::Receiver<Cmd>,
     stats: Arc<Stats>,
@@ -122,9 +160,16 @@ async fn run(
     let who = shared.lock().unwrap().who;
     let mut backoff = Duration::from_millis(50);
     let mut first = true;
+    let mut node = first_node % addrs.len();
+    let mut session_node = node;
+    let mut attempted = false;
     loop {
+        if attempted {
+            node = next_node(addrs.len(), session_node, node, &mut rng);
+        }
+        attempted = true;
         let opened = tokio::select! {
-            o = open(&addr, who.token) => o,
+            o = open(&addrs[node], who.token) => o,
             c = cmds.recv() => match c {
                 None => return,
                 Some(_) => continue,
@@ -140,11 +185,18 @@ async fn run(
             }
         };
         backoff = Duration::from_millis(50);
+        let moved = !first && node != session_node;
         if !first {
             Stats::inc(&stats.reconnects);
         }
+        if moved {
+            Stats::inc(&stats.node_switches);
+        }
         first = false;
+        session_node = node;
+        shared.lock().unwrap().node = node;
         let mut s = Session {
+            moved,
             tx,
             next_id: 0,
             pending: HashMap::new(),
@@ -184,6 +236,8 @@ pub async fn open(addr: &str, token: &'static str) -> Result<Opened, String> {
 }
 
 struct Session {
+    /// Opened on another node than the previous session.
+    moved: bool,
     tx: mpsc::Sender<pb::ClientMessage>,
     next_id: u64,
     pending: HashMap<u64, Pending>,
@@ -273,6 +327,7 @@ impl Session {
     /// Asks for every view not yet asked for on this session (or whose
     /// request failed): `Subscribe` for new ones, one `Sync` for the rest.
     async fn resume(&mut self) -> Result<(), ()> {
+        let after_move = self.moved && self.next_id == 0;
         let mut subs = Vec::new();
         let mut syncs = Vec::new();
         {
@@ -320,7 +375,7 @@ impl Session {
                 views,
                 session_id: String::new(),
             });
-            self.send(req, Pending::Sync(sent)).await?;
+            self.send(req, Pending::Sync(sent, after_move)).await?;
         }
         Ok(())
     }
@@ -382,7 +437,7 @@ impl Session {
                 h.view_id = Some(s.view_id.clone());
                 learned.push((i, None));
             }
-            (Pending::Sync(sent), Some(pb::reply::Result::Sync(resp))) => {
+            (Pending::Sync(sent, after_move), Some(pb::reply::Result::Sync(resp))) => {
                 for ((i, epoch, version), res) in sent.into_iter().zip(resp.results) {
                     let h = &mut g.views[i];
                     if res.error.is_some() || res.view_id.is_empty() {
@@ -397,6 +452,13 @@ impl Session {
                     h.view_id = Some(res.view_id.clone());
                     let mode = SyncMode::try_from(res.mode).unwrap_or(SyncMode::Unspecified);
                     learned.push((i, Some(mode)));
+                    if after_move {
+                        Stats::inc(match mode {
+                            SyncMode::CatchUp => &stats.moved_catch_up,
+                            SyncMode::Current => &stats.moved_current,
+                            _ => &stats.moved_snapshot,
+                        });
+                    }
                     let consistent = match mode {
                         SyncMode::Current => {
                             Stats::inc(&stats.sync_current);
@@ -437,7 +499,7 @@ impl Session {
                 }
                 let idx: Vec<usize> = match p {
                     Pending::Subscribe(i) => vec![i],
-                    Pending::Sync(s) => s.into_iter().map(|(i, _, _)| i).collect(),
+                    Pending::Sync(s, _) => s.into_iter().map(|(i, _, _)| i).collect(),
                     Pending::Reanchor(..) => vec![],
                 };
                 for i in idx {

@@ -52,7 +52,8 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(dir: &std::path::Path, config: PathBuf, db_url: String) -> Server {
+    /// A server (not started yet) logging to `<dir>/<name>.log`.
+    pub fn new(dir: &std::path::Path, name: &str, config: PathBuf, db_url: String) -> Server {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -62,7 +63,7 @@ impl Server {
             addr: format!("127.0.0.1:{port}"),
             config,
             db_url,
-            log: dir.join("server.log"),
+            log: dir.join(format!("{name}.log")),
             child: None,
         }
     }

@@ -244,9 +244,11 @@ fn text(s: String) -> pb::Value {
     }
 }
 
-/// Runs random mutations through the unary `Mutate` until `until`.
-pub async fn mutator(addr: String, mut r: Rng, until: Instant, stats: Arc<Stats>) {
+/// Runs random mutations through the unary `Mutate` until `until`, each
+/// on a random one of `addrs`.
+pub async fn mutator(addrs: Vec<String>, mut r: Rng, until: Instant, stats: Arc<Stats>) {
     while Instant::now() < until {
+        let addr = super::pick_node(&addrs, &mut r);
         let ok = mutate_once(&addr, &mut r).await;
         Stats::inc(if ok {
             &stats.mutations

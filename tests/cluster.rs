@@ -1528,3 +1528,26 @@ async fn a_lease_handed_back_is_taken_over_at_once_not_at_the_next_check() {
     converge(&c, &mut subs).await;
     assert_eq!(subs[0].0.view(&subs[0].1).epoch, epoch);
 }
+
+#[tokio::test]
+async fn a_follower_learns_of_a_new_life_its_view_began_on_another_node() {
+    let _g = serial().await;
+    // No checkpoints, so an owner without a copy of the view starts a new
+    // epoch.
+    let mut c =
+        Cluster::start_full("wal", 1500, "view_owners = true\ncheckpoint_queue = 0\n").await;
+    let leader = c.leader().await;
+    let (owner, follower) = ((leader + 1) % 3, (leader + 2) % 3);
+    let _o = subscribe(&c.nodes[owner]).await;
+    let mut subs = vec![subscribe(&c.nodes[follower]).await];
+    converge(&c, &mut subs).await;
+    // The owner dies and comes straight back under the same node id, so
+    // its lease never lapses; meanwhile a write that nobody evaluated.
+    c.nodes[owner].kill();
+    c.sql("UPDATE tasks SET title = 'While nobody owned it' WHERE id = 2")
+        .await;
+    c.nodes[owner].start_again();
+    // A subscriber there makes it own the view again, in a new life.
+    subs.push(subscribe(&c.nodes[owner]).await);
+    converge(&c, &mut subs).await;
+}

@@ -245,6 +245,9 @@ impl View {
             match o.claim(me).await? {
                 Claim::Own => {
                     let _ = self.publisher.set(o.clone());
+                    self.run(store, stats, history).await?;
+                    self.announce();
+                    return Ok(());
                 }
                 Claim::Follow { snapshot, history } => {
                     self.load(&snapshot, history, store);
@@ -410,7 +413,9 @@ impl View {
             st.version = 1;
             return Ok(Refresh::Changed);
         }
-        let recovered = std::mem::take(&mut st.failing);
+        // After a takeover a version goes out even if nothing changed:
+        // followers that missed the last owner's final frame learn so.
+        let recovered = std::mem::take(&mut st.failing) || st.jump;
         Ok(self.publish(&mut st, diff, recovered, stats, history))
     }
 
@@ -926,6 +931,27 @@ impl View {
         st.jump = true;
         let _ = self.publisher.set(owners);
         true
+    }
+
+    /// Tells the cluster this view began a new life here: an empty diff of
+    /// the new epoch, which followers still holding an older life cannot
+    /// apply, so they fetch this owner's snapshot. Without it a follower
+    /// would show the old life until the view next changes.
+    fn announce(&self) {
+        let st = self.lock();
+        if !st.ready || st.closed {
+            return;
+        }
+        let frame = Frame::new(
+            self.id.clone(),
+            self.epoch(),
+            st.version,
+            0,
+            FrameBody::Diff(ViewDiff::default()),
+        );
+        if let Some(o) = self.publisher.get() {
+            o.published(self, &frame);
+        }
     }
 
     /// The next version starts a new term (see [`next_term`]).

@@ -469,9 +469,14 @@ impl Session {
                             stats
                                 .max_catch_up
                                 .fetch_max(res.frames.into(), std::sync::atomic::Ordering::Relaxed);
+                            // Versions skip ahead when another node takes
+                            // the view over, so frames and versions need not
+                            // match in number; each frame's own chain is
+                            // checked as it applies.
                             res.epoch == epoch
                                 && res.version > version
-                                && res.version - version == u64::from(res.frames)
+                                && res.frames >= 1
+                                && res.version - version >= u64::from(res.frames)
                         }
                         SyncMode::Snapshot => {
                             Stats::inc(&stats.sync_snapshot);

@@ -14,7 +14,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 
 use super::bus::Bus;
-use crate::engine::{Frame, FrameBody};
+use crate::engine::{Claim, Frame, FrameBody};
 use crate::grpc::convert::{encoded_frame, frame_from_encoded};
 
 /// A node's handles on the kept frames and checkpoints.
@@ -25,14 +25,6 @@ pub struct Kept {
     subject: String,
     /// Frames read back per view at most (the stream keeps no more).
     history_len: usize,
-}
-
-/// A view's state as the cluster kept it.
-pub struct KeptView {
-    /// The state, as a snapshot frame.
-    pub snapshot: Arc<Frame>,
-    /// The diffs up to it, oldest first.
-    pub history: Vec<Arc<Frame>>,
 }
 
 impl Kept {
@@ -139,9 +131,10 @@ impl Kept {
         Ok(chain(stored, version))
     }
 
-    /// The view as the cluster kept it: the checkpoint, and the stream's
-    /// frames after it to apply on top; `None` when there is no checkpoint.
-    pub async fn resume(&self, hash: &str) -> Result<Option<(KeptView, Vec<Arc<Frame>>)>, String> {
+    /// The view as the cluster kept it, as a claim to go on from: the
+    /// checkpoint, and the stream's frames after it to apply on top; `None`
+    /// when there is no checkpoint.
+    pub async fn resume(&self, hash: &str) -> Result<Option<Claim>, String> {
         let Some(frames) = self.load(hash).await? else {
             return Ok(None);
         };
@@ -149,14 +142,12 @@ impl Kept {
         let Some(snapshot) = frames.next() else {
             return Ok(None);
         };
-        let later = self.after(hash, snapshot.epoch, snapshot.version).await?;
-        Ok(Some((
-            KeptView {
-                snapshot,
-                history: frames.collect(),
-            },
-            later,
-        )))
+        let after = self.after(hash, snapshot.epoch, snapshot.version).await?;
+        Ok(Some(Claim::Resume {
+            snapshot,
+            history: frames.collect(),
+            after,
+        }))
     }
 }
 

@@ -189,9 +189,16 @@ impl ViewOwners {
     /// a new epoch where it could have gone on.
     fn keep(&self, hash: String, frames: Option<Vec<Arc<Frame>>>) -> bool {
         let mut queued = self.shared.queued.lock().unwrap_or_else(|e| e.into_inner());
-        if queued.len() >= self.shared.bus.config.checkpoint_queue || !queued.insert(hash.clone()) {
+        let fresh = !queued.contains(&hash);
+        if fresh && queued.len() >= self.shared.bus.config.checkpoint_queue {
             return false;
         }
+        // A closing view's last state goes in even behind a queued save of
+        // its live state, which then finds the view gone and writes nothing.
+        if !fresh && frames.is_none() {
+            return false;
+        }
+        queued.insert(hash.clone());
         let job = match frames {
             Some(f) => Job::Keep(hash, f),
             None => Job::Save(hash),
@@ -248,6 +255,16 @@ impl ViewOwners {
         }
     }
 
+    /// An owned view's state to keep or send: its snapshot, then its kept
+    /// diffs; `None` while it has none here.
+    fn state_of(&self, hash: &str) -> Option<Vec<Arc<Frame>>> {
+        let view = self.owned().get(hash).and_then(|o| o.view.upgrade())?;
+        let (snapshot, history) = view.snapshot_with_history()?;
+        let mut frames = vec![snapshot];
+        frames.extend(history);
+        Some(frames)
+    }
+
     fn following(&self) -> std::sync::MutexGuard<'_, HashMap<String, Following>> {
         self.shared
             .following
@@ -301,11 +318,7 @@ impl ViewOwners {
                     .insert(hash.clone(), Owned::new(Arc::downgrade(&view), revision));
                 // Whoever held it last may have left a checkpoint to go on from.
                 return Ok(match self.shared.kept.resume(&hash).await {
-                    Ok(Some((k, after))) => Claim::Resume {
-                        snapshot: k.snapshot,
-                        history: k.history,
-                        after,
-                    },
+                    Ok(Some(resume)) => resume,
                     Ok(None) => Claim::Own,
                     Err(e) => {
                         tracing::warn!(view = %view.id, error = %e, "reading a view's checkpoint failed; starting it afresh");
@@ -384,17 +397,7 @@ impl Owners for ViewOwners {
 
     fn retired(&self, view: &View, snapshot: Arc<Frame>, mut history: Vec<Arc<Frame>>) {
         history.insert(0, snapshot);
-        if !self.keep(view_hash(view), Some(history.clone())) {
-            // A save of its live state is queued: it must not outlive
-            // the view's rows, so it is replaced by this last state.
-            let hash = view_hash(view);
-            self.shared
-                .queued
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&hash);
-            self.keep(hash, Some(history));
-        }
+        self.keep(view_hash(view), Some(history));
     }
 
     fn written(&self, changes: Vec<Change>, followed: Vec<Arc<View>>) -> BoxFuture<'static, ()> {
@@ -579,13 +582,10 @@ async fn answer(
             });
             continue;
         }
-        let view = owners.owned().get(&hash).and_then(|o| o.view.upgrade());
-        let Some((snapshot, history)) = view.and_then(|v| v.snapshot_with_history()) else {
+        let Some(frames) = owners.state_of(&hash) else {
             let _ = owners.shared.bus.client.publish(reply, Bytes::new()).await;
             continue;
         };
-        let mut frames = vec![snapshot];
-        frames.extend(history);
         let payload = pack(&frames);
         let client = owners.shared.bus.client.clone();
         // Room for the headers NATS adds.
@@ -681,10 +681,7 @@ impl ViewOwners {
         match job {
             Job::Save(hash) => {
                 unqueue(&hash);
-                let view = self.owned().get(&hash).and_then(|o| o.view.upgrade());
-                if let Some((snapshot, history)) = view.and_then(|v| v.snapshot_with_history()) {
-                    let mut frames = vec![snapshot];
-                    frames.extend(history);
+                if let Some(frames) = self.state_of(&hash) {
                     if let Err(e) = shared.kept.save(&hash, &frames).await {
                         tracing::debug!(view = %hash, error = %e, "writing a view's checkpoint failed");
                     }

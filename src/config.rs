@@ -116,6 +116,12 @@ pub struct ClusterConfig {
     /// without a newer one (a node taking it over may then start a new
     /// epoch, which sends snapshots).
     pub checkpoint_queue: usize,
+    /// The JetStream key-value bucket holding each view's last claimed
+    /// term (a new owner's versions start a term no other node used).
+    pub terms_bucket: String,
+    /// The terms bucket's size limit in bytes: one small key per view ever
+    /// owned. Past it a takeover starts a new epoch instead of a term.
+    pub terms_max_bytes: i64,
     /// How long a node waits for a view's owner before failing a
     /// subscribe, in milliseconds (added to `lease_ttl_ms`, so a dead
     /// owner's lease can expire meanwhile).
@@ -143,6 +149,8 @@ impl Default for ClusterConfig {
             checkpoint_bucket: "ARCANA_VIEWS".into(),
             checkpoint_max_bytes: 1 << 30,
             checkpoint_queue: 4096,
+            terms_bucket: "arcana_terms".into(),
+            terms_max_bytes: 64 << 20,
             owner_wait_ms: 5000,
         }
     }

@@ -25,10 +25,22 @@ struct NodeProc {
     config: std::path::PathBuf,
     db_url: String,
     log: std::path::PathBuf,
+    /// Extra environment (fault injection) for the next start.
+    env: Vec<(String, String)>,
 }
 
 impl NodeProc {
     fn spawn(config: &std::path::Path, db_url: &str, port: u16, log: &std::path::Path) -> Child {
+        Self::spawn_with(config, db_url, port, log, &[])
+    }
+
+    fn spawn_with(
+        config: &std::path::Path,
+        db_url: &str,
+        port: u16,
+        log: &std::path::Path,
+        env: &[(String, String)],
+    ) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -44,6 +56,7 @@ impl NodeProc {
                 "RUST_LOG",
                 std::env::var("ARCANA_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -53,7 +66,7 @@ impl NodeProc {
     /// Starts the node again, on the same port and config.
     fn start_again(&mut self) {
         assert!(!self.alive);
-        self.child = Self::spawn(&self.config, &self.db_url, self.port, &self.log);
+        self.child = Self::spawn_with(&self.config, &self.db_url, self.port, &self.log, &self.env);
         self.alive = true;
     }
 
@@ -201,6 +214,7 @@ impl Cluster {
                 config: path,
                 db_url: db_url.clone(),
                 log,
+                env: Vec::new(),
             });
         }
         Cluster {
@@ -1550,4 +1564,89 @@ async fn a_follower_learns_of_a_new_life_its_view_began_on_another_node() {
     // A subscriber there makes it own the view again, in a new life.
     subs.push(subscribe(&c.nodes[owner]).await);
     converge(&c, &mut subs).await;
+}
+
+/// The key of the only view lease in the lease bucket.
+async fn the_view_lease(kv: &async_nats::jetstream::kv::Store) -> String {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let keys: Vec<String> = kv
+            .keys()
+            .await
+            .unwrap()
+            .filter_map(|k| async move { k.ok() })
+            .collect()
+            .await;
+        let views: Vec<&String> = keys.iter().filter(|k| k.starts_with("view-")).collect();
+        if let [one] = views.as_slice() {
+            return one.to_string();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "view leases: {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn with_view_owners_a_term_whose_first_frame_never_got_out_is_never_made_again() {
+    let _g = serial().await;
+    let mut c = Cluster::start_owners().await;
+    c.leader().await;
+    // Node 0 loses each term's first frame on its way to the stream, as
+    // when NATS goes away at that moment; its own clients still get it.
+    c.nodes[0].kill();
+    c.nodes[0].env = vec![("ARCANA_FAULT_LOSE_TERM_STARTS".into(), "1".into())];
+    c.nodes[0].start_again();
+    let (mut owner, view_id) = subscribe(&c.nodes[0]).await;
+    let mut subs = vec![subscribe(&c.nodes[1]).await];
+    converge(&c, &mut subs).await;
+    // The lease moves on under node 0 (as after an outage that outlived
+    // it): node 0 takes it back and starts a new term.
+    let js = async_nats::jetstream::new(async_nats::connect(c.nats.url()).await.unwrap());
+    let leases = js.get_key_value("arcana_leases").await.unwrap();
+    let key = the_view_lease(&leases).await;
+    let holder = leases.get(&key).await.unwrap().unwrap();
+    leases.put(&key, holder).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut k = 0;
+    while owner.view(&view_id).version < 1 << 32 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 0 never started a new term"
+        );
+        k += 1;
+        let title = format!("Before the new term {k}");
+        c.sql(&format!(
+            "INSERT INTO tasks (workspace_id, project_id, title) VALUES ('acme', 1, '{title}')"
+        ))
+        .await;
+        owner
+            .wait_until(&view_id, |s| titles(s).contains(&title))
+            .await;
+    }
+    // The owner dies right after; the term's first version exists only on
+    // its client.
+    let orphan = owner.view(&view_id).clone();
+    c.nodes[0].kill();
+    drop(owner);
+    c.sql("INSERT INTO tasks (workspace_id, project_id, title) VALUES ('acme', 1, 'After the owner died')")
+        .await;
+    // Node 1 takes over in the same epoch, in a term of its own.
+    converge(&c, &mut subs).await;
+    let (l, v) = &subs[0];
+    assert_eq!(l.view(v).epoch, orphan.epoch);
+    assert_ne!(
+        l.view(v).version >> 32,
+        orphan.version >> 32,
+        "the new owner made versions of a term another node had used"
+    );
+    // So the orphan's version is not on its chain: a snapshot, and the
+    // client ends with the truth.
+    let (mut back, mode) = resume_on(&c.nodes[1], &view_id, &orphan).await;
+    assert_eq!(mode, arcana::proto::SyncMode::Snapshot as i32);
+    let expected = c.expected_titles().await;
+    back.wait_until(&view_id, |s| titles(s) == expected).await;
 }

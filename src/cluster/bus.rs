@@ -38,9 +38,9 @@ pub fn validate(c: &ClusterConfig) -> Result<(), String> {
             c.node_id
         ));
     }
-    if !token(&c.lease_bucket) || !token(&c.changes_stream) {
+    if !token(&c.lease_bucket) || !token(&c.changes_stream) || !token(&c.terms_bucket) {
         return Err(
-            "cluster.lease_bucket and cluster.changes_stream must be non-empty letters, digits, `-` or `_`"
+            "cluster.lease_bucket, cluster.terms_bucket and cluster.changes_stream must be non-empty letters, digits, `-` or `_`"
                 .into(),
         );
     }

@@ -147,6 +147,8 @@ impl Kept {
             snapshot,
             history: frames.collect(),
             after,
+            // Claimed by the caller, which holds the lease.
+            term: 0,
         }))
     }
 }

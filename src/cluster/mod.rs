@@ -18,6 +18,7 @@ pub mod lease;
 pub mod link;
 pub mod publish;
 pub mod startup;
+pub mod terms;
 pub mod views;
 pub mod wire;
 

@@ -26,7 +26,10 @@ use tokio::task::JoinHandle;
 
 use super::bus::Bus;
 use super::kept::{pack, unpack, Kept};
-use crate::engine::{Change, Claim, EngineError, Followed, Frame, Owners, View, WeakEngine};
+use super::terms::Terms;
+use crate::engine::{
+    term_of, term_start, Change, Claim, EngineError, Followed, Frame, Owners, View, WeakEngine,
+};
 use crate::grpc::convert::{encoded_frame, frame_from_encoded};
 
 /// The header of a snapshot reply too big for one NATS message: the owner
@@ -103,6 +106,7 @@ struct Shared {
     following: Mutex<HashMap<String, Following>>,
     frames: mpsc::UnboundedSender<(String, Arc<Frame>)>,
     kept: Kept,
+    terms: Terms,
     jobs: mpsc::UnboundedSender<Job>,
     /// Frames each owned view made since its last checkpoint.
     unkept: Mutex<HashMap<String, usize>>,
@@ -153,6 +157,7 @@ impl ViewOwners {
             .await
             .map_err(|e| format!("subscribing to snapshot requests: {e}"))?;
         let kept = Kept::open(&bus, history_len).await?;
+        let terms = Terms::open(&bus).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (jobs, jobs_rx) = mpsc::unbounded_channel();
         let owners = ViewOwners {
@@ -163,6 +168,7 @@ impl ViewOwners {
                 following: Mutex::default(),
                 frames: tx,
                 kept,
+                terms,
                 jobs,
                 unkept: Mutex::default(),
                 queued: Mutex::default(),
@@ -318,7 +324,7 @@ impl ViewOwners {
                     .insert(hash.clone(), Owned::new(Arc::downgrade(&view), revision));
                 // Whoever held it last may have left a checkpoint to go on from.
                 return Ok(match self.shared.kept.resume(&hash).await {
-                    Ok(Some(resume)) => resume,
+                    Ok(Some(resume)) => self.resume_in_new_term(&view, &hash, resume).await,
                     Ok(None) => Claim::Own,
                     Err(e) => {
                         tracing::warn!(view = %view.id, error = %e, "reading a view's checkpoint failed; starting it afresh");
@@ -349,6 +355,33 @@ impl ViewOwners {
                 return Err(unavailable("its owner node does not answer".into()));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Claims the term `resume` goes on in; without one (NATS refused) the
+    /// view starts a new epoch instead, which is exact too.
+    async fn resume_in_new_term(&self, view: &View, hash: &str, resume: Claim) -> Claim {
+        let Claim::Resume {
+            snapshot,
+            history,
+            after,
+            ..
+        } = resume
+        else {
+            return resume;
+        };
+        let newest = after.last().unwrap_or(&snapshot).version;
+        match self.shared.terms.claim(hash, term_of(newest)).await {
+            Ok(term) => Claim::Resume {
+                snapshot,
+                history,
+                after,
+                term,
+            },
+            Err(e) => {
+                tracing::warn!(view = %view.id, error = %e, "claiming a term failed; starting the view afresh");
+                Claim::Own
+            }
         }
     }
 
@@ -532,6 +565,16 @@ async fn publish(
             m = rx.recv() => match m { Some(m) => m, None => return },
             _ = stopped.wait_for(|s| *s) => return,
         };
+        if loses_term_starts()
+            && frame.version > 0
+            && frame.version == term_start(term_of(frame.version))
+        {
+            tracing::warn!(
+                version = frame.version,
+                "fault injection: a term's first frame is not published"
+            );
+            continue;
+        }
         let mut headers = HeaderMap::new();
         if matches!(frame.body, crate::engine::FrameBody::Diff(_)) {
             // A frame published twice (a retry) is stored once.
@@ -558,6 +601,14 @@ async fn publish(
             Err(e) => tracing::warn!(error = %e, "publishing a view frame failed"),
         }
     }
+}
+
+/// Fault injection for tests (`ARCANA_FAULT_LOSE_TERM_STARTS=1`): the first
+/// frame of each term reaches this node's sessions but not the frames
+/// stream, as when NATS goes away at that very moment.
+fn loses_term_starts() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("ARCANA_FAULT_LOSE_TERM_STARTS").is_ok_and(|v| v == "1"))
 }
 
 /// Answers other nodes' requests for the snapshot of a view this node owns;
@@ -790,14 +841,27 @@ async fn demote(owners: ViewOwners, view: Arc<View>, hash: String) {
     let deadline = Instant::now() + Duration::from_millis(c.lease_ttl_ms + c.owner_wait_ms);
     while Instant::now() < deadline && !view.is_closed() {
         if let Ok(Some(revision)) = owners.take(&hash).await {
-            // Another node may have owned it meanwhile: a new term.
-            if let Some(engine) = owners.shared.engine.upgrade() {
-                engine.retake(&view);
+            // Another node may have owned it meanwhile: a term of its own.
+            match owners
+                .shared
+                .terms
+                .claim(&hash, term_of(view.version()))
+                .await
+            {
+                Ok(term) => {
+                    if let Some(engine) = owners.shared.engine.upgrade() {
+                        engine.retake(&view, term);
+                    }
+                    owners
+                        .owned()
+                        .insert(hash, Owned::new(Arc::downgrade(&view), revision));
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(view = %view.id, error = %e, "claiming a term failed; letting the lease go");
+                    owners.release(&hash, revision).await;
+                }
             }
-            owners
-                .owned()
-                .insert(hash, Owned::new(Arc::downgrade(&view), revision));
-            return;
         }
         let holder = bus.leases.get(lease_key(&hash)).await.ok().flatten();
         if let Some(owner) = holder.map(|b| String::from_utf8_lossy(&b).into_owned()) {
@@ -871,9 +935,18 @@ async fn follow(
                     if let Ok(Some(revision)) = owners.take(&hash).await {
                         // Whatever the last owner got out before it left.
                         fill(&owners, &engine, &v, &hash).await;
+                        // A term no other node used, or no takeover.
+                        let term = match owners.shared.terms.claim(&hash, term_of(v.version())).await {
+                            Ok(term) => term,
+                            Err(e) => {
+                                tracing::debug!(view = %v.id, error = %e, "claiming a term failed; letting the lease go");
+                                owners.release(&hash, revision).await;
+                                continue;
+                            }
+                        };
                         owners.owned().insert(hash.clone(), Owned::new(view.clone(), revision));
                         owners.following().remove(&hash);
-                        if engine.promote(&v) {
+                        if engine.promote(&v, term) {
                             tracing::info!(view = %v.id, "took over a view whose owner left");
                         } else {
                             // Closed meanwhile: nobody here needs it.

@@ -46,7 +46,7 @@ pub use registry::{
 pub use result::{GraphResult, Ref, RowKey};
 pub use session::{Outbound, QueueError, Session};
 pub use value::{row_id, Fields, Value};
-pub use view::{SyncMode, View, ViewInfo};
+pub use view::{term_of, term_start, SyncMode, View, ViewInfo};
 pub use window::{Direction, Reach, Window, WindowEdges, WindowOrder};
 
 use stats::Stats;
@@ -524,13 +524,14 @@ impl Engine {
         view.load(snapshot, history, &self.inner.store);
     }
 
-    /// Makes this node the owner of the follower `view` (the same epoch, a
-    /// new term of versions) and has it evaluated at once.
-    pub fn promote(&self, view: &Arc<View>) -> bool {
+    /// Makes this node the owner of the follower `view` (the same epoch,
+    /// versions in `term`, which the cluster claimed for this node) and has
+    /// it evaluated at once.
+    pub fn promote(&self, view: &Arc<View>, term: u64) -> bool {
         let Some(o) = self.inner.owners.get() else {
             return false;
         };
-        if !view.promote(o.clone()) {
+        if !view.promote(o.clone(), term) {
             return false;
         }
         invalidation::refresh(&self.inner, view.clone());
@@ -538,10 +539,10 @@ impl Engine {
     }
 
     /// Marks an owned `view` as taken again after its lease was lost (some
-    /// other node may have owned it meanwhile): its next version starts a
-    /// new term.
-    pub fn retake(&self, view: &Arc<View>) {
-        view.retake();
+    /// other node may have owned it meanwhile): its next version starts
+    /// `term`, which the cluster claimed for this node.
+    pub fn retake(&self, view: &Arc<View>, term: u64) {
+        view.retake(term);
     }
 
     /// The checks every graph or mutation call passes: it exists, the caller

@@ -27,6 +27,8 @@ pub enum Claim {
         history: Vec<Arc<Frame>>,
         /// The diffs after it, to apply before evaluating.
         after: Vec<Arc<Frame>>,
+        /// The term claimed for this node's versions of the view.
+        term: u64,
     },
     /// Another node: start from its snapshot, with the diffs before it for
     /// catch-up.

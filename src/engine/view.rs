@@ -62,9 +62,10 @@ struct State {
     /// Another node of the cluster evaluates the view; this copy applies
     /// its frames.
     follower: bool,
-    /// This node took the view over from another (or from a checkpoint):
-    /// its next version skips ahead to the next term (see [`next_term`]).
-    jump: bool,
+    /// This node took the view over from another (or from a checkpoint,
+    /// or took its lease back) and claimed this term for it: its next
+    /// version is the term's first, `term << 32`.
+    term: Option<u64>,
 }
 
 /// What a re-anchoring subscriber held of the view it left: enough to diff
@@ -257,6 +258,7 @@ impl View {
                     snapshot,
                     history: kept,
                     after,
+                    term,
                 } => {
                     // Rebuilt as a follower of the last owner, then taken
                     // over: the evaluation below is a diff in its epoch.
@@ -266,7 +268,7 @@ impl View {
                             break;
                         }
                     }
-                    self.promote(o.clone());
+                    self.promote(o.clone(), term);
                 }
             }
         }
@@ -415,7 +417,7 @@ impl View {
         }
         // After a takeover a version goes out even if nothing changed:
         // followers that missed the last owner's final frame learn so.
-        let recovered = std::mem::take(&mut st.failing) || st.jump;
+        let recovered = std::mem::take(&mut st.failing) || st.term.is_some();
         Ok(self.publish(&mut st, diff, recovered, stats, history))
     }
 
@@ -435,9 +437,9 @@ impl View {
         diff.rows.sort_by(|a, b| a.0.cmp(&b.0));
         diff.patches.sort_by(|a, b| a.0.cmp(&b.0));
         let prev = st.version;
-        st.version = match std::mem::take(&mut st.jump) {
-            true => next_term(prev),
-            false => prev + 1,
+        st.version = match st.term.take() {
+            Some(term) => term_start(term).max(prev + 1),
+            None => prev + 1,
         };
         let frame = Frame::new(
             self.id.clone(),
@@ -918,17 +920,18 @@ impl View {
     }
 
     /// Turns a follower into the view's owner, in the same epoch: its next
-    /// version skips to the next term, so a version the old owner made but
-    /// never got out (its own clients may hold it) is never made again with
-    /// other contents. `owners` gets the frames from now on; the caller then
-    /// has the view evaluated. False when the view is not a follower.
-    pub(crate) fn promote(&self, owners: Arc<dyn Owners>) -> bool {
+    /// version is the first of `term`, which the cluster claimed for this
+    /// node alone, so a version the old owner made but never got out (its
+    /// own clients may hold it) is never made again with other contents.
+    /// `owners` gets the frames from now on; the caller then has the view
+    /// evaluated. False when the view is not a follower.
+    pub(crate) fn promote(&self, owners: Arc<dyn Owners>, term: u64) -> bool {
         let mut st = self.lock();
         if st.closed || !st.follower {
             return false;
         }
         st.follower = false;
-        st.jump = true;
+        st.term = Some(term);
         let _ = self.publisher.set(owners);
         true
     }
@@ -954,9 +957,10 @@ impl View {
         }
     }
 
-    /// The next version starts a new term (see [`next_term`]).
-    pub(crate) fn retake(&self) {
-        self.lock().jump = true;
+    /// The next version starts `term`, claimed for this node alone after
+    /// it took the view's lease back.
+    pub(crate) fn retake(&self, term: u64) {
+        self.lock().term = Some(term);
     }
 
     /// A summary for stats.
@@ -978,11 +982,16 @@ impl View {
     }
 }
 
-/// The first version of the term after `version`'s: a view's versions
-/// count up within a term of 2^32, and each new owner starts a new term.
-/// 2^21 terms of 2^32 versions still fit a JavaScript number exactly.
-pub(crate) fn next_term(version: u64) -> u64 {
-    ((version >> 32) + 1) << 32
+/// The first version of `term`: a view's versions count up within a term
+/// of 2^32, and each new owner starts a new term. 2^21 terms of 2^32
+/// versions still fit a JavaScript number exactly.
+pub fn term_start(term: u64) -> u64 {
+    term << 32
+}
+
+/// The term a version belongs to.
+pub fn term_of(version: u64) -> u64 {
+    version >> 32
 }
 
 /// A random epoch that fits a JavaScript number exactly.

@@ -103,6 +103,7 @@ async fn run(args: Args) -> ExitCode {
                 Stats::get(&stats.divergences),
                 Stats::get(&stats.gaps),
                 Stats::get(&stats.ended_in_error),
+                Stats::get(&stats.internal_errors),
             )
         };
         let before = counts();
@@ -187,7 +188,11 @@ async fn schedule(
     let mut srv = cluster::Nodes::start(&dir, nodes, args.fresh_node_ids, axes, &tag, &url).await?;
     let addrs = srv.addrs();
 
-    let catalog = model::catalog(axes.self_join);
+    let catalog = if axes.hot {
+        model::hot_catalog()
+    } else {
+        model::catalog(axes.self_join)
+    };
     let clients: Vec<client::ClientHandle> = (0..args.clients)
         .map(|k| {
             let who = PEOPLE[k % PEOPLE.len()];
@@ -222,14 +227,18 @@ async fn schedule(
         Stats::get(&stats.ended_in_error),
     );
     let mut writers = Vec::new();
-    for _ in 0..2 {
-        writers.push(tokio::spawn(writes::sql_writer(
-            url.clone(),
-            rng.fork(),
-            until,
-            args.truncate,
-            stats.clone(),
-        )));
+    if axes.hot {
+        writers.extend(hot_writers(&url, &mut rng, until, stats));
+    } else {
+        for _ in 0..2 {
+            writers.push(tokio::spawn(writes::sql_writer(
+                url.clone(),
+                rng.fork(),
+                until,
+                args.truncate,
+                stats.clone(),
+            )));
+        }
     }
     if args.mutations {
         writers.push(tokio::spawn(writes::mutator(
@@ -277,6 +286,23 @@ async fn schedule(
     let failures_before = failures();
     drain_all(&addrs, &url).await?;
     compare(seed, axes, &addrs, &url, &clients, stats).await?;
+    // Hot rows: bursts of the eight writers, each followed by a quiet
+    // comparison while the sessions stay subscribed, so a view left stale
+    // by a burst is caught before a later burst repairs it.
+    for b in 0..if axes.hot { args.bursts } else { 0 } {
+        if failures() != failures_before {
+            break;
+        }
+        let until = Instant::now() + Duration::from_millis(800);
+        for w in hot_writers(&url, &mut rng, until, stats) {
+            let _ = w.await;
+        }
+        drain_all(&addrs, &url).await?;
+        compare(seed, axes, &addrs, &url, &clients, stats).await?;
+        if failures() != failures_before {
+            println!("  (after hot burst {b})");
+        }
+    }
     // Checkpoints: one write, then drain and compare, so a change lost on
     // its way is not hidden by a later one that re-evaluates the view.
     for _ in 0..args.checks {
@@ -287,15 +313,19 @@ async fn schedule(
         if args.mutations && rng.chance(0.3) {
             last = "a gRPC mutation".into();
             let addr = pick_node(&addrs, &mut rng);
-            let ok = writes::mutate_once(&addr, &mut rng).await;
+            let ok = writes::mutate_once(&addr, &mut rng, stats).await;
             Stats::inc(if ok {
                 &stats.mutations
             } else {
                 &stats.mutations_failed
             });
         } else {
-            let (item, person) = shown(&clients, &mut rng);
-            let stmt = writes::statement_on(&mut rng, args.truncate, item, person);
+            let (item, person, account) = shown(&clients, &mut rng);
+            let stmt = if axes.hot {
+                writes::hot_statement_on(&mut rng, account)
+            } else {
+                writes::statement_on(&mut rng, args.truncate, item, person)
+            };
             let ok = execute_script(&url, &stmt).await.is_ok();
             last = stmt;
             Stats::inc(if ok {
@@ -379,17 +409,38 @@ async fn drain_all(addrs: &[String], url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// An item id and a person id that some client view shows (random ones
-/// when none does).
-fn shown(clients: &[client::ClientHandle], rng: &mut Rng) -> (i64, i64) {
+/// The hot-row writers: eight connections until `until`.
+fn hot_writers(
+    url: &str,
+    rng: &mut Rng,
+    until: Instant,
+    stats: &Arc<Stats>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..8)
+        .map(|_| {
+            tokio::spawn(writes::hot_writer(
+                url.to_owned(),
+                rng.fork(),
+                until,
+                stats.clone(),
+            ))
+        })
+        .collect()
+}
+
+/// An item id, a person id and an account id that some client view shows
+/// (random ones when none does).
+fn shown(clients: &[client::ClientHandle], rng: &mut Rng) -> (i64, i64, i64) {
     let mut items = Vec::new();
     let mut people = Vec::new();
+    let mut accounts = Vec::new();
     for c in clients {
         let g = c.shared.lock().unwrap();
         for k in g.views.iter().flat_map(|h| h.state.rows.keys()) {
             match (&*k.table, k.id.parse::<i64>()) {
                 ("items", Ok(id)) => items.push(id),
                 ("people", Ok(id)) => people.push(id),
+                ("accounts", Ok(id)) => accounts.push(id),
                 _ => {}
             }
         }
@@ -404,7 +455,12 @@ fn shown(clients: &[client::ClientHandle], rng: &mut Rng) -> (i64, i64) {
     } else {
         *rng.pick(&people)
     };
-    (item, person)
+    let account = if accounts.is_empty() {
+        rng.range(1, model::HOT_ACCOUNTS)
+    } else {
+        *rng.pick(&accounts)
+    };
+    (item, person, account)
 }
 
 /// Injects fault `f`; says what it did, for the fault sequence printed
@@ -487,6 +543,24 @@ async fn fault(
             let pause = rng.range(0, 2500);
             srv.restart_nats(Duration::from_millis(pause as u64)).await;
             format!("back after {pause} ms")
+        }
+        Fault::NatsOutage => {
+            Stats::inc(&stats.nats_outage);
+            let away = cluster::LEASE_TTL_MS + rng.range(500, 3000) as u64;
+            let with_pg = rng.chance(0.5);
+            if with_pg {
+                Stats::inc(&stats.nats_outage_pg);
+            }
+            srv.nats_outage(Duration::from_millis(away), with_pg.then_some(pg))
+                .await?;
+            format!(
+                "for {away} ms{}",
+                if with_pg {
+                    ", PostgreSQL restarted meanwhile"
+                } else {
+                    ""
+                }
+            )
         }
         Fault::ClientDrop => {
             Stats::inc(&stats.client_drop);

@@ -26,6 +26,9 @@ pub enum Fault {
     NodeTerm,
     /// Cluster: nats-server killed and started again on the same store.
     NatsRestart,
+    /// Cluster: nats-server away for longer than a lease (every lease
+    /// lapses), with PostgreSQL restarted meanwhile half of the time.
+    NatsOutage,
 }
 
 impl Fault {
@@ -33,13 +36,17 @@ impl Fault {
     pub fn cluster_only(self) -> bool {
         matches!(
             self,
-            Fault::NodeKill | Fault::LeaderKill | Fault::NodeTerm | Fault::NatsRestart
+            Fault::NodeKill
+                | Fault::LeaderKill
+                | Fault::NodeTerm
+                | Fault::NatsRestart
+                | Fault::NatsOutage
         )
     }
 }
 
 /// Every fault kind and its name on the command line.
-pub const FAULTS: [(Fault, &str); 10] = [
+pub const FAULTS: [(Fault, &str); 11] = [
     (Fault::PgFast, "pg-fast"),
     (Fault::PgImmediate, "pg-immediate"),
     (Fault::ServerKill, "server-kill"),
@@ -50,6 +57,7 @@ pub const FAULTS: [(Fault, &str); 10] = [
     (Fault::LeaderKill, "leader-kill"),
     (Fault::NodeTerm, "node-term"),
     (Fault::NatsRestart, "nats-restart"),
+    (Fault::NatsOutage, "nats-outage"),
 ];
 
 /// What to run.
@@ -66,6 +74,8 @@ pub struct Args {
     pub duration: Duration,
     pub clients: usize,
     pub checks: u64,
+    /// Hot-row schedules: write bursts, each followed by a comparison.
+    pub bursts: u64,
     pub axes: AxisChoice,
     pub faults: BTreeSet<Fault>,
     pub mutations: bool,
@@ -87,6 +97,9 @@ const HELP: &str = "convergence test switches (unknown arguments are ignored):
   --duration-ms N       how long each schedule writes (default 5000)
   --clients N           client sessions per schedule (default 6)
   --checks N            single writes at the end, each followed by a full comparison (default 25)
+  --bursts N            hot-row schedules: write bursts of eight writers, each followed by a
+                        full comparison (default 4)
+  --hot on|off          hot-row schedules (default: from the seed, every other pair of seeds)
   --modes wal,notify    change modes to use (default both, alternating with the seed)
   --route on|off        force the route axis (default: from the seed)
   --patch on|off        force the patch axis
@@ -94,8 +107,8 @@ const HELP: &str = "convergence test switches (unknown arguments are ignored):
   --self-join on|off    serve the self-join graph (default on); --no-self-join
   --queue N             engine.session_queue (default: 16 or 256 from the seed)
   --faults LIST         pg-fast,pg-immediate,server-kill,client-drop,client-pause,reanchor,
-                        node-kill,leader-kill,node-term,nats-restart, or none (the last four
-                        apply to clusters only; server-kill to a single server only)
+                        node-kill,leader-kill,node-term,nats-restart,nats-outage, or none (the
+                        last five apply to clusters only; server-kill to a single server only)
   --no-faults           same as --faults none
   --no-mutations        no gRPC mutations
   --no-truncate         no TRUNCATE transactions";
@@ -120,6 +133,7 @@ pub fn parse() -> Args {
         duration: Duration::from_millis(5000),
         clients: 6,
         checks: 25,
+        bursts: 4,
         axes: AxisChoice::default(),
         faults: FAULTS.iter().map(|(f, _)| *f).collect(),
         mutations: true,
@@ -148,6 +162,8 @@ pub fn parse() -> Args {
             }
             "--clients" => a.clients = num(next).unwrap_or(6).max(1) as usize,
             "--checks" => a.checks = num(next).unwrap_or(a.checks),
+            "--bursts" => a.bursts = num(next).unwrap_or(a.bursts),
+            "--hot" => a.axes.hot = on_off(next),
             "--modes" => {
                 a.axes.modes = next
                     .map(|s| {
@@ -217,10 +233,11 @@ impl Args {
             .map(|(_, n)| *n)
             .collect();
         let mut s = format!(
-            "cargo test --release --test convergence -- --schedules 1 --seed {seed} --nodes {nodes} {axes} --duration-ms {} --clients {} --checks {} --faults {}",
+            "cargo test --release --test convergence -- --schedules 1 --seed {seed} --nodes {nodes} {axes} --duration-ms {} --clients {} --checks {} --bursts {} --faults {}",
             self.duration.as_millis(),
             self.clients,
             self.checks,
+            self.bursts,
             if faults.is_empty() { "none".into() } else { faults.join(",") }
         );
         if !self.fresh_node_ids {

@@ -178,6 +178,13 @@ pub async fn compare(
     for c in clients {
         let g = c.shared.lock().unwrap();
         for h in &g.views {
+            if h.late {
+                Stats::inc(&stats.gaps);
+                println!(
+                    "GAP {} {}: a sync reply came before the frames it announced, and no resync snapshot followed",
+                    g.label, h.spec
+                );
+            }
             if let Some((e, v)) = h.owed {
                 if h.state.epoch == e && h.state.version < v {
                     Stats::inc(&stats.gaps);

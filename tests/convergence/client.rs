@@ -36,6 +36,10 @@ pub struct Held {
     /// A sync announced this (epoch, version) but it had not arrived by the
     /// reply; must arrive before quiescence ends.
     pub owed: Option<(u64, u64)>,
+    /// A sync reply came before the frames it announced: allowed only when
+    /// the session overflowed meanwhile, so a resync snapshot must follow
+    /// (and the announced diffs must not).
+    pub late: bool,
 }
 
 /// What the coordinator reads.
@@ -119,6 +123,7 @@ pub fn spawn(
                 retry: false,
                 awaiting: false,
                 owed: None,
+                late: false,
             })
             .collect(),
     }));
@@ -260,7 +265,17 @@ impl Session {
         loop {
             tokio::select! {
                 m = stream.message() => {
-                    let Ok(Some(m)) = m else { return End::Reconnect };
+                    let m = match m {
+                        Ok(Some(m)) => m,
+                        Err(status) => {
+                            if status.code() == tonic::Code::Internal {
+                                Stats::inc(&self.stats.internal_errors);
+                                println!("INTERNAL {}: the stream ended with {status}", self.shared.lock().unwrap().label);
+                            }
+                            return End::Reconnect;
+                        }
+                        Ok(None) => return End::Reconnect,
+                    };
                     if self.handle(m).is_err() {
                         return End::Reconnect;
                     }
@@ -442,8 +457,9 @@ impl Session {
                     let h = &mut g.views[i];
                     if res.error.is_some() || res.view_id.is_empty() {
                         Stats::inc(&stats.request_errors);
-                        if res.error.as_ref().is_some_and(|e| e.code == INTERNAL) {
+                        if let Some(e) = res.error.as_ref().filter(|e| e.code == INTERNAL) {
                             Stats::inc(&stats.internal_errors);
+                            println!("INTERNAL {label} {}: sync answered {}", h.spec, e.message);
                         }
                         h.awaiting = false;
                         h.retry = true;
@@ -499,8 +515,12 @@ impl Session {
             }
             (p, result) => {
                 Stats::inc(&stats.request_errors);
-                if matches!(result, Some(pb::reply::Result::Error(e)) if e.code == INTERNAL) {
+                if let Some(pb::reply::Result::Error(e)) = result
+                    .as_ref()
+                    .filter(|r| matches!(r, pb::reply::Result::Error(e) if e.code == INTERNAL))
+                {
                     Stats::inc(&stats.internal_errors);
+                    println!("INTERNAL {label}: a request answered {}", e.message);
                 }
                 let idx: Vec<usize> = match p {
                     Pending::Subscribe(i) => vec![i],
@@ -529,9 +549,11 @@ impl Session {
                 if h.state.epoch == e && h.state.version >= v {
                     h.owed = None;
                 } else if let Some(mode) = synced {
-                    // Allowed only when the session overflowed meanwhile
-                    // (a snapshot then follows), so counted, not failed.
+                    // Allowed only when the session overflowed meanwhile:
+                    // a snapshot must then follow (checked as frames
+                    // arrive and at quiescence).
                     Stats::inc(&stats.late_sync);
+                    h.late = true;
                     println!(
                         "  note: {label} {}: sync answered {mode:?} to version {v} but the view was at {} (epoch {}) when the reply came",
                         h.spec, h.state.version, h.state.epoch
@@ -550,6 +572,9 @@ fn apply(label: &str, h: &mut Held, f: &pb::ViewFrame, stats: &Stats) -> Result<
         Some(Body::Snapshot(_)) => {
             if !h.awaiting {
                 Stats::inc(&stats.cut_over);
+            }
+            if std::mem::take(&mut h.late) {
+                Stats::inc(&stats.late_sync_resynced);
             }
             h.awaiting = false;
             h.owed = None;
@@ -595,6 +620,15 @@ fn apply(label: &str, h: &mut Held, f: &pb::ViewFrame, stats: &Stats) -> Result<
     if let Some((e, v)) = h.owed {
         if h.state.epoch == e && h.state.version >= v {
             h.owed = None;
+            if std::mem::take(&mut h.late) {
+                // The announced diffs came after the reply: the reply
+                // claimed a state the client did not have yet.
+                Stats::inc(&stats.gaps);
+                println!(
+                    "GAP {label} {}: the diffs a sync announced (to version {v}) arrived after its reply, with no resync",
+                    h.spec
+                );
+            }
         }
     }
     Ok(())

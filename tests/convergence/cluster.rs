@@ -13,7 +13,7 @@ use super::server::Server;
 
 /// How long a lease lives unrenewed: short, so a dead leader or view owner
 /// is replaced within a couple of seconds.
-const LEASE_TTL_MS: u64 = 1500;
+pub const LEASE_TTL_MS: u64 = 1500;
 
 /// The KV bucket holding the leases (the server's default).
 const LEASE_BUCKET: &str = "arcana_leases";
@@ -162,6 +162,32 @@ impl Nodes {
         tokio::task::block_in_place(|| nats.stop());
         tokio::time::sleep(pause).await;
         tokio::task::block_in_place(|| nats.start_again());
+    }
+
+    /// Kills nats-server (SIGKILL) for longer than a lease lives, restarting
+    /// PostgreSQL meanwhile when `pg` is given; starts it again on the same
+    /// port and store.
+    pub async fn nats_outage(
+        &mut self,
+        away: Duration,
+        pg: Option<&std::sync::Arc<std::sync::Mutex<arcana::postgres::embedded::EmbeddedPostgres>>>,
+    ) -> Result<(), String> {
+        let Some(nats) = self.nats.as_mut() else {
+            return Ok(());
+        };
+        tokio::task::block_in_place(|| nats.stop());
+        let started = tokio::time::Instant::now();
+        if let Some(pg) = pg {
+            tokio::time::sleep(away / 3).await;
+            let pg = pg.clone();
+            tokio::task::spawn_blocking(move || pg.lock().unwrap().restart())
+                .await
+                .map_err(|e| e.to_string())??;
+        }
+        tokio::time::sleep(away.saturating_sub(started.elapsed())).await;
+        let nats = self.nats.as_mut().expect("checked above");
+        tokio::task::block_in_place(|| nats.start_again());
+        Ok(())
     }
 
     /// Stops every node gracefully, all at once.

@@ -75,7 +75,20 @@ CREATE TABLE markers (
     n  bigint NOT NULL
 );
 INSERT INTO markers VALUES ('acme', 0), ('globex', 0);
+CREATE TABLE accounts (
+    id  bigint PRIMARY KEY,
+    ws  text NOT NULL,
+    grp bigint NOT NULL,
+    bal bigint NOT NULL
+);
+CREATE INDEX accounts_top ON accounts (ws, bal, id);
+INSERT INTO accounts
+SELECT g, CASE WHEN g % 2 = 0 THEN 'acme' ELSE 'globex' END, g % 3 + 1, (g * 37) % 1000
+FROM generate_series(1, 300) g;
 "#;
+
+/// Accounts the hot-row writers hammer, of the 300 (both workspaces).
+pub const HOT_ACCOUNTS: i64 = 300;
 
 /// Where the server learns about writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +116,10 @@ pub struct Axes {
     pub self_join: bool,
     /// `engine.session_queue`: small queues make slow readers overflow.
     pub session_queue: usize,
+    /// Hot rows: eight writers hammer a few hundred rows across `ORDER BY
+    /// ... LIMIT` boundaries and window edges, with many views of one graph,
+    /// and views are compared after every burst.
+    pub hot: bool,
 }
 
 impl fmt::Display for Axes {
@@ -110,13 +127,14 @@ impl fmt::Display for Axes {
         let on = |b: bool| if b { "on" } else { "off" };
         write!(
             f,
-            "--modes {} --route {} --patch {} --replica-full {} --self-join {} --queue {}",
+            "--modes {} --route {} --patch {} --replica-full {} --self-join {} --queue {} --hot {}",
             self.mode.name(),
             on(self.route),
             on(self.patch),
             on(self.replica_full),
             on(self.self_join),
-            self.session_queue
+            self.session_queue,
+            on(self.hot)
         )
     }
 }
@@ -130,11 +148,13 @@ pub struct AxisChoice {
     pub replica_full: Option<bool>,
     pub self_join: Option<bool>,
     pub session_queue: Option<usize>,
+    pub hot: Option<bool>,
 }
 
 impl AxisChoice {
     /// The axes of the schedule with `seed`. The mode alternates with the
-    /// seed's parity so consecutive seeds cover both.
+    /// seed's parity so consecutive seeds cover both, and hot rows with
+    /// the next bit, so every four seeds cover both modes with and without.
     pub fn pick(&self, seed: u64, rng: &mut Rng) -> Axes {
         let modes = if self.modes.is_empty() {
             vec![Mode::Wal, Mode::Notify]
@@ -155,6 +175,7 @@ impl AxisChoice {
             replica_full: self.replica_full.unwrap_or(full),
             self_join: self.self_join.unwrap_or(true),
             session_queue: self.session_queue.unwrap_or(queue),
+            hot: self.hot.unwrap_or((seed / 2) % 2 == 1),
         }
     }
 }
@@ -295,8 +316,47 @@ WHERE i.ws = :workspace_id AND i.list_id = :list_id AND NOT i.done"#,
     window: Some(r#"{ order = ["pos", "id"], max_limit = 100 }"#),
 };
 
+/// A top-N of one table's hot rows: many views of it (one per limit)
+/// share evaluation rounds, and every balance update can move a row across
+/// some view's boundary.
+pub const TOP_ACCOUNTS: Graph = Graph {
+    name: "top_accounts",
+    table: "accounts",
+    key: &["id"],
+    sql: r#"SELECT a.id, a.grp, a.bal FROM accounts a
+WHERE a.ws = :workspace_id
+ORDER BY a.bal DESC, a.id LIMIT :limit"#,
+    total_sql: None,
+    deps: r#"{ accounts = ["id", "ws", "grp", "bal"] }"#,
+    nested: None,
+    route: None,
+    patch: Some(r#"{ accounts = ["grp"] }"#),
+    per_user: false,
+    params: &["limit"],
+    window: None,
+};
+
+/// The same rows per group, routed on the group: a row moving between
+/// groups leaves one view and enters another.
+pub const GROUP_ACCOUNTS: Graph = Graph {
+    name: "group_accounts",
+    table: "accounts",
+    key: &["id"],
+    sql: r#"SELECT a.id, a.bal FROM accounts a
+WHERE a.ws = :workspace_id AND a.grp = :grp
+ORDER BY a.bal DESC, a.id LIMIT :limit"#,
+    total_sql: Some("SELECT count(*) FROM accounts a WHERE a.ws = :workspace_id AND a.grp = :grp"),
+    deps: r#"{ accounts = ["id", "ws", "grp", "bal"] }"#,
+    nested: None,
+    route: Some(r#"{ accounts = "grp" }"#),
+    patch: None,
+    per_user: false,
+    params: &["grp", "limit"],
+    window: None,
+};
+
 /// Every graph of the schedule (`config_toml` leaves the self-join out when it is off).
-pub fn graphs() -> [&'static Graph; 6] {
+pub fn graphs() -> [&'static Graph; 8] {
     [
         &LIST_ITEMS,
         &TEAM_PEOPLE,
@@ -304,6 +364,8 @@ pub fn graphs() -> [&'static Graph; 6] {
         &MY_ITEMS,
         &MARKERS,
         &ITEM_WINDOW,
+        &TOP_ACCOUNTS,
+        &GROUP_ACCOUNTS,
     ]
 }
 
@@ -395,6 +457,40 @@ impl fmt::Display for ViewSpec {
         }
         Ok(())
     }
+}
+
+/// The views clients choose from in a hot-row schedule: top-Ns of one graph
+/// at many limits, per-group lists, and the item lists and windows whose
+/// positions the hot writers move.
+pub fn hot_catalog() -> Vec<ViewSpec> {
+    let v = |graph, params: &[(&'static str, i64)]| ViewSpec {
+        graph,
+        params: params.to_vec(),
+        window: None,
+    };
+    let w = |list: i64, limit: u32, cursor: Option<(i64, i64)>| ViewSpec {
+        graph: "item_window",
+        params: vec![("list_id", list)],
+        window: Some(Win {
+            limit,
+            cursor,
+            dir: pb::WindowDirection::After as i32,
+        }),
+    };
+    vec![
+        v("top_accounts", &[("limit", 3)]),
+        v("top_accounts", &[("limit", 5)]),
+        v("top_accounts", &[("limit", 10)]),
+        v("top_accounts", &[("limit", 20)]),
+        v("top_accounts", &[("limit", 40)]),
+        v("group_accounts", &[("grp", 1), ("limit", 5)]),
+        v("group_accounts", &[("grp", 2), ("limit", 10)]),
+        v("group_accounts", &[("grp", 3), ("limit", 20)]),
+        v("list_items", &[("list_id", 1), ("limit", 3)]),
+        v("list_items", &[("list_id", 2), ("limit", 5)]),
+        w(1, 3, None),
+        w(2, 4, Some((8, 0))),
+    ]
 }
 
 /// The views clients choose from (the same in both workspaces).

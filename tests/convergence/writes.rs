@@ -8,7 +8,7 @@ use std::time::Duration;
 use arcana::proto as pb;
 use tokio::time::Instant;
 
-use super::model::{PEOPLE, WORKSPACES};
+use super::model::{HOT_ACCOUNTS, PEOPLE, WORKSPACES};
 use super::rng::Rng;
 use super::server::connect;
 use super::stats::Stats;
@@ -198,13 +198,71 @@ pub fn transaction(r: &mut Rng, most: i64, truncate: bool) -> String {
     format!("BEGIN;\n{};\nCOMMIT", body.join(";\n"))
 }
 
+/// One hot-row transaction: balance updates and transfers of a few hundred
+/// accounts (large steps, so rows cross every top-N boundary), an account
+/// moving to another group, or items moving across list limits and window
+/// edges.
+pub fn hot_transaction(r: &mut Rng) -> String {
+    let acct = |r: &mut Rng| r.range(1, HOT_ACCOUNTS);
+    let body = match r.range(0, 9) {
+        0..=3 => format!(
+            "UPDATE accounts SET bal = bal + {} WHERE id = {}",
+            r.range(-400, 400),
+            acct(r)
+        ),
+        4 | 5 => {
+            let (a, b, d) = (acct(r), acct(r), r.range(1, 500));
+            format!(
+                "UPDATE accounts SET bal = bal - {d} WHERE id = {a};\nUPDATE accounts SET bal = bal + {d} WHERE id = {b}"
+            )
+        }
+        6 => format!(
+            "UPDATE accounts SET grp = {} WHERE id = {}",
+            r.range(1, 3),
+            acct(r)
+        ),
+        7 => format!(
+            "UPDATE items SET pos = {} WHERE id = {}",
+            r.range(0, 20),
+            r.range(1, 40)
+        ),
+        _ => format!(
+            "UPDATE items SET pos = {}, list_id = {} WHERE id = {}",
+            r.range(0, 20),
+            r.range(1, 3),
+            r.range(1, 40)
+        ),
+    };
+    format!("BEGIN;\n{body};\nCOMMIT")
+}
+
+/// One hot-row statement touching `account` (for single-write checkpoints).
+pub fn hot_statement_on(r: &mut Rng, account: i64) -> String {
+    format!(
+        "UPDATE accounts SET bal = bal + {} WHERE id = {account}",
+        r.range(-400, 400)
+    )
+}
+
+/// Runs random transactions until `until` (hot-row ones when `hot`).
+pub async fn hot_writer(url: String, r: Rng, until: Instant, stats: Arc<Stats>) {
+    writer(url, r, until, stats, |r| hot_transaction(r), 0).await
+}
+
 /// Runs random transactions until `until`.
-pub async fn sql_writer(
+pub async fn sql_writer(url: String, r: Rng, until: Instant, truncate: bool, stats: Arc<Stats>) {
+    writer(url, r, until, stats, |r| transaction(r, 4, truncate), 25).await
+}
+
+/// Runs transactions `next` makes until `until`, pausing up to `pause_ms`
+/// between them.
+async fn writer(
     url: String,
     mut r: Rng,
     until: Instant,
-    truncate: bool,
     stats: Arc<Stats>,
+    next: impl Fn(&mut Rng) -> String,
+    pause_ms: i64,
 ) {
     let mut conn: Option<tokio_postgres::Client> = None;
     while Instant::now() < until {
@@ -221,14 +279,16 @@ pub async fn sql_writer(
                 }
             },
         };
-        match c.batch_execute(&transaction(&mut r, 4, truncate)).await {
+        match c.batch_execute(&next(&mut r)).await {
             Ok(()) => Stats::inc(&stats.sql_txns),
             Err(_) => {
                 Stats::inc(&stats.sql_failed);
                 let _ = c.batch_execute("ROLLBACK").await;
             }
         }
-        tokio::time::sleep(Duration::from_millis(r.range(0, 25) as u64)).await;
+        if pause_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(r.range(0, pause_ms) as u64)).await;
+        }
     }
 }
 
@@ -249,7 +309,7 @@ fn text(s: String) -> pb::Value {
 pub async fn mutator(addrs: Vec<String>, mut r: Rng, until: Instant, stats: Arc<Stats>) {
     while Instant::now() < until {
         let addr = super::pick_node(&addrs, &mut r);
-        let ok = mutate_once(&addr, &mut r).await;
+        let ok = mutate_once(&addr, &mut r, &stats).await;
         Stats::inc(if ok {
             &stats.mutations
         } else {
@@ -259,8 +319,9 @@ pub async fn mutator(addrs: Vec<String>, mut r: Rng, until: Instant, stats: Arc<
     }
 }
 
-/// One random mutation as a random identity; whether it was applied.
-pub async fn mutate_once(addr: &str, r: &mut Rng) -> bool {
+/// One random mutation as a random identity; whether it was applied. An
+/// INTERNAL answer is counted (it fails the schedule).
+pub async fn mutate_once(addr: &str, r: &mut Rng, stats: &Stats) -> bool {
     {
         let who = *r.pick(&PEOPLE);
         let id = r.range(1, 40);
@@ -290,9 +351,17 @@ pub async fn mutate_once(addr: &str, r: &mut Rng) -> bool {
             session_id: String::new(),
         };
         match connect(addr, who.token).await {
-            Ok(mut c) => tokio::time::timeout(Duration::from_secs(10), c.mutate(req))
-                .await
-                .is_ok_and(|r| r.is_ok()),
+            Ok(mut c) => match tokio::time::timeout(Duration::from_secs(10), c.mutate(req)).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(status)) => {
+                    if status.code() == tonic::Code::Internal {
+                        Stats::inc(&stats.internal_errors);
+                        println!("INTERNAL: mutation {name} answered {status}");
+                    }
+                    false
+                }
+                Err(_) => false,
+            },
             Err(_) => false,
         }
     }

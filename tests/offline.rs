@@ -1427,3 +1427,47 @@ async fn a_broken_scopes_sql_stops_startup_with_the_databases_words() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_pull_after_a_sequence_past_the_int64_range_is_refused() {
+    let h = harness().await;
+    h.sql("INSERT INTO notes VALUES ('n1', 'acme', 'one', NULL)")
+        .await;
+    let a = Device::new(&h, "dev-alice", "a").await;
+    let pull = |sequence: u64| {
+        let mut c = a.client.clone();
+        async move {
+            let mut s = c
+                .pull(pb::PullRequest {
+                    client_id: "a".into(),
+                    after: vec![pb::ScopeSequence {
+                        scope: "workspace:acme".into(),
+                        sequence,
+                    }],
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let mut got = Vec::new();
+            while let Some(m) = s.next().await {
+                got.push(m?);
+            }
+            Ok::<_, tonic::Status>(got)
+        }
+    };
+    for seq in [1u64 << 63, u64::MAX] {
+        let e = pull(seq).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(
+            e.message().contains("workspace:acme") && e.message().contains(&seq.to_string()),
+            "{}",
+            e.message()
+        );
+    }
+    // The highest position that fits is a position like any other.
+    let got = pull(i64::MAX as u64).await.unwrap();
+    let Some(pb::pull_response::Kind::Changes(b)) = &got[0].kind else {
+        panic!("{got:?}")
+    };
+    assert!(b.changes.is_empty(), "{b:?}");
+}

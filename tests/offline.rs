@@ -1471,3 +1471,63 @@ async fn a_pull_after_a_sequence_past_the_int64_range_is_refused() {
     };
     assert!(b.changes.is_empty(), "{b:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_copies_of_a_bundle_all_get_its_one_stored_result() {
+    let h = harness().await;
+    let a = Device::new(&h, "dev-alice", "a").await;
+    for round in 0..3u64 {
+        let old = format!("c{round}");
+        h.sql(&format!(
+            "INSERT INTO notes VALUES ('{old}', 'acme', 'before', NULL)"
+        ))
+        .await;
+        let bundle = vec![
+            note("notes", IntentOp::Update, &old, "after", 1),
+            note("notes", IntentOp::Insert, &format!("new{round}"), "new", 0),
+        ];
+        let chunk = pb::PushChunk {
+            client_id: "a".into(),
+            bundle_id: 100 + round,
+            chunk_index: 0,
+            last: true,
+            intents: bundle,
+        };
+        let copies: Vec<_> = (0..6)
+            .map(|_| {
+                let mut c = a.client.clone();
+                let chunk = chunk.clone();
+                tokio::spawn(async move { c.push(tokio_stream::iter(vec![chunk])).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for c in copies {
+            answers.push(c.await.unwrap().unwrap().into_inner());
+        }
+        let first: Vec<_> = answers.iter().filter(|r| !r.replayed).collect();
+        assert_eq!(first.len(), 1, "round {round}: {answers:#?}");
+        let first = first[0].clone();
+        assert!(first.applied && !first.committed.is_empty(), "{first:?}");
+        for r in &answers {
+            assert!(r.applied, "round {round}: {r:?}");
+            assert_eq!(r.committed, first.committed, "round {round}");
+            assert_eq!(r.results, first.results, "round {round}");
+        }
+        // Applied once.
+        assert_eq!(
+            h.query_i64(&format!(
+                "SELECT version FROM arcana_offline.rows WHERE id = '{old}'"
+            ))
+            .await,
+            2
+        );
+        assert_eq!(
+            h.query_i64(&format!(
+                "SELECT count(*) FROM arcana_offline.changes WHERE bundle_id = {}",
+                100 + round
+            ))
+            .await,
+            2
+        );
+    }
+}

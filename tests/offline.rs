@@ -1531,3 +1531,332 @@ async fn concurrent_copies_of_a_bundle_all_get_its_one_stored_result() {
         );
     }
 }
+
+const KINDS_SCHEMA: &str = r#"
+CREATE TABLE kinds (
+    id           text PRIMARY KEY,
+    workspace_id text NOT NULL,
+    i8  bigint, i4 integer, i2 smallint,
+    f8  double precision, f4 real,
+    b   boolean,
+    s   text, vc varchar(20),
+    bin bytea,
+    n   numeric(14,2), nf numeric,
+    d   date,
+    ts  timestamptz, tsn timestamp,
+    j   jsonb, js json,
+    u   uuid
+);
+GRANT SELECT, INSERT, UPDATE, DELETE ON kinds TO arcana_eval;
+"#;
+
+const KINDS_CONFIG: &str = r#"
+[offline]
+
+[[offline.tables]]
+table = "kinds"
+scope = "workspace"
+"#;
+
+fn val(k: pb::value::Kind) -> pb::Value {
+    pb::Value { kind: Some(k) }
+}
+
+fn ts(seconds: i64, nanos: i32) -> pb::Value {
+    val(pb::value::Kind::Timestamp(prost_types::Timestamp {
+        seconds,
+        nanos,
+    }))
+}
+
+/// One value per column, with a SQL condition true when the table holds it.
+type KindRow = Vec<(&'static str, pb::Value, String)>;
+
+fn kinds_first() -> KindRow {
+    use pb::value::Kind::*;
+    vec![
+        (
+            "i8",
+            val(Int(-9_007_199_254_740_993)),
+            "i8 = '-9007199254740993'::bigint".into(),
+        ),
+        ("i4", val(Int(2_147_483_647)), "i4 = 2147483647".into()),
+        ("i2", val(Int(-32768)), "i2 = '-32768'::smallint".into()),
+        ("f8", val(Float(0.1)), "f8 = '0.1'::float8".into()),
+        ("f4", val(Float(0.5)), "f4 = '0.5'::real".into()),
+        ("b", val(Bool(true)), "b".into()),
+        (
+            "s",
+            val(String("héllo ✓ 'q'".into())),
+            "s = 'héllo ✓ ''q'''".into(),
+        ),
+        ("vc", val(String("short".into())), "vc = 'short'".into()),
+        (
+            "bin",
+            val(Bytes(vec![0u8, 1, 255].into())),
+            r"bin = '\x0001ff'::bytea".into(),
+        ),
+        (
+            "n",
+            val(Numeric("123456789012.34".into())),
+            "n::text = '123456789012.34'".into(),
+        ),
+        (
+            "nf",
+            val(Numeric("-0.000000000000000000001".into())),
+            "nf::text = '-0.000000000000000000001'".into(),
+        ),
+        (
+            "d",
+            val(Date("1999-12-31".into())),
+            "d = '1999-12-31'::date".into(),
+        ),
+        (
+            "ts",
+            ts(946_684_799, 123_456_000),
+            "ts = '1999-12-31 23:59:59.123456+00'::timestamptz".into(),
+        ),
+        (
+            "tsn",
+            ts(1_709_208_000, 1_000),
+            "tsn = '2024-02-29 12:00:00.000001'::timestamp".into(),
+        ),
+        (
+            "j",
+            val(Json(r#"{"a": [1, 2.50, "x"], "b": null}"#.into())),
+            r#"j::text = '{"a": [1, 2.50, "x"], "b": null}'"#.into(),
+        ),
+        (
+            "js",
+            val(Json(r#"{"z":1,  "a" : 2.0}"#.into())),
+            r#"js::text = '{"z":1,  "a" : 2.0}'"#.into(),
+        ),
+        (
+            "u",
+            val(Uuid("0f8fad5b-d9cb-469f-a165-70867728950e".into())),
+            "u = '0f8fad5b-d9cb-469f-a165-70867728950e'::uuid".into(),
+        ),
+    ]
+}
+
+fn kinds_second() -> KindRow {
+    use pb::value::Kind::*;
+    let null = |c: &'static str| (c, val(Null(0)), format!("{c} IS NULL"));
+    vec![
+        null("i8"),
+        ("i4", val(Int(-1)), "i4 = -1".into()),
+        ("i2", val(Int(7)), "i2 = 7".into()),
+        ("f8", val(Float(-1.5e300)), "f8 = '-1.5e300'::float8".into()),
+        null("f4"),
+        ("b", val(Bool(false)), "NOT b".into()),
+        ("s", val(String("".into())), "s = ''".into()),
+        null("vc"),
+        (
+            "bin",
+            val(Bytes(Vec::new().into())),
+            r"bin = '\x'::bytea".into(),
+        ),
+        (
+            "n",
+            val(Numeric("-0.01".into())),
+            "n::text = '-0.01'".into(),
+        ),
+        (
+            "nf",
+            val(Numeric("NaN".into())),
+            "nf = 'NaN'::numeric".into(),
+        ),
+        (
+            "d",
+            val(Date("2000-02-29".into())),
+            "d = '2000-02-29'::date".into(),
+        ),
+        (
+            "ts",
+            ts(-1, 999_999_000),
+            "ts = '1969-12-31 23:59:59.999999+00'::timestamptz".into(),
+        ),
+        null("tsn"),
+        (
+            "j",
+            val(Json(r#"{"k": {"deep": [true, false]}}"#.into())),
+            r#"j::text = '{"k": {"deep": [true, false]}}'"#.into(),
+        ),
+        null("js"),
+        null("u"),
+    ]
+}
+
+fn kinds_third() -> KindRow {
+    use pb::value::Kind::*;
+    let mut r = kinds_second();
+    for c in &mut r {
+        match c.0 {
+            "nf" => {
+                *c = (
+                    "nf",
+                    val(Numeric("Infinity".into())),
+                    "nf = 'Infinity'::numeric".into(),
+                )
+            }
+            "d" => {
+                *c = (
+                    "d",
+                    val(Date("infinity".into())),
+                    "d = 'infinity'::date".into(),
+                )
+            }
+            "n" => *c = ("n", val(Numeric("0.00".into())), "n::text = '0.00'".into()),
+            _ => {}
+        }
+    }
+    r
+}
+
+fn kinds_intent(op: IntentOp, id: &str, row: &KindRow, base: u64) -> pb::RowIntent {
+    let mut v: Vec<(&str, pb::Value)> = vec![("id", text(id))];
+    v.extend(row.iter().map(|(c, x, _)| (*c, x.clone())));
+    intent("kinds", op, &v, base)
+}
+
+/// The device and PostgreSQL both hold exactly `row` for `id`.
+async fn assert_kinds(h: &Harness, d: &Device, id: &str, row: &KindRow, version: u64) {
+    let local = d
+        .rows
+        .get(&("kinds".to_owned(), id.to_owned()))
+        .unwrap_or_else(|| panic!("device {} lacks {id}", d.id));
+    assert_eq!(local.version, version, "device {} row {id}", d.id);
+    for (c, x, _) in row {
+        assert_eq!(
+            local.values.get(*c),
+            Some(x),
+            "device {} row {id} column {c}",
+            d.id
+        );
+    }
+    assert_eq!(local.values.get("id"), Some(&text(id)));
+    assert_eq!(local.values.get("workspace_id"), Some(&text("acme")));
+    for (c, _, cond) in row {
+        assert_eq!(
+            h.query_i64(&format!(
+                "SELECT count(*) FROM kinds WHERE id = '{id}' AND {cond}"
+            ))
+            .await,
+            1,
+            "PostgreSQL row {id} column {c}: {cond}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_value_kind_round_trips_through_push_pull_and_snapshot() {
+    let h = Harness::with_extra(KINDS_SCHEMA, KINDS_CONFIG, |_| {}).await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    // The table covers every kind a Value has.
+    let caps = a
+        .client
+        .capabilities(pb::CapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kinds: Vec<String> = caps.tables[0]
+        .columns
+        .iter()
+        .map(|c| c.kind.clone())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(
+        kinds,
+        [
+            "bool",
+            "bytes",
+            "date",
+            "float",
+            "int",
+            "json",
+            "numeric",
+            "string",
+            "timestamp",
+            "uuid"
+        ]
+    );
+    let mut b = Device::new(&h, "dev-bob", "b").await;
+    let check = |rows: Vec<(&'static str, KindRow, u64)>| {
+        let h = &h;
+        async move {
+            let mut c = Device::new(h, "dev-alice", "c").await;
+            c.snapshot().await.unwrap();
+            for (id, row, version) in &rows {
+                assert_kinds(h, &c, id, row, *version).await;
+            }
+            rows
+        }
+    };
+    let r = a
+        .push(vec![
+            kinds_intent(IntentOp::Insert, "k1", &kinds_first(), 0),
+            kinds_intent(IntentOp::Insert, "k2", &kinds_second(), 0),
+            kinds_intent(IntentOp::Insert, "k3", &kinds_third(), 0),
+        ])
+        .await
+        .unwrap();
+    assert!(r.applied, "{r:?}");
+    b.pull().await.unwrap();
+    let rows = check(vec![
+        ("k1", kinds_first(), 1),
+        ("k2", kinds_second(), 1),
+        ("k3", kinds_third(), 1),
+    ])
+    .await;
+    for (id, row, version) in &rows {
+        assert_kinds(&h, &b, id, row, *version).await;
+    }
+    // Updates the other way round: values over NULLs and NULLs over values.
+    let r = a
+        .push(vec![
+            kinds_intent(IntentOp::Update, "k1", &kinds_second(), 1),
+            kinds_intent(IntentOp::Update, "k2", &kinds_first(), 1),
+            kinds_intent(IntentOp::Update, "k3", &kinds_first(), 1),
+        ])
+        .await
+        .unwrap();
+    assert!(r.applied, "{r:?}");
+    b.pull().await.unwrap();
+    let rows = check(vec![
+        ("k1", kinds_second(), 2),
+        ("k2", kinds_first(), 2),
+        ("k3", kinds_first(), 2),
+    ])
+    .await;
+    for (id, row, version) in &rows {
+        assert_kinds(&h, &b, id, row, *version).await;
+    }
+    // A value the column cannot take is the caller's error, named.
+    let e = a
+        .push(vec![intent(
+            "kinds",
+            IntentOp::Update,
+            &[
+                ("id", text("k1")),
+                ("d", val(pb::value::Kind::Date("1999-13-01".into()))),
+            ],
+            2,
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    let e = a
+        .push(vec![intent(
+            "kinds",
+            IntentOp::Update,
+            &[
+                ("id", text("k1")),
+                ("n", val(pb::value::Kind::Numeric("12x".into()))),
+            ],
+            2,
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+}

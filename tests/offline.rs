@@ -646,6 +646,7 @@ async fn a_snapshot_resumed_from_its_cursor_converges() {
             LocalRow {
                 version: r.version,
                 values: r.values.clone(),
+                scope: r.scope.clone(),
             },
         );
     }
@@ -668,6 +669,7 @@ async fn a_snapshot_resumed_from_its_cursor_converges() {
                 LocalRow {
                     version: r.version,
                     values: r.values,
+                    scope: r.scope,
                 },
             );
         }
@@ -1428,110 +1430,6 @@ async fn a_broken_scopes_sql_stops_startup_with_the_databases_words() {
     );
 }
 
-#[tokio::test]
-async fn a_pull_after_a_sequence_past_the_int64_range_is_refused() {
-    let h = harness().await;
-    h.sql("INSERT INTO notes VALUES ('n1', 'acme', 'one', NULL)")
-        .await;
-    let a = Device::new(&h, "dev-alice", "a").await;
-    let pull = |sequence: u64| {
-        let mut c = a.client.clone();
-        async move {
-            let mut s = c
-                .pull(pb::PullRequest {
-                    client_id: "a".into(),
-                    after: vec![pb::ScopeSequence {
-                        scope: "workspace:acme".into(),
-                        sequence,
-                    }],
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            let mut got = Vec::new();
-            while let Some(m) = s.next().await {
-                got.push(m?);
-            }
-            Ok::<_, tonic::Status>(got)
-        }
-    };
-    for seq in [1u64 << 63, u64::MAX] {
-        let e = pull(seq).await.unwrap_err();
-        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
-        assert!(
-            e.message().contains("workspace:acme") && e.message().contains(&seq.to_string()),
-            "{}",
-            e.message()
-        );
-    }
-    // The highest position that fits is a position like any other.
-    let got = pull(i64::MAX as u64).await.unwrap();
-    let Some(pb::pull_response::Kind::Changes(b)) = &got[0].kind else {
-        panic!("{got:?}")
-    };
-    assert!(b.changes.is_empty(), "{b:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_copies_of_a_bundle_all_get_its_one_stored_result() {
-    let h = harness().await;
-    let a = Device::new(&h, "dev-alice", "a").await;
-    for round in 0..3u64 {
-        let old = format!("c{round}");
-        h.sql(&format!(
-            "INSERT INTO notes VALUES ('{old}', 'acme', 'before', NULL)"
-        ))
-        .await;
-        let bundle = vec![
-            note("notes", IntentOp::Update, &old, "after", 1),
-            note("notes", IntentOp::Insert, &format!("new{round}"), "new", 0),
-        ];
-        let chunk = pb::PushChunk {
-            client_id: "a".into(),
-            bundle_id: 100 + round,
-            chunk_index: 0,
-            last: true,
-            intents: bundle,
-        };
-        let copies: Vec<_> = (0..6)
-            .map(|_| {
-                let mut c = a.client.clone();
-                let chunk = chunk.clone();
-                tokio::spawn(async move { c.push(tokio_stream::iter(vec![chunk])).await })
-            })
-            .collect();
-        let mut answers = Vec::new();
-        for c in copies {
-            answers.push(c.await.unwrap().unwrap().into_inner());
-        }
-        let first: Vec<_> = answers.iter().filter(|r| !r.replayed).collect();
-        assert_eq!(first.len(), 1, "round {round}: {answers:#?}");
-        let first = first[0].clone();
-        assert!(first.applied && !first.committed.is_empty(), "{first:?}");
-        for r in &answers {
-            assert!(r.applied, "round {round}: {r:?}");
-            assert_eq!(r.committed, first.committed, "round {round}");
-            assert_eq!(r.results, first.results, "round {round}");
-        }
-        // Applied once.
-        assert_eq!(
-            h.query_i64(&format!(
-                "SELECT version FROM arcana_offline.rows WHERE id = '{old}'"
-            ))
-            .await,
-            2
-        );
-        assert_eq!(
-            h.query_i64(&format!(
-                "SELECT count(*) FROM arcana_offline.changes WHERE bundle_id = {}",
-                100 + round
-            ))
-            .await,
-            2
-        );
-    }
-}
-
 const KINDS_SCHEMA: &str = r#"
 CREATE TABLE kinds (
     id           text PRIMARY KEY,
@@ -1859,4 +1757,244 @@ async fn every_value_kind_round_trips_through_push_pull_and_snapshot() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_copies_of_a_bundle_all_get_its_one_stored_result() {
+    let h = harness().await;
+    let a = Device::new(&h, "dev-alice", "a").await;
+    for round in 0..3u64 {
+        let old = format!("c{round}");
+        h.sql(&format!(
+            "INSERT INTO notes VALUES ('{old}', 'acme', 'before', NULL)"
+        ))
+        .await;
+        let bundle = vec![
+            note("notes", IntentOp::Update, &old, "after", 1),
+            note("notes", IntentOp::Insert, &format!("new{round}"), "new", 0),
+        ];
+        let chunk = pb::PushChunk {
+            client_id: "a".into(),
+            bundle_id: 100 + round,
+            chunk_index: 0,
+            last: true,
+            intents: bundle,
+        };
+        let copies: Vec<_> = (0..6)
+            .map(|_| {
+                let mut c = a.client.clone();
+                let chunk = chunk.clone();
+                tokio::spawn(async move { c.push(tokio_stream::iter(vec![chunk])).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for c in copies {
+            answers.push(c.await.unwrap().unwrap().into_inner());
+        }
+        let first: Vec<_> = answers.iter().filter(|r| !r.replayed).collect();
+        assert_eq!(first.len(), 1, "round {round}: {answers:#?}");
+        let first = first[0].clone();
+        assert!(first.applied && !first.committed.is_empty(), "{first:?}");
+        for r in &answers {
+            assert!(r.applied, "round {round}: {r:?}");
+            assert_eq!(r.committed, first.committed, "round {round}");
+            assert_eq!(r.results, first.results, "round {round}");
+        }
+        // Applied once.
+        assert_eq!(
+            h.query_i64(&format!(
+                "SELECT version FROM arcana_offline.rows WHERE id = '{old}'"
+            ))
+            .await,
+            2
+        );
+        assert_eq!(
+            h.query_i64(&format!(
+                "SELECT count(*) FROM arcana_offline.changes WHERE bundle_id = {}",
+                100 + round
+            ))
+            .await,
+            2
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pull_after_a_sequence_past_the_int64_range_is_refused() {
+    let h = harness().await;
+    h.sql("INSERT INTO notes VALUES ('n1', 'acme', 'one', NULL)")
+        .await;
+    let a = Device::new(&h, "dev-alice", "a").await;
+    let pull = |sequence: u64| {
+        let mut c = a.client.clone();
+        async move {
+            let mut s = c
+                .pull(pb::PullRequest {
+                    client_id: "a".into(),
+                    after: vec![pb::ScopeSequence {
+                        scope: "workspace:acme".into(),
+                        sequence,
+                    }],
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let mut got = Vec::new();
+            while let Some(m) = s.next().await {
+                got.push(m?);
+            }
+            Ok::<_, tonic::Status>(got)
+        }
+    };
+    for seq in [1u64 << 63, u64::MAX] {
+        let e = pull(seq).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(
+            e.message().contains("workspace:acme") && e.message().contains(&seq.to_string()),
+            "{}",
+            e.message()
+        );
+    }
+    // The highest position that fits is a position like any other.
+    let got = pull(i64::MAX as u64).await.unwrap();
+    let Some(pb::pull_response::Kind::Changes(b)) = &got[0].kind else {
+        panic!("{got:?}")
+    };
+    assert!(b.changes.is_empty(), "{b:?}");
+}
+
+#[tokio::test]
+async fn a_row_moved_between_two_of_ones_buckets_converges_in_any_order() {
+    let h = team_harness().await;
+    h.sql(
+        "INSERT INTO team_members VALUES ('alice', 'acme', 2); \
+         INSERT INTO team_tasks VALUES ('t', 2, 'task'), ('u', 1, 'one'), ('w', 2, 'two')",
+    )
+    .await;
+    let device = |id: &'static str, scopes: &'static [&'static str]| {
+        let h = &h;
+        async move {
+            let mut d = Device::new(h, "dev-alice", id).await;
+            d.pull_only(scopes).await.unwrap();
+            d
+        }
+    };
+    const BOTH: &[&str] = &["team:1", "team:2"];
+    let mut both_12 = device("both-12", BOTH).await;
+    let mut both_21 = device("both-21", BOTH).await;
+    let mut both_once = device("both-once", BOTH).await;
+    let mut source = device("source", &["team:2"]).await;
+    let mut target = device("target", &["team:1"]).await;
+    let mut gains_after = device("gains-after", &["team:2"]).await;
+    let mut gains_before = device("gains-before", &["team:2"]).await;
+    let mut loses_source = device("loses-source", BOTH).await;
+    let mut pusher = device("pusher", BOTH).await;
+    assert_eq!(pusher.version("team_tasks", "t"), 1);
+    // Each device's rows and versions equal the server's rows of `teams`.
+    let check = |d: &Device, teams: &'static str| {
+        let h = &h;
+        let rows: Vec<(String, u64, Option<String>, String)> = d
+            .rows
+            .iter()
+            .filter(|((t, _), _)| t == "team_tasks")
+            .map(|((_, id), r)| {
+                (
+                    id.clone(),
+                    r.version,
+                    text_of(r.values.get("title")),
+                    text_of(r.values.get("team_id")).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let who = d.id.clone();
+        async move {
+            let (c, conn) = tokio_postgres::connect(&h.db_url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let want: Vec<(String, u64, Option<String>, String)> = c
+                .query(
+                    &format!(
+                        "SELECT t.id, r.version, t.title, t.team_id::text FROM team_tasks t \
+                         JOIN arcana_offline.rows r ON r.tbl = 'team_tasks' AND r.id = t.id \
+                         WHERE t.team_id IN ({teams}) ORDER BY t.id"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get(2), r.get(3)))
+                .collect();
+            assert_eq!(rows, want, "device {who} holding teams {teams}");
+        }
+    };
+    for step in ["to team 1", "back to team 2"] {
+        if step == "to team 1" {
+            let r = pusher
+                .push(vec![task(IntentOp::Update, "t", 1, "moved", 1)])
+                .await
+                .unwrap();
+            assert!(r.applied);
+            assert_eq!(r.results[0].version, 3);
+        } else {
+            // A move made by SQL is logged the same way.
+            h.sql("UPDATE team_tasks SET team_id = 2, title = 'back' WHERE id = 't'")
+                .await;
+        }
+        both_12.pull_only(&["team:1"]).await.unwrap();
+        both_12.pull_only(&["team:2"]).await.unwrap();
+        check(&both_12, "1, 2").await;
+        both_21.pull_only(&["team:2"]).await.unwrap();
+        both_21.pull_only(&["team:1"]).await.unwrap();
+        check(&both_21, "1, 2").await;
+        both_once.pull_only(BOTH).await.unwrap();
+        check(&both_once, "1, 2").await;
+        source.pull_only(&["team:2"]).await.unwrap();
+        check(&source, "2").await;
+        target.pull_only(&["team:1"]).await.unwrap();
+        check(&target, "1").await;
+        pusher.pull_only(&["team:2"]).await.unwrap();
+        pusher.pull_only(&["team:1"]).await.unwrap();
+        check(&pusher, "1, 2").await;
+        if step == "to team 1" {
+            // Gaining the target bucket after pulling the source's side of
+            // the move, or before.
+            gains_after.pull_only(&["team:2"]).await.unwrap();
+            check(&gains_after, "2").await;
+            gains_after.pull_only(&["team:1"]).await.unwrap();
+            check(&gains_after, "1, 2").await;
+            gains_before.pull_only(&["team:1"]).await.unwrap();
+            gains_before.pull_only(&["team:2"]).await.unwrap();
+            check(&gains_before, "1, 2").await;
+            // Losing the source bucket before pulling it.
+            loses_source.drop_scope("team:2");
+            loses_source.pull_only(&["team:1"]).await.unwrap();
+            check(&loses_source, "1").await;
+        } else {
+            for d in [&mut gains_after, &mut gains_before] {
+                d.pull_only(BOTH).await.unwrap();
+                check(d, "1, 2").await;
+            }
+            loses_source.pull_only(&["team:1"]).await.unwrap();
+            check(&loses_source, "1").await;
+        }
+        // A new device from 0, both buckets in one pull or one by one.
+        let mut fresh = device("fresh", BOTH).await;
+        check(&fresh, "1, 2").await;
+        fresh = device("fresh-21", &["team:2"]).await;
+        fresh.pull_only(&["team:1"]).await.unwrap();
+        check(&fresh, "1, 2").await;
+        fresh = device("fresh-all", &[]).await;
+        fresh.pull().await.unwrap();
+        check(&fresh, "1, 2, 3").await;
+    }
+    // A real delete is no move: it removes the row wherever it is held.
+    h.sql("DELETE FROM team_tasks WHERE id = 't'").await;
+    for d in [&mut both_12, &mut source, &mut loses_source] {
+        let held: Vec<String> = d.at.keys().cloned().collect();
+        let held: Vec<&str> = held.iter().map(String::as_str).collect();
+        d.pull_only(&held).await.unwrap();
+        assert_eq!(d.version("team_tasks", "t"), 0, "device {}", d.id);
+    }
 }

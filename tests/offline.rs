@@ -646,6 +646,7 @@ async fn a_snapshot_resumed_from_its_cursor_converges() {
             LocalRow {
                 version: r.version,
                 values: r.values.clone(),
+                scope: r.scope.clone(),
             },
         );
     }
@@ -668,6 +669,7 @@ async fn a_snapshot_resumed_from_its_cursor_converges() {
                 LocalRow {
                     version: r.version,
                     values: r.values,
+                    scope: r.scope,
                 },
             );
         }
@@ -1426,4 +1428,573 @@ async fn a_broken_scopes_sql_stops_startup_with_the_databases_words() {
         e.contains("shares scope_name `team` with table `team_tasks`"),
         "{e}"
     );
+}
+
+const KINDS_SCHEMA: &str = r#"
+CREATE TABLE kinds (
+    id           text PRIMARY KEY,
+    workspace_id text NOT NULL,
+    i8  bigint, i4 integer, i2 smallint,
+    f8  double precision, f4 real,
+    b   boolean,
+    s   text, vc varchar(20),
+    bin bytea,
+    n   numeric(14,2), nf numeric,
+    d   date,
+    ts  timestamptz, tsn timestamp,
+    j   jsonb, js json,
+    u   uuid
+);
+GRANT SELECT, INSERT, UPDATE, DELETE ON kinds TO arcana_eval;
+"#;
+
+const KINDS_CONFIG: &str = r#"
+[offline]
+
+[[offline.tables]]
+table = "kinds"
+scope = "workspace"
+"#;
+
+fn val(k: pb::value::Kind) -> pb::Value {
+    pb::Value { kind: Some(k) }
+}
+
+fn ts(seconds: i64, nanos: i32) -> pb::Value {
+    val(pb::value::Kind::Timestamp(prost_types::Timestamp {
+        seconds,
+        nanos,
+    }))
+}
+
+/// One value per column, with a SQL condition true when the table holds it.
+type KindRow = Vec<(&'static str, pb::Value, String)>;
+
+fn kinds_first() -> KindRow {
+    use pb::value::Kind::*;
+    vec![
+        (
+            "i8",
+            val(Int(-9_007_199_254_740_993)),
+            "i8 = '-9007199254740993'::bigint".into(),
+        ),
+        ("i4", val(Int(2_147_483_647)), "i4 = 2147483647".into()),
+        ("i2", val(Int(-32768)), "i2 = '-32768'::smallint".into()),
+        ("f8", val(Float(0.1)), "f8 = '0.1'::float8".into()),
+        ("f4", val(Float(0.5)), "f4 = '0.5'::real".into()),
+        ("b", val(Bool(true)), "b".into()),
+        (
+            "s",
+            val(String("héllo ✓ 'q'".into())),
+            "s = 'héllo ✓ ''q'''".into(),
+        ),
+        ("vc", val(String("short".into())), "vc = 'short'".into()),
+        (
+            "bin",
+            val(Bytes(vec![0u8, 1, 255].into())),
+            r"bin = '\x0001ff'::bytea".into(),
+        ),
+        (
+            "n",
+            val(Numeric("123456789012.34".into())),
+            "n::text = '123456789012.34'".into(),
+        ),
+        (
+            "nf",
+            val(Numeric("-0.000000000000000000001".into())),
+            "nf::text = '-0.000000000000000000001'".into(),
+        ),
+        (
+            "d",
+            val(Date("1999-12-31".into())),
+            "d = '1999-12-31'::date".into(),
+        ),
+        (
+            "ts",
+            ts(946_684_799, 123_456_000),
+            "ts = '1999-12-31 23:59:59.123456+00'::timestamptz".into(),
+        ),
+        (
+            "tsn",
+            ts(1_709_208_000, 1_000),
+            "tsn = '2024-02-29 12:00:00.000001'::timestamp".into(),
+        ),
+        (
+            "j",
+            val(Json(r#"{"a": [1, 2.50, "x"], "b": null}"#.into())),
+            r#"j::text = '{"a": [1, 2.50, "x"], "b": null}'"#.into(),
+        ),
+        (
+            "js",
+            val(Json(r#"{"z":1,  "a" : 2.0}"#.into())),
+            r#"js::text = '{"z":1,  "a" : 2.0}'"#.into(),
+        ),
+        (
+            "u",
+            val(Uuid("0f8fad5b-d9cb-469f-a165-70867728950e".into())),
+            "u = '0f8fad5b-d9cb-469f-a165-70867728950e'::uuid".into(),
+        ),
+    ]
+}
+
+fn kinds_second() -> KindRow {
+    use pb::value::Kind::*;
+    let null = |c: &'static str| (c, val(Null(0)), format!("{c} IS NULL"));
+    vec![
+        null("i8"),
+        ("i4", val(Int(-1)), "i4 = -1".into()),
+        ("i2", val(Int(7)), "i2 = 7".into()),
+        ("f8", val(Float(-1.5e300)), "f8 = '-1.5e300'::float8".into()),
+        null("f4"),
+        ("b", val(Bool(false)), "NOT b".into()),
+        ("s", val(String("".into())), "s = ''".into()),
+        null("vc"),
+        (
+            "bin",
+            val(Bytes(Vec::new().into())),
+            r"bin = '\x'::bytea".into(),
+        ),
+        (
+            "n",
+            val(Numeric("-0.01".into())),
+            "n::text = '-0.01'".into(),
+        ),
+        (
+            "nf",
+            val(Numeric("NaN".into())),
+            "nf = 'NaN'::numeric".into(),
+        ),
+        (
+            "d",
+            val(Date("2000-02-29".into())),
+            "d = '2000-02-29'::date".into(),
+        ),
+        (
+            "ts",
+            ts(-1, 999_999_000),
+            "ts = '1969-12-31 23:59:59.999999+00'::timestamptz".into(),
+        ),
+        null("tsn"),
+        (
+            "j",
+            val(Json(r#"{"k": {"deep": [true, false]}}"#.into())),
+            r#"j::text = '{"k": {"deep": [true, false]}}'"#.into(),
+        ),
+        null("js"),
+        null("u"),
+    ]
+}
+
+fn kinds_third() -> KindRow {
+    use pb::value::Kind::*;
+    let mut r = kinds_second();
+    for c in &mut r {
+        match c.0 {
+            "nf" => {
+                *c = (
+                    "nf",
+                    val(Numeric("Infinity".into())),
+                    "nf = 'Infinity'::numeric".into(),
+                )
+            }
+            "d" => {
+                *c = (
+                    "d",
+                    val(Date("infinity".into())),
+                    "d = 'infinity'::date".into(),
+                )
+            }
+            "n" => *c = ("n", val(Numeric("0.00".into())), "n::text = '0.00'".into()),
+            _ => {}
+        }
+    }
+    r
+}
+
+fn kinds_intent(op: IntentOp, id: &str, row: &KindRow, base: u64) -> pb::RowIntent {
+    let mut v: Vec<(&str, pb::Value)> = vec![("id", text(id))];
+    v.extend(row.iter().map(|(c, x, _)| (*c, x.clone())));
+    intent("kinds", op, &v, base)
+}
+
+/// The device and PostgreSQL both hold exactly `row` for `id`.
+async fn assert_kinds(h: &Harness, d: &Device, id: &str, row: &KindRow, version: u64) {
+    let local = d
+        .rows
+        .get(&("kinds".to_owned(), id.to_owned()))
+        .unwrap_or_else(|| panic!("device {} lacks {id}", d.id));
+    assert_eq!(local.version, version, "device {} row {id}", d.id);
+    for (c, x, _) in row {
+        assert_eq!(
+            local.values.get(*c),
+            Some(x),
+            "device {} row {id} column {c}",
+            d.id
+        );
+    }
+    assert_eq!(local.values.get("id"), Some(&text(id)));
+    assert_eq!(local.values.get("workspace_id"), Some(&text("acme")));
+    for (c, _, cond) in row {
+        assert_eq!(
+            h.query_i64(&format!(
+                "SELECT count(*) FROM kinds WHERE id = '{id}' AND {cond}"
+            ))
+            .await,
+            1,
+            "PostgreSQL row {id} column {c}: {cond}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_value_kind_round_trips_through_push_pull_and_snapshot() {
+    let h = Harness::with_extra(KINDS_SCHEMA, KINDS_CONFIG, |_| {}).await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    // The table covers every kind a Value has.
+    let caps = a
+        .client
+        .capabilities(pb::CapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kinds: Vec<String> = caps.tables[0]
+        .columns
+        .iter()
+        .map(|c| c.kind.clone())
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    assert_eq!(
+        kinds,
+        [
+            "bool",
+            "bytes",
+            "date",
+            "float",
+            "int",
+            "json",
+            "numeric",
+            "string",
+            "timestamp",
+            "uuid"
+        ]
+    );
+    let mut b = Device::new(&h, "dev-bob", "b").await;
+    let check = |rows: Vec<(&'static str, KindRow, u64)>| {
+        let h = &h;
+        async move {
+            let mut c = Device::new(h, "dev-alice", "c").await;
+            c.snapshot().await.unwrap();
+            for (id, row, version) in &rows {
+                assert_kinds(h, &c, id, row, *version).await;
+            }
+            rows
+        }
+    };
+    let r = a
+        .push(vec![
+            kinds_intent(IntentOp::Insert, "k1", &kinds_first(), 0),
+            kinds_intent(IntentOp::Insert, "k2", &kinds_second(), 0),
+            kinds_intent(IntentOp::Insert, "k3", &kinds_third(), 0),
+        ])
+        .await
+        .unwrap();
+    assert!(r.applied, "{r:?}");
+    b.pull().await.unwrap();
+    let rows = check(vec![
+        ("k1", kinds_first(), 1),
+        ("k2", kinds_second(), 1),
+        ("k3", kinds_third(), 1),
+    ])
+    .await;
+    for (id, row, version) in &rows {
+        assert_kinds(&h, &b, id, row, *version).await;
+    }
+    // Updates the other way round: values over NULLs and NULLs over values.
+    let r = a
+        .push(vec![
+            kinds_intent(IntentOp::Update, "k1", &kinds_second(), 1),
+            kinds_intent(IntentOp::Update, "k2", &kinds_first(), 1),
+            kinds_intent(IntentOp::Update, "k3", &kinds_first(), 1),
+        ])
+        .await
+        .unwrap();
+    assert!(r.applied, "{r:?}");
+    b.pull().await.unwrap();
+    let rows = check(vec![
+        ("k1", kinds_second(), 2),
+        ("k2", kinds_first(), 2),
+        ("k3", kinds_first(), 2),
+    ])
+    .await;
+    for (id, row, version) in &rows {
+        assert_kinds(&h, &b, id, row, *version).await;
+    }
+    // A value the column cannot take is the caller's error, named.
+    let e = a
+        .push(vec![intent(
+            "kinds",
+            IntentOp::Update,
+            &[
+                ("id", text("k1")),
+                ("d", val(pb::value::Kind::Date("1999-13-01".into()))),
+            ],
+            2,
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    let e = a
+        .push(vec![intent(
+            "kinds",
+            IntentOp::Update,
+            &[
+                ("id", text("k1")),
+                ("n", val(pb::value::Kind::Numeric("12x".into()))),
+            ],
+            2,
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_copies_of_a_bundle_all_get_its_one_stored_result() {
+    let h = harness().await;
+    let a = Device::new(&h, "dev-alice", "a").await;
+    for round in 0..3u64 {
+        let old = format!("c{round}");
+        h.sql(&format!(
+            "INSERT INTO notes VALUES ('{old}', 'acme', 'before', NULL)"
+        ))
+        .await;
+        let bundle = vec![
+            note("notes", IntentOp::Update, &old, "after", 1),
+            note("notes", IntentOp::Insert, &format!("new{round}"), "new", 0),
+        ];
+        let chunk = pb::PushChunk {
+            client_id: "a".into(),
+            bundle_id: 100 + round,
+            chunk_index: 0,
+            last: true,
+            intents: bundle,
+        };
+        let copies: Vec<_> = (0..6)
+            .map(|_| {
+                let mut c = a.client.clone();
+                let chunk = chunk.clone();
+                tokio::spawn(async move { c.push(tokio_stream::iter(vec![chunk])).await })
+            })
+            .collect();
+        let mut answers = Vec::new();
+        for c in copies {
+            answers.push(c.await.unwrap().unwrap().into_inner());
+        }
+        let first: Vec<_> = answers.iter().filter(|r| !r.replayed).collect();
+        assert_eq!(first.len(), 1, "round {round}: {answers:#?}");
+        let first = first[0].clone();
+        assert!(first.applied && !first.committed.is_empty(), "{first:?}");
+        for r in &answers {
+            assert!(r.applied, "round {round}: {r:?}");
+            assert_eq!(r.committed, first.committed, "round {round}");
+            assert_eq!(r.results, first.results, "round {round}");
+        }
+        // Applied once.
+        assert_eq!(
+            h.query_i64(&format!(
+                "SELECT version FROM arcana_offline.rows WHERE id = '{old}'"
+            ))
+            .await,
+            2
+        );
+        assert_eq!(
+            h.query_i64(&format!(
+                "SELECT count(*) FROM arcana_offline.changes WHERE bundle_id = {}",
+                100 + round
+            ))
+            .await,
+            2
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_pull_after_a_sequence_past_the_int64_range_is_refused() {
+    let h = harness().await;
+    h.sql("INSERT INTO notes VALUES ('n1', 'acme', 'one', NULL)")
+        .await;
+    let a = Device::new(&h, "dev-alice", "a").await;
+    let pull = |sequence: u64| {
+        let mut c = a.client.clone();
+        async move {
+            let mut s = c
+                .pull(pb::PullRequest {
+                    client_id: "a".into(),
+                    after: vec![pb::ScopeSequence {
+                        scope: "workspace:acme".into(),
+                        sequence,
+                    }],
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let mut got = Vec::new();
+            while let Some(m) = s.next().await {
+                got.push(m?);
+            }
+            Ok::<_, tonic::Status>(got)
+        }
+    };
+    for seq in [1u64 << 63, u64::MAX] {
+        let e = pull(seq).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(
+            e.message().contains("workspace:acme") && e.message().contains(&seq.to_string()),
+            "{}",
+            e.message()
+        );
+    }
+    // The highest position that fits is a position like any other.
+    let got = pull(i64::MAX as u64).await.unwrap();
+    let Some(pb::pull_response::Kind::Changes(b)) = &got[0].kind else {
+        panic!("{got:?}")
+    };
+    assert!(b.changes.is_empty(), "{b:?}");
+}
+
+#[tokio::test]
+async fn a_row_moved_between_two_of_ones_buckets_converges_in_any_order() {
+    let h = team_harness().await;
+    h.sql(
+        "INSERT INTO team_members VALUES ('alice', 'acme', 2); \
+         INSERT INTO team_tasks VALUES ('t', 2, 'task'), ('u', 1, 'one'), ('w', 2, 'two')",
+    )
+    .await;
+    let device = |id: &'static str, scopes: &'static [&'static str]| {
+        let h = &h;
+        async move {
+            let mut d = Device::new(h, "dev-alice", id).await;
+            d.pull_only(scopes).await.unwrap();
+            d
+        }
+    };
+    const BOTH: &[&str] = &["team:1", "team:2"];
+    let mut both_12 = device("both-12", BOTH).await;
+    let mut both_21 = device("both-21", BOTH).await;
+    let mut both_once = device("both-once", BOTH).await;
+    let mut source = device("source", &["team:2"]).await;
+    let mut target = device("target", &["team:1"]).await;
+    let mut gains_after = device("gains-after", &["team:2"]).await;
+    let mut gains_before = device("gains-before", &["team:2"]).await;
+    let mut loses_source = device("loses-source", BOTH).await;
+    let mut pusher = device("pusher", BOTH).await;
+    assert_eq!(pusher.version("team_tasks", "t"), 1);
+    // Each device's rows and versions equal the server's rows of `teams`.
+    let check = |d: &Device, teams: &'static str| {
+        let h = &h;
+        let rows: Vec<(String, u64, Option<String>, String)> = d
+            .rows
+            .iter()
+            .filter(|((t, _), _)| t == "team_tasks")
+            .map(|((_, id), r)| {
+                (
+                    id.clone(),
+                    r.version,
+                    text_of(r.values.get("title")),
+                    text_of(r.values.get("team_id")).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let who = d.id.clone();
+        async move {
+            let (c, conn) = tokio_postgres::connect(&h.db_url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let want: Vec<(String, u64, Option<String>, String)> = c
+                .query(
+                    &format!(
+                        "SELECT t.id, r.version, t.title, t.team_id::text FROM team_tasks t \
+                         JOIN arcana_offline.rows r ON r.tbl = 'team_tasks' AND r.id = t.id \
+                         WHERE t.team_id IN ({teams}) ORDER BY t.id"
+                    ),
+                    &[],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get(0), r.get::<_, i64>(1) as u64, r.get(2), r.get(3)))
+                .collect();
+            assert_eq!(rows, want, "device {who} holding teams {teams}");
+        }
+    };
+    for step in ["to team 1", "back to team 2"] {
+        if step == "to team 1" {
+            let r = pusher
+                .push(vec![task(IntentOp::Update, "t", 1, "moved", 1)])
+                .await
+                .unwrap();
+            assert!(r.applied);
+            assert_eq!(r.results[0].version, 3);
+        } else {
+            // A move made by SQL is logged the same way.
+            h.sql("UPDATE team_tasks SET team_id = 2, title = 'back' WHERE id = 't'")
+                .await;
+        }
+        both_12.pull_only(&["team:1"]).await.unwrap();
+        both_12.pull_only(&["team:2"]).await.unwrap();
+        check(&both_12, "1, 2").await;
+        both_21.pull_only(&["team:2"]).await.unwrap();
+        both_21.pull_only(&["team:1"]).await.unwrap();
+        check(&both_21, "1, 2").await;
+        both_once.pull_only(BOTH).await.unwrap();
+        check(&both_once, "1, 2").await;
+        source.pull_only(&["team:2"]).await.unwrap();
+        check(&source, "2").await;
+        target.pull_only(&["team:1"]).await.unwrap();
+        check(&target, "1").await;
+        pusher.pull_only(&["team:2"]).await.unwrap();
+        pusher.pull_only(&["team:1"]).await.unwrap();
+        check(&pusher, "1, 2").await;
+        if step == "to team 1" {
+            // Gaining the target bucket after pulling the source's side of
+            // the move, or before.
+            gains_after.pull_only(&["team:2"]).await.unwrap();
+            check(&gains_after, "2").await;
+            gains_after.pull_only(&["team:1"]).await.unwrap();
+            check(&gains_after, "1, 2").await;
+            gains_before.pull_only(&["team:1"]).await.unwrap();
+            gains_before.pull_only(&["team:2"]).await.unwrap();
+            check(&gains_before, "1, 2").await;
+            // Losing the source bucket before pulling it.
+            loses_source.drop_scope("team:2");
+            loses_source.pull_only(&["team:1"]).await.unwrap();
+            check(&loses_source, "1").await;
+        } else {
+            for d in [&mut gains_after, &mut gains_before] {
+                d.pull_only(BOTH).await.unwrap();
+                check(d, "1, 2").await;
+            }
+            loses_source.pull_only(&["team:1"]).await.unwrap();
+            check(&loses_source, "1").await;
+        }
+        // A new device from 0, both buckets in one pull or one by one.
+        let mut fresh = device("fresh", BOTH).await;
+        check(&fresh, "1, 2").await;
+        fresh = device("fresh-21", &["team:2"]).await;
+        fresh.pull_only(&["team:1"]).await.unwrap();
+        check(&fresh, "1, 2").await;
+        fresh = device("fresh-all", &[]).await;
+        fresh.pull().await.unwrap();
+        check(&fresh, "1, 2, 3").await;
+    }
+    // A real delete is no move: it removes the row wherever it is held.
+    h.sql("DELETE FROM team_tasks WHERE id = 't'").await;
+    for d in [&mut both_12, &mut source, &mut loses_source] {
+        let held: Vec<String> = d.at.keys().cloned().collect();
+        let held: Vec<&str> = held.iter().map(String::as_str).collect();
+        d.pull_only(&held).await.unwrap();
+        assert_eq!(d.version("team_tasks", "t"), 0, "device {}", d.id);
+    }
 }

@@ -114,7 +114,9 @@ pub async fn pull_once(
             .unwrap_or((0, true, String::new()));
         let current = values.get(&(tbl.clone(), id.clone()));
         // A change carries the row as it stands: a row since deleted or
-        // moved out of the scope reads as a delete here.
+        // moved out of the scope reads as a delete here. A moved row is
+        // marked, so a device holding it through its new scope keeps it.
+        let moved_out = !deleted && now_scope != scope;
         let (op, vals) = match current {
             Some(v) if !deleted && now_scope == scope => (
                 if op == 3 {
@@ -136,6 +138,7 @@ pub async fn pull_once(
             version,
             source_client_id: e.get::<_, Option<String>>(5).unwrap_or_default(),
             source_bundle_id: e.get::<_, Option<i64>>(6).unwrap_or(0) as u64,
+            moved_out,
         };
         let len = change.encoded_len();
         if !changes.is_empty() && bytes + len > max_bytes {

@@ -163,6 +163,18 @@ pub async fn push(
         .transaction()
         .await
         .map_err(|e| db_status("starting the push", e))?;
+    // Copies of one bundle on several streams take turns here: a later copy
+    // waits for the first to commit (or roll back) and then finds its stored
+    // result, instead of applying against the rows the first one wrote.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1, $2))",
+        &[&client_id, &(bundle_id as i64)],
+    )
+    .await
+    .map_err(|e| db_status("starting the push", e))?;
+    if let Some(r) = stored(&tx, &client_id, bundle_id, &digest).await? {
+        return Ok(r);
+    }
     super::scopes::enter(o, &tx, id).await?;
     // The caller's scopes as this transaction sees them.
     let mine = super::scopes::scopes_on(o, &tx, id).await?;
@@ -251,8 +263,8 @@ pub async fn push(
 
 /// The stored result of a bundle that already committed, marked replayed;
 /// refused when the replay's intents differ from what committed.
-async fn stored(
-    c: &tokio_postgres::Client,
+async fn stored<C: deadpool_postgres::GenericClient>(
+    c: &C,
     client_id: &str,
     bundle_id: u64,
     digest: &[u8],

@@ -185,6 +185,16 @@ impl offline_service_server::OfflineService for Offline {
                 .collect()
         };
         check_own(&mine, after.keys())?;
+        // The log stores sequences as bigint: a larger position was never
+        // issued, and would otherwise read as a negative one.
+        if let Some((scope, seq)) = after.iter().find(|(_, &s)| i64::try_from(s).is_err()) {
+            return Err(status(
+                Code::InvalidArgument,
+                format!(
+                    "after: sequence {seq} of scope `{scope}` was never issued (sequences stay below 2^63): pull from the `through` of your last batch, or take a Snapshot"
+                ),
+            ));
+        }
         let cfg = &self.inner.cfg;
         let bound = |asked: u32, max: u32| {
             if asked == 0 || asked > max {

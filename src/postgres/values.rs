@@ -187,6 +187,147 @@ fn date_text(pg_days: i32) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// Writes decimal text (`-12.50`, `1e-3`, `NaN`, `Infinity`) in the binary
+/// numeric format: base-10000 digits aligned on the decimal point, keeping
+/// the text's scale (`1.50` stays `1.50`).
+fn put_numeric(text: &str, out: &mut BytesMut) -> Result<(), String> {
+    let bad = || format!("{text:?} is not a decimal number");
+    let t = text.trim();
+    let special = match t.to_ascii_lowercase().as_str() {
+        "nan" => Some(0xC000u16),
+        "infinity" | "+infinity" => Some(0xD000),
+        "-infinity" => Some(0xF000),
+        _ => None,
+    };
+    if let Some(sign) = special {
+        for w in [0u16, 0, sign, 0] {
+            out.put_u16(w);
+        }
+        return Ok(());
+    }
+    let (negative, body) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (mantissa, exp) = match body.find(['e', 'E']) {
+        Some(i) => (&body[..i], body[i + 1..].parse::<i64>().map_err(|_| bad())?),
+        None => (body, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit())
+        || exp.unsigned_abs() > 1 << 20
+    {
+        return Err(bad());
+    }
+    let digits: Vec<u16> = int
+        .bytes()
+        .chain(frac.bytes())
+        .map(|b| u16::from(b - b'0'))
+        .collect();
+    // How many of the digits stand before the decimal point.
+    let point = int.len() as i64 + exp;
+    let dscale = (digits.len() as i64 - point).max(0);
+    // Digit i stands for 10^(point - 1 - i); base-10000 digit g holds the
+    // powers 4g .. 4g + 3.
+    let top = (point - 1).div_euclid(4);
+    let bottom = (point - digits.len() as i64).div_euclid(4);
+    let mut groups = vec![0u16; (top - bottom + 1) as usize];
+    for (i, d) in digits.iter().enumerate() {
+        let p = point - 1 - i as i64;
+        groups[(top - p.div_euclid(4)) as usize] += d * 10u16.pow(p.rem_euclid(4) as u32);
+    }
+    let lead = groups.iter().take_while(|&&g| g == 0).count();
+    let trail = groups[lead..].iter().rev().take_while(|&&g| g == 0).count();
+    let kept = &groups[lead..groups.len() - trail];
+    let weight = if kept.is_empty() {
+        0
+    } else {
+        top - lead as i64
+    };
+    // PostgreSQL's limits: a 14-bit display scale and a 16-bit weight.
+    if dscale > 0x3FFF || i16::try_from(weight).is_err() {
+        return Err(format!("{text:?} is outside the range of numeric"));
+    }
+    out.put_u16(kept.len() as u16);
+    out.put_i16(weight as i16);
+    out.put_u16(if negative && !kept.is_empty() {
+        0x4000
+    } else {
+        0
+    });
+    out.put_u16(dscale as u16);
+    for g in kept {
+        out.put_u16(*g);
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DD` (a leading `-` or a ` BC` suffix for years before 1 AD, as
+/// [`date_text`] and PostgreSQL write them) or `±infinity` to days since
+/// 2000-01-01.
+fn pg_date(text: &str) -> Result<i32, String> {
+    let bad = || format!("{text:?} is not a date like 1999-12-31");
+    let t = text.trim();
+    match t {
+        "infinity" | "+infinity" => return Ok(i32::MAX),
+        "-infinity" => return Ok(i32::MIN),
+        _ => {}
+    }
+    let (t, bc) = match t.strip_suffix(" BC") {
+        Some(rest) => (rest, true),
+        None => (t, false),
+    };
+    let (negative, t) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t),
+    };
+    let mut parts = t.splitn(3, '-');
+    let mut num = |max_len: usize| -> Result<i64, String> {
+        let p = parts.next().filter(|p| {
+            !p.is_empty() && p.len() <= max_len && p.bytes().all(|b| b.is_ascii_digit())
+        });
+        p.and_then(|p| p.parse().ok()).ok_or_else(bad)
+    };
+    let (mut y, m, d) = (num(7)?, num(2)?, num(2)?);
+    if negative {
+        y = -y;
+    }
+    if bc {
+        y = 1 - y;
+    }
+    let leap = y.rem_euclid(4) == 0 && (y.rem_euclid(100) != 0 || y.rem_euclid(400) == 0);
+    let days_in_month = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&m) || d < 1 || d > days_in_month[(m - 1) as usize] {
+        return Err(bad());
+    }
+    // Days from civil (proleptic Gregorian), the inverse of `date_text`.
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let unix_days = era * 146_097 + doe - 719_468;
+    i32::try_from(unix_days - PG_EPOCH_DAYS)
+        .ok()
+        .filter(|&v| v != i32::MAX && v != i32::MIN)
+        .ok_or_else(|| format!("{text:?} is outside PostgreSQL's date range"))
+}
+
 /// A parameter bound to whatever type Postgres inferred for its placeholder.
 #[derive(Debug)]
 pub struct SqlParam<'a>(pub &'a Value);
@@ -300,6 +441,9 @@ impl SqlParam<'_> {
                 out.put_slice(s.as_bytes());
             }
             (Value::Bytes(b), &Type::BYTEA) => out.put_slice(b),
+            (Value::Numeric(s) | Value::String(s), &Type::NUMERIC) => put_numeric(s, out)?,
+            (Value::Int(i), &Type::NUMERIC) => put_numeric(&i.to_string(), out)?,
+            (Value::Date(s) | Value::String(s), &Type::DATE) => out.put_i32(pg_date(s)?),
             (Value::String(s), _) if matches!(ty.kind(), Kind::Enum(_)) => {
                 out.put_slice(s.as_bytes())
             }
@@ -361,6 +505,71 @@ mod tests {
         // 10000 = [1], weight 1, dscale 0
         assert_eq!(numeric_text(&numeric(1, 1, 0, 0, &[1])).unwrap(), "10000");
         assert_eq!(numeric_text(&numeric(0, 0, 0xC000, 0, &[])).unwrap(), "NaN");
+    }
+
+    #[test]
+    fn numerics_encode_to_what_decodes_back() {
+        let enc = |s: &str| {
+            let mut out = BytesMut::new();
+            put_numeric(s, &mut out).map(|()| numeric_text(&out).unwrap())
+        };
+        for s in [
+            "0",
+            "0.00",
+            "1",
+            "-1",
+            "10000",
+            "123456789012.34",
+            "-0.000000000000000000001",
+            "1.50",
+            "99999999.9999",
+            "0.0001",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+        ] {
+            assert_eq!(enc(s).unwrap(), s);
+        }
+        assert_eq!(enc("+.5").unwrap(), "0.5");
+        assert_eq!(enc("1e5").unwrap(), "100000");
+        assert_eq!(enc("12.5E-3").unwrap(), "0.0125");
+        assert_eq!(enc("-0").unwrap(), "0");
+        for bad in [
+            "",
+            ".",
+            "1.2.3",
+            "12x",
+            "1e",
+            "--1",
+            "1e999999999",
+            "1e-20000",
+        ] {
+            assert!(enc(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn dates_encode_to_what_decodes_back() {
+        for days in [0, -1, 59, -10957, 1_000_000, -2_451_545, 2_147_483_000] {
+            assert_eq!(pg_date(&date_text(days)).unwrap(), days, "{days}");
+        }
+        assert_eq!(pg_date("infinity").unwrap(), i32::MAX);
+        assert_eq!(pg_date("-infinity").unwrap(), i32::MIN);
+        assert_eq!(
+            pg_date("0044-03-15 BC").unwrap(),
+            pg_date("-043-03-15").unwrap()
+        );
+        for bad in [
+            "",
+            "1999-13-01",
+            "1999-02-29",
+            "2000-02-30",
+            "1999-1",
+            "99-x-01",
+            "1999-12-31T00",
+        ] {
+            assert!(pg_date(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub async fn offline_client(h: &Harness, token: &str) -> OfflineClient {
 pub struct LocalRow {
     pub version: u64,
     pub values: HashMap<String, pb::Value>,
+    /// The scope the device holds the row through.
+    pub scope: String,
 }
 
 pub struct Device {
@@ -122,11 +124,20 @@ impl Device {
             .collect()
     }
 
-    /// Applies one change if it is not older than what the device holds.
+    /// Applies one change if it is not older than what the device holds; a
+    /// row that moved out of the change's scope is dropped only when the
+    /// local copy is older, or is held through that scope (or none known).
     pub fn apply(&mut self, c: &pb::RowChange) {
         let k = (c.table.clone(), c.id.clone());
-        if self.rows.get(&k).is_some_and(|r| r.version > c.version) {
-            return;
+        if let Some(r) = self.rows.get(&k) {
+            if r.version > c.version {
+                return;
+            }
+            // At the change's version the local copy is the row in its new
+            // scope.
+            if c.moved_out && r.version == c.version && !r.scope.is_empty() && r.scope != c.scope {
+                return;
+            }
         }
         if c.op == pb::IntentOp::Delete as i32 {
             self.rows.remove(&k);
@@ -136,9 +147,44 @@ impl Device {
                 LocalRow {
                     version: c.version,
                     values: c.values.clone(),
+                    scope: c.scope.clone(),
                 },
             );
         }
+    }
+
+    /// Pulls only `scopes` (from where the device stands, 0 for a scope it
+    /// does not hold yet) until caught up.
+    pub async fn pull_only(&mut self, scopes: &[&str]) -> Result<(), Status> {
+        let after = scopes
+            .iter()
+            .map(|s| pb::ScopeSequence {
+                scope: s.to_string(),
+                sequence: self.at.get(*s).copied().unwrap_or(0),
+            })
+            .collect();
+        let mut s = self
+            .client
+            .pull(pb::PullRequest {
+                client_id: self.id.clone(),
+                after,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        while let Some(m) = s.next().await {
+            match m?.kind {
+                Some(pb::pull_response::Kind::Changes(b)) => self.take(&b),
+                other => panic!("pulling {scopes:?}: {other:?}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops holding a scope: forgets its position and its rows.
+    pub fn drop_scope(&mut self, scope: &str) {
+        self.at.remove(scope);
+        self.rows.retain(|_, r| r.scope != scope);
     }
 
     /// Pulls until caught up; returns the snapshot demand, if any.
@@ -193,6 +239,7 @@ impl Device {
                     LocalRow {
                         version: r.version,
                         values: r.values,
+                        scope: r.scope,
                     },
                 );
             }

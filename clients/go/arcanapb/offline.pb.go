@@ -1421,8 +1421,15 @@ type RowChange struct {
 	// recognise its own writes.
 	SourceClientId string `protobuf:"bytes,8,opt,name=source_client_id,json=sourceClientId,proto3" json:"source_client_id,omitempty"`
 	SourceBundleId uint64 `protobuf:"varint,9,opt,name=source_bundle_id,json=sourceBundleId,proto3" json:"source_bundle_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Set on a DELETE whose row was not deleted but moved out of this scope
+	// (its scope column changed) and lives on in another scope, which is not
+	// named. `version` is the row's current version, in its new scope. A
+	// device skips it when its copy is at `version` and held through another
+	// scope (that copy came from the row's new scope); otherwise it applies
+	// it like any delete not older than its copy. See docs/OFFLINE.md.
+	MovedOut      bool `protobuf:"varint,10,opt,name=moved_out,json=movedOut,proto3" json:"moved_out,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *RowChange) Reset() {
@@ -1516,6 +1523,13 @@ func (x *RowChange) GetSourceBundleId() uint64 {
 		return x.SourceBundleId
 	}
 	return 0
+}
+
+func (x *RowChange) GetMovedOut() bool {
+	if x != nil {
+		return x.MovedOut
+	}
+	return false
 }
 
 type SnapshotRequired struct {
@@ -1815,7 +1829,7 @@ const file_arcana_v1_offline_proto_rawDesc = "" +
 	"\vChangeBatch\x12.\n" +
 	"\achanges\x18\x01 \x03(\v2\x14.arcana.v1.RowChangeR\achanges\x122\n" +
 	"\athrough\x18\x02 \x03(\v2\x18.arcana.v1.ScopeSequenceR\athrough\x12\x19\n" +
-	"\bhas_more\x18\x03 \x01(\bR\ahasMore\"\xfd\x02\n" +
+	"\bhas_more\x18\x03 \x01(\bR\ahasMore\"\x9a\x03\n" +
 	"\tRowChange\x12\x14\n" +
 	"\x05scope\x18\x01 \x01(\tR\x05scope\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x12\x14\n" +
@@ -1825,7 +1839,9 @@ const file_arcana_v1_offline_proto_rawDesc = "" +
 	"\x06values\x18\x06 \x03(\v2 .arcana.v1.RowChange.ValuesEntryR\x06values\x12\x18\n" +
 	"\aversion\x18\a \x01(\x04R\aversion\x12(\n" +
 	"\x10source_client_id\x18\b \x01(\tR\x0esourceClientId\x12(\n" +
-	"\x10source_bundle_id\x18\t \x01(\x04R\x0esourceBundleId\x1aK\n" +
+	"\x10source_bundle_id\x18\t \x01(\x04R\x0esourceBundleId\x12\x1b\n" +
+	"\tmoved_out\x18\n" +
+	" \x01(\bR\bmovedOut\x1aK\n" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12&\n" +
 	"\x05value\x18\x02 \x01(\v2\x10.arcana.v1.ValueR\x05value:\x028\x01\"g\n" +

@@ -520,6 +520,12 @@ func (l *localState) pulled(cb *pb.ChangeBatch) *Batch {
 			latest[ref] = cur
 			continue
 		}
+		// A row that moved to another scope: at this version the copy held
+		// through that scope is the row itself, and stays.
+		if ch.GetMovedOut() && cur != nil && cur.Version == ch.GetVersion() && cur.Scope != "" && cur.Scope != ch.GetScope() {
+			latest[ref] = cur
+			continue
+		}
 		if ch.GetOp() == pb.IntentOp_INTENT_OP_DELETE {
 			latest[ref] = nil
 		} else {

@@ -242,3 +242,47 @@ func TestOneWritePerRowInABundle(t *testing.T) {
 		t.Fatalf("sealed %+v, want writes 1 and 2", entries)
 	}
 }
+
+// A row moved between two scopes the device holds stays, whichever scope's
+// side of the move is pulled first; a device holding only the scope it left
+// drops it.
+func TestRowMovedBetweenHeldScopesStaysInAnyOrder(t *testing.T) {
+	moved := map[string]*pb.Value{"id": i64(1), "body": str("moved")}
+	insert := &pb.RowChange{Scope: "team:1", Sequence: 4, Table: "notes", Id: "1", Op: pb.IntentOp_INTENT_OP_INSERT, Version: 3, Values: moved}
+	leave := &pb.RowChange{Scope: "team:2", Sequence: 9, Table: "notes", Id: "1", Op: pb.IntentOp_INTENT_OP_DELETE, Version: 3, MovedOut: true}
+	held := func(scope string) *localState {
+		l := newLocalState(&StoredState{Meta: map[string]string{}})
+		l.apply(&Batch{SetTables: true, Tables: []*pb.SyncTableSpec{notes}})
+		if scope != "-" {
+			l.apply(&Batch{PutRows: []*StoredRow{{Table: "notes", ID: "1", Scope: scope, Version: 1, Values: map[string]*pb.Value{"id": i64(1), "body": str("a")}}}})
+		}
+		return l
+	}
+	for name, c := range map[string]struct {
+		held    string
+		batches [][]*pb.RowChange
+		want    bool
+	}{
+		"target first, one batch":      {"team:2", [][]*pb.RowChange{{insert, leave}}, true},
+		"source first, one batch":      {"team:2", [][]*pb.RowChange{{leave, insert}}, true},
+		"target first, two batches":    {"team:2", [][]*pb.RowChange{{insert}, {leave}}, true},
+		"source first, two batches":    {"team:2", [][]*pb.RowChange{{leave}, {insert}}, true},
+		"only the source":              {"team:2", [][]*pb.RowChange{{leave}}, false},
+		"only the target":              {"-", [][]*pb.RowChange{{insert}}, true},
+		"fresh, both":                  {"-", [][]*pb.RowChange{{insert}, {leave}}, true},
+		"inserted here, not pulled":    {"", [][]*pb.RowChange{{leave}}, false},
+		"a real delete at the version": {"team:1", [][]*pb.RowChange{{insert}, {{Scope: "team:1", Sequence: 5, Table: "notes", Id: "1", Op: pb.IntentOp_INTENT_OP_DELETE, Version: 3}}}, false},
+	} {
+		l := held(c.held)
+		for _, b := range c.batches {
+			l.apply(l.pulled(&pb.ChangeBatch{Changes: b}))
+		}
+		v := l.visible("notes", "1")
+		if got := v != nil; got != c.want {
+			t.Fatalf("%s: row held = %v, want %v", name, got, c.want)
+		}
+		if c.want && v["body"].GetString_() != "moved" {
+			t.Fatalf("%s: row = %v", name, v)
+		}
+	}
+}

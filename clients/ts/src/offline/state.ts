@@ -340,6 +340,9 @@ export class LocalState {
       const k = rkey(ch.table, ch.id);
       const cur = latest.has(k) ? latest.get(k) : this.serverRow(ch.table, ch.id);
       if (cur && cur.version > ch.version) continue;
+      // A row that moved to another scope: at this version the copy held
+      // through that scope is the row itself, and stays.
+      if (ch.movedOut && cur && cur.version === ch.version && cur.scope !== "" && cur.scope !== ch.scope) continue;
       if (ch.op === IntentOp.DELETE) latest.set(k, undefined);
       else latest.set(k, { table: ch.table, id: ch.id, scope: ch.scope, version: ch.version, values: ch.values });
     }

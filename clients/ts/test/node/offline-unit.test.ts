@@ -194,4 +194,34 @@ describe("offline store, locally", () => {
     assert.equal(s.scopes().get("w1"), 8n);
     assert.equal(s.visibleRows("notes").length, 2);
   });
+
+  it("keeps a row moved between two held scopes whichever side of the move is pulled first", async () => {
+    const moved = { id: val.int(1), body: val.string("moved") };
+    const insert = { scope: "team:1", sequence: 4n, table: "notes", id: "1", op: IntentOp.INSERT, version: 3n, values: moved };
+    const leave = { scope: "team:2", sequence: 9n, table: "notes", id: "1", op: IntentOp.DELETE, version: 3n, movedOut: true };
+    const realDelete = { scope: "team:1", sequence: 5n, table: "notes", id: "1", op: IntentOp.DELETE, version: 3n };
+    type Change = typeof insert | typeof leave | typeof realDelete;
+    const cases: [string, string | undefined, Change[][], boolean][] = [
+      ["target first, one batch", "team:2", [[insert, leave]], true],
+      ["source first, one batch", "team:2", [[leave, insert]], true],
+      ["target first, two batches", "team:2", [[insert], [leave]], true],
+      ["source first, two batches", "team:2", [[leave], [insert]], true],
+      ["only the source", "team:2", [[leave]], false],
+      ["only the target", undefined, [[insert]], true],
+      ["fresh, both", undefined, [[insert], [leave]], true],
+      ["inserted here, not pulled", "", [[leave]], false],
+      ["a real delete at the version", "team:1", [[insert], [realDelete]], false],
+    ];
+    for (const [name, held, batches, want] of cases) {
+      const s = new LocalState(await new MemoryStorage().load());
+      s.apply({ tables: [notes] });
+      if (held !== undefined) {
+        s.apply({ putRows: [{ table: "notes", id: "1", scope: held, version: 1n, values: { id: val.int(1), body: val.string("a") } }] });
+      }
+      for (const changes of batches) s.apply(s.pulled(create(ChangeBatchSchema, { changes })));
+      const row = s.visible("notes", "1");
+      assert.equal(row !== undefined, want, name);
+      if (want) assert.equal(row!.body!.kind.value, "moved", name);
+    }
+  });
 });

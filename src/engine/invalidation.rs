@@ -204,12 +204,16 @@ pub(crate) fn refresh(inner: &Arc<Inner>, view: Arc<View>) {
 /// Views whose evaluation is running, per graph. An evaluation that read
 /// the database before a patchable change became visible may bring in the
 /// changed row with its old values; such views get the patch too, applied
-/// after their evaluation.
+/// after their evaluation. A window evaluating now may read past the reach
+/// of its last evaluation, so changes reach it whatever their order keys.
+/// A view can be marked by several holders at once (a round, and a
+/// subscribe waiting for its first result), so each mark is counted: one
+/// holder letting go must not unmark a view another still evaluates.
 #[derive(Default)]
 pub(crate) struct InFlight(Mutex<ByGraph>);
 
-/// Graph -> (view address -> view).
-type ByGraph = HashMap<Arc<str>, HashMap<usize, Arc<View>>>;
+/// Graph -> (view address -> (view, marks)).
+type ByGraph = HashMap<Arc<str>, HashMap<usize, (Arc<View>, usize)>>;
 
 impl InFlight {
     fn lock(&self) -> std::sync::MutexGuard<'_, ByGraph> {
@@ -222,14 +226,22 @@ impl InFlight {
         self.lock()
             .entry(view.key.graph.clone())
             .or_default()
-            .insert(Arc::as_ptr(view) as usize, view.clone());
+            .entry(Arc::as_ptr(view) as usize)
+            .or_insert_with(|| (view.clone(), 0))
+            .1 += 1;
         Evaluating { set: self, view }
     }
 
     fn leave(&self, view: &Arc<View>) {
         let mut map = self.lock();
         if let Some(views) = map.get_mut(&view.key.graph) {
-            views.remove(&(Arc::as_ptr(view) as usize));
+            let at = Arc::as_ptr(view) as usize;
+            if let Some(entry) = views.get_mut(&at) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    views.remove(&at);
+                }
+            }
             if views.is_empty() {
                 map.remove(&view.key.graph);
             }
@@ -240,7 +252,7 @@ impl InFlight {
     pub(crate) fn of(&self, graph: &str) -> Vec<Arc<View>> {
         self.lock()
             .get(graph)
-            .map(|v| v.values().cloned().collect())
+            .map(|v| v.values().map(|(view, _)| view.clone()).collect())
             .unwrap_or_default()
     }
 }
@@ -440,4 +452,58 @@ fn retry_later(inner: &Arc<Inner>, view: &Arc<View>, failures: u32) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::identity::Scope;
+    use crate::engine::params::Params;
+    use crate::engine::registry::GraphDef;
+    use crate::engine::result::GraphResult;
+    use crate::engine::view::ViewKey;
+
+    fn view(graph: &str) -> Arc<View> {
+        let g = GraphDef::new(graph, |_s: Scope, _p: Params| async {
+            Ok(GraphResult::new())
+        });
+        let key = ViewKey {
+            graph: graph.into(),
+            params: String::new(),
+            scope: Scope {
+                workspace_id: "w".into(),
+                user_id: None,
+                role: None,
+            },
+        };
+        View::new(key, Arc::new(g), Params::default())
+    }
+
+    #[test]
+    fn a_view_stays_in_flight_until_every_holder_lets_go() {
+        let set = InFlight::default();
+        let v = view("g");
+        let round = set.enter(&v);
+        let subscribe = set.enter(&v);
+        assert_eq!(set.of("g").len(), 1, "one view, however many holders");
+        drop(subscribe);
+        assert_eq!(
+            set.of("g").len(),
+            1,
+            "the round still evaluates it after the subscribe let go"
+        );
+        drop(round);
+        assert!(set.of("g").is_empty());
+    }
+
+    #[test]
+    fn views_in_flight_are_told_apart_by_graph() {
+        let set = InFlight::default();
+        let (a, b) = (view("a"), view("b"));
+        let _a = set.enter(&a);
+        let _b = set.enter(&b);
+        assert!(Arc::ptr_eq(&set.of("a")[0], &a));
+        assert!(Arc::ptr_eq(&set.of("b")[0], &b));
+        assert!(set.of("c").is_empty());
+    }
 }

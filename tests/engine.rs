@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
+
 use arcana::engine::{
     Change, Engine, EngineConfig, Fields, GraphDef, GraphResult, Identity, Outbound, Params, Ref,
     Registry, Scope, TableDep, Value,
@@ -99,7 +101,9 @@ async fn a_slow_view_does_not_hold_up_the_others() {
     assert_eq!(slow_calls.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test]
+// One thread: the test runs only while the engine waits, never halfway
+// through handling a batch.
+#[tokio::test(flavor = "current_thread")]
 async fn a_patch_reaches_a_view_whose_evaluation_read_the_old_row() {
     use std::collections::{BTreeMap, BTreeSet};
     use std::sync::Mutex;
@@ -140,6 +144,7 @@ async fn a_patch_reaches_a_view_whose_evaluation_read_the_old_row() {
 
     // Row 2 joins the view; the evaluation reads it, then stalls.
     db.lock().unwrap().0 = true;
+    let batches = engine.stats().batches;
     let e = engine.clone();
     let joined = tokio::spawn(async move { e.notify(vec![Change::table("t")]).await });
     while calls.load(Ordering::SeqCst) < 2 {
@@ -153,16 +158,20 @@ async fn a_patch_reaches_a_view_whose_evaluation_read_the_old_row() {
     patch.values = Some(values);
     let e = engine.clone();
     let patched = tokio::spawn(async move { e.notify(vec![patch]).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The patch must reach the view while its evaluation is stalled. The
+    // engine counts, routes and schedules a batch in one step, so once the
+    // patch's batch is counted it waits on the view.
+    while engine.stats().batches < batches + 2 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     gate.add_permits(100);
     joined.await.unwrap().unwrap();
     patched.await.unwrap().unwrap();
 
-    // Replay the session's frames: row 2 must show the new title.
+    // Replay the session's frames: row 2 must show the new title. Both
+    // notifies returned, so every frame they caused is queued already.
     let mut title = None;
-    while let Ok(Some(item)) =
-        tokio::time::timeout(Duration::from_millis(200), session.next()).await
-    {
+    while let Some(Some(item)) = session.next().now_or_never() {
         let Outbound::Frame(f, _) = item else {
             continue;
         };

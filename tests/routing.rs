@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use arcana::engine::{Change, RowKey, Value};
 use arcana::proto as pb;
@@ -200,8 +199,8 @@ async fn a_task_moving_between_projects(identity_full: bool) {
         l.view(&p2).rows[&RowKey::new("tasks", "1")].get("title"),
         Some(&Value::String("moved".into()))
     );
-    // A stray evaluation would have happened by now.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every evaluation the move caused has run once the slot confirms it.
+    h.wal_applied().await;
     if identity_full {
         assert_eq!(p3_evals(), e3, "project 3 was never involved");
     } else {
@@ -270,7 +269,9 @@ async fn one_workspaces_writes_never_evaluate_another_workspaces_views() {
         })
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The mutation's write also comes back through the WAL: wait until
+    // every evaluation the writes caused has run.
+    h.wal_applied().await;
     assert!(acme_evals() >= a0 + 3, "acme's view followed every write");
     assert_eq!(globex_evals(), g0, "globex's view was never evaluated");
 

@@ -408,11 +408,27 @@ async fn sighup_reloads_the_certificate() {
         reload_interval_ms: 0,
     };
     let h = Harness::with(move |c| c.server.tls = Some(tls)).await;
+    // The same files, polled every 100 ms.
+    let poller = tls_server(&cert, &key, None).await;
     describe_over_tls(&h, &first.pem, None).await.unwrap();
+    describe_over_tls(&poller, &first.pem, None).await.unwrap();
     let (c2, k2) = leaf(&second, &["localhost"]);
     std::fs::write(&key, k2).unwrap();
     std::fs::write(&cert, c2).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Once the poller serves the new certificate, the rewrite was complete
+    // and visible to a server that looks: the one that does not look still
+    // serves the old one.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while describe_over_tls(&poller, &second.pem, None).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the polling server did not pick up the new certificate"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    describe_over_tls(&h, &first.pem, None)
+        .await
+        .expect("without polling, the old certificate is served until the signal");
     assert!(
         describe_over_tls(&h, &second.pem, None).await.is_err(),
         "without polling, nothing reloads before the signal"

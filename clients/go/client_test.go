@@ -632,10 +632,7 @@ func TestStreamEqualsFreshSnapshot(t *testing.T) {
 // A service token and Notify: a direct database write, then Notify, reaches
 // a service's subscription, and the old title comes back the same way.
 func TestNotifyFromService(t *testing.T) {
-	psql, err := exec.LookPath("psql")
-	if err != nil || postgresURL == "" {
-		t.Skip("psql or the demo database URL is not available")
-	}
+	psql := psqlPath(t)
 	svc := dial(t, "dev-service")
 	ctx := ctxT(t, 30*time.Second)
 	v, err := svc.Subscribe(ctx, "project_tasks", arcana.Params{"project_id": 2})

@@ -12,9 +12,6 @@ import (
 // The service-to-service example runs against the server: it prints the
 // project's summary, then a new line when another client writes.
 func TestReportingExample(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the example")
-	}
 	bin := filepath.Join(t.TempDir(), "reporting")
 	if out, err := exec.Command("go", "build", "-o", bin, "./examples/reporting").CombinedOutput(); err != nil {
 		t.Fatalf("building the example: %v\n%s", err, out)

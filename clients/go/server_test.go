@@ -55,6 +55,18 @@ func runWithServer(m *testing.M) int {
 	return code
 }
 
+// psqlPath is psql's path, for tests that write to the demo database
+// directly; a machine without it fails them (clients/go/test.sh puts
+// PostgreSQL's binaries on PATH).
+func psqlPath(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("psql")
+	if err != nil {
+		t.Fatalf("psql is needed to write to the demo database: %v", err)
+	}
+	return p
+}
+
 func serverBin() string {
 	if bin := os.Getenv("ARCANA_BIN"); bin != "" {
 		return bin
@@ -84,6 +96,7 @@ func startServer(bin, addr string) (*demoServer, error) {
 	var once sync.Once
 	var logMu sync.Mutex
 	var serverLog strings.Builder
+	serving := false
 	pgRe := regexp.MustCompile(`PostgreSQL is up at (postgres://\S+)`)
 	scan := func(r io.Reader) {
 		sc := bufio.NewScanner(r)
@@ -94,10 +107,15 @@ func startServer(bin, addr string) (*demoServer, error) {
 			if m := pgRe.FindStringSubmatch(line); m != nil {
 				srv.postgresURL = m[1]
 			}
-			logMu.Unlock()
 			if strings.Contains(line, "Arcana demo serving on") {
+				serving = true
+			}
+			// Both lines, which come on different streams: tests that
+			// write to the database need its URL.
+			if serving && srv.postgresURL != "" {
 				once.Do(func() { close(ready) })
 			}
+			logMu.Unlock()
 		}
 	}
 	go scan(stdout)

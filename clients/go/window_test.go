@@ -32,10 +32,7 @@ var (
 // rows, so ties are broken by id) and reads back their order.
 func seedBig(t *testing.T) {
 	t.Helper()
-	psql, err := exec.LookPath("psql")
-	if err != nil || postgresURL == "" {
-		t.Skip("psql or the demo database URL is not available")
-	}
+	psql := psqlPath(t)
 	seedOnce.Do(func() {
 		sql := fmt.Sprintf(`INSERT INTO projects (id, workspace_id, name, owner_id) VALUES (%[1]d, 'acme', 'Big list', 'alice');
 INSERT INTO tasks (workspace_id, project_id, title, position)
@@ -325,7 +322,7 @@ func TestAWindowMovedInPlaceDoesNotKeepOthersFromTheWindowItLeft(t *testing.T) {
 
 func TestASnapshotInPartsIsAppliedWholeOnce(t *testing.T) {
 	seedBig(t)
-	psql, _ := exec.LookPath("psql")
+	psql := psqlPath(t)
 	// 5000 tasks with 200-character titles: more than the server's 1 MiB part.
 	sql := `INSERT INTO projects (id, workspace_id, name, owner_id) VALUES (201, 'acme', 'Wide', 'alice');
 INSERT INTO tasks (workspace_id, project_id, title, position)

@@ -39,18 +39,38 @@ rm -rf dist dist-test
 npx tsc -p tsconfig.json
 npx tsc -p tsconfig.test.json
 
+# Runs node's test runner on the given files. Fails when a test failed, was
+# skipped or left as todo (neither proves anything), or when none ran.
+node_tests() {
+  local tap rc=0
+  tap="$(mktemp)"
+  node --test --test-reporter=spec --test-reporter-destination=stdout \
+    --test-reporter=tap --test-reporter-destination="$tap" "$@" || rc=1
+  if grep -Eq '^# (skipped|todo) [1-9]' "$tap"; then
+    echo "tests were skipped or left as todo:" >&2
+    grep -E '# (SKIP|TODO)' "$tap" >&2 || true
+    rc=1
+  fi
+  if ! grep -Eq '^# tests [1-9]' "$tap"; then
+    echo "no tests ran: $*" >&2
+    rc=1
+  fi
+  rm -f "$tap"
+  return "$rc"
+}
+
 status=0
 step "web client size (minified + gzipped, with dependencies)"
 node scripts/size.mjs || status=1
 
 step "Node tests"
-node --test --test-concurrency=1 dist-test/test/node/*.test.js || status=1
+node_tests --test-concurrency=1 dist-test/test/node/*.test.js || status=1
 
 step "package install test"
-node --test dist-test/test/package/*.test.js || status=1
+node_tests dist-test/test/package/*.test.js || status=1
 
 step "browser test (headless Chromium)"
-node --test --test-concurrency=1 dist-test/test/browser/*.test.js || status=1
+node_tests --test-concurrency=1 dist-test/test/browser/*.test.js || status=1
 
 if [ "$status" = 0 ]; then
   echo "screenshot: $HERE/artifacts/browser.png"

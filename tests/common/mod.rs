@@ -190,6 +190,34 @@ impl Harness {
         c.query_one(q, &[]).await.unwrap().get(0)
     }
 
+    /// Waits until the WAL listener has applied everything written so far.
+    /// Its slot confirms a position only once every batch up to there is
+    /// done, i.e. every view those batches touched finished evaluating: a
+    /// check that something was not evaluated can then not pass by being
+    /// early.
+    pub async fn wal_applied(&self) {
+        let written = self
+            .query_i64("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+            .await;
+        let confirmed = format!(
+            "SELECT COALESCE((confirmed_flush_lsn - '0/0'::pg_lsn)::bigint, 0) \
+             FROM pg_replication_slots WHERE slot_name = '{}'",
+            self.config.changes.slot
+        );
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let at = self.query_i64(&confirmed).await;
+            if at >= written {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the WAL slot confirmed {at}, the writes ended at {written}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Tells the engine about changes, as a trusted service would.
     pub async fn notify(&self, table: &str, id: &str, columns: &[&str]) {
         let mut c = self.client("dev-service").await;

@@ -99,12 +99,12 @@ var (
 	srvOnce sync.Once
 )
 
-// server starts the servers once (a test fails when the binary is missing,
-// and skips without psql).
+// server starts the servers once (a test fails when the binary or psql,
+// which creates the test tables, is missing).
 func server(t *testing.T) *offlineServer {
 	t.Helper()
 	if _, err := exec.LookPath("psql"); err != nil {
-		t.Skip("psql is not available: the test table is created with it")
+		t.Fatalf("psql is needed to create the test tables: %v", err)
 	}
 	srvOnce.Do(func() { srv, srvErr = startOffline() })
 	if srvErr != nil {
@@ -151,6 +151,7 @@ func startOffline() (*offlineServer, error) {
 	var once sync.Once
 	pgRe := regexp.MustCompile(`PostgreSQL is up at (postgres://\S+)`)
 	var pgMu sync.Mutex
+	serving := false
 	scan := func(r io.Reader) {
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
@@ -159,10 +160,14 @@ func startOffline() (*offlineServer, error) {
 			if m := pgRe.FindStringSubmatch(line); m != nil {
 				s.pgURL = m[1]
 			}
-			pgMu.Unlock()
 			if strings.Contains(line, "Arcana demo serving on") {
+				serving = true
+			}
+			// The URL comes on the other stream: wait for both.
+			if serving && s.pgURL != "" {
 				once.Do(func() { close(ready) })
 			}
+			pgMu.Unlock()
 		}
 	}
 	go scan(out)

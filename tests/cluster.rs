@@ -1141,7 +1141,7 @@ async fn with_view_owners_a_killed_owners_view_goes_on_from_its_checkpoint_and_k
     // Only node 0 has the view.
     let (mut l, view_id) = subscribe(&c.nodes[0]).await;
     // Its first checkpoint is written within a third of the lease TTL.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    wait_for_a_checkpoint(&c).await;
     for i in 0..3 {
         c.sql(&format!(
             "UPDATE tasks SET title = 'Crash {i}' WHERE id = 3"
@@ -1564,6 +1564,27 @@ async fn a_follower_learns_of_a_new_life_its_view_began_on_another_node() {
     // A subscriber there makes it own the view again, in a new life.
     subs.push(subscribe(&c.nodes[owner]).await);
     converge(&c, &mut subs).await;
+}
+
+/// Waits until the checkpoint bucket holds a checkpoint.
+async fn wait_for_a_checkpoint(c: &Cluster) {
+    use futures_util::StreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(c.nats.url()).await.unwrap());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(store) = js.get_object_store("ARCANA_VIEWS").await {
+            if let Ok(mut list) = store.list().await {
+                if list.next().await.is_some_and(|o| o.is_ok()) {
+                    return;
+                }
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no checkpoint was written"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The key of the only view lease in the lease bucket.

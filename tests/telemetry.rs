@@ -389,11 +389,18 @@ async fn the_config_endpoint_exports_and_none_exports_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_collector_is_logged_once_and_requests_go_on() {
-    // A port nobody listens on.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A collector that hangs up on every connection, counting them: each
+    // is an export attempt that fails.
+    let refusing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = refusing.local_addr().unwrap();
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = attempts.clone();
+    let hangup = tokio::spawn(async move {
+        while let Ok((conn, _)) = refusing.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(conn);
+        }
+    });
     let server = Server::start(
         &format!(
             "[telemetry]\notlp_endpoint = \"http://{dead}\"\nbatch_delay_ms = 50\nexport_timeout_ms = 500\n"
@@ -405,17 +412,25 @@ async fn an_unreachable_collector_is_logged_once_and_requests_go_on() {
         .await
         .unwrap();
     live.subscribe("project_tasks", project(1)).await.unwrap();
-    // Several export rounds, each failing.
-    for i in 0..5 {
+    // Requests go on while export rounds fail, until several have failed.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut i = 0;
+    while attempts.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the exporter never tried the collector three times"
+        );
+        i += 1;
         live.mutate(
             "create_task",
             params(&[("project_id", int(1)), ("title", text(&format!("t{i}")))]),
         )
         .await
         .unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let logs = server.stop().await;
+    hangup.abort();
     let warnings = logs
         .lines()
         .filter(|l| l.contains("exporting traces failed"))

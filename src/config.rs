@@ -120,7 +120,8 @@ pub struct ClusterConfig {
     /// term (a new owner's versions start a term no other node used).
     pub terms_bucket: String,
     /// The terms bucket's size limit in bytes: one small key per view ever
-    /// owned. Past it a takeover starts a new epoch instead of a term.
+    /// taken over. When it is full claims fail: a view resumed from a
+    /// checkpoint starts a new epoch, a follower retries at its next check.
     pub terms_max_bytes: i64,
     /// How long a node waits for a view's owner before failing a
     /// subscribe, in milliseconds (added to `lease_ttl_ms`, so a dead

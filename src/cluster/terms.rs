@@ -13,8 +13,8 @@
 //!
 //! The counters never expire (a view's epoch can go on as long as some node
 //! holds a copy of it); the bucket is bounded by `cluster.terms_max_bytes`
-//! and refuses new keys past it, which only makes a takeover fall back to a
-//! new epoch.
+//! and refuses claims once full: a view resumed from a checkpoint then
+//! starts a new epoch, and a follower retries at its next check.
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
 use async_nats::jetstream::stream;

@@ -246,7 +246,7 @@ pub fn hot_statement_on(r: &mut Rng, account: i64) -> String {
 
 /// Runs random transactions until `until` (hot-row ones when `hot`).
 pub async fn hot_writer(url: String, r: Rng, until: Instant, stats: Arc<Stats>) {
-    writer(url, r, until, stats, |r| hot_transaction(r), 0).await
+    writer(url, r, until, stats, hot_transaction, 0).await
 }
 
 /// Runs random transactions until `until`.

@@ -264,7 +264,7 @@ impl App {
             cors_origins: config.server.cors_origins.clone(),
             max_batch_bytes: config.server.max_batch_bytes,
             snapshot_part_bytes: config.server.snapshot_part_bytes,
-            limits: config.server.limits(),
+            limits: config.server.limits()?,
             health: Some(health),
             tls: config.server.tls.clone(),
             offline,

@@ -12,7 +12,7 @@ use super::scopes::{check_own, scopes_of};
 use super::snapshot::Cursor;
 use super::{check_client, db_status, Offline, PROTOCOL_VERSION};
 use crate::engine::Identity;
-use crate::grpc::auth::identify;
+use crate::grpc::auth::identify_call;
 use crate::grpc::status::status;
 use crate::proto as pb;
 
@@ -27,7 +27,7 @@ const MAX_CLIENT_ID: usize = 128;
 
 impl Offline {
     async fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
-        Ok(identify(&*self.inner.auth, req.metadata()).await?.identity)
+        Ok(identify_call(&*self.inner.auth, req).await?.identity)
     }
 }
 

@@ -65,6 +65,8 @@ struct Inner {
     commits: broadcast::Sender<Arc<str>>,
     /// Open follow streams per client id.
     follows: Mutex<HashMap<String, usize>>,
+    /// Open snapshots per client id and per identity.
+    snapshots: Mutex<snapshot::Counts>,
 }
 
 impl Offline {
@@ -98,6 +100,7 @@ impl Offline {
                 ctx,
                 commits,
                 follows: Mutex::new(HashMap::new()),
+                snapshots: Mutex::new(snapshot::Counts::default()),
             }),
         };
         let listener =

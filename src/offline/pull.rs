@@ -18,6 +18,7 @@ use crate::proto::{self as pb, pull_response::Kind, IntentOp};
 /// One read of the log: a batch, or the news that a scope must snapshot.
 pub async fn pull_once(
     o: &Offline,
+    who: &Identity,
     after: &BTreeMap<String, u64>,
     max_rows: usize,
     max_bytes: usize,
@@ -30,6 +31,8 @@ pub async fn pull_once(
         .start()
         .await
         .map_err(|e| db_status("starting the pull", e))?;
+    // As the caller: row-level security, statement_timeout, eval_role.
+    super::scopes::enter(o, &tx, who).await?;
     let failed = |e| db_status("reading the change log", e);
     let scopes: Vec<&String> = after.keys().collect();
     let positions: Vec<i64> = after.values().map(|&s| s as i64).collect();
@@ -227,13 +230,13 @@ pub async fn run(
         let r = if !first && sql_buckets {
             match scopes_of(&o, &who).await {
                 Ok(mine) => match check_own(&mine, after.keys()) {
-                    Ok(()) => pull_once(&o, &after, max_rows, max_bytes).await,
+                    Ok(()) => pull_once(&o, &who, &after, max_rows, max_bytes).await,
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
             }
         } else {
-            pull_once(&o, &after, max_rows, max_bytes).await
+            pull_once(&o, &who, &after, max_rows, max_bytes).await
         };
         let (more, stop) = match &r {
             Err(_) => (false, true),

@@ -244,8 +244,16 @@ impl offline_service_server::OfflineService for Offline {
             None => r.scopes.clone(),
         };
         check_own(&mine, scopes.iter())?;
+        let slot = super::snapshot::Slot::take(self, &id, &r.client_id)?;
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(super::snapshot::run(self.clone(), scopes, cursor, tx));
+        tokio::spawn(super::snapshot::run(
+            self.clone(),
+            id,
+            scopes,
+            cursor,
+            slot,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

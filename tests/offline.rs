@@ -2175,3 +2175,88 @@ async fn pull_and_snapshot_apply_row_level_security() {
         "pull"
     );
 }
+
+/// RegisterClient bounds its strings and the client ids of one user, and
+/// follow streams are counted per user as well as per client id.
+#[tokio::test]
+async fn registrations_and_follows_are_capped_per_identity() {
+    let h = harness_with(|c| {
+        c.offline.max_clients_per_identity = 3;
+        c.offline.max_follows_per_identity = 3;
+    })
+    .await;
+    let mut c = offline_client(&h, "dev-alice").await;
+    let reg = |id: &str, platform: &str, app_version: &str| pb::RegisterClientRequest {
+        client_id: id.into(),
+        platform: platform.into(),
+        app_version: app_version.into(),
+    };
+    let long = "p".repeat(65);
+    for r in [
+        reg("d0", &long, "1.0.0"),
+        reg("d0", "ios", &format!("1.0.0-{long}")),
+    ] {
+        let e = c.register_client(r).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains("64 characters"), "{}", e.message());
+    }
+    let mut devices = Vec::new();
+    for id in ["d1", "d2", "d3"] {
+        devices.push(Device::new(&h, "dev-alice", id).await);
+    }
+    let e = c
+        .register_client(reg("d4", "ios", "1.0.0"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(
+        e.message().contains("offline.max_clients_per_identity"),
+        "{}",
+        e.message()
+    );
+    // Registering a held id again is fine, and another user is not affected.
+    c.register_client(reg("d1", "ios", "1.0.1")).await.unwrap();
+    Device::new(&h, "dev-bob", "b1").await;
+    assert_eq!(
+        h.query_i64("SELECT count(*) FROM arcana_offline.clients WHERE user_id = 'alice'")
+            .await,
+        3
+    );
+    // Follows: two on d1 (its own limit), one on d2, then the user's limit.
+    let follow = |d: &mut Device| {
+        let mut client = d.client.clone();
+        let req = pb::PullRequest {
+            client_id: d.id.clone(),
+            follow: true,
+            ..Default::default()
+        };
+        async move { client.pull(req).await.map(|r| r.into_inner()) }
+    };
+    let mut open = Vec::new();
+    open.push(follow(&mut devices[0]).await.unwrap());
+    open.push(follow(&mut devices[0]).await.unwrap());
+    open.push(follow(&mut devices[1]).await.unwrap());
+    let e = follow(&mut devices[2]).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(
+        e.message().contains("offline.max_follows_per_identity"),
+        "{}",
+        e.message()
+    );
+    // Closing one frees the user's slot.
+    open.pop();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match follow(&mut devices[2]).await {
+            Ok(s) => {
+                open.push(s);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted);
+                assert!(std::time::Instant::now() < deadline, "slot never freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -53,6 +53,10 @@ pub struct OfflineConfig {
     pub max_snapshots_per_client: usize,
     /// Most open snapshots of one identity (user and workspace).
     pub max_snapshots_per_identity: usize,
+    /// Most active registered client ids of one identity.
+    pub max_clients_per_identity: usize,
+    /// Most open follow streams of one identity, over all its client ids.
+    pub max_follows_per_identity: usize,
 }
 
 impl Default for OfflineConfig {
@@ -77,6 +81,8 @@ impl Default for OfflineConfig {
             snapshot_stall_ms: 5_000,
             max_snapshots_per_client: 1,
             max_snapshots_per_identity: 4,
+            max_clients_per_identity: 32,
+            max_follows_per_identity: 8,
         }
     }
 }

@@ -169,14 +169,19 @@ pub async fn pull_once(
 pub struct FollowSlot {
     o: Offline,
     client_id: String,
+    owner: String,
 }
 
 impl FollowSlot {
-    /// Takes a follow slot of `client_id`, if it has one free.
-    pub fn take(o: &Offline, client_id: &str) -> Result<FollowSlot, Status> {
+    /// Takes a follow slot of `client_id` and of `id`, if both have one
+    /// free.
+    pub fn take(o: &Offline, id: &Identity, client_id: &str) -> Result<FollowSlot, Status> {
+        let cfg = &o.inner.cfg;
+        // Identities are counted under a key no client id can take.
+        let owner = format!("\0{}\0{}", id.workspace_id, id.user_id);
         let mut f = o.inner.follows.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.entry(client_id.to_owned()).or_insert(0);
-        if *n >= o.inner.cfg.max_follows_per_client {
+        let n = f.get(client_id).copied().unwrap_or(0);
+        if n >= cfg.max_follows_per_client {
             return Err(status(
                 Code::ResourceExhausted,
                 format!(
@@ -184,10 +189,21 @@ impl FollowSlot {
                 ),
             ));
         }
-        *n += 1;
+        let m = f.get(&owner).copied().unwrap_or(0);
+        if m >= cfg.max_follows_per_identity {
+            return Err(status(
+                Code::ResourceExhausted,
+                format!(
+                    "this user already has {m} follow streams open (offline.max_follows_per_identity): close one first"
+                ),
+            ));
+        }
+        *f.entry(client_id.to_owned()).or_insert(0) += 1;
+        *f.entry(owner.clone()).or_insert(0) += 1;
         Ok(FollowSlot {
             o: o.clone(),
             client_id: client_id.to_owned(),
+            owner,
         })
     }
 }
@@ -200,10 +216,12 @@ impl Drop for FollowSlot {
             .follows
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = f.get_mut(&self.client_id) {
-            *n -= 1;
-            if *n == 0 {
-                f.remove(&self.client_id);
+        for k in [&self.client_id, &self.owner] {
+            if let Some(n) = f.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    f.remove(k);
+                }
             }
         }
     }

@@ -247,9 +247,16 @@ impl App {
         let offline = if config.offline.tables.is_empty() {
             None
         } else {
+            // Its own pool: snapshots and pulls never wait on, or hold,
+            // the engine's connections.
+            let offline_pool = crate::postgres::pool_with_timeout(
+                database_url,
+                config.offline.pool_size,
+                config.database.pool_timeout_ms,
+            )?;
             let (o, tasks) = crate::offline::Offline::start(
                 &config.offline,
-                pool.clone(),
+                offline_pool,
                 database_url,
                 auth.clone(),
                 config.database.tx_context(),
@@ -264,7 +271,7 @@ impl App {
             cors_origins: config.server.cors_origins.clone(),
             max_batch_bytes: config.server.max_batch_bytes,
             snapshot_part_bytes: config.server.snapshot_part_bytes,
-            limits: config.server.limits(),
+            limits: config.server.limits()?,
             health: Some(health),
             tls: config.server.tls.clone(),
             offline,

@@ -305,6 +305,19 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Most views in one Sync request.
     pub max_sync_views: usize,
+    /// A connection with no open call for this many milliseconds is
+    /// closed (GOAWAY).
+    pub idle_timeout_ms: u64,
+    /// Most open connections from one peer address.
+    pub max_connections_per_peer: usize,
+    /// Most open calls of one peer address over all its connections.
+    pub max_calls_per_peer: usize,
+    /// Most open connections whose first authenticated call was made by
+    /// one identity (user and workspace).
+    pub max_connections_per_identity: usize,
+    /// Reverse proxies (addresses or blocks such as `10.0.0.0/8`) whose
+    /// `x-forwarded-for` names the client.
+    pub trusted_proxies: Vec<String>,
     /// Address of the admin HTTP listener (`/metrics`, `/healthz`,
     /// `/readyz`); none: off.
     pub admin_listen: Option<String>,
@@ -353,6 +366,11 @@ impl Default for ServerConfig {
             max_sessions_per_identity: limits.max_sessions_per_identity,
             max_sessions: limits.max_sessions,
             max_sync_views: limits.max_sync_views,
+            idle_timeout_ms: limits.idle_timeout.as_millis() as u64,
+            max_connections_per_peer: limits.max_connections_per_peer,
+            max_calls_per_peer: limits.max_calls_per_peer,
+            max_connections_per_identity: limits.max_connections_per_identity,
+            trusted_proxies: Vec::new(),
             admin_listen: None,
             shutdown_grace_ms: 10_000,
             tls: None,
@@ -361,16 +379,30 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// The connection and session limits of this section.
-    pub fn limits(&self) -> crate::grpc::Limits {
-        crate::grpc::Limits {
+    /// The connection and session limits of this section; fails on a
+    /// `trusted_proxies` entry that is not an address or block.
+    pub fn limits(&self) -> Result<crate::grpc::Limits, String> {
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| format!("server.trusted_proxies: {e}"))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(crate::grpc::Limits {
             handshake_timeout: std::time::Duration::from_millis(self.handshake_timeout_ms),
             max_connections: self.max_connections,
             max_streams_per_connection: self.max_streams_per_connection,
             max_sessions_per_identity: self.max_sessions_per_identity,
             max_sessions: self.max_sessions,
             max_sync_views: self.max_sync_views,
-        }
+            idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
+            max_connections_per_peer: self.max_connections_per_peer,
+            max_calls_per_peer: self.max_calls_per_peer,
+            max_connections_per_identity: self.max_connections_per_identity,
+            trusted_proxies,
+        })
     }
 }
 

@@ -731,3 +731,286 @@ async fn first_evaluations_wait_for_an_evaluation_slot() {
         "engine.eval_concurrency = 1 bounds first evaluations too"
     );
 }
+
+// ---- Connection fairness ------------------------------------------------
+
+/// A raw HTTP/2 connection from a chosen loopback address (all of 127/8 is
+/// local, so each address is a different peer to the server).
+struct Raw {
+    send: h2::client::SendRequest<bytes::Bytes>,
+    /// Ends when the server closes the connection.
+    closed: tokio::task::JoinHandle<()>,
+    /// Calls left open (their streams stay alive while these are held).
+    open: Vec<h2::SendStream<bytes::Bytes>>,
+}
+
+impl Raw {
+    /// Connects from `local`; `None` when the server closes it before the
+    /// HTTP/2 handshake completes.
+    async fn connect(addr: std::net::SocketAddr, local: [u8; 4]) -> Option<Raw> {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(std::net::SocketAddr::from((local, 0))).unwrap();
+        let tcp = sock.connect(addr).await.ok()?;
+        let (send, conn) = tokio::time::timeout(WAIT, h2::client::handshake(tcp))
+            .await
+            .ok()?
+            .ok()?;
+        let closed = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Some(Raw {
+            send,
+            closed,
+            open: Vec::new(),
+        })
+    }
+
+    fn request(path: &str, headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut req = http::Request::post(format!("http://arcana{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.body(()).unwrap()
+    }
+
+    /// Sends one empty-message unary call and returns its `grpc-status`.
+    async fn unary(&mut self, path: &str, headers: &[(&str, &str)]) -> Option<String> {
+        let send = self.send.clone().ready().await.ok()?;
+        let (resp, mut body) = send
+            .clone()
+            .send_request(Self::request(path, headers), false)
+            .ok()?;
+        body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .ok()?;
+        let resp = tokio::time::timeout(WAIT, resp).await.ok()?.ok()?;
+        if let Some(s) = resp.headers().get("grpc-status") {
+            return Some(s.to_str().unwrap().to_owned());
+        }
+        let mut body = resp.into_body();
+        while let Some(d) = body.data().await {
+            let d = d.ok()?;
+            let _ = body.flow_control().release_capacity(d.len());
+        }
+        let trailers = body.trailers().await.ok()??;
+        Some(trailers.get("grpc-status")?.to_str().unwrap().to_owned())
+    }
+
+    /// Opens `Connect` and keeps the call open; returns the status the
+    /// response headers carry, if they end the call (a refusal).
+    async fn open_connect(&mut self, headers: &[(&str, &str)]) -> Result<(), String> {
+        let send = self.send.clone().ready().await.map_err(|e| e.to_string())?;
+        let (resp, body) = send
+            .clone()
+            .send_request(
+                Self::request("/arcana.v1.ArcanaService/Connect", headers),
+                false,
+            )
+            .map_err(|e| e.to_string())?;
+        self.open.push(body);
+        let resp = tokio::time::timeout(WAIT, resp)
+            .await
+            .map_err(|_| "no response headers".to_owned())?
+            .map_err(|e| e.to_string())?;
+        match resp.headers().get("grpc-status") {
+            Some(s) => Err(format!("grpc-status {}", s.to_str().unwrap())),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the server closes the connection within `d`.
+    async fn closed_within(&mut self, d: Duration) -> bool {
+        tokio::time::timeout(d, &mut self.closed).await.is_ok()
+    }
+}
+
+/// The health check of a client connecting from `local`, and how long it
+/// took from the first connection attempt.
+async fn health_from(addr: std::net::SocketAddr, local: [u8; 4]) -> (i32, Duration) {
+    let t = Instant::now();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .local_address(Some(std::net::IpAddr::from(local)))
+        .connect_timeout(WAIT)
+        .connect()
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(
+        WAIT,
+        tonic_health::pb::health_client::HealthClient::new(ch)
+            .check(tonic_health::pb::HealthCheckRequest::default()),
+    )
+    .await
+    .expect("the health check is answered")
+    .unwrap();
+    (r.into_inner().status, t.elapsed())
+}
+
+const DESCRIBE: &str = "/arcana.v1.ArcanaService/Describe";
+const ALICE: (&str, &str) = ("authorization", "Bearer dev-alice");
+
+/// One peer opening connections with one request each (an open `Connect`
+/// with a valid token, or a refused `Describe`) cannot take every
+/// connection slot: a client from another address gets its health check
+/// answered within two seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_flooding_connections_leaves_room_for_others() {
+    let h = Harness::with(|c| {
+        c.server.max_connections = 48;
+        c.server.max_connections_per_peer = 16;
+        c.server.handshake_timeout_ms = 30_000;
+    })
+    .await;
+    let addr = h.app().addr;
+    let flood: Vec<_> = (0..120)
+        .map(|i| {
+            tokio::spawn(async move {
+                let mut raw = Raw::connect(addr, [127, 0, 0, 1]).await?;
+                if i % 2 == 0 {
+                    let _ = raw.open_connect(&[ALICE]).await;
+                } else {
+                    let _ = raw.unary(DESCRIBE, &[]).await;
+                }
+                Some(raw)
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for f in flood {
+        held.extend(f.await.unwrap());
+    }
+    let (status, took) = health_from(addr, [127, 0, 0, 2]).await;
+    assert_eq!(status, 1, "SERVING");
+    assert!(took < Duration::from_secs(2), "health check took {took:?}");
+    drop(held);
+}
+
+/// A connection whose call failed authentication is closed after the
+/// error (GOAWAY), so it cannot hold a slot with one refused request.
+#[tokio::test]
+async fn a_connection_that_fails_authentication_is_closed() {
+    let h = Harness::with(|c| c.server.handshake_timeout_ms = 30_000).await;
+    let addr = h.app().addr;
+    for headers in [vec![], vec![("authorization", "Bearer nope")]] {
+        let mut raw = Raw::connect(addr, [127, 0, 0, 3]).await.unwrap();
+        assert_eq!(raw.unary(DESCRIBE, &headers).await.as_deref(), Some("16"));
+        assert!(
+            raw.closed_within(Duration::from_secs(5)).await,
+            "the connection is closed after UNAUTHENTICATED"
+        );
+    }
+    // An authenticated one stays open for more calls.
+    let mut raw = Raw::connect(addr, [127, 0, 0, 3]).await.unwrap();
+    assert_eq!(raw.unary(DESCRIBE, &[ALICE]).await.as_deref(), Some("0"));
+    assert_eq!(raw.unary(DESCRIBE, &[ALICE]).await.as_deref(), Some("0"));
+}
+
+/// A connection with no open call is closed after `server.idle_timeout_ms`;
+/// one with an open call is not.
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let h = Harness::with(|c| {
+        c.server.idle_timeout_ms = 300;
+        c.server.handshake_timeout_ms = 30_000;
+    })
+    .await;
+    let addr = h.app().addr;
+    let mut idle = Raw::connect(addr, [127, 0, 0, 4]).await.unwrap();
+    assert_eq!(idle.unary(DESCRIBE, &[ALICE]).await.as_deref(), Some("0"));
+    let t = Instant::now();
+    assert!(
+        idle.closed_within(Duration::from_secs(5)).await,
+        "idle connection closed"
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    // A session stream keeps its connection: it still answers after three
+    // idle timeouts.
+    let mut l = h.live("dev-alice").await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    l.ping().await;
+}
+
+/// Connections are capped per identity, and calls per peer address.
+#[tokio::test]
+async fn connections_per_identity_and_calls_per_peer_are_capped() {
+    let h = Harness::with(|c| {
+        c.server.max_connections_per_identity = 2;
+        c.server.max_calls_per_peer = 3;
+    })
+    .await;
+    let addr = h.app().addr;
+    let mut a = Raw::connect(addr, [127, 0, 0, 5]).await.unwrap();
+    let mut b = Raw::connect(addr, [127, 0, 0, 6]).await.unwrap();
+    let mut c = Raw::connect(addr, [127, 0, 0, 7]).await.unwrap();
+    assert_eq!(a.unary(DESCRIBE, &[ALICE]).await.as_deref(), Some("0"));
+    assert_eq!(b.unary(DESCRIBE, &[ALICE]).await.as_deref(), Some("0"));
+    assert_eq!(c.unary(DESCRIBE, &[ALICE]).await.as_deref(), Some("8"));
+    assert!(c.closed_within(Duration::from_secs(5)).await);
+    // Another identity is not affected; once a connection of alice's
+    // closes, she can open another.
+    let mut d = Raw::connect(addr, [127, 0, 0, 7]).await.unwrap();
+    let bob = [("authorization", "Bearer dev-bob")];
+    assert_eq!(d.unary(DESCRIBE, &bob).await.as_deref(), Some("0"));
+    drop(a);
+    let mut ok = false;
+    for _ in 0..100 {
+        let mut e = Raw::connect(addr, [127, 0, 0, 8]).await.unwrap();
+        if e.unary(DESCRIBE, &[ALICE]).await.as_deref() == Some("0") {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "a slot of alice's freed");
+    // Three open calls from 127.0.0.9, over two connections; a fourth is refused.
+    let carol = [("authorization", "Bearer dev-carol")];
+    let mut p = Raw::connect(addr, [127, 0, 0, 9]).await.unwrap();
+    let mut q = Raw::connect(addr, [127, 0, 0, 9]).await.unwrap();
+    p.open_connect(&carol).await.unwrap();
+    p.open_connect(&carol).await.unwrap();
+    q.open_connect(&carol).await.unwrap();
+    let e = q.open_connect(&carol).await.unwrap_err();
+    assert_eq!(e, "grpc-status 8");
+    // Other addresses are served.
+    let mut r = Raw::connect(addr, [127, 0, 0, 10]).await.unwrap();
+    r.open_connect(&[("authorization", "Bearer dev-service")])
+        .await
+        .unwrap();
+}
+
+/// Behind a trusted proxy, calls count against the forwarded address, and
+/// the proxy's connections are neither capped nor closed as one peer's.
+#[tokio::test]
+async fn a_trusted_proxy_forwards_the_peer_address() {
+    let h = Harness::with(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.11".into(), "10.0.0.0/8".into()];
+        c.server.max_connections_per_peer = 2;
+        c.server.max_calls_per_peer = 1;
+    })
+    .await;
+    let addr = h.app().addr;
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(Raw::connect(addr, [127, 0, 0, 11]).await.unwrap());
+    }
+    let from = |ip: &'static str| [ALICE, ("x-forwarded-for", ip)];
+    conns[0].open_connect(&from("192.0.2.1")).await.unwrap();
+    let e = conns[1].open_connect(&from("192.0.2.1")).await.unwrap_err();
+    assert_eq!(e, "grpc-status 8");
+    conns[2].open_connect(&from("192.0.2.2")).await.unwrap();
+    // A refused token does not close the proxy's connection.
+    let fwd = [("x-forwarded-for", "192.0.2.3")];
+    assert_eq!(conns[3].unary(DESCRIBE, &fwd).await.as_deref(), Some("16"));
+    let ok = [ALICE, ("x-forwarded-for", "192.0.2.3")];
+    assert_eq!(conns[3].unary(DESCRIBE, &ok).await.as_deref(), Some("0"));
+    // Not trusted: the header is ignored and the peer capped.
+    let mut other = Raw::connect(addr, [127, 0, 0, 12]).await.unwrap();
+    other.open_connect(&from("192.0.2.9")).await.unwrap();
+    let e = other.open_connect(&from("192.0.2.10")).await.unwrap_err();
+    assert_eq!(e, "grpc-status 8");
+}

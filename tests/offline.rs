@@ -1998,3 +1998,265 @@ async fn a_row_moved_between_two_of_ones_buckets_converges_in_any_order() {
         assert_eq!(d.version("team_tasks", "t"), 0, "device {}", d.id);
     }
 }
+
+/// `count` notes of `kib` KiB each in acme, written directly.
+async fn big_notes(h: &Harness, count: usize, kib: usize) {
+    h.sql(&format!(
+        "INSERT INTO notes (id, workspace_id, title, body) \
+         SELECT 'big' || g, 'acme', 'big', repeat('x', {}) FROM generate_series(1, {count}) g",
+        kib * 1024
+    ))
+    .await;
+}
+
+async fn open_snapshot(
+    d: &mut Device,
+) -> Result<tonic::Streaming<pb::SnapshotChunk>, tonic::Status> {
+    d.client
+        .snapshot(pb::SnapshotRequest {
+            client_id: d.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Rows in a snapshot read to its end.
+async fn read_snapshot(s: &mut tonic::Streaming<pb::SnapshotChunk>) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut last = false;
+    while let Some(c) = tokio::time::timeout(WAIT, s.next())
+        .await
+        .expect("a chunk in time")
+    {
+        let c = c.unwrap();
+        ids.extend(c.rows.into_iter().map(|r| r.id));
+        last = c.last;
+    }
+    assert!(last, "the snapshot ended with its last chunk");
+    ids
+}
+
+/// Snapshots whose readers stall hold no connection the engine needs (the
+/// offline service has its own pool), and give their transactions back
+/// after `offline.snapshot_stall_ms`; read later, they are complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_snapshots_do_not_starve_the_engine() {
+    let h = harness_with(|c| {
+        c.database.pool_size = 2;
+        c.database.pool_timeout_ms = 2_000;
+        c.offline.pool_size = 2;
+        c.offline.snapshot_chunk_rows = 1;
+        c.offline.snapshot_stall_ms = 300;
+    })
+    .await;
+    big_notes(&h, 60, 64).await;
+    let mut stalled = Vec::new();
+    for (token, id) in [
+        ("dev-alice", "a1"),
+        ("dev-alice", "a2"),
+        ("dev-bob", "b1"),
+        ("dev-bob", "b2"),
+    ] {
+        let mut d = Device::new(&h, token, id).await;
+        let s = open_snapshot(&mut d).await.unwrap();
+        stalled.push((d, s));
+    }
+    // The engine evaluates and mutates meanwhile.
+    let mut l = h.live("dev-alice").await;
+    let v = l.subscribe("project_tasks", project(1)).await.unwrap();
+    l.mutate("move_task", params(&[("id", int(1)), ("position", int(5))]))
+        .await
+        .expect("a mutation while snapshots stall");
+    l.wait_field(&v.view_id, "tasks", "1", "position", 5i64)
+        .await;
+    // No transaction stays open for a reader that does not read.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let open = h
+            .query_i64(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+            )
+            .await;
+        if open == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} snapshot transactions still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each goes on from where it stood: every row, once.
+    for (_, mut s) in stalled {
+        let mut ids = read_snapshot(&mut s).await;
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "no row twice");
+        assert_eq!(n, 60);
+    }
+}
+
+/// Open snapshots are capped per client id and per identity.
+#[tokio::test]
+async fn snapshots_are_capped_per_client_and_per_identity() {
+    let h = harness_with(|c| {
+        c.offline.snapshot_chunk_rows = 1;
+        c.offline.max_snapshots_per_identity = 2;
+    })
+    .await;
+    // Large enough that an unread snapshot stays open.
+    big_notes(&h, 60, 64).await;
+    let mut a1 = Device::new(&h, "dev-alice", "a1").await;
+    let mut a2 = Device::new(&h, "dev-alice", "a2").await;
+    let mut a3 = Device::new(&h, "dev-alice", "a3").await;
+    let mut b1 = Device::new(&h, "dev-bob", "b1").await;
+    let s1 = open_snapshot(&mut a1).await.unwrap();
+    let e = open_snapshot(&mut a1).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(
+        e.message().contains("offline.max_snapshots_per_client"),
+        "{}",
+        e.message()
+    );
+    let _s2 = open_snapshot(&mut a2).await.unwrap();
+    let e = open_snapshot(&mut a3).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(
+        e.message().contains("offline.max_snapshots_per_identity"),
+        "{}",
+        e.message()
+    );
+    // Another user is not affected.
+    let mut sb = open_snapshot(&mut b1).await.unwrap();
+    assert_eq!(read_snapshot(&mut sb).await.len(), 60);
+    // Closing one frees its slot.
+    drop(s1);
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut s3 = loop {
+        match open_snapshot(&mut a3).await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted);
+                assert!(std::time::Instant::now() < deadline, "slot never freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(read_snapshot(&mut s3).await.len(), 60);
+}
+
+/// Pull and Snapshot run as the caller, so row-level security applies to
+/// them as to pushes, graphs and mutations.
+#[tokio::test]
+async fn pull_and_snapshot_apply_row_level_security() {
+    let h = harness().await;
+    h.sql(
+        "CREATE POLICY hide_secret ON notes AS RESTRICTIVE FOR SELECT TO arcana_eval \
+             USING (title NOT LIKE 'secret%'); \
+         INSERT INTO notes (id, workspace_id, title) VALUES \
+             ('open1', 'acme', 'hello'), ('hidden1', 'acme', 'secret plan')",
+    )
+    .await;
+    let mut a = Device::new(&h, "dev-alice", "a1").await;
+    a.snapshot().await.unwrap();
+    assert_eq!(
+        a.column("notes", "title").keys().collect::<Vec<_>>(),
+        ["open1"],
+        "snapshot"
+    );
+    let mut b = Device::new(&h, "dev-alice", "a2").await;
+    assert!(b.pull().await.unwrap().is_none());
+    assert_eq!(
+        b.column("notes", "title").keys().collect::<Vec<_>>(),
+        ["open1"],
+        "pull"
+    );
+}
+
+/// RegisterClient bounds its strings and the client ids of one user, and
+/// follow streams are counted per user as well as per client id.
+#[tokio::test]
+async fn registrations_and_follows_are_capped_per_identity() {
+    let h = harness_with(|c| {
+        c.offline.max_clients_per_identity = 3;
+        c.offline.max_follows_per_identity = 3;
+    })
+    .await;
+    let mut c = offline_client(&h, "dev-alice").await;
+    let reg = |id: &str, platform: &str, app_version: &str| pb::RegisterClientRequest {
+        client_id: id.into(),
+        platform: platform.into(),
+        app_version: app_version.into(),
+    };
+    let long = "p".repeat(65);
+    for r in [
+        reg("d0", &long, "1.0.0"),
+        reg("d0", "ios", &format!("1.0.0-{long}")),
+    ] {
+        let e = c.register_client(r).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains("64 characters"), "{}", e.message());
+    }
+    let mut devices = Vec::new();
+    for id in ["d1", "d2", "d3"] {
+        devices.push(Device::new(&h, "dev-alice", id).await);
+    }
+    let e = c
+        .register_client(reg("d4", "ios", "1.0.0"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(
+        e.message().contains("offline.max_clients_per_identity"),
+        "{}",
+        e.message()
+    );
+    // Registering a held id again is fine, and another user is not affected.
+    c.register_client(reg("d1", "ios", "1.0.1")).await.unwrap();
+    Device::new(&h, "dev-bob", "b1").await;
+    assert_eq!(
+        h.query_i64("SELECT count(*) FROM arcana_offline.clients WHERE user_id = 'alice'")
+            .await,
+        3
+    );
+    // Follows: two on d1 (its own limit), one on d2, then the user's limit.
+    let follow = |d: &mut Device| {
+        let mut client = d.client.clone();
+        let req = pb::PullRequest {
+            client_id: d.id.clone(),
+            follow: true,
+            ..Default::default()
+        };
+        async move { client.pull(req).await.map(|r| r.into_inner()) }
+    };
+    let mut open = Vec::new();
+    open.push(follow(&mut devices[0]).await.unwrap());
+    open.push(follow(&mut devices[0]).await.unwrap());
+    open.push(follow(&mut devices[1]).await.unwrap());
+    let e = follow(&mut devices[2]).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(
+        e.message().contains("offline.max_follows_per_identity"),
+        "{}",
+        e.message()
+    );
+    // Closing one frees the user's slot.
+    open.pop();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        match follow(&mut devices[2]).await {
+            Ok(s) => {
+                open.push(s);
+                break;
+            }
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted);
+                assert!(std::time::Instant::now() < deadline, "slot never freed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -71,6 +71,30 @@ pub async fn identify(auth: &dyn Authenticator, md: &MetadataMap) -> Result<Cred
         .map_err(|m| status(Code::Unauthenticated, m))
 }
 
+/// Authenticates a call like [`identify`], and acts on its connection: a
+/// connection whose call failed authentication is closed once its open
+/// calls end (GOAWAY), so a peer cannot hold it with one refused request;
+/// a successful call counts the connection against its identity
+/// (`server.max_connections_per_identity`).
+pub async fn identify_call<T>(
+    auth: &dyn Authenticator,
+    req: &tonic::Request<T>,
+) -> Result<Credentials, Status> {
+    let conn = req
+        .extensions()
+        .get::<super::listener::ConnInfo>()
+        .map(|c| c.state.clone());
+    let r = identify(auth, req.metadata()).await;
+    if let Some(conn) = conn {
+        let r = r.and_then(|c| conn.bind_identity(&c.identity).map(|()| c));
+        if r.is_err() {
+            conn.close_when_done();
+        }
+        return r;
+    }
+    r
+}
+
 /// Whether two identities are the same caller with the same rights: user,
 /// workspace, role and the set of permissions.
 pub fn same_rights(a: &Identity, b: &Identity) -> bool {

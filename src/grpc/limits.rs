@@ -2,6 +2,7 @@
 //! open sessions they are checked against.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,79 @@ pub struct Limits {
     pub max_sessions: usize,
     /// Most views in one Sync.
     pub max_sync_views: usize,
+    /// A connection with no open call for this long is closed (GOAWAY).
+    pub idle_timeout: Duration,
+    /// Most open connections from one peer address; further ones are
+    /// closed as soon as they are accepted.
+    pub max_connections_per_peer: usize,
+    /// Most open calls (streams) of one peer address over all its
+    /// connections.
+    pub max_calls_per_peer: usize,
+    /// Most open connections whose first authenticated call was made by
+    /// one identity (user and workspace).
+    pub max_connections_per_identity: usize,
+    /// Peers whose `x-forwarded-for` names the client (reverse proxies):
+    /// their connections are not capped or closed as one peer's, and each
+    /// call counts against the forwarded address instead.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// An address block, `10.0.0.0/8` or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` is in this block (IPv4-mapped IPv6 addresses count as
+    /// IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, canonical(ip)) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not an address or address block (`10.0.0.0/8`)");
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr = canonical(a.trim().parse::<IpAddr>().map_err(|_| bad())?);
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().map_err(|_| bad())?,
+            None => max,
+        };
+        if prefix > max {
+            return Err(bad());
+        }
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+/// The IPv4 address of an IPv4-mapped IPv6 address, else `ip`.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 impl Default for Limits {
@@ -36,6 +110,11 @@ impl Default for Limits {
             max_sessions_per_identity: 64,
             max_sessions: 65_536,
             max_sync_views: 200,
+            idle_timeout: Duration::from_secs(60),
+            max_connections_per_peer: 64,
+            max_calls_per_peer: 1024,
+            max_connections_per_identity: 64,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -1,26 +1,32 @@
-//! The accept loop: a bounded number of open connections, back-off when
-//! accepting fails (out of file descriptors), and a deadline for each
-//! connection's first request, so silent peers cannot hold slots forever.
-//! With TLS, each connection's handshake runs as it is first read or
-//! written, under the same deadline, so slow handshakes block no one else.
+//! The accept loop: a bounded number of open connections, in total and per
+//! peer address, back-off when accepting fails (out of file descriptors),
+//! and a deadline for each connection's first request, so silent peers
+//! cannot hold slots forever. With TLS, each connection's handshake runs as
+//! it is first read or written, under the same deadline, so slow handshakes
+//! block no one else. Each connection carries a [`ConnState`] through which
+//! calls ask for it to be closed (after an authentication failure) and
+//! which tracks its open calls (for the idle timeout).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tonic::transport::server::Connected;
 
+use super::limits::{canonical, Limits};
 use super::tls::TlsSource;
+use crate::engine::Identity;
 
 /// Longest pause after repeated accept errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -30,7 +36,204 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub struct ConnInfo {
     /// The peer's address.
     pub remote: Option<SocketAddr>,
-    served: Arc<AtomicBool>,
+    /// The connection's shared state.
+    pub state: Arc<ConnState>,
+}
+
+/// State of one connection shared by its calls and the task serving it.
+#[derive(Debug)]
+pub struct ConnState {
+    served: AtomicBool,
+    /// The peer is a trusted proxy: several clients share the connection,
+    /// so nothing one of them does closes it.
+    pub(crate) via_proxy: bool,
+    open_calls: AtomicUsize,
+    /// Milliseconds from `born` to when the last call ended.
+    last_active_ms: AtomicU64,
+    born: Instant,
+    close: AtomicBool,
+    pub(crate) wake: Notify,
+    identity: Mutex<Option<IdentitySlot>>,
+    peers: Peers,
+    max_per_identity: usize,
+}
+
+impl ConnState {
+    fn new(via_proxy: bool, peers: Peers, max_per_identity: usize) -> Self {
+        ConnState {
+            served: AtomicBool::new(false),
+            via_proxy,
+            open_calls: AtomicUsize::new(0),
+            last_active_ms: AtomicU64::new(0),
+            born: Instant::now(),
+            close: AtomicBool::new(false),
+            wake: Notify::new(),
+            identity: Mutex::new(None),
+            peers,
+            max_per_identity,
+        }
+    }
+
+    /// Asks for the connection to be closed once its open calls end
+    /// (HTTP/2 GOAWAY, then close), unless it comes from a trusted proxy.
+    pub fn close_when_done(&self) {
+        if !self.via_proxy && !self.close.swap(true, Ordering::Relaxed) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether the connection was asked to close.
+    pub(crate) fn closing(&self) -> bool {
+        self.close.load(Ordering::Relaxed)
+    }
+
+    /// Counts a call as open until the guard is dropped.
+    pub(crate) fn call(self: &Arc<Self>) -> CallGuard {
+        self.served.store(true, Ordering::Relaxed);
+        self.open_calls.fetch_add(1, Ordering::Relaxed);
+        CallGuard(self.clone())
+    }
+
+    /// When the connection became idle, or `None` while calls are open.
+    pub(crate) fn idle_since(&self) -> Option<Instant> {
+        if self.open_calls.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        Some(self.born + Duration::from_millis(self.last_active_ms.load(Ordering::Relaxed)))
+    }
+
+    /// Counts this connection against `id`, the identity of its first
+    /// authenticated call; errs when `id` holds the most connections
+    /// allowed. Later calls of other identities on it are not counted.
+    pub fn bind_identity(&self, id: &Identity) -> Result<(), tonic::Status> {
+        if self.via_proxy {
+            return Ok(());
+        }
+        let mut slot = self.identity.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return Ok(());
+        }
+        let owner: Owner = (id.user_id.clone(), id.workspace_id.clone());
+        let mut m = self.peers.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.by_identity.entry(owner.clone()).or_default();
+        if *n >= self.max_per_identity {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "this user already has {} open connections, the limit (server.max_connections_per_identity); reuse one",
+                self.max_per_identity
+            )));
+        }
+        *n += 1;
+        *slot = Some(IdentitySlot {
+            peers: self.peers.clone(),
+            owner,
+        });
+        Ok(())
+    }
+}
+
+/// An open call on a connection; see [`ConnState::call`].
+pub(crate) struct CallGuard(Arc<ConnState>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.last_active_ms
+            .store(s.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if s.open_calls.fetch_sub(1, Ordering::Relaxed) == 1 {
+            s.wake.notify_one();
+        }
+    }
+}
+
+type Owner = (Arc<str>, Arc<str>);
+
+#[derive(Default)]
+struct PeerCounts {
+    by_peer: HashMap<IpAddr, (usize, usize)>,
+    by_identity: HashMap<Owner, usize>,
+}
+
+/// Open connections and calls per peer address, and connections per
+/// identity, shared by the accept loop and every connection.
+#[derive(Clone, Default)]
+pub struct Peers(Arc<Mutex<PeerCounts>>);
+
+/// Which count a [`PeerSlot`] holds.
+#[derive(Clone, Copy)]
+enum Kind {
+    Conn,
+    Call,
+}
+
+/// A connection or call counted against its peer address until dropped.
+pub struct PeerSlot {
+    peers: Peers,
+    ip: IpAddr,
+    kind: Kind,
+}
+
+impl Peers {
+    fn take(&self, ip: IpAddr, kind: Kind, max: usize) -> Option<PeerSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.by_peer.entry(ip).or_default();
+        let n = match kind {
+            Kind::Conn => &mut e.0,
+            Kind::Call => &mut e.1,
+        };
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PeerSlot {
+            peers: self.clone(),
+            ip,
+            kind,
+        })
+    }
+
+    /// Counts a call of `ip`, or `None` when it has `max` open already.
+    pub fn call(&self, ip: IpAddr, max: usize) -> Option<PeerSlot> {
+        self.take(canonical(ip), Kind::Call, max)
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut m = self.peers.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = m.by_peer.get_mut(&self.ip) {
+            match self.kind {
+                Kind::Conn => e.0 -= 1,
+                Kind::Call => e.1 -= 1,
+            }
+            if *e == (0, 0) {
+                m.by_peer.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct IdentitySlot {
+    peers: Peers,
+    owner: Owner,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Peers")
+    }
+}
+
+impl Drop for IdentitySlot {
+    fn drop(&mut self) {
+        let mut m = self.peers.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.by_identity.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                m.by_identity.remove(&self.owner);
+            }
+        }
+    }
 }
 
 /// One accepted connection: closed with an error on its next read once the
@@ -40,6 +243,7 @@ pub struct Conn {
     info: ConnInfo,
     deadline: Option<Pin<Box<Sleep>>>,
     _slot: OwnedSemaphorePermit,
+    _peer: Option<PeerSlot>,
 }
 
 enum Io {
@@ -99,7 +303,7 @@ impl AsyncRead for Conn {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if let Some(d) = this.deadline.as_mut() {
-            if this.info.served.load(Ordering::Relaxed) {
+            if this.info.state.served.load(Ordering::Relaxed) {
                 this.deadline = None;
             } else if d.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(io::Error::new(
@@ -153,24 +357,29 @@ impl AsyncWrite for Conn {
 struct Accept {
     listener: TcpListener,
     slots: Arc<Semaphore>,
-    first_request: Duration,
+    limits: Arc<Limits>,
+    peers: Peers,
     backoff: Duration,
     tls: Option<TlsSource>,
 }
 
-/// Connections accepted from `listener`, at most `max` open at once (the
-/// rest wait in the kernel's backlog), each closed unless it sends a request
-/// within `first_request`; over TLS when `tls` is given.
+/// Connections accepted from `listener`, at most `limits.max_connections`
+/// open at once (the rest wait in the kernel's backlog) and
+/// `limits.max_connections_per_peer` per peer address (the rest are closed
+/// at once: waiting in the backlog would hold up everyone else), each
+/// closed unless it sends a request within `limits.handshake_timeout`; over
+/// TLS when `tls` is given.
 pub fn incoming(
     listener: TcpListener,
-    max: usize,
-    first_request: Duration,
+    limits: Arc<Limits>,
+    peers: Peers,
     tls: Option<TlsSource>,
 ) -> impl Stream<Item = Result<Conn, io::Error>> + Send {
     let state = Accept {
         listener,
-        slots: Arc::new(Semaphore::new(max.max(1))),
-        first_request,
+        slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        limits,
+        peers,
         backoff: Duration::ZERO,
         tls,
     };
@@ -180,6 +389,22 @@ pub fn incoming(
             match st.listener.accept().await {
                 Ok((io, remote)) => {
                     st.backoff = Duration::ZERO;
+                    let ip = canonical(remote.ip());
+                    let via_proxy = st.limits.trusted_proxies.iter().any(|n| n.contains(ip));
+                    let peer = if via_proxy {
+                        None
+                    } else {
+                        match st
+                            .peers
+                            .take(ip, Kind::Conn, st.limits.max_connections_per_peer)
+                        {
+                            Some(p) => Some(p),
+                            None => {
+                                tracing::debug!(%ip, "closing a connection past server.max_connections_per_peer");
+                                continue;
+                            }
+                        }
+                    };
                     // Nagle's algorithm would hold small frames back for up to 40 ms.
                     let _ = io.set_nodelay(true);
                     let io = match &st.tls {
@@ -190,10 +415,15 @@ pub fn incoming(
                         io,
                         info: ConnInfo {
                             remote: Some(remote),
-                            served: Arc::new(AtomicBool::new(false)),
+                            state: Arc::new(ConnState::new(
+                                via_proxy,
+                                st.peers.clone(),
+                                st.limits.max_connections_per_identity,
+                            )),
                         },
-                        deadline: Some(Box::pin(tokio::time::sleep(st.first_request))),
+                        deadline: Some(Box::pin(tokio::time::sleep(st.limits.handshake_timeout))),
                         _slot: slot,
+                        _peer: peer,
                     };
                     return Some((Ok(conn), st));
                 }
@@ -211,40 +441,4 @@ pub fn incoming(
             }
         }
     })
-}
-
-/// Marks a connection as served when a request arrives on it, which lifts
-/// its first-request deadline.
-#[derive(Clone)]
-pub struct MarkServedLayer;
-
-impl<S> tower::Layer<S> for MarkServedLayer {
-    type Service = MarkServed<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        MarkServed(inner)
-    }
-}
-
-/// See [`MarkServedLayer`].
-#[derive(Clone)]
-pub struct MarkServed<S>(S);
-
-impl<S, B> tower::Service<http::Request<B>> for MarkServed<S>
-where
-    S: tower::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if let Some(info) = req.extensions().get::<ConnInfo>() {
-            info.served.store(true, Ordering::Relaxed);
-        }
-        self.0.call(req)
-    }
 }

@@ -15,6 +15,6 @@ pub mod tls;
 pub mod wire;
 
 pub use auth::{Authenticator, Credentials, TokenAuthenticator};
-pub use limits::Limits;
+pub use limits::{IpNet, Limits};
 pub use server::{serve, ServeOptions};
 pub use service::{Service, DEFAULT_BATCH_BYTES};

@@ -1,20 +1,29 @@
 //! Serving: the Arcana service with grpc-web (tonic-web), CORS, health and
 //! reflection on one listener with bounded connections and streams, plus
-//! the oversized-request status fix.
+//! the oversized-request status fix. Each connection is served by its own
+//! task, which closes it (HTTP/2 GOAWAY) when a call asks for that, when it
+//! has had no open call for `server.idle_timeout_ms`, or on shutdown.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{HeaderValue, Method};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tonic::transport::Server;
+use tonic::body::Body;
+use tonic::service::Routes;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::auth::Authenticator;
-use super::limits::Limits;
-use super::listener::{incoming, MarkServedLayer};
+use super::limits::{canonical, Limits};
+use super::listener::{incoming, Conn, ConnInfo, ConnState, PeerSlot, Peers};
 use super::service::Service;
 use crate::engine::Engine;
 
@@ -135,6 +144,93 @@ where
     }
 }
 
+/// Counts each call against its connection (for the idle timeout) and its
+/// peer address (`server.max_calls_per_peer`; with a trusted proxy, the
+/// address it forwards), and refuses calls past the peer's limit.
+#[derive(Clone)]
+struct CallLimit<S> {
+    inner: S,
+    peers: Peers,
+    limits: Arc<Limits>,
+}
+
+/// The client's address as the trusted proxy saw it: the last entry of
+/// `x-forwarded-for` (earlier ones are the client's to write).
+fn forwarded(headers: &http::HeaderMap) -> Option<IpAddr> {
+    let last = headers.get_all("x-forwarded-for").iter().next_back()?;
+    let ip = last.to_str().ok()?.rsplit(',').next()?.trim();
+    ip.parse().ok().map(canonical)
+}
+
+/// A response body that holds its call's counts until it is done.
+struct Counted {
+    body: Body,
+    _guards: (super::listener::CallGuard, PeerSlot),
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = tonic::Status;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<S> CallLimit<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn call(
+        &self,
+        req: http::Request<Body>,
+        state: Arc<ConnState>,
+        remote: Option<IpAddr>,
+    ) -> impl Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static {
+        let guard = state.call();
+        let ip = if state.via_proxy {
+            forwarded(req.headers()).or(remote)
+        } else {
+            remote
+        };
+        let slot = ip.map(|ip| self.peers.call(ip, self.limits.max_calls_per_peer));
+        let inner = self.inner.clone();
+        let max = self.limits.max_calls_per_peer;
+        async move {
+            let slot = match slot {
+                Some(Some(s)) => s,
+                // No address: nothing to count against.
+                None => return tower::util::ServiceExt::oneshot(inner, req).await,
+                Some(None) => {
+                    let st = tonic::Status::resource_exhausted(format!(
+                        "this address already has {max} open calls, the limit (server.max_calls_per_peer); retry when some end"
+                    ));
+                    return Ok(st.into_http());
+                }
+            };
+            let resp = tower::util::ServiceExt::oneshot(inner, req).await?;
+            Ok(resp.map(|body| {
+                Body::new(Counted {
+                    body,
+                    _guards: (guard, slot),
+                })
+            }))
+        }
+    }
+}
+
 /// Serves until `shutdown` resolves, then drains in-flight calls.
 pub async fn serve(
     engine: Engine,
@@ -143,7 +239,7 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), String> {
-    let limits = opts.limits.clone();
+    let limits = Arc::new(opts.limits.clone());
     let tls = match &opts.tls {
         Some(t) => Some(super::tls::watch(t)?),
         None => None,
@@ -184,31 +280,150 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| e.to_string())?;
-    Server::builder()
-        .accept_http1(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .max_concurrent_streams(Some(limits.max_streams_per_connection))
-        .layer(MarkServedLayer)
+    let mut routes = Routes::new(svc);
+    if let Some(o) = offline {
+        routes = routes.add_service(o);
+    }
+    let routes = routes
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .prepare();
+    let layered = tower::ServiceBuilder::new()
         .layer(cors(&opts.cors_origins))
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(crate::ops::metrics::GrpcCodesLayer)
         .layer(OversizedLayer)
-        .add_service(svc)
-        .add_optional_service(offline)
-        .add_service(health_svc)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .serve_with_incoming_shutdown(
-            incoming(
-                listener,
-                limits.max_connections,
-                limits.handshake_timeout,
-                tls.map(|(source, _)| source),
-            ),
-            shutdown,
-        )
-        .await
-        .map_err(|e| e.to_string())
+        .service(routes);
+    let svc = CallLimit {
+        inner: BoxInner::new(layered),
+        peers: Peers::default(),
+        limits: limits.clone(),
+    };
+
+    let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    http.http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .max_concurrent_streams(Some(limits.max_streams_per_connection));
+    // hyper enforces its HTTP/1 header read timeout only with a timer.
+    http.http1().timer(TokioTimer::new());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    {
+        // Dropped when accepting stops, which closes the listening socket.
+        let mut conns = pin!(incoming(
+            listener,
+            limits.clone(),
+            svc.peers.clone(),
+            tls.map(|(source, _)| source),
+        ));
+        let mut shutdown = pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                c = conns.next() => match c {
+                    Some(Ok(conn)) => {
+                        tokio::spawn(serve_conn(conn, svc.clone(), http.clone(), stop_rx.clone(), limits.idle_timeout));
+                    }
+                    Some(Err(e)) => tracing::debug!("accepting a connection failed: {e}"),
+                    None => break,
+                },
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    drop(stop_rx);
+    // Every connection task holds a receiver until its connection closes.
+    stop_tx.closed().await;
+    Ok(())
+}
+
+/// The layered routes with one nameable type.
+#[derive(Clone)]
+struct BoxInner(
+    tower::util::BoxCloneSyncService<http::Request<Body>, http::Response<Body>, Infallible>,
+);
+
+impl BoxInner {
+    fn new<S, B>(s: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<tonic::codegen::StdError>,
+    {
+        let s = tower::util::ServiceExt::map_response(s, |r: http::Response<B>| r.map(Body::new));
+        BoxInner(tower::util::BoxCloneSyncService::new(s))
+    }
+}
+
+impl tower::Service<http::Request<Body>> for BoxInner {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        self.0.call(req)
+    }
+}
+
+/// Serves one connection until it closes, closing it gracefully (GOAWAY,
+/// then the open calls finish) when asked to, when idle, or on shutdown.
+async fn serve_conn(
+    conn: Conn,
+    svc: CallLimit<BoxInner>,
+    http: hyper_util::server::conn::auto::Builder<TokioExecutor>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    idle: Duration,
+) {
+    let info: ConnInfo = tonic::transport::server::Connected::connect_info(&conn);
+    let state = info.state.clone();
+    let remote = info.remote.map(|a| canonical(a.ip()));
+    let hyper_svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(info.clone());
+        svc.call(req, info.state.clone(), remote)
+    });
+    let served = http.serve_connection_with_upgrades(TokioIo::new(conn), hyper_svc);
+    let mut served = pin!(served);
+    let mut closing = false;
+    loop {
+        let idle_at = state
+            .idle_since()
+            .map(|t| tokio::time::Instant::from_std(t + idle));
+        tokio::select! {
+            r = served.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!("serving a connection ended: {e}");
+                }
+                break;
+            }
+            _ = stop.changed(), if !closing => {
+                served.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = state.wake.notified(), if !closing => {
+                if state.closing() {
+                    served.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            _ = tokio::time::sleep_until(idle_at.unwrap_or_else(tokio::time::Instant::now)), if idle_at.is_some() && !closing => {
+                if state.idle_since().is_some_and(|t| t + idle <= std::time::Instant::now()) {
+                    tracing::debug!("closing a connection idle for server.idle_timeout_ms");
+                    served.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);

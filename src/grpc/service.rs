@@ -9,7 +9,7 @@ use futures_util::Stream;
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::auth::{identify, same_rights, Authenticator, Credentials};
+use super::auth::{identify_call, same_rights, Authenticator, Credentials};
 use super::convert::{
     describe, encode_message, encoded_frame, params_from_pb, stats_to_pb, window_from_pb,
 };
@@ -82,7 +82,7 @@ impl Service {
     }
 
     async fn credentials<T>(&self, req: &Request<T>) -> Result<Credentials, Status> {
-        identify(&*self.auth, req.metadata()).await
+        identify_call(&*self.auth, req).await
     }
 
     async fn identity<T>(&self, req: &Request<T>) -> Result<Identity, Status> {

@@ -41,6 +41,22 @@ pub struct OfflineConfig {
     pub client_idle_seconds: u64,
     /// Most open follow streams of one client id.
     pub max_follows_per_client: usize,
+    /// Connections of the offline service's own pool, apart from the
+    /// engine's (`database.pool_size`), so offline work cannot starve view
+    /// evaluations and mutations.
+    pub pool_size: usize,
+    /// A snapshot whose reader has taken no chunk for this many
+    /// milliseconds gives its transaction and connection back; it goes on
+    /// from where it stood in a new transaction when the reader reads.
+    pub snapshot_stall_ms: u64,
+    /// Most open snapshots of one client id.
+    pub max_snapshots_per_client: usize,
+    /// Most open snapshots of one identity (user and workspace).
+    pub max_snapshots_per_identity: usize,
+    /// Most active registered client ids of one identity.
+    pub max_clients_per_identity: usize,
+    /// Most open follow streams of one identity, over all its client ids.
+    pub max_follows_per_identity: usize,
 }
 
 impl Default for OfflineConfig {
@@ -61,6 +77,12 @@ impl Default for OfflineConfig {
             retention_interval_ms: 60_000,
             client_idle_seconds: 90 * 24 * 3600,
             max_follows_per_client: 2,
+            pool_size: 4,
+            snapshot_stall_ms: 5_000,
+            max_snapshots_per_client: 1,
+            max_snapshots_per_identity: 4,
+            max_clients_per_identity: 32,
+            max_follows_per_identity: 8,
         }
     }
 }

@@ -63,8 +63,11 @@ struct Inner {
     /// Scopes that committed changes, from the NOTIFY listener; `*` after a
     /// reconnect (anything may have changed).
     commits: broadcast::Sender<Arc<str>>,
-    /// Open follow streams per client id.
+    /// Open follow streams per client id, and per identity under
+    /// `\0workspace\0user` (no client id has a NUL: PostgreSQL text cannot).
     follows: Mutex<HashMap<String, usize>>,
+    /// Open snapshots per client id and per identity.
+    snapshots: Mutex<snapshot::Counts>,
 }
 
 impl Offline {
@@ -98,6 +101,7 @@ impl Offline {
                 ctx,
                 commits,
                 follows: Mutex::new(HashMap::new()),
+                snapshots: Mutex::new(snapshot::Counts::default()),
             }),
         };
         let listener =

@@ -18,6 +18,7 @@ use crate::proto::{self as pb, pull_response::Kind, IntentOp};
 /// One read of the log: a batch, or the news that a scope must snapshot.
 pub async fn pull_once(
     o: &Offline,
+    who: &Identity,
     after: &BTreeMap<String, u64>,
     max_rows: usize,
     max_bytes: usize,
@@ -30,6 +31,8 @@ pub async fn pull_once(
         .start()
         .await
         .map_err(|e| db_status("starting the pull", e))?;
+    // As the caller: row-level security, statement_timeout, eval_role.
+    super::scopes::enter(o, &tx, who).await?;
     let failed = |e| db_status("reading the change log", e);
     let scopes: Vec<&String> = after.keys().collect();
     let positions: Vec<i64> = after.values().map(|&s| s as i64).collect();
@@ -166,14 +169,19 @@ pub async fn pull_once(
 pub struct FollowSlot {
     o: Offline,
     client_id: String,
+    owner: String,
 }
 
 impl FollowSlot {
-    /// Takes a follow slot of `client_id`, if it has one free.
-    pub fn take(o: &Offline, client_id: &str) -> Result<FollowSlot, Status> {
+    /// Takes a follow slot of `client_id` and of `id`, if both have one
+    /// free.
+    pub fn take(o: &Offline, id: &Identity, client_id: &str) -> Result<FollowSlot, Status> {
+        let cfg = &o.inner.cfg;
+        // Identities are counted under a key no client id can take.
+        let owner = format!("\0{}\0{}", id.workspace_id, id.user_id);
         let mut f = o.inner.follows.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.entry(client_id.to_owned()).or_insert(0);
-        if *n >= o.inner.cfg.max_follows_per_client {
+        let n = f.get(client_id).copied().unwrap_or(0);
+        if n >= cfg.max_follows_per_client {
             return Err(status(
                 Code::ResourceExhausted,
                 format!(
@@ -181,10 +189,21 @@ impl FollowSlot {
                 ),
             ));
         }
-        *n += 1;
+        let m = f.get(&owner).copied().unwrap_or(0);
+        if m >= cfg.max_follows_per_identity {
+            return Err(status(
+                Code::ResourceExhausted,
+                format!(
+                    "this user already has {m} follow streams open (offline.max_follows_per_identity): close one first"
+                ),
+            ));
+        }
+        *f.entry(client_id.to_owned()).or_insert(0) += 1;
+        *f.entry(owner.clone()).or_insert(0) += 1;
         Ok(FollowSlot {
             o: o.clone(),
             client_id: client_id.to_owned(),
+            owner,
         })
     }
 }
@@ -197,10 +216,12 @@ impl Drop for FollowSlot {
             .follows
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = f.get_mut(&self.client_id) {
-            *n -= 1;
-            if *n == 0 {
-                f.remove(&self.client_id);
+        for k in [&self.client_id, &self.owner] {
+            if let Some(n) = f.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    f.remove(k);
+                }
             }
         }
     }
@@ -227,13 +248,13 @@ pub async fn run(
         let r = if !first && sql_buckets {
             match scopes_of(&o, &who).await {
                 Ok(mine) => match check_own(&mine, after.keys()) {
-                    Ok(()) => pull_once(&o, &after, max_rows, max_bytes).await,
+                    Ok(()) => pull_once(&o, &who, &after, max_rows, max_bytes).await,
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
             }
         } else {
-            pull_once(&o, &after, max_rows, max_bytes).await
+            pull_once(&o, &who, &after, max_rows, max_bytes).await
         };
         let (more, stop) = match &r {
             Err(_) => (false, true),

@@ -262,7 +262,8 @@ $d$;
 }
 
 /// Everything, for `arcana offline sql` and for installing. `eval_role`
-/// (`database.eval_role`) gets what pushes read and write directly.
+/// (`database.eval_role`) gets what pushes, pulls and snapshots read and
+/// write directly.
 pub fn script(tables: &[TableSpec], eval_role: Option<&str>) -> String {
     let mut s = String::from(BASE);
     for t in tables {
@@ -272,7 +273,7 @@ pub fn script(tables: &[TableSpec], eval_role: Option<&str>) -> String {
         let r = ident(role);
         s.push_str(&format!(
             "\nGRANT USAGE ON SCHEMA arcana_offline TO {r};\n\
-             GRANT SELECT ON arcana_offline.rows, arcana_offline.changes TO {r};\n\
+             GRANT SELECT ON arcana_offline.rows, arcana_offline.changes, arcana_offline.scopes TO {r};\n\
              GRANT SELECT, INSERT ON arcana_offline.bundles TO {r};\n"
         ));
     }

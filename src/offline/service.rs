@@ -12,7 +12,7 @@ use super::scopes::{check_own, scopes_of};
 use super::snapshot::Cursor;
 use super::{check_client, db_status, Offline, PROTOCOL_VERSION};
 use crate::engine::Identity;
-use crate::grpc::auth::identify;
+use crate::grpc::auth::identify_call;
 use crate::grpc::status::status;
 use crate::proto as pb;
 
@@ -24,10 +24,12 @@ pub use generated::offline_service_server;
 
 /// Longest client id accepted, in characters.
 const MAX_CLIENT_ID: usize = 128;
+/// Longest `platform` and `app_version` accepted, in characters.
+const MAX_CLIENT_TEXT: usize = 64;
 
 impl Offline {
     async fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
-        Ok(identify(&*self.inner.auth, req.metadata()).await?.identity)
+        Ok(identify_call(&*self.inner.auth, req).await?.identity)
     }
 }
 
@@ -92,6 +94,16 @@ impl offline_service_server::OfflineService for Offline {
                 format!("client_id must be 1 to {MAX_CLIENT_ID} characters (a UUID is fine)"),
             ));
         }
+        for (field, v) in [("platform", &r.platform), ("app_version", &r.app_version)] {
+            if v.chars().count() > MAX_CLIENT_TEXT {
+                return Err(status(
+                    Code::InvalidArgument,
+                    format!(
+                        "{field} is longer than {MAX_CLIENT_TEXT} characters: send a short name"
+                    ),
+                ));
+            }
+        }
         let min = &self.inner.cfg.min_app_version;
         if !min.is_empty() {
             let have = parse_version(&r.app_version).ok_or_else(|| {
@@ -114,8 +126,34 @@ impl offline_service_server::OfflineService for Offline {
                 ));
             }
         }
-        let c = self.conn().await?;
-        let owner = c
+        let mut c = self.conn().await?;
+        let tx = c
+            .transaction()
+            .await
+            .map_err(|e| db_status("registering the client", e))?;
+        // One registration of a user at a time, so the count below holds.
+        let max = self.inner.cfg.max_clients_per_identity as i64;
+        let (held, known): (i64, bool) = {
+            let row = tx
+                .query_one(
+                    "SELECT pg_advisory_xact_lock(hashtext('arcana_offline client ' || $1 || '/' || $2)), \
+                     (SELECT count(*) FROM arcana_offline.clients WHERE workspace_id = $1 AND user_id = $2 AND active), \
+                     EXISTS (SELECT 1 FROM arcana_offline.clients WHERE client_id = $3 AND active)",
+                    &[&&*id.workspace_id, &&*id.user_id, &r.client_id],
+                )
+                .await
+                .map_err(|e| db_status("registering the client", e))?;
+            (row.get(1), row.get(2))
+        };
+        if !known && held >= max {
+            return Err(status(
+                Code::ResourceExhausted,
+                format!(
+                    "this user already has {max} registered client ids (offline.max_clients_per_identity): reuse a client id; ids not seen for offline.client_idle_seconds are released"
+                ),
+            ));
+        }
+        let owner = tx
             .query_opt(
                 "INSERT INTO arcana_offline.clients (client_id, workspace_id, user_id, platform, app_version) \
                  VALUES ($1, $2, $3, $4, $5) \
@@ -125,6 +163,9 @@ impl offline_service_server::OfflineService for Offline {
                  RETURNING 1",
                 &[&r.client_id, &&*id.workspace_id, &&*id.user_id, &r.platform, &r.app_version],
             )
+            .await
+            .map_err(|e| db_status("registering the client", e))?;
+        tx.commit()
             .await
             .map_err(|e| db_status("registering the client", e))?;
         if owner.is_none() {
@@ -206,7 +247,7 @@ impl offline_service_server::OfflineService for Offline {
         let max_rows = bound(r.max_rows, cfg.max_pull_rows).max(1) as usize;
         let max_bytes = bound(r.max_bytes, cfg.max_pull_bytes) as usize;
         let slot = if r.follow {
-            Some(FollowSlot::take(self, &r.client_id)?)
+            Some(FollowSlot::take(self, &id, &r.client_id)?)
         } else {
             None
         };
@@ -244,8 +285,16 @@ impl offline_service_server::OfflineService for Offline {
             None => r.scopes.clone(),
         };
         check_own(&mine, scopes.iter())?;
+        let slot = super::snapshot::Slot::take(self, &id, &r.client_id)?;
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(super::snapshot::run(self.clone(), scopes, cursor, tx));
+        tokio::spawn(super::snapshot::run(
+            self.clone(),
+            id,
+            scopes,
+            cursor,
+            slot,
+            tx,
+        ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

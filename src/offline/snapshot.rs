@@ -8,8 +8,16 @@
 //! transaction is gone), from the position on; the device then pulls from
 //! the frozen sequences, and the changes it pulls carry rows as they stand,
 //! so it ends with the same rows as an uninterrupted snapshot would give.
+//!
+//! The server resumes that way by itself when a reader stalls: after
+//! `offline.snapshot_stall_ms` without room in the channel it gives its
+//! transaction and connection back, and opens a new transaction at the
+//! position once the reader takes a chunk. Every transaction runs under the
+//! caller's identity, like pushes, graphs and mutations.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -18,6 +26,7 @@ use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 use super::{db_status, read_rows, Offline};
+use crate::engine::Identity;
 use crate::grpc::status::status;
 use crate::proto as pb;
 
@@ -52,35 +61,159 @@ impl Cursor {
     }
 }
 
-/// Streams the snapshot of `scopes` into `tx`.
+/// Open snapshots per client id and per identity.
+#[derive(Default)]
+pub struct Counts {
+    by_client: HashMap<String, usize>,
+    by_identity: HashMap<(Arc<str>, Arc<str>), usize>,
+}
+
+/// An open snapshot, counted until dropped.
+pub struct Slot {
+    o: Offline,
+    client_id: String,
+    owner: (Arc<str>, Arc<str>),
+}
+
+impl Slot {
+    /// Counts a snapshot of `client_id` for `id`, or says which limit is
+    /// reached.
+    pub fn take(o: &Offline, id: &Identity, client_id: &str) -> Result<Slot, Status> {
+        let cfg = &o.inner.cfg;
+        let mut c = o.inner.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        let owner = (id.user_id.clone(), id.workspace_id.clone());
+        if c.by_client.get(client_id).copied().unwrap_or(0) >= cfg.max_snapshots_per_client {
+            return Err(status(
+                Code::ResourceExhausted,
+                format!(
+                    "client `{client_id}` already has {} snapshots open (offline.max_snapshots_per_client): finish or close one first",
+                    cfg.max_snapshots_per_client
+                ),
+            ));
+        }
+        if c.by_identity.get(&owner).copied().unwrap_or(0) >= cfg.max_snapshots_per_identity {
+            return Err(status(
+                Code::ResourceExhausted,
+                format!(
+                    "this user already has {} snapshots open (offline.max_snapshots_per_identity): finish or close one first",
+                    cfg.max_snapshots_per_identity
+                ),
+            ));
+        }
+        *c.by_client.entry(client_id.to_owned()).or_default() += 1;
+        *c.by_identity.entry(owner.clone()).or_default() += 1;
+        Ok(Slot {
+            o: o.clone(),
+            client_id: client_id.to_owned(),
+            owner,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut c = self
+            .o
+            .inner
+            .snapshots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = c.by_client.get_mut(&self.client_id) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_client.remove(&self.client_id);
+            }
+        }
+        if let Some(n) = c.by_identity.get_mut(&self.owner) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_identity.remove(&self.owner);
+            }
+        }
+    }
+}
+
+/// Streams the snapshot of `scopes` into `tx` as `who`, holding `slot`
+/// until it ends.
 pub async fn run(
     o: Offline,
+    who: Identity,
     scopes: Vec<String>,
     cursor: Option<Cursor>,
+    slot: Slot,
     tx: mpsc::Sender<Result<pb::SnapshotChunk, Status>>,
 ) {
-    if let Err(e) = stream(&o, scopes, cursor, &tx).await {
+    if let Err(e) = stream(&o, &who, scopes, cursor, &tx).await {
         let _ = tx.send(Err(e)).await;
     }
+    drop(slot);
+}
+
+/// How one transaction of a snapshot ended.
+enum Ended {
+    /// The last chunk went out, or the reader is gone.
+    Done,
+    /// The reader stalled; go on in a new transaction when it reads.
+    Stalled,
 }
 
 async fn stream(
     o: &Offline,
+    who: &Identity,
     scopes: Vec<String>,
     cursor: Option<Cursor>,
     out: &mpsc::Sender<Result<pb::SnapshotChunk, Status>>,
 ) -> Result<(), Status> {
-    let mut c = o.conn().await?;
-    let tx = c
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|e| db_status("starting the snapshot", e))?;
+    let stall = Duration::from_millis(o.inner.cfg.snapshot_stall_ms.max(1));
+    let (mut at, mut tbl, mut id) = match cursor {
+        Some(c) => (Some(c.at), c.tbl, c.id),
+        None => (None, String::new(), String::new()),
+    };
+    loop {
+        // No connection is taken before the reader has room for a chunk.
+        let Ok(permit) = out.reserve().await else {
+            return Ok(());
+        };
+        let mut c = o.conn().await?;
+        let tx = c
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| db_status("starting the snapshot", e))?;
+        super::scopes::enter(o, &tx, who).await?;
+        let ended = chunks(
+            o, &tx, &scopes, &mut at, &mut tbl, &mut id, permit, out, stall,
+        )
+        .await?;
+        let _ = tx.rollback().await;
+        if let Ended::Done = ended {
+            return Ok(());
+        }
+        tracing::debug!(
+            "an offline snapshot's reader stalled for offline.snapshot_stall_ms; its transaction is released"
+        );
+    }
+}
+
+/// Sends chunks from `tx` until the last one, the reader leaving, or the
+/// reader stalling; `at`, `tbl` and `id` follow the position.
+#[allow(clippy::too_many_arguments)]
+async fn chunks(
+    o: &Offline,
+    tx: &deadpool_postgres::Transaction<'_>,
+    scopes: &[String],
+    frozen: &mut Option<BTreeMap<String, u64>>,
+    tbl: &mut String,
+    id: &mut String,
+    first: mpsc::Permit<'_, Result<pb::SnapshotChunk, Status>>,
+    out: &mpsc::Sender<Result<pb::SnapshotChunk, Status>>,
+    stall: Duration,
+) -> Result<Ended, Status> {
     let failed = |e| db_status("reading the snapshot", e);
-    let (at, mut tbl, mut id) = match cursor {
-        Some(c) => (c.at, c.tbl, c.id),
+    let at = match frozen {
+        Some(at) => at.clone(),
         None => {
             let mut at: BTreeMap<String, u64> = scopes.iter().map(|s| (s.clone(), 0)).collect();
             for r in tx
@@ -93,7 +226,8 @@ async fn stream(
             {
                 at.insert(r.get(0), r.get::<_, i64>(1) as u64);
             }
-            (at, String::new(), String::new())
+            *frozen = Some(at.clone());
+            at
         }
     };
     let n = o.inner.cfg.snapshot_chunk_rows.max(1) as i64;
@@ -105,9 +239,18 @@ async fn stream(
         )
         .await
         .map_err(failed)?;
+    let mut permit = Some(first);
     loop {
+        let permit = match permit.take() {
+            Some(p) => p,
+            None => match tokio::time::timeout(stall, out.reserve()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Ok(Ended::Done),
+                Err(_) => return Ok(Ended::Stalled),
+            },
+        };
         let rows = tx
-            .query(&stmt, &[&scopes, &tbl, &id, &n])
+            .query(&stmt, &[&scopes, &*tbl, &*id, &n])
             .await
             .map_err(failed)?;
         let last = (rows.len() as i64) < n;
@@ -118,7 +261,7 @@ async fn stream(
         let mut values = HashMap::new();
         for (t, keys) in &wanted {
             if let Some(spec) = o.table(t) {
-                for (rid, r) in read_rows(&tx, spec, keys).await.map_err(failed)? {
+                for (rid, r) in read_rows(tx, spec, keys).await.map_err(failed)? {
                     values.insert((t.clone(), rid), r.values);
                 }
             }
@@ -136,15 +279,15 @@ async fn stream(
                     scope: r.get(4),
                 });
             }
-            tbl = t;
-            id = rid;
+            *tbl = t;
+            *id = rid;
         }
         let cursor = Cursor {
             at: at.clone(),
             tbl: tbl.clone(),
             id: id.clone(),
         };
-        let msg = pb::SnapshotChunk {
+        permit.send(Ok(pb::SnapshotChunk {
             rows: chunk,
             at: at
                 .iter()
@@ -155,9 +298,9 @@ async fn stream(
                 .collect(),
             cursor: cursor.encode(),
             last,
-        };
-        if out.send(Ok(msg)).await.is_err() || last {
-            return Ok(());
+        }));
+        if last {
+            return Ok(Ended::Done);
         }
     }
 }

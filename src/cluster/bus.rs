@@ -120,6 +120,42 @@ pub(crate) async fn ensure_stream(
     Ok(())
 }
 
+/// Creates the key-value bucket `name` when missing (one value per key,
+/// keys expiring after `max_age` unless zero, at most `max_bytes` unless
+/// zero) and opens it. The bucket's stream is created here as the client
+/// would create it: the client's own bucket creation first asks for account
+/// details that older servers (Debian's 2.9) answer in a form it cannot
+/// read.
+pub(crate) async fn ensure_kv(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    max_bytes: i64,
+) -> Result<kv::Store, String> {
+    ensure_stream(
+        js,
+        stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            max_bytes,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::New,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            num_replicas: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .map_err(|e| format!("creating the JetStream key-value bucket {name}: {e}"))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| format!("opening the JetStream key-value bucket {name}: {e}"))
+}
+
 impl Bus {
     /// Connects and makes sure the stream and the bucket exist. Fails if
     /// NATS cannot be reached now; once connected, the client reconnects by
@@ -166,42 +202,14 @@ impl Bus {
                 c.changes_stream
             )
         })?;
-        // The bucket's stream is created here as the client would create it:
-        // the client's own bucket creation first asks for account details
-        // that older servers (Debian's 2.9) answer in a form it cannot read.
-        ensure_stream(
+        let leases = ensure_kv(
             &js,
-            stream::Config {
-                name: format!("KV_{}", c.lease_bucket),
-                subjects: vec![format!("$KV.{}.>", c.lease_bucket)],
-                max_messages_per_subject: 1,
-                // A lease nobody renews disappears after its TTL.
-                max_age: Duration::from_millis(c.lease_ttl_ms),
-                storage: stream::StorageType::File,
-                discard: stream::DiscardPolicy::New,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                num_replicas: 1,
-                ..Default::default()
-            },
+            &c.lease_bucket,
+            // A lease nobody renews disappears after its TTL.
+            Duration::from_millis(c.lease_ttl_ms),
+            0,
         )
-        .await
-        .map_err(|e| {
-            format!(
-                "creating the JetStream key-value bucket {}: {e}",
-                c.lease_bucket
-            )
-        })?;
-        let leases = js
-            .get_key_value(c.lease_bucket.as_str())
-            .await
-            .map_err(|e| {
-                format!(
-                    "opening the JetStream key-value bucket {}: {e}",
-                    c.lease_bucket
-                )
-            })?;
+        .await?;
         Ok(Bus {
             client,
             js,

@@ -17,9 +17,8 @@
 //! starts a new epoch, and a follower retries at its next check.
 
 use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
-use async_nats::jetstream::stream;
 
-use super::bus::{ensure_stream, Bus};
+use super::bus::{ensure_kv, Bus};
 
 /// Attempts at a compare-and-set before giving up (others claiming the
 /// same view's term at the same moment).
@@ -36,43 +35,16 @@ fn key(hash: &str) -> String {
 }
 
 impl Terms {
-    /// Opens the bucket, creating it when missing.
+    /// Opens the bucket, creating it when missing. Its keys never expire.
     pub async fn open(bus: &Bus) -> Result<Terms, String> {
         let c = &bus.config;
-        // Created as the lease bucket is, for the same reason (see `bus.rs`).
-        ensure_stream(
+        let store = ensure_kv(
             &bus.js,
-            stream::Config {
-                name: format!("KV_{}", c.terms_bucket),
-                subjects: vec![format!("$KV.{}.>", c.terms_bucket)],
-                max_messages_per_subject: 1,
-                max_bytes: c.terms_max_bytes,
-                storage: stream::StorageType::File,
-                discard: stream::DiscardPolicy::New,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                num_replicas: 1,
-                ..Default::default()
-            },
+            &c.terms_bucket,
+            std::time::Duration::ZERO,
+            c.terms_max_bytes,
         )
-        .await
-        .map_err(|e| {
-            format!(
-                "creating the JetStream key-value bucket {}: {e}",
-                c.terms_bucket
-            )
-        })?;
-        let store = bus
-            .js
-            .get_key_value(c.terms_bucket.as_str())
-            .await
-            .map_err(|e| {
-                format!(
-                    "opening the JetStream key-value bucket {}: {e}",
-                    c.terms_bucket
-                )
-            })?;
+        .await?;
         Ok(Terms { store })
     }
 

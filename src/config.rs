@@ -304,6 +304,10 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Most views in one Sync request.
     pub max_sync_views: usize,
+    /// HTTP/2 flow-control window of each call, in bytes.
+    pub stream_window_bytes: u32,
+    /// HTTP/2 flow-control window of each connection, in bytes.
+    pub connection_window_bytes: u32,
     /// A connection with no open call for this many milliseconds is
     /// closed (GOAWAY).
     pub idle_timeout_ms: u64,
@@ -365,6 +369,8 @@ impl Default for ServerConfig {
             max_sessions_per_identity: limits.max_sessions_per_identity,
             max_sessions: limits.max_sessions,
             max_sync_views: limits.max_sync_views,
+            stream_window_bytes: limits.stream_window_bytes,
+            connection_window_bytes: limits.connection_window_bytes,
             idle_timeout_ms: limits.idle_timeout.as_millis() as u64,
             max_connections_per_peer: limits.max_connections_per_peer,
             max_calls_per_peer: limits.max_calls_per_peer,
@@ -396,6 +402,8 @@ impl ServerConfig {
             max_sessions_per_identity: self.max_sessions_per_identity,
             max_sessions: self.max_sessions,
             max_sync_views: self.max_sync_views,
+            stream_window_bytes: self.stream_window_bytes,
+            connection_window_bytes: self.connection_window_bytes,
             idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
             max_connections_per_peer: self.max_connections_per_peer,
             max_calls_per_peer: self.max_calls_per_peer,

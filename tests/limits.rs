@@ -1014,3 +1014,214 @@ async fn a_trusted_proxy_forwards_the_peer_address() {
     let e = other.open_connect(&from("192.0.2.10")).await.unwrap_err();
     assert_eq!(e, "grpc-status 8");
 }
+
+/// A client that sends re-anchors on `Connect` as fast as it can, while it
+/// reads, gets an answer to every one (back-pressure, or a per-request
+/// RESOURCE_EXHAUSTED), never a dropped stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_reanchors_on_one_stream_is_answered() {
+    const N: u64 = 3_000;
+    let h = Harness::start().await;
+    let mut l = h.live("dev-alice").await;
+    let w = |anchor: i64| pb::Window {
+        limit: 2,
+        cursor: vec![int(anchor * 10), int(anchor)],
+        direction: pb::WindowDirection::After as i32,
+        inclusive: false,
+    };
+    let v = l
+        .subscribe_window("task_window", project(1), Some(w(1)))
+        .await
+        .unwrap();
+    let mut client = h.client("dev-alice").await;
+    let (tx, rx) = mpsc::channel(64);
+    let mut stream = client
+        .connect(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Msg::Opened(_)) = stream.message().await.unwrap().unwrap().kind else {
+        panic!("opened first")
+    };
+    // A view of this session's own to move around.
+    tx.send(pb::ClientMessage {
+        request_id: 0,
+        kind: Some(Req::Subscribe(pb::SubscribeRequest {
+            graph: "task_window".into(),
+            params: project(1),
+            session_id: String::new(),
+            window: Some(w(1)),
+        })),
+    })
+    .await
+    .unwrap();
+    let view_id = loop {
+        let m = stream.message().await.unwrap().unwrap();
+        if let Some(Msg::Reply(r)) = m.kind {
+            let Some(pb::reply::Result::Subscribe(s)) = r.result else {
+                panic!("{r:?}")
+            };
+            break s.view_id;
+        }
+    };
+    drop(v);
+    let writer = tokio::spawn(async move {
+        for i in 1..=N {
+            let msg = pb::ClientMessage {
+                request_id: i,
+                kind: Some(Req::Reanchor(pb::ReanchorRequest {
+                    view_id: view_id.clone(),
+                    window: Some(w(1 + (i as i64 % 4))),
+                    session_id: String::new(),
+                })),
+            };
+            if tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+        tx
+    });
+    let mut answered = 0u64;
+    let mut refused = 0u64;
+    while answered < N {
+        let m = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("a message in time")
+            .unwrap_or_else(|e| panic!("the stream ended after {answered} replies: {e}"))
+            .unwrap_or_else(|| panic!("the stream ended after {answered} replies"));
+        if let Some(Msg::Reply(r)) = m.kind {
+            answered += 1;
+            if let Some(pb::reply::Result::Error(e)) = r.result {
+                assert_eq!(e.code, Code::ResourceExhausted as i32, "{}", e.message);
+                refused += 1;
+            }
+        }
+    }
+    drop(writer.await.unwrap());
+    println!("{answered} re-anchors answered, {refused} refused");
+}
+
+/// Like the test above, with each request in a DATA frame of its own, as
+/// grpc-go sends them: the server must not let small frames pile up in
+/// HTTP/2 (whose flood protection would close the connection with
+/// ENHANCE_YOUR_CALM) while it works through the requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_reanchors_in_small_frames_is_answered() {
+    use prost::Message as _;
+    const N: u64 = 5_000;
+    let h = Harness::start().await;
+    let addr = h.app().addr;
+    let raw = Raw::connect(addr, [127, 0, 0, 13]).await.unwrap();
+    let send = raw.send.clone().ready().await.unwrap();
+    let (resp, mut body) = send
+        .clone()
+        .send_request(
+            Raw::request("/arcana.v1.ArcanaService/Connect", &[ALICE]),
+            false,
+        )
+        .unwrap();
+    let frame = |m: &pb::ClientMessage| {
+        let mut b = vec![0u8];
+        b.extend_from_slice(&(m.encoded_len() as u32).to_be_bytes());
+        m.encode(&mut b).unwrap();
+        bytes::Bytes::from(b)
+    };
+    let w = |anchor: i64| pb::Window {
+        limit: 2,
+        cursor: vec![int(anchor * 10), int(anchor)],
+        direction: pb::WindowDirection::After as i32,
+        inclusive: false,
+    };
+    body.send_data(
+        frame(&pb::ClientMessage {
+            request_id: 0,
+            kind: Some(Req::Subscribe(pb::SubscribeRequest {
+                graph: "task_window".into(),
+                params: project(1),
+                session_id: String::new(),
+                window: Some(w(1)),
+            })),
+        }),
+        false,
+    )
+    .unwrap();
+    let resp = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
+    let mut rbody = resp.into_body();
+    // Server messages, parsed from the response body.
+    let (mtx, mut mrx) = mpsc::unbounded_channel::<Result<pb::ServerMessage, String>>();
+    tokio::spawn(async move {
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            match rbody.data().await {
+                Some(Ok(d)) => {
+                    let _ = rbody.flow_control().release_capacity(d.len());
+                    buf.extend_from_slice(&d);
+                    while buf.len() >= 5 {
+                        let len = u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize;
+                        if buf.len() < 5 + len {
+                            break;
+                        }
+                        let m = buf.split_to(5 + len);
+                        let _ = mtx.send(Ok(pb::ServerMessage::decode(&m[5..]).unwrap()));
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = mtx.send(Err(e.to_string()));
+                    return;
+                }
+                None => {
+                    let t = rbody.trailers().await;
+                    let _ = mtx.send(Err(format!("the stream ended: {t:?}")));
+                    return;
+                }
+            }
+        }
+    });
+    async fn next(
+        rx: &mut mpsc::UnboundedReceiver<Result<pb::ServerMessage, String>>,
+    ) -> Result<pb::ServerMessage, String> {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("a message in time")
+            .expect("reader alive")
+    }
+    let view_id = loop {
+        if let Some(Msg::Reply(r)) = next(&mut mrx).await.unwrap().kind {
+            let Some(pb::reply::Result::Subscribe(s)) = r.result else {
+                panic!("{r:?}")
+            };
+            break s.view_id;
+        }
+    };
+    for i in 1..=N {
+        let m = pb::ClientMessage {
+            request_id: i,
+            kind: Some(Req::Reanchor(pb::ReanchorRequest {
+                view_id: view_id.clone(),
+                window: Some(w(1 + (i as i64 % 4))),
+                session_id: String::new(),
+            })),
+        };
+        // One DATA frame per message; h2 queues what the window does not
+        // yet allow. A failure shows in the replies read below.
+        if body.send_data(frame(&m), false).is_err() {
+            break;
+        }
+    }
+    let mut answered = 0u64;
+    let mut refused = 0u64;
+    while answered < N {
+        let m = next(&mut mrx)
+            .await
+            .unwrap_or_else(|e| panic!("after {answered} replies: {e}"));
+        if let Some(Msg::Reply(r)) = m.kind {
+            answered += 1;
+            if let Some(pb::reply::Result::Error(e)) = r.result {
+                assert_eq!(e.code, Code::ResourceExhausted as i32, "{}", e.message);
+                refused += 1;
+            }
+        }
+    }
+    println!("{answered} re-anchors answered, {refused} refused");
+    drop(raw);
+}

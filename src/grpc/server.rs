@@ -302,7 +302,19 @@ pub async fn serve(
     };
 
     let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A call's window is kept small next to the connection's: a client
+    // whose requests wait unread (the server stopped reading a session
+    // that does not read its replies, or is busy with an earlier request)
+    // can then buffer at most one window of small frames, well within
+    // HTTP/2's flood protection budget (half the connection window), so
+    // it is held back by flow control instead of losing the connection.
     http.http2()
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .initial_connection_window_size(
+            limits
+                .connection_window_bytes
+                .max(limits.stream_window_bytes),
+        )
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(limits.max_streams_per_connection));

@@ -86,7 +86,8 @@ async fn echoed_input_is_cut_short() {
         .subscribe(pb::SubscribeRequest {
             graph: "project_tasks".into(),
             params: project(1),
-            session_id: long.clone(),
+            // Under the 64 KiB a Subscribe may take.
+            session_id: long[..60_000].to_owned(),
             window: None,
         })
         .await
@@ -1224,4 +1225,99 @@ async fn a_flood_of_reanchors_in_small_frames_is_answered() {
     }
     println!("{answered} re-anchors answered, {refused} refused");
     drop(raw);
+}
+
+/// Decoding a request costs about its size: a Sync's views are counted on
+/// the wire and judged before any is decoded. Eight concurrent Syncs of
+/// 500,000 empty views each (just under `max_message_bytes`; once decoded
+/// they took about 17 times their size) are refused, and the server's peak
+/// memory, read from /proc for its own process, stays within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_syncs_are_refused_before_their_views_are_decoded() {
+    const VIEWS: usize = 500_000;
+    let s = Served::start("").await;
+    let mut c = s.client("dev-alice").await;
+    describe_ok(&mut c).await;
+    let peak = |s: &Served| s.proc_field("status", "VmHWM:") as f64 / 1024.0;
+    let before = peak(&s);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut c = s.client("dev-alice").await;
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(4);
+            let mut stream = c
+                .connect(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            tx.send(pb::ClientMessage {
+                request_id: 1,
+                kind: Some(Req::Sync(pb::SyncRequest {
+                    views: vec![pb::SyncView::default(); VIEWS],
+                    session_id: String::new(),
+                })),
+            })
+            .await
+            .unwrap();
+            loop {
+                let m = tokio::time::timeout(WAIT, stream.message())
+                    .await
+                    .expect("a reply in time")
+                    .unwrap()
+                    .unwrap();
+                if let Some(Msg::Reply(r)) = m.kind {
+                    let Some(pb::reply::Result::Error(e)) = r.result else {
+                        panic!("refused: {r:?}")
+                    };
+                    return e;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let e = t.await.unwrap();
+        assert_eq!(e.code, Code::ResourceExhausted as i32, "{}", e.message);
+        assert!(e.message.contains("500000 views"), "{}", e.message);
+    }
+    // The unary Sync too.
+    let mut stream = c
+        .open_session(pb::OpenSessionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Msg::Opened(o)) = stream.message().await.unwrap().unwrap().kind else {
+        panic!("opened first")
+    };
+    let e = c
+        .sync(pb::SyncRequest {
+            views: vec![pb::SyncView::default(); VIEWS],
+            session_id: o.session_id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    let grew = peak(&s) - before;
+    println!("peak RSS {before:.1} MiB before, grew by {grew:.1} MiB");
+    assert!(
+        grew < 32.0,
+        "decoding 8 MiB of requests raised the peak RSS by {grew:.1} MiB"
+    );
+}
+
+/// Calls that take small messages refuse large ones before decoding them.
+#[tokio::test]
+async fn small_calls_refuse_large_messages_undecoded() {
+    let h = Harness::start().await;
+    let mut c = h.client("dev-alice").await;
+    let e = c
+        .subscribe(pb::SubscribeRequest {
+            graph: "project_tasks".into(),
+            params: (0..20_000).map(|i| (format!("p{i}"), int(i))).collect(),
+            session_id: "x".into(),
+            window: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains("at most 65536"), "{}", e.message());
 }

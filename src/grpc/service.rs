@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::auth::{identify_call, same_rights, Authenticator, Credentials};
+use super::codec::{Inbound, LazySync, LazyViews};
 use super::convert::{
     describe, encode_message, encoded_frame, params_from_pb, stats_to_pb, window_from_pb,
 };
@@ -361,16 +362,18 @@ fn sync_views(views: Vec<pb::SyncView>) -> Vec<SyncView> {
 async fn run_sync(
     engine: &Engine,
     session: &Arc<Session>,
-    views: Vec<pb::SyncView>,
+    views: LazyViews,
     max_views: usize,
 ) -> Result<pb::SyncResponse, Status> {
     // Each view costs a result entry and an attach: cap the amplification.
-    if views.len() > max_views {
+    // Counted before decoding, which alone costs far more than the bytes.
+    if views.count() > max_views {
         return Err(Status::resource_exhausted(format!(
             "Sync names {} views; at most {max_views} per request (server.max_sync_views): split it",
-            views.len()
+            views.count()
         )));
     }
+    let views = views.decode()?;
     let results = engine
         .sync(session, sync_views(views))
         .await
@@ -450,14 +453,15 @@ fn connect_method(msg: &pb::ClientMessage) -> &'static str {
 /// Errors end the stream.
 #[tracing::instrument(
     target = SPANS, level = "debug", name = "rpc", skip_all,
-    fields(otel.name = connect_method(&msg), rpc.method = connect_method(&msg), session.id = &*session.id),
+    fields(otel.name = connect_method(&inbound.msg), rpc.method = connect_method(&inbound.msg), session.id = &*session.id),
 )]
 async fn handle(
     engine: &Engine,
     session: &Arc<Session>,
     limits: &Limits,
-    msg: pb::ClientMessage,
+    inbound: Inbound,
 ) -> Result<(), Status> {
+    let Inbound { msg, views } = inbound;
     let rid = msg.request_id;
     let reply = |r: reply::Result| {
         encode_message(server_message::Kind::Reply(pb::Reply {
@@ -492,7 +496,13 @@ async fn handle(
             }
         }
         Some(pb::client_message::Kind::Sync(req)) => {
-            match run_sync(engine, session, req.views, limits.max_sync_views).await {
+            // The decoder keeps a Sync's views encoded; a Sync built in
+            // process has them decoded.
+            let views = match views {
+                Some(v) => v,
+                None => LazyViews::from_views(req.views),
+            };
+            match run_sync(engine, session, views, limits.max_sync_views).await {
                 Ok(r) => reply(reply::Result::Sync(r)),
                 Err(s) => error(s),
             }
@@ -605,7 +615,7 @@ impl ArcanaService for Service {
     )]
     async fn connect(
         &self,
-        req: Request<Streaming<pb::ClientMessage>>,
+        req: Request<Streaming<Inbound>>,
     ) -> Result<Response<WireStream>, Status> {
         let creds = self.credentials(&req).await?;
         let (session, lease) = self.open(creds)?;
@@ -708,10 +718,7 @@ impl ArcanaService for Service {
         target = SPANS, level = "debug", name = "rpc", skip_all,
         fields(otel.name = "Sync", rpc.method = "Sync", session.id = session_field(&req.get_ref().session_id)),
     )]
-    async fn sync(
-        &self,
-        req: Request<pb::SyncRequest>,
-    ) -> Result<Response<pb::SyncResponse>, Status> {
+    async fn sync(&self, req: Request<LazySync>) -> Result<Response<pb::SyncResponse>, Status> {
         let session = self.session_of(&req, &req.get_ref().session_id).await?;
         Ok(Response::new(
             run_sync(

@@ -431,6 +431,9 @@ pub struct DatabaseConfig {
     /// mutations, so row-level security applies even when the server
     /// connects as a superuser or the tables' owner.
     pub eval_role: Option<String>,
+    /// How many times a mutation that hits a deadlock or a serialization
+    /// failure is run again before it answers ABORTED.
+    pub mutation_retries: u32,
 }
 
 impl Default for DatabaseConfig {
@@ -441,6 +444,7 @@ impl Default for DatabaseConfig {
             statement_timeout_ms: 30_000,
             pool_timeout_ms: 5_000,
             eval_role: None,
+            mutation_retries: 3,
         }
     }
 }
@@ -452,6 +456,7 @@ impl DatabaseConfig {
             eval_role: self.eval_role.clone(),
             statement_timeout_ms: self.statement_timeout_ms,
             pool_timeout_ms: self.pool_timeout_ms,
+            mutation_retries: self.mutation_retries,
         }
     }
 }

@@ -192,6 +192,17 @@ pub fn db_error(e: tokio_postgres::Error) -> EvalError {
             "23514" => violation("check violation"),
             "23502" => violation("not-null violation"),
             "23P01" => violation("exclusion violation"),
+            "40001" | "40P01" => EvalError::new(
+                EvalErrorKind::Aborted,
+                format!(
+                    "{} (SQLSTATE {code}): a concurrent transaction got in the way; retry",
+                    if code == "40P01" {
+                        "deadlock"
+                    } else {
+                        "serialization failure"
+                    }
+                ),
+            ),
             "57014" => EvalError::new(
                 EvalErrorKind::DeadlineExceeded,
                 "the query was cancelled at its time limit",
@@ -956,10 +967,32 @@ impl MutationHandler for Arc<SqlMutation> {
     ) -> BoxFuture<'static, Result<MutationOutput, EvalError>> {
         let m = self.clone();
         Box::pin(async move {
-            let (data, returned) = m
-                .write(&scope, &params)
-                .await
-                .map_err(|e| named(&format!("mutation `{}`", m.name), &m.ctx, e))?;
+            // A transaction that lost to a concurrent one is run again, a
+            // bounded number of times, after a short random pause.
+            let mut tries = 0u32;
+            let (data, returned) = loop {
+                match m.write(&scope, &params).await {
+                    Err(e)
+                        if e.kind == EvalErrorKind::Aborted && tries < m.ctx.mutation_retries =>
+                    {
+                        tries += 1;
+                        let pause = rand::random_range(1..=10u64 << tries.min(6));
+                        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                    }
+                    Err(mut e) => {
+                        if e.kind == EvalErrorKind::Aborted {
+                            e.message = format!(
+                                "{} (tried {} times, database.mutation_retries = {})",
+                                e.message,
+                                tries + 1,
+                                m.ctx.mutation_retries
+                            );
+                        }
+                        return Err(named(&format!("mutation `{}`", m.name), &m.ctx, e));
+                    }
+                    Ok(r) => break r,
+                }
+            };
             let changes = m
                 .changes
                 .iter()

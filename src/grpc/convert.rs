@@ -61,21 +61,29 @@ pub fn params_from_pb(m: HashMap<String, pb::Value>) -> HashMap<String, engine::
     m.into_iter().map(|(k, v)| (k, value_from_pb(v))).collect()
 }
 
-/// A protobuf window to the engine's; `None` when unset.
-pub fn window_from_pb(w: Option<pb::Window>) -> Option<engine::Window> {
-    let w = w?;
+/// A protobuf window to the engine's; `None` when unset. A direction this
+/// server does not know is INVALID_ARGUMENT (unset reads as `AFTER`).
+pub fn window_from_pb(w: Option<pb::Window>) -> Result<Option<engine::Window>, tonic::Status> {
+    let Some(w) = w else {
+        return Ok(None);
+    };
     let direction = match pb::WindowDirection::try_from(w.direction) {
+        Ok(pb::WindowDirection::Unspecified | pb::WindowDirection::After) => {
+            engine::Direction::After
+        }
         Ok(pb::WindowDirection::Before) => engine::Direction::Before,
         Ok(pb::WindowDirection::Around) => engine::Direction::Around,
-        // Unknown values read as the default rather than failing.
-        _ => engine::Direction::After,
+        Err(_) => return Err(tonic::Status::invalid_argument(format!(
+            "window.direction {} is not a WindowDirection: use AFTER (1), BEFORE (2) or AROUND (3)",
+            w.direction
+        ))),
     };
-    Some(engine::Window {
+    Ok(Some(engine::Window {
         limit: w.limit,
         cursor: w.cursor.into_iter().map(value_from_pb).collect(),
         direction,
         inclusive: w.inclusive,
-    })
+    }))
 }
 
 /// A window's edges to protobuf.

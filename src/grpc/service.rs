@@ -346,15 +346,19 @@ fn subscribed(s: &Subscribed) -> pb::SubscribeResponse {
     }
 }
 
-fn sync_views(views: Vec<pb::SyncView>) -> Vec<SyncView> {
+fn sync_views(views: Vec<pb::SyncView>) -> Result<Vec<SyncView>, Status> {
     views
         .into_iter()
-        .map(|v| SyncView {
-            graph: v.graph,
-            params: params_from_pb(v.params),
-            epoch: v.epoch,
-            version: v.version,
-            window: window_from_pb(v.window),
+        .enumerate()
+        .map(|(i, v)| {
+            Ok(SyncView {
+                graph: v.graph,
+                params: params_from_pb(v.params),
+                epoch: v.epoch,
+                version: v.version,
+                window: window_from_pb(v.window)
+                    .map_err(|e| Status::new(e.code(), format!("views[{i}]: {}", e.message())))?,
+            })
         })
         .collect()
 }
@@ -375,7 +379,7 @@ async fn run_sync(
     }
     let views = views.decode()?;
     let results = engine
-        .sync(session, sync_views(views))
+        .sync(session, sync_views(views)?)
         .await
         .into_iter()
         .map(|o| match o.result {
@@ -475,12 +479,16 @@ async fn handle(
             "empty ClientMessage: set one of subscribe, unsubscribe, sync, mutate or ping",
         )),
         Some(pb::client_message::Kind::Subscribe(req)) => {
+            let window = match window_from_pb(req.window) {
+                Ok(w) => w,
+                Err(e) => return session.push_message(error(e)).map_err(queue_status),
+            };
             let r = engine
                 .subscribe(
                     session,
                     &req.graph,
                     params_from_pb(req.params),
-                    window_from_pb(req.window),
+                    window,
                     |s| Some(reply(reply::Result::Subscribe(subscribed(s)))),
                 )
                 .await;
@@ -531,12 +539,17 @@ async fn handle(
             }))
         }
     };
-    session.push_message(out).map_err(|e| match e {
+    session.push_message(out).map_err(queue_status)
+}
+
+/// Why a reply could not be queued, as the status that ends the stream.
+fn queue_status(e: QueueError) -> Status {
+    match e {
         QueueError::Full => Status::resource_exhausted(
             "too many unread replies: the client must read the stream; session closed",
         ),
         QueueError::Closed => Status::cancelled("the session was closed"),
-    })
+    }
 }
 
 /// Moves a windowed subscription; the re-anchor diff is queued on the
@@ -546,7 +559,7 @@ async fn run_reanchor(
     session: &Arc<Session>,
     req: pb::ReanchorRequest,
 ) -> Result<pb::ReanchorResponse, Status> {
-    let window = window_from_pb(req.window)
+    let window = window_from_pb(req.window)?
         .ok_or_else(|| Status::invalid_argument("Reanchor needs a window: at least a limit"))?;
     let r = engine
         .reanchor(session, &req.view_id, window)
@@ -691,7 +704,7 @@ impl ArcanaService for Service {
                 &session,
                 &r.graph,
                 params_from_pb(r.params),
-                window_from_pb(r.window),
+                window_from_pb(r.window)?,
                 |_| None,
             )
             .await

@@ -182,6 +182,26 @@ required = true
         assert_eq!(e.code, Code::InvalidArgument as i32, "{}", e.message);
         assert!(e.message.contains("range"), "{}", e.message);
     }
+    // A timestamp's nanos must lie in 0..=999,999,999.
+    for nanos in [-1, 2_000_000_000] {
+        let due = pb::Value {
+            kind: Some(pb::value::Kind::Timestamp(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos,
+            })),
+        };
+        let e = l
+            .mutate("set_due", params(&[("id", int(1)), ("due", due)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::InvalidArgument as i32, "{}", e.message);
+        assert!(e.message.contains("param `due`"), "{}", e.message);
+        assert!(
+            e.message.contains(&format!("nanos {nanos}")),
+            "{}",
+            e.message
+        );
+    }
     l.mutate(
         "set_due",
         params(&[("id", int(1)), ("due", ts(1_700_000_000))]),

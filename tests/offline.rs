@@ -2260,3 +2260,34 @@ async fn registrations_and_follows_are_capped_per_identity() {
         }
     }
 }
+
+/// A pushed timestamp whose nanos lie outside 0..=999,999,999 is refused
+/// with INVALID_ARGUMENT naming the column; nothing is written.
+#[tokio::test]
+async fn a_pushed_timestamp_with_nanos_out_of_range_is_refused() {
+    let h = Harness::with_extra(KINDS_SCHEMA, KINDS_CONFIG, |_| {}).await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    for nanos in [-1, 2_000_000_000] {
+        let e = a
+            .push(vec![intent(
+                "kinds",
+                IntentOp::Insert,
+                &[
+                    ("id", text("t1")),
+                    ("workspace_id", text("acme")),
+                    ("ts", ts(1_700_000_000, nanos)),
+                ],
+                0,
+            )])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains("column `ts`"), "{}", e.message());
+        assert!(
+            e.message().contains(&format!("nanos {nanos}")),
+            "{}",
+            e.message()
+        );
+    }
+    assert_eq!(h.query_i64("SELECT count(*) FROM kinds").await, 0);
+}

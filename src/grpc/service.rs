@@ -351,13 +351,13 @@ fn sync_views(views: Vec<pb::SyncView>) -> Result<Vec<SyncView>, Status> {
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
+            let at = |e: Status| Status::new(e.code(), format!("views[{i}]: {}", e.message()));
             Ok(SyncView {
                 graph: v.graph,
-                params: params_from_pb(v.params),
+                params: params_from_pb(v.params).map_err(at)?,
                 epoch: v.epoch,
                 version: v.version,
-                window: window_from_pb(v.window)
-                    .map_err(|e| Status::new(e.code(), format!("views[{i}]: {}", e.message())))?,
+                window: window_from_pb(v.window).map_err(at)?,
             })
         })
         .collect()
@@ -479,18 +479,16 @@ async fn handle(
             "empty ClientMessage: set one of subscribe, unsubscribe, sync, mutate or ping",
         )),
         Some(pb::client_message::Kind::Subscribe(req)) => {
-            let window = match window_from_pb(req.window) {
-                Ok(w) => w,
+            let (params, window) = match params_from_pb(req.params)
+                .and_then(|p| Ok((p, window_from_pb(req.window)?)))
+            {
+                Ok(pw) => pw,
                 Err(e) => return session.push_message(error(e)).map_err(queue_status),
             };
             let r = engine
-                .subscribe(
-                    session,
-                    &req.graph,
-                    params_from_pb(req.params),
-                    window,
-                    |s| Some(reply(reply::Result::Subscribe(subscribed(s)))),
-                )
+                .subscribe(session, &req.graph, params, window, |s| {
+                    Some(reply(reply::Result::Subscribe(subscribed(s))))
+                })
                 .await;
             match r {
                 Ok(_) => return Ok(()), // the reply went out ahead of the snapshot
@@ -515,15 +513,16 @@ async fn handle(
                 Err(s) => error(s),
             }
         }
-        Some(pb::client_message::Kind::Mutate(req)) => {
-            match engine
-                .mutate(&session.identity, &req.mutation, params_from_pb(req.params))
+        Some(pb::client_message::Kind::Mutate(req)) => match params_from_pb(req.params) {
+            Err(e) => error(e),
+            Ok(params) => match engine
+                .mutate(&session.identity, &req.mutation, params)
                 .await
             {
                 Ok(out) => reply(reply::Result::Mutate(mutate_response(out, Some(session)))),
                 Err(e) => error(to_status(e)),
-            }
-        }
+            },
+        },
         Some(pb::client_message::Kind::Reanchor(req)) => {
             match run_reanchor(engine, session, req).await {
                 Ok(r) => reply(reply::Result::Reanchor(r)),
@@ -703,7 +702,7 @@ impl ArcanaService for Service {
             .subscribe(
                 &session,
                 &r.graph,
-                params_from_pb(r.params),
+                params_from_pb(r.params)?,
                 window_from_pb(r.window)?,
                 |_| None,
             )
@@ -777,7 +776,7 @@ impl ArcanaService for Service {
         let r = req.into_inner();
         let out = self
             .engine
-            .mutate(&identity, &r.mutation, params_from_pb(r.params))
+            .mutate(&identity, &r.mutation, params_from_pb(r.params)?)
             .await
             .map_err(to_status)?;
         Ok(Response::new(mutate_response(out, session.as_deref())))

@@ -14,7 +14,7 @@ use super::scopes::token_scope_id;
 use super::spec::{ident, TableSpec};
 use super::{check_client, db_status, Offline};
 use crate::engine::{Identity, Value};
-use crate::grpc::convert::value_from_pb;
+use crate::grpc::convert::checked_value_from_pb;
 use crate::grpc::status::status;
 use crate::postgres::values::SqlParam;
 use crate::proto::{self as pb, intent_result::Status as Outcome, IntentOp};
@@ -345,7 +345,9 @@ async fn apply(
                 t.name
             )));
         }
-        values.insert(k, value_from_pb(v));
+        let v = checked_value_from_pb(v)
+            .map_err(|e| invalid(format!("column `{k}` of table `{}`: {e}", t.name)))?;
+        values.insert(k, v);
     }
     // Whether a scope column value names one of the caller's scopes.
     let ours = |v: &str| mine.contains(&t.scope_of(v));

@@ -157,6 +157,7 @@ required = true
         .unwrap_err();
     assert_eq!(e.code, Code::InvalidArgument as i32, "{}", e.message);
     assert!(e.message.contains("int4"), "{}", e.message);
+    assert!(e.message.contains("param `position`"), "{}", e.message);
     let ts = |seconds: i64| pb::Value {
         kind: Some(pb::value::Kind::Timestamp(prost_types::Timestamp {
             seconds,

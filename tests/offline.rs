@@ -2291,3 +2291,27 @@ async fn a_pushed_timestamp_with_nanos_out_of_range_is_refused() {
     }
     assert_eq!(h.query_i64("SELECT count(*) FROM kinds").await, 0);
 }
+
+/// A pushed int too large for its column is refused naming the column.
+#[tokio::test]
+async fn a_pushed_int_out_of_range_names_its_column() {
+    let h = Harness::with_extra(KINDS_SCHEMA, KINDS_CONFIG, |_| {}).await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let e = a
+        .push(vec![intent(
+            "kinds",
+            IntentOp::Insert,
+            &[
+                ("id", text("t1")),
+                ("workspace_id", text("acme")),
+                ("i4", int(2_147_483_648)),
+            ],
+            0,
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("column `i4`"), "{}", e.message());
+    assert!(e.message().contains("2147483648"), "{}", e.message());
+    assert_eq!(h.query_i64("SELECT count(*) FROM kinds").await, 0);
+}

@@ -98,7 +98,11 @@ impl Statement {
             columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         let stmt = client.prepare_cached(lateral).await.map_err(db_error)?;
         let mut out: Vec<Vec<Row>> = (0..items.len()).map(|_| Vec::new()).collect();
-        for row in client.query(&stmt, &refs).await.map_err(db_error)? {
+        for row in client
+            .query(&stmt, &refs)
+            .await
+            .map_err(|e| self.bind_error(e))?
+        {
             let at: i64 = row.try_get(0).map_err(db_error)?;
             match out.get_mut((at - 1) as usize) {
                 Some(rows) => rows.push(row),
@@ -106,6 +110,31 @@ impl Statement {
             }
         }
         Ok(out)
+    }
+
+    /// [`db_error`], naming the param a value that could not be bound was
+    /// given for (tokio-postgres reports only its position).
+    fn bind_error(&self, e: tokio_postgres::Error) -> EvalError {
+        let at = e
+            .to_string()
+            .strip_prefix("error serializing parameter ")
+            .and_then(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            });
+        let mut err = db_error(e);
+        if err.kind == EvalErrorKind::InvalidArgument {
+            if let Some(at) = at {
+                err.message = match self.named.names.get(at) {
+                    Some(name) => format!("param `{name}`: {}", err.message),
+                    // Past the statement's own params: a window's cursor.
+                    None => format!("window cursor: {}", err.message),
+                };
+            }
+        }
+        err
     }
 
     fn values(&self, scope: &Scope, params: &Params) -> Vec<Value> {
@@ -146,7 +175,10 @@ impl Statement {
         // Cached per connection: one parse per statement and connection (a
         // window statement's text depends only on the window's shape).
         let stmt = client.prepare_cached(sql).await.map_err(db_error)?;
-        client.query(&stmt, &refs).await.map_err(db_error)
+        client
+            .query(&stmt, &refs)
+            .await
+            .map_err(|e| self.bind_error(e))
     }
 
     /// Runs the statement wrapped in `window`'s keyset parts; returns the
@@ -950,10 +982,16 @@ impl Statement {
             binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
         let stmt = tx.prepare_cached(&self.named.sql).await.map_err(db_error)?;
         if stmt.columns().is_empty() {
-            let n = tx.execute(&stmt, &refs).await.map_err(db_error)?;
+            let n = tx
+                .execute(&stmt, &refs)
+                .await
+                .map_err(|e| self.bind_error(e))?;
             return Ok((Vec::new(), n));
         }
-        let rows = tx.query(&stmt, &refs).await.map_err(db_error)?;
+        let rows = tx
+            .query(&stmt, &refs)
+            .await
+            .map_err(|e| self.bind_error(e))?;
         let n = rows.len() as u64;
         Ok((rows, n))
     }

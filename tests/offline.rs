@@ -2315,3 +2315,32 @@ async fn a_pushed_int_out_of_range_names_its_column() {
     assert!(e.message().contains("2147483648"), "{}", e.message());
     assert_eq!(h.query_i64("SELECT count(*) FROM kinds").await, 0);
 }
+
+/// `user:<id>` is one bucket across workspaces, so a user-scoped table with
+/// a workspace column is refused at startup: otherwise user `alice` of
+/// globex would read the rows of user `alice` of acme.
+#[tokio::test]
+async fn a_user_scoped_table_with_a_workspace_column_is_refused_at_startup() {
+    let db_url = fresh_database().await;
+    arcana::postgres::execute_script(
+        &db_url,
+        &format!(
+            "{SCHEMA}\nCREATE TABLE drafts (id text PRIMARY KEY, workspace_id text NOT NULL, user_id text NOT NULL, body text);"
+        ),
+    )
+    .await
+    .unwrap();
+    let extra = "\n[[offline.tables]]\ntable = \"drafts\"\nscope = \"user\"\n";
+    let mut config =
+        arcana::config::Config::parse(&format!("{}\n{CONFIG}{extra}", arcana::app::DEMO_CONFIG))
+            .unwrap();
+    config.changes.mode = arcana::config::ChangeMode::None;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Err(e) = arcana::app::App::start(&config, &db_url, listener).await else {
+        panic!("started with a user-scoped table that has a workspace column")
+    };
+    assert!(
+        e.contains("offline.tables `drafts`") && e.contains("workspace_id column"),
+        "{e}"
+    );
+}

@@ -1342,3 +1342,30 @@ async fn small_calls_refuse_large_messages_undecoded() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
     assert!(e.message().contains("at most 65536"), "{}", e.message());
 }
+
+/// A call in a content type the server does not speak gets HTTP 415; gRPC
+/// is served as before.
+#[tokio::test]
+async fn calls_in_other_content_types_get_415() {
+    let h = Harness::start().await;
+    let raw = Raw::connect(h.app().addr, [127, 0, 0, 14]).await.unwrap();
+    for ct in [Some("text/plain"), Some("application/json"), None] {
+        let mut req = http::Request::post(format!("http://arcana{DESCRIBE}"))
+            .header("te", "trailers")
+            .header("authorization", "Bearer dev-alice");
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let send = raw.send.clone().ready().await.unwrap();
+        let (resp, mut body) = send
+            .clone()
+            .send_request(req.body(()).unwrap(), false)
+            .unwrap();
+        body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .unwrap();
+        let resp = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 415, "content-type {ct:?}");
+    }
+    let mut ok = Raw::connect(h.app().addr, [127, 0, 0, 14]).await.unwrap();
+    assert_eq!(ok.unary(DESCRIBE, &[ALICE]).await.as_deref(), Some("0"));
+}

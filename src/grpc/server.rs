@@ -162,6 +162,37 @@ fn forwarded(headers: &http::HeaderMap) -> Option<IpAddr> {
     ip.parse().ok().map(canonical)
 }
 
+/// Whether a call's content type is one this server speaks: gRPC
+/// (`application/grpc`, `+proto`) or gRPC-Web (`application/grpc-web`,
+/// `-text`, `+proto`).
+fn speaks(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim().to_ascii_lowercase();
+            ct == "application/grpc"
+                || ct.starts_with("application/grpc+")
+                || ct.starts_with("application/grpc;")
+                || ct.starts_with("application/grpc-web")
+        })
+}
+
+/// HTTP 415 for a call in a content type this server does not speak.
+fn unsupported_media_type() -> http::Response<Body> {
+    let mut r = http::Response::new(Body::new(http_body_util::Full::new(Bytes::from_static(
+        b"unsupported content-type: send gRPC (application/grpc) or gRPC-Web (application/grpc-web, application/grpc-web-text)\n",
+    ))));
+    *r.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    r.headers_mut().insert(
+        http::HeaderName::from_static("accept-post"),
+        HeaderValue::from_static(
+            "application/grpc, application/grpc-web, application/grpc-web-text",
+        ),
+    );
+    r
+}
+
 /// A response body that holds its call's counts until it is done.
 struct Counted {
     body: Body,
@@ -199,6 +230,7 @@ where
         state: Arc<ConnState>,
         remote: Option<IpAddr>,
     ) -> impl Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static {
+        let unsupported = req.method() == Method::POST && !speaks(req.headers());
         let guard = state.call();
         let ip = if state.via_proxy {
             forwarded(req.headers()).or(remote)
@@ -209,6 +241,9 @@ where
         let inner = self.inner.clone();
         let max = self.limits.max_calls_per_peer;
         async move {
+            if unsupported {
+                return Ok(unsupported_media_type());
+            }
             let slot = match slot {
                 Some(Some(s)) => s,
                 // No address: nothing to count against.

@@ -2344,3 +2344,46 @@ async fn a_user_scoped_table_with_a_workspace_column_is_refused_at_startup() {
         "{e}"
     );
 }
+
+/// Snapshot cursors are signed: one altered to skip ahead, or an unsigned
+/// one, is refused; the cursor as issued resumes.
+#[tokio::test]
+async fn a_forged_snapshot_cursor_is_refused() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let h = harness_with(|c| c.offline.snapshot_chunk_rows = 1).await;
+    big_notes(&h, 5, 1).await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let mut s = open_snapshot(&mut a).await.unwrap();
+    let first = s.next().await.unwrap().unwrap();
+    drop(s);
+    let (body, sig) = first.cursor.split_once('.').expect("a signed cursor");
+    let mut json: serde_json::Value = serde_json::from_slice(&b64.decode(body).unwrap()).unwrap();
+    json["id"] = serde_json::Value::String("big4".into());
+    let altered = b64.encode(serde_json::to_vec(&json).unwrap());
+    let resume = |cursor: String| {
+        let mut c = a.client.clone();
+        let client_id = a.id.clone();
+        async move {
+            c.snapshot(pb::SnapshotRequest {
+                client_id,
+                cursor,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+        }
+    };
+    for forged in [format!("{altered}.{sig}"), altered.clone(), body.to_owned()] {
+        let e = resume(forged).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(
+            e.message().contains("not one this server issued"),
+            "{}",
+            e.message()
+        );
+    }
+    let mut s = resume(first.cursor.clone()).await.unwrap();
+    let rest = read_snapshot(&mut s).await;
+    assert_eq!(rest.len() + first.rows.len(), 5);
+}

@@ -38,14 +38,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".arcana.v1.Value")
         .compile_fds(fds)?;
 
-    let unary = |name: &str, route: &str, input: &str, output: &str| {
+    let unary_with = |name: &str, route: &str, input: &str, output: &str, codec: &str| {
         Method::builder()
             .name(name)
             .route_name(route)
-            .input_type(format!("crate::proto::{input}"))
+            .input_type(input)
             .output_type(format!("crate::proto::{output}"))
-            .codec_path("tonic_prost::ProstCodec")
+            .codec_path(codec)
             .build()
+    };
+    let unary = |name: &str, route: &str, input: &str, output: &str| {
+        unary_with(
+            name,
+            route,
+            &format!("crate::proto::{input}"),
+            output,
+            "tonic_prost::ProstCodec",
+        )
+    };
+    // Calls whose requests are small: larger ones are refused undecoded.
+    let small = |name: &str, route: &str, input: &str, output: &str| {
+        unary_with(
+            name,
+            route,
+            &format!("crate::proto::{input}"),
+            output,
+            "crate::grpc::codec::SmallCodec",
+        )
     };
     let service = Service::builder()
         .name("ArcanaService")
@@ -54,9 +73,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Method::builder()
                 .name("connect")
                 .route_name("Connect")
-                .input_type("crate::proto::ClientMessage")
+                .input_type("crate::grpc::codec::Inbound")
                 .output_type("crate::grpc::wire::WireServerMessage")
-                .codec_path("crate::grpc::codec::LeanCodec")
+                .codec_path("crate::grpc::codec::ConnectCodec")
                 .client_streaming()
                 .server_streaming()
                 .build(),
@@ -71,20 +90,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .server_streaming()
                 .build(),
         )
-        .method(unary(
+        .method(small(
             "subscribe",
             "Subscribe",
             "SubscribeRequest",
             "SubscribeResponse",
         ))
-        .method(unary(
+        .method(small(
             "unsubscribe",
             "Unsubscribe",
             "UnsubscribeRequest",
             "UnsubscribeResponse",
         ))
-        .method(unary("sync", "Sync", "SyncRequest", "SyncResponse"))
-        .method(unary(
+        .method(unary_with(
+            "sync",
+            "Sync",
+            "crate::grpc::codec::LazySync",
+            "SyncResponse",
+            "crate::grpc::codec::SyncCodec",
+        ))
+        .method(small(
             "reanchor",
             "Reanchor",
             "ReanchorRequest",
@@ -92,13 +117,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ))
         .method(unary("mutate", "Mutate", "MutateRequest", "MutateResponse"))
         .method(unary("notify", "Notify", "NotifyRequest", "NotifyResponse"))
-        .method(unary(
+        .method(small(
             "describe",
             "Describe",
             "DescribeRequest",
             "DescribeResponse",
         ))
-        .method(unary("stats", "Stats", "StatsRequest", "StatsResponse"))
+        .method(small("stats", "Stats", "StatsRequest", "StatsResponse"))
         .build();
     tonic_build::manual::Builder::new()
         .build_client(false)

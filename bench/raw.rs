@@ -72,7 +72,7 @@ impl ArcanaService for Raw {
 
     async fn connect(
         &self,
-        _req: Request<Streaming<pb::ClientMessage>>,
+        _req: Request<Streaming<arcana::grpc::codec::Inbound>>,
     ) -> Result<Response<Out>, Status> {
         let (tx, rx) = mpsc::channel(64);
         tx.send(WireServerMessage::One(self.snapshot.clone()))
@@ -105,7 +105,7 @@ impl ArcanaService for Raw {
 
     async fn sync(
         &self,
-        _: Request<pb::SyncRequest>,
+        _: Request<arcana::grpc::codec::LazySync>,
     ) -> Result<Response<pb::SyncResponse>, Status> {
         only_streams()
     }

@@ -305,6 +305,10 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Most views in one Sync request.
     pub max_sync_views: usize,
+    /// HTTP/2 flow-control window of each call, in bytes.
+    pub stream_window_bytes: u32,
+    /// HTTP/2 flow-control window of each connection, in bytes.
+    pub connection_window_bytes: u32,
     /// A connection with no open call for this many milliseconds is
     /// closed (GOAWAY).
     pub idle_timeout_ms: u64,
@@ -366,6 +370,8 @@ impl Default for ServerConfig {
             max_sessions_per_identity: limits.max_sessions_per_identity,
             max_sessions: limits.max_sessions,
             max_sync_views: limits.max_sync_views,
+            stream_window_bytes: limits.stream_window_bytes,
+            connection_window_bytes: limits.connection_window_bytes,
             idle_timeout_ms: limits.idle_timeout.as_millis() as u64,
             max_connections_per_peer: limits.max_connections_per_peer,
             max_calls_per_peer: limits.max_calls_per_peer,
@@ -397,6 +403,8 @@ impl ServerConfig {
             max_sessions_per_identity: self.max_sessions_per_identity,
             max_sessions: self.max_sessions,
             max_sync_views: self.max_sync_views,
+            stream_window_bytes: self.stream_window_bytes,
+            connection_window_bytes: self.connection_window_bytes,
             idle_timeout: std::time::Duration::from_millis(self.idle_timeout_ms),
             max_connections_per_peer: self.max_connections_per_peer,
             max_calls_per_peer: self.max_calls_per_peer,
@@ -424,6 +432,9 @@ pub struct DatabaseConfig {
     /// mutations, so row-level security applies even when the server
     /// connects as a superuser or the tables' owner.
     pub eval_role: Option<String>,
+    /// How many times a mutation that hits a deadlock or a serialization
+    /// failure is run again before it answers ABORTED.
+    pub mutation_retries: u32,
 }
 
 impl Default for DatabaseConfig {
@@ -434,6 +445,7 @@ impl Default for DatabaseConfig {
             statement_timeout_ms: 30_000,
             pool_timeout_ms: 5_000,
             eval_role: None,
+            mutation_retries: 3,
         }
     }
 }
@@ -445,6 +457,7 @@ impl DatabaseConfig {
             eval_role: self.eval_role.clone(),
             statement_timeout_ms: self.statement_timeout_ms,
             pool_timeout_ms: self.pool_timeout_ms,
+            mutation_retries: self.mutation_retries,
         }
     }
 }

@@ -500,3 +500,66 @@ async fn a_broken_graph_stops_startup_with_the_reason() {
         assert!(err.contains("graph `broken`") && err.contains(why), "{err}");
     }
 }
+
+/// Two statements that lock two rows in the order given, with a pause in
+/// between: run at once with the rows swapped, they deadlock.
+const CROSSED: &str = r#"
+[[mutations]]
+name = "crossed"
+permissions = ["tasks:write"]
+sql = [
+  "UPDATE tasks SET position = position + 1 WHERE id = :a AND workspace_id = :workspace_id",
+  "SELECT pg_sleep(0.3)",
+  "UPDATE tasks SET position = position + 1 WHERE id = :b AND workspace_id = :workspace_id RETURNING id",
+]
+[mutations.params.a]
+type = "int"
+required = true
+[mutations.params.b]
+type = "int"
+required = true
+"#;
+
+/// Runs `crossed` twice at once, rows swapped; the outcomes.
+async fn crossed_pair(h: &Harness) -> Vec<Result<(), (Code, String)>> {
+    let run = |a: i64, b: i64| {
+        let client = h.client("dev-alice");
+        async move {
+            let mut c = client.await;
+            c.mutate(pb::MutateRequest {
+                mutation: "crossed".into(),
+                params: params(&[("a", int(a)), ("b", int(b))]),
+                session_id: String::new(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| (e.code(), e.message().to_owned()))
+        }
+    };
+    let (x, y) = tokio::join!(run(1, 2), run(2, 1));
+    vec![x, y]
+}
+
+/// A mutation that deadlocks is run again and succeeds; with no retries
+/// left it answers ABORTED (retryable), never FAILED_PRECONDITION.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlocked_mutation_is_retried_then_aborted() {
+    let h = Harness::with_extra("", CROSSED, |_| {}).await;
+    let sum = "SELECT sum(position)::int8 FROM tasks WHERE id IN (1, 2)";
+    let before = h.query_i64(sum).await;
+    for r in crossed_pair(&h).await {
+        r.expect("both succeed, the deadlock's loser on a retry");
+    }
+    assert_eq!(h.query_i64(sum).await, before + 4, "each ran exactly once");
+    let h = Harness::with_extra("", CROSSED, |c| c.database.mutation_retries = 0).await;
+    let out = crossed_pair(&h).await;
+    let lost: Vec<_> = out.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(lost.len(), 1, "{out:?}");
+    assert_eq!(lost[0].0, Code::Aborted, "{}", lost[0].1);
+    assert!(lost[0].1.contains("deadlock"), "{}", lost[0].1);
+    assert!(
+        lost[0].1.contains("database.mutation_retries"),
+        "{}",
+        lost[0].1
+    );
+}

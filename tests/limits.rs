@@ -86,7 +86,8 @@ async fn echoed_input_is_cut_short() {
         .subscribe(pb::SubscribeRequest {
             graph: "project_tasks".into(),
             params: project(1),
-            session_id: long.clone(),
+            // Under the 64 KiB a Subscribe may take.
+            session_id: long[..60_000].to_owned(),
             window: None,
         })
         .await
@@ -156,6 +157,7 @@ required = true
         .unwrap_err();
     assert_eq!(e.code, Code::InvalidArgument as i32, "{}", e.message);
     assert!(e.message.contains("int4"), "{}", e.message);
+    assert!(e.message.contains("param `position`"), "{}", e.message);
     let ts = |seconds: i64| pb::Value {
         kind: Some(pb::value::Kind::Timestamp(prost_types::Timestamp {
             seconds,
@@ -180,6 +182,26 @@ required = true
             .unwrap_err();
         assert_eq!(e.code, Code::InvalidArgument as i32, "{}", e.message);
         assert!(e.message.contains("range"), "{}", e.message);
+    }
+    // A timestamp's nanos must lie in 0..=999,999,999.
+    for nanos in [-1, 2_000_000_000] {
+        let due = pb::Value {
+            kind: Some(pb::value::Kind::Timestamp(prost_types::Timestamp {
+                seconds: 1_700_000_000,
+                nanos,
+            })),
+        };
+        let e = l
+            .mutate("set_due", params(&[("id", int(1)), ("due", due)]))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, Code::InvalidArgument as i32, "{}", e.message);
+        assert!(e.message.contains("param `due`"), "{}", e.message);
+        assert!(
+            e.message.contains(&format!("nanos {nanos}")),
+            "{}",
+            e.message
+        );
     }
     l.mutate(
         "set_due",
@@ -1013,4 +1035,337 @@ async fn a_trusted_proxy_forwards_the_peer_address() {
     other.open_connect(&from("192.0.2.9")).await.unwrap();
     let e = other.open_connect(&from("192.0.2.10")).await.unwrap_err();
     assert_eq!(e, "grpc-status 8");
+}
+
+/// A client that sends re-anchors on `Connect` as fast as it can, while it
+/// reads, gets an answer to every one (back-pressure, or a per-request
+/// RESOURCE_EXHAUSTED), never a dropped stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_reanchors_on_one_stream_is_answered() {
+    const N: u64 = 3_000;
+    let h = Harness::start().await;
+    let mut l = h.live("dev-alice").await;
+    let w = |anchor: i64| pb::Window {
+        limit: 2,
+        cursor: vec![int(anchor * 10), int(anchor)],
+        direction: pb::WindowDirection::After as i32,
+        inclusive: false,
+    };
+    let v = l
+        .subscribe_window("task_window", project(1), Some(w(1)))
+        .await
+        .unwrap();
+    let mut client = h.client("dev-alice").await;
+    let (tx, rx) = mpsc::channel(64);
+    let mut stream = client
+        .connect(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Msg::Opened(_)) = stream.message().await.unwrap().unwrap().kind else {
+        panic!("opened first")
+    };
+    // A view of this session's own to move around.
+    tx.send(pb::ClientMessage {
+        request_id: 0,
+        kind: Some(Req::Subscribe(pb::SubscribeRequest {
+            graph: "task_window".into(),
+            params: project(1),
+            session_id: String::new(),
+            window: Some(w(1)),
+        })),
+    })
+    .await
+    .unwrap();
+    let view_id = loop {
+        let m = stream.message().await.unwrap().unwrap();
+        if let Some(Msg::Reply(r)) = m.kind {
+            let Some(pb::reply::Result::Subscribe(s)) = r.result else {
+                panic!("{r:?}")
+            };
+            break s.view_id;
+        }
+    };
+    drop(v);
+    let writer = tokio::spawn(async move {
+        for i in 1..=N {
+            let msg = pb::ClientMessage {
+                request_id: i,
+                kind: Some(Req::Reanchor(pb::ReanchorRequest {
+                    view_id: view_id.clone(),
+                    window: Some(w(1 + (i as i64 % 4))),
+                    session_id: String::new(),
+                })),
+            };
+            if tx.send(msg).await.is_err() {
+                break;
+            }
+        }
+        tx
+    });
+    let mut answered = 0u64;
+    let mut refused = 0u64;
+    while answered < N {
+        let m = tokio::time::timeout(WAIT, stream.message())
+            .await
+            .expect("a message in time")
+            .unwrap_or_else(|e| panic!("the stream ended after {answered} replies: {e}"))
+            .unwrap_or_else(|| panic!("the stream ended after {answered} replies"));
+        if let Some(Msg::Reply(r)) = m.kind {
+            answered += 1;
+            if let Some(pb::reply::Result::Error(e)) = r.result {
+                assert_eq!(e.code, Code::ResourceExhausted as i32, "{}", e.message);
+                refused += 1;
+            }
+        }
+    }
+    drop(writer.await.unwrap());
+    println!("{answered} re-anchors answered, {refused} refused");
+}
+
+/// Like the test above, with each request in a DATA frame of its own, as
+/// grpc-go sends them: the server must not let small frames pile up in
+/// HTTP/2 (whose flood protection would close the connection with
+/// ENHANCE_YOUR_CALM) while it works through the requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_reanchors_in_small_frames_is_answered() {
+    use prost::Message as _;
+    const N: u64 = 5_000;
+    let h = Harness::start().await;
+    let addr = h.app().addr;
+    let raw = Raw::connect(addr, [127, 0, 0, 13]).await.unwrap();
+    let send = raw.send.clone().ready().await.unwrap();
+    let (resp, mut body) = send
+        .clone()
+        .send_request(
+            Raw::request("/arcana.v1.ArcanaService/Connect", &[ALICE]),
+            false,
+        )
+        .unwrap();
+    let frame = |m: &pb::ClientMessage| {
+        let mut b = vec![0u8];
+        b.extend_from_slice(&(m.encoded_len() as u32).to_be_bytes());
+        m.encode(&mut b).unwrap();
+        bytes::Bytes::from(b)
+    };
+    let w = |anchor: i64| pb::Window {
+        limit: 2,
+        cursor: vec![int(anchor * 10), int(anchor)],
+        direction: pb::WindowDirection::After as i32,
+        inclusive: false,
+    };
+    body.send_data(
+        frame(&pb::ClientMessage {
+            request_id: 0,
+            kind: Some(Req::Subscribe(pb::SubscribeRequest {
+                graph: "task_window".into(),
+                params: project(1),
+                session_id: String::new(),
+                window: Some(w(1)),
+            })),
+        }),
+        false,
+    )
+    .unwrap();
+    let resp = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
+    let mut rbody = resp.into_body();
+    // Server messages, parsed from the response body.
+    let (mtx, mut mrx) = mpsc::unbounded_channel::<Result<pb::ServerMessage, String>>();
+    tokio::spawn(async move {
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            match rbody.data().await {
+                Some(Ok(d)) => {
+                    let _ = rbody.flow_control().release_capacity(d.len());
+                    buf.extend_from_slice(&d);
+                    while buf.len() >= 5 {
+                        let len = u32::from_be_bytes(buf[1..5].try_into().unwrap()) as usize;
+                        if buf.len() < 5 + len {
+                            break;
+                        }
+                        let m = buf.split_to(5 + len);
+                        let _ = mtx.send(Ok(pb::ServerMessage::decode(&m[5..]).unwrap()));
+                    }
+                }
+                Some(Err(e)) => {
+                    let _ = mtx.send(Err(e.to_string()));
+                    return;
+                }
+                None => {
+                    let t = rbody.trailers().await;
+                    let _ = mtx.send(Err(format!("the stream ended: {t:?}")));
+                    return;
+                }
+            }
+        }
+    });
+    async fn next(
+        rx: &mut mpsc::UnboundedReceiver<Result<pb::ServerMessage, String>>,
+    ) -> Result<pb::ServerMessage, String> {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("a message in time")
+            .expect("reader alive")
+    }
+    let view_id = loop {
+        if let Some(Msg::Reply(r)) = next(&mut mrx).await.unwrap().kind {
+            let Some(pb::reply::Result::Subscribe(s)) = r.result else {
+                panic!("{r:?}")
+            };
+            break s.view_id;
+        }
+    };
+    for i in 1..=N {
+        let m = pb::ClientMessage {
+            request_id: i,
+            kind: Some(Req::Reanchor(pb::ReanchorRequest {
+                view_id: view_id.clone(),
+                window: Some(w(1 + (i as i64 % 4))),
+                session_id: String::new(),
+            })),
+        };
+        // One DATA frame per message; h2 queues what the window does not
+        // yet allow. A failure shows in the replies read below.
+        if body.send_data(frame(&m), false).is_err() {
+            break;
+        }
+    }
+    let mut answered = 0u64;
+    let mut refused = 0u64;
+    while answered < N {
+        let m = next(&mut mrx)
+            .await
+            .unwrap_or_else(|e| panic!("after {answered} replies: {e}"));
+        if let Some(Msg::Reply(r)) = m.kind {
+            answered += 1;
+            if let Some(pb::reply::Result::Error(e)) = r.result {
+                assert_eq!(e.code, Code::ResourceExhausted as i32, "{}", e.message);
+                refused += 1;
+            }
+        }
+    }
+    println!("{answered} re-anchors answered, {refused} refused");
+    drop(raw);
+}
+
+/// Decoding a request costs about its size: a Sync's views are counted on
+/// the wire and judged before any is decoded. Eight concurrent Syncs of
+/// 500,000 empty views each (just under `max_message_bytes`; once decoded
+/// they took about 17 times their size) are refused, and the server's peak
+/// memory, read from /proc for its own process, stays within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_syncs_are_refused_before_their_views_are_decoded() {
+    const VIEWS: usize = 500_000;
+    let s = Served::start("").await;
+    let mut c = s.client("dev-alice").await;
+    describe_ok(&mut c).await;
+    let peak = |s: &Served| s.proc_field("status", "VmHWM:") as f64 / 1024.0;
+    let before = peak(&s);
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let mut c = s.client("dev-alice").await;
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(4);
+            let mut stream = c
+                .connect(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            tx.send(pb::ClientMessage {
+                request_id: 1,
+                kind: Some(Req::Sync(pb::SyncRequest {
+                    views: vec![pb::SyncView::default(); VIEWS],
+                    session_id: String::new(),
+                })),
+            })
+            .await
+            .unwrap();
+            loop {
+                let m = tokio::time::timeout(WAIT, stream.message())
+                    .await
+                    .expect("a reply in time")
+                    .unwrap()
+                    .unwrap();
+                if let Some(Msg::Reply(r)) = m.kind {
+                    let Some(pb::reply::Result::Error(e)) = r.result else {
+                        panic!("refused: {r:?}")
+                    };
+                    return e;
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let e = t.await.unwrap();
+        assert_eq!(e.code, Code::ResourceExhausted as i32, "{}", e.message);
+        assert!(e.message.contains("500000 views"), "{}", e.message);
+    }
+    // The unary Sync too.
+    let mut stream = c
+        .open_session(pb::OpenSessionRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(Msg::Opened(o)) = stream.message().await.unwrap().unwrap().kind else {
+        panic!("opened first")
+    };
+    let e = c
+        .sync(pb::SyncRequest {
+            views: vec![pb::SyncView::default(); VIEWS],
+            session_id: o.session_id,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    let grew = peak(&s) - before;
+    println!("peak RSS {before:.1} MiB before, grew by {grew:.1} MiB");
+    assert!(
+        grew < 32.0,
+        "decoding 8 MiB of requests raised the peak RSS by {grew:.1} MiB"
+    );
+}
+
+/// Calls that take small messages refuse large ones before decoding them.
+#[tokio::test]
+async fn small_calls_refuse_large_messages_undecoded() {
+    let h = Harness::start().await;
+    let mut c = h.client("dev-alice").await;
+    let e = c
+        .subscribe(pb::SubscribeRequest {
+            graph: "project_tasks".into(),
+            params: (0..20_000).map(|i| (format!("p{i}"), int(i))).collect(),
+            session_id: "x".into(),
+            window: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+    assert!(e.message().contains("at most 65536"), "{}", e.message());
+}
+
+/// A call in a content type the server does not speak gets HTTP 415; gRPC
+/// is served as before.
+#[tokio::test]
+async fn calls_in_other_content_types_get_415() {
+    let h = Harness::start().await;
+    let raw = Raw::connect(h.app().addr, [127, 0, 0, 14]).await.unwrap();
+    for ct in [Some("text/plain"), Some("application/json"), None] {
+        let mut req = http::Request::post(format!("http://arcana{DESCRIBE}"))
+            .header("te", "trailers")
+            .header("authorization", "Bearer dev-alice");
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let send = raw.send.clone().ready().await.unwrap();
+        let (resp, mut body) = send
+            .clone()
+            .send_request(req.body(()).unwrap(), false)
+            .unwrap();
+        body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true)
+            .unwrap();
+        let resp = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
+        assert_eq!(resp.status(), 415, "content-type {ct:?}");
+    }
+    let mut ok = Raw::connect(h.app().addr, [127, 0, 0, 14]).await.unwrap();
+    assert_eq!(ok.unary(DESCRIBE, &[ALICE]).await.as_deref(), Some("0"));
 }

@@ -2260,3 +2260,130 @@ async fn registrations_and_follows_are_capped_per_identity() {
         }
     }
 }
+
+/// A pushed timestamp whose nanos lie outside 0..=999,999,999 is refused
+/// with INVALID_ARGUMENT naming the column; nothing is written.
+#[tokio::test]
+async fn a_pushed_timestamp_with_nanos_out_of_range_is_refused() {
+    let h = Harness::with_extra(KINDS_SCHEMA, KINDS_CONFIG, |_| {}).await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    for nanos in [-1, 2_000_000_000] {
+        let e = a
+            .push(vec![intent(
+                "kinds",
+                IntentOp::Insert,
+                &[
+                    ("id", text("t1")),
+                    ("workspace_id", text("acme")),
+                    ("ts", ts(1_700_000_000, nanos)),
+                ],
+                0,
+            )])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(e.message().contains("column `ts`"), "{}", e.message());
+        assert!(
+            e.message().contains(&format!("nanos {nanos}")),
+            "{}",
+            e.message()
+        );
+    }
+    assert_eq!(h.query_i64("SELECT count(*) FROM kinds").await, 0);
+}
+
+/// A pushed int too large for its column is refused naming the column.
+#[tokio::test]
+async fn a_pushed_int_out_of_range_names_its_column() {
+    let h = Harness::with_extra(KINDS_SCHEMA, KINDS_CONFIG, |_| {}).await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let e = a
+        .push(vec![intent(
+            "kinds",
+            IntentOp::Insert,
+            &[
+                ("id", text("t1")),
+                ("workspace_id", text("acme")),
+                ("i4", int(2_147_483_648)),
+            ],
+            0,
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+    assert!(e.message().contains("column `i4`"), "{}", e.message());
+    assert!(e.message().contains("2147483648"), "{}", e.message());
+    assert_eq!(h.query_i64("SELECT count(*) FROM kinds").await, 0);
+}
+
+/// `user:<id>` is one bucket across workspaces, so a user-scoped table with
+/// a workspace column is refused at startup: otherwise user `alice` of
+/// globex would read the rows of user `alice` of acme.
+#[tokio::test]
+async fn a_user_scoped_table_with_a_workspace_column_is_refused_at_startup() {
+    let db_url = fresh_database().await;
+    arcana::postgres::execute_script(
+        &db_url,
+        &format!(
+            "{SCHEMA}\nCREATE TABLE drafts (id text PRIMARY KEY, workspace_id text NOT NULL, user_id text NOT NULL, body text);"
+        ),
+    )
+    .await
+    .unwrap();
+    let extra = "\n[[offline.tables]]\ntable = \"drafts\"\nscope = \"user\"\n";
+    let mut config =
+        arcana::config::Config::parse(&format!("{}\n{CONFIG}{extra}", arcana::app::DEMO_CONFIG))
+            .unwrap();
+    config.changes.mode = arcana::config::ChangeMode::None;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let Err(e) = arcana::app::App::start(&config, &db_url, listener).await else {
+        panic!("started with a user-scoped table that has a workspace column")
+    };
+    assert!(
+        e.contains("offline.tables `drafts`") && e.contains("workspace_id column"),
+        "{e}"
+    );
+}
+
+/// Snapshot cursors are signed: one altered to skip ahead, or an unsigned
+/// one, is refused; the cursor as issued resumes.
+#[tokio::test]
+async fn a_forged_snapshot_cursor_is_refused() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let h = harness_with(|c| c.offline.snapshot_chunk_rows = 1).await;
+    big_notes(&h, 5, 1).await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let mut s = open_snapshot(&mut a).await.unwrap();
+    let first = s.next().await.unwrap().unwrap();
+    drop(s);
+    let (body, sig) = first.cursor.split_once('.').expect("a signed cursor");
+    let mut json: serde_json::Value = serde_json::from_slice(&b64.decode(body).unwrap()).unwrap();
+    json["id"] = serde_json::Value::String("big4".into());
+    let altered = b64.encode(serde_json::to_vec(&json).unwrap());
+    let resume = |cursor: String| {
+        let mut c = a.client.clone();
+        let client_id = a.id.clone();
+        async move {
+            c.snapshot(pb::SnapshotRequest {
+                client_id,
+                cursor,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner())
+        }
+    };
+    for forged in [format!("{altered}.{sig}"), altered.clone(), body.to_owned()] {
+        let e = resume(forged).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+        assert!(
+            e.message().contains("not one this server issued"),
+            "{}",
+            e.message()
+        );
+    }
+    let mut s = resume(first.cursor.clone()).await.unwrap();
+    let rest = read_snapshot(&mut s).await;
+    assert_eq!(rest.len() + first.rows.len(), 5);
+}

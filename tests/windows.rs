@@ -770,3 +770,52 @@ async fn the_unary_reanchor_moves_a_window_of_an_open_session() {
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound, "{}", e.message());
 }
+
+/// A window direction this server does not know is INVALID_ARGUMENT, on
+/// Subscribe, Reanchor and Sync, not read as AFTER.
+#[tokio::test]
+async fn an_unknown_window_direction_is_an_invalid_argument() {
+    let h = Harness::start().await;
+    seed(&h, 10).await;
+    let mut l = h.live("dev-alice").await;
+    let odd = |direction: i32| pb::Window {
+        direction,
+        ..window(5, None, pb::WindowDirection::After)
+    };
+    for d in [7, -1] {
+        let e = l
+            .subscribe_window("task_window", big(), Some(odd(d)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, tonic::Code::InvalidArgument as i32, "{e:?}");
+        assert!(e.message.contains(&format!("direction {d}")), "{e:?}");
+    }
+    let v = l
+        .subscribe_window(
+            "task_window",
+            big(),
+            Some(window(5, None, pb::WindowDirection::After)),
+        )
+        .await
+        .unwrap();
+    let e = l.reanchor(&v.view_id, odd(7)).await.unwrap_err();
+    assert_eq!(e.code, tonic::Code::InvalidArgument as i32, "{e:?}");
+    let e = l
+        .request(pb::client_message::Kind::Sync(pb::SyncRequest {
+            views: vec![pb::SyncView {
+                graph: "task_window".into(),
+                params: big(),
+                window: Some(odd(7)),
+                ..Default::default()
+            }],
+            session_id: String::new(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, tonic::Code::InvalidArgument as i32, "{e:?}");
+    assert!(e.message.contains("views[0]"), "{e:?}");
+    // Unset still reads as AFTER.
+    l.subscribe_window("task_window", big(), Some(odd(0)))
+        .await
+        .unwrap();
+}

@@ -27,6 +27,10 @@ pub enum EngineError {
     /// A query ran past its time limit.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A transaction lost to a concurrent one (deadlock, serialization
+    /// failure) and still did after its retries; the caller may retry.
+    #[error("{0}")]
+    Aborted(String),
     /// The engine is shutting down.
     #[error("the engine is shutting down")]
     ShuttingDown,
@@ -60,6 +64,9 @@ pub enum EvalErrorKind {
     PermissionDenied,
     /// A query ran past its time limit.
     DeadlineExceeded,
+    /// The transaction lost to a concurrent one (deadlock, serialization
+    /// failure): running it again may succeed.
+    Aborted,
     /// Anything else.
     Internal,
 }
@@ -87,6 +94,7 @@ impl From<EvalError> for EngineError {
             EvalErrorKind::NotFound => EngineError::NotFound(e.message),
             EvalErrorKind::PermissionDenied => EngineError::PermissionDenied(e.message),
             EvalErrorKind::DeadlineExceeded => EngineError::DeadlineExceeded(e.message),
+            EvalErrorKind::Aborted => EngineError::Aborted(e.message),
             EvalErrorKind::Internal => EngineError::Internal(e.message),
         }
     }

@@ -56,26 +56,70 @@ pub fn value_from_pb(v: pb::Value) -> engine::Value {
     }
 }
 
-/// A protobuf params map to engine values.
-pub fn params_from_pb(m: HashMap<String, pb::Value>) -> HashMap<String, engine::Value> {
-    m.into_iter().map(|(k, v)| (k, value_from_pb(v))).collect()
+/// A value a client sent, checked: a timestamp's `nanos` must lie in
+/// 0..=999,999,999 (as google.protobuf.Timestamp requires); the error says
+/// what is wrong, for the caller to prefix with where.
+pub fn checked_value_from_pb(v: pb::Value) -> Result<engine::Value, String> {
+    if let Some(Kind::Timestamp(t)) = &v.kind {
+        if !(0..=999_999_999).contains(&t.nanos) {
+            return Err(format!(
+                "timestamp nanos {} is outside 0 to 999,999,999: carry whole seconds in `seconds`",
+                t.nanos
+            ));
+        }
+    }
+    Ok(value_from_pb(v))
 }
 
-/// A protobuf window to the engine's; `None` when unset.
-pub fn window_from_pb(w: Option<pb::Window>) -> Option<engine::Window> {
-    let w = w?;
+/// A protobuf params map to engine values; INVALID_ARGUMENT names a param
+/// whose value is malformed.
+pub fn params_from_pb(
+    m: HashMap<String, pb::Value>,
+) -> Result<HashMap<String, engine::Value>, tonic::Status> {
+    m.into_iter()
+        .map(|(k, v)| match checked_value_from_pb(v) {
+            Ok(v) => Ok((k, v)),
+            Err(e) => Err(tonic::Status::invalid_argument(crate::grpc::status::tidy(
+                &format!("param `{k}`: {e}"),
+            ))),
+        })
+        .collect()
+}
+
+/// A protobuf window to the engine's; `None` when unset. A direction this
+/// server does not know is INVALID_ARGUMENT (unset reads as `AFTER`).
+pub fn window_from_pb(w: Option<pb::Window>) -> Result<Option<engine::Window>, tonic::Status> {
+    let Some(w) = w else {
+        return Ok(None);
+    };
     let direction = match pb::WindowDirection::try_from(w.direction) {
+        Ok(pb::WindowDirection::Unspecified | pb::WindowDirection::After) => {
+            engine::Direction::After
+        }
         Ok(pb::WindowDirection::Before) => engine::Direction::Before,
         Ok(pb::WindowDirection::Around) => engine::Direction::Around,
-        // Unknown values read as the default rather than failing.
-        _ => engine::Direction::After,
+        Err(_) => {
+            return Err(tonic::Status::invalid_argument(format!(
+            "window.direction {} is not a WindowDirection: use AFTER (1), BEFORE (2) or AROUND (3)",
+            w.direction
+        )))
+        }
     };
-    Some(engine::Window {
+    Ok(Some(engine::Window {
         limit: w.limit,
-        cursor: w.cursor.into_iter().map(value_from_pb).collect(),
+        cursor: w
+            .cursor
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| {
+                checked_value_from_pb(v).map_err(|e| {
+                    tonic::Status::invalid_argument(format!("window.cursor[{i}]: {e}"))
+                })
+            })
+            .collect::<Result<_, _>>()?,
         direction,
         inclusive: w.inclusive,
-    })
+    }))
 }
 
 /// A window's edges to protobuf.

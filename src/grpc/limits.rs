@@ -26,6 +26,14 @@ pub struct Limits {
     pub max_sessions: usize,
     /// Most views in one Sync.
     pub max_sync_views: usize,
+    /// HTTP/2 flow-control window of each call: the most request bytes a
+    /// client may send ahead of the server reading them.
+    pub stream_window_bytes: u32,
+    /// HTTP/2 flow-control window of each connection, over all its calls.
+    /// HTTP/2's flood protection closes a connection once the small DATA
+    /// frames waiting to be read cost more than half of it, so it is kept
+    /// well above what one stalled call can buffer.
+    pub connection_window_bytes: u32,
     /// A connection with no open call for this long is closed (GOAWAY).
     pub idle_timeout: Duration,
     /// Most open connections from one peer address; further ones are
@@ -110,6 +118,8 @@ impl Default for Limits {
             max_sessions_per_identity: 64,
             max_sessions: 65_536,
             max_sync_views: 200,
+            stream_window_bytes: 65_535,
+            connection_window_bytes: 2 << 20,
             idle_timeout: Duration::from_secs(60),
             max_connections_per_peer: 64,
             max_calls_per_peer: 1024,

@@ -162,6 +162,37 @@ fn forwarded(headers: &http::HeaderMap) -> Option<IpAddr> {
     ip.parse().ok().map(canonical)
 }
 
+/// Whether a call's content type is one this server speaks: gRPC
+/// (`application/grpc`, `+proto`) or gRPC-Web (`application/grpc-web`,
+/// `-text`, `+proto`).
+fn speaks(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            let ct = ct.trim().to_ascii_lowercase();
+            ct == "application/grpc"
+                || ct.starts_with("application/grpc+")
+                || ct.starts_with("application/grpc;")
+                || ct.starts_with("application/grpc-web")
+        })
+}
+
+/// HTTP 415 for a call in a content type this server does not speak.
+fn unsupported_media_type() -> http::Response<Body> {
+    let mut r = http::Response::new(Body::new(http_body_util::Full::new(Bytes::from_static(
+        b"unsupported content-type: send gRPC (application/grpc) or gRPC-Web (application/grpc-web, application/grpc-web-text)\n",
+    ))));
+    *r.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    r.headers_mut().insert(
+        http::HeaderName::from_static("accept-post"),
+        HeaderValue::from_static(
+            "application/grpc, application/grpc-web, application/grpc-web-text",
+        ),
+    );
+    r
+}
+
 /// A response body that holds its call's counts until it is done.
 struct Counted {
     body: Body,
@@ -199,6 +230,7 @@ where
         state: Arc<ConnState>,
         remote: Option<IpAddr>,
     ) -> impl Future<Output = Result<http::Response<Body>, Infallible>> + Send + 'static {
+        let unsupported = req.method() == Method::POST && !speaks(req.headers());
         let guard = state.call();
         let ip = if state.via_proxy {
             forwarded(req.headers()).or(remote)
@@ -209,6 +241,9 @@ where
         let inner = self.inner.clone();
         let max = self.limits.max_calls_per_peer;
         async move {
+            if unsupported {
+                return Ok(unsupported_media_type());
+            }
             let slot = match slot {
                 Some(Some(s)) => s,
                 // No address: nothing to count against.
@@ -302,7 +337,19 @@ pub async fn serve(
     };
 
     let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // A call's window is kept small next to the connection's: a client
+    // whose requests wait unread (the server stopped reading a session
+    // that does not read its replies, or is busy with an earlier request)
+    // can then buffer at most one window of small frames, well within
+    // HTTP/2's flood protection budget (half the connection window), so
+    // it is held back by flow control instead of losing the connection.
     http.http2()
+        .initial_stream_window_size(limits.stream_window_bytes)
+        .initial_connection_window_size(
+            limits
+                .connection_window_bytes
+                .max(limits.stream_window_bytes),
+        )
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .max_concurrent_streams(Some(limits.max_streams_per_connection));

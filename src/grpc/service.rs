@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::auth::{identify_call, same_rights, Authenticator, Credentials};
+use super::codec::{Inbound, LazySync, LazyViews};
 use super::convert::{
     describe, encode_message, encoded_frame, params_from_pb, stats_to_pb, window_from_pb,
 };
@@ -345,15 +346,19 @@ fn subscribed(s: &Subscribed) -> pb::SubscribeResponse {
     }
 }
 
-fn sync_views(views: Vec<pb::SyncView>) -> Vec<SyncView> {
+fn sync_views(views: Vec<pb::SyncView>) -> Result<Vec<SyncView>, Status> {
     views
         .into_iter()
-        .map(|v| SyncView {
-            graph: v.graph,
-            params: params_from_pb(v.params),
-            epoch: v.epoch,
-            version: v.version,
-            window: window_from_pb(v.window),
+        .enumerate()
+        .map(|(i, v)| {
+            let at = |e: Status| Status::new(e.code(), format!("views[{i}]: {}", e.message()));
+            Ok(SyncView {
+                graph: v.graph,
+                params: params_from_pb(v.params).map_err(at)?,
+                epoch: v.epoch,
+                version: v.version,
+                window: window_from_pb(v.window).map_err(at)?,
+            })
         })
         .collect()
 }
@@ -361,18 +366,20 @@ fn sync_views(views: Vec<pb::SyncView>) -> Vec<SyncView> {
 async fn run_sync(
     engine: &Engine,
     session: &Arc<Session>,
-    views: Vec<pb::SyncView>,
+    views: LazyViews,
     max_views: usize,
 ) -> Result<pb::SyncResponse, Status> {
     // Each view costs a result entry and an attach: cap the amplification.
-    if views.len() > max_views {
+    // Counted before decoding, which alone costs far more than the bytes.
+    if views.count() > max_views {
         return Err(Status::resource_exhausted(format!(
             "Sync names {} views; at most {max_views} per request (server.max_sync_views): split it",
-            views.len()
+            views.count()
         )));
     }
+    let views = views.decode()?;
     let results = engine
-        .sync(session, sync_views(views))
+        .sync(session, sync_views(views)?)
         .await
         .into_iter()
         .map(|o| match o.result {
@@ -450,14 +457,15 @@ fn connect_method(msg: &pb::ClientMessage) -> &'static str {
 /// Errors end the stream.
 #[tracing::instrument(
     target = SPANS, level = "debug", name = "rpc", skip_all,
-    fields(otel.name = connect_method(&msg), rpc.method = connect_method(&msg), session.id = &*session.id),
+    fields(otel.name = connect_method(&inbound.msg), rpc.method = connect_method(&inbound.msg), session.id = &*session.id),
 )]
 async fn handle(
     engine: &Engine,
     session: &Arc<Session>,
     limits: &Limits,
-    msg: pb::ClientMessage,
+    inbound: Inbound,
 ) -> Result<(), Status> {
+    let Inbound { msg, views } = inbound;
     let rid = msg.request_id;
     let reply = |r: reply::Result| {
         encode_message(server_message::Kind::Reply(pb::Reply {
@@ -471,14 +479,16 @@ async fn handle(
             "empty ClientMessage: set one of subscribe, unsubscribe, sync, mutate or ping",
         )),
         Some(pb::client_message::Kind::Subscribe(req)) => {
+            let (params, window) = match params_from_pb(req.params)
+                .and_then(|p| Ok((p, window_from_pb(req.window)?)))
+            {
+                Ok(pw) => pw,
+                Err(e) => return session.push_message(error(e)).map_err(queue_status),
+            };
             let r = engine
-                .subscribe(
-                    session,
-                    &req.graph,
-                    params_from_pb(req.params),
-                    window_from_pb(req.window),
-                    |s| Some(reply(reply::Result::Subscribe(subscribed(s)))),
-                )
+                .subscribe(session, &req.graph, params, window, |s| {
+                    Some(reply(reply::Result::Subscribe(subscribed(s))))
+                })
                 .await;
             match r {
                 Ok(_) => return Ok(()), // the reply went out ahead of the snapshot
@@ -492,20 +502,27 @@ async fn handle(
             }
         }
         Some(pb::client_message::Kind::Sync(req)) => {
-            match run_sync(engine, session, req.views, limits.max_sync_views).await {
+            // The decoder keeps a Sync's views encoded; a Sync built in
+            // process has them decoded.
+            let views = match views {
+                Some(v) => v,
+                None => LazyViews::from_views(req.views),
+            };
+            match run_sync(engine, session, views, limits.max_sync_views).await {
                 Ok(r) => reply(reply::Result::Sync(r)),
                 Err(s) => error(s),
             }
         }
-        Some(pb::client_message::Kind::Mutate(req)) => {
-            match engine
-                .mutate(&session.identity, &req.mutation, params_from_pb(req.params))
+        Some(pb::client_message::Kind::Mutate(req)) => match params_from_pb(req.params) {
+            Err(e) => error(e),
+            Ok(params) => match engine
+                .mutate(&session.identity, &req.mutation, params)
                 .await
             {
                 Ok(out) => reply(reply::Result::Mutate(mutate_response(out, Some(session)))),
                 Err(e) => error(to_status(e)),
-            }
-        }
+            },
+        },
         Some(pb::client_message::Kind::Reanchor(req)) => {
             match run_reanchor(engine, session, req).await {
                 Ok(r) => reply(reply::Result::Reanchor(r)),
@@ -521,12 +538,17 @@ async fn handle(
             }))
         }
     };
-    session.push_message(out).map_err(|e| match e {
+    session.push_message(out).map_err(queue_status)
+}
+
+/// Why a reply could not be queued, as the status that ends the stream.
+fn queue_status(e: QueueError) -> Status {
+    match e {
         QueueError::Full => Status::resource_exhausted(
             "too many unread replies: the client must read the stream; session closed",
         ),
         QueueError::Closed => Status::cancelled("the session was closed"),
-    })
+    }
 }
 
 /// Moves a windowed subscription; the re-anchor diff is queued on the
@@ -536,7 +558,7 @@ async fn run_reanchor(
     session: &Arc<Session>,
     req: pb::ReanchorRequest,
 ) -> Result<pb::ReanchorResponse, Status> {
-    let window = window_from_pb(req.window)
+    let window = window_from_pb(req.window)?
         .ok_or_else(|| Status::invalid_argument("Reanchor needs a window: at least a limit"))?;
     let r = engine
         .reanchor(session, &req.view_id, window)
@@ -605,7 +627,7 @@ impl ArcanaService for Service {
     )]
     async fn connect(
         &self,
-        req: Request<Streaming<pb::ClientMessage>>,
+        req: Request<Streaming<Inbound>>,
     ) -> Result<Response<WireStream>, Status> {
         let creds = self.credentials(&req).await?;
         let (session, lease) = self.open(creds)?;
@@ -680,8 +702,8 @@ impl ArcanaService for Service {
             .subscribe(
                 &session,
                 &r.graph,
-                params_from_pb(r.params),
-                window_from_pb(r.window),
+                params_from_pb(r.params)?,
+                window_from_pb(r.window)?,
                 |_| None,
             )
             .await
@@ -708,10 +730,7 @@ impl ArcanaService for Service {
         target = SPANS, level = "debug", name = "rpc", skip_all,
         fields(otel.name = "Sync", rpc.method = "Sync", session.id = session_field(&req.get_ref().session_id)),
     )]
-    async fn sync(
-        &self,
-        req: Request<pb::SyncRequest>,
-    ) -> Result<Response<pb::SyncResponse>, Status> {
+    async fn sync(&self, req: Request<LazySync>) -> Result<Response<pb::SyncResponse>, Status> {
         let session = self.session_of(&req, &req.get_ref().session_id).await?;
         Ok(Response::new(
             run_sync(
@@ -757,7 +776,7 @@ impl ArcanaService for Service {
         let r = req.into_inner();
         let out = self
             .engine
-            .mutate(&identity, &r.mutation, params_from_pb(r.params))
+            .mutate(&identity, &r.mutation, params_from_pb(r.params)?)
             .await
             .map_err(to_status)?;
         Ok(Response::new(mutate_response(out, session.as_deref())))

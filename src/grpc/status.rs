@@ -58,6 +58,7 @@ pub fn to_status(e: EngineError) -> Status {
         EngineError::FailedPrecondition(_) => Code::FailedPrecondition,
         EngineError::Unavailable(_) | EngineError::ShuttingDown => Code::Unavailable,
         EngineError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+        EngineError::Aborted(_) => Code::Aborted,
         EngineError::Internal(_) => Code::Internal,
     };
     status(code, e.to_string())

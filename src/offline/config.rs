@@ -57,6 +57,10 @@ pub struct OfflineConfig {
     pub max_clients_per_identity: usize,
     /// Most open follow streams of one identity, over all its client ids.
     pub max_follows_per_identity: usize,
+    /// Key signing snapshot cursors (HMAC-SHA256), as text; none: a random
+    /// key made at startup, so cursors do not survive a restart or move to
+    /// another server.
+    pub cursor_key: Option<String>,
 }
 
 impl Default for OfflineConfig {
@@ -83,6 +87,7 @@ impl Default for OfflineConfig {
             max_snapshots_per_identity: 4,
             max_clients_per_identity: 32,
             max_follows_per_identity: 8,
+            cursor_key: None,
         }
     }
 }

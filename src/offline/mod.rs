@@ -68,6 +68,8 @@ struct Inner {
     follows: Mutex<HashMap<String, usize>>,
     /// Open snapshots per client id and per identity.
     snapshots: Mutex<snapshot::Counts>,
+    /// The key snapshot cursors are signed with.
+    cursor_key: Vec<u8>,
 }
 
 impl Offline {
@@ -102,6 +104,13 @@ impl Offline {
                 commits,
                 follows: Mutex::new(HashMap::new()),
                 snapshots: Mutex::new(snapshot::Counts::default()),
+                cursor_key: match &cfg.cursor_key {
+                    Some(k) if !k.is_empty() => k.as_bytes().to_vec(),
+                    _ => {
+                        tracing::info!("offline.cursor_key is not set: snapshot cursors are signed with a key made at startup and do not survive a restart");
+                        rand::random::<[u8; 32]>().to_vec()
+                    }
+                },
             }),
         };
         let listener =

@@ -14,7 +14,7 @@ use super::scopes::token_scope_id;
 use super::spec::{ident, TableSpec};
 use super::{check_client, db_status, Offline};
 use crate::engine::{Identity, Value};
-use crate::grpc::convert::value_from_pb;
+use crate::grpc::convert::checked_value_from_pb;
 use crate::grpc::status::status;
 use crate::postgres::values::SqlParam;
 use crate::proto::{self as pb, intent_result::Status as Outcome, IntentOp};
@@ -345,7 +345,9 @@ async fn apply(
                 t.name
             )));
         }
-        values.insert(k, value_from_pb(v));
+        let v = checked_value_from_pb(v)
+            .map_err(|e| invalid(format!("column `{k}` of table `{}`: {e}", t.name)))?;
+        values.insert(k, v);
     }
     // Whether a scope column value names one of the caller's scopes.
     let ours = |v: &str| mine.contains(&t.scope_of(v));
@@ -511,7 +513,28 @@ async fn apply(
         }
         Decision::Apply => {}
     }
-    let failed = |e| db_status(&format!("intent {i} (table `{}`)", t.name), e);
+    // Names the column of a value that could not be bound (tokio-postgres
+    // reports only its position among `cols`).
+    let failed_on = |cols: Vec<String>| {
+        move |e: tokio_postgres::Error| {
+            let column = e
+                .to_string()
+                .strip_prefix("error serializing parameter ")
+                .and_then(|r| {
+                    r.split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse::<usize>()
+                        .ok()
+                })
+                .and_then(|at| cols.get(at).cloned());
+            let what = match column {
+                Some(c) => format!("intent {i} (column `{c}` of table `{}`)", t.name),
+                None => format!("intent {i} (table `{}`)", t.name),
+            };
+            db_status(&what, e)
+        }
+    };
+    let key_cols: Vec<String> = t.key.iter().map(|(k, _)| k.clone()).collect();
     let mut wrote = true;
     let key_where: Vec<String> = t
         .key
@@ -528,7 +551,9 @@ async fn apply(
                 .iter()
                 .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
                 .collect();
-            tx.execute(&sql, &params).await.map_err(failed)?;
+            tx.execute(&sql, &params)
+                .await
+                .map_err(failed_on(key_cols.clone()))?;
         }
         (IntentOp::Delete, false) => wrote = false,
         (_, true) => {
@@ -553,7 +578,12 @@ async fn apply(
                     .chain(set_params.iter())
                     .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
                     .collect();
-                tx.execute(&sql, &params).await.map_err(failed)?;
+                let cols = key_cols
+                    .iter()
+                    .cloned()
+                    .chain(set.iter().map(|(k, _)| (*k).clone()))
+                    .collect();
+                tx.execute(&sql, &params).await.map_err(failed_on(cols))?;
             } else {
                 wrote = false;
             }
@@ -572,7 +602,8 @@ async fn apply(
                 .iter()
                 .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
                 .collect();
-            tx.execute(&sql, &params).await.map_err(failed)?;
+            let cols = values.keys().cloned().collect();
+            tx.execute(&sql, &params).await.map_err(failed_on(cols))?;
         }
     }
     // The row trigger bumped the version once, or twice when the row moved

@@ -276,7 +276,7 @@ impl offline_service_server::OfflineService for Offline {
         let cursor = if r.cursor.is_empty() {
             None
         } else {
-            Some(Cursor::decode(&r.cursor)?)
+            Some(Cursor::decode(&r.cursor, &self.inner.cursor_key)?)
         };
         let mine = scopes_of(self, &id).await?;
         let scopes: Vec<String> = match &cursor {

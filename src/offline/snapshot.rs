@@ -21,7 +21,9 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
@@ -42,23 +44,39 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    /// The cursor as sent: base64 of its JSON, a dot, and base64 of an
+    /// HMAC-SHA256 of that JSON under the server's key.
+    fn encode(&self, key: &[u8]) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&json),
+            URL_SAFE_NO_PAD.encode(mac(key, &json).finalize().into_bytes())
+        )
     }
 
-    /// Reads a cursor a client passed back.
-    pub fn decode(s: &str) -> Result<Cursor, Status> {
-        URL_SAFE_NO_PAD
-            .decode(s)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| {
-                status(
-                    Code::InvalidArgument,
-                    "cursor is not one this server issued: pass the cursor of the last chunk received, or none to start over",
-                )
-            })
+    /// Reads a cursor a client passed back; one whose signature does not
+    /// match (forged, altered, or from another server key) is refused.
+    pub fn decode(s: &str, key: &[u8]) -> Result<Cursor, Status> {
+        let refused = || {
+            status(
+                Code::InvalidArgument,
+                "cursor is not one this server issued: pass the cursor of the last chunk received, or none to start over",
+            )
+        };
+        let (body, sig) = s.split_once('.').ok_or_else(refused)?;
+        let json = URL_SAFE_NO_PAD.decode(body).map_err(|_| refused())?;
+        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| refused())?;
+        mac(key, &json).verify_slice(&sig).map_err(|_| refused())?;
+        serde_json::from_slice(&json).map_err(|_| refused())
     }
+}
+
+fn mac(key: &[u8], json: &[u8]) -> Hmac<Sha256> {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+    m.update(b"arcana offline snapshot cursor\0");
+    m.update(json);
+    m
 }
 
 /// Open snapshots per client id and per identity.
@@ -296,7 +314,7 @@ async fn chunks(
                     sequence: *q,
                 })
                 .collect(),
-            cursor: cursor.encode(),
+            cursor: cursor.encode(&o.inner.cursor_key),
             last,
         }));
         if last {

@@ -198,7 +198,16 @@ async fn resolve_one(
     let scope_column = t.scope_column();
     let (prefix, scopes_sql) = match t.scope {
         ScopeKind::Workspace => ("workspace:".to_owned(), None),
-        ScopeKind::User => ("user:".to_owned(), None),
+        ScopeKind::User => {
+            // `user:<id>` is one bucket whatever the workspace: right only
+            // where user ids are global. A table that keeps a workspace per
+            // row says they may not be, and would then let a user of one
+            // workspace read the same user id's rows in another.
+            if all.iter().any(|(c, _, _)| c == "workspace_id") {
+                return Err("scope = \"user\" names one bucket per user id across all workspaces, but this table has a workspace_id column: a user id repeated in two workspaces would read both. Use scope = \"sql\" with scopes_sql = \"SELECT :user_id WHERE ...\" and a bucket column that includes the workspace, or scope = \"workspace\"".into());
+            }
+            ("user:".to_owned(), None)
+        }
         ScopeKind::Sql => {
             if t.scope_column.is_none() {
                 return Err(

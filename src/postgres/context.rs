@@ -33,6 +33,9 @@ pub struct TxContext {
     /// The pool wait limit in milliseconds (the pool enforces it; here for
     /// messages).
     pub pool_timeout_ms: u64,
+    /// How many times a mutation whose transaction lost to a concurrent
+    /// one (deadlock, serialization failure) is run again.
+    pub mutation_retries: u32,
 }
 
 impl TxContext {

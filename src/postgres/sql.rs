@@ -98,7 +98,11 @@ impl Statement {
             columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         let stmt = client.prepare_cached(lateral).await.map_err(db_error)?;
         let mut out: Vec<Vec<Row>> = (0..items.len()).map(|_| Vec::new()).collect();
-        for row in client.query(&stmt, &refs).await.map_err(db_error)? {
+        for row in client
+            .query(&stmt, &refs)
+            .await
+            .map_err(|e| self.bind_error(e))?
+        {
             let at: i64 = row.try_get(0).map_err(db_error)?;
             match out.get_mut((at - 1) as usize) {
                 Some(rows) => rows.push(row),
@@ -106,6 +110,31 @@ impl Statement {
             }
         }
         Ok(out)
+    }
+
+    /// [`db_error`], naming the param a value that could not be bound was
+    /// given for (tokio-postgres reports only its position).
+    fn bind_error(&self, e: tokio_postgres::Error) -> EvalError {
+        let at = e
+            .to_string()
+            .strip_prefix("error serializing parameter ")
+            .and_then(|rest| {
+                rest.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            });
+        let mut err = db_error(e);
+        if err.kind == EvalErrorKind::InvalidArgument {
+            if let Some(at) = at {
+                err.message = match self.named.names.get(at) {
+                    Some(name) => format!("param `{name}`: {}", err.message),
+                    // Past the statement's own params: a window's cursor.
+                    None => format!("window cursor: {}", err.message),
+                };
+            }
+        }
+        err
     }
 
     fn values(&self, scope: &Scope, params: &Params) -> Vec<Value> {
@@ -146,7 +175,10 @@ impl Statement {
         // Cached per connection: one parse per statement and connection (a
         // window statement's text depends only on the window's shape).
         let stmt = client.prepare_cached(sql).await.map_err(db_error)?;
-        client.query(&stmt, &refs).await.map_err(db_error)
+        client
+            .query(&stmt, &refs)
+            .await
+            .map_err(|e| self.bind_error(e))
     }
 
     /// Runs the statement wrapped in `window`'s keyset parts; returns the
@@ -192,6 +224,17 @@ pub fn db_error(e: tokio_postgres::Error) -> EvalError {
             "23514" => violation("check violation"),
             "23502" => violation("not-null violation"),
             "23P01" => violation("exclusion violation"),
+            "40001" | "40P01" => EvalError::new(
+                EvalErrorKind::Aborted,
+                format!(
+                    "{} (SQLSTATE {code}): a concurrent transaction got in the way; retry",
+                    if code == "40P01" {
+                        "deadlock"
+                    } else {
+                        "serialization failure"
+                    }
+                ),
+            ),
             "57014" => EvalError::new(
                 EvalErrorKind::DeadlineExceeded,
                 "the query was cancelled at its time limit",
@@ -939,10 +982,16 @@ impl Statement {
             binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
         let stmt = tx.prepare_cached(&self.named.sql).await.map_err(db_error)?;
         if stmt.columns().is_empty() {
-            let n = tx.execute(&stmt, &refs).await.map_err(db_error)?;
+            let n = tx
+                .execute(&stmt, &refs)
+                .await
+                .map_err(|e| self.bind_error(e))?;
             return Ok((Vec::new(), n));
         }
-        let rows = tx.query(&stmt, &refs).await.map_err(db_error)?;
+        let rows = tx
+            .query(&stmt, &refs)
+            .await
+            .map_err(|e| self.bind_error(e))?;
         let n = rows.len() as u64;
         Ok((rows, n))
     }
@@ -956,10 +1005,32 @@ impl MutationHandler for Arc<SqlMutation> {
     ) -> BoxFuture<'static, Result<MutationOutput, EvalError>> {
         let m = self.clone();
         Box::pin(async move {
-            let (data, returned) = m
-                .write(&scope, &params)
-                .await
-                .map_err(|e| named(&format!("mutation `{}`", m.name), &m.ctx, e))?;
+            // A transaction that lost to a concurrent one is run again, a
+            // bounded number of times, after a short random pause.
+            let mut tries = 0u32;
+            let (data, returned) = loop {
+                match m.write(&scope, &params).await {
+                    Err(e)
+                        if e.kind == EvalErrorKind::Aborted && tries < m.ctx.mutation_retries =>
+                    {
+                        tries += 1;
+                        let pause = rand::random_range(1..=10u64 << tries.min(6));
+                        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                    }
+                    Err(mut e) => {
+                        if e.kind == EvalErrorKind::Aborted {
+                            e.message = format!(
+                                "{} (tried {} times, database.mutation_retries = {})",
+                                e.message,
+                                tries + 1,
+                                m.ctx.mutation_retries
+                            );
+                        }
+                        return Err(named(&format!("mutation `{}`", m.name), &m.ctx, e));
+                    }
+                    Ok(r) => break r,
+                }
+            };
             let changes = m
                 .changes
                 .iter()

@@ -567,9 +567,71 @@ async fn flood(served: &Served, label: &str, silent: usize) {
     );
 }
 
+/// One address opens `n` connections with one request each (an open
+/// `Connect` with a valid token, or a refused `Describe`) while a client at
+/// another address times fresh connections' health checks.
+async fn request_flood(served: &Served, label: &str, authenticated: bool, n: usize) {
+    let addr: std::net::SocketAddr = served.addr.parse().unwrap();
+    let flood = tokio::spawn(async move {
+        let mut held = Vec::new();
+        let mut attempted = 0;
+        for batch in 0..n.div_ceil(50) {
+            let tasks: Vec<_> = (0..50.min(n - batch * 50))
+                .map(|_| {
+                    tokio::spawn(async move {
+                        let mut raw = Raw::connect(addr, [127, 0, 0, 1]).await?;
+                        if authenticated {
+                            let _ = raw.open_connect(&[ALICE]).await;
+                        } else {
+                            let _ = raw.unary(DESCRIBE, &[]).await;
+                        }
+                        Some(raw)
+                    })
+                })
+                .collect();
+            for t in tasks {
+                attempted += 1;
+                held.extend(t.await.unwrap());
+            }
+        }
+        (attempted, held)
+    });
+    let mut times = Vec::new();
+    let end = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < end {
+        let (status, took) = health_from(addr, [127, 0, 0, 2]).await;
+        assert_eq!(status, 1, "SERVING");
+        times.push(took);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (attempted, mut held) = flood.await.unwrap();
+    let served_conns = held.len();
+    let mut closed = 0;
+    for r in &mut held {
+        closed += usize::from(r.closed_within(Duration::from_millis(10)).await);
+    }
+    times.sort();
+    println!(
+        "| {label} | {attempted} | {served_conns} | {closed} | {:.1} / {:.1} |",
+        percentile(&times, 0.5),
+        times.last().unwrap().as_secs_f64() * 1000.0,
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "load run for docs/SECURITY.md; run with --ignored --nocapture"]
 async fn load_figures() {
+    println!("\n| one address floods | connections attempted | got an HTTP/2 connection | closed by the server after 4 s | other address: new connection's health check p50 / max ms |");
+    println!("|---|---|---|---|---|");
+    {
+        let s = Served::start("").await;
+        request_flood(&s, "600 unauthenticated Describes", false, 600).await;
+    }
+    {
+        let s = Served::start("").await;
+        request_flood(&s, "600 Connects with a valid token", true, 600).await;
+    }
+
     println!("\n| silent flood | connections opened | closed by the server | Describe p50 / p99 ms before | during: p50 / p99 / max ms | server CPU s in 4 s | new client's first Describe ms |");
     println!("|---|---|---|---|---|---|---|");
     {
@@ -582,8 +644,8 @@ async fn load_figures() {
         flood(&s, "cap above the fd limit (EMFILE)", 1_500).await;
     }
 
-    println!("\n| concurrent Syncs | requests | request size | refused | server RSS MiB before | after |");
-    println!("|---|---|---|---|---|---|");
+    println!("\n| concurrent Syncs | requests | request size | refused | server RSS MiB before | after | peak (VmHWM) |");
+    println!("|---|---|---|---|---|---|---|");
     let s = Served::start("").await;
     for (label, views, n) in [
         ("empty views, ~1 MiB each", 500_000usize, 8usize),
@@ -638,8 +700,9 @@ async fn load_figures() {
             size = sz;
             refused += usize::from(r);
         }
+        let peak = s.proc_field("status", "VmHWM:") as f64 / 1024.0;
         println!(
-            "| {label} | {n} | {:.2} MiB | {refused} | {:.1} | {:.1} |",
+            "| {label} | {n} | {:.2} MiB | {refused} | {:.1} | {:.1} | {peak:.1} |",
             size as f64 / (1 << 20) as f64,
             before,
             s.rss_mib()

@@ -1232,7 +1232,10 @@ async fn a_flood_of_reanchors_in_small_frames_is_answered() {
     .unwrap();
     let resp = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
     let mut rbody = resp.into_body();
-    // Server messages, parsed from the response body.
+    // Server messages, parsed from the response body. Unbounded on
+    // purpose: the reader must keep releasing flow-control capacity, or the
+    // test would hold the server back itself; the test sends a bounded
+    // number of requests, so the replies are bounded too.
     let (mtx, mut mrx) = mpsc::unbounded_channel::<Result<pb::ServerMessage, String>>();
     tokio::spawn(async move {
         let mut buf = bytes::BytesMut::new();

@@ -9,6 +9,7 @@ pub mod config;
 mod follow;
 mod pull;
 mod push;
+mod quota;
 mod retention;
 pub mod schema;
 mod scopes;
@@ -17,7 +18,7 @@ mod snapshot;
 pub mod spec;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use deadpool_postgres::Pool;
 use tokio::sync::broadcast;
@@ -63,11 +64,10 @@ struct Inner {
     /// Scopes that committed changes, from the NOTIFY listener; `*` after a
     /// reconnect (anything may have changed).
     commits: broadcast::Sender<Arc<str>>,
-    /// Open follow streams per client id, and per identity under
-    /// `\0workspace\0user` (no client id has a NUL: PostgreSQL text cannot).
-    follows: Mutex<HashMap<String, usize>>,
+    /// Open follow streams per client id and per identity.
+    follows: quota::Quota,
     /// Open snapshots per client id and per identity.
-    snapshots: Mutex<snapshot::Counts>,
+    snapshots: quota::Quota,
     /// The key snapshot cursors are signed with.
     cursor_key: Vec<u8>,
 }
@@ -102,8 +102,8 @@ impl Offline {
                 tables,
                 ctx,
                 commits,
-                follows: Mutex::new(HashMap::new()),
-                snapshots: Mutex::new(snapshot::Counts::default()),
+                follows: quota::Quota::default(),
+                snapshots: quota::Quota::default(),
                 cursor_key: match &cfg.cursor_key {
                     Some(k) if !k.is_empty() => k.as_bytes().to_vec(),
                     _ => {

@@ -9,6 +9,7 @@ use tokio::sync::{broadcast, mpsc};
 use tonic::{Code, Status};
 
 use super::follow::ANY;
+use super::quota::{Held, Over};
 use super::scopes::{check_own, scopes_of};
 use super::{db_status, read_rows, Offline};
 use crate::engine::Identity;
@@ -165,66 +166,29 @@ pub async fn pull_once(
     })
 }
 
-/// Releases a client's follow slot when the stream ends.
-pub struct FollowSlot {
-    o: Offline,
-    client_id: String,
-    owner: String,
-}
-
-impl FollowSlot {
-    /// Takes a follow slot of `client_id` and of `id`, if both have one
-    /// free.
-    pub fn take(o: &Offline, id: &Identity, client_id: &str) -> Result<FollowSlot, Status> {
-        let cfg = &o.inner.cfg;
-        // Identities are counted under a key no client id can take.
-        let owner = format!("\0{}\0{}", id.workspace_id, id.user_id);
-        let mut f = o.inner.follows.lock().unwrap_or_else(|p| p.into_inner());
-        let n = f.get(client_id).copied().unwrap_or(0);
-        if n >= cfg.max_follows_per_client {
-            return Err(status(
-                Code::ResourceExhausted,
-                format!(
+/// Takes a follow place of `client_id` and of `id`, if both have one free;
+/// it is given back when the stream ends.
+pub fn take_follow(o: &Offline, id: &Identity, client_id: &str) -> Result<Held, Status> {
+    let cfg = &o.inner.cfg;
+    o.inner
+        .follows
+        .take(
+            id,
+            client_id,
+            cfg.max_follows_per_client,
+            cfg.max_follows_per_identity,
+        )
+        .map_err(|over| {
+            let text = match over {
+                Over::Client(n) => format!(
                     "client `{client_id}` already has {n} follow streams open (offline.max_follows_per_client): close one first"
                 ),
-            ));
-        }
-        let m = f.get(&owner).copied().unwrap_or(0);
-        if m >= cfg.max_follows_per_identity {
-            return Err(status(
-                Code::ResourceExhausted,
-                format!(
+                Over::Identity(m) => format!(
                     "this user already has {m} follow streams open (offline.max_follows_per_identity): close one first"
                 ),
-            ));
-        }
-        *f.entry(client_id.to_owned()).or_insert(0) += 1;
-        *f.entry(owner.clone()).or_insert(0) += 1;
-        Ok(FollowSlot {
-            o: o.clone(),
-            client_id: client_id.to_owned(),
-            owner,
+            };
+            status(Code::ResourceExhausted, text)
         })
-    }
-}
-
-impl Drop for FollowSlot {
-    fn drop(&mut self) {
-        let mut f = self
-            .o
-            .inner
-            .follows
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        for k in [&self.client_id, &self.owner] {
-            if let Some(n) = f.get_mut(k) {
-                *n -= 1;
-                if *n == 0 {
-                    f.remove(k);
-                }
-            }
-        }
-    }
 }
 
 /// Streams batches into `tx` until caught up; then, when following, waits
@@ -235,7 +199,7 @@ pub async fn run(
     mut after: BTreeMap<String, u64>,
     max_rows: usize,
     max_bytes: usize,
-    follow: Option<FollowSlot>,
+    follow: Option<Held>,
     tx: mpsc::Sender<Result<pb::PullResponse, Status>>,
 ) {
     // Subscribed before the first read, so no commit falls in between.

@@ -7,7 +7,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::pull::FollowSlot;
 use super::scopes::{check_own, scopes_of};
 use super::snapshot::Cursor;
 use super::{check_client, db_status, Offline, PROTOCOL_VERSION};
@@ -247,7 +246,7 @@ impl offline_service_server::OfflineService for Offline {
         let max_rows = bound(r.max_rows, cfg.max_pull_rows).max(1) as usize;
         let max_bytes = bound(r.max_bytes, cfg.max_pull_bytes) as usize;
         let slot = if r.follow {
-            Some(FollowSlot::take(self, &id, &r.client_id)?)
+            Some(super::pull::take_follow(self, &id, &r.client_id)?)
         } else {
             None
         };
@@ -285,7 +284,7 @@ impl offline_service_server::OfflineService for Offline {
             None => r.scopes.clone(),
         };
         check_own(&mine, scopes.iter())?;
-        let slot = super::snapshot::Slot::take(self, &id, &r.client_id)?;
+        let slot = super::snapshot::take_slot(self, &id, &r.client_id)?;
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(super::snapshot::run(
             self.clone(),

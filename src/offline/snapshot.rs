@@ -16,7 +16,6 @@
 //! caller's identity, like pushes, graphs and mutations.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -27,6 +26,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
+use super::quota::{Held, Over};
 use super::{db_status, read_rows, Offline};
 use crate::engine::Identity;
 use crate::grpc::status::status;
@@ -79,76 +79,31 @@ fn mac(key: &[u8], json: &[u8]) -> Hmac<Sha256> {
     m
 }
 
-/// Open snapshots per client id and per identity.
-#[derive(Default)]
-pub struct Counts {
-    by_client: HashMap<String, usize>,
-    by_identity: HashMap<(Arc<str>, Arc<str>), usize>,
-}
-
-/// An open snapshot, counted until dropped.
-pub struct Slot {
-    o: Offline,
-    client_id: String,
-    owner: (Arc<str>, Arc<str>),
-}
-
-impl Slot {
-    /// Counts a snapshot of `client_id` for `id`, or says which limit is
-    /// reached.
-    pub fn take(o: &Offline, id: &Identity, client_id: &str) -> Result<Slot, Status> {
-        let cfg = &o.inner.cfg;
-        let mut c = o.inner.snapshots.lock().unwrap_or_else(|p| p.into_inner());
-        let owner = (id.user_id.clone(), id.workspace_id.clone());
-        if c.by_client.get(client_id).copied().unwrap_or(0) >= cfg.max_snapshots_per_client {
-            return Err(status(
-                Code::ResourceExhausted,
-                format!(
+/// Takes a snapshot place of `client_id` for `id`, or says which limit is
+/// reached.
+pub fn take_slot(o: &Offline, id: &Identity, client_id: &str) -> Result<Held, Status> {
+    let cfg = &o.inner.cfg;
+    o.inner
+        .snapshots
+        .take(
+            id,
+            client_id,
+            cfg.max_snapshots_per_client,
+            cfg.max_snapshots_per_identity,
+        )
+        .map_err(|over| {
+            let text = match over {
+                Over::Client(_) => format!(
                     "client `{client_id}` already has {} snapshots open (offline.max_snapshots_per_client): finish or close one first",
                     cfg.max_snapshots_per_client
                 ),
-            ));
-        }
-        if c.by_identity.get(&owner).copied().unwrap_or(0) >= cfg.max_snapshots_per_identity {
-            return Err(status(
-                Code::ResourceExhausted,
-                format!(
+                Over::Identity(_) => format!(
                     "this user already has {} snapshots open (offline.max_snapshots_per_identity): finish or close one first",
                     cfg.max_snapshots_per_identity
                 ),
-            ));
-        }
-        *c.by_client.entry(client_id.to_owned()).or_default() += 1;
-        *c.by_identity.entry(owner.clone()).or_default() += 1;
-        Ok(Slot {
-            o: o.clone(),
-            client_id: client_id.to_owned(),
-            owner,
+            };
+            status(Code::ResourceExhausted, text)
         })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut c = self
-            .o
-            .inner
-            .snapshots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = c.by_client.get_mut(&self.client_id) {
-            *n -= 1;
-            if *n == 0 {
-                c.by_client.remove(&self.client_id);
-            }
-        }
-        if let Some(n) = c.by_identity.get_mut(&self.owner) {
-            *n -= 1;
-            if *n == 0 {
-                c.by_identity.remove(&self.owner);
-            }
-        }
-    }
 }
 
 /// Streams the snapshot of `scopes` into `tx` as `who`, holding `slot`
@@ -158,7 +113,7 @@ pub async fn run(
     who: Identity,
     scopes: Vec<String>,
     cursor: Option<Cursor>,
-    slot: Slot,
+    slot: Held,
     tx: mpsc::Sender<Result<pb::SnapshotChunk, Status>>,
 ) {
     if let Err(e) = stream(&o, &who, scopes, cursor, &tx).await {

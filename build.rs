@@ -74,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .name("connect")
                 .route_name("Connect")
                 .input_type("crate::grpc::codec::Inbound")
-                .output_type("crate::grpc::wire::WireServerMessage")
+                .output_type("crate::wire::encoded::WireServerMessage")
                 .codec_path("crate::grpc::codec::ConnectCodec")
                 .client_streaming()
                 .server_streaming()
@@ -85,7 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .name("open_session")
                 .route_name("OpenSession")
                 .input_type("crate::proto::OpenSessionRequest")
-                .output_type("crate::grpc::wire::WireServerMessage")
+                .output_type("crate::wire::encoded::WireServerMessage")
                 .codec_path("crate::grpc::codec::LeanCodec")
                 .server_streaming()
                 .build(),

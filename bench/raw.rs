@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arcana::grpc::server::arcana_service_server::{ArcanaService, ArcanaServiceServer};
-use arcana::grpc::wire::WireServerMessage;
 use arcana::proto as pb;
+use arcana::wire::encoded::WireServerMessage;
 use futures_util::{Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;

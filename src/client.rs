@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 
 use crate::engine::diff::{apply_fields, apply_refs};
 use crate::engine::{Fields, Patch, Ref, RowKey, WindowEdges};
-use crate::grpc::convert::{fields_from_pb, op_from_pb, ref_from_pb, value_from_pb};
 use crate::proto::{view_frame::Body, ViewFrame};
+use crate::wire::convert::{fields_from_pb, op_from_pb, ref_from_pb, value_from_pb};
 
 /// What a client holds for one view.
 #[derive(Debug, Clone, Default, PartialEq)]

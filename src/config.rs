@@ -363,7 +363,7 @@ impl Default for ServerConfig {
             max_message_bytes: 1 << 20,
             cors_origins: vec!["*".into()],
             max_batch_bytes: crate::grpc::DEFAULT_BATCH_BYTES,
-            snapshot_part_bytes: crate::grpc::parts::DEFAULT_PART_BYTES,
+            snapshot_part_bytes: crate::wire::parts::DEFAULT_PART_BYTES,
             handshake_timeout_ms: limits.handshake_timeout.as_millis() as u64,
             max_connections: limits.max_connections,
             max_streams_per_connection: limits.max_streams_per_connection,

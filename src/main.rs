@@ -212,7 +212,7 @@ async fn main() {
             admin_listen: _,
             cluster: Some(n),
             nats_url,
-        } => arcana::cluster::demo::run(n, database_url, listen, nats_url).await,
+        } => arcana::app::cluster_demo::run(n, database_url, listen, nats_url).await,
         Command::Demo {
             database_url,
             listen,

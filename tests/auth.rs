@@ -30,7 +30,7 @@ fn now() -> i64 {
 }
 
 fn hs256(claims: Json) -> String {
-    arcana::grpc::auth::sign_hs256(SECRET.as_bytes(), &claims)
+    arcana::auth::sign_hs256(SECRET.as_bytes(), &claims)
 }
 
 fn hs256_config() -> JwtConfig {
@@ -508,14 +508,14 @@ async fn a_plain_http_jwks_url_is_refused_unless_loopback() {
             ..Default::default()
         }),
     };
-    let e = arcana::grpc::TokenAuthenticator::from_config(&cfg("http://idp.example/jwks"))
+    let e = arcana::auth::TokenAuthenticator::from_config(&cfg("http://idp.example/jwks"))
         .err()
         .unwrap();
     assert!(e.contains("https"), "{e}");
     assert!(
-        arcana::grpc::TokenAuthenticator::from_config(&cfg("https://idp.example/jwks")).is_ok()
+        arcana::auth::TokenAuthenticator::from_config(&cfg("https://idp.example/jwks")).is_ok()
     );
-    let e = arcana::grpc::TokenAuthenticator::from_config(&arcana::config::AuthConfig {
+    let e = arcana::auth::TokenAuthenticator::from_config(&arcana::config::AuthConfig {
         tokens: vec![],
         jwt: Some(JwtConfig::default()),
     })

@@ -44,14 +44,14 @@ async fn hs256_tokens_are_accepted_when_configured() {
         })
     })
     .await;
-    let token = arcana::grpc::auth::sign_hs256(
+    let token = arcana::auth::sign_hs256(
         b"a-long-test-secret-value",
         &serde_json::json!({"sub": "alice", "workspace": "acme", "permissions": ["tasks:read"], "exp": 4_000_000_000i64}),
     );
     let mut l = Live::connect(h.client(&token).await).await.unwrap();
     let s = l.subscribe("project_tasks", project(1)).await.unwrap();
     assert_eq!(l.view(&s.view_id).refs.len(), 4);
-    let forged = arcana::grpc::auth::sign_hs256(
+    let forged = arcana::auth::sign_hs256(
         b"some-other-secret-value",
         &serde_json::json!({"sub": "alice", "workspace": "acme"}),
     );

@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 
 use super::bus::Bus;
 use crate::engine::{Claim, Frame, FrameBody};
-use crate::grpc::convert::{encoded_frame, frame_from_encoded};
+use crate::wire::convert::{encoded_frame, frame_from_encoded};
 
 /// A node's handles on the kept frames and checkpoints.
 #[derive(Clone)]

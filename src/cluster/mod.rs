@@ -12,7 +12,6 @@
 
 pub mod bus;
 pub mod consume;
-pub mod demo;
 pub mod kept;
 pub mod lease;
 pub mod link;

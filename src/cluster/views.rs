@@ -30,7 +30,7 @@ use super::terms::Terms;
 use crate::engine::{
     term_of, term_start, Change, Claim, EngineError, Followed, Frame, Owners, View, WeakEngine,
 };
-use crate::grpc::convert::{encoded_frame, frame_from_encoded};
+use crate::wire::convert::{encoded_frame, frame_from_encoded};
 
 /// The header of a snapshot reply too big for one NATS message: the owner
 /// wrote it as the view's checkpoint instead, to be read from there.

@@ -28,12 +28,12 @@ use tracing::field::Empty;
 use tracing::Instrument;
 
 use super::error::EvalError;
+use super::observe::SPANS;
 use super::registry::Change;
 use super::router::{self, Patch};
 use super::stats::{EventKind, FEED_LIST};
 use super::view::{Refresh, View};
 use super::Inner;
-use crate::ops::telemetry::SPANS;
 
 /// Changes that must be applied together, with an optional completion signal.
 #[derive(Debug)]
@@ -384,10 +384,7 @@ async fn round(
                     .collect();
                 factory.evaluate_many(items).await
             };
-            crate::ops::metrics::observe(
-                &crate::ops::metrics::hooks().round_seconds,
-                started.elapsed(),
-            );
+            inner.stats.timings.round(started.elapsed());
             results.resize_with(live.len(), || {
                 Err(EvalError::internal(
                     "the graph's factory returned fewer results than views",

@@ -12,6 +12,7 @@ pub mod error;
 pub mod frame;
 pub mod identity;
 mod invalidation;
+pub mod observe;
 pub mod owners;
 pub mod params;
 pub mod registry;
@@ -30,7 +31,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::ops::telemetry::SPANS;
+use observe::SPANS;
 
 pub use diff::{FieldOp, Op, Patch, RefOp};
 pub use error::{EngineError, EvalError, EvalErrorKind};
@@ -1062,6 +1063,12 @@ impl Engine {
             view_info,
             session_info,
         }
+    }
+
+    /// Sends this engine's timings to `observer` from now on; false when
+    /// it already has one (the first stays).
+    pub fn observe_with(&self, observer: Arc<dyn observe::Observer>) -> bool {
+        self.inner.stats.timings.install(observer)
     }
 
     /// The feed of recent change batches and frames (see [`stats::Feed`]).

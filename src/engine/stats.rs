@@ -28,6 +28,8 @@ impl Counter {
 /// Counters the engine keeps.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Where durations go (see [`super::observe`]).
+    pub timings: super::observe::Timings,
     /// View evaluations run (first evaluations included).
     pub evaluations: Counter,
     /// Evaluation rounds of refreshes (one query for a SQL graph, however

@@ -337,10 +337,7 @@ impl View {
             .factory
             .evaluate(self.key.scope.clone(), self.params.clone())
             .await;
-        crate::ops::metrics::observe(
-            &crate::ops::metrics::hooks().evaluation_seconds,
-            started.elapsed(),
-        );
+        stats.timings.evaluation(started.elapsed());
         let out = self.apply(result, store, stats, history);
         if let Err(e) = &out {
             self.lock().last_error = Some(e.to_string());

@@ -291,13 +291,13 @@ fn decode_client_message(bytes: bytes::Bytes) -> Result<Inbound, Status> {
 pub struct ConnectCodec;
 
 impl Codec for ConnectCodec {
-    type Encode = crate::grpc::wire::WireServerMessage;
+    type Encode = crate::wire::encoded::WireServerMessage;
     type Decode = Inbound;
-    type Encoder = ProstEncoder<crate::grpc::wire::WireServerMessage>;
+    type Encoder = ProstEncoder<crate::wire::encoded::WireServerMessage>;
     type Decoder = InboundDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<crate::grpc::wire::WireServerMessage, crate::proto::ClientMessage>::raw_encoder(
+        ProstCodec::<crate::wire::encoded::WireServerMessage, crate::proto::ClientMessage>::raw_encoder(
             BufferSettings::new(INITIAL_BUFFER, YIELD_THRESHOLD),
         )
     }

@@ -21,10 +21,10 @@ use tonic::body::Body;
 use tonic::service::Routes;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use super::auth::Authenticator;
 use super::limits::{canonical, Limits};
 use super::listener::{incoming, Conn, ConnInfo, ConnState, PeerSlot, Peers};
 use super::service::Service;
+use crate::auth::Authenticator;
 use crate::engine::Engine;
 
 #[allow(missing_docs, clippy::all)]
@@ -52,9 +52,28 @@ pub struct ServeOptions {
     pub health: Option<tonic_health::server::HealthReporter>,
     /// Serve over TLS with this certificate; plain when `None`.
     pub tls: Option<crate::config::ServerTls>,
-    /// The offline sync service, mounted next to the Arcana service when
-    /// `[offline]` has tables.
-    pub offline: Option<crate::offline::Offline>,
+    /// More services served next to the Arcana service, behind the same
+    /// listener, limits, CORS and grpc-web (the offline service).
+    pub mounts: Vec<Mount>,
+}
+
+/// Adds one service to the server's routes, given the largest request
+/// message the server accepts. The layers above `grpc` (the offline
+/// service) mount themselves through this, so `grpc` needs none of them.
+#[derive(Clone)]
+pub struct Mount(Arc<dyn Fn(Routes, usize) -> Routes + Send + Sync>);
+
+impl Mount {
+    /// A mount from the function that adds the service.
+    pub fn new(add: impl Fn(Routes, usize) -> Routes + Send + Sync + 'static) -> Mount {
+        Mount(Arc::new(add))
+    }
+}
+
+impl std::fmt::Debug for Mount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mount")
+    }
 }
 
 impl Default for ServeOptions {
@@ -63,11 +82,11 @@ impl Default for ServeOptions {
             max_message_bytes: 1 << 20,
             cors_origins: vec!["*".into()],
             max_batch_bytes: super::service::DEFAULT_BATCH_BYTES,
-            snapshot_part_bytes: super::parts::DEFAULT_PART_BYTES,
+            snapshot_part_bytes: crate::wire::parts::DEFAULT_PART_BYTES,
             limits: Limits::default(),
             health: None,
             tls: None,
-            offline: None,
+            mounts: Vec::new(),
         }
     }
 }
@@ -283,10 +302,6 @@ pub async fn serve(
     let _reloader = tls
         .as_ref()
         .map(|(_, task)| AbortOnDrop(task.abort_handle()));
-    let offline = opts.offline.clone().map(|o| {
-        crate::offline::offline_service_server::OfflineServiceServer::new(o)
-            .max_decoding_message_size(opts.max_message_bytes)
-    });
     let svc = ArcanaServiceServer::new(
         Service::new(engine, auth)
             .with_batch_bytes(opts.max_batch_bytes)
@@ -316,8 +331,8 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| e.to_string())?;
     let mut routes = Routes::new(svc);
-    if let Some(o) = offline {
-        routes = routes.add_service(o);
+    for m in &opts.mounts {
+        routes = (m.0)(routes, opts.max_message_bytes);
     }
     let routes = routes
         .add_service(health_svc)
@@ -478,5 +493,16 @@ struct AbortOnDrop(tokio::task::AbortHandle);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_proto_module_names_the_service_as_the_generated_server_does() {
+        assert_eq!(
+            crate::proto::ARCANA_SERVICE,
+            super::arcana_service_server::SERVICE_NAME
+        );
     }
 }

@@ -9,29 +9,27 @@ use futures_util::Stream;
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::auth::{identify_call, same_rights, Authenticator, Credentials};
+use super::caller::identify_call;
 use super::codec::{Inbound, LazySync, LazyViews};
-use super::convert::{
-    describe, encode_message, encoded_frame, params_from_pb, stats_to_pb, window_from_pb,
-};
 use super::limits::{Limits, SessionCounts, SessionSlot};
-use super::parts::SnapshotParts;
 use super::server::arcana_service_server::ArcanaService;
-use super::status::{status, to_pb_error, to_status};
-use super::wire::WireServerMessage;
+use crate::auth::{same_rights, Authenticator, Credentials};
 use crate::engine::{
     Change, Engine, Frame, FrameBody, Identity, Outbound, QueueError, Session, Subscribed,
     SyncMode, SyncView, PROTOCOL_VERSION,
 };
 use crate::ops::telemetry::SPANS;
 use crate::proto::{self as pb, reply, server_message};
+use crate::wire::convert::{
+    describe, encode_message, encoded_frame, params_from_pb, stats_to_pb, window_from_pb,
+};
+use crate::wire::encoded::WireServerMessage;
+use crate::wire::parts::SnapshotParts;
+use crate::wire::status::{status, to_status};
 
 /// The permission the Notify call needs.
 pub const NOTIFY_PERMISSION: &str = "arcana:notify";
-/// The permission the Stats call needs, for the caller's workspace.
-pub const ADMIN_PERMISSION: &str = "arcana:admin";
-/// The permission to see every workspace in Stats.
-pub const GLOBAL_ADMIN_PERMISSION: &str = "arcana:global-admin";
+pub use crate::auth::{ADMIN_PERMISSION, GLOBAL_ADMIN_PERMISSION};
 
 /// The default for [`Service::with_batch_bytes`].
 pub const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
@@ -56,7 +54,7 @@ impl Service {
             engine,
             auth,
             batch_bytes: DEFAULT_BATCH_BYTES,
-            part_bytes: super::parts::DEFAULT_PART_BYTES,
+            part_bytes: crate::wire::parts::DEFAULT_PART_BYTES,
             limits: Arc::new(Limits::default()),
             sessions: SessionCounts::default(),
         }
@@ -324,7 +322,7 @@ fn sent(msg: WireServerMessage) -> WireServerMessage {
 fn encoded_for(f: &Frame, alias: Option<&str>) -> bytes::Bytes {
     let bytes = encoded_frame(f);
     match alias {
-        Some(id) => super::wire::with_view_id(&bytes, id),
+        Some(id) => crate::wire::encoded::with_view_id(&bytes, id),
         None => bytes,
     }
 }
@@ -400,7 +398,7 @@ async fn run_sync(
             }
             Err(e) => pb::SyncResult {
                 view_id: o.view_id.to_string(),
-                error: Some(to_pb_error(&to_status(e))),
+                error: Some(error_reply(&to_status(e))),
                 ..Default::default()
             },
         })
@@ -473,7 +471,7 @@ async fn handle(
             result: Some(r),
         }))
     };
-    let error = |s: Status| reply(reply::Result::Error(to_pb_error(&s)));
+    let error = |s: Status| reply(reply::Result::Error(error_reply(&s)));
     let out = match msg.kind {
         None => error(Status::invalid_argument(
             "empty ClientMessage: set one of subscribe, unsubscribe, sync, mutate or ping",
@@ -580,7 +578,7 @@ fn mutate_response(
     session: Option<&Session>,
 ) -> pb::MutateResponse {
     pb::MutateResponse {
-        data: super::convert::fields_to_pb(&out.data),
+        data: crate::wire::convert::fields_to_pb(&out.data),
         changes: out
             .changes
             .into_iter()
@@ -850,4 +848,11 @@ impl ArcanaService for Service {
         };
         Ok(Response::new(stats_to_pb(stats)))
     }
+}
+
+/// A status as an `Error` reply on the session stream, counted in the
+/// reply error metrics.
+fn error_reply(s: &Status) -> crate::proto::Error {
+    crate::ops::metrics::count_reply_error(s.code());
+    crate::wire::status::to_pb_error(s)
 }

@@ -29,13 +29,13 @@ pub use config::OfflineConfig;
 pub use service::offline_service_server;
 use spec::TableSpec;
 
+use crate::auth::Authenticator;
 use crate::engine::{Identity, Value};
-use crate::grpc::convert::value_to_pb;
-use crate::grpc::status::status;
-use crate::grpc::Authenticator;
 use crate::postgres::context::TxContext;
 use crate::postgres::values::SqlValue;
 use crate::proto as pb;
+use crate::wire::convert::value_to_pb;
+use crate::wire::status::status;
 
 /// Version of the offline protocol.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -73,6 +73,17 @@ struct Inner {
 }
 
 impl Offline {
+    /// This service as a mount of the gRPC server, next to the Arcana
+    /// service.
+    pub fn mount(self) -> crate::grpc::server::Mount {
+        crate::grpc::server::Mount::new(move |routes, max_message_bytes| {
+            routes.add_service(
+                offline_service_server::OfflineServiceServer::new(self.clone())
+                    .max_decoding_message_size(max_message_bytes),
+            )
+        })
+    }
+
     /// Checks the tables, installs the change log (when `install`), and
     /// starts the NOTIFY listener and the retention task, whose handles are
     /// returned for the caller to abort on shutdown.

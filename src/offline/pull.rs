@@ -13,8 +13,8 @@ use super::quota::{Held, Over};
 use super::scopes::{check_own, scopes_of};
 use super::{db_status, read_rows, Offline};
 use crate::engine::Identity;
-use crate::grpc::status::status;
 use crate::proto::{self as pb, pull_response::Kind, IntentOp};
+use crate::wire::status::status;
 
 /// One read of the log: a batch, or the news that a scope must snapshot.
 pub async fn pull_once(

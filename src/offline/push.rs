@@ -14,10 +14,10 @@ use super::scopes::token_scope_id;
 use super::spec::{ident, TableSpec};
 use super::{check_client, db_status, Offline};
 use crate::engine::{Identity, Value};
-use crate::grpc::convert::checked_value_from_pb;
-use crate::grpc::status::status;
 use crate::postgres::values::SqlParam;
 use crate::proto::{self as pb, intent_result::Status as Outcome, IntentOp};
+use crate::wire::convert::checked_value_from_pb;
+use crate::wire::status::status;
 
 /// A bundle as received: its name, intents and a digest of them.
 struct Bundle {
@@ -412,7 +412,7 @@ async fn apply(
         let theirs = row
             .values
             .get(&t.scope_column)
-            .map(|v| crate::grpc::convert::value_from_pb(v.clone()).key_text());
+            .map(|v| crate::wire::convert::value_from_pb(v.clone()).key_text());
         if !theirs.as_deref().is_some_and(ours) {
             return Err(outside());
         }
@@ -420,7 +420,7 @@ async fn apply(
             let owner = row
                 .values
                 .get(&owner_column)
-                .map(|v| crate::grpc::convert::value_from_pb(v.clone()).key_text());
+                .map(|v| crate::wire::convert::value_from_pb(v.clone()).key_text());
             if owner.as_deref() != Some(&*who.user_id) {
                 return Err(not_owner());
             }
@@ -430,7 +430,7 @@ async fn apply(
     let before = current.as_ref().and_then(|r| {
         r.values
             .get(&t.scope_column)
-            .map(|v| crate::grpc::convert::value_from_pb(v.clone()).key_text())
+            .map(|v| crate::wire::convert::value_from_pb(v.clone()).key_text())
     });
     let after_scope = values
         .get(&t.scope_column)

@@ -9,7 +9,7 @@ use super::config::ScopeKind;
 use super::spec::TableSpec;
 use super::{db_status, Offline};
 use crate::engine::{Identity, Scope};
-use crate::grpc::status::status;
+use crate::wire::status::status;
 
 /// The named parameters `scopes_sql` may use, in bind order.
 const PARAMS: [&str; 2] = ["user_id", "workspace_id"];

@@ -11,9 +11,9 @@ use super::scopes::{check_own, scopes_of};
 use super::snapshot::Cursor;
 use super::{check_client, db_status, Offline, PROTOCOL_VERSION};
 use crate::engine::Identity;
-use crate::grpc::auth::identify_call;
-use crate::grpc::status::status;
+use crate::grpc::caller::identify_call;
 use crate::proto as pb;
+use crate::wire::status::status;
 
 #[allow(missing_docs, clippy::all)]
 mod generated {

@@ -29,8 +29,8 @@ use tonic::{Code, Status};
 use super::quota::{Held, Over};
 use super::{db_status, read_rows, Offline};
 use crate::engine::Identity;
-use crate::grpc::status::status;
 use crate::proto as pb;
+use crate::wire::status::status;
 
 /// Where a snapshot stands.
 #[derive(Serialize, Deserialize, Debug, Clone)]

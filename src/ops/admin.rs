@@ -22,9 +22,9 @@ use super::devtools::{self, Streams};
 use super::health::Readiness;
 use super::metrics::Exporter;
 use super::slot;
+use crate::auth::Authenticator;
 use crate::config::AdminConfig;
 use crate::engine::Engine;
-use crate::grpc::Authenticator;
 
 /// What the admin handlers read.
 pub struct AdminState {

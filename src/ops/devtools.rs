@@ -25,10 +25,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::admin::{text, AdminState, Body, PLAIN};
 use super::slot;
+use crate::auth::{ADMIN_PERMISSION, GLOBAL_ADMIN_PERMISSION};
 use crate::config::AdminConfig;
 use crate::engine::stats::{Event, EventKind};
 use crate::engine::{Engine, EngineStats, Identity};
-use crate::grpc::service::{ADMIN_PERMISSION, GLOBAL_ADMIN_PERMISSION};
 
 /// Shortest time between two snapshots on one stream: bursts coalesce.
 pub const THROTTLE: Duration = Duration::from_millis(250);

@@ -9,7 +9,7 @@ use deadpool_postgres::Pool;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-use crate::grpc::server::arcana_service_server::SERVICE_NAME;
+use crate::proto::ARCANA_SERVICE as SERVICE_NAME;
 
 /// What readiness looks at.
 #[derive(Clone)]

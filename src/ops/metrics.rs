@@ -346,6 +346,19 @@ impl Exporter {
     }
 }
 
+/// The engine's timings, recorded into [`hooks`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineTimings;
+
+impl crate::engine::observe::Observer for EngineTimings {
+    fn evaluation(&self, took: Duration) {
+        observe(&hooks().evaluation_seconds, took);
+    }
+    fn round(&self, took: Duration) {
+        observe(&hooks().round_seconds, took);
+    }
+}
+
 /// Observes `d` in `h`.
 pub fn observe(h: &Histogram, d: Duration) {
     h.observe(d.as_secs_f64());

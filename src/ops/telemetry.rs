@@ -20,8 +20,7 @@ use opentelemetry_sdk::Resource;
 
 use crate::config::TelemetryConfig;
 
-/// The target of every exported span; the exporter's layer takes only these.
-pub const SPANS: &str = "arcana::spans";
+pub use crate::engine::observe::SPANS;
 
 /// Export failures are logged at most this often.
 const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);

@@ -66,7 +66,6 @@ pub fn to_status(e: EngineError) -> Status {
 
 /// A status as the `Error` message replies carry on the bidirectional stream.
 pub fn to_pb_error(s: &Status) -> crate::proto::Error {
-    crate::ops::metrics::count_reply_error(s.code());
     crate::proto::Error {
         code: s.code() as i32,
         message: tidy(s.message()),

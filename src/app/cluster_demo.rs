@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::app::{App, DEMO_CONFIG, DEMO_SCHEMA};
+use super::{App, DEMO_CONFIG, DEMO_SCHEMA};
 use crate::config::{ClusterConfig, Config};
 use crate::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
 

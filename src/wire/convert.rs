@@ -79,7 +79,7 @@ pub fn params_from_pb(
     m.into_iter()
         .map(|(k, v)| match checked_value_from_pb(v) {
             Ok(v) => Ok((k, v)),
-            Err(e) => Err(tonic::Status::invalid_argument(crate::grpc::status::tidy(
+            Err(e) => Err(tonic::Status::invalid_argument(crate::wire::status::tidy(
                 &format!("param `{k}`: {e}"),
             ))),
         })

@@ -186,7 +186,7 @@ mod tests {
         let one = decode(&parts.next_part().unwrap());
         assert!(parts.next_part().is_none());
         assert_eq!(one.view_id, "g/first");
-        let whole = crate::grpc::convert::frame_to_pb(&frame);
+        let whole = crate::wire::convert::frame_to_pb(&frame);
         let (Some(pb::view_frame::Body::Snapshot(a)), Some(pb::view_frame::Body::Snapshot(b))) =
             (one.body, whole.body)
         else {

@@ -1,6 +1,8 @@
 //! Wiring for the standalone server: config -> pool -> registry -> engine ->
 //! gRPC listener. Used by `arcana serve`, `arcana demo` and the tests.
 
+pub mod cluster_demo;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +13,11 @@ use tokio::task::JoinHandle;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::auth::TokenAuthenticator;
 use crate::cluster::{Node, SourceStarter};
 use crate::config::{ChangeMode, ChangesConfig, Config};
 use crate::engine::Engine;
-use crate::grpc::{serve, ServeOptions, TokenAuthenticator};
+use crate::grpc::{serve, ServeOptions};
 use crate::ops::admin::{self, AdminState};
 use crate::ops::health::Readiness;
 use crate::ops::metrics::Exporter;
@@ -24,9 +27,9 @@ use crate::postgres::wal::{self, Tracking, WalOptions};
 use crate::postgres::Listener;
 
 /// The demo's schema and seed data.
-pub const DEMO_SCHEMA: &str = include_str!("../demo/schema.sql");
+pub const DEMO_SCHEMA: &str = include_str!("../../demo/schema.sql");
 /// The demo's config.
-pub const DEMO_CONFIG: &str = include_str!("../demo/arcana.toml");
+pub const DEMO_CONFIG: &str = include_str!("../../demo/arcana.toml");
 
 /// A running server.
 pub struct App {
@@ -176,6 +179,7 @@ impl App {
         let registry = config.registry(&pool).await?;
         drop(turn);
         let engine = Engine::new(registry, config.engine.clone());
+        engine.observe_with(Arc::new(crate::ops::metrics::EngineTimings));
         let wal_slot =
             (config.changes.mode == ChangeMode::Wal).then(|| config.changes.slot.clone());
         if let Some(slot) = &wal_slot {
@@ -263,7 +267,7 @@ impl App {
             )
             .await?;
             background.extend(tasks);
-            Some(o)
+            Some(o.mount())
         };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let opts = ServeOptions {
@@ -274,7 +278,7 @@ impl App {
             limits: config.server.limits()?,
             health: Some(health),
             tls: config.server.tls.clone(),
-            offline,
+            mounts: offline.into_iter().collect(),
         };
         if let Some(tls) = &config.server.tls {
             // A certificate that cannot be loaded stops startup, not just the listener.

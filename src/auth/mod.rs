@@ -7,6 +7,8 @@
 //! Claims: `sub`, a workspace claim, `role`, `permissions` (or `scope`),
 //! `exp` (required by default), `nbf`, and `iss`/`aud` when configured.
 
+mod jwks;
+
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,10 +24,10 @@ use sha2::Sha256;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 
-use super::jwks::Jwks;
-use super::status::{shorten, status};
 use crate::config::{AuthConfig, JwtConfig};
 use crate::engine::Identity;
+use crate::wire::status::{shorten, status};
+use jwks::Jwks;
 
 /// Who a token speaks for, and until when.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,29 +73,11 @@ pub async fn identify(auth: &dyn Authenticator, md: &MetadataMap) -> Result<Cred
         .map_err(|m| status(Code::Unauthenticated, m))
 }
 
-/// Authenticates a call like [`identify`], and acts on its connection: a
-/// connection whose call failed authentication is closed once its open
-/// calls end (GOAWAY), so a peer cannot hold it with one refused request;
-/// a successful call counts the connection against its identity
-/// (`server.max_connections_per_identity`).
-pub async fn identify_call<T>(
-    auth: &dyn Authenticator,
-    req: &tonic::Request<T>,
-) -> Result<Credentials, Status> {
-    let conn = req
-        .extensions()
-        .get::<super::listener::ConnInfo>()
-        .map(|c| c.state.clone());
-    let r = identify(auth, req.metadata()).await;
-    if let Some(conn) = conn {
-        let r = r.and_then(|c| conn.bind_identity(&c.identity).map(|()| c));
-        if r.is_err() {
-            conn.close_when_done();
-        }
-        return r;
-    }
-    r
-}
+/// The permission to see the caller's workspace's stats (the `Stats` call,
+/// DevTools).
+pub const ADMIN_PERMISSION: &str = "arcana:admin";
+/// The permission to see every workspace's stats.
+pub const GLOBAL_ADMIN_PERMISSION: &str = "arcana:global-admin";
 
 /// Whether two identities are the same caller with the same rights: user,
 /// workspace, role and the set of permissions.

@@ -204,7 +204,7 @@ fn nonempty(keys: Vec<Key>, kid: Option<&str>) -> Result<Vec<Key>, String> {
         return Err(match kid {
             Some(kid) => format!(
                 "no key `{}` for this JWT's algorithm in the configured JWKS",
-                super::status::shorten(kid)
+                crate::wire::status::shorten(kid)
             ),
             None => "no key for this JWT's algorithm in the configured JWKS".into(),
         });

@@ -386,7 +386,10 @@ async fn triggers(action: SqlAction) -> Result<(), String> {
     let url = database(&config, url)?;
     // The registry is only needed for the tracked tables and columns.
     let pool = arcana::postgres::pool(&url, 1)?;
-    let engine = arcana::engine::Engine::new(config.registry(&pool).await?, config.engine.clone());
+    let engine = arcana::engine::Engine::new(
+        arcana::postgres::registry::build(&config, &pool).await?,
+        config.engine.clone(),
+    );
     let tables = arcana::app::tracked_tables(&engine);
     let channel = &config.changes.channel;
     if apply {

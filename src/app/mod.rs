@@ -176,7 +176,7 @@ impl App {
             config.database.pool_size,
             config.database.pool_timeout_ms,
         )?;
-        let registry = config.registry(&pool).await?;
+        let registry = crate::postgres::registry::build(config, &pool).await?;
         drop(turn);
         let engine = Engine::new(registry, config.engine.clone());
         engine.observe_with(Arc::new(crate::ops::metrics::EngineTimings));
@@ -263,7 +263,7 @@ impl App {
                 offline_pool,
                 database_url,
                 auth.clone(),
-                config.database.tx_context(),
+                crate::postgres::context::TxContext::from_config(&config.database),
             )
             .await?;
             background.extend(tasks);
@@ -275,7 +275,7 @@ impl App {
             cors_origins: config.server.cors_origins.clone(),
             max_batch_bytes: config.server.max_batch_bytes,
             snapshot_part_bytes: config.server.snapshot_part_bytes,
-            limits: config.server.limits()?,
+            limits: crate::grpc::Limits::from_config(&config.server)?,
             health: Some(health),
             tls: config.server.tls.clone(),
             mounts: offline.into_iter().collect(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tonic::{Code, Status};
 
+use crate::config::ServerConfig;
 use crate::engine::Identity;
 
 /// Limits that bound what one peer can make the server hold. The config's
@@ -109,23 +110,41 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+impl Limits {
+    /// The limits `[server]` sets; fails on a `trusted_proxies` entry that
+    /// is not an address or block.
+    pub fn from_config(server: &ServerConfig) -> Result<Limits, String> {
+        let trusted_proxies = server
+            .trusted_proxies
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map_err(|e| format!("server.trusted_proxies: {e}"))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Limits {
+            handshake_timeout: Duration::from_millis(server.handshake_timeout_ms),
+            max_connections: server.max_connections,
+            max_streams_per_connection: server.max_streams_per_connection,
+            max_sessions_per_identity: server.max_sessions_per_identity,
+            max_sessions: server.max_sessions,
+            max_sync_views: server.max_sync_views,
+            stream_window_bytes: server.stream_window_bytes,
+            connection_window_bytes: server.connection_window_bytes,
+            idle_timeout: Duration::from_millis(server.idle_timeout_ms),
+            max_connections_per_peer: server.max_connections_per_peer,
+            max_calls_per_peer: server.max_calls_per_peer,
+            max_connections_per_identity: server.max_connections_per_identity,
+            trusted_proxies,
+        })
+    }
+}
+
+/// The defaults of `[server]`, which names no proxies.
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            handshake_timeout: Duration::from_secs(10),
-            max_connections: 512,
-            max_streams_per_connection: 128,
-            max_sessions_per_identity: 64,
-            max_sessions: 65_536,
-            max_sync_views: 200,
-            stream_window_bytes: 65_535,
-            connection_window_bytes: 2 << 20,
-            idle_timeout: Duration::from_secs(60),
-            max_connections_per_peer: 64,
-            max_calls_per_peer: 1024,
-            max_connections_per_identity: 64,
-            trusted_proxies: Vec::new(),
-        }
+        Limits::from_config(&ServerConfig::default())
+            .unwrap_or_else(|e| unreachable!("the default server config has no proxies: {e}"))
     }
 }
 

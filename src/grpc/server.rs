@@ -76,13 +76,15 @@ impl std::fmt::Debug for Mount {
     }
 }
 
+/// The defaults of `[server]`.
 impl Default for ServeOptions {
     fn default() -> Self {
+        let server = crate::config::ServerConfig::default();
         ServeOptions {
-            max_message_bytes: 1 << 20,
-            cors_origins: vec!["*".into()],
-            max_batch_bytes: super::service::DEFAULT_BATCH_BYTES,
-            snapshot_part_bytes: crate::wire::parts::DEFAULT_PART_BYTES,
+            max_message_bytes: server.max_message_bytes,
+            cors_origins: server.cors_origins.clone(),
+            max_batch_bytes: server.max_batch_bytes,
+            snapshot_part_bytes: server.snapshot_part_bytes,
             limits: Limits::default(),
             health: None,
             tls: None,

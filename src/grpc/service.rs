@@ -31,8 +31,7 @@ use crate::wire::status::{status, to_status};
 pub const NOTIFY_PERMISSION: &str = "arcana:notify";
 pub use crate::auth::{ADMIN_PERMISSION, GLOBAL_ADMIN_PERMISSION};
 
-/// The default for [`Service::with_batch_bytes`].
-pub const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
+pub use crate::config::DEFAULT_BATCH_BYTES;
 
 /// The gRPC service.
 #[derive(Clone)]
@@ -54,7 +53,7 @@ impl Service {
             engine,
             auth,
             batch_bytes: DEFAULT_BATCH_BYTES,
-            part_bytes: crate::wire::parts::DEFAULT_PART_BYTES,
+            part_bytes: crate::config::DEFAULT_PART_BYTES,
             limits: Arc::new(Limits::default()),
             sessions: SessionCounts::default(),
         }

@@ -5,7 +5,6 @@
 //! The change log lives in PostgreSQL (`schema.rs`), filled by triggers, so
 //! every committed write is logged whoever made it.
 
-pub mod config;
 mod follow;
 mod pull;
 mod push;
@@ -25,7 +24,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tonic::{Code, Status};
 
-pub use config::OfflineConfig;
+pub use crate::config::OfflineConfig;
 pub use service::offline_service_server;
 use spec::TableSpec;
 

@@ -9,10 +9,10 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use tonic::{Code, Status, Streaming};
 
-use super::config::{ConflictPolicy, PushPolicy};
 use super::scopes::token_scope_id;
 use super::spec::{ident, TableSpec};
 use super::{check_client, db_status, Offline};
+use crate::config::offline::{ConflictPolicy, PushPolicy};
 use crate::engine::{Identity, Value};
 use crate::postgres::values::SqlParam;
 use crate::proto::{self as pb, intent_result::Status as Outcome, IntentOp};
@@ -356,9 +356,9 @@ async fn apply(
             "the row of table `{}` is outside your scope: devices write only rows of their own {}",
             t.name,
             match t.scope {
-                super::config::ScopeKind::Workspace => "workspace",
-                super::config::ScopeKind::User => "user",
-                super::config::ScopeKind::Sql => "scopes",
+                crate::config::offline::ScopeKind::Workspace => "workspace",
+                crate::config::offline::ScopeKind::User => "user",
+                crate::config::offline::ScopeKind::Sql => "scopes",
             }
         ))
     };

@@ -5,9 +5,9 @@
 use tokio_postgres::types::Type;
 use tonic::{Code, Status};
 
-use super::config::ScopeKind;
 use super::spec::TableSpec;
 use super::{db_status, Offline};
+use crate::config::offline::ScopeKind;
 use crate::engine::{Identity, Scope};
 use crate::wire::status::status;
 

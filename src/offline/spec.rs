@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 
 use sha2::{Digest, Sha256};
 
-use super::config::{ConflictPolicy, OfflineConfig, PushPolicy, ScopeKind, SyncTableConfig};
+use crate::config::offline::{
+    ConflictPolicy, OfflineConfig, PushPolicy, ScopeKind, SyncTableConfig,
+};
 use crate::postgres::catalog::unique_keys;
 use crate::postgres::values::kind_of;
 use crate::postgres::wal::quote_table;

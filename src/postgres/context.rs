@@ -39,6 +39,16 @@ pub struct TxContext {
 }
 
 impl TxContext {
+    /// What `[database]` sets up for every graph and mutation transaction.
+    pub fn from_config(db: &crate::config::DatabaseConfig) -> TxContext {
+        TxContext {
+            eval_role: db.eval_role.clone(),
+            statement_timeout_ms: db.statement_timeout_ms,
+            pool_timeout_ms: db.pool_timeout_ms,
+            mutation_retries: db.mutation_retries,
+        }
+    }
+
     /// Sets the caller's identity, the time limit and the role for the rest
     /// of `tx`, in one round trip.
     pub async fn enter(&self, tx: &Transaction<'_>, scope: &Scope) -> Result<(), EvalError> {

@@ -7,6 +7,7 @@ pub mod embedded;
 pub mod listen;
 pub mod named;
 pub mod pgoutput;
+pub mod registry;
 pub mod rls;
 mod row_change;
 pub mod sink;

@@ -886,19 +886,7 @@ pub struct ChangeSpec {
     pub route_from: Vec<String>,
 }
 
-/// How many rows a mutation's statements must touch together: rows
-/// returned, or rows affected for a statement that returns none.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Expect {
-    /// Any number, none included.
-    #[default]
-    Any,
-    /// Exactly one.
-    One,
-    /// At least one.
-    Some,
-}
+pub use crate::config::Expect;
 
 impl Expect {
     /// Why `n` touched rows are not what was expected, with the status

@@ -15,9 +15,6 @@ use super::convert::{edges_to_pb, ref_to_pb, row_to_pb};
 use crate::engine::{Frame, FrameBody, RowKey};
 use crate::proto as pb;
 
-/// The default for `server.snapshot_part_bytes`.
-pub const DEFAULT_PART_BYTES: usize = 1 << 20;
-
 /// A snapshot frame being sent in parts.
 pub struct SnapshotParts {
     frame: Arc<Frame>,

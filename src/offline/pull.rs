@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 use super::follow::ANY;
 use super::quota::{Held, Over};
 use super::scopes::{check_own, scopes_of};
-use super::{db_status, read_rows, Offline};
+use super::state::{db_status, read_rows, Offline};
 use crate::engine::Identity;
 use crate::proto::{self as pb, pull_response::Kind, IntentOp};
 use crate::wire::status::status;

@@ -11,7 +11,7 @@ use tonic::{Code, Status, Streaming};
 
 use super::scopes::token_scope_id;
 use super::spec::{ident, TableSpec};
-use super::{check_client, db_status, Offline};
+use super::state::{check_client, db_status, Offline};
 use crate::config::offline::{ConflictPolicy, PushPolicy};
 use crate::engine::{Identity, Value};
 use crate::postgres::values::SqlParam;
@@ -625,7 +625,7 @@ async fn read_locked(
     tx: &deadpool_postgres::Transaction<'_>,
     t: &TableSpec,
     key_texts: &[String],
-) -> Result<Option<super::ReadRow>, tokio_postgres::Error> {
+) -> Result<Option<super::state::ReadRow>, tokio_postgres::Error> {
     let columns: Vec<Vec<String>> = key_texts.iter().map(|k| vec![k.clone()]).collect();
     let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns
         .iter()
@@ -635,5 +635,7 @@ async fn read_locked(
         .prepare_cached(&format!("{} FOR UPDATE", t.select_by_keys))
         .await?;
     let rows = tx.query(&stmt, &params).await?;
-    rows.first().map(|r| super::to_read_row(t, r)).transpose()
+    rows.first()
+        .map(|r| super::state::to_read_row(t, r))
+        .transpose()
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::Offline;
+use super::state::Offline;
 
 /// Runs forever, every `retention_interval_ms`.
 pub async fn run(o: Offline) {

@@ -9,7 +9,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::scopes::{check_own, scopes_of};
 use super::snapshot::Cursor;
-use super::{check_client, db_status, Offline, PROTOCOL_VERSION};
+use super::state::{check_client, db_status, Offline, PROTOCOL_VERSION};
 use crate::engine::Identity;
 use crate::grpc::caller::identify_call;
 use crate::proto as pb;

@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tonic::{Code, Status};
 
 use super::quota::{Held, Over};
-use super::{db_status, read_rows, Offline};
+use super::state::{db_status, read_rows, Offline};
 use crate::engine::Identity;
 use crate::proto as pb;
 use crate::wire::status::status;

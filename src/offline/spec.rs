@@ -229,7 +229,7 @@ async fn resolve_one(
                     "scope_name `{name}` must be non-empty, hold no `:` and not be `workspace` or `user`"
                 ));
             }
-            let prepared = super::scopes::prepare(client, sql)
+            let prepared = super::scope_sql::prepare(client, sql)
                 .await
                 .map_err(|e| format!("scopes_sql: {e}"))?;
             (format!("{name}:"), Some(prepared))

@@ -1,7 +1,7 @@
 // A window handle: one caller's window over an ordered graph. It shows a
 // live view and moves it (Reanchor) when nobody else shares it, or
 // subscribes to the new window and lets go of the old one when someone does.
-import type { ArcanaClient } from "./client.js";
+import type { RowCache } from "./cache.js";
 import { ArcanaError, Code } from "./errors.js";
 import type { GraphInfo } from "./gen/arcana/v1/describe_pb.js";
 import type { Value } from "./gen/arcana/v1/value_pb.js";
@@ -19,6 +19,17 @@ export interface WindowSnapshot<T = Item> extends ViewSnapshot<T> {
   readonly window: WindowSpec;
   /** A move (reanchor, loadMore, loadPrevious) is on its way. */
   readonly moving: boolean;
+}
+
+/**
+ * @internal What a window needs of its client. The client is one; naming
+ * this instead keeps window-view.ts from importing client.ts, which imports it.
+ */
+export interface WindowHost {
+  readonly cache: RowCache;
+  graphInfo(graph: string): Promise<GraphInfo | undefined>;
+  openView<T>(graph: string, params: Params, window: WindowSpec | undefined): LiveView<T>;
+  moveView(v: LiveView<any>, window: WindowSpec): Promise<"moved" | "subscribe">;
 }
 
 /** How `reanchor` places the new window; what is left out is kept. */
@@ -42,7 +53,7 @@ export class WindowView<T = Item> {
 
   /** @internal Made by `client.window`. */
   constructor(
-    private readonly client: ArcanaClient,
+    private readonly client: WindowHost,
     readonly graph: string,
     readonly params: Params,
     view: LiveView<T>,

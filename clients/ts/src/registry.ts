@@ -1,6 +1,6 @@
 // The client's open views: by key (graph, params and window, so that equal
 // requests share a view) and by the server's view id (which frames name).
-import { type Params, stringifyJson, toValue } from "./values.js";
+import { type Params, valueKey } from "./values.js";
 import type { LiveView } from "./view.js";
 import { type WindowSpec, windowKey } from "./window.js";
 
@@ -9,25 +9,9 @@ export function viewKey(graph: string, params: Params, window?: WindowSpec): str
   const entries = Object.entries(params)
     .filter(([, v]) => v !== undefined)
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-    .map(([k, v]) => [k, describeParam(v)]);
+    .map(([k, v]) => [k, valueKey(v)]);
   const key = `${graph}\u0000${JSON.stringify(entries)}`;
   return window ? `${key}\u0000${windowKey(window)}` : key;
-}
-
-function describeParam(v: unknown): string {
-  const value = toValue(v as never);
-  const k = value.kind;
-  switch (k.case) {
-    case "int":
-    case "bytes":
-      return `${k.case}:${String(k.value)}`;
-    case "timestamp":
-      return `ts:${k.value.seconds}.${k.value.nanos}`;
-    case undefined:
-      return "none";
-    default:
-      return `${k.case}:${typeof k.value === "string" ? k.value : stringifyJson(k.value as never)}`;
-  }
 }
 
 export class ViewRegistry {

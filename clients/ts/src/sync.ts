@@ -90,12 +90,7 @@ export class ViewSync {
   async subscribe(v: LiveView<any>, s: Session, retried = false): Promise<void> {
     try {
       const r = await s.subscribe(v.graph, toParams(v.params), v.window && toPbWindow(v.window));
-      if (v.status === "closed") {
-        if (!this.registry.hasId(r.viewId)) void s.unsubscribe(r.viewId).catch(() => {});
-        return;
-      }
-      this.registry.bind(v, r.viewId);
-      this.frames.drainOrphans(v);
+      if (!this.take(v, s, r.viewId)) return;
       // Another view already held this server view and may have taken the
       // snapshot meant for this one: ask for a fresh one.
       const peers = this.registry.withId(r.viewId);
@@ -142,12 +137,22 @@ export class ViewSync {
     l.id = undefined;
     await s.unsubscribe(old).catch(() => {});
     const r = await s.subscribe(l.graph, toParams(l.params), l.window && toPbWindow(l.window));
-    if (l.status === "closed") {
-      if (!this.registry.hasId(r.viewId)) void s.unsubscribe(r.viewId).catch(() => {});
-      return;
+    this.take(l, s, r.viewId);
+  }
+
+  /**
+   * Gives a view the id its subscription got, with the frames that came for
+   * it first. False when the view closed meanwhile: then the server view is
+   * let go, unless another view holds it.
+   */
+  private take(v: LiveView<any>, s: Session, viewId: string): boolean {
+    if (v.status === "closed") {
+      if (!this.registry.hasId(viewId)) void s.unsubscribe(viewId).catch(() => {});
+      return false;
     }
-    this.registry.bind(l, r.viewId);
-    this.frames.drainOrphans(l);
+    this.registry.bind(v, viewId);
+    this.frames.drainOrphans(v);
+    return true;
   }
 
   private failView(v: LiveView<any>, e: ArcanaError): void {

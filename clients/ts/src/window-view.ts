@@ -5,7 +5,7 @@ import type { RowCache } from "./cache.js";
 import { ArcanaError, Code } from "./errors.js";
 import type { GraphInfo } from "./gen/arcana/v1/describe_pb.js";
 import type { Value } from "./gen/arcana/v1/value_pb.js";
-import { type FieldValue, type JsonValue, type ParamValue, type Params, val } from "./values.js";
+import { type ParamValue, type Params, toValue, valueAs } from "./values.js";
 import { type Item, type LiveView, type ViewSnapshot, until } from "./view.js";
 import { type Direction, type WindowOptions, type WindowSpec, sameWindow, windowSpec } from "./window.js";
 
@@ -274,8 +274,9 @@ export class WindowView<T = Item> {
     // A row restored from a persist store: encode its decoded fields by kind.
     const row = this.client.cache.get(ref.table, ref.id) ?? {};
     return names.map((n) => {
-      const kind = info.fields.find((f) => f.nested === "" && f.name === n)?.kind ?? "";
-      return encodeAs(kind, row[n] ?? null);
+      const kind = info.fields.find((f) => f.nested === "" && f.name === n)?.kind;
+      const v = row[n] ?? null;
+      return (kind && valueAs(kind, v)) || toValue(v);
     });
   }
 
@@ -284,26 +285,4 @@ export class WindowView<T = Item> {
     const s = this.snapshot;
     for (const fn of [...this.listeners]) fn(s);
   }
-}
-
-/** Encodes a decoded field back to the Value kind the server sent it as. */
-function encodeAs(kind: string, v: FieldValue): Value {
-  if (v === null) return val.null();
-  switch (kind) {
-    case "numeric":
-      return val.numeric(String(v));
-    case "uuid":
-      return val.uuid(String(v));
-    case "date":
-      return val.date(String(v));
-    case "json":
-      return val.json(v as JsonValue);
-  }
-  if (v instanceof Date) return val.timestamp(v);
-  if (v instanceof Uint8Array) return val.bytes(v);
-  if (typeof v === "boolean") return val.bool(v);
-  if (typeof v === "bigint") return val.int(v);
-  if (typeof v === "number") return kind === "int" ? val.int(v) : val.float(v);
-  if (typeof v === "string") return val.string(v);
-  return val.json(v as JsonValue);
 }

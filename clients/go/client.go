@@ -81,11 +81,8 @@ func (r *MutateResult) Get(name string) (any, bool) {
 
 // Int returns an integer column of Data.
 func (r *MutateResult) Int(name string) (int64, bool) {
-	v, ok := r.Data[name].GetKind().(*pb.Value_Int)
-	if !ok {
-		return 0, false
-	}
-	return v.Int, true
+	i, ok := FromValue(r.Data[name]).(int64)
+	return i, ok
 }
 
 // Dial creates a client for the server at target ("host:port") that

@@ -116,3 +116,49 @@ func TestValueEdges(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// Row and MutateResult read fields through FromValue.
+func TestTypedGetters(t *testing.T) {
+	fields := map[string]*pb.Value{}
+	for name, v := range map[string]any{
+		"s": "x", "n": Numeric("1.50"), "j": JSON(`[1]`), "u": UUID("ab"), "d": Date("2024-02-29"),
+		"i": int64(1)<<53 + 1, "f": 1.5, "b": true, "t": time.Unix(0, 0), "z": nil, "y": []byte("x"),
+	} {
+		fields[name] = mustValue(t, v)
+	}
+	r := &Row{Fields: fields}
+	for name, want := range map[string]string{"s": "x", "n": "1.50", "j": "[1]", "u": "ab", "d": "2024-02-29"} {
+		if got, ok := r.String(name); !ok || got != want {
+			t.Errorf("String(%s) = %q %v, want %q", name, got, ok, want)
+		}
+	}
+	for _, name := range []string{"i", "f", "b", "t", "z", "y", "missing"} {
+		if got, ok := r.String(name); ok {
+			t.Errorf("String(%s) = %q, want none", name, got)
+		}
+	}
+	if i, ok := r.Int("i"); !ok || i != int64(1)<<53+1 {
+		t.Errorf("Int(i) = %d %v", i, ok)
+	}
+	m := &MutateResult{Data: fields}
+	if i, ok := m.Int("i"); !ok || i != int64(1)<<53+1 {
+		t.Errorf("MutateResult.Int(i) = %d %v", i, ok)
+	}
+	for _, name := range []string{"f", "s", "z", "missing"} {
+		if _, ok := r.Int(name); ok {
+			t.Errorf("Int(%s) accepted", name)
+		}
+		if _, ok := m.Int(name); ok {
+			t.Errorf("MutateResult.Int(%s) accepted", name)
+		}
+	}
+}
+
+func mustValue(t *testing.T, v any) *pb.Value {
+	t.Helper()
+	pv, err := ToValue(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pv
+}

@@ -3,6 +3,7 @@ package arcana
 import (
 	"fmt"
 	"maps"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -41,29 +42,20 @@ func (r *Row) Get(field string) (any, bool) {
 
 // Int returns an integer field; ok is false when it is missing or not an int.
 func (r *Row) Int(field string) (int64, bool) {
-	v, ok := r.Fields[field].GetKind().(*pb.Value_Int)
-	if !ok {
-		return 0, false
-	}
-	return v.Int, true
+	i, ok := FromValue(r.Fields[field]).(int64)
+	return i, ok
 }
 
 // String returns a text-like field (string, numeric, json, uuid or date as
 // their text); ok is false when it is missing, null or of another kind.
 func (r *Row) String(field string) (string, bool) {
-	switch k := r.Fields[field].GetKind().(type) {
-	case *pb.Value_String_:
-		return k.String_, true
-	case *pb.Value_Numeric:
-		return k.Numeric, true
-	case *pb.Value_Json:
-		return k.Json, true
-	case *pb.Value_Uuid:
-		return k.Uuid, true
-	case *pb.Value_Date:
-		return k.Date, true
+	// The text kinds are the ones FromValue gives as strings (Numeric, JSON,
+	// UUID and Date are strings too).
+	x := reflect.ValueOf(FromValue(r.Fields[field]))
+	if x.Kind() != reflect.String {
+		return "", false
 	}
-	return "", false
+	return x.String(), true
 }
 
 // State is one immutable version of a view: its ordered top-level refs, the

@@ -157,19 +157,3 @@ func TestApplyDiffCollectsUnreachableRows(t *testing.T) {
 		t.Errorf("after removal: rows %v total %v", next2.Rows, next2.Total)
 	}
 }
-
-func TestToValue(t *testing.T) {
-	for _, bad := range []any{uint64(1) << 63, struct{}{}, []int{1}} {
-		if _, err := ToValue(bad); err == nil {
-			t.Errorf("%T accepted", bad)
-		}
-	}
-	v, _ := ToValue(int64(9007199254740993))
-	if FromValue(v) != int64(9007199254740993) {
-		t.Errorf("int64 round trip: %v", FromValue(v))
-	}
-	var s *string
-	if v, _ := ToValue(s); v.GetKind() == nil || FromValue(v) != nil {
-		t.Errorf("nil pointer is not null: %v", v)
-	}
-}

@@ -102,38 +102,28 @@ func ToValue(v any) (*pb.Value, error) {
 	case []byte:
 		return &pb.Value{Kind: &pb.Value_Bytes{Bytes: append([]byte(nil), x...)}}, nil
 	case *string:
-		if x == nil {
-			return Null, nil
-		}
-		return ToValue(*x)
+		return derefValue(x)
 	case *int:
-		if x == nil {
-			return Null, nil
-		}
-		return ToValue(*x)
+		return derefValue(x)
 	case *int64:
-		if x == nil {
-			return Null, nil
-		}
-		return ToValue(*x)
+		return derefValue(x)
 	case *bool:
-		if x == nil {
-			return Null, nil
-		}
-		return ToValue(*x)
+		return derefValue(x)
 	case *float64:
-		if x == nil {
-			return Null, nil
-		}
-		return ToValue(*x)
+		return derefValue(x)
 	case *time.Time:
-		if x == nil {
-			return Null, nil
-		}
-		return ToValue(*x)
+		return derefValue(x)
 	default:
 		return nil, fmt.Errorf("arcana: cannot send a %T as a value", v)
 	}
+}
+
+// derefValue converts what p points to; a nil pointer is null.
+func derefValue[T any](p *T) (*pb.Value, error) {
+	if p == nil {
+		return Null, nil
+	}
+	return ToValue(*p)
 }
 
 func intValue(i int64) *pb.Value {

@@ -7,7 +7,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -50,36 +49,6 @@ func OpenSQLite(path string) (*SQLiteStorage, error) {
 func (s *SQLiteStorage) DB() *sql.DB { return s.db }
 
 func ident(name string) string { return `"` + strings.ReplaceAll(name, `"`, `""`) + `"` }
-
-// sqlValue is a value as its SQL column stores it.
-func sqlValue(v *pb.Value) any {
-	switch k := v.GetKind().(type) {
-	case *pb.Value_Bool:
-		if k.Bool {
-			return 1
-		}
-		return 0
-	case *pb.Value_Int:
-		return k.Int
-	case *pb.Value_Float:
-		return k.Float
-	case *pb.Value_Bytes:
-		return k.Bytes
-	case *pb.Value_Timestamp:
-		return k.Timestamp.AsTime().UTC().Format(time.RFC3339Nano)
-	case *pb.Value_String_:
-		return k.String_
-	case *pb.Value_Numeric:
-		return k.Numeric
-	case *pb.Value_Json:
-		return k.Json
-	case *pb.Value_Uuid:
-		return k.Uuid
-	case *pb.Value_Date:
-		return k.Date
-	}
-	return nil
-}
 
 func (s *SQLiteStorage) specs(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row

@@ -5,7 +5,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -194,42 +193,13 @@ func copyValues(m map[string]*pb.Value) map[string]*pb.Value {
 	return out
 }
 
-// keyText is one key value as row ids carry it.
-func keyText(v *pb.Value) string {
-	switch k := v.GetKind().(type) {
-	case *pb.Value_Int:
-		return strconv.FormatInt(k.Int, 10)
-	case *pb.Value_Float:
-		return strconv.FormatFloat(k.Float, 'g', -1, 64)
-	case *pb.Value_Bool:
-		return strconv.FormatBool(k.Bool)
-	case *pb.Value_String_:
-		return k.String_
-	case *pb.Value_Numeric:
-		return k.Numeric
-	case *pb.Value_Json:
-		return k.Json
-	case *pb.Value_Uuid:
-		return k.Uuid
-	case *pb.Value_Date:
-		return k.Date
-	case *pb.Value_Timestamp:
-		return k.Timestamp.AsTime().UTC().Format(time.RFC3339Nano)
-	}
-	return ""
-}
-
 // RowID is a row's id from its key values: the value's text, or a JSON array
 // of the texts for a composite key.
 func RowID(spec *pb.SyncTableSpec, values map[string]*pb.Value) (string, error) {
 	var missing, texts []string
 	for _, c := range spec.GetKey() {
-		v, ok := values[c]
-		if !ok || v.GetKind() == nil {
-			missing = append(missing, c)
-			continue
-		}
-		if _, null := v.GetKind().(*pb.Value_Null); null {
+		v := values[c]
+		if isNull(v) {
 			missing = append(missing, c)
 			continue
 		}

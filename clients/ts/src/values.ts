@@ -103,6 +103,43 @@ export function toValue(v: ParamValue): Value {
   return val.json(v as JsonValue);
 }
 
+/**
+ * Encodes `v` as the Value kind `kind` ("int", "timestamp", ... as table
+ * specs and the registry name them), converting where the kind says how:
+ * digit strings and bigints to `int`, numbers to `numeric` text, text and
+ * epoch ms to `timestamp`, a `Date` to a `date`. Undefined when `v` cannot be
+ * of that kind. Kinds this client does not know are taken as `string`.
+ */
+export function valueAs(kind: string, v: ParamValue): Value | undefined {
+  if (v === null || v === undefined) return val.null();
+  if (isMessage(v, ValueSchema)) return v;
+  switch (kind) {
+    case "int":
+      if (typeof v === "bigint" || (typeof v === "number" && Number.isSafeInteger(v))) return val.int(v);
+      return typeof v === "string" && /^-?\d+$/.test(v) ? val.int(v) : undefined;
+    case "float":
+      return typeof v === "number" || typeof v === "bigint" ? val.float(Number(v)) : undefined;
+    case "bool":
+      return typeof v === "boolean" ? val.bool(v) : undefined;
+    case "numeric":
+      return typeof v === "string" || typeof v === "number" || typeof v === "bigint" ? val.numeric(v) : undefined;
+    case "timestamp":
+      if (v instanceof Date) return val.timestamp(v);
+      return typeof v === "string" || typeof v === "number" ? val.timestamp(new Date(v)) : undefined;
+    case "date":
+      if (v instanceof Date) return val.date(v.toISOString().slice(0, 10));
+      return typeof v === "string" ? val.date(v) : undefined;
+    case "uuid":
+      return typeof v === "string" ? val.uuid(v) : undefined;
+    case "bytes":
+      return v instanceof Uint8Array ? val.bytes(v) : undefined;
+    case "json":
+      return val.json(v as JsonValue);
+    default:
+      return val.string(String(v));
+  }
+}
+
 /** Encodes a parameter object; `undefined` entries are left out. */
 export function toParams(params: Params | undefined): Record<string, Value> {
   const out: Record<string, Value> = {};
@@ -135,6 +172,33 @@ export function fromValue(v: Value | undefined, opts: DecodeOptions = {}): Field
     case "json":
       return opts.json === "text" ? k.value : parseJson(k.value);
   }
+}
+
+/**
+ * A value as text, the way row ids carry it: numbers and bools as JS prints
+ * them, the text kinds as they are, timestamps in ISO 8601 to the
+ * millisecond (truncated). Null and bytes have no text ("").
+ */
+export function valueText(v: Value | undefined): string {
+  const k = v?.kind;
+  if (!k?.case || k.case === "null" || k.case === "bytes") return "";
+  if (k.case === "timestamp") {
+    return new Date(Number(k.value.seconds) * 1000 + Math.floor(k.value.nanos / 1e6)).toISOString();
+  }
+  return String(k.value);
+}
+
+/**
+ * A parameter as part of a view's key: the kind with the value, so that
+ * values of different kinds never meet. Keys are kept in persist stores, so
+ * this text must not change.
+ */
+export function valueKey(v: ParamValue): string {
+  const k = toValue(v).kind;
+  if (k.case === undefined) return "none";
+  if (k.case === "timestamp") return `ts:${k.value.seconds}.${k.value.nanos}`;
+  const x = k.value;
+  return `${k.case}:${typeof x === "string" ? x : x instanceof Uint8Array ? String(x) : stringifyJson(x)}`;
 }
 
 /** Decodes a field map. */

@@ -1,11 +1,11 @@
 // A window handle: one caller's window over an ordered graph. It shows a
 // live view and moves it (Reanchor) when nobody else shares it, or
 // subscribes to the new window and lets go of the old one when someone does.
-import type { ArcanaClient } from "./client.js";
+import type { RowCache } from "./cache.js";
 import { ArcanaError, Code } from "./errors.js";
 import type { GraphInfo } from "./gen/arcana/v1/describe_pb.js";
 import type { Value } from "./gen/arcana/v1/value_pb.js";
-import { type FieldValue, type JsonValue, type ParamValue, type Params, val } from "./values.js";
+import { type ParamValue, type Params, toValue, valueAs } from "./values.js";
 import { type Item, type LiveView, type ViewSnapshot, until } from "./view.js";
 import { type Direction, type WindowOptions, type WindowSpec, sameWindow, windowSpec } from "./window.js";
 
@@ -19,6 +19,17 @@ export interface WindowSnapshot<T = Item> extends ViewSnapshot<T> {
   readonly window: WindowSpec;
   /** A move (reanchor, loadMore, loadPrevious) is on its way. */
   readonly moving: boolean;
+}
+
+/**
+ * @internal What a window needs of its client. The client is one; naming
+ * this instead keeps window-view.ts from importing client.ts, which imports it.
+ */
+export interface WindowHost {
+  readonly cache: RowCache;
+  graphInfo(graph: string): Promise<GraphInfo | undefined>;
+  openView<T>(graph: string, params: Params, window: WindowSpec | undefined): LiveView<T>;
+  moveView(v: LiveView<any>, window: WindowSpec): Promise<"moved" | "subscribe">;
 }
 
 /** How `reanchor` places the new window; what is left out is kept. */
@@ -42,7 +53,7 @@ export class WindowView<T = Item> {
 
   /** @internal Made by `client.window`. */
   constructor(
-    private readonly client: ArcanaClient,
+    private readonly client: WindowHost,
     readonly graph: string,
     readonly params: Params,
     view: LiveView<T>,
@@ -263,8 +274,9 @@ export class WindowView<T = Item> {
     // A row restored from a persist store: encode its decoded fields by kind.
     const row = this.client.cache.get(ref.table, ref.id) ?? {};
     return names.map((n) => {
-      const kind = info.fields.find((f) => f.nested === "" && f.name === n)?.kind ?? "";
-      return encodeAs(kind, row[n] ?? null);
+      const kind = info.fields.find((f) => f.nested === "" && f.name === n)?.kind;
+      const v = row[n] ?? null;
+      return (kind && valueAs(kind, v)) || toValue(v);
     });
   }
 
@@ -273,26 +285,4 @@ export class WindowView<T = Item> {
     const s = this.snapshot;
     for (const fn of [...this.listeners]) fn(s);
   }
-}
-
-/** Encodes a decoded field back to the Value kind the server sent it as. */
-function encodeAs(kind: string, v: FieldValue): Value {
-  if (v === null) return val.null();
-  switch (kind) {
-    case "numeric":
-      return val.numeric(String(v));
-    case "uuid":
-      return val.uuid(String(v));
-    case "date":
-      return val.date(String(v));
-    case "json":
-      return val.json(v as JsonValue);
-  }
-  if (v instanceof Date) return val.timestamp(v);
-  if (v instanceof Uint8Array) return val.bytes(v);
-  if (typeof v === "boolean") return val.bool(v);
-  if (typeof v === "bigint") return val.int(v);
-  if (typeof v === "number") return kind === "int" ? val.int(v) : val.float(v);
-  if (typeof v === "string") return val.string(v);
-  return val.json(v as JsonValue);
 }

@@ -8,6 +8,7 @@ import { closeSync, existsSync, fsyncSync, openSync, readFileSync, renameSync, w
 import type { Database, SqlValue } from "sql.js";
 import type { SyncTableSpec } from "../gen/arcana/v1/offline_pb.js";
 import type { Value } from "../gen/arcana/v1/value_pb.js";
+import { fromValue, valueText } from "../values.js";
 import { decodeIntent, decodeTables, decodeValues, encodeIntent, encodeTables, encodeValues } from "./codec.js";
 import type { OfflineStorage, StorageBatch, StoredRow, StoredState } from "./storage.js";
 
@@ -25,29 +26,14 @@ export function ident(name: string): string {
 
 /** A value as its SQL column stores it (for queries; `_row` is what is read back). */
 export function sqlValue(v: Value | undefined): SqlValue {
-  const k = v?.kind;
-  if (!k) return null;
-  switch (k.case) {
-    case undefined:
-    case "null":
-      return null;
-    case "bool":
-      return k.value ? 1 : 0;
-    case "int":
-      return k.value >= BigInt(Number.MIN_SAFE_INTEGER) && k.value <= BigInt(Number.MAX_SAFE_INTEGER)
-        ? Number(k.value)
-        : k.value.toString();
-    case "float":
-      return k.value;
-    case "bytes":
-      return k.value;
-    case "timestamp": {
-      const ms = Number(k.value.seconds) * 1000 + Math.floor(k.value.nanos / 1e6);
-      return new Date(ms).toISOString();
-    }
-    default:
-      return k.value;
+  const x = fromValue(v, { json: "text" });
+  if (x === null || typeof x === "number" || x instanceof Uint8Array) return x;
+  if (typeof x === "boolean") return x ? 1 : 0;
+  if (typeof x === "bigint") {
+    // Beyond 2^53 a number would lose digits: such integers are stored as text.
+    return x >= BigInt(Number.MIN_SAFE_INTEGER) && x <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(x) : x.toString();
   }
+  return valueText(v); // the text kinds, and timestamps in ISO 8601
 }
 
 export class SqlJsStorage implements OfflineStorage {

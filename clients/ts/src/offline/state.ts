@@ -14,6 +14,7 @@ import {
 } from "../gen/arcana/v1/offline_pb.js";
 import type { Value } from "../gen/arcana/v1/value_pb.js";
 import { ArcanaError, Code } from "../errors.js";
+import { valueText } from "../values.js";
 import { type OutboxEntry, type StorageBatch, type StoredRow, type StoredState, applyBatch } from "./storage.js";
 
 /** Meta keys. */
@@ -46,36 +47,13 @@ export function opName(op: IntentOp): Conflict["op"] {
 
 const rkey = (table: string, id: string) => `${table}\u0000${id}`;
 
-/** The text form of one key value, as row ids carry it. */
-function keyText(v: Value | undefined): string {
-  const k = v?.kind;
-  switch (k?.case) {
-    case "int":
-      return k.value.toString();
-    case "float":
-      return String(k.value);
-    case "bool":
-      return k.value ? "true" : "false";
-    case "string":
-    case "numeric":
-    case "json":
-    case "uuid":
-    case "date":
-      return k.value;
-    case "timestamp":
-      return new Date(Number(k.value.seconds) * 1000 + Math.floor(k.value.nanos / 1e6)).toISOString();
-    default:
-      return "";
-  }
-}
-
 /** A row's id from its key values: the value's text, or a JSON array of texts for composite keys. */
 export function rowId(spec: SyncTableSpec, values: Record<string, Value>): string {
   const missing = spec.key.filter((c) => values[c] === undefined || values[c]?.kind.case === "null");
   if (missing.length) {
     throw new ArcanaError(Code.INVALID_ARGUMENT, `${spec.name}: the key column ${missing.join(", ")} needs a value`);
   }
-  const texts = spec.key.map((c) => keyText(values[c]));
+  const texts = spec.key.map((c) => valueText(values[c]));
   return texts.length === 1 ? texts[0]! : JSON.stringify(texts);
 }
 

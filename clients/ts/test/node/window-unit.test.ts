@@ -189,10 +189,13 @@ class ScriptedSession {
 function scripted() {
   const client = new ArcanaClient({ transport: {} as never, session: "stream" });
   const s = new ScriptedSession();
-  const c = client as unknown as { session: unknown; _status: string; onFrames(f: pb.ViewFrame[], b: boolean): void };
-  c.session = s;
-  c._status = "open";
-  const push = (...frames: pb.ViewFrame[]) => c.onFrames(frames, frames.length > 1);
+  const c = client as unknown as {
+    conn: { _session: unknown; _status: string };
+    frames: { onFrames(f: pb.ViewFrame[], b: boolean): void };
+  };
+  c.conn._session = s;
+  c.conn._status = "open";
+  const push = (...frames: pb.ViewFrame[]) => c.frames.onFrames(frames, frames.length > 1);
   return { client, s, push };
 }
 
@@ -240,7 +243,7 @@ describe("window handles", () => {
     assert.equal(s.subscribes.length, 1, "no second subscription");
     for (const shown of seen) assert.ok(shown.length === 3 || shown.length === 5, `never a partial list: ${shown}`);
     // Sync after a reconnect names the window held now.
-    const sv = (client as unknown as { syncView(v: unknown): pb.SyncView }).syncView(
+    const sv = (client as unknown as { sync: { syncView(v: unknown): pb.SyncView } }).sync.syncView(
       (h as unknown as { view: unknown }).view,
     );
     assert.equal(sv.window?.limit, 5);

@@ -18,81 +18,26 @@
 //! position, a mutation reply). Batches not yet done are bounded
 //! (`change_queue`); past that the loop stops reading and writers wait.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::field::Empty;
 use tracing::Instrument;
 
+use super::batch::ChangeBatch;
 use super::error::EvalError;
 use super::observe::SPANS;
-use super::registry::Change;
-use super::router::{self, Patch};
+use super::router;
+use super::schedule::{Ack, Patch};
 use super::stats::{EventKind, FEED_LIST};
 use super::view::{Refresh, View};
 use super::Inner;
 
-/// Changes that must be applied together, with an optional completion signal.
-#[derive(Debug)]
-pub struct ChangeBatch {
-    /// The changes.
-    pub changes: Vec<Change>,
-    /// Fired once every affected view's diff is queued.
-    pub done: Option<oneshot::Sender<()>>,
-    /// Refresh every live view, whatever the changes say. Change sources set
-    /// it after an outage in which changes may have been missed.
-    pub everything: bool,
-}
-
-impl ChangeBatch {
-    /// A batch of `changes` that signals `done` once applied.
-    pub fn new(changes: Vec<Change>, done: Option<oneshot::Sender<()>>) -> Self {
-        ChangeBatch {
-            changes,
-            done,
-            everything: false,
-        }
-    }
-}
-
 /// Most batches taken from the queue at once.
 const MAX_TAKE: usize = 1024;
-
-/// Completion of one batch: fires `done` when the last view it touched has
-/// refreshed. Holds a permit of the outstanding-batch budget until dropped,
-/// and the batch's span, which so ends when the batch is done.
-struct Ack {
-    remaining: AtomicUsize,
-    done: Mutex<Option<oneshot::Sender<()>>>,
-    _permit: OwnedSemaphorePermit,
-    _span: tracing::Span,
-}
-
-impl Ack {
-    fn release(&self) {
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Some(tx) = self.done.lock().unwrap_or_else(|e| e.into_inner()).take() {
-                let _ = tx.send(());
-            }
-        }
-    }
-}
-
-/// A view's refresh schedule.
-#[derive(Default)]
-pub(crate) struct Schedule {
-    running: bool,
-    /// Needs a full evaluation.
-    dirty: bool,
-    /// Row values to patch in, when no full evaluation is needed.
-    patches: Vec<Patch>,
-    waiting: Vec<Arc<Ack>>,
-    /// Evaluations failed in a row; spaces out the retries.
-    failures: u32,
-}
 
 /// Runs until the engine is dropped (its sender closes the queue).
 pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>) {
@@ -118,7 +63,7 @@ pub(crate) async fn run(inner: Weak<Inner>, mut rx: mpsc::Receiver<ChangeBatch>)
                 views = Empty,
             );
             let (full, patched) =
-                span.in_scope(|| router::affected(&inner, std::slice::from_ref(&batch)));
+                span.in_scope(|| router::affected(&inner.reach(), std::slice::from_ref(&batch)));
             span.record("views", (full.len() + patched.len()) as i64);
             tracing::debug!(full = full.len(), patched = patched.len(), "change batch");
             inner
@@ -199,74 +144,6 @@ fn schedule(
 /// Has `view` evaluated in the next round, whatever changed.
 pub(crate) fn refresh(inner: &Arc<Inner>, view: Arc<View>) {
     schedule(inner, view, None, None);
-}
-
-/// Views whose evaluation is running, per graph. An evaluation that read
-/// the database before a patchable change became visible may bring in the
-/// changed row with its old values; such views get the patch too, applied
-/// after their evaluation. A window evaluating now may read past the reach
-/// of its last evaluation, so changes reach it whatever their order keys.
-/// A view can be marked by several holders at once (a round, and a
-/// subscribe waiting for its first result), so each mark is counted: one
-/// holder letting go must not unmark a view another still evaluates.
-#[derive(Default)]
-pub(crate) struct InFlight(Mutex<ByGraph>);
-
-/// Graph -> (view address -> (view, marks)).
-type ByGraph = HashMap<Arc<str>, HashMap<usize, (Arc<View>, usize)>>;
-
-impl InFlight {
-    fn lock(&self) -> std::sync::MutexGuard<'_, ByGraph> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Marks `view` as evaluating until the guard drops (its result
-    /// applied, or the evaluation abandoned).
-    pub(crate) fn enter<'a>(&'a self, view: &'a Arc<View>) -> Evaluating<'a> {
-        self.lock()
-            .entry(view.key.graph.clone())
-            .or_default()
-            .entry(Arc::as_ptr(view) as usize)
-            .or_insert_with(|| (view.clone(), 0))
-            .1 += 1;
-        Evaluating { set: self, view }
-    }
-
-    fn leave(&self, view: &Arc<View>) {
-        let mut map = self.lock();
-        if let Some(views) = map.get_mut(&view.key.graph) {
-            let at = Arc::as_ptr(view) as usize;
-            if let Some(entry) = views.get_mut(&at) {
-                entry.1 -= 1;
-                if entry.1 == 0 {
-                    views.remove(&at);
-                }
-            }
-            if views.is_empty() {
-                map.remove(&view.key.graph);
-            }
-        }
-    }
-
-    /// The views of `graph` evaluating now.
-    pub(crate) fn of(&self, graph: &str) -> Vec<Arc<View>> {
-        self.lock()
-            .get(graph)
-            .map(|v| v.values().map(|(view, _)| view.clone()).collect())
-            .unwrap_or_default()
-    }
-}
-
-/// A view marked as evaluating; unmarks it when dropped.
-pub(crate) struct Evaluating<'a> {
-    set: &'a InFlight,
-    view: &'a Arc<View>,
-}
-
-impl Drop for Evaluating<'_> {
-    fn drop(&mut self) {
-        self.set.leave(self.view);
-    }
 }
 
 /// Views of one graph waiting for an evaluation slot.
@@ -449,58 +326,4 @@ fn retry_later(inner: &Arc<Inner>, view: &Arc<View>, failures: u32) {
             }
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::engine::identity::Scope;
-    use crate::engine::params::Params;
-    use crate::engine::registry::GraphDef;
-    use crate::engine::result::GraphResult;
-    use crate::engine::view::ViewKey;
-
-    fn view(graph: &str) -> Arc<View> {
-        let g = GraphDef::new(graph, |_s: Scope, _p: Params| async {
-            Ok(GraphResult::new())
-        });
-        let key = ViewKey {
-            graph: graph.into(),
-            params: String::new(),
-            scope: Scope {
-                workspace_id: "w".into(),
-                user_id: None,
-                role: None,
-            },
-        };
-        View::new(key, Arc::new(g), Params::default())
-    }
-
-    #[test]
-    fn a_view_stays_in_flight_until_every_holder_lets_go() {
-        let set = InFlight::default();
-        let v = view("g");
-        let round = set.enter(&v);
-        let subscribe = set.enter(&v);
-        assert_eq!(set.of("g").len(), 1, "one view, however many holders");
-        drop(subscribe);
-        assert_eq!(
-            set.of("g").len(),
-            1,
-            "the round still evaluates it after the subscribe let go"
-        );
-        drop(round);
-        assert!(set.of("g").is_empty());
-    }
-
-    #[test]
-    fn views_in_flight_are_told_apart_by_graph() {
-        let set = InFlight::default();
-        let (a, b) = (view("a"), view("b"));
-        let _a = set.enter(&a);
-        let _b = set.enter(&b);
-        assert!(Arc::ptr_eq(&set.of("a")[0], &a));
-        assert!(Arc::ptr_eq(&set.of("b")[0], &b));
-        assert!(set.of("c").is_empty());
-    }
 }

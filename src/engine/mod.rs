@@ -7,10 +7,13 @@
 //! frame is queued on every subscribed [`Session`], from which the transport
 //! streams it. Nothing here knows about gRPC or SQL drivers.
 
+mod batch;
 pub mod diff;
 pub mod error;
 pub mod frame;
 pub mod identity;
+mod in_flight;
+mod index;
 mod invalidation;
 pub mod observe;
 pub mod owners;
@@ -18,6 +21,7 @@ pub mod params;
 pub mod registry;
 pub mod result;
 mod router;
+mod schedule;
 pub mod session;
 pub mod stats;
 pub mod store;
@@ -25,7 +29,7 @@ pub mod value;
 pub mod view;
 pub mod window;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -33,11 +37,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use observe::SPANS;
 
+pub use batch::ChangeBatch;
 pub use diff::{FieldOp, Op, Patch, RefOp};
 pub use error::{EngineError, EvalError, EvalErrorKind};
 pub use frame::{Frame, FrameBody, Snapshot, ViewDiff};
 pub use identity::{Identity, Scope};
-pub use invalidation::ChangeBatch;
 pub use owners::{Broadcast, Claim, Followed, Owners};
 pub use params::{ParamSchema, ParamSpec, ParamType, Params};
 pub use registry::{
@@ -47,6 +51,7 @@ pub use registry::{
 pub use result::{GraphResult, Ref, RowKey};
 pub use session::{Outbound, QueueError, Session};
 pub use value::{row_id, Fields, Value};
+pub use view::Reanchored;
 pub use view::{term_of, term_start, SyncMode, View, ViewInfo};
 pub use window::{Direction, Reach, Window, WindowEdges, WindowOrder};
 
@@ -92,135 +97,10 @@ impl Default for EngineConfig {
     }
 }
 
-/// (graph, route param, value as key text): the views routed there.
-type RouteKey = (Arc<str>, String, String);
-
-/// View keys by workspace.
-type ByWorkspace = HashMap<Arc<str>, HashSet<ViewKey>>;
-
-/// The live views, indexed the ways invalidation looks them up: by graph
-/// and by route value, each split by workspace, so a change known to belong
-/// to one workspace never even looks at another's views.
-#[derive(Default)]
-pub(crate) struct Views {
-    by_key: HashMap<ViewKey, Arc<View>>,
-    graphs: HashMap<Arc<str>, ByWorkspace>,
-    routed: HashMap<RouteKey, ByWorkspace>,
-}
-
-/// The view keys of `index` in `workspace`, or in every workspace.
-fn in_workspace<'a>(
-    index: Option<&'a ByWorkspace>,
-    workspace: Option<&'a str>,
-) -> Box<dyn Iterator<Item = &'a ViewKey> + 'a> {
-    let Some(index) = index else {
-        return Box::new(std::iter::empty());
-    };
-    match workspace {
-        Some(w) => Box::new(index.get(w).into_iter().flatten()),
-        None => Box::new(index.values().flatten()),
-    }
-}
-
-fn index_remove<K: std::hash::Hash + Eq>(map: &mut HashMap<K, ByWorkspace>, k: &K, view: &ViewKey) {
-    if let Some(by_ws) = map.get_mut(k) {
-        if let Some(set) = by_ws.get_mut(&view.scope.workspace_id) {
-            set.remove(view);
-            if set.is_empty() {
-                by_ws.remove(&view.scope.workspace_id);
-            }
-        }
-        if by_ws.is_empty() {
-            map.remove(k);
-        }
-    }
-}
-
-impl Views {
-    /// The views of `graph`, in `workspace` when given.
-    pub(crate) fn by_graph<'a>(
-        &'a self,
-        graph: &str,
-        workspace: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a Arc<View>> + 'a {
-        in_workspace(self.graphs.get(graph), workspace).filter_map(|k| self.by_key.get(k))
-    }
-
-    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<View>> {
-        self.by_key.values()
-    }
-
-    /// The views of `graph` whose route `param` has `value`, in `workspace`
-    /// when given.
-    pub(crate) fn by_route<'a>(
-        &'a self,
-        graph: &Arc<str>,
-        param: &str,
-        value: &str,
-        workspace: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a Arc<View>> + 'a {
-        let index = self
-            .routed
-            .get(&(graph.clone(), param.to_owned(), value.to_owned()));
-        in_workspace(index, workspace).filter_map(|k| self.by_key.get(k))
-    }
-
-    fn route_keys(view: &View) -> Vec<RouteKey> {
-        let mut keys: Vec<RouteKey> = view
-            .graph
-            .routes
-            .iter()
-            .map(|r| {
-                (
-                    view.key.graph.clone(),
-                    r.param.clone(),
-                    view.route_value(&r.param),
-                )
-            })
-            .collect();
-        keys.sort();
-        keys.dedup();
-        keys
-    }
-
-    fn insert(&mut self, view: Arc<View>) {
-        let ws = view.key.scope.workspace_id.clone();
-        self.graphs
-            .entry(view.key.graph.clone())
-            .or_default()
-            .entry(ws.clone())
-            .or_default()
-            .insert(view.key.clone());
-        for rk in Self::route_keys(&view) {
-            self.routed
-                .entry(rk)
-                .or_default()
-                .entry(ws.clone())
-                .or_default()
-                .insert(view.key.clone());
-        }
-        self.by_key.insert(view.key.clone(), view);
-    }
-
-    fn remove(&mut self, view: &Arc<View>) {
-        if self
-            .by_key
-            .get(&view.key)
-            .is_some_and(|v| Arc::ptr_eq(v, view))
-        {
-            self.by_key.remove(&view.key);
-            index_remove(&mut self.graphs, &view.key.graph, &view.key);
-            for rk in Self::route_keys(view) {
-                index_remove(&mut self.routed, &rk, &view.key);
-            }
-        }
-    }
-}
-
 pub(crate) struct Inner {
     registry: Arc<Registry>,
     config: EngineConfig,
-    views: Mutex<Views>,
+    views: Mutex<index::Views>,
     store: Mutex<Store>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     changes: mpsc::Sender<ChangeBatch>,
@@ -230,7 +110,7 @@ pub(crate) struct Inner {
     /// Views waiting for an evaluation round, per graph.
     queues: Mutex<HashMap<Arc<str>, invalidation::GraphQueue>>,
     /// Views whose evaluation is running.
-    in_flight: invalidation::InFlight,
+    in_flight: in_flight::InFlight,
     /// Set by [`Engine::shutdown`].
     shutting_down: std::sync::atomic::AtomicBool,
     /// Why this node serves no sessions now (cut off from its cluster).
@@ -241,6 +121,19 @@ pub(crate) struct Inner {
     /// Mutations' changes are broadcast too: no change source reads the
     /// database (`changes.mode = "none"`).
     broadcast_mutations: std::sync::atomic::AtomicBool,
+}
+
+impl Inner {
+    /// What the router may read.
+    fn reach(&self) -> router::Reach<'_> {
+        router::Reach {
+            registry: &self.registry,
+            views: &self.views,
+            store: &self.store,
+            in_flight: &self.in_flight,
+            stats: &self.stats,
+        }
+    }
 }
 
 /// The result of a subscribe.
@@ -254,21 +147,6 @@ pub struct Subscribed {
     pub version: u64,
     /// The canonical params hash.
     pub params_hash: Arc<str>,
-}
-
-/// The result of a re-anchor.
-#[derive(Debug, Clone)]
-pub struct Reanchored {
-    /// The subscription's id (unchanged).
-    pub view_id: Arc<str>,
-    /// The epoch the subscription is at after the re-anchor diff.
-    pub epoch: u64,
-    /// The version it is at after the re-anchor diff.
-    pub version: u64,
-    /// The epoch the diff applies on.
-    pub prev_epoch: u64,
-    /// The version the diff applies on (0 when a snapshot was sent instead).
-    pub prev_version: u64,
 }
 
 /// One view in a sync request.
@@ -407,14 +285,14 @@ impl Engine {
         let inner = Arc::new(Inner {
             registry: Arc::new(registry),
             config,
-            views: Mutex::new(Views::default()),
+            views: Mutex::new(index::Views::default()),
             store: Mutex::new(Store::default()),
             sessions: Mutex::new(HashMap::new()),
             changes: tx,
             stats: Arc::new(Stats::default()),
             evaluations: Arc::new(tokio::sync::Semaphore::new(eval_concurrency)),
             queues: Mutex::default(),
-            in_flight: invalidation::InFlight::default(),
+            in_flight: in_flight::InFlight::default(),
             shutting_down: Default::default(),
             away: Mutex::default(),
             owners: Default::default(),
@@ -440,7 +318,7 @@ impl Engine {
         &self.inner.config
     }
 
-    fn views(&self) -> MutexGuard<'_, Views> {
+    fn views(&self) -> MutexGuard<'_, index::Views> {
         self.inner.views.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -627,7 +505,7 @@ impl Engine {
 
     fn view_for(&self, graph: Arc<GraphDef>, params: Params, key: ViewKey) -> Arc<View> {
         let mut views = self.views();
-        if let Some(v) = views.by_key.get(&key) {
+        if let Some(v) = views.get(&key) {
             if !v.is_closed() {
                 return v.clone();
             }
@@ -1010,8 +888,7 @@ impl Engine {
         let mine = |ws: &str| workspace.is_none_or(|w| w == ws);
         let views: Vec<Arc<View>> = self
             .views()
-            .by_key
-            .values()
+            .all()
             .filter(|v| mine(&v.key.scope.workspace_id))
             .cloned()
             .collect();

@@ -100,18 +100,7 @@ pub const SCOPE_WORKSPACE: &str = "workspace_id";
 /// The scope name a route may use for the view's user (per-user graphs).
 pub const SCOPE_USER: &str = "user_id";
 
-/// One field of a graph's rows.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldShape {
-    /// The nested ref it belongs to; empty for the graph's own rows.
-    pub nested: String,
-    /// The field name.
-    pub name: String,
-    /// The [`crate::engine::Value`] kind it arrives as (`int`, `string`, ...).
-    pub kind: &'static str,
-    /// A NOT NULL table column: never null in a row.
-    pub not_null: bool,
-}
+pub use super::value::FieldShape;
 
 /// A named, parameterized graph.
 #[derive(Clone)]

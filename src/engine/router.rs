@@ -14,14 +14,15 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::invalidation::ChangeBatch;
+use super::batch::ChangeBatch;
+use super::in_flight::InFlight;
+use super::index::Views;
+use super::registry::Registry;
 use super::result::RowKey;
-use super::value::Fields;
+use super::schedule::Patch;
+use super::stats::Stats;
+use super::store::Store;
 use super::view::View;
-use super::Inner;
-
-/// New values of some columns of one row.
-pub(crate) type Patch = (RowKey, Arc<Fields>);
 
 /// The live views any change in `batches` can touch, each once: those to
 /// evaluate, and those that only need row values patched in. A graph with a
@@ -31,7 +32,17 @@ pub(crate) type Patch = (RowKey, Arc<Fields>);
 /// views holding its row, which the store knows.
 pub(crate) type Affected = (Vec<Arc<View>>, Vec<(Arc<View>, Vec<Patch>)>);
 
-pub(crate) fn affected(inner: &Inner, batches: &[ChangeBatch]) -> Affected {
+/// What the router reads: the registry, the views and the rows they hold,
+/// and the views evaluating now. Nothing else of the engine.
+pub(crate) struct Reach<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) views: &'a std::sync::Mutex<Views>,
+    pub(crate) store: &'a std::sync::Mutex<Store>,
+    pub(crate) in_flight: &'a InFlight,
+    pub(crate) stats: &'a Stats,
+}
+
+pub(crate) fn affected(inner: &Reach<'_>, batches: &[ChangeBatch]) -> Affected {
     for b in batches {
         inner.stats.changes.add(b.changes.len() as u64);
     }

@@ -174,6 +174,19 @@ pub fn row_id(keys: &[Value]) -> String {
     }
 }
 
+/// One field of a graph's rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldShape {
+    /// The nested ref it belongs to; empty for the graph's own rows.
+    pub nested: String,
+    /// The field name.
+    pub name: String,
+    /// The [`Value`] kind it arrives as (`int`, `string`, ...).
+    pub kind: &'static str,
+    /// A NOT NULL table column: never null in a row.
+    pub not_null: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

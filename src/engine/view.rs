@@ -26,6 +26,21 @@ use super::store::Store;
 use super::value::{Fields, SharedFields, Value};
 use super::window::WindowEdges;
 
+/// The result of a re-anchor.
+#[derive(Debug, Clone)]
+pub struct Reanchored {
+    /// The subscription's id (unchanged).
+    pub view_id: Arc<str>,
+    /// The epoch the subscription is at after the re-anchor diff.
+    pub epoch: u64,
+    /// The version it is at after the re-anchor diff.
+    pub version: u64,
+    /// The epoch the diff applies on.
+    pub prev_epoch: u64,
+    /// The version the diff applies on (0 when a snapshot was sent instead).
+    pub prev_version: u64,
+}
+
 /// What makes two subscriptions share a view.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ViewKey {
@@ -137,7 +152,7 @@ pub struct View {
     eval: tokio::sync::Mutex<()>,
     state: Mutex<State>,
     /// When invalidation refreshes this view (see `invalidation.rs`).
-    pub(crate) schedule: Mutex<super::invalidation::Schedule>,
+    pub(crate) schedule: Mutex<super::schedule::Schedule>,
     /// Itself, as the store records the views holding each row.
     me: Weak<View>,
     /// Where an owned view of a cluster publishes its frames for the other
@@ -644,7 +659,7 @@ impl View {
         session: &Arc<Session>,
         id: &Arc<str>,
         held: &Held,
-    ) -> Option<super::Reanchored> {
+    ) -> Option<Reanchored> {
         let mut st = self.lock();
         if st.closed || !st.ready {
             return None;
@@ -684,7 +699,7 @@ impl View {
             st.subscribers.remove(&session.id);
             return None;
         }
-        Some(super::Reanchored {
+        Some(Reanchored {
             view_id: id.clone(),
             epoch: self.epoch(),
             version: st.version,

@@ -9,7 +9,7 @@
 use serde_json::json;
 
 use super::error::EngineError;
-use super::registry::FieldShape;
+use super::value::FieldShape;
 use super::value::Value;
 
 /// A graph's total order, as declared in its config.

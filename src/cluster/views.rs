@@ -406,7 +406,7 @@ impl ViewOwners {
     }
 }
 
-impl Owners for ViewOwners {
+impl Owners<View> for ViewOwners {
     fn claim(&self, view: Arc<View>) -> BoxFuture<'static, Result<Claim, EngineError>> {
         let me = self.clone();
         Box::pin(async move { me.claim_view(view).await })

@@ -23,6 +23,7 @@ pub mod result;
 mod router;
 mod schedule;
 pub mod session;
+mod sink;
 pub mod stats;
 pub mod store;
 pub mod value;
@@ -56,7 +57,7 @@ pub use view::{term_of, term_start, SyncMode, View, ViewInfo};
 pub use window::{Direction, Reach, Window, WindowEdges, WindowOrder};
 
 use stats::Stats;
-use store::Store;
+use view::Store;
 use view::ViewKey;
 
 /// The wire protocol version reported by Describe.
@@ -116,7 +117,7 @@ pub(crate) struct Inner {
     /// Why this node serves no sessions now (cut off from its cluster).
     away: Mutex<Option<Arc<str>>>,
     /// View ownership across a cluster's nodes; unset on a standalone server.
-    owners: std::sync::OnceLock<Arc<dyn Owners>>,
+    owners: std::sync::OnceLock<Arc<dyn Owners<View>>>,
     broadcast: std::sync::OnceLock<Arc<dyn Broadcast>>,
     /// Mutations' changes are broadcast too: no change source reads the
     /// database (`changes.mode = "none"`).
@@ -383,7 +384,7 @@ impl Engine {
     /// Makes this engine one node of a cluster that evaluates each view on
     /// one node (see [`owners`]). Set once, before serving; false if set
     /// already.
-    pub fn set_owners(&self, owners: Arc<dyn Owners>) -> bool {
+    pub fn set_owners(&self, owners: Arc<dyn Owners<View>>) -> bool {
         self.inner.owners.set(owners).is_ok()
     }
 
@@ -683,7 +684,7 @@ impl Engine {
             let state = match &held {
                 Some(h) => h,
                 None => {
-                    let (h, closed) = old.leave(session, &self.inner.store);
+                    let (h, closed) = old.leave(&**session, &self.inner.store);
                     if closed {
                         self.forget(&old);
                     }

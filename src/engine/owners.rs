@@ -11,7 +11,6 @@ use futures_util::future::BoxFuture;
 use super::error::EngineError;
 use super::frame::Frame;
 use super::registry::Change;
-use super::view::View;
 
 /// Who evaluates a view, decided before its first evaluation.
 pub enum Claim {
@@ -63,22 +62,22 @@ pub trait Broadcast: Send + Sync {
 }
 
 /// The cluster's side of view ownership.
-pub trait Owners: Send + Sync {
+pub trait Owners<V>: Send + Sync {
     /// Decides who evaluates `view`; following includes fetching the
     /// owner's snapshot and keeping the copy current from then on.
-    fn claim(&self, view: Arc<View>) -> BoxFuture<'static, Result<Claim, EngineError>>;
+    fn claim(&self, view: Arc<V>) -> BoxFuture<'static, Result<Claim, EngineError>>;
     /// A frame an owned view made. Called with the view's state locked, in
     /// version order: must only queue it.
-    fn published(&self, view: &View, frame: &Arc<Frame>);
+    fn published(&self, view: &V, frame: &Arc<Frame>);
     /// The view closed on this node (its last local subscriber left).
-    fn closed(&self, view: &Arc<View>);
+    fn closed(&self, view: &Arc<V>);
     /// An owned view is closing: its last state and kept diffs, for the
     /// cluster to keep. Called with the view's state locked: must only
     /// queue them. Comes before [`Owners::closed`].
-    fn retired(&self, view: &View, snapshot: Arc<Frame>, history: Vec<Arc<Frame>>);
+    fn retired(&self, view: &V, snapshot: Arc<Frame>, history: Vec<Arc<Frame>>);
     /// A mutation on this node made `changes` (already applied to the views
     /// this node owns): returns once the owners of `followed` have applied
     /// them too and their frames reached these copies, so the mutation's
     /// reply still follows its frames.
-    fn written(&self, changes: Vec<Change>, followed: Vec<Arc<View>>) -> BoxFuture<'static, ()>;
+    fn written(&self, changes: Vec<Change>, followed: Vec<Arc<V>>) -> BoxFuture<'static, ()>;
 }

@@ -21,7 +21,7 @@ use super::registry::Registry;
 use super::result::RowKey;
 use super::schedule::Patch;
 use super::stats::Stats;
-use super::store::Store;
+use super::view::Store;
 use super::view::View;
 
 /// The live views any change in `batches` can touch, each once: those to

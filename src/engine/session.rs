@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use super::frame::Frame;
 use super::identity::Identity;
+use super::sink::{Attached, Sink};
 use super::stats::Stats;
 use super::view::View;
 
@@ -68,17 +69,6 @@ impl Inner {
             _ => None,
         }
     }
-}
-
-/// What a session receives first for a view it attaches to.
-pub(crate) enum Attached {
-    /// A reply (already encoded, if any), then the snapshot.
-    Snapshot {
-        reply: Option<Bytes>,
-        snapshot: Arc<Frame>,
-    },
-    /// The diffs missed since the client's version (none when current).
-    CatchUp(Vec<Arc<Frame>>),
 }
 
 /// One client session.
@@ -481,5 +471,26 @@ impl Session {
     /// How many times the session fell behind and was cut over to resync.
     pub fn overflows(&self) -> u64 {
         self.lock().overflows
+    }
+}
+
+impl Sink<View> for Session {
+    fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+    fn push_frame(&self, frame: Arc<Frame>) {
+        Session::push_frame(self, frame);
+    }
+    fn attach(&self, view: Arc<View>, reserved: bool, first: Attached) -> bool {
+        Session::attach(self, view, reserved, first)
+    }
+    fn move_subscription(&self, id: &Arc<str>, view: Arc<View>, first: Arc<Frame>) -> bool {
+        Session::move_subscription(self, id, view, first)
+    }
+    fn owes_snapshot(&self, view: &View) -> bool {
+        Session::owes_snapshot(self, view)
+    }
+    fn take_resync(&self, view: &View) -> bool {
+        Session::take_resync(self, view)
     }
 }

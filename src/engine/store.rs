@@ -12,24 +12,33 @@ use std::sync::{Arc, Weak};
 
 use super::result::RowKey;
 use super::value::{Fields, SharedFields};
-use super::view::View;
 
-struct Entry {
+struct Entry<H> {
     workspace: Arc<str>,
     row: SharedFields,
     /// One per reference taken (a view holds a row once).
-    holders: Vec<Weak<View>>,
+    holders: Vec<Weak<H>>,
 }
 
-/// Rows of all workspaces with the views holding them.
-#[derive(Default)]
-pub struct Store {
-    rows: HashMap<RowKey, Vec<Entry>>,
+/// Rows of all workspaces with the holders (views) holding them. Generic
+/// over the holder, which the store only counts, compares and hands back,
+/// so it needs nothing of views.
+pub struct Store<H> {
+    rows: HashMap<RowKey, Vec<Entry<H>>>,
     len: usize,
 }
 
-impl Store {
-    fn entry(&mut self, ws: &Arc<str>, key: &RowKey) -> Option<&mut Entry> {
+impl<H> Default for Store<H> {
+    fn default() -> Self {
+        Store {
+            rows: HashMap::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<H> Store<H> {
+    fn entry(&mut self, ws: &Arc<str>, key: &RowKey) -> Option<&mut Entry<H>> {
         self.rows
             .get_mut(key)?
             .iter_mut()
@@ -43,7 +52,7 @@ impl Store {
         ws: &Arc<str>,
         key: &RowKey,
         fields: Fields,
-        holder: &Weak<View>,
+        holder: &Weak<H>,
     ) -> SharedFields {
         if let Some(e) = self.entry(ws, key) {
             e.holders.push(holder.clone());
@@ -79,7 +88,7 @@ impl Store {
     }
 
     /// Drops `holder`'s reference; the row leaves when none remain.
-    pub fn release(&mut self, ws: &Arc<str>, key: &RowKey, holder: &Weak<View>) {
+    pub fn release(&mut self, ws: &Arc<str>, key: &RowKey, holder: &Weak<H>) {
         let Some(list) = self.rows.get_mut(key) else {
             return;
         };
@@ -99,7 +108,7 @@ impl Store {
     }
 
     /// The live views holding `key`, in any workspace.
-    pub fn holders(&self, key: &RowKey) -> Vec<Arc<View>> {
+    pub fn holders(&self, key: &RowKey) -> Vec<Arc<H>> {
         self.rows
             .get(key)
             .into_iter()
@@ -143,7 +152,7 @@ mod tests {
 
     #[test]
     fn rows_live_while_referenced_and_equal_rows_share_memory() {
-        let mut s = Store::default();
+        let mut s = Store::<()>::default();
         let ws: Arc<str> = "w".into();
         let other: Arc<str> = "v".into();
         let k = RowKey::new("tasks", "1");
@@ -164,5 +173,26 @@ mod tests {
         s.release(&other, &k, &h3);
         assert!(s.is_empty());
         assert_eq!(s.ref_count("w", &k), 0);
+    }
+
+    #[test]
+    fn holders_are_the_live_ones_of_every_workspace() {
+        let mut s = Store::<&str>::default();
+        let k = RowKey::new("tasks", "1");
+        let (a, b) = (Arc::new("a"), Arc::new("b"));
+        let gone = Arc::new("gone");
+        let (w, v): (Arc<str>, Arc<str>) = ("w".into(), "v".into());
+        s.acquire(&w, &k, Fields::new(), &Arc::downgrade(&a));
+        s.acquire(&v, &k, Fields::new(), &Arc::downgrade(&b));
+        s.acquire(&w, &k, Fields::new(), &Arc::downgrade(&gone));
+        drop(gone);
+        let mut names: Vec<&str> = s.holders(&k).iter().map(|h| **h).collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        // Releasing one holder leaves the other's reference in place.
+        s.release(&w, &k, &Arc::downgrade(&a));
+        assert_eq!(s.ref_count("w", &k), 1);
+        assert_eq!(s.ref_count("v", &k), 1);
+        assert!(s.holders(&RowKey::new("tasks", "2")).is_empty());
     }
 }

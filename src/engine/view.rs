@@ -20,11 +20,14 @@ use super::owners::{Claim, Followed, Owners};
 use super::params::Params;
 use super::registry::GraphDef;
 use super::result::{GraphResult, Ref, RowKey};
-use super::session::{Attached, Session};
+use super::sink::{Attached, Sink};
 use super::stats::{EventKind, Stats};
-use super::store::Store;
+use super::store;
 use super::value::{Fields, SharedFields, Value};
 use super::window::WindowEdges;
+
+/// The rows views hold.
+pub(crate) type Store = store::Store<View>;
 
 /// The result of a re-anchor.
 #[derive(Debug, Clone)]
@@ -64,7 +67,7 @@ struct State {
     window: Option<WindowEdges>,
     reach: Option<super::window::Reach>,
     history: VecDeque<Arc<Frame>>,
-    subscribers: HashMap<Arc<str>, Arc<Session>>,
+    subscribers: HashMap<Arc<str>, Arc<dyn Sink<View>>>,
     evaluations: u64,
     /// Subscribers were sent an error frame and no version since: the next
     /// good evaluation publishes a version even if nothing changed, so
@@ -157,7 +160,7 @@ pub struct View {
     me: Weak<View>,
     /// Where an owned view of a cluster publishes its frames for the other
     /// nodes; unset on a standalone server.
-    publisher: OnceLock<Arc<dyn Owners>>,
+    publisher: OnceLock<Arc<dyn Owners<View>>>,
 }
 
 /// Whether an evaluation changed anything.
@@ -247,7 +250,7 @@ impl View {
         store: &Mutex<Store>,
         stats: &Stats,
         history: usize,
-        owners: Option<&Arc<dyn Owners>>,
+        owners: Option<&Arc<dyn Owners<View>>>,
     ) -> Result<(), EngineError> {
         let _eval = self.eval.lock().await;
         {
@@ -549,9 +552,9 @@ impl View {
     /// Adds a subscriber and queues `reply` then a snapshot on its session.
     /// Returns the version, or `None` if the view or the session closed
     /// meanwhile.
-    pub(crate) fn attach(
+    pub(crate) fn attach<S: Sink<View> + 'static>(
         self: &Arc<Self>,
-        session: &Arc<Session>,
+        session: &Arc<S>,
         reserved: bool,
         reply: impl FnOnce(u64) -> Option<Bytes>,
     ) -> Option<u64> {
@@ -570,9 +573,9 @@ impl View {
 
     /// Adds a subscriber that last saw `version` of `epoch` and queues what
     /// it missed: diffs from history, or a snapshot when history is too short.
-    pub(crate) fn attach_sync(
+    pub(crate) fn attach_sync<S: Sink<View> + 'static>(
         self: &Arc<Self>,
-        session: &Arc<Session>,
+        session: &Arc<S>,
         reserved: bool,
         epoch: u64,
         version: u64,
@@ -611,14 +614,14 @@ impl View {
     /// Records `session` as a subscriber and hands it `first`, under the
     /// state lock so no diff slips between. A session that closed meanwhile
     /// is not recorded (false); the caller then lets go of the view.
-    fn add_subscriber(
+    fn add_subscriber<S: Sink<View> + 'static>(
         &self,
         mut st: MutexGuard<'_, State>,
-        session: &Arc<Session>,
+        session: &Arc<S>,
         reserved: bool,
         first: Attached,
     ) -> bool {
-        st.subscribers.insert(session.id.clone(), session.clone());
+        st.subscribers.insert(session.id().clone(), session.clone());
         if session.attach(
             self.me.upgrade().expect("a view in use is alive"),
             reserved,
@@ -626,16 +629,16 @@ impl View {
         ) {
             return true;
         }
-        st.subscribers.remove(&session.id);
+        st.subscribers.remove(session.id());
         false
     }
 
     /// Takes `session` off the subscribers (a re-anchor moves it elsewhere)
     /// and returns what it held, in one step so no later diff reaches it.
     /// Closes the view when it was the last subscriber (true then).
-    pub(crate) fn leave(&self, session: &Session, store: &Mutex<Store>) -> (Held, bool) {
+    pub(crate) fn leave(&self, session: &dyn Sink<View>, store: &Mutex<Store>) -> (Held, bool) {
         let mut st = self.lock();
-        st.subscribers.remove(&session.id);
+        st.subscribers.remove(session.id());
         let held = Held {
             epoch: self.epoch(),
             version: st.version,
@@ -654,9 +657,9 @@ impl View {
     /// Makes `session`'s subscription `id` a subscriber of this view, with
     /// one diff from what it `held` to this view's state (a snapshot when it
     /// held nothing usable). `None` when this view or the session closed.
-    pub(crate) fn take_over(
+    pub(crate) fn take_over<S: Sink<View> + 'static>(
         self: &Arc<Self>,
-        session: &Arc<Session>,
+        session: &Arc<S>,
         id: &Arc<str>,
         held: &Held,
     ) -> Option<Reanchored> {
@@ -694,9 +697,9 @@ impl View {
             });
             (frame, held.version)
         };
-        st.subscribers.insert(session.id.clone(), session.clone());
+        st.subscribers.insert(session.id().clone(), session.clone());
         if !session.move_subscription(id, self.clone(), frame) {
-            st.subscribers.remove(&session.id);
+            st.subscribers.remove(session.id());
             return None;
         }
         Some(Reanchored {
@@ -709,7 +712,7 @@ impl View {
     }
 
     /// Builds the snapshot a session that fell behind is owed, if it still is.
-    pub(crate) fn resync_snapshot(&self, session: &Session) -> Option<Arc<Frame>> {
+    pub(crate) fn resync_snapshot(&self, session: &dyn Sink<View>) -> Option<Arc<Frame>> {
         let st = self.lock();
         if !session.take_resync(self) || st.closed {
             return None;
@@ -937,7 +940,7 @@ impl View {
     /// own clients may hold it) is never made again with other contents.
     /// `owners` gets the frames from now on; the caller then has the view
     /// evaluated. False when the view is not a follower.
-    pub(crate) fn promote(&self, owners: Arc<dyn Owners>, term: u64) -> bool {
+    pub(crate) fn promote(&self, owners: Arc<dyn Owners<View>>, term: u64) -> bool {
         let mut st = self.lock();
         if st.closed || !st.follower {
             return false;

@@ -108,13 +108,13 @@ function check(app: string): void {
 
 it("npm pack in a clean copy builds dist, and the tarball installs", { timeout: 600_000 }, () => {
   const copy = cleanCopy();
-  const packDir = temp("arcana-pack-");
   // Pack runs `prepare`, which builds dist/ (bringing its own tsc here).
-  const tarball = npm(copy, "pack", "--pack-destination", packDir).trim().split("\n").pop()!;
+  const tarball = npm(copy, "pack").trim().split("\n").pop()!;
+  assert.equal(tarball, "arcana-client-0.1.0.tgz", "the name the README gives");
   assert.ok(existsSync(resolve(copy, "dist/index.js")));
   assert.ok(!existsSync(resolve(copy, "node_modules")), "the build tools were not left behind");
   const app = tempProject();
-  npm(app, "install", resolve(packDir, tarball), ...PEERS);
+  npm(app, "install", resolve(copy, tarball), ...PEERS);
   check(app);
 });
 

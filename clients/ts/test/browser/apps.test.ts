@@ -246,13 +246,17 @@ APPS.forEach((app, n) => {
     assert.equal(await title(), renamed);
     await waitForTexts(page, "#row", [renamed]);
 
-    // The window: its first two rows, then two more (only one is left).
+    // The window: its first two rows, then two more (only one is left), then one.
     await waitForTexts(page, "#window li", await titles(2));
     assert.equal(await page.locator("#has-after").innerText(), "true");
     await page.click("#more");
     await waitForTexts(page, "#window li", await titles(4));
     assert.equal((await titles(4)).length, 3);
     await waitForTexts(page, "#has-after", ["false"]);
+    // Re-anchored to one row (React and Vue: new options; Svelte: reanchor).
+    await page.click("#one");
+    await waitForTexts(page, "#window li", await titles(1));
+    await waitForTexts(page, "#has-after", ["true"]);
 
     // The connection drops: the status says so, and the views are stale, until it is back.
     const offline = `${server.baseUrl}/**`;
@@ -269,7 +273,7 @@ APPS.forEach((app, n) => {
     await sql("DELETE FROM tasks WHERE id = $1", [rowId]);
     await notifyTask(rowId);
     await waitForTexts(page, "#row", ["absent"]);
-    await waitForTexts(page, "#window li", await titles(4));
+    await waitForTexts(page, "#window li", await titles(1));
 
     assert.deepEqual(await rejections(page), []);
     assert.deepEqual(errors, []);

@@ -1,7 +1,7 @@
 // The hooks page: one row from the cache, the client's status with every
 // view's, and a window that grows. The test writes in PostgreSQL and waits
 // for each part to show what the database holds.
-import { memo } from "react";
+import { memo, useState } from "react";
 import { useRow, useStatus, useView, useWindow } from "@arcana/client/react";
 import { projectId, rowId } from "../shared";
 
@@ -34,7 +34,9 @@ const Status = memo(function Status() {
 });
 
 const Window = memo(function Window() {
-  const w = useWindow<Task>("task_window", { project_id: projectId }, { limit: 2 });
+  // New options re-anchor the window.
+  const [limit, setLimit] = useState(2);
+  const w = useWindow<Task>("task_window", { project_id: projectId }, { limit });
   return (
     <>
       <ol id="window">
@@ -47,6 +49,9 @@ const Window = memo(function Window() {
       </p>
       <button id="more" onClick={() => void w.loadMore(2)}>
         More
+      </button>
+      <button id="one" onClick={() => setLimit(1)}>
+        One
       </button>
     </>
   );

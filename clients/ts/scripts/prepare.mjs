@@ -51,15 +51,22 @@ if (existsSync(join(modules, "typescript/bin/tsc"))) {
     // npm passes its own settings down as npm_config_* variables: an install
     // run with --global or --omit must not steer this one. Keep only where
     // packages come from (registry, cache, proxy, certificates, auth files).
-    const env = {};
-    for (const [k, v] of Object.entries(process.env)) {
-      const m = /^npm_config_(.*)$/i.exec(k);
-      if (!m || /^(cache|userconfig|globalconfig|registry|.*:registry|cafile|ca|cert|key|strict_ssl|proxy|https_proxy|noproxy|offline|prefer_offline|prefer_online|fetch_.*)$/i.test(m[1])) {
-        env[k] = v;
-      }
-    }
-    // The npm that runs this script, else the one on PATH.
-    const npm = process.env.npm_execpath ? [process.execPath, process.env.npm_execpath] : ["npm"];
+    const kept = new RegExp(
+      "^npm_config_(" +
+        ["cache", "userconfig", "globalconfig", "registry", ".*:registry", "cafile", "ca", "cert", "key"]
+          .concat(["strict_ssl", "proxy", "https_proxy", "noproxy", "offline", "prefer_offline", "prefer_online"])
+          .concat(["fetch_.*"])
+          .join("|") +
+        ")$",
+      "i",
+    );
+    const env = Object.fromEntries(
+      Object.entries(process.env).filter(([k]) => !/^npm_config_/i.test(k) || kept.test(k)),
+    );
+    // The npm that runs this script, else the one on PATH (pnpm and yarn set
+    // npm_execpath to themselves, and take other flags).
+    const exec = process.env.npm_execpath;
+    const npm = exec && /npm-cli\.[cm]?js$/.test(exec) ? [process.execPath, exec] : ["npm"];
     console.error(`installing the build tools (${TOOLS.join(", ")}) into ${tools}`);
     execFileSync(
       npm[0],

@@ -54,6 +54,10 @@ export class RowCache {
   private readonly layers = new Set<Layer>();
   /** Rows as views see them while layers are on: base merged with layers. */
   private merged = new Map<string, Fields | undefined>();
+  /** Callers of `watch`, by cache key. */
+  private readonly watchers = new Map<string, Set<() => void>>();
+  /** Watched keys touched since watchers were last told. */
+  private touched: Set<string> | undefined;
 
   /** Number of rows held. */
   get size(): number {
@@ -100,12 +104,55 @@ export class RowCache {
   addLayer(l: Layer): void {
     this.layers.add(l);
     this.merged = new Map();
+    this.touchAll();
   }
 
   /** @internal Takes an optimistic layer off. */
   removeLayer(l: Layer): boolean {
     this.merged = new Map();
+    this.touchAll();
     return this.layers.delete(l);
+  }
+
+  /**
+   * Calls `fn` after the row at (`table`, `id`) may read differently through
+   * `get`: it arrived, changed, left the cache, or an optimistic change to it
+   * came or went. Calls come in a microtask, once for all the changes of a
+   * frame or batch, and may come when nothing changed: compare `get` results.
+   * Watching does not keep the row in the cache. Returns the stop function.
+   */
+  watch(table: string, id: string, fn: () => void): () => void {
+    const key = rowKey(table, id);
+    let set = this.watchers.get(key);
+    if (!set) this.watchers.set(key, (set = new Set()));
+    set.add(fn);
+    return () => {
+      set.delete(fn);
+      if (set.size === 0 && this.watchers.get(key) === set) this.watchers.delete(key);
+    };
+  }
+
+  private touch(key: string): void {
+    if (!this.watchers.has(key)) return;
+    if (!this.touched) {
+      this.touched = new Set();
+      // Later: a frame's writes, retains and releases land before anyone reads.
+      queueMicrotask(() => this.tell());
+    }
+    this.touched.add(key);
+  }
+
+  private touchAll(): void {
+    for (const k of this.watchers.keys()) this.touch(k);
+  }
+
+  private tell(): void {
+    const keys = this.touched;
+    this.touched = undefined;
+    if (!keys) return;
+    for (const k of keys) {
+      for (const fn of [...(this.watchers.get(k) ?? [])]) fn();
+    }
   }
 
   /** How many views reach a row (0 when absent). */
@@ -131,6 +178,7 @@ export class RowCache {
     if (!e) {
       this.rows.set(key, { fields: Object.freeze({ ...fields }), holders: 0 });
       changed.add(key);
+      this.touch(key);
       return;
     }
     let same = true;
@@ -143,6 +191,7 @@ export class RowCache {
     if (same) return;
     e.fields = Object.freeze({ ...e.fields, ...fields });
     changed.add(key);
+    this.touch(key);
   }
 
   /** Applies field steps to a held row; false if the row is not held. */
@@ -157,6 +206,7 @@ export class RowCache {
     }
     e.fields = Object.freeze(next);
     changed.add(key);
+    this.touch(key);
     return true;
   }
 
@@ -171,14 +221,21 @@ export class RowCache {
     const e = this.rows.get(key);
     if (!e) return;
     e.holders--;
-    if (e.holders <= 0) this.rows.delete(key);
+    if (e.holders > 0) return;
+    this.rows.delete(key);
+    this.merged.delete(key);
+    this.touch(key);
   }
 
   /** Drops rows written by a frame that no view ended up reaching. */
   sweep(keys: Iterable<string>): void {
     for (const k of keys) {
       const e = this.rows.get(k);
-      if (e && e.holders <= 0) this.rows.delete(k);
+      if (e && e.holders <= 0) {
+        this.rows.delete(k);
+        this.merged.delete(k);
+        this.touch(k);
+      }
     }
   }
 

@@ -10,8 +10,17 @@ export type {
   MutationResult,
   OptimisticTx,
 } from "./client.js";
-export { LiveView, applyRefOps, unescapeField } from "./view.js";
-export type { Item, SyncInfo, ViewSnapshot, ViewStatus, WindowEdgesState } from "./view.js";
+export { LiveView, applyRefOps, clientStatus, onClientStatus, unescapeField } from "./view.js";
+export type {
+  ClientStatusSnapshot,
+  Item,
+  OpenViewStatus,
+  StatusSource,
+  SyncInfo,
+  ViewSnapshot,
+  ViewStatus,
+  WindowEdgesState,
+} from "./view.js";
 export { WindowView } from "./window-view.js";
 export type { ReanchorOptions, WindowSnapshot } from "./window-view.js";
 export { sameWindow, toPbWindow, windowSpec } from "./window.js";

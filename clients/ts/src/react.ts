@@ -1,5 +1,5 @@
 // React bindings: a provider for the client, useView (optionally with
-// Suspense), useWindow and useMutation.
+// Suspense), useWindow, useMutation, useRow and useStatus.
 import {
   type ReactNode,
   createContext,
@@ -13,6 +13,7 @@ import {
 } from "react";
 import type { ArcanaClient, MutateOptions, MutationResult } from "./client.js";
 import { EMPTY, paramsKey } from "./bindings.js";
+import type { Fields } from "./cache.js";
 import type { ArcanaError } from "./errors.js";
 import {
   type AnyClient,
@@ -27,7 +28,14 @@ import {
   untyped,
 } from "./typed.js";
 import type { FieldValue, ParamValue, Params } from "./values.js";
-import type { Item, LiveView, ViewSnapshot } from "./view.js";
+import {
+  type ClientStatusSnapshot,
+  type Item,
+  type LiveView,
+  type ViewSnapshot,
+  clientStatus,
+  onClientStatus,
+} from "./view.js";
 import { type WindowOptions, type WindowSpec, windowKey, windowSpec } from "./window.js";
 import type { ReanchorOptions, WindowSnapshot, WindowView } from "./window-view.js";
 
@@ -288,4 +296,53 @@ export function useMutation<D>(...args: unknown[]): MutationState<D> {
     [mutateAsync],
   );
   return { mutate, mutateAsync, pending: state.pending > 0, error: state.error, data: state.data };
+}
+
+/** A row id as `useRow` takes it: the cache's string, or the number a field holds. */
+export type RowId = string | number | bigint;
+
+/**
+ * One row from the client's shared cache, live: the component re-renders
+ * when any view brings the row, changes it (optimistic changes included) or
+ * lets go of it. `undefined` while no open view reaches the row: `useRow`
+ * reads the cache and subscribes to nothing itself. A `null` id reads nothing.
+ */
+export function useRow<T extends object = Fields>(table: string, id: RowId | null | undefined): T | undefined;
+export function useRow<T extends object = Fields>(
+  client: AnyClient,
+  table: string,
+  id: RowId | null | undefined,
+): T | undefined;
+export function useRow<T extends object = Fields>(...args: unknown[]): T | undefined {
+  const fromContext = typeof args[0] === "string";
+  const ctx = useContext(ClientContext);
+  const [c, table, id] = (fromContext ? [ctx, ...args] : args) as [AnyClient | null, string, RowId | null | undefined];
+  if (!c) throw new Error("no Arcana client: pass one or wrap the tree in <ArcanaProvider client={...}>");
+  const cache = untyped(c).cache;
+  const key = id === null || id === undefined ? null : String(id);
+  const subscribe = useCallback(
+    (cb: () => void) => (key === null ? () => {} : cache.watch(table, key, cb)),
+    [cache, table, key],
+  );
+  const get = useCallback(
+    () => (key === null ? undefined : (cache.get(table, key) as T | undefined)),
+    [cache, table, key],
+  );
+  return useSyncExternalStore(subscribe, get, get);
+}
+
+/**
+ * The connection's status (`connecting`, `open`, `reconnecting`, `failed`,
+ * ...) with its error, and every open view of the client with its status
+ * (`connecting` while loading, `live`, `stale`, `error`) and error. The
+ * component re-renders when any of them changes.
+ */
+export function useStatus(client?: AnyClient): ClientStatusSnapshot {
+  const ctx = useContext(ClientContext);
+  const c = client ?? ctx;
+  if (!c) throw new Error("no Arcana client: pass one or wrap the tree in <ArcanaProvider client={...}>");
+  const cl = untyped(c);
+  const subscribe = useCallback((cb: () => void) => onClientStatus(cl, cb), [cl]);
+  const get = useCallback(() => clientStatus(cl), [cl]);
+  return useSyncExternalStore(subscribe, get, get);
 }

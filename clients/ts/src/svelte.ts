@@ -1,8 +1,10 @@
-// Svelte bindings: readable stores for views and mutations. They follow the
+// Svelte bindings: readable stores for views, windows, mutations, rows and
+// the client's status. They follow the
 // store contract (subscribe calls back at once, returns the unsubscriber), so
 // `$tasks` works in components, with runes or without.
 import type { ArcanaClient, MutateOptions, MutationResult } from "./client.js";
 import { EMPTY } from "./bindings.js";
+import type { Fields } from "./cache.js";
 import type { ArcanaError } from "./errors.js";
 import {
   type AnyClient,
@@ -16,8 +18,17 @@ import {
   type TypedClient,
   untyped,
 } from "./typed.js";
-import type { FieldValue, Params } from "./values.js";
-import type { Item, LiveView, ViewSnapshot } from "./view.js";
+import type { FieldValue, ParamValue, Params } from "./values.js";
+import {
+  type ClientStatusSnapshot,
+  type Item,
+  type LiveView,
+  type ViewSnapshot,
+  clientStatus,
+  onClientStatus,
+} from "./view.js";
+import { type WindowOptions, windowSpec } from "./window.js";
+import type { ReanchorOptions, WindowSnapshot, WindowView } from "./window-view.js";
 
 /** A Svelte readable store. */
 export interface Readable<T> {
@@ -118,6 +129,148 @@ export function mutationStore<D>(c: AnyClient, mutation: string): MutationStore<
     },
     mutateAsync,
     mutate: (params, options) => mutateAsync(params, options).catch(() => undefined),
+  };
+}
+
+/** A window as a store: the window opens with the first subscriber and closes after the last. */
+export interface WindowStore<T> extends Readable<WindowSnapshot<T>> {
+  /** See `WindowView.loadMore`; resolves with the new state, or `undefined` when it failed (see `error`) or nobody is subscribed. */
+  loadMore(n: number): Promise<WindowSnapshot<T> | undefined>;
+  /** See `WindowView.loadPrevious`. */
+  loadPrevious(n: number): Promise<WindowSnapshot<T> | undefined>;
+  /** See `WindowView.reanchor`. */
+  reanchor(cursor: readonly ParamValue[], options?: ReanchorOptions): Promise<WindowSnapshot<T> | undefined>;
+  /** The open window, while someone is subscribed (for `cursorOf`, `until`, ...). */
+  readonly handle: WindowView<T> | undefined;
+}
+
+/**
+ * A store of a live window over an ordered graph (see `client.window`). A
+ * failed move shows in the store's `error`; the rows stay those of the last
+ * window. The window starts where `options` place it each time it opens.
+ */
+export function windowStore<T = Item>(
+  client: ArcanaClient,
+  graph: string,
+  params?: Params,
+  options?: WindowOptions,
+): WindowStore<T>;
+export function windowStore<S extends SchemaShape, G extends GraphName<S>>(
+  client: TypedClient<S>,
+  graph: G,
+  params: GraphParams<S, G>,
+  options?: WindowOptions,
+): WindowStore<GraphItem<S, G>>;
+export function windowStore<T>(
+  c: AnyClient,
+  graph: string,
+  params: unknown = {},
+  options: WindowOptions = {},
+): WindowStore<any> {
+  const client = untyped(c);
+  // Checked now: bad options throw where the store is made.
+  const spec = windowSpec(options);
+  const runs = new Set<(s: WindowSnapshot<T>) => void>();
+  let handle: WindowView<T> | undefined;
+  let off: (() => void) | undefined;
+  let moveError: ArcanaError | undefined;
+  let state: WindowSnapshot<T> = Object.freeze({ ...EMPTY, hasBefore: false, hasAfter: false, window: spec, moving: false });
+  const publish = () => {
+    if (!handle) return;
+    const snap = handle.snapshot;
+    state = moveError && !snap.error ? Object.freeze({ ...snap, error: moveError }) : snap;
+    for (const r of [...runs]) r(state);
+  };
+  const run = async (move: (h: WindowView<T>) => Promise<WindowSnapshot<T>>) => {
+    const h = handle;
+    if (!h) return undefined;
+    try {
+      const s = await move(h);
+      if (handle === h && moveError) {
+        moveError = undefined;
+        publish();
+      }
+      return s;
+    } catch (err) {
+      if (handle === h) {
+        moveError = err as ArcanaError;
+        publish();
+      }
+      return undefined;
+    }
+  };
+  return {
+    get handle() {
+      return handle;
+    },
+    subscribe(run) {
+      runs.add(run);
+      if (!handle) {
+        handle = client.window<T>(graph, params as Params, spec);
+        // The window calls back at once: that first call reaches `run` too.
+        off = handle.subscribe(publish);
+      } else {
+        run(state);
+      }
+      return () => {
+        if (!runs.delete(run) || runs.size > 0) return;
+        off?.();
+        handle?.close();
+        handle = undefined;
+        off = undefined;
+        moveError = undefined;
+      };
+    },
+    loadMore: (n) => run((h) => h.loadMore(n)),
+    loadPrevious: (n) => run((h) => h.loadPrevious(n)),
+    reanchor: (cursor, o) => run((h) => h.reanchor(cursor, o)),
+  };
+}
+
+/** A row id as `rowStore` takes it: the cache's string, or the number a field holds. */
+export type RowId = string | number | bigint;
+
+/**
+ * A store of one row from the client's shared cache, live: it changes when
+ * any view brings the row, changes it (optimistic changes included) or lets
+ * go of it. `undefined` while no open view reaches the row: the store reads
+ * the cache and subscribes to nothing itself.
+ */
+export function rowStore<T extends object = Fields>(c: AnyClient, table: string, id: RowId): Readable<T | undefined> {
+  const cache = untyped(c).cache;
+  const key = String(id);
+  return {
+    subscribe(run) {
+      let last = cache.get(table, key) as T | undefined;
+      run(last);
+      return cache.watch(table, key, () => {
+        const next = cache.get(table, key) as T | undefined;
+        if (next === last) return;
+        last = next;
+        run(next);
+      });
+    },
+  };
+}
+
+/**
+ * A store of the connection's status (`connecting`, `open`, `reconnecting`,
+ * `failed`, ...) with its error, and every open view of the client with its
+ * status (`connecting` while loading, `live`, `stale`, `error`) and error.
+ */
+export function statusStore(c: AnyClient): Readable<ClientStatusSnapshot> {
+  const client = untyped(c);
+  return {
+    subscribe(run) {
+      let last = clientStatus(client);
+      run(last);
+      return onClientStatus(client, () => {
+        const next = clientStatus(client);
+        if (next === last) return;
+        last = next;
+        run(next);
+      });
+    },
   };
 }
 

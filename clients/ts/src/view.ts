@@ -6,6 +6,7 @@ import { type FieldStep, type Fields, type RowCache, rowKey } from "./cache.js";
 import { ArcanaError } from "./errors.js";
 import { type DecodeOptions, type FieldValue, type Params, fromFields, fromValue } from "./values.js";
 import type { WindowSpec } from "./window.js";
+import type { ClientStatus } from "./client.js";
 
 /** A row of a view: its fields, plus one property per nested reference. */
 export type Item = { readonly [field: string]: FieldValue | Item | undefined };
@@ -142,6 +143,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   ) {
     this.window = window;
     if (window) this._wire = new Map();
+    track(this, host.cache);
   }
 
   get status(): ViewStatus {
@@ -463,6 +465,7 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
   /** @internal */
   changed(): void {
     this._snapshot = undefined;
+    track(this, this.host.cache);
     // A re-anchor diff may come before the reply that says it is one: hold
     // listeners back until the reply, so they never see the new rows under
     // the old window.
@@ -498,6 +501,119 @@ export class LiveView<T = Item> implements AsyncIterable<ViewSnapshot<T>> {
     this._memo.set(r, { row, nested, item });
     return item;
   }
+}
+
+// ---- status of a client's views, for status displays (useStatus) ---------------
+
+/** One open view as `clientStatus` lists it. */
+export interface OpenViewStatus {
+  readonly graph: string;
+  readonly params: Params;
+  /** The server's view id, once subscribed. */
+  readonly id: string | undefined;
+  /** Whether the view holds a window (from `client.window`). */
+  readonly windowed: boolean;
+  /** `connecting` while it has no data yet (loading), then `live`, `stale` or `error`. */
+  readonly status: ViewStatus;
+  readonly error: ArcanaError | undefined;
+}
+
+/** A client's connection and the state of each view it holds open. */
+export interface ClientStatusSnapshot {
+  /** The connection: `idle`, `connecting`, `open`, `reconnecting`, `failed` or `closed`. */
+  readonly status: ClientStatus;
+  /** The error behind the last failed connection attempt (none while open). */
+  readonly error: ArcanaError | undefined;
+  /** The views not closed yet, oldest first (a refused one stays, in `error`, until closed). */
+  readonly views: readonly OpenViewStatus[];
+}
+
+/** What `clientStatus` needs of a client (an `ArcanaClient` or a typed one). */
+export interface StatusSource {
+  readonly cache: RowCache;
+  readonly status: ClientStatus;
+  readonly lastError: ArcanaError | undefined;
+  onStatus(fn: (s: ClientStatus, error?: ArcanaError) => void): () => void;
+}
+
+/** A client's views not closed yet, found by its cache (views hold that, not the client). */
+interface Tracked {
+  readonly views: Map<LiveView<any>, OpenViewStatus>;
+  readonly listeners: Set<() => void>;
+  /** Counts changes to `views`, so a status list is rebuilt only after one. */
+  version: number;
+}
+
+const tracked = new WeakMap<RowCache, Tracked>();
+
+function trackedBy(cache: RowCache): Tracked {
+  let t = tracked.get(cache);
+  if (!t) tracked.set(cache, (t = { views: new Map(), listeners: new Set(), version: 0 }));
+  return t;
+}
+
+/** Keeps a view's entry current; called when it is made and on every change. */
+function track(v: LiveView<any>, cache: RowCache): void {
+  const t = trackedBy(cache);
+  const was = t.views.get(v);
+  if (v.status === "closed") {
+    if (!t.views.delete(v)) return;
+  } else if (was && was.status === v.status && was.error === v.error && was.id === v.id) {
+    return;
+  } else {
+    t.views.set(
+      v,
+      Object.freeze({ graph: v.graph, params: v.params, id: v.id, windowed: !!v.window, status: v.status, error: v.error }),
+    );
+  }
+  t.version++;
+  for (const fn of [...t.listeners]) fn();
+}
+
+const statusMemo = new WeakMap<Tracked, { version: number; snap: ClientStatusSnapshot }>();
+
+/**
+ * The client's connection status and its open views' statuses, as one frozen
+ * object that stays the same until one of them changes.
+ */
+export function clientStatus(client: StatusSource): ClientStatusSnapshot {
+  const t = trackedBy(client.cache);
+  const m = statusMemo.get(t);
+  if (m && m.version === t.version && m.snap.status === client.status && m.snap.error === client.lastError) {
+    return m.snap;
+  }
+  const views = m && m.version === t.version ? m.snap.views : Object.freeze([...t.views.values()]);
+  const snap = Object.freeze({ status: client.status, error: client.lastError, views });
+  statusMemo.set(t, { version: t.version, snap });
+  return snap;
+}
+
+/**
+ * Calls `fn` after `clientStatus(client)` may have changed: the connection
+ * status, or a view opening, closing, or changing status or error. Calls
+ * come in a microtask, once per burst of changes (a view may open while a
+ * component renders, and listeners must not run in the middle of that).
+ * Returns the stop function.
+ */
+export function onClientStatus(client: StatusSource, fn: () => void): () => void {
+  const views = trackedBy(client.cache);
+  let queued = false;
+  let stopped = false;
+  const ping = () => {
+    if (queued) return;
+    queued = true;
+    queueMicrotask(() => {
+      queued = false;
+      if (!stopped) fn();
+    });
+  };
+  views.listeners.add(ping);
+  const off = client.onStatus(ping);
+  return () => {
+    stopped = true;
+    views.listeners.delete(ping);
+    off();
+  };
 }
 
 const NO_EDGES: WindowEdgesState = Object.freeze({ hasBefore: false, hasAfter: false });

@@ -1,4 +1,5 @@
-// Vue 3 bindings: provideArcana, useView and useMutation composables.
+// Vue 3 bindings: provideArcana, and the useView, useWindow, useMutation,
+// useRow and useStatus composables.
 import {
   type InjectionKey,
   type MaybeRefOrGetter,
@@ -12,6 +13,7 @@ import {
 } from "vue";
 import type { ArcanaClient, MutateOptions, MutationResult } from "./client.js";
 import { EMPTY, paramsKey } from "./bindings.js";
+import type { Fields } from "./cache.js";
 import type { ArcanaError } from "./errors.js";
 import {
   type AnyClient,
@@ -25,8 +27,10 @@ import {
   type TypedClient,
   untyped,
 } from "./typed.js";
-import type { FieldValue, Params } from "./values.js";
-import type { Item, ViewSnapshot } from "./view.js";
+import type { FieldValue, ParamValue, Params } from "./values.js";
+import { type ClientStatusSnapshot, type Item, type ViewSnapshot, clientStatus, onClientStatus } from "./view.js";
+import { type WindowOptions, type WindowSpec, windowKey, windowSpec } from "./window.js";
+import type { ReanchorOptions, WindowSnapshot, WindowView } from "./window-view.js";
 
 const CLIENT: InjectionKey<AnyClient> = Symbol("arcana client");
 
@@ -45,6 +49,11 @@ export function useClient(): ArcanaClient {
 /** Install as a plugin: `app.use(arcanaPlugin(client))`. */
 export function arcanaPlugin(client: AnyClient) {
   return { install: (app: { provide: (k: InjectionKey<AnyClient>, v: AnyClient) => unknown }) => app.provide(CLIENT, client) };
+}
+
+/** Whether an argument is a client (graphs and ids may be refs: objects too). */
+function isClient(a: unknown): boolean {
+  return typeof a === "object" && a !== null && "view" in a && "cache" in a;
 }
 
 /**
@@ -67,7 +76,7 @@ export function useView<S extends SchemaShape, G extends GraphName<S>>(
   params: MaybeRefOrGetter<GraphParams<S, G>>,
 ): ShallowRef<ViewSnapshot<GraphItem<S, G>>>;
 export function useView<T = Item>(...args: unknown[]): ShallowRef<ViewSnapshot<T>> {
-  const hasClient = typeof args[0] === "object" && args[0] !== null && "view" in args[0];
+  const hasClient = isClient(args[0]);
   const client = hasClient ? untyped(args[0] as AnyClient) : useClient();
   const [graph, params] = (hasClient ? args.slice(1) : args) as [
     MaybeRefOrGetter<string | null>,
@@ -149,4 +158,184 @@ export function useMutation<D>(...args: unknown[]): MutationRefs<D> {
   };
   const mutate = (params?: Params, options?: MutateOptions) => mutateAsync(params, options).catch(() => undefined);
   return { mutate, mutateAsync, pending, error, data };
+}
+
+/** A window's state and the calls that move it (the value of `useWindow`'s ref). */
+export interface WindowState<T> extends WindowSnapshot<T> {
+  /** See `WindowView.loadMore`; resolves with the new state (never rejects: see `error`). */
+  loadMore(n: number): Promise<WindowSnapshot<T> | undefined>;
+  /** See `WindowView.loadPrevious`. */
+  loadPrevious(n: number): Promise<WindowSnapshot<T> | undefined>;
+  /** See `WindowView.reanchor`. */
+  reanchor(cursor: readonly ParamValue[], options?: ReanchorOptions): Promise<WindowSnapshot<T> | undefined>;
+  /** The handle itself, while open (for `cursorOf`, `until`, ...). */
+  handle: WindowView<T> | null;
+}
+
+/**
+ * A live window over an ordered graph (see `client.window`) as a shallow ref
+ * of its state and the calls that move it: `w.items`, `w.hasAfter`,
+ * `w.loadMore(50)` in a template. Graph, params and options may be refs or
+ * getters: a new graph or params subscribes anew, new options re-anchor the
+ * same window. A failed move shows in `error`; the rows stay those of the
+ * last window. The window closes with the component (or effect scope).
+ */
+export function useWindow<T = Item>(
+  graph: MaybeRefOrGetter<string | null>,
+  params?: MaybeRefOrGetter<Params>,
+  options?: MaybeRefOrGetter<WindowOptions>,
+): ShallowRef<WindowState<T>>;
+export function useWindow<T = Item>(
+  client: ArcanaClient,
+  graph: MaybeRefOrGetter<string | null>,
+  params?: MaybeRefOrGetter<Params>,
+  options?: MaybeRefOrGetter<WindowOptions>,
+): ShallowRef<WindowState<T>>;
+export function useWindow<S extends SchemaShape, G extends GraphName<S>>(
+  client: TypedClient<S>,
+  graph: G,
+  params: MaybeRefOrGetter<GraphParams<S, G>>,
+  options?: MaybeRefOrGetter<WindowOptions>,
+): ShallowRef<WindowState<GraphItem<S, G>>>;
+export function useWindow<T = Item>(...args: unknown[]): ShallowRef<WindowState<T>> {
+  const hasClient = isClient(args[0]);
+  const client = hasClient ? untyped(args[0] as AnyClient) : useClient();
+  const [graph, params, options] = (hasClient ? args.slice(1) : args) as [
+    MaybeRefOrGetter<string | null>,
+    MaybeRefOrGetter<Params> | undefined,
+    MaybeRefOrGetter<WindowOptions> | undefined,
+  ];
+  let handle: WindowView<T> | null = null;
+  let off: (() => void) | undefined;
+  let moveError: ArcanaError | undefined;
+  let spec = windowSpec(toValue(options) ?? {});
+  // The window the handle was last told to be at through `options`.
+  let placed = windowKey(spec);
+  const run = async (move: (h: WindowView<T>) => Promise<WindowSnapshot<T>>) => {
+    const h = handle;
+    if (!h) return undefined;
+    try {
+      const s = await move(h);
+      if (handle === h && moveError) {
+        moveError = undefined;
+        publish();
+      }
+      return s;
+    } catch (err) {
+      if (handle === h) {
+        moveError = err as ArcanaError;
+        publish();
+      }
+      return undefined;
+    }
+  };
+  const calls = {
+    loadMore: (n: number) => run((h) => h.loadMore(n)),
+    loadPrevious: (n: number) => run((h) => h.loadPrevious(n)),
+    reanchor: (cursor: readonly ParamValue[], o?: ReanchorOptions) => run((h) => h.reanchor(cursor, o)),
+  };
+  const state = shallowRef<WindowState<T>>(undefined as unknown as WindowState<T>);
+  function publish() {
+    const snap = handle ? handle.snapshot : (emptyWindow(spec) as WindowSnapshot<T>);
+    state.value = Object.freeze({ ...snap, error: snap.error ?? moveError, ...calls, handle });
+  }
+  const close = () => {
+    off?.();
+    handle?.close();
+    off = undefined;
+    handle = null;
+    moveError = undefined;
+  };
+  watch(
+    () => {
+      const g = toValue(graph);
+      const p = toValue(params) ?? {};
+      const w = windowSpec(toValue(options) ?? {});
+      return [g, p, g === null ? "" : paramsKey(p), w, windowKey(w)] as const;
+    },
+    ([g, p, key, w, where], old) => {
+      spec = w;
+      if (!old || old[0] !== g || old[2] !== key) {
+        close();
+        placed = where;
+        if (g !== null) {
+          const h = client.window<T>(g, p, w);
+          handle = h;
+          off = h.subscribe(() => publish());
+        }
+        publish();
+      } else if (where !== placed) {
+        placed = where;
+        void run((h) => h.reanchor(w.cursor, { limit: w.limit, direction: w.direction, inclusive: w.inclusive }));
+      }
+    },
+    { immediate: true },
+  );
+  onScopeDispose(close);
+  return state;
+}
+
+/** The state of a window before it exists (no graph yet). */
+function emptyWindow(window: WindowSpec): WindowSnapshot<never> {
+  return Object.freeze({ ...EMPTY, hasBefore: false, hasAfter: false, window, moving: false });
+}
+
+/** A row id as `useRow` takes it: the cache's string, or the number a field holds. */
+export type RowId = string | number | bigint;
+
+/**
+ * One row from the client's shared cache as a shallow ref, live: updated
+ * when any view brings the row, changes it (optimistic changes included) or
+ * lets go of it. `undefined` while no open view reaches the row: `useRow`
+ * reads the cache and subscribes to nothing itself. Table and id may be refs
+ * or getters; a `null` id reads nothing.
+ */
+export function useRow<T extends object = Fields>(
+  table: MaybeRefOrGetter<string>,
+  id: MaybeRefOrGetter<RowId | null | undefined>,
+): ShallowRef<T | undefined>;
+export function useRow<T extends object = Fields>(
+  client: AnyClient,
+  table: MaybeRefOrGetter<string>,
+  id: MaybeRefOrGetter<RowId | null | undefined>,
+): ShallowRef<T | undefined>;
+export function useRow<T extends object = Fields>(...args: unknown[]): ShallowRef<T | undefined> {
+  const hasClient = isClient(args[0]);
+  const cache = (hasClient ? untyped(args[0] as AnyClient) : useClient()).cache;
+  const [table, id] = (hasClient ? args.slice(1) : args) as [
+    MaybeRefOrGetter<string>,
+    MaybeRefOrGetter<RowId | null | undefined>,
+  ];
+  const row = shallowRef<T | undefined>();
+  let stop: (() => void) | undefined;
+  watch(
+    () => {
+      const i = toValue(id);
+      return [toValue(table), i === null || i === undefined ? null : String(i)] as const;
+    },
+    ([t, i]) => {
+      stop?.();
+      stop = undefined;
+      const read = () => (row.value = i === null ? undefined : (cache.get(t, i) as T | undefined));
+      if (i !== null) stop = cache.watch(t, i, read);
+      read();
+    },
+    { immediate: true },
+  );
+  onScopeDispose(() => stop?.());
+  return row;
+}
+
+/**
+ * The connection's status (`connecting`, `open`, `reconnecting`, `failed`,
+ * ...) with its error, and every open view of the client with its status
+ * (`connecting` while loading, `live`, `stale`, `error`) and error, as a
+ * shallow ref updated when any of them changes.
+ */
+export function useStatus(client?: AnyClient): ShallowRef<ClientStatusSnapshot> {
+  const c = client ? untyped(client) : useClient();
+  const state = shallowRef(clientStatus(c));
+  const off = onClientStatus(c, () => (state.value = clientStatus(c)));
+  onScopeDispose(off);
+  return state;
 }

@@ -4,6 +4,10 @@ import { createWebClient } from "@arcana/client/web";
 
 const q = new URLSearchParams(location.search);
 export const projectId = BigInt(q.get("project") ?? "1");
+/** Set: the page shows the hooks page (rows, status, a window) instead of the task list. */
+export const hooksPage = q.has("hooks");
+/** The task the hooks page reads with useRow / rowStore. */
+export const rowId = q.get("row") ?? "0";
 export const client = createWebClient({
   baseUrl: q.get("server")!,
   token: q.get("token") ?? undefined,

@@ -1,7 +1,10 @@
 // Tiny React, Vue and Svelte apps, each built by Vite, run in headless
 // Chromium against a real server: live data, mutations, a failed mutation
-// that must not go unhandled, and (Vue, with IndexedDB) an offline start that
-// shows persisted data at once and catches up with diffs after a reload.
+// that must not go unhandled, (Vue, with IndexedDB) an offline start that
+// shows persisted data at once and catches up with diffs after a reload, and
+// in each framework a hooks page: a row from the cache (useRow / rowStore),
+// the client's and every view's status (useStatus / statusStore) and a
+// window (useWindow / windowStore), each following writes made in PostgreSQL.
 import assert from "node:assert/strict";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { type Server, createServer } from "node:http";
@@ -12,6 +15,7 @@ import { fileURLToPath } from "node:url";
 import { svelte } from "@sveltejs/vite-plugin-svelte";
 import vue from "@vitejs/plugin-vue";
 import { type BrowserContext, type Page, chromium } from "playwright-core";
+import pg from "pg";
 import { build } from "vite";
 import { type ArcanaClient, createNodeClient } from "../../src/node.js";
 import { type DemoServer, startDemo } from "../support/server.js";
@@ -78,15 +82,15 @@ after(async () => {
   await server?.stop();
 });
 
-function url(app: string, extra = ""): string {
-  return `${webBase}/${app}/?server=${encodeURIComponent(server.baseUrl)}&token=dev-alice&project=2${extra}`;
+function url(app: string, extra = "", project = 2): string {
+  return `${webBase}/${app}/?server=${encodeURIComponent(server.baseUrl)}&token=dev-alice&project=${project}${extra}`;
 }
 
-async function open(app: string, extra = ""): Promise<{ page: Page; errors: string[] }> {
+async function open(app: string, extra = "", project = 2): Promise<{ page: Page; errors: string[] }> {
   const page = await browser.newPage();
   const errors: string[] = [];
   page.on("pageerror", (e) => errors.push(e.message));
-  await page.goto(url(app, extra));
+  await page.goto(url(app, extra, project));
   return { page, errors };
 }
 
@@ -162,4 +166,117 @@ it("Vue 3 with IndexedDB: persisted data at once, catch-up after a reload, stale
   assert.deepEqual(errors, []);
   keeper.close();
   await page.close();
+});
+
+/** Runs one query on the demo database. */
+async function sql<R extends object = Record<string, unknown>>(text: string, values: unknown[] = []): Promise<R[]> {
+  const db = new pg.Client({ connectionString: server.pgUrl });
+  await db.connect();
+  try {
+    return (await db.query(text, values)).rows as R[];
+  } finally {
+    await db.end();
+  }
+}
+
+/** Tells the server about a write made behind its back. */
+async function notifyTask(id: string): Promise<void> {
+  const service = createNodeClient({ baseUrl: server.baseUrl, token: "dev-service" });
+  try {
+    await service.notify([{ table: "tasks", id }]);
+  } finally {
+    service.close();
+  }
+}
+
+/**
+ * Waits until the texts of the elements matching `selector` are exactly
+ * `want`, in order, or in any order with `anyOrder`.
+ */
+async function waitForTexts(page: Page, selector: string, want: string[], anyOrder = false): Promise<void> {
+  const w = anyOrder ? [...want].sort() : want;
+  try {
+    await page.waitForFunction(
+      ([sel, w, sort]) => {
+        const got = Array.from(document.querySelectorAll(sel), (e) => e.textContent ?? "");
+        return JSON.stringify(sort ? got.sort() : got) === w;
+      },
+      [selector, JSON.stringify(w), anyOrder] as const,
+      { timeout: 15_000 },
+    );
+  } catch (err) {
+    const got = await page.locator(selector).allTextContents();
+    throw new Error(`${selector}: wanted ${JSON.stringify(want)}, page shows ${JSON.stringify(got)}`, { cause: err });
+  }
+}
+
+const HOOK_NAMES = { react: "useRow, useStatus, useWindow", vue: "useRow, useStatus, useWindow", svelte: "rowStore, statusStore, windowStore" };
+
+APPS.forEach((app, n) => {
+  it(`${app}: ${HOOK_NAMES[app]} follow writes made in PostgreSQL`, async () => {
+    // A project of its own, so the window's rows are known.
+    const project = 10 + n;
+    await sql("INSERT INTO projects (id, workspace_id, name, owner_id) VALUES ($1, 'acme', 'Hooks', 'alice')", [project]);
+    const ids = await sql<{ id: string }>(
+      `INSERT INTO tasks (workspace_id, project_id, title, position)
+       VALUES ('acme', $1, 'First ' || $2, 1), ('acme', $1, 'Second ' || $2, 2), ('acme', $1, 'Third ' || $2, 3)
+       RETURNING id::text`,
+      [project, app],
+    );
+    const rowId = ids[1]!.id;
+    const titles = async (limit: number) =>
+      (
+        await sql<{ title: string }>(
+          "SELECT title FROM tasks WHERE project_id = $1 ORDER BY position, id LIMIT $2",
+          [project, limit],
+        )
+      ).map((r) => r.title);
+    const title = async () => (await sql<{ title: string }>("SELECT title FROM tasks WHERE id = $1", [rowId]))[0]?.title;
+
+    const { page, errors } = await open(app, `&hooks=1&row=${rowId}`, project);
+    // Status: the connection, and each view with its own status and error.
+    await waitForTexts(page, "#conn", ["open"]);
+    await waitForTexts(page, "#views li", ["project_tasks live", "no_such_graph error NOT_FOUND", "task_window live"], true);
+
+    // The row as the database holds it, then a rename made in SQL.
+    await waitForTexts(page, "#row", [(await title())!]);
+    const renamed = `Renamed in SQL for ${app} at ${Date.now()}`;
+    await sql("UPDATE tasks SET title = $1 WHERE id = $2", [renamed, rowId]);
+    await notifyTask(rowId);
+    assert.equal(await title(), renamed);
+    await waitForTexts(page, "#row", [renamed]);
+
+    // The window: its first two rows, then two more (only one is left), then one.
+    await waitForTexts(page, "#window li", await titles(2));
+    assert.equal(await page.locator("#has-after").innerText(), "true");
+    await page.click("#more");
+    await waitForTexts(page, "#window li", await titles(4));
+    assert.equal((await titles(4)).length, 3);
+    await waitForTexts(page, "#has-after", ["false"]);
+    // Re-anchored to one row (React and Vue: new options; Svelte: reanchor).
+    await page.click("#one");
+    await waitForTexts(page, "#window li", await titles(1));
+    await waitForTexts(page, "#has-after", ["true"]);
+
+    // The connection drops: the status says so, and the views are stale, until it is back.
+    const offline = `${server.baseUrl}/**`;
+    await page.route(offline, (r) => r.abort());
+    await page.evaluate(() => (window as unknown as { arcana: ArcanaClient }).arcana.dropSession());
+    await waitForTexts(page, "#conn", ["reconnecting"]);
+    const stale = ["project_tasks stale UNAVAILABLE", "no_such_graph error NOT_FOUND", "task_window stale UNAVAILABLE"];
+    await waitForTexts(page, "#views li", stale, true);
+    await page.unroute(offline);
+    await waitForTexts(page, "#conn", ["open"]);
+    await waitForTexts(page, "#views li", ["project_tasks live", "no_such_graph error NOT_FOUND", "task_window live"], true);
+
+    // Deleted in SQL: no view reaches the row any more, so it is absent.
+    await sql("DELETE FROM tasks WHERE id = $1", [rowId]);
+    await notifyTask(rowId);
+    await waitForTexts(page, "#row", ["absent"]);
+    await waitForTexts(page, "#window li", await titles(1));
+
+    assert.deepEqual(await rejections(page), []);
+    assert.deepEqual(errors, []);
+    await page.close();
+  });
 });

@@ -1,7 +1,8 @@
 import { Suspense, useState } from "react";
 import { createRoot } from "react-dom/client";
 import { ArcanaProvider, useMutation, useView } from "@arcana/client/react";
-import { client, projectId } from "../shared";
+import { client, hooksPage, projectId } from "../shared";
+import { Hooks } from "./Hooks";
 
 interface Task {
   id: bigint;
@@ -40,8 +41,12 @@ function Tasks() {
 
 createRoot(document.getElementById("app")!).render(
   <ArcanaProvider client={client}>
-    <Suspense fallback={<p id="fallback">loading</p>}>
-      <Tasks />
-    </Suspense>
+    {hooksPage ? (
+      <Hooks />
+    ) : (
+      <Suspense fallback={<p id="fallback">loading</p>}>
+        <Tasks />
+      </Suspense>
+    )}
   </ArcanaProvider>,
 );

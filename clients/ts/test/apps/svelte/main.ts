@@ -1,4 +1,6 @@
 import { mount } from "svelte";
 import App from "./App.svelte";
+import Hooks from "./Hooks.svelte";
+import { hooksPage } from "../shared";
 
-mount(App, { target: document.getElementById("app")! });
+mount(hooksPage ? Hooks : App, { target: document.getElementById("app")! });

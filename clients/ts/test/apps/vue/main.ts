@@ -1,6 +1,7 @@
 import { createApp } from "vue";
 import { arcanaPlugin } from "@arcana/client/vue";
 import App from "./App.vue";
-import { client } from "../shared";
+import Hooks from "./Hooks.vue";
+import { client, hooksPage } from "../shared";
 
-createApp(App).use(arcanaPlugin(client)).mount("#app");
+createApp(hooksPage ? Hooks : App).use(arcanaPlugin(client)).mount("#app");

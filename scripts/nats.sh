@@ -18,6 +18,11 @@ find_server() {
 
 install_server() {
   if find_server >/dev/null; then return 0; fi
+  # Tests start in parallel: one installs, the others wait for it and then
+  # find the binary, instead of racing for apt's lock.
+  exec 9>"${TMPDIR:-/tmp}/arcana-nats-install.lock"
+  flock 9
+  if find_server >/dev/null; then return 0; fi
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null; then
@@ -27,8 +32,8 @@ install_server() {
       exit 1
     fi
   fi
-  $sudo apt-get update
-  $sudo apt-get install -y nats-server
+  $sudo apt-get -o DPkg::Lock::Timeout=300 update
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=300 install -y nats-server
 }
 
 case "${1:-}" in

@@ -10,6 +10,10 @@ if ! command -v grpcurl >/dev/null && [ ! -x "$(go env GOPATH)/bin/grpcurl" ]; t
   go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
 fi
 
+# The cluster tests need nats-server; install it once, before they start
+# in parallel.
+bash scripts/nats.sh install >/dev/null
+
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo build --locked --bin arcana

@@ -106,3 +106,15 @@ impl Frame {
         })
     }
 }
+
+/// The first version of `term`: a view's versions count up within a term
+/// of 2^32, and each new owner starts a new term. 2^21 terms of 2^32
+/// versions still fit a JavaScript number exactly.
+pub fn term_start(term: u64) -> u64 {
+    term << 32
+}
+
+/// The term a version belongs to.
+pub fn term_of(version: u64) -> u64 {
+    version >> 32
+}

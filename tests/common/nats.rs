@@ -18,6 +18,12 @@ pub struct Nats {
 
 /// The nats-server binary; installs it with `scripts/nats.sh` when missing.
 fn binary() -> PathBuf {
+    // Installed at most once per test process.
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(find_or_install).clone()
+}
+
+fn find_or_install() -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nats.sh");
     let out = Command::new(&script)
         .arg("path")

@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 
 use arcana::engine::params::validate;
 use arcana::engine::{Change, Factory, ParamSchema, ParamSpec, ParamType, Params, Scope, Value};
-use arcana::postgres::sql::{NestedSpec, SqlGraph, Statement};
+use arcana::postgres::sql::Statement;
+use arcana::postgres::sql_graph::{NestedSpec, SqlGraph};
 use common::*;
 
 const SQL: &str = r#"

@@ -12,6 +12,8 @@ pub mod rls;
 mod row_change;
 pub mod sink;
 pub mod sql;
+pub mod sql_graph;
+pub mod sql_mutation;
 pub mod tls;
 pub mod triggers;
 pub mod values;

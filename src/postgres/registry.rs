@@ -10,9 +10,9 @@ use deadpool_postgres::Pool;
 
 use super::catalog::check_key;
 use super::context::TxContext;
-use super::sql::{
-    ChangeSpec, NestedSpec, SqlGraph, SqlMutation, Statement, USER_PARAM, WORKSPACE_PARAM,
-};
+use super::sql::{Statement, USER_PARAM, WORKSPACE_PARAM};
+use super::sql_graph::{NestedSpec, SqlGraph};
+use super::sql_mutation::{ChangeSpec, SqlMutation};
 use crate::config::{
     Config, GraphConfig, MutationConfig, ParamConfig, RouteConfig, SqlList, WindowConfig,
 };

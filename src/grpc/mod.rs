@@ -5,8 +5,10 @@ pub mod caller;
 pub mod codec;
 pub mod limits;
 pub mod listener;
+mod requests;
 pub mod server;
 pub mod service;
+mod stream;
 pub mod tls;
 
 pub use limits::{IpNet, Limits};

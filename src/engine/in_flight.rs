@@ -77,27 +77,7 @@ impl Drop for Evaluating<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::identity::Scope;
-    use crate::engine::params::Params;
-    use crate::engine::registry::GraphDef;
-    use crate::engine::result::GraphResult;
-    use crate::engine::view::ViewKey;
-
-    fn view(graph: &str) -> Arc<View> {
-        let g = GraphDef::new(graph, |_s: Scope, _p: Params| async {
-            Ok(GraphResult::new())
-        });
-        let key = ViewKey {
-            graph: graph.into(),
-            params: String::new(),
-            scope: Scope {
-                workspace_id: "w".into(),
-                user_id: None,
-                role: None,
-            },
-        };
-        View::new(key, Arc::new(g), Params::default())
-    }
+    use crate::engine::testing::view;
 
     #[test]
     fn a_view_stays_in_flight_until_every_holder_lets_go() {

@@ -29,6 +29,8 @@ mod sink;
 pub mod stats;
 pub mod store;
 mod subscribe;
+#[cfg(test)]
+mod testing;
 pub mod value;
 pub mod view;
 pub mod window;

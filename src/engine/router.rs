@@ -127,3 +127,109 @@ pub(crate) fn affected(inner: &Reach<'_>, batches: &[ChangeBatch]) -> Affected {
         .collect();
     (full.into_values().collect(), patched)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::engine::registry::Change;
+    use crate::engine::testing::{graph, view_in};
+
+    /// The engine's parts the router reads, with `views` live.
+    struct Parts {
+        registry: Registry,
+        views: Mutex<Views>,
+        store: Mutex<Store>,
+        in_flight: InFlight,
+        stats: Stats,
+    }
+
+    impl Parts {
+        fn new(views: &[&Arc<View>]) -> Parts {
+            let mut registry = Registry::new();
+            registry.register(graph("tasks", "tasks")).unwrap();
+            registry.register(graph("users", "users")).unwrap();
+            let mut index = Views::default();
+            for v in views {
+                index.insert((*v).clone());
+            }
+            Parts {
+                registry,
+                views: Mutex::new(index),
+                store: Mutex::default(),
+                in_flight: InFlight::default(),
+                stats: Stats::default(),
+            }
+        }
+
+        /// The ids of the views `changes` reach (full evaluations).
+        fn reached(&self, batch: ChangeBatch) -> Vec<String> {
+            let reach = Reach {
+                registry: &self.registry,
+                views: &self.views,
+                store: &self.store,
+                in_flight: &self.in_flight,
+                stats: &self.stats,
+            };
+            let (full, patched) = affected(&reach, &[batch]);
+            assert!(patched.is_empty());
+            let mut ids: Vec<String> = full
+                .iter()
+                .map(|v| format!("{}@{}", v.key.graph, v.key.scope.workspace_id))
+                .collect();
+            ids.sort();
+            ids
+        }
+    }
+
+    fn batch(changes: Vec<Change>) -> ChangeBatch {
+        ChangeBatch::new(changes, None)
+    }
+
+    #[test]
+    fn a_change_reaches_the_views_of_the_graphs_reading_its_table() {
+        let (t1, t2, u) = (
+            view_in("tasks", "w1"),
+            view_in("tasks", "w2"),
+            view_in("users", "w1"),
+        );
+        let parts = Parts::new(&[&t1, &t2, &u]);
+        assert_eq!(
+            parts.reached(batch(vec![Change::row("tasks", "1", ["title"])])),
+            ["tasks@w1", "tasks@w2"]
+        );
+        assert!(parts
+            .reached(batch(vec![Change::table("projects")]))
+            .is_empty());
+        assert_eq!(parts.stats.changes.get(), 2);
+    }
+
+    #[test]
+    fn a_change_known_to_one_workspace_reaches_only_its_views() {
+        let (t1, t2) = (view_in("tasks", "w1"), view_in("tasks", "w2"));
+        let parts = Parts::new(&[&t1, &t2]);
+        let mut c = Change::row("tasks", "1", ["title"]);
+        c.workspace = Some("w2".into());
+        assert_eq!(parts.reached(batch(vec![c])), ["tasks@w2"]);
+    }
+
+    #[test]
+    fn a_batch_after_an_outage_reaches_every_view() {
+        let (t, u) = (view_in("tasks", "w1"), view_in("users", "w2"));
+        let parts = Parts::new(&[&t, &u]);
+        let mut b = batch(Vec::new());
+        b.everything = true;
+        assert_eq!(parts.reached(b), ["tasks@w1", "users@w2"]);
+    }
+
+    #[test]
+    fn a_view_is_reached_once_however_many_changes_touch_it() {
+        let t = view_in("tasks", "w1");
+        let parts = Parts::new(&[&t]);
+        let changes = (0..5)
+            .map(|i| Change::row("tasks", &i.to_string(), ["title"]))
+            .collect();
+        assert_eq!(parts.reached(batch(changes)), ["tasks@w1"]);
+    }
+}

@@ -494,3 +494,84 @@ impl Sink<View> for Session {
         Session::take_resync(self, view)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testing::{diff, snapshot, view};
+
+    fn session(capacity: usize) -> Session {
+        let identity = Identity::new("u", "w");
+        Session::new("s".into(), identity, capacity, Arc::new(Stats::default()))
+    }
+
+    fn attach(s: &Session, v: &Arc<View>) {
+        let first = Attached::Snapshot {
+            reply: None,
+            snapshot: snapshot(v, 1),
+        };
+        assert!(s.attach(v.clone(), false, first));
+    }
+
+    fn versions(s: &Session) -> Vec<u64> {
+        std::iter::from_fn(|| s.try_next_frame().map(|(f, _)| f.version)).collect()
+    }
+
+    #[tokio::test]
+    async fn frames_of_held_views_queue_in_order_and_others_are_dropped() {
+        let s = session(8);
+        let (held, other) = (view("held"), view("other"));
+        attach(&s, &held);
+        // The snapshot goes out first, on its own.
+        match s.next().await {
+            Some(Outbound::Frame(f, None)) => assert_eq!(f.version, 1),
+            _ => panic!("the snapshot comes first"),
+        }
+        s.push_frames([diff(&held, 2), diff(&other, 7), diff(&held, 3)]);
+        assert_eq!(versions(&s), [2, 3]);
+        assert_eq!(s.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_its_frames_and_owes_each_view_a_snapshot() {
+        let s = session(2);
+        let (a, b) = (view("a"), view("b"));
+        attach(&s, &a);
+        attach(&s, &b);
+        s.push_message(Bytes::from_static(b"reply")).unwrap();
+        s.push_frames([diff(&a, 2), diff(&b, 2), diff(&a, 3)]);
+        assert_eq!(s.overflows(), 1);
+        assert!(s.owes_snapshot(&a) && s.owes_snapshot(&b));
+        // Replies are never dropped; the frames are.
+        assert!(matches!(s.next().await, Some(Outbound::Message(_))));
+        assert!(versions(&s).is_empty());
+        // Frames of a view owed a snapshot wait for it.
+        s.push_frame(diff(&a, 4));
+        assert!(versions(&s).is_empty());
+        assert!(s.take_resync(&a));
+        assert!(!s.take_resync(&a), "taken once");
+        assert!(s.owes_snapshot(&b));
+    }
+
+    #[test]
+    fn a_closed_session_takes_nothing() {
+        let s = session(4);
+        let v = view("v");
+        let closed = s.close();
+        assert!(closed.is_empty());
+        let first = Attached::CatchUp(Vec::new());
+        assert!(!s.attach(v.clone(), false, first));
+        assert_eq!(s.push_message(Bytes::new()), Err(QueueError::Closed));
+        assert!(!s.move_subscription(&"v".into(), v, diff(&view("v"), 2)));
+    }
+
+    #[test]
+    fn subscriptions_are_capped_counting_those_in_progress() {
+        let s = session(4);
+        assert!(matches!(s.reserve("a", 2), Ok(None)));
+        assert!(matches!(s.reserve("b", 2), Ok(None)));
+        assert!(matches!(s.reserve("c", 2), Err(Reserve::Full(2))));
+        s.release_reservation();
+        assert!(matches!(s.reserve("c", 2), Ok(None)));
+    }
+}

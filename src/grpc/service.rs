@@ -109,6 +109,21 @@ impl Service {
         Ok(s)
     }
 
+    /// The response stream of `session`, batched and split as configured.
+    fn stream(
+        &self,
+        session: Arc<Session>,
+        lease: Lease,
+        fail: Option<oneshot::Receiver<Status>>,
+        reader: Option<tokio::task::JoinHandle<()>>,
+    ) -> WireStream {
+        let sizes = Sizes {
+            batch_bytes: self.batch_bytes,
+            part_bytes: self.part_bytes,
+        };
+        session_stream(&self.engine, sizes, session, lease, fail, reader)
+    }
+
     fn open(&self, creds: Credentials) -> Result<(Arc<Session>, Lease), Status> {
         if creds.expires_at.is_some_and(|t| t <= SystemTime::now()) {
             return Err(expired());
@@ -193,12 +208,7 @@ impl ArcanaService for Service {
                 }
             }
         });
-        Ok(Response::new(session_stream(
-            &self.engine,
-            Sizes {
-                batch_bytes: self.batch_bytes,
-                part_bytes: self.part_bytes,
-            },
+        Ok(Response::new(self.stream(
             session,
             lease,
             Some(fail_rx),
@@ -217,17 +227,7 @@ impl ArcanaService for Service {
         let creds = self.credentials(&req).await?;
         let (session, lease) = self.open(creds)?;
         tracing::Span::current().record("session.id", &*session.id);
-        Ok(Response::new(session_stream(
-            &self.engine,
-            Sizes {
-                batch_bytes: self.batch_bytes,
-                part_bytes: self.part_bytes,
-            },
-            session,
-            lease,
-            None,
-            None,
-        )))
+        Ok(Response::new(self.stream(session, lease, None, None)))
     }
 
     #[tracing::instrument(

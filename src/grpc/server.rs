@@ -60,13 +60,25 @@ pub struct ServeOptions {
 /// Adds one service to the server's routes, given the largest request
 /// message the server accepts. The layers above `grpc` (the offline
 /// service) mount themselves through this, so `grpc` needs none of them.
+/// Its calls are authenticated like the Arcana service's.
 #[derive(Clone)]
-pub struct Mount(Arc<dyn Fn(Routes, usize) -> Routes + Send + Sync>);
+pub struct Mount {
+    add: Arc<dyn Fn(Routes, usize) -> Routes + Send + Sync>,
+    /// The full gRPC name of the service it adds.
+    service: &'static str,
+}
 
 impl Mount {
-    /// A mount from the function that adds the service.
-    pub fn new(add: impl Fn(Routes, usize) -> Routes + Send + Sync + 'static) -> Mount {
-        Mount(Arc::new(add))
+    /// A mount of the service named `service` (its full gRPC name), from
+    /// the function that adds it.
+    pub fn new(
+        service: &'static str,
+        add: impl Fn(Routes, usize) -> Routes + Send + Sync + 'static,
+    ) -> Mount {
+        Mount {
+            add: Arc::new(add),
+            service,
+        }
     }
 }
 
@@ -305,7 +317,7 @@ pub async fn serve(
         .as_ref()
         .map(|(_, task)| AbortOnDrop(task.abort_handle()));
     let svc = ArcanaServiceServer::new(
-        Service::new(engine, auth)
+        Service::new(engine, auth.clone())
             .with_batch_bytes(opts.max_batch_bytes)
             .with_part_bytes(opts.snapshot_part_bytes)
             .with_limits(opts.limits),
@@ -333,8 +345,10 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(|e| e.to_string())?;
     let mut routes = Routes::new(svc);
+    let mut authenticated = vec![crate::proto::ARCANA_SERVICE];
     for m in &opts.mounts {
-        routes = (m.0)(routes, opts.max_message_bytes);
+        routes = (m.add)(routes, opts.max_message_bytes);
+        authenticated.push(m.service);
     }
     let routes = routes
         .add_service(health_svc)
@@ -346,6 +360,7 @@ pub async fn serve(
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(crate::ops::metrics::GrpcCodesLayer)
         .layer(OversizedLayer)
+        .layer(super::caller::AuthLayer::new(auth.clone(), &authenticated))
         .service(routes);
     let svc = CallLimit {
         inner: BoxInner::new(layered),

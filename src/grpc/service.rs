@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::caller::identify_call;
+use super::caller::credentials;
 use super::codec::{Inbound, LazySync};
 use super::limits::{Limits, SessionCounts};
 use super::requests::*;
@@ -71,7 +71,7 @@ impl Service {
     }
 
     async fn credentials<T>(&self, req: &Request<T>) -> Result<Credentials, Status> {
-        identify_call(&*self.auth, req).await
+        credentials(&*self.auth, req).await
     }
 
     async fn identity<T>(&self, req: &Request<T>) -> Result<Identity, Status> {

@@ -37,7 +37,8 @@ impl Offline {
     /// This service as a mount of the gRPC server, next to the Arcana
     /// service.
     pub fn mount(self) -> crate::grpc::server::Mount {
-        crate::grpc::server::Mount::new(move |routes, max_message_bytes| {
+        let name = <offline_service_server::OfflineServiceServer<Offline> as tonic::server::NamedService>::NAME;
+        crate::grpc::server::Mount::new(name, move |routes, max_message_bytes| {
             routes.add_service(
                 offline_service_server::OfflineServiceServer::new(self.clone())
                     .max_decoding_message_size(max_message_bytes),

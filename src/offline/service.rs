@@ -11,7 +11,7 @@ use super::scopes::{check_own, scopes_of};
 use super::snapshot::Cursor;
 use super::state::{check_client, db_status, Offline, PROTOCOL_VERSION};
 use crate::engine::Identity;
-use crate::grpc::caller::identify_call;
+use crate::grpc::caller::credentials;
 use crate::proto as pb;
 use crate::wire::status::status;
 
@@ -28,7 +28,7 @@ const MAX_CLIENT_TEXT: usize = 64;
 
 impl Offline {
     async fn caller<T>(&self, req: &Request<T>) -> Result<Identity, Status> {
-        Ok(identify_call(&*self.inner.auth, req).await?.identity)
+        Ok(credentials(&*self.inner.auth, req).await?.identity)
     }
 }
 

@@ -203,7 +203,8 @@ describe("offline stores in Node", () => {
     await eventually("the psql write on B", () => body(b, "41") === "from psql");
     await a.insert("offline_notes", { id: 40, workspace_id: "acme", body: "live from A" });
     await eventually("A's write on B", () => body(b, "40") === "live from A");
-    assert.equal(a.pendingCount(), 0);
+    // B can pull the write before A has recorded the server's answer to it.
+    await eventually("A's push answered", () => a.pendingCount() === 0);
     await a.stop();
     await b.stop();
   });
@@ -254,36 +255,49 @@ describe("offline stores in Node", () => {
     for (let i = 80; i < 87; i++) {
       await server.sql("INSERT INTO offline_notes (id, workspace_id, body) VALUES ($1, 'acme', $2)", [i, `row ${i}`]);
     }
-    const cursors: string[] = [];
-    let broken = false;
+    // Every Snapshot call: the cursor it sent, the chunks it got, how it ended.
+    type Call = { cursor: string; chunks: { cursor: string; last: boolean; rows: string[] }[]; error?: ConnectError };
+    type Chunk = { cursor: string; last: boolean; rows: { table: string; id: string }[] };
+    const calls: Call[] = [];
     // Breaks the first Snapshot stream after one chunk, as a dropped
     // connection would.
     const breaker: Interceptor = (next) => async (req) => {
       if (req.method.name !== "Snapshot" || !req.stream) return next(req);
+      const call: Call = { cursor: "", chunks: [] };
+      const first = calls.push(call) === 1;
       const sent = req.message as AsyncIterable<{ cursor: string }>;
-      const res = await next({
-        ...req,
-        message: (async function* () {
-          for await (const m of sent) {
-            cursors.push(m.cursor);
-            yield m;
-          }
-        })(),
-      } as typeof req);
+      let res;
+      try {
+        res = await next({
+          ...req,
+          message: (async function* () {
+            for await (const m of sent) {
+              call.cursor = m.cursor;
+              yield m;
+            }
+          })(),
+        } as typeof req);
+      } catch (e) {
+        call.error = ConnectError.from(e);
+        throw e;
+      }
       if (!res.stream) return res;
-      const inner = res.message;
-      const first = !broken;
-      broken = true;
+      const inner = res.message as AsyncIterable<Chunk>;
       return {
         ...res,
         message: (async function* () {
-          let n = 0;
-          for await (const m of inner) {
-            yield m;
-            if (first && ++n === 1) throw new ConnectError("connection dropped", Code.Unavailable);
+          try {
+            for await (const m of inner) {
+              call.chunks.push({ cursor: m.cursor, last: m.last, rows: m.rows.map((r) => `${r.table}/${r.id}`) });
+              yield m;
+              if (first) throw new ConnectError("connection dropped", Code.Unavailable);
+            }
+          } catch (e) {
+            call.error = ConnectError.from(e);
+            throw e;
           }
         })(),
-      };
+      } as typeof res;
     };
     const d = await Store.open({
       transport: createGrpcTransport({ baseUrl: server.baseUrl, interceptors: [breaker] }),
@@ -294,9 +308,28 @@ describe("offline stores in Node", () => {
     });
     open.push(d);
     await d.sync();
-    assert.equal(cursors.length, 2, "one snapshot call, then one resumed call");
-    assert.equal(cursors[0], "");
-    assert.notEqual(cursors[1], "");
+    const [broken, ...later] = calls;
+    const done = later.pop();
+    assert.ok(broken && done, `a broken call and a resumed one, got ${calls.length} calls`);
+    assert.equal(broken.cursor, "");
+    assert.equal(broken.chunks.length, 1);
+    assert.equal(broken.error?.rawMessage, "connection dropped");
+    const from = broken.chunks[0]!.cursor;
+    assert.notEqual(from, "");
+    // The server frees the broken stream's place (one open snapshot per
+    // client) only once it has noticed the stream is gone; a resume that
+    // arrives before that is refused, and retried with the same cursor.
+    for (const r of later) {
+      assert.equal(r.cursor, from, "a refused resume keeps the cursor");
+      assert.equal(r.error?.code, Code.ResourceExhausted, String(r.error));
+      assert.match(r.error.rawMessage, /max_snapshots_per_client/);
+      assert.equal(r.chunks.length, 0);
+    }
+    assert.equal(done.cursor, from, "resumed from the first chunk's cursor");
+    assert.equal(done.error, undefined);
+    assert.equal(done.chunks.at(-1)?.last, true);
+    const resent = done.chunks.flatMap((c) => c.rows).filter((r) => broken.chunks[0]!.rows.includes(r));
+    assert.deepEqual(resent, [], "the rows of the first chunk are not sent again");
     const want = (await server.sql("SELECT id::text, body FROM offline_notes WHERE workspace_id = 'acme' ORDER BY offline_notes.id")).rows;
     const got = d
       .rows("offline_notes")

@@ -2148,6 +2148,89 @@ async fn snapshots_are_capped_per_client_and_per_identity() {
     assert_eq!(read_snapshot(&mut s3).await.len(), 60);
 }
 
+/// A snapshot whose reader goes away frees its slot at once, even while
+/// its next query waits (here on a lock), so the resume from its cursor
+/// is not refused.
+#[tokio::test]
+async fn a_cancelled_snapshot_frees_its_slot_while_its_query_waits() {
+    let h = harness_with(|c| {
+        c.offline.snapshot_chunk_rows = 1;
+        c.offline.snapshot_stall_ms = 200;
+    })
+    .await;
+    // More than a client's HTTP/2 windows hold: the server reads on only
+    // as the client takes chunks.
+    big_notes(&h, 120, 64).await;
+    let mut a1 = Device::new(&h, "dev-alice", "a1").await;
+    let mut s1 = open_snapshot(&mut a1).await.unwrap();
+    let first = tokio::time::timeout(WAIT, s1.next())
+        .await
+        .expect("a first chunk in time")
+        .expect("a first chunk")
+        .unwrap();
+    assert!(!first.last);
+    // The reader stalls, so the snapshot gives its transaction back...
+    let deadline = std::time::Instant::now() + WAIT;
+    while h
+        .query_i64(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        )
+        .await
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the snapshot never stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and the rows table is held, so its next query will wait.
+    let (locker, conn) = tokio_postgres::connect(&h.db_url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE arcana_offline.rows IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let reading = tokio::spawn(async move { while let Some(Ok(_)) = s1.next().await {} });
+    let deadline = std::time::Instant::now() + WAIT;
+    while h
+        .query_i64(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the snapshot never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The reader leaves while the query waits.
+    reading.abort();
+    let _ = reading.await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut s2 = loop {
+        match open_snapshot(&mut a1).await {
+            Ok(s) => break s,
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{}", e.message());
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the left snapshot kept its slot while its query waited"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    locker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(read_snapshot(&mut s2).await.len(), 120);
+}
+
 /// Pull and Snapshot run as the caller, so row-level security applies to
 /// them as to pushes, graphs and mutations.
 #[tokio::test]

@@ -107,7 +107,9 @@ pub fn take_slot(o: &Offline, id: &Identity, client_id: &str) -> Result<Held, St
 }
 
 /// Streams the snapshot of `scopes` into `tx` as `who`, holding `slot`
-/// until it ends.
+/// until it ends or its reader goes away. A reader that leaves (a broken
+/// stream, soon resumed from its cursor) frees the slot at once, not once
+/// a query in flight returns: the resume would otherwise be refused.
 pub async fn run(
     o: Offline,
     who: Identity,
@@ -116,8 +118,15 @@ pub async fn run(
     slot: Held,
     tx: mpsc::Sender<Result<pb::SnapshotChunk, Status>>,
 ) {
-    if let Err(e) = stream(&o, &who, scopes, cursor, &tx).await {
-        let _ = tx.send(Err(e)).await;
+    tokio::select! {
+        r = stream(&o, &who, scopes, cursor, &tx) => {
+            if let Err(e) = r {
+                let _ = tx.send(Err(e)).await;
+            }
+        }
+        // Dropping the snapshot's future drops its transaction, which
+        // rolls back on its connection.
+        _ = tx.closed() => {}
     }
     drop(slot);
 }

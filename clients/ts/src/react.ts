@@ -7,6 +7,7 @@ import {
   useCallback,
   useContext,
   useEffect,
+  useMemo,
   useRef,
   useState,
   useSyncExternalStore,
@@ -36,8 +37,9 @@ import {
   clientStatus,
   onClientStatus,
 } from "./view.js";
-import { type WindowOptions, type WindowSpec, windowKey, windowSpec } from "./window.js";
+import { type WindowOptions, windowKey, windowSpec } from "./window.js";
 import type { ReanchorOptions, WindowSnapshot, WindowView } from "./window-view.js";
+import { emptyWindow, moveRunner, placeAt, windowMoves } from "./window-state.js";
 
 const ClientContext = createContext<AnyClient | null>(null);
 
@@ -157,11 +159,6 @@ export interface WindowState<T> extends WindowSnapshot<T> {
   handle: WindowView<T> | null;
 }
 
-/** The state of a window before it exists (no graph yet). */
-function emptyWindow(window: WindowSpec): WindowSnapshot<never> {
-  return Object.freeze({ ...EMPTY, hasBefore: false, hasAfter: false, window, moving: false });
-}
-
 /**
  * A live window over an ordered graph while the component is mounted (see
  * `client.window`). The first `options` place the window; when they change
@@ -214,25 +211,11 @@ export function useWindow<T = Item>(...args: unknown[]): WindowState<T> {
     return () => h.close();
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [client, key]);
-  const run = useCallback(
-    async (move: (h: WindowView<T>) => Promise<WindowSnapshot<T>>) => {
-      if (!handle) return undefined;
-      try {
-        const s = await move(handle);
-        setMoveError(undefined);
-        return s;
-      } catch (err) {
-        setMoveError(err as ArcanaError);
-        return undefined;
-      }
-    },
-    [handle],
-  );
+  const run = useMemo(() => moveRunner(() => handle, (_h, error) => setMoveError(error)), [handle]);
   useEffect(() => {
     if (!handle || placed.current === where) return;
     placed.current = where;
-    const w = latest.current.spec;
-    void run((h) => h.reanchor(w.cursor, { limit: w.limit, direction: w.direction, inclusive: w.inclusive }));
+    void run(placeAt(latest.current.spec));
   }, [handle, where, run]);
   const subscribe = useCallback((cb: () => void) => (handle ? handle.subscribe(cb) : () => {}), [handle]);
   const empty = useRef(emptyWindow(spec));
@@ -241,13 +224,8 @@ export function useWindow<T = Item>(...args: unknown[]): WindowState<T> {
     [handle],
   );
   const snap = useSyncExternalStore(subscribe, get, get);
-  const loadMore = useCallback((n: number) => run((h) => h.loadMore(n)), [run]);
-  const loadPrevious = useCallback((n: number) => run((h) => h.loadPrevious(n)), [run]);
-  const reanchor = useCallback(
-    (cursor: readonly ParamValue[], o?: ReanchorOptions) => run((h) => h.reanchor(cursor, o)),
-    [run],
-  );
-  return { ...snap, error: snap.error ?? moveError, loadMore, loadPrevious, reanchor, handle };
+  const moves = useMemo(() => windowMoves(run), [run]);
+  return { ...snap, error: snap.error ?? moveError, ...moves, handle };
 }
 
 export interface MutationState<D, P = Params> {

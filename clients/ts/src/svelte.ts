@@ -29,6 +29,7 @@ import {
 } from "./view.js";
 import { type WindowOptions, windowSpec } from "./window.js";
 import type { ReanchorOptions, WindowSnapshot, WindowView } from "./window-view.js";
+import { emptyWindow, holdWindow } from "./window-state.js";
 
 /** A Svelte readable store. */
 export interface Readable<T> {
@@ -50,30 +51,55 @@ export function viewStore<S extends SchemaShape, G extends GraphName<S>>(
 ): ViewStore<GraphItem<S, G>>;
 export function viewStore<T>(c: AnyClient, graph: string, params: unknown = {}): ViewStore<any> {
   const client = untyped(c);
-  const runs = new Set<(s: ViewSnapshot<T>) => void>();
   let view: LiveView<T> | undefined;
   let off: (() => void) | undefined;
+  const store = sharedStore<ViewSnapshot<T>>(
+    () => {
+      view = client.view<T>(graph, params as Params);
+      off = view.subscribe(store.emit);
+    },
+    () => {
+      off?.();
+      view?.close();
+      view = undefined;
+      off = undefined;
+    },
+    () => view?.snapshot,
+  );
   return {
     get view() {
       return view;
     },
+    subscribe: store.subscribe,
+  };
+}
+
+/**
+ * A store over a source that `open` starts with the first subscriber and
+ * `close` stops after the last; `current` is its state while open and
+ * `undefined` while closed. The source calls `emit` at once (views and
+ * windows do): that first call reaches the first subscriber too, later ones
+ * get `current()`.
+ */
+function sharedStore<S>(
+  open: () => void,
+  close: () => void,
+  current: () => S | undefined,
+): Readable<S> & { emit(s: S): void } {
+  const runs = new Set<(s: S) => void>();
+  const emit = (s: S) => {
+    for (const r of [...runs]) r(s);
+  };
+  return {
+    emit,
     subscribe(run) {
       runs.add(run);
-      if (!view) {
-        view = client.view<T>(graph, params as Params);
-        // The view calls back at once: that first call reaches `run` too.
-        off = view.subscribe((s) => {
-          for (const r of [...runs]) r(s);
-        });
-      } else {
-        run(view.snapshot);
-      }
+      const now = current();
+      if (now === undefined) open();
+      else run(now);
       return () => {
         if (!runs.delete(run) || runs.size > 0) return;
-        off?.();
-        view?.close();
-        view = undefined;
-        off = undefined;
+        close();
       };
     },
   };
@@ -170,60 +196,24 @@ export function windowStore<T>(
   const client = untyped(c);
   // Checked now: bad options throw where the store is made.
   const spec = windowSpec(options);
-  const runs = new Set<(s: WindowSnapshot<T>) => void>();
-  let handle: WindowView<T> | undefined;
-  let off: (() => void) | undefined;
-  let moveError: ArcanaError | undefined;
-  let state: WindowSnapshot<T> = Object.freeze({ ...EMPTY, hasBefore: false, hasAfter: false, window: spec, moving: false });
-  const publish = () => {
-    if (!handle) return;
-    const snap = handle.snapshot;
-    state = moveError && !snap.error ? Object.freeze({ ...snap, error: moveError }) : snap;
-    for (const r of [...runs]) r(state);
-  };
-  const run = async (move: (h: WindowView<T>) => Promise<WindowSnapshot<T>>) => {
-    const h = handle;
-    if (!h) return undefined;
-    try {
-      const s = await move(h);
-      if (handle === h && moveError) {
-        moveError = undefined;
-        publish();
-      }
-      return s;
-    } catch (err) {
-      if (handle === h) {
-        moveError = err as ArcanaError;
-        publish();
-      }
-      return undefined;
-    }
-  };
+  let state: WindowSnapshot<T> = emptyWindow(spec);
+  const held = holdWindow<T>(() => {
+    const snap = held.snapshot();
+    if (!snap) return;
+    state = snap;
+    store.emit(state);
+  });
+  const store = sharedStore<WindowSnapshot<T>>(
+    () => held.hold(client.window<T>(graph, params as Params, spec)),
+    held.close,
+    () => (held.handle ? state : undefined),
+  );
   return {
     get handle() {
-      return handle;
+      return held.handle ?? undefined;
     },
-    subscribe(run) {
-      runs.add(run);
-      if (!handle) {
-        handle = client.window<T>(graph, params as Params, spec);
-        // The window calls back at once: that first call reaches `run` too.
-        off = handle.subscribe(publish);
-      } else {
-        run(state);
-      }
-      return () => {
-        if (!runs.delete(run) || runs.size > 0) return;
-        off?.();
-        handle?.close();
-        handle = undefined;
-        off = undefined;
-        moveError = undefined;
-      };
-    },
-    loadMore: (n) => run((h) => h.loadMore(n)),
-    loadPrevious: (n) => run((h) => h.loadPrevious(n)),
-    reanchor: (cursor, o) => run((h) => h.reanchor(cursor, o)),
+    subscribe: store.subscribe,
+    ...held.moves,
   };
 }
 

@@ -29,8 +29,9 @@ import {
 } from "./typed.js";
 import type { FieldValue, ParamValue, Params } from "./values.js";
 import { type ClientStatusSnapshot, type Item, type ViewSnapshot, clientStatus, onClientStatus } from "./view.js";
-import { type WindowOptions, type WindowSpec, windowKey, windowSpec } from "./window.js";
+import { type WindowOptions, windowKey, windowSpec } from "./window.js";
 import type { ReanchorOptions, WindowSnapshot, WindowView } from "./window-view.js";
+import { emptyWindow, holdWindow, placeAt } from "./window-state.js";
 
 const CLIENT: InjectionKey<AnyClient> = Symbol("arcana client");
 
@@ -205,47 +206,15 @@ export function useWindow<T = Item>(...args: unknown[]): ShallowRef<WindowState<
     MaybeRefOrGetter<Params> | undefined,
     MaybeRefOrGetter<WindowOptions> | undefined,
   ];
-  let handle: WindowView<T> | null = null;
-  let off: (() => void) | undefined;
-  let moveError: ArcanaError | undefined;
   let spec = windowSpec(toValue(options) ?? {});
   // The window the handle was last told to be at through `options`.
   let placed = windowKey(spec);
-  const run = async (move: (h: WindowView<T>) => Promise<WindowSnapshot<T>>) => {
-    const h = handle;
-    if (!h) return undefined;
-    try {
-      const s = await move(h);
-      if (handle === h && moveError) {
-        moveError = undefined;
-        publish();
-      }
-      return s;
-    } catch (err) {
-      if (handle === h) {
-        moveError = err as ArcanaError;
-        publish();
-      }
-      return undefined;
-    }
-  };
-  const calls = {
-    loadMore: (n: number) => run((h) => h.loadMore(n)),
-    loadPrevious: (n: number) => run((h) => h.loadPrevious(n)),
-    reanchor: (cursor: readonly ParamValue[], o?: ReanchorOptions) => run((h) => h.reanchor(cursor, o)),
-  };
+  const held = holdWindow<T>(publish);
   const state = shallowRef<WindowState<T>>(undefined as unknown as WindowState<T>);
   function publish() {
-    const snap = handle ? handle.snapshot : (emptyWindow(spec) as WindowSnapshot<T>);
-    state.value = Object.freeze({ ...snap, error: snap.error ?? moveError, ...calls, handle });
+    const snap = held.snapshot() ?? (emptyWindow(spec) as WindowSnapshot<T>);
+    state.value = Object.freeze({ ...snap, ...held.moves, handle: held.handle });
   }
-  const close = () => {
-    off?.();
-    handle?.close();
-    off = undefined;
-    handle = null;
-    moveError = undefined;
-  };
   watch(
     () => {
       const g = toValue(graph);
@@ -256,28 +225,19 @@ export function useWindow<T = Item>(...args: unknown[]): ShallowRef<WindowState<
     ([g, p, key, w, where], old) => {
       spec = w;
       if (!old || old[0] !== g || old[2] !== key) {
-        close();
+        held.close();
         placed = where;
-        if (g !== null) {
-          const h = client.window<T>(g, p, w);
-          handle = h;
-          off = h.subscribe(() => publish());
-        }
+        if (g !== null) held.hold(client.window<T>(g, p, w));
         publish();
       } else if (where !== placed) {
         placed = where;
-        void run((h) => h.reanchor(w.cursor, { limit: w.limit, direction: w.direction, inclusive: w.inclusive }));
+        void held.run(placeAt(w));
       }
     },
     { immediate: true },
   );
-  onScopeDispose(close);
+  onScopeDispose(held.close);
   return state;
-}
-
-/** The state of a window before it exists (no graph yet). */
-function emptyWindow(window: WindowSpec): WindowSnapshot<never> {
-  return Object.freeze({ ...EMPTY, hasBefore: false, hasAfter: false, window, moving: false });
 }
 
 /** A row id as `useRow` takes it: the cache's string, or the number a field holds. */

@@ -346,6 +346,7 @@ pub async fn serve(
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(crate::ops::metrics::GrpcCodesLayer)
         .layer(OversizedLayer)
+        .layer(super::deadline::DeadlineLayer)
         .service(routes);
     let svc = CallLimit {
         inner: BoxInner::new(layered),

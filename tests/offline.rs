@@ -2387,3 +2387,98 @@ async fn a_forged_snapshot_cursor_is_refused() {
     let rest = read_snapshot(&mut s).await;
     assert_eq!(rest.len() + first.rows.len(), 5);
 }
+
+/// Holds every update of `lww_notes` for a moment, so two bundles that each
+/// lock their first row have both done so before either wants its second.
+const SLOW_UPDATES: &str = r#"
+CREATE FUNCTION slow_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep(0.3);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_update BEFORE UPDATE ON lww_notes
+    FOR EACH ROW EXECUTE FUNCTION slow_update();
+"#;
+
+async fn deadlocks(h: &Harness) -> i64 {
+    h.query_i64("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        .await
+}
+
+/// Two devices update the same two rows in opposite orders at once: their
+/// transactions deadlock, PostgreSQL aborts one, and the server runs that
+/// bundle again instead of answering ABORTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_that_deadlock_are_retried_and_both_apply() {
+    let h = Harness::with_extra(&format!("{SCHEMA}{SLOW_UPDATES}"), CONFIG, |_| {}).await;
+    h.sql("INSERT INTO lww_notes VALUES ('x', 'acme', 'x0', NULL), ('y', 'acme', 'y0', NULL)")
+        .await;
+    let before = deadlocks(&h).await;
+    let mut a = Device::new(&h, "dev-alice", "dev-a").await;
+    let mut b = Device::new(&h, "dev-alice", "dev-b").await;
+    let bundle = |first: &str, second: &str, title: &str| {
+        vec![
+            note("lww_notes", IntentOp::Update, first, title, 1),
+            note("lww_notes", IntentOp::Update, second, title, 1),
+        ]
+    };
+    let (ra, rb) = tokio::join!(
+        a.push(bundle("x", "y", "from a")),
+        b.push(bundle("y", "x", "from b")),
+    );
+    let ra = ra.unwrap_or_else(|s| panic!("device a: {s:?}"));
+    let rb = rb.unwrap_or_else(|s| panic!("device b: {s:?}"));
+    // The pushes did deadlock (the database counts it; its statistics
+    // arrive a moment later).
+    let start = std::time::Instant::now();
+    while deadlocks(&h).await <= before {
+        assert!(
+            start.elapsed() < WAIT,
+            "the pushes never deadlocked: the test proves nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for r in [&ra, &rb] {
+        assert!(r.applied && !r.replayed, "{r:?}");
+        assert!(
+            r.results
+                .iter()
+                .all(|i| i.status == pb::intent_result::Status::Applied as i32),
+            "{r:?}"
+        );
+    }
+    // Each bundle applied once: both rows carry the title of the same,
+    // later, bundle, each row's version moved by one per bundle, and each
+    // bundle is recorded once.
+    let titles: Vec<String> = {
+        let (c, conn) = tokio_postgres::connect(&h.db_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.query("SELECT title FROM lww_notes ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(titles.len(), 2);
+    assert_eq!(titles[0], titles[1], "one bundle's rows, not a mix");
+    for id in ["x", "y"] {
+        assert_eq!(
+            h.query_i64(&format!(
+                "SELECT version FROM arcana_offline.rows WHERE tbl = 'lww_notes' AND id = '{id}'"
+            ))
+            .await,
+            3,
+            "row {id}"
+        );
+    }
+    assert_eq!(
+        h.query_i64(
+            "SELECT count(*) FROM arcana_offline.bundles WHERE client_id IN ('dev-a', 'dev-b')"
+        )
+        .await,
+        2
+    );
+}

@@ -2405,12 +2405,20 @@ async fn deadlocks(h: &Harness) -> i64 {
         .await
 }
 
-/// Two devices update the same two rows in opposite orders at once: their
-/// transactions deadlock, PostgreSQL aborts one, and the server runs that
-/// bundle again instead of answering ABORTED.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pushes_that_deadlock_are_retried_and_both_apply() {
-    let h = Harness::with_extra(&format!("{SCHEMA}{SLOW_UPDATES}"), CONFIG, |_| {}).await;
+/// Two devices update the same two rows in opposite orders at once, with
+/// `database.mutation_retries = retries`, and their transactions deadlock
+/// (checked); returns both answers.
+async fn deadlocking_pushes(
+    retries: u32,
+) -> (
+    Harness,
+    Result<pb::PushResponse, tonic::Status>,
+    Result<pb::PushResponse, tonic::Status>,
+) {
+    let h = Harness::with_extra(&format!("{SCHEMA}{SLOW_UPDATES}"), CONFIG, |c| {
+        c.database.mutation_retries = retries;
+    })
+    .await;
     h.sql("INSERT INTO lww_notes VALUES ('x', 'acme', 'x0', NULL), ('y', 'acme', 'y0', NULL)")
         .await;
     let before = deadlocks(&h).await;
@@ -2426,8 +2434,6 @@ async fn pushes_that_deadlock_are_retried_and_both_apply() {
         a.push(bundle("x", "y", "from a")),
         b.push(bundle("y", "x", "from b")),
     );
-    let ra = ra.unwrap_or_else(|s| panic!("device a: {s:?}"));
-    let rb = rb.unwrap_or_else(|s| panic!("device b: {s:?}"));
     // The pushes did deadlock (the database counts it; its statistics
     // arrive a moment later).
     let start = std::time::Instant::now();
@@ -2438,6 +2444,16 @@ async fn pushes_that_deadlock_are_retried_and_both_apply() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    (h, ra, rb)
+}
+
+/// A push whose transaction PostgreSQL aborts for a deadlock is run again
+/// instead of answering ABORTED: both bundles apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_that_deadlock_are_retried_and_both_apply() {
+    let (h, ra, rb) = deadlocking_pushes(3).await;
+    let ra = ra.unwrap_or_else(|s| panic!("device a: {s:?}"));
+    let rb = rb.unwrap_or_else(|s| panic!("device b: {s:?}"));
     for r in [&ra, &rb] {
         assert!(r.applied && !r.replayed, "{r:?}");
         assert!(
@@ -2480,5 +2496,39 @@ async fn pushes_that_deadlock_are_retried_and_both_apply() {
         )
         .await,
         2
+    );
+}
+
+/// With no retries left the loser answers ABORTED, saying so, and nothing of
+/// its bundle applies; never INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_that_deadlocks_with_no_retries_left_is_aborted_and_applies_nothing() {
+    let (h, ra, rb) = deadlocking_pushes(0).await;
+    let (won, lost) = match (ra, rb) {
+        (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+        other => panic!("one push wins, the other loses: {other:?}"),
+    };
+    assert!(won.applied, "{won:?}");
+    assert_eq!(lost.code(), Code::Aborted, "{lost:?}");
+    assert!(
+        lost.message().contains("database.mutation_retries = 0"),
+        "{lost:?}"
+    );
+    for id in ["x", "y"] {
+        assert_eq!(
+            h.query_i64(&format!(
+                "SELECT version FROM arcana_offline.rows WHERE tbl = 'lww_notes' AND id = '{id}'"
+            ))
+            .await,
+            2,
+            "row {id}: only the winner applied"
+        );
+    }
+    assert_eq!(
+        h.query_i64(
+            "SELECT count(*) FROM arcana_offline.bundles WHERE client_id IN ('dev-a', 'dev-b')"
+        )
+        .await,
+        1
     );
 }

@@ -348,9 +348,11 @@ impl App {
                     Duration::from_millis(config.admin.ready_interval_ms.max(10)),
                 )
                 .await;
+                let at = socket.local_addr().map_err(|e| e.to_string())?;
+                // Another process may have bound the port meanwhile too.
                 socket
                     .listen(BACKLOG)
-                    .map_err(|e| format!("cannot listen: {e}"))?
+                    .map_err(|e| format!("cannot listen on {at}: {e}"))?
             }
         };
         let addr = listener.local_addr().map_err(|e| e.to_string())?;

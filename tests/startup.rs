@@ -115,39 +115,112 @@ async fn demo_port_accepts_only_once_the_demo_answers() {
     terminate(child).await;
 }
 
+/// A WAL-mode config on its own slot, in a temporary folder.
+struct WalConfig {
+    dir: std::path::PathBuf,
+    path: std::path::PathBuf,
+    slot: String,
+}
+
+impl WalConfig {
+    fn new() -> WalConfig {
+        let slot = format!("slot_{:016x}", rand::random::<u64>());
+        let dir =
+            std::env::temp_dir().join(format!("arcana-startup-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("arcana.toml");
+        // WAL mode: ready only once the replication stream runs.
+        std::fs::write(
+            &path,
+            format!("{DEMO_CONFIG}\n[changes]\nmode = \"wal\"\nslot = \"{slot}\"\n"),
+        )
+        .unwrap();
+        WalConfig { dir, path, slot }
+    }
+
+    fn serve(&self, db: &str, addr: &str) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_arcana"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.path)
+            .args(["--listen", addr, "--database-url", db])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    /// Removes the folder and the slot (the shared cluster keeps none).
+    async fn remove(self, db: &str) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let drop = format!("SELECT pg_drop_replication_slot('{}')", self.slot);
+        let start = Instant::now();
+        while arcana::postgres::execute_script(db, &drop).await.is_err() {
+            assert!(start.elapsed() < WAIT, "slot {} not dropped", self.slot);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_port_accepts_only_once_the_server_is_ready() {
     let db = fresh_database().await;
-    let slot = format!("slot_{:016x}", rand::random::<u64>());
-    let dir = std::env::temp_dir().join(format!("arcana-startup-{:016x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("arcana.toml");
-    // WAL mode: ready only once the replication stream runs.
-    std::fs::write(
-        &config,
-        format!("{DEMO_CONFIG}\n[changes]\nmode = \"wal\"\nslot = \"{slot}\"\n"),
-    )
-    .unwrap();
+    let config = WalConfig::new();
     let addr = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_arcana"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .args(["--listen", &addr, "--database-url", &db])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = config.serve(&db, &addr);
     wait_for_port(&mut child, &addr).await;
     first_calls_succeed(&addr).await;
     terminate(child).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    // The shared cluster keeps no slot of this test.
-    let drop = format!("SELECT pg_drop_replication_slot('{slot}')");
+    config.remove(&db).await;
+}
+
+/// A server that cannot become ready (its slot streams to another one)
+/// still opens its port once built, after a bounded wait, and answers,
+/// reporting NOT_SERVING.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stays_not_ready_still_opens_its_port() {
+    let db = fresh_database().await;
+    let config = WalConfig::new();
+    let first_addr = free_port();
+    let mut first = config.serve(&db, &first_addr);
+    wait_for_port(&mut first, &first_addr).await;
+    first_calls_succeed(&first_addr).await;
+
+    // Same slot: it never streams while the first one runs.
+    let addr = free_port();
+    let mut second = config.serve(&db, &addr);
     let start = Instant::now();
-    while arcana::postgres::execute_script(&db, &drop).await.is_err() {
-        assert!(start.elapsed() < WAIT, "slot {slot} not dropped");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_port(&mut second, &addr).await;
+    assert!(
+        start.elapsed() >= Duration::from_secs(4),
+        "opened after {:?}, before the readiness wait ran out",
+        start.elapsed()
+    );
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(DescribeRequest {});
+    req.metadata_mut()
+        .insert("authorization", "Bearer dev-alice".parse().unwrap());
+    ArcanaServiceClient::new(channel.clone())
+        .describe(req)
+        .await
+        .expect("a server that is not ready still answers");
+    let health = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "arcana.v1.ArcanaService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ServingStatus::try_from(health.status).unwrap(),
+        ServingStatus::NotServing
+    );
+    terminate(second).await;
+    terminate(first).await;
+    config.remove(&db).await;
 }

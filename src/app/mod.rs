@@ -158,6 +158,13 @@ async fn start_source(
 /// [`App::start_bound`] (what `TcpListener::bind` uses).
 const BACKLOG: u32 = 1024;
 
+/// Longest wait for readiness before [`App::start_bound`] opens the port
+/// anyway. A server that is built answers calls; what it may still lack is
+/// the change stream (its replication slot held by another instance, say),
+/// and such a server must stay reachable: its health service and `/readyz`
+/// say it is not ready, as before.
+pub const READY_WAIT: Duration = Duration::from_secs(5);
+
 /// The gRPC port: already listening, or bound and opened once ready.
 enum Port {
     Listening(TcpListener),
@@ -207,9 +214,10 @@ impl App {
 
     /// Like [`App::start`] on a socket from [`bind`], which starts listening
     /// only once the server is built and ready (the database answers, the
-    /// change source streams): a client that waits for the port to accept
-    /// is answered from its first call. `arcana serve` and `arcana demo`
-    /// start this way.
+    /// change source streams), or built and still not ready after
+    /// [`READY_WAIT`]: a client that waits for the port to accept is
+    /// answered from its first call. `arcana serve` and `arcana demo` start
+    /// this way.
     pub async fn start_bound(
         config: &Config,
         database_url: &str,
@@ -428,15 +436,24 @@ impl App {
     }
 }
 
-/// Returns once `readiness` holds, checking every `every`.
+/// Returns once `readiness` holds, checking every `every`, or after
+/// [`READY_WAIT`].
 async fn ready(readiness: &Readiness, every: Duration) {
+    let until = tokio::time::Instant::now() + READY_WAIT;
     let mut said = false;
-    while let Err(why) = readiness.refresh().await {
+    loop {
+        let Err(why) = readiness.refresh().await else {
+            return;
+        };
+        if tokio::time::Instant::now() >= until {
+            tracing::warn!(reason = %why, wait = ?READY_WAIT, "still not ready; opening the gRPC port anyway (gRPC health and /readyz report not ready)");
+            return;
+        }
         if !said {
             tracing::info!(reason = %why, "not ready yet; the gRPC port opens when ready");
             said = true;
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep_until(until.min(tokio::time::Instant::now() + every)).await;
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use arcana::app::{App, DEMO_CONFIG, DEMO_SCHEMA};
+use arcana::app::{bind, App, DEMO_CONFIG, DEMO_SCHEMA};
 use arcana::config::{Config, TelemetryConfig};
 use arcana::ops::logs::LogFormat;
 use arcana::ops::telemetry::Telemetry;
@@ -264,12 +264,6 @@ fn start_telemetry(
     }
 }
 
-async fn listen(addr: &str) -> Result<tokio::net::TcpListener, String> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
-}
-
 async fn run_until_ctrl_c(mut app: App) -> Result<(), String> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
@@ -464,7 +458,8 @@ async fn serve(
     }
     let url = database(&config, database_url)?;
     let addr = listen_on.unwrap_or_else(|| config.server.listen.clone());
-    let app = App::start(&config, &url, listen(&addr).await?).await?;
+    // The port is taken now but opens only once the server is ready.
+    let app = App::start_bound(&config, &url, bind(&addr).await?).await?;
     tracing::info!(addr = %app.addr, admin = ?app.admin_addr, "serving");
     run_until_ctrl_c(app).await
 }
@@ -472,7 +467,9 @@ async fn serve(
 async fn demo(database_url: Option<String>, addr: String, admin: String) -> Result<(), String> {
     let mut config = Config::parse(DEMO_CONFIG)?;
     config.server.admin_listen = Some(admin);
-    let listener = listen(&addr).await?;
+    // Taken now (a port in use fails before PostgreSQL starts), open only
+    // once the server is ready.
+    let socket = bind(&addr).await?;
     let (cluster, url) = match database_url {
         Some(url) => (None, url),
         None => {
@@ -486,7 +483,7 @@ async fn demo(database_url: Option<String>, addr: String, admin: String) -> Resu
     arcana::postgres::execute_script(&url, DEMO_SCHEMA)
         .await
         .map_err(|e| format!("loading the demo schema: {e} (an existing database must not already hold the demo tables)"))?;
-    let app = App::start(&config, &url, listener).await?;
+    let app = App::start_bound(&config, &url, socket).await?;
     let admin = app.admin_addr.map(|a| a.to_string()).unwrap_or_default();
     print_tour(&app.addr.to_string(), &admin, &url);
     let r = run_until_ctrl_c(app).await;

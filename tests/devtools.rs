@@ -99,6 +99,21 @@ async fn devtools_data_needs_an_admin_token_and_stays_in_its_workspace() {
     assert_eq!(workspaces(&acme, "sessions"), ["acme"], "{acme}");
     assert!(!acme.to_string().contains("Secret plans"));
     assert_eq!(acme["viewer"]["all_workspaces"], false);
+    assert_eq!(acme["viewer"]["scope"], "workspace acme", "{acme}");
+    // Counters of its workspace only: none of the engine-wide ones, which
+    // would read 0 next to a feed with frames.
+    let counters = acme["counters"].as_object().unwrap();
+    assert_eq!(counters["views"], 1, "{acme}");
+    assert_eq!(counters["sessions"], 1, "{acme}");
+    for global in [
+        "frames",
+        "batches",
+        "changes",
+        "patches",
+        "evaluation_rounds",
+    ] {
+        assert!(!counters.contains_key(global), "{global}: {acme}");
+    }
     assert!(acme["graphs"]
         .as_array()
         .unwrap()
@@ -112,6 +127,20 @@ async fn devtools_data_needs_an_admin_token_and_stays_in_its_workspace() {
     let all = snapshot(admin, "root").await;
     assert_eq!(workspaces(&all, "views"), ["acme", "globex"], "{all}");
     assert_eq!(all["viewer"]["all_workspaces"], true);
+    assert_eq!(all["viewer"]["scope"], "all workspaces", "{all}");
+    let counters = all["counters"].as_object().unwrap();
+    assert_eq!(counters["views"], 2, "{all}");
+    for global in [
+        "frames",
+        "batches",
+        "changes",
+        "patches",
+        "evaluation_rounds",
+    ] {
+        assert!(counters[global].is_u64(), "{global}: {all}");
+    }
+    // The page says which scope it shows.
+    assert!(page.contains("viewer.scope"), "the page shows the scope");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,6 +197,10 @@ async fn devtools_stream_pushes_a_new_version_and_its_frame() {
                     && e["view"].as_str().unwrap().starts_with("project_tasks/")),
                 "{last}"
             );
+            // A workspace admin's frames are in its feed, and no engine-wide
+            // `frames 0` counter contradicts them.
+            assert_eq!(last["viewer"]["scope"], "workspace acme", "{last}");
+            assert!(last["counters"].get("frames").is_none(), "{last}");
             break;
         }
     }

@@ -2470,3 +2470,148 @@ async fn a_forged_snapshot_cursor_is_refused() {
     let rest = read_snapshot(&mut s).await;
     assert_eq!(rest.len() + first.rows.len(), 5);
 }
+
+/// Holds every update of `lww_notes` for a moment, so two bundles that each
+/// lock their first row have both done so before either wants its second.
+const SLOW_UPDATES: &str = r#"
+CREATE FUNCTION slow_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep(0.3);
+    RETURN NEW;
+END $$;
+CREATE TRIGGER slow_update BEFORE UPDATE ON lww_notes
+    FOR EACH ROW EXECUTE FUNCTION slow_update();
+"#;
+
+async fn deadlocks(h: &Harness) -> i64 {
+    h.query_i64("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        .await
+}
+
+/// Two devices update the same two rows in opposite orders at once, with
+/// `database.mutation_retries = retries`, and their transactions deadlock
+/// (checked); returns both answers.
+async fn deadlocking_pushes(
+    retries: u32,
+) -> (
+    Harness,
+    Result<pb::PushResponse, tonic::Status>,
+    Result<pb::PushResponse, tonic::Status>,
+) {
+    let h = Harness::with_extra(&format!("{SCHEMA}{SLOW_UPDATES}"), CONFIG, |c| {
+        c.database.mutation_retries = retries;
+    })
+    .await;
+    h.sql("INSERT INTO lww_notes VALUES ('x', 'acme', 'x0', NULL), ('y', 'acme', 'y0', NULL)")
+        .await;
+    let before = deadlocks(&h).await;
+    let mut a = Device::new(&h, "dev-alice", "dev-a").await;
+    let mut b = Device::new(&h, "dev-alice", "dev-b").await;
+    let bundle = |first: &str, second: &str, title: &str| {
+        vec![
+            note("lww_notes", IntentOp::Update, first, title, 1),
+            note("lww_notes", IntentOp::Update, second, title, 1),
+        ]
+    };
+    let (ra, rb) = tokio::join!(
+        a.push(bundle("x", "y", "from a")),
+        b.push(bundle("y", "x", "from b")),
+    );
+    // The pushes did deadlock (the database counts it; its statistics
+    // arrive a moment later).
+    let start = std::time::Instant::now();
+    while deadlocks(&h).await <= before {
+        assert!(
+            start.elapsed() < WAIT,
+            "the pushes never deadlocked: the test proves nothing"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (h, ra, rb)
+}
+
+/// A push whose transaction PostgreSQL aborts for a deadlock is run again
+/// instead of answering ABORTED: both bundles apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pushes_that_deadlock_are_retried_and_both_apply() {
+    let (h, ra, rb) = deadlocking_pushes(3).await;
+    let ra = ra.unwrap_or_else(|s| panic!("device a: {s:?}"));
+    let rb = rb.unwrap_or_else(|s| panic!("device b: {s:?}"));
+    for r in [&ra, &rb] {
+        assert!(r.applied && !r.replayed, "{r:?}");
+        assert!(
+            r.results
+                .iter()
+                .all(|i| i.status == pb::intent_result::Status::Applied as i32),
+            "{r:?}"
+        );
+    }
+    // Each bundle applied once: both rows carry the title of the same,
+    // later, bundle, each row's version moved by one per bundle, and each
+    // bundle is recorded once.
+    let titles: Vec<String> = {
+        let (c, conn) = tokio_postgres::connect(&h.db_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        c.query("SELECT title FROM lww_notes ORDER BY id", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    assert_eq!(titles.len(), 2);
+    assert_eq!(titles[0], titles[1], "one bundle's rows, not a mix");
+    for id in ["x", "y"] {
+        assert_eq!(
+            h.query_i64(&format!(
+                "SELECT version FROM arcana_offline.rows WHERE tbl = 'lww_notes' AND id = '{id}'"
+            ))
+            .await,
+            3,
+            "row {id}"
+        );
+    }
+    assert_eq!(
+        h.query_i64(
+            "SELECT count(*) FROM arcana_offline.bundles WHERE client_id IN ('dev-a', 'dev-b')"
+        )
+        .await,
+        2
+    );
+}
+
+/// With no retries left the loser answers ABORTED, saying so, and nothing of
+/// its bundle applies; never INTERNAL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_push_that_deadlocks_with_no_retries_left_is_aborted_and_applies_nothing() {
+    let (h, ra, rb) = deadlocking_pushes(0).await;
+    let (won, lost) = match (ra, rb) {
+        (Ok(w), Err(l)) | (Err(l), Ok(w)) => (w, l),
+        other => panic!("one push wins, the other loses: {other:?}"),
+    };
+    assert!(won.applied, "{won:?}");
+    assert_eq!(lost.code(), Code::Aborted, "{lost:?}");
+    assert!(
+        lost.message().contains("database.mutation_retries = 0"),
+        "{lost:?}"
+    );
+    for id in ["x", "y"] {
+        assert_eq!(
+            h.query_i64(&format!(
+                "SELECT version FROM arcana_offline.rows WHERE tbl = 'lww_notes' AND id = '{id}'"
+            ))
+            .await,
+            2,
+            "row {id}: only the winner applied"
+        );
+    }
+    assert_eq!(
+        h.query_i64(
+            "SELECT count(*) FROM arcana_offline.bundles WHERE client_id IN ('dev-a', 'dev-b')"
+        )
+        .await,
+        1
+    );
+}

@@ -129,10 +129,9 @@ async fn run_nodes(
         });
         let mut addr = base;
         addr.set_port(base.port().checked_add(i).ok_or("--listen port too high")?);
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-        apps.push(App::start(&config, url, l).await?);
+        // Each node's port opens once that node is ready.
+        let socket = super::bind(&addr.to_string()).await?;
+        apps.push(App::start_bound(&config, url, socket).await?);
     }
     println!("\nArcana cluster demo: {n} nodes sharing one PostgreSQL and NATS at {nats_url}   (Ctrl-C to stop)\n");
     for (i, a) in apps.iter().enumerate() {

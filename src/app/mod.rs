@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -154,6 +154,53 @@ async fn start_source(
     })
 }
 
+/// Pending connections the kernel queues on a port opened by
+/// [`App::start_bound`] (what `TcpListener::bind` uses).
+const BACKLOG: u32 = 1024;
+
+/// Longest wait for readiness before [`App::start_bound`] opens the port
+/// anyway. A server that is built answers calls; what it may still lack is
+/// the change stream (its replication slot held by another instance, say),
+/// and such a server must stay reachable: its health service and `/readyz`
+/// say it is not ready, as before.
+pub const READY_WAIT: Duration = Duration::from_secs(5);
+
+/// The gRPC port: already listening, or bound and opened once ready.
+enum Port {
+    Listening(TcpListener),
+    Bound(TcpSocket),
+}
+
+/// Binds `addr` without listening yet: the address is taken (a port in use
+/// fails now, before anything slow starts), but connections to it are
+/// refused until [`App::start_bound`] opens it. Tries each address a host
+/// name resolves to, like `TcpListener::bind`.
+pub async fn bind(addr: &str) -> Result<TcpSocket, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("cannot listen on {addr}: {e}");
+    let mut last = None;
+    for at in tokio::net::lookup_host(addr).await.map_err(|e| fail(&e))? {
+        let socket = if at.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        };
+        let bound = socket.and_then(|s| {
+            // As `TcpListener::bind` does: a restart need not wait out TIME_WAIT.
+            s.set_reuseaddr(true)?;
+            s.bind(at)?;
+            Ok(s)
+        });
+        match bound {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => fail(&e),
+        None => fail(&"the address resolves to nothing"),
+    })
+}
+
 impl App {
     /// Builds everything from `config` against `database_url` and starts
     /// serving on `listener`.
@@ -162,6 +209,24 @@ impl App {
         database_url: &str,
         listener: TcpListener,
     ) -> Result<App, String> {
+        Self::start_on(config, database_url, Port::Listening(listener)).await
+    }
+
+    /// Like [`App::start`] on a socket from [`bind`], which starts listening
+    /// only once the server is built and ready (the database answers, the
+    /// change source streams), or built and still not ready after
+    /// [`READY_WAIT`]: a client that waits for the port to accept is
+    /// answered from its first call. `arcana serve` and `arcana demo` start
+    /// this way.
+    pub async fn start_bound(
+        config: &Config,
+        database_url: &str,
+        socket: TcpSocket,
+    ) -> Result<App, String> {
+        Self::start_on(config, database_url, Port::Bound(socket)).await
+    }
+
+    async fn start_on(config: &Config, database_url: &str, port: Port) -> Result<App, String> {
         // Cluster nodes started together take turns here (see `startup.rs`).
         let turn = match &config.cluster {
             Some(_) => Some(crate::cluster::startup::StartupLock::take(database_url).await?),
@@ -269,7 +334,6 @@ impl App {
             background.extend(tasks);
             Some(o.mount())
         };
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let opts = ServeOptions {
             max_message_bytes: config.server.max_message_bytes,
             cors_origins: config.server.cors_origins.clone(),
@@ -284,6 +348,22 @@ impl App {
             // A certificate that cannot be loaded stops startup, not just the listener.
             crate::grpc::tls::load(tls)?;
         }
+        let listener = match port {
+            Port::Listening(l) => l,
+            Port::Bound(socket) => {
+                ready(
+                    &readiness,
+                    Duration::from_millis(config.admin.ready_interval_ms.max(10)),
+                )
+                .await;
+                let at = socket.local_addr().map_err(|e| e.to_string())?;
+                // Another process may have bound the port meanwhile too.
+                socket
+                    .listen(BACKLOG)
+                    .map_err(|e| format!("cannot listen on {at}: {e}"))?
+            }
+        };
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(serve(engine.clone(), auth, listener, opts, async {
             let _ = stopped.await;
@@ -353,6 +433,27 @@ impl App {
             Some(t) => t.await.map_err(|e| e.to_string())?,
             None => Ok(()),
         }
+    }
+}
+
+/// Returns once `readiness` holds, checking every `every`, or after
+/// [`READY_WAIT`].
+async fn ready(readiness: &Readiness, every: Duration) {
+    let until = tokio::time::Instant::now() + READY_WAIT;
+    let mut said = false;
+    loop {
+        let Err(why) = readiness.refresh().await else {
+            return;
+        };
+        if tokio::time::Instant::now() >= until {
+            tracing::warn!(reason = %why, wait = ?READY_WAIT, "still not ready; opening the gRPC port anyway (gRPC health and /readyz report not ready)");
+            return;
+        }
+        if !said {
+            tracing::info!(reason = %why, "not ready yet; the gRPC port opens when ready");
+            said = true;
+        }
+        tokio::time::sleep_until(until.min(tokio::time::Instant::now() + every)).await;
     }
 }
 

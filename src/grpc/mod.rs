@@ -3,6 +3,7 @@
 
 pub mod caller;
 pub mod codec;
+pub mod deadline;
 pub mod limits;
 pub mod listener;
 mod requests;

@@ -360,6 +360,7 @@ pub async fn serve(
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(crate::ops::metrics::GrpcCodesLayer)
         .layer(OversizedLayer)
+        .layer(super::deadline::DeadlineLayer)
         .layer(super::caller::AuthLayer::new(auth.clone(), &authenticated))
         .service(routes);
     let svc = CallLimit {

@@ -143,20 +143,67 @@ async fn collect(
     })
 }
 
-/// Handles one Push call.
+/// Handles one Push call. A bundle whose transaction loses to a concurrent
+/// one (deadlock, serialization failure) is run again from the start, as a
+/// mutation is, `database.mutation_retries` times before it answers
+/// ABORTED. A retry cannot apply a bundle twice: the lost transaction
+/// rolled back whole, and each attempt first looks for the bundle's stored
+/// result under the bundle's lock.
 pub async fn push(
     o: &Offline,
     id: &Identity,
     mut stream: Streaming<pb::PushChunk>,
+) -> Result<pb::PushResponse, Status> {
+    let bundle = collect(o, id, &mut stream).await?;
+    let mut c = o.conn().await?;
+    let retries = o.inner.ctx.mutation_retries;
+    let mut tries = 0u32;
+    loop {
+        match attempt(o, id, &mut c, &bundle).await {
+            Err(s) if s.code() == Code::Aborted && tries < retries => {
+                tries += 1;
+                tracing::debug!(
+                    client_id = %bundle.client_id,
+                    bundle_id = bundle.bundle_id,
+                    tries,
+                    "push lost to a concurrent transaction, retrying: {}",
+                    s.message()
+                );
+                // A short random pause, growing with each try, so the
+                // transactions that collided do not collide again in step.
+                let pause = rand::random_range(1..=10u64 << tries.min(6));
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            Err(s) if s.code() == Code::Aborted => {
+                return Err(status(
+                    Code::Aborted,
+                    format!(
+                        "{} (tried {} times, database.mutation_retries = {retries}); nothing of the bundle applied, push it again",
+                        s.message(),
+                        tries + 1
+                    ),
+                ))
+            }
+            r => return r,
+        }
+    }
+}
+
+/// One try at applying `bundle` in its own transaction on `c`.
+async fn attempt(
+    o: &Offline,
+    id: &Identity,
+    c: &mut deadpool_postgres::Object,
+    bundle: &Bundle,
 ) -> Result<pb::PushResponse, Status> {
     let Bundle {
         client_id,
         bundle_id,
         intents,
         digest,
-    } = collect(o, id, &mut stream).await?;
-    let mut c = o.conn().await?;
-    if let Some(r) = stored(&c, &client_id, bundle_id, &digest).await? {
+    } = bundle;
+    let (client_id, bundle_id, digest) = (client_id.as_str(), *bundle_id, digest.as_slice());
+    if let Some(r) = stored(&*c, client_id, bundle_id, digest).await? {
         return Ok(r);
     }
     let tx = c
@@ -172,7 +219,7 @@ pub async fn push(
     )
     .await
     .map_err(|e| db_status("starting the push", e))?;
-    if let Some(r) = stored(&tx, &client_id, bundle_id, &digest).await? {
+    if let Some(r) = stored(&tx, client_id, bundle_id, digest).await? {
         return Ok(r);
     }
     super::scopes::enter(o, &tx, id).await?;
@@ -187,8 +234,8 @@ pub async fn push(
     .map_err(|e| db_status("starting the push", e))?;
     let mut results = Vec::with_capacity(intents.len());
     let mut refused = false;
-    for (i, intent) in intents.into_iter().enumerate() {
-        let r = apply(o, id, &mine, &tx, i, intent).await?;
+    for (i, intent) in intents.iter().enumerate() {
+        let r = apply(o, id, &mine, &tx, i, intent.clone()).await?;
         refused |= r.status == Outcome::Conflict as i32;
         results.push(r);
     }
@@ -246,7 +293,7 @@ pub async fn push(
     if inserted.is_none() {
         // The same bundle committed meanwhile on another stream.
         drop(tx);
-        return stored(&c, &client_id, bundle_id, &digest)
+        return stored(&*c, client_id, bundle_id, digest)
             .await?
             .ok_or_else(|| {
                 status(

@@ -295,8 +295,9 @@ pub async fn snapshot(state: &AdminState, who: &Viewer) -> Json {
             "user": &*who.identity.user_id,
             "workspace": &*who.identity.workspace_id,
             "all_workspaces": who.workspace.is_none(),
+            "scope": scope(who),
         },
-        "counters": counters(&stats),
+        "counters": counters(&stats, who.workspace.is_none()),
         "graphs": graphs(engine),
         "mutations": mutations(engine),
         "views": stats.view_info.iter().map(|v| json!({
@@ -330,23 +331,43 @@ pub async fn snapshot(state: &AdminState, who: &Viewer) -> Json {
     })
 }
 
-fn counters(s: &EngineStats) -> Json {
-    json!({
+/// What the page shows, in words: `all workspaces` or `workspace W`.
+fn scope(who: &Viewer) -> String {
+    match &who.workspace {
+        None => "all workspaces".into(),
+        Some(w) => format!("workspace {w}"),
+    }
+}
+
+/// The counters of the viewer's scope. The engine keeps rounds, patches,
+/// errors, changes, batches, frames and resyncs for all workspaces together,
+/// so a workspace admin gets none of them: a `0` there would read as
+/// "nothing happened" next to a feed full of frames.
+fn counters(s: &EngineStats, all_workspaces: bool) -> Json {
+    let mut c = json!({
         "sessions": s.sessions,
         "views": s.views,
         "subscriptions": s.subscriptions,
         "store_rows": s.store_rows,
         "evaluations": s.evaluations,
-        "evaluation_rounds": s.evaluation_rounds,
-        "patches": s.patches,
-        "eval_errors": s.eval_errors,
-        "changes": s.changes,
-        "batches": s.batches,
-        "frames": s.frames,
-        "resyncs": s.resyncs,
         "session_queue_max": s.session_queue_max,
         "session_queue_total": s.session_queue_total,
-    })
+    });
+    if all_workspaces {
+        let global = json!({
+            "evaluation_rounds": s.evaluation_rounds,
+            "patches": s.patches,
+            "eval_errors": s.eval_errors,
+            "changes": s.changes,
+            "batches": s.batches,
+            "frames": s.frames,
+            "resyncs": s.resyncs,
+        });
+        if let (Some(c), Json::Object(g)) = (c.as_object_mut(), global) {
+            c.extend(g);
+        }
+    }
+    c
 }
 
 fn params(schema: &crate::engine::ParamSchema) -> Json {

@@ -857,6 +857,91 @@ async fn with_view_owners_a_view_is_evaluated_on_one_node_and_every_node_shows_i
     );
 }
 
+/// The publish queue is bounded: past `cluster.publish_queue` an owner's
+/// frames go unpublished, and every node still converges on the truth
+/// (followers that miss a frame reload from the owner).
+#[tokio::test]
+async fn with_view_owners_frames_past_the_publish_queue_go_unpublished_and_nodes_converge() {
+    let _g = serial().await;
+    let c = Cluster::start_full("wal", 1500, "view_owners = true\npublish_queue = 1\n").await;
+    c.leader().await;
+    // Node 0 owns eight windows of one graph: a change patches them in one
+    // round, whose frames come faster than the stream acknowledges one.
+    let mut owner = c.nodes[0].live("dev-alice").await;
+    let mut windows = Vec::new();
+    for limit in 1..=8u32 {
+        let w = owner
+            .subscribe_window(
+                "task_window",
+                params(&[("project_id", int(1))]),
+                Some(arcana::proto::Window {
+                    limit,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .unwrap();
+        windows.push(w.view_id);
+    }
+    let mut subs = Vec::new();
+    for n in &c.nodes {
+        subs.push(subscribe(n).await);
+    }
+    // Followers of some of the same windows on the other nodes.
+    let mut followers = Vec::new();
+    for n in &c.nodes[1..] {
+        let mut l = n.live("dev-alice").await;
+        let mut ids = Vec::new();
+        for limit in [1u32, 8] {
+            let w = l
+                .subscribe_window(
+                    "task_window",
+                    params(&[("project_id", int(1))]),
+                    Some(arcana::proto::Window {
+                        limit,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .unwrap();
+            ids.push((limit as usize, w.view_id));
+        }
+        followers.push((l, ids));
+    }
+    let warned = || {
+        std::fs::read_to_string(&c.nodes[0].log)
+            .unwrap_or_default()
+            .contains("cluster.publish_queue")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut round = 0;
+    while !warned() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a publish queue of one frame never overflowed"
+        );
+        round += 1;
+        c.sql(&format!(
+            "UPDATE tasks SET title = 'Burst {round}' WHERE id = 1"
+        ))
+        .await;
+    }
+    // Every node converges, windows included, and goes on after it.
+    for last in ["Burst done", "After the burst"] {
+        c.sql(&format!("UPDATE tasks SET title = '{last}' WHERE id = 1"))
+            .await;
+        converge(&c, &mut subs).await;
+        let expected = c.expected_titles().await;
+        for (l, ids) in followers.iter_mut() {
+            for (limit, id) in ids.iter() {
+                let want = &expected[..(*limit).min(expected.len())];
+                l.wait_until(id, |s| titles(s) == want).await;
+            }
+        }
+    }
+    drop(windows);
+}
+
 #[tokio::test]
 async fn with_view_owners_a_client_moving_to_another_node_catches_up() {
     let _g = serial().await;

@@ -58,6 +58,12 @@ pub struct ClusterConfig {
     /// without a newer one (a node taking it over may then start a new
     /// epoch, which sends snapshots).
     pub checkpoint_queue: usize,
+    /// Frames of owned views waiting to be published or for the stream to
+    /// store them, at most; past it a frame is not published (its
+    /// followers resync from the owner, a node taking the view over goes
+    /// on from its checkpoint in a new term), so a slow NATS holds no
+    /// more than this.
+    pub publish_queue: usize,
     /// The JetStream key-value bucket holding each view's last claimed
     /// term (a new owner's versions start a term no other node used).
     pub terms_bucket: String,
@@ -92,6 +98,7 @@ impl Default for ClusterConfig {
             checkpoint_bucket: "ARCANA_VIEWS".into(),
             checkpoint_max_bytes: 1 << 30,
             checkpoint_queue: 4096,
+            publish_queue: 16_384,
             terms_bucket: "arcana_terms".into(),
             terms_max_bytes: 64 << 20,
             owner_wait_ms: 5000,

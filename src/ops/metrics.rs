@@ -38,6 +38,9 @@ pub struct Hooks {
     /// Requests on session streams answered with an error (the stream
     /// goes on), by code.
     pub reply_errors: Family<CodeLabel, Counter>,
+    /// Frames of owned views not published because the frames stream
+    /// did not keep up (`cluster.publish_queue`).
+    pub frames_unpublished: Counter,
 }
 
 /// The `code` label of [`Hooks::grpc_errors`].
@@ -60,6 +63,7 @@ static HOOKS: LazyLock<Hooks> = LazyLock::new(|| Hooks {
     sent_messages: Counter::default(),
     grpc_errors: Family::default(),
     reply_errors: Family::default(),
+    frames_unpublished: Counter::default(),
 });
 
 /// The process-wide metrics recorded as things happen.
@@ -281,6 +285,11 @@ impl Exporter {
             "reply_errors",
             "Session stream requests answered with an error, by code",
             h.reply_errors.clone(),
+        );
+        r.register(
+            "cluster_frames_unpublished",
+            "Frames of owned views not published: the frames stream did not keep up",
+            h.frames_unpublished.clone(),
         );
         Exporter {
             registry: r,

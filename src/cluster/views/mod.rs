@@ -71,6 +71,7 @@ impl ViewOwners {
         let kept = Kept::open(&bus, history_len).await?;
         let terms = Terms::open(&bus).await?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let publishing = Arc::new(tokio::sync::Semaphore::new(c.publish_queue.max(1)));
         let (jobs, jobs_rx) = mpsc::unbounded_channel();
         let owners = ViewOwners {
             shared: Arc::new(Shared {
@@ -79,6 +80,9 @@ impl ViewOwners {
                 owned: Mutex::default(),
                 following: Mutex::default(),
                 frames: tx,
+                publishing,
+                last_drop: Mutex::default(),
+                unpublished: Mutex::default(),
                 kept,
                 terms,
                 jobs,
@@ -89,7 +93,7 @@ impl ViewOwners {
         };
         let tasks = vec![
             tokio::spawn(watch_releases(owners.clone(), stopped.clone())),
-            tokio::spawn(publish(bus.clone(), rx, stopped.clone())),
+            tokio::spawn(publish(owners.clone(), rx, stopped.clone())),
             tokio::spawn(answer(owners.clone(), requests, stopped.clone())),
             tokio::spawn(keeper(owners.clone(), jobs_rx, stopped.clone())),
             tokio::spawn(renew(owners.clone(), stopped)),
@@ -117,7 +121,16 @@ impl Owners<View> for ViewOwners {
                 self.keep(hash.clone(), None);
             }
         }
-        let _ = self.shared.frames.send((hash, frame.clone()));
+        match self.shared.publishing.clone().try_acquire_owned() {
+            Ok(place) => {
+                let _ = self.shared.frames.send(Publish {
+                    hash,
+                    frame: frame.clone(),
+                    place,
+                });
+            }
+            Err(_) => self.left_unpublished(view, view_hash(view)),
+        }
     }
 
     fn retired(&self, view: &View, snapshot: Arc<Frame>, mut history: Vec<Arc<Frame>>) {

@@ -7,29 +7,43 @@ use std::time::Duration;
 
 use async_nats::header::{HeaderMap, NATS_MESSAGE_ID};
 use bytes::Bytes;
+use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use super::forward::{apply_write, WRITE};
 use super::state::*;
-use crate::cluster::bus::Bus;
 use crate::cluster::kept::pack;
-use crate::engine::{term_of, term_start, Frame};
+use crate::engine::{term_of, term_start};
 use crate::wire::convert::encoded_frame;
+
+/// How often views whose newest frame went unpublished are looked at.
+const REPUBLISH_EVERY: Duration = Duration::from_millis(100);
 
 /// Publishes owned views' frames to the frames stream, in the order made,
 /// until `stopped` (the engine, which holds the sender, outlives the node).
 pub(super) async fn publish(
-    bus: Bus,
-    mut rx: mpsc::UnboundedReceiver<(String, Arc<Frame>)>,
+    owners: ViewOwners,
+    mut rx: mpsc::UnboundedReceiver<Publish>,
     mut stopped: watch::Receiver<bool>,
 ) {
+    let bus = owners.shared.bus.clone();
+    // Acks awaited here rather than in a task each: a frame keeps its
+    // place in the queue until the stream has it.
+    let mut acks = FuturesUnordered::new();
+    let mut retry = tokio::time::interval(REPUBLISH_EVERY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (hash, frame) = tokio::select! {
+        let Publish { hash, frame, place } = tokio::select! {
             biased;
-            m = rx.recv() => match m { Some(m) => m, None => return },
             _ = stopped.wait_for(|s| *s) => return,
+            Some(()) = acks.next(), if !acks.is_empty() => continue,
+            _ = retry.tick() => {
+                owners.republish();
+                continue;
+            }
+            m = rx.recv() => match m { Some(m) => m, None => return },
         };
         if loses_term_starts()
             && frame.version > 0
@@ -57,13 +71,12 @@ pub(super) async fn publish(
             .publish_with_headers(subject, headers, encoded_frame(&frame))
             .await
         {
-            Ok(ack) => {
-                tokio::spawn(async move {
-                    if let Err(e) = ack.await {
-                        tracing::debug!(error = %e, "the frames stream did not store a frame");
-                    }
-                });
-            }
+            Ok(ack) => acks.push(async move {
+                if let Err(e) = ack.await {
+                    tracing::debug!(error = %e, "the frames stream did not store a frame");
+                }
+                drop(place);
+            }),
             Err(e) => tracing::warn!(error = %e, "publishing a view frame failed"),
         }
     }

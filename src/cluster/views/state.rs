@@ -85,7 +85,17 @@ pub(super) struct Shared {
     pub(super) engine: WeakEngine,
     pub(super) owned: Mutex<HashMap<String, Owned>>,
     pub(super) following: Mutex<HashMap<String, Following>>,
-    pub(super) frames: mpsc::UnboundedSender<(String, Arc<Frame>)>,
+    /// Frames to publish; bounded by `publishing`'s permits.
+    pub(super) frames: mpsc::UnboundedSender<Publish>,
+    /// One permit per frame queued or awaiting the stream's ack
+    /// (`cluster.publish_queue`).
+    pub(super) publishing: Arc<tokio::sync::Semaphore>,
+    /// When a frame was last left unpublished, for rate-limited warnings.
+    pub(super) last_drop: Mutex<Option<std::time::Instant>>,
+    /// Owned views whose newest frame was left unpublished: their newest
+    /// frame goes out again once the queue has room, so a follower that
+    /// got no later frame learns of the gap (at most one per owned view).
+    pub(super) unpublished: Mutex<std::collections::HashSet<String>>,
     pub(super) kept: Kept,
     pub(super) terms: Terms,
     pub(super) jobs: mpsc::UnboundedSender<Job>,
@@ -95,6 +105,14 @@ pub(super) struct Shared {
     /// `checkpoint_queue` in all (a slow NATS must not pile up snapshots).
     pub(super) queued: Mutex<std::collections::HashSet<String>>,
     pub(super) history_len: usize,
+}
+
+/// A frame to publish, holding its place in the publish queue until the
+/// stream has acknowledged it.
+pub(super) struct Publish {
+    pub(super) hash: String,
+    pub(super) frame: Arc<Frame>,
+    pub(super) place: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// This node's side of view ownership; the engine's [`Owners`].
@@ -129,6 +147,68 @@ impl ViewOwners {
             None => Job::Save(hash),
         };
         self.shared.jobs.send(job).is_ok()
+    }
+
+    /// A frame of `view` found the publish queue full and is not
+    /// published. That is safe, only slower: a follower missing it sees a
+    /// gap and reloads from this node, and a node taking the view over
+    /// finds no chain of frames after the checkpoint and goes on from the
+    /// checkpoint in a new term. Warned about at most once a minute.
+    pub(super) fn left_unpublished(&self, view: &View, hash: String) {
+        crate::ops::metrics::hooks().frames_unpublished.inc();
+        self.shared
+            .unpublished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash);
+        let mut last = self
+            .shared
+            .last_drop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(60)) {
+            *last = Some(now);
+            tracing::warn!(
+                view = %view.id,
+                limit = self.shared.bus.config.publish_queue,
+                "the frames stream is not keeping up (cluster.publish_queue frames waiting): frames go unpublished and followers reload"
+            );
+        }
+    }
+
+    /// Queues the newest frame of each owned view left unpublished, as far
+    /// as the queue has room; the rest wait for the next call.
+    pub(super) fn republish(&self) {
+        let hashes: Vec<String> = {
+            let mut set = self
+                .shared
+                .unpublished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if set.is_empty() {
+                return;
+            }
+            set.drain().collect()
+        };
+        let mut left = Vec::new();
+        for hash in hashes {
+            let view = self.owned().get(&hash).and_then(|o| o.view.upgrade());
+            let Some(frame) = view.and_then(|v| v.newest_frame()) else {
+                continue;
+            };
+            match self.shared.publishing.clone().try_acquire_owned() {
+                Ok(place) => {
+                    let _ = self.shared.frames.send(Publish { hash, frame, place });
+                }
+                Err(_) => left.push(hash),
+            }
+        }
+        self.shared
+            .unpublished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(left);
     }
 
     /// Hands a view's lease back. A renewal in flight when the view closed

@@ -26,6 +26,19 @@ impl View {
         ))
     }
 
+    /// The owner's newest frame: its last diff, or its snapshot before it
+    /// made any; `None` while this node does not evaluate the view.
+    pub fn newest_frame(&self) -> Option<Arc<Frame>> {
+        let st = self.lock();
+        if !st.ready || st.closed || st.follower {
+            return None;
+        }
+        Some(match st.history.back() {
+            Some(f) => f.clone(),
+            None => self.snapshot_frame(&st),
+        })
+    }
+
     /// Makes this view a follower holding the owner's `snapshot`, with
     /// `history` (the owner's diffs up to it) for catch-up. Subscribers it
     /// already has get the snapshot: the owner, or its epoch, changed.

@@ -55,7 +55,7 @@ enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: Option<String>,
         /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:50051")]
+        #[arg(long, default_value = arcana::config::DEFAULT_LISTEN)]
         listen: String,
         /// Address of the admin HTTP listener (metrics, health); port 0
         /// picks a free one.
@@ -76,7 +76,7 @@ enum Command {
         #[arg(long, value_parser = ["ts", "go"])]
         lang: String,
         /// The server to ask (Describe).
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        #[arg(long, default_value = arcana::config::DEFAULT_SERVER_URL)]
         server: String,
         /// A bearer token for Describe.
         #[arg(long, env = "ARCANA_TOKEN")]

@@ -103,13 +103,7 @@ async fn start_source(
     Ok(match c.mode {
         ChangeMode::None => None,
         ChangeMode::Wal => {
-            let opts = WalOptions {
-                slot: c.slot.clone(),
-                publication: c.publication.clone(),
-                create: c.create,
-                application_name: spec.application_name.clone(),
-                ..WalOptions::default()
-            };
+            let opts = WalOptions::from_config(c, &spec.application_name);
             let names: Vec<String> = tables.keys().cloned().collect();
             let routes: std::collections::HashMap<_, _> = names
                 .iter()

@@ -82,6 +82,10 @@ fn default_tls_reload_ms() -> u64 {
     5000
 }
 
+/// The default of `server.listen`.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// The default server address clients and tools ask.
+pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:50051";
 /// The default of `server.max_batch_bytes`.
 pub const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
 /// The default of `server.snapshot_part_bytes`.
@@ -92,7 +96,7 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1 << 20;
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
-            listen: "127.0.0.1:50051".into(),
+            listen: DEFAULT_LISTEN.into(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             cors_origins: vec!["*".into()],
             max_batch_bytes: DEFAULT_BATCH_BYTES,

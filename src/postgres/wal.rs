@@ -42,15 +42,23 @@ pub struct WalOptions {
     pub application_name: String,
 }
 
+impl WalOptions {
+    /// The options `[changes]` sets, under `application_name`.
+    pub fn from_config(changes: &crate::config::ChangesConfig, application_name: &str) -> Self {
+        WalOptions {
+            slot: changes.slot.clone(),
+            publication: changes.publication.clone(),
+            create: changes.create,
+            status_interval: Duration::from_secs(1),
+            application_name: application_name.to_owned(),
+        }
+    }
+}
+
+/// The defaults of `[changes]`.
 impl Default for WalOptions {
     fn default() -> Self {
-        WalOptions {
-            slot: "arcana_slot".into(),
-            publication: "arcana_pub".into(),
-            create: true,
-            status_interval: Duration::from_secs(1),
-            application_name: "arcana".into(),
-        }
+        WalOptions::from_config(&crate::config::ChangesConfig::default(), "arcana")
     }
 }
 

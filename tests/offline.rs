@@ -2099,6 +2099,95 @@ async fn stalled_snapshots_do_not_starve_the_engine() {
     }
 }
 
+/// The load figure of docs/SECURITY.md for stalled snapshots: sixteen
+/// unread snapshots (two identities, eight each) on the offline service's
+/// default pool, while a client times mutations.
+/// `cargo test --test offline load_stalled_snapshots -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load run for docs/SECURITY.md; run with --ignored --nocapture"]
+async fn load_stalled_snapshots() {
+    let h = harness_with(|c| {
+        c.offline.snapshot_chunk_rows = 1;
+        c.offline.max_snapshots_per_identity = 8;
+    })
+    .await;
+    big_notes(&h, 200, 64).await;
+    let mut l = h.live("dev-alice").await;
+    let v = l.subscribe("project_tasks", project(1)).await.unwrap();
+    let mut position = 0i64;
+    async fn timed(l: &mut Live, view_id: &str, position: &mut i64, n: usize) -> Vec<Duration> {
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            *position += 1;
+            let started = std::time::Instant::now();
+            l.mutate(
+                "move_task",
+                params(&[("id", int(1)), ("position", int(*position))]),
+            )
+            .await
+            .expect("a mutation");
+            l.wait_field(view_id, "tasks", "1", "position", *position)
+                .await;
+            times.push(started.elapsed());
+        }
+        times.sort();
+        times
+    }
+    let ms = |t: &[Duration], p: f64| t[((t.len() - 1) as f64 * p) as usize].as_secs_f64() * 1000.0;
+    let before = timed(&mut l, &v.view_id, &mut position, 50).await;
+    // Registered first: the snapshots then hold the offline pool.
+    let mut devices = Vec::new();
+    for token in ["dev-alice", "dev-bob"] {
+        for i in 0..8 {
+            devices.push(Device::new(&h, token, &format!("{token}-{i}")).await);
+        }
+    }
+    let mut stalled = Vec::new();
+    for mut d in devices {
+        let s = open_snapshot(&mut d).await.expect("a snapshot");
+        stalled.push((d, s));
+    }
+    let during = timed(&mut l, &v.view_id, &mut position, 50).await;
+    // Once every reader has stalled past offline.snapshot_stall_ms, the
+    // snapshots hold no transaction: measure again.
+    let deadline = std::time::Instant::now() + WAIT;
+    while h
+        .query_i64(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+        )
+        .await
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "snapshots never stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stalled_after = timed(&mut l, &v.view_id, &mut position, 50).await;
+    println!(
+        "\n| stalled snapshots | mutation + frame p50 / p99 ms before | while they fill their windows | once stalled | rows each, read afterwards |"
+    );
+    println!("|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    for (_, mut s) in stalled {
+        rows.push(read_snapshot(&mut s).await.len());
+    }
+    assert!(rows.iter().all(|&n| n == 200), "{rows:?}");
+    println!(
+        "| {} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {} |",
+        rows.len(),
+        ms(&before, 0.5),
+        ms(&before, 0.99),
+        ms(&during, 0.5),
+        ms(&during, 0.99),
+        ms(&stalled_after, 0.5),
+        ms(&stalled_after, 0.99),
+        rows[0]
+    );
+}
+
 /// Open snapshots are capped per client id and per identity.
 #[tokio::test]
 async fn snapshots_are_capped_per_client_and_per_identity() {

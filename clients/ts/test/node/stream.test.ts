@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { createGrpcWebTransport } from "@connectrpc/connect-node";
 import pg from "pg";
-import { ArcanaClient, Code, type Item } from "../../src/index.js";
+import { ArcanaClient, Code, type Item, type TokenSource } from "../../src/index.js";
 import { type DemoServer, startDemo } from "../support/server.js";
 import { startProxy } from "../support/proxy.js";
 
@@ -16,7 +16,7 @@ interface Task {
 let server: DemoServer;
 const clients: ArcanaClient[] = [];
 
-function client(token: string | undefined, baseUrl = server.baseUrl): ArcanaClient {
+function client(token: TokenSource, baseUrl = server.baseUrl): ArcanaClient {
   const transport = createGrpcWebTransport({ baseUrl, httpVersion: "1.1" });
   const c = new ArcanaClient({ transport, session: "stream", token, backoff: { initialMs: 50, maxMs: 400 } });
   clients.push(c);
@@ -33,7 +33,10 @@ after(async () => {
 
 describe("stream sessions over grpc-web", () => {
   it("subscribes, applies diffs of unary mutations, and resyncs after a drop", async () => {
-    const c = client("dev-alice");
+    // Every call awaits the token: while `gate` is pending the session cannot
+    // reopen, so the write to catch up on is made while it is away.
+    let gate = Promise.resolve();
+    const c = client(() => gate.then(() => "dev-alice"));
     const v = c.view<Task>("project_tasks", { project_id: 1 });
     const a = c.view<Task>("project_tasks", { project_id: 2 });
     const [s] = await Promise.all([v.ready(), a.ready()]);
@@ -48,9 +51,13 @@ describe("stream sessions over grpc-web", () => {
     // Drop the session, write meanwhile from elsewhere, and watch it come back.
     const watcher = client("dev-alice").view<Task>("project_tasks", { project_id: 1 });
     await watcher.ready();
+    let open!: () => void;
+    gate = new Promise<void>((r) => (open = r));
     c.dropSession();
     assert.equal(v.status, "stale");
     await client("dev-alice").mutate("update_task", { id: r.data.id, title: "Renamed while away" });
+    await watcher.until((s) => s.items.some((t) => t.title === "Renamed while away"), 10_000);
+    open();
     const back = await v.until((s) => s.status === "live" && s.items.some((t) => t.title === "Renamed while away"), 20_000);
     assert.equal(v.lastSync?.mode, "catch_up");
     assert.equal(back.version, watcher.version);

@@ -460,7 +460,7 @@ async fn serve(
     let addr = listen_on.unwrap_or_else(|| config.server.listen.clone());
     // The port is taken now but opens only once the server is ready.
     let app = App::start_bound(&config, &url, bind(&addr).await?).await?;
-    tracing::info!(addr = %app.addr, admin = ?app.admin_addr, "serving");
+    tracing::info!(addr = %app.addr, admin = ?app.admin_addr, "started; the gRPC port opens once ready");
     run_until_ctrl_c(app).await
 }
 

@@ -210,8 +210,10 @@ impl App {
     /// only once the server is built and ready (the database answers, the
     /// change source streams), or built and still not ready after
     /// [`READY_WAIT`]: a client that waits for the port to accept is
-    /// answered from its first call. `arcana serve` and `arcana demo` start
-    /// this way.
+    /// answered from its first call. Returns once the server is built; the
+    /// port opens in the background, and [`App::stop`] meanwhile stops it
+    /// cleanly (a cluster node hands its leases back). `arcana serve` and
+    /// `arcana demo` start this way.
     pub async fn start_bound(
         config: &Config,
         database_url: &str,
@@ -342,26 +344,41 @@ impl App {
             // A certificate that cannot be loaded stops startup, not just the listener.
             crate::grpc::tls::load(tls)?;
         }
-        let listener = match port {
-            Port::Listening(l) => l,
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (addr, task) = match port {
+            Port::Listening(listener) => {
+                let addr = listener.local_addr().map_err(|e| e.to_string())?;
+                let task = tokio::spawn(serve(engine.clone(), auth, listener, opts, async {
+                    let _ = stopped.await;
+                }));
+                (addr, task)
+            }
             Port::Bound(socket) => {
-                ready(
-                    &readiness,
-                    Duration::from_millis(config.admin.ready_interval_ms.max(10)),
-                )
-                .await;
-                let at = socket.local_addr().map_err(|e| e.to_string())?;
-                // Another process may have bound the port meanwhile too.
-                socket
-                    .listen(BACKLOG)
-                    .map_err(|e| format!("cannot listen on {at}: {e}"))?
+                let addr = socket.local_addr().map_err(|e| e.to_string())?;
+                let readiness = readiness.clone();
+                let every = Duration::from_millis(config.admin.ready_interval_ms.max(10));
+                let engine = engine.clone();
+                // The wait runs in the serving task, so the app exists (and
+                // a stop, e.g. on SIGTERM, hands its leases back) meanwhile.
+                let task = tokio::spawn(async move {
+                    let mut stopped = stopped;
+                    tokio::select! {
+                        () = ready(&readiness, every) => {}
+                        _ = &mut stopped => return Ok(()),
+                    }
+                    // Another process may have bound the port meanwhile too.
+                    let listener = socket
+                        .listen(BACKLOG)
+                        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                    tracing::info!(%addr, "the gRPC port is open");
+                    serve(engine, auth, listener, opts, async {
+                        let _ = stopped.await;
+                    })
+                    .await
+                });
+                (addr, task)
             }
         };
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(engine.clone(), auth, listener, opts, async {
-            let _ = stopped.await;
-        }));
         Ok(App {
             engine,
             addr,
@@ -447,7 +464,10 @@ async fn ready(readiness: &Readiness, every: Duration) {
             tracing::info!(reason = %why, "not ready yet; the gRPC port opens when ready");
             said = true;
         }
-        tokio::time::sleep_until(until.min(tokio::time::Instant::now() + every)).await;
+        // Checked often while starting: the port should open as soon as it
+        // can (the background check keeps its own, slower pace).
+        let next = tokio::time::Instant::now() + every.min(Duration::from_millis(50));
+        tokio::time::sleep_until(until.min(next)).await;
     }
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -418,6 +419,7 @@ func TestBrokenSnapshotResumesFromItsCursor(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var cursors []string
+	var errs []error
 	broke := false
 	// Records each Snapshot request's cursor and breaks the first stream
 	// after one chunk.
@@ -430,9 +432,9 @@ func TestBrokenSnapshotResumesFromItsCursor(t *testing.T) {
 		defer mu.Unlock()
 		if !broke {
 			broke = true
-			return &recording{ClientStream: &breakingStream{ClientStream: cs}, cursors: &cursors, mu: &mu}, nil
+			return &recording{ClientStream: &breakingStream{ClientStream: cs}, cursors: &cursors, errs: &errs, mu: &mu}, nil
 		}
-		return &recording{ClientStream: cs, cursors: &cursors, mu: &mu}, nil
+		return &recording{ClientStream: cs, cursors: &cursors, errs: &errs, mu: &mu}, nil
 	}
 	conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithStreamInterceptor(intercept))
 	if err != nil {
@@ -450,8 +452,26 @@ func TestBrokenSnapshotResumesFromItsCursor(t *testing.T) {
 	defer d.Close()
 	must(t, d.Sync(ctx))
 	mu.Lock()
-	if len(cursors) != 2 || cursors[0] != "" || cursors[1] == "" {
+	// A first call, broken after one chunk, then resumes from that chunk's
+	// cursor. The server allows one open snapshot per client and frees the
+	// broken one's place only once it notices the stream is gone, so a
+	// resume can be refused for that (RESOURCE_EXHAUSTED) and retried; the
+	// last resume completes.
+	if len(cursors) < 2 || cursors[0] != "" || cursors[1] == "" {
 		t.Fatalf("snapshot cursors = %q, want a first call and a resumed one", cursors)
+	}
+	for i := 1; i < len(cursors); i++ {
+		if cursors[i] != cursors[1] {
+			t.Fatalf("snapshot cursors = %q: every resume starts from the first chunk's cursor", cursors)
+		}
+	}
+	for i := 1; i < len(cursors)-1; i++ {
+		if status.Code(errs[i]) != codes.ResourceExhausted || !strings.Contains(status.Convert(errs[i]).Message(), "max_snapshots_per_client") {
+			t.Fatalf("resume %d ended with %v; only a refusal of the still-open snapshot may come before the last", i, errs[i])
+		}
+	}
+	if last := errs[len(errs)-1]; last != nil {
+		t.Fatalf("the last resume ended with %v", last)
 	}
 	mu.Unlock()
 	out, err := exec.Command("psql", s.pgURL, "-At", "-c", "SELECT count(*) FROM offline_notes WHERE workspace_id = 'acme'").Output()
@@ -473,16 +493,33 @@ func TestBrokenSnapshotResumesFromItsCursor(t *testing.T) {
 type recording struct {
 	grpc.ClientStream
 	cursors *[]string
-	mu      *sync.Mutex
+	// The error each call ended with (nil: it ended well), by call.
+	errs *[]error
+	mu   *sync.Mutex
+	call int
 }
 
 func (r *recording) SendMsg(m any) error {
 	if req, ok := m.(*pb.SnapshotRequest); ok {
 		r.mu.Lock()
 		*r.cursors = append(*r.cursors, req.GetCursor())
+		*r.errs = append(*r.errs, nil)
+		r.call = len(*r.cursors) - 1
 		r.mu.Unlock()
 	}
 	return r.ClientStream.SendMsg(m)
+}
+
+func (r *recording) RecvMsg(m any) error {
+	err := r.ClientStream.RecvMsg(m)
+	if err != nil && err != io.EOF {
+		r.mu.Lock()
+		if (*r.errs)[r.call] == nil {
+			(*r.errs)[r.call] = err
+		}
+		r.mu.Unlock()
+	}
+	return err
 }
 
 func TestOldAppVersionGetsUpgradeRequired(t *testing.T) {

@@ -264,9 +264,21 @@ fn start_telemetry(
     }
 }
 
-async fn run_until_ctrl_c(mut app: App) -> Result<(), String> {
+/// Runs `app` until it ends or a signal stops it; `on_open` runs once its
+/// gRPC port accepts connections (a stop before that is as clean).
+async fn run_until_ctrl_c(mut app: App, on_open: impl FnOnce(&App)) -> Result<(), String> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
+    let stop = tokio::select! {
+        () = app.opened() => false,
+        _ = term.recv() => true,
+        _ = tokio::signal::ctrl_c() => true,
+    };
+    if stop {
+        tracing::info!("shutting down before the port opened");
+        return app.stop().await;
+    }
+    on_open(&app);
     tokio::select! {
         r = app.wait() => r,
         _ = term.recv() => {
@@ -460,8 +472,10 @@ async fn serve(
     let addr = listen_on.unwrap_or_else(|| config.server.listen.clone());
     // The port is taken now but opens only once the server is ready.
     let app = App::start_bound(&config, &url, bind(&addr).await?).await?;
-    tracing::info!(addr = %app.addr, admin = ?app.admin_addr, "started; the gRPC port opens once ready");
-    run_until_ctrl_c(app).await
+    run_until_ctrl_c(app, |app| {
+        tracing::info!(addr = %app.addr, admin = ?app.admin_addr, "serving");
+    })
+    .await
 }
 
 async fn demo(database_url: Option<String>, addr: String, admin: String) -> Result<(), String> {
@@ -484,9 +498,11 @@ async fn demo(database_url: Option<String>, addr: String, admin: String) -> Resu
         .await
         .map_err(|e| format!("loading the demo schema: {e} (an existing database must not already hold the demo tables)"))?;
     let app = App::start_bound(&config, &url, socket).await?;
-    let admin = app.admin_addr.map(|a| a.to_string()).unwrap_or_default();
-    print_tour(&app.addr.to_string(), &admin, &url);
-    let r = run_until_ctrl_c(app).await;
+    let r = run_until_ctrl_c(app, |app| {
+        let admin = app.admin_addr.map(|a| a.to_string()).unwrap_or_default();
+        print_tour(&app.addr.to_string(), &admin, &url);
+    })
+    .await;
     if let Some(pg) = cluster {
         tokio::task::spawn_blocking(move || pg.stop())
             .await

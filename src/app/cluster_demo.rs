@@ -133,6 +133,10 @@ async fn run_nodes(
         let socket = super::bind(&addr.to_string()).await?;
         apps.push(App::start_bound(&config, url, socket).await?);
     }
+    // The tour is printed once every node's port accepts connections.
+    for a in &apps {
+        a.opened().await;
+    }
     println!("\nArcana cluster demo: {n} nodes sharing one PostgreSQL and NATS at {nats_url}   (Ctrl-C to stop)\n");
     for (i, a) in apps.iter().enumerate() {
         let admin = a.admin_addr.map(|a| a.to_string()).unwrap_or_default();

@@ -50,6 +50,8 @@ pub struct App {
     /// The admin listener and the readiness watch.
     background: Vec<JoinHandle<()>>,
     grace: Duration,
+    /// Turns true once the gRPC port accepts connections.
+    opened: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Tables any graph reads, with the columns tracked (`None`: all).
@@ -345,8 +347,10 @@ impl App {
             crate::grpc::tls::load(tls)?;
         }
         let (stop, stopped) = oneshot::channel::<()>();
+        let (open_tx, opened) = tokio::sync::watch::channel(false);
         let (addr, task) = match port {
             Port::Listening(listener) => {
+                let _ = open_tx.send(true);
                 let addr = listener.local_addr().map_err(|e| e.to_string())?;
                 let task = tokio::spawn(serve(engine.clone(), auth, listener, opts, async {
                     let _ = stopped.await;
@@ -371,6 +375,7 @@ impl App {
                         .listen(BACKLOG)
                         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
                     tracing::info!(%addr, "the gRPC port is open");
+                    let _ = open_tx.send(true);
                     serve(engine, auth, listener, opts, async {
                         let _ = stopped.await;
                     })
@@ -390,6 +395,7 @@ impl App {
             readiness,
             background,
             grace: Duration::from_millis(config.server.shutdown_grace_ms),
+            opened,
         })
     }
 
@@ -426,6 +432,13 @@ impl App {
             t.abort();
         }
         r?
+    }
+
+    /// Returns once the gRPC port accepts connections (at once for
+    /// [`App::start`]), or when serving ended before it opened.
+    pub async fn opened(&self) {
+        let mut opened = self.opened.clone();
+        let _ = opened.wait_for(|o| *o).await;
     }
 
     /// This server's membership in a cluster (`[cluster]`).

@@ -857,6 +857,22 @@ async fn with_view_owners_a_view_is_evaluated_on_one_node_and_every_node_shows_i
     );
 }
 
+/// Subscribes `l` to the first `limit` tasks of project 1 (`task_window`);
+/// returns the view id.
+async fn task_window(l: &mut Live, limit: u32) -> String {
+    l.subscribe_window(
+        "task_window",
+        params(&[("project_id", int(1))]),
+        Some(arcana::proto::Window {
+            limit,
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap()
+    .view_id
+}
+
 /// The publish queue is bounded: past `cluster.publish_queue` an owner's
 /// frames go unpublished, and every node still converges on the truth
 /// (followers that miss a frame reload from the owner).
@@ -870,18 +886,7 @@ async fn with_view_owners_frames_past_the_publish_queue_go_unpublished_and_nodes
     let mut owner = c.nodes[0].live("dev-alice").await;
     let mut windows = Vec::new();
     for limit in 1..=8u32 {
-        let w = owner
-            .subscribe_window(
-                "task_window",
-                params(&[("project_id", int(1))]),
-                Some(arcana::proto::Window {
-                    limit,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .unwrap();
-        windows.push(w.view_id);
+        windows.push(task_window(&mut owner, limit).await);
     }
     let mut subs = Vec::new();
     for n in &c.nodes {
@@ -893,18 +898,7 @@ async fn with_view_owners_frames_past_the_publish_queue_go_unpublished_and_nodes
         let mut l = n.live("dev-alice").await;
         let mut ids = Vec::new();
         for limit in [1u32, 8] {
-            let w = l
-                .subscribe_window(
-                    "task_window",
-                    params(&[("project_id", int(1))]),
-                    Some(arcana::proto::Window {
-                        limit,
-                        ..Default::default()
-                    }),
-                )
-                .await
-                .unwrap();
-            ids.push((limit as usize, w.view_id));
+            ids.push((limit as usize, task_window(&mut l, limit).await));
         }
         followers.push((l, ids));
     }

@@ -2021,6 +2021,28 @@ async fn open_snapshot(
         .map(|r| r.into_inner())
 }
 
+/// Waits until no transaction stays open in the test database: every
+/// snapshot whose reader stalled has given its transaction back.
+async fn no_open_transactions(h: &Harness) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let open = h
+            .query_i64(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
+            )
+            .await;
+        if open == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} snapshot transactions still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Rows in a snapshot read to its end.
 async fn read_snapshot(s: &mut tonic::Streaming<pb::SnapshotChunk>) -> Vec<String> {
     let mut ids = Vec::new();
@@ -2071,23 +2093,7 @@ async fn stalled_snapshots_do_not_starve_the_engine() {
     l.wait_field(&v.view_id, "tasks", "1", "position", 5i64)
         .await;
     // No transaction stays open for a reader that does not read.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let open = h
-            .query_i64(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
-            )
-            .await;
-        if open == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{open} snapshot transactions still open"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    no_open_transactions(&h).await;
     // Each goes on from where it stood: every row, once.
     for (_, mut s) in stalled {
         let mut ids = read_snapshot(&mut s).await;
@@ -2144,27 +2150,24 @@ async fn load_stalled_snapshots() {
     }
     let mut stalled = Vec::new();
     for mut d in devices {
-        let s = open_snapshot(&mut d).await.expect("a snapshot");
+        // While the earlier ones fill their windows the offline pool is
+        // busy, and an opening may be told to retry (UNAVAILABLE).
+        let deadline = std::time::Instant::now() + WAIT;
+        let s = loop {
+            match open_snapshot(&mut d).await {
+                Ok(s) => break s,
+                Err(e) if e.code() == Code::Unavailable => {
+                    assert!(std::time::Instant::now() < deadline, "{e}");
+                }
+                Err(e) => panic!("a snapshot: {e}"),
+            }
+        };
         stalled.push((d, s));
     }
     let during = timed(&mut l, &v.view_id, &mut position, 50).await;
     // Once every reader has stalled past offline.snapshot_stall_ms, the
     // snapshots hold no transaction: measure again.
-    let deadline = std::time::Instant::now() + WAIT;
-    while h
-        .query_i64(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
-        )
-        .await
-        > 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "snapshots never stalled"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    no_open_transactions(&h).await;
     let stalled_after = timed(&mut l, &v.view_id, &mut position, 50).await;
     println!(
         "\n| stalled snapshots | mutation + frame p50 / p99 ms before | while they fill their windows | once stalled | rows each, read afterwards |"
@@ -2259,21 +2262,7 @@ async fn a_cancelled_snapshot_frees_its_slot_while_its_query_waits() {
         .unwrap();
     assert!(!first.last);
     // The reader stalls, so the snapshot gives its transaction back...
-    let deadline = std::time::Instant::now() + WAIT;
-    while h
-        .query_i64(
-            "SELECT count(*) FROM pg_stat_activity \
-             WHERE datname = current_database() AND state LIKE 'idle in transaction%'",
-        )
-        .await
-        > 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the snapshot never stalled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    no_open_transactions(&h).await;
     // ...and the rows table is held, so its next query will wait.
     let (locker, conn) = tokio_postgres::connect(&h.db_url, tokio_postgres::NoTls)
         .await

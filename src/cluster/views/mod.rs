@@ -70,8 +70,13 @@ impl ViewOwners {
             .map_err(|e| format!("subscribing to snapshot requests: {e}"))?;
         let kept = Kept::open(&bus, history_len).await?;
         let terms = Terms::open(&bus).await?;
+        // Unbounded in type only: a frame is sent only with one of
+        // `publishing`'s permits (`cluster.publish_queue`).
         let (tx, rx) = mpsc::unbounded_channel();
         let publishing = Arc::new(tokio::sync::Semaphore::new(c.publish_queue.max(1)));
+        // Bounded by what is sent on it: checkpoints pass `keep`'s
+        // `cluster.checkpoint_queue` check (two per view at most), and each
+        // owned view releases its lease once.
         let (jobs, jobs_rx) = mpsc::unbounded_channel();
         let owners = ViewOwners {
             shared: Arc::new(Shared {

@@ -20,6 +20,9 @@ pub struct WireBatch {
     /// The transaction's changes.
     #[serde(default)]
     pub changes: Vec<WireChange>,
+    /// The committing transaction, when the source knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xid: Option<u32>,
 }
 
 /// One [`Change`].
@@ -153,6 +156,7 @@ pub fn encode(batch: &ChangeBatch) -> Vec<u8> {
     let w = WireBatch {
         everything: batch.everything,
         changes: batch.changes.iter().map(WireChange::from).collect(),
+        xid: batch.xid,
     };
     serde_json::to_vec(&w).expect("a batch always serializes")
 }
@@ -162,6 +166,7 @@ pub fn encode_everything() -> Vec<u8> {
     serde_json::to_vec(&WireBatch {
         everything: true,
         changes: Vec::new(),
+        xid: None,
     })
     .expect("a batch always serializes")
 }
@@ -171,6 +176,7 @@ pub fn decode(bytes: &[u8]) -> Result<ChangeBatch, String> {
     let w: WireBatch = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     let mut b = ChangeBatch::new(w.changes.into_iter().map(Change::from).collect(), None);
     b.everything = w.everything;
+    b.xid = w.xid;
     Ok(b)
 }
 
@@ -197,10 +203,12 @@ mod tests {
             )]
             .into(),
         };
-        let batch = ChangeBatch::new(vec![change.clone(), Change::table("projects")], None);
+        let batch = ChangeBatch::new(vec![change.clone(), Change::table("projects")], None)
+            .committed_by(4_000_000_000);
         let back = decode(&encode(&batch)).unwrap();
         assert_eq!(back.changes, vec![change, Change::table("projects")]);
         assert!(!back.everything);
+        assert_eq!(back.xid, Some(4_000_000_000));
         assert!(decode(&encode_everything()).unwrap().everything);
         assert!(decode(b"{not json").is_err());
     }

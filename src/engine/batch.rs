@@ -15,6 +15,10 @@ pub struct ChangeBatch {
     /// Refresh every live view, whatever the changes say. Change sources set
     /// it after an outage in which changes may have been missed.
     pub everything: bool,
+    /// The committing transaction, when the source knows it (the WAL
+    /// does): a patch it yields is dropped from views whose last
+    /// evaluation already read it.
+    pub xid: Option<u32>,
 }
 
 impl ChangeBatch {
@@ -24,6 +28,13 @@ impl ChangeBatch {
             changes,
             done,
             everything: false,
+            xid: None,
         }
+    }
+
+    /// The same batch, committed by transaction `xid`.
+    pub fn committed_by(mut self, xid: u32) -> Self {
+        self.xid = Some(xid);
+        self
     }
 }

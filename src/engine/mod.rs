@@ -24,6 +24,7 @@ mod report;
 pub mod result;
 mod router;
 mod schedule;
+pub mod seen;
 pub mod session;
 mod sink;
 pub mod stats;
@@ -57,6 +58,7 @@ pub use registry::{
 };
 pub use replies::{EngineStats, SessionInfo, Subscribed, SyncOutcome, SyncView};
 pub use result::{GraphResult, Ref, RowKey};
+pub use seen::Seen;
 pub use session::{Outbound, QueueError, Session};
 pub use value::{row_id, Fields, Value};
 pub use view::Reanchored;
@@ -416,6 +418,7 @@ impl Engine {
             changes: Vec::new(),
             done: Some(tx),
             everything: true,
+            xid: None,
         })
         .await?;
         rx.await.map_err(|_| EngineError::ShuttingDown)

@@ -84,6 +84,10 @@ pub struct GraphResult {
     /// For a windowed view: the order keys its evaluation read (see
     /// [`super::window::Reach`]); lets invalidation skip changes outside.
     pub reach: Option<super::window::Reach>,
+    /// The database snapshot the evaluation read, when the factory knows
+    /// it: patches of commits it already shows are then dropped (see
+    /// [`super::seen`]).
+    pub seen: Option<super::seen::Seen>,
 }
 
 impl GraphResult {

@@ -55,7 +55,10 @@ pub(crate) fn affected(inner: &Reach<'_>, batches: &[ChangeBatch]) -> Affected {
     // Graphs all of whose views (in one workspace, or in all: `None`) are
     // already taken.
     let mut whole: HashSet<(&Arc<str>, Option<&str>)> = HashSet::new();
-    for c in batches.iter().flat_map(|b| &b.changes) {
+    for (c, xid) in batches
+        .iter()
+        .flat_map(|b| b.changes.iter().map(|c| (c, b.xid)))
+    {
         for g in inner.registry.graphs_for(c) {
             if whole.contains(&(g, None)) || whole.contains(&(g, c.workspace.as_deref())) {
                 continue;
@@ -80,7 +83,11 @@ pub(crate) fn affected(inner: &Reach<'_>, batches: &[ChangeBatch]) -> Affected {
                         .entry(Arc::as_ptr(v))
                         .or_insert_with(|| (v.clone(), Vec::new()))
                         .1
-                        .push((key.clone(), values.clone()));
+                        .push(Patch {
+                            key: key.clone(),
+                            values: values.clone(),
+                            xid,
+                        });
                 }
                 continue;
             }

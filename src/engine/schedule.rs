@@ -11,7 +11,13 @@ use super::result::RowKey;
 use super::value::Fields;
 
 /// New values of some columns of one row.
-pub(crate) type Patch = (RowKey, Arc<Fields>);
+#[derive(Clone, Debug)]
+pub(crate) struct Patch {
+    pub(crate) key: RowKey,
+    pub(crate) values: Arc<Fields>,
+    /// The transaction that wrote them, when known.
+    pub(crate) xid: Option<u32>,
+}
 
 /// Completion of one batch: fires `done` when the last view it touched has
 /// refreshed. Holds a permit of the outstanding-batch budget until dropped,

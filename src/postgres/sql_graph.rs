@@ -13,7 +13,9 @@ use tokio_postgres::{IsolationLevel, Row};
 use super::context::TxContext;
 use super::sql::{column_not_null, connection, db_error, named, source_text, Statement};
 use super::values::SqlValue;
-use crate::engine::{row_id, EvalError, Factory, Fields, GraphResult, Params, Ref, Scope, Value};
+use crate::engine::{
+    row_id, EvalError, Factory, Fields, GraphResult, Params, Ref, Scope, Seen, Value,
+};
 
 /// A nested reference read from `<name>.<column>` result columns.
 #[derive(Debug, Clone)]
@@ -289,8 +291,10 @@ impl Factory for Arc<SqlGraph> {
     ) -> BoxFuture<'static, Result<GraphResult, EvalError>> {
         let g = self.clone();
         Box::pin(async move {
-            let (rows, total, window) = g.fetch(&scope, &params).await.map_err(|e| g.named(e))?;
+            let (rows, total, window, seen) =
+                g.fetch(&scope, &params).await.map_err(|e| g.named(e))?;
             let mut out = g.build(rows, total, usize::from(window.is_some()))?;
+            out.seen = seen;
             if let Some((edges, reach)) = window {
                 out.window = Some(edges);
                 // A total counts every row of the list, so any change of
@@ -374,36 +378,53 @@ impl SqlGraph {
     }
 
     /// The rows and total of one view, in one transaction, and for a
-    /// window its edges (its rows then lead with the part column).
+    /// window its edges (its rows then lead with the part column); and the
+    /// snapshot they were read in.
     async fn fetch(
         &self,
         scope: &Scope,
         params: &Params,
-    ) -> Result<(Vec<Row>, Option<i64>, Option<WindowFacts>), EvalError> {
+    ) -> Result<(Vec<Row>, Option<i64>, Option<WindowFacts>, Option<Seen>), EvalError> {
         let mut client = connection(&self.pool, &self.ctx).await?;
         let tx = read_snapshot(&mut client).await?;
         self.ctx.enter(&tx, scope).await?;
-        let (rows, window) = match (&self.window, params.window()) {
-            (Some(order), Some(w)) => {
-                let (rows, edges, reach) = self
-                    .query
-                    .query_window(&tx, scope, params, order, w)
-                    .await?;
-                (rows, Some((edges, reach)))
-            }
-            _ => (self.query.query(&tx, scope, params).await?, None),
+        let read = async {
+            Ok(match (&self.window, params.window()) {
+                (Some(order), Some(w)) => {
+                    let (rows, edges, reach) = self
+                        .query
+                        .query_window(&tx, scope, params, order, w)
+                        .await?;
+                    (rows, Some((edges, reach)))
+                }
+                _ => (self.query.query(&tx, scope, params).await?, None),
+            })
         };
+        let ((rows, window), seen) = tokio::try_join!(read, seen(&tx))?;
         let total = match &self.total {
             Some(t) => Some(self.total_of(&t.query(&tx, scope, params).await?, 0)?),
             None => None,
         };
         tx.commit().await.map_err(db_error)?;
-        Ok((rows, total, window))
+        Ok((rows, total, window, seen))
     }
 
     fn named(&self, e: EvalError) -> EvalError {
         named(&format!("graph `{}`", self.name), &self.ctx, e)
     }
+}
+
+/// The snapshot a repeatable-read transaction reads in. Sent beside the
+/// transaction's queries, so it costs no round trip of its own.
+async fn seen(tx: &deadpool_postgres::Transaction<'_>) -> Result<Option<Seen>, EvalError> {
+    let rows = tx
+        .simple_query("SELECT txid_current_snapshot()::text")
+        .await
+        .map_err(db_error)?;
+    Ok(rows.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(Seen::parse),
+        _ => None,
+    }))
 }
 
 /// A read-only repeatable-read transaction, so a graph's queries agree.
@@ -426,17 +447,18 @@ impl SqlGraph {
         lateral: &Lateral,
         scope: &Scope,
         items: &[(Scope, Params)],
-    ) -> Result<(Vec<Vec<Row>>, Option<Vec<Vec<Row>>>), EvalError> {
+    ) -> Result<(Vec<Vec<Row>>, Option<Vec<Vec<Row>>>, Option<Seen>), EvalError> {
         let mut client = connection(&self.pool, &self.ctx).await?;
         let tx = read_snapshot(&mut client).await?;
         self.ctx.enter(&tx, scope).await?;
-        let rows = self.query.query_many(&lateral.query, &tx, items).await?;
+        let (rows, seen) =
+            tokio::try_join!(self.query.query_many(&lateral.query, &tx, items), seen(&tx))?;
         let totals = match (&self.total, &lateral.total) {
             (Some(t), Some(sql)) => Some(t.query_many(sql, &tx, items).await?),
             _ => None,
         };
         tx.commit().await.map_err(db_error)?;
-        Ok((rows, totals))
+        Ok((rows, totals, seen))
     }
 
     /// The count in column `at` of the total query's first row.
@@ -488,7 +510,7 @@ impl SqlGraph {
         let Some((scope, _)) = items.first() else {
             return Ok(Vec::new());
         };
-        let (rows, totals) = self
+        let (rows, totals, seen) = self
             .fetch_many(lateral, scope, items)
             .await
             .map_err(|e| self.named(e))?;
@@ -504,7 +526,10 @@ impl SqlGraph {
                     }
                 },
             };
-            out.push(self.build(rows, total, 1));
+            out.push(self.build(rows, total, 1).map(|mut r| {
+                r.seen = seen.clone();
+                r
+            }));
         }
         Ok(out)
     }

@@ -24,7 +24,7 @@ use super::pgoutput::{decode, Message, Relation};
 use super::row_change::TxChanges;
 use super::sink::ChangeSink;
 use super::Listener;
-use crate::engine::{Change, ChangeBatch};
+use crate::engine::{Change, ChangeBatch, Seen};
 
 /// Where the listener reads from.
 #[derive(Debug, Clone)]
@@ -406,14 +406,14 @@ fn commit_time(pg_micros: i64) -> Option<std::time::SystemTime> {
 /// for all the transactions committed before it was taken.
 #[derive(Default)]
 struct Visibility {
-    snapshot: Option<String>,
+    snapshot: Option<Seen>,
 }
 
 impl Visibility {
     /// Whether the last snapshot already shows transaction `xid` (32-bit,
     /// as pgoutput reports it) as visible.
     fn visible(&self, xid: u32) -> bool {
-        self.snapshot.as_deref().is_some_and(|s| visible(s, xid))
+        self.snapshot.as_ref().is_some_and(|s| s.shows(xid))
     }
 
     /// Takes a fresh snapshot.
@@ -423,31 +423,10 @@ impl Visibility {
             .await
             .map_err(|e| e.to_string())?
             .get(0);
-        self.snapshot = Some(snap);
+        self.snapshot =
+            Some(Seen::parse(&snap).ok_or_else(|| format!("unreadable snapshot {snap:?}"))?);
         Ok(())
     }
-}
-
-/// Whether `xid` is visible in a `txid_current_snapshot()` text
-/// (`xmin:xmax:xip,...`, 64-bit ids). The 32-bit xid is widened to the
-/// epoch that puts it within 2^31 of `xmax`.
-fn visible(snapshot: &str, xid: u32) -> bool {
-    let mut parts = snapshot.split(':');
-    let (Some(_xmin), Some(xmax), Some(xip)) = (parts.next(), parts.next(), parts.next()) else {
-        return true;
-    };
-    let Ok(xmax) = xmax.parse::<u64>() else {
-        return true;
-    };
-    // The signed 32-bit distance from xmax places xid in the right epoch.
-    let delta = xid.wrapping_sub(xmax as u32) as i32;
-    if delta >= 0 {
-        return false;
-    }
-    let full = xmax.wrapping_add_signed(i64::from(delta));
-    !xip.split(',')
-        .filter(|s| !s.is_empty())
-        .any(|s| s.parse::<u64>().ok() == Some(full))
 }
 
 struct Stream<'a> {
@@ -622,30 +601,15 @@ impl<'a> Stream<'a> {
                 // after a crash hands it over with the same id.
                 let id = format!("wal-{}", d.end_lsn.as_u64());
                 self.sink
-                    .changes(ChangeBatch::new(d.changes, Some(t)), Some(id))
+                    .changes(
+                        ChangeBatch::new(d.changes, Some(t)).committed_by(d.xid),
+                        Some(id),
+                    )
                     .await
                     .map_err(|e| (e, true))?;
             }
             pending.push_back((r, d.end_lsn, d.committed));
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::visible;
-
-    #[test]
-    fn visibility_follows_the_snapshot() {
-        assert!(visible("100:105:", 104));
-        assert!(!visible("100:105:", 105));
-        assert!(!visible("100:105:101,103", 103));
-        assert!(visible("100:105:101,103", 102));
-        // Across a 32-bit wraparound: epoch 1.
-        let xmax = (1u64 << 32) + 5;
-        assert!(visible(&format!("{}:{xmax}:", xmax - 10), 0xFFFF_FFFE));
-        assert!(!visible(&format!("{}:{xmax}:{}", xmax - 10, xmax - 2), 3));
-        assert!(visible(&format!("{}:{xmax}:{}", xmax - 10, xmax - 2), 4));
     }
 }

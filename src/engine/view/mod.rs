@@ -23,6 +23,8 @@ use super::owners::{Claim, Followed, Owners};
 use super::params::Params;
 use super::registry::GraphDef;
 use super::result::{GraphResult, Ref, RowKey};
+use super::schedule::Patch;
+use super::seen::Seen;
 use super::sink::Sink;
 use super::stats::{EventKind, Stats};
 use super::store;
@@ -69,6 +71,9 @@ struct State {
     total: Option<i64>,
     window: Option<WindowEdges>,
     reach: Option<super::window::Reach>,
+    /// The database snapshot of the evaluation the rows come from (patches
+    /// since are newer): a patch of a commit it shows is already in.
+    seen: Option<Seen>,
     history: VecDeque<Arc<Frame>>,
     subscribers: HashMap<Arc<str>, Arc<dyn Sink<View>>>,
     evaluations: u64,
@@ -381,7 +386,9 @@ impl View {
         if st.closed {
             return Ok(Refresh::Skipped);
         }
-        let (refs, rows, total, window, reach) = result?.referenced_rows()?;
+        let mut result = result?;
+        let seen = result.seen.take();
+        let (refs, rows, total, window, reach) = result.referenced_rows()?;
         st.last_error = None;
         let ws = &self.key.scope.workspace_id;
         let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
@@ -428,6 +435,7 @@ impl View {
         st.total = total;
         st.window = window;
         st.reach = reach;
+        st.seen = seen;
         if !st.ready {
             st.ready = true;
             st.version = 1;
@@ -491,7 +499,7 @@ impl View {
     /// changed column takes its new value. All patches go out as one diff.
     pub(crate) fn apply_patches(
         &self,
-        patches: Vec<(RowKey, Arc<Fields>)>,
+        patches: Vec<Patch>,
         store: &Mutex<Store>,
         stats: &Stats,
         history: usize,
@@ -501,7 +509,12 @@ impl View {
             return Refresh::Skipped;
         }
         let mut touched: BTreeMap<RowKey, Fields> = BTreeMap::new();
-        for (key, values) in patches {
+        for Patch { key, values, xid } in patches {
+            // The last evaluation read this commit, and maybe later ones
+            // that wrote the row again.
+            if xid.is_some_and(|x| st.seen.as_ref().is_some_and(|s| s.shows(x))) {
+                continue;
+            }
             let Some(old) = st.rows.get(&key) else {
                 continue;
             };
@@ -604,3 +617,6 @@ impl View {
 fn new_epoch() -> u64 {
     rand::random::<u64>() >> 11
 }
+
+#[cfg(test)]
+mod tests;

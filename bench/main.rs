@@ -253,6 +253,7 @@ listen = "127.0.0.1:{port}"
 max_batch_bytes = {batch}
 # Every subscriber shares the one bench identity.
 max_sessions_per_identity = 100000
+max_calls_per_identity = 200000
 max_sessions = 100000
 
 [database]

@@ -81,6 +81,7 @@ fn config(port: u16, slot: &str, part_bytes: usize, total: bool) -> String {
 [server]
 listen = "127.0.0.1:{port}"
 max_sessions_per_identity = 100000
+max_calls_per_identity = 200000
 max_sessions = 100000
 snapshot_part_bytes = {part_bytes}
 max_message_bytes = 1048576

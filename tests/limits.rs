@@ -1068,6 +1068,50 @@ async fn connections_per_identity_and_calls_per_peer_are_capped() {
         .unwrap();
 }
 
+/// Calls are capped per identity over all its connections and addresses:
+/// past the cap one user's calls are refused, other users are served, and
+/// a call that ends frees its place.
+#[tokio::test]
+async fn calls_are_capped_per_identity() {
+    let h = Harness::with(|c| c.server.max_calls_per_identity = 3).await;
+    let addr = h.app().addr;
+    let mut p = Raw::connect(addr, [127, 0, 0, 21]).await.unwrap();
+    let mut q = Raw::connect(addr, [127, 0, 0, 22]).await.unwrap();
+    p.open_connect(&[ALICE]).await.unwrap();
+    p.open_connect(&[ALICE]).await.unwrap();
+    q.open_connect(&[ALICE]).await.unwrap();
+    let mut r = Raw::connect(addr, [127, 0, 0, 23]).await.unwrap();
+    assert_eq!(r.open_connect(&[ALICE]).await.unwrap_err(), "grpc-status 8");
+    assert_eq!(r.unary(DESCRIBE, &[ALICE]).await.as_deref(), Some("8"));
+    let e = h
+        .client("dev-alice")
+        .await
+        .describe(pb::DescribeRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    assert!(
+        e.message().contains("server.max_calls_per_identity"),
+        "{}",
+        e.message()
+    );
+    // Another user on the same connection is served.
+    let bob = [("authorization", "Bearer dev-bob")];
+    assert_eq!(r.unary(DESCRIBE, &bob).await.as_deref(), Some("0"));
+    r.open_connect(&bob).await.unwrap();
+    // Alice's two calls on `p` end with its connection: she is served again.
+    drop(p);
+    let mut served = false;
+    for _ in 0..100 {
+        if r.unary(DESCRIBE, &[ALICE]).await.as_deref() == Some("0") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "alice's ended calls freed their places");
+}
+
 /// Behind a trusted proxy, calls count against the forwarded address, and
 /// the proxy's connections are neither capped nor closed as one peer's.
 #[tokio::test]

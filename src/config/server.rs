@@ -46,6 +46,9 @@ pub struct ServerConfig {
     /// Most open connections whose first authenticated call was made by
     /// one identity (user and workspace).
     pub max_connections_per_identity: usize,
+    /// Most open calls (streams included) of one identity over all its
+    /// connections, counted through trusted proxies too.
+    pub max_calls_per_identity: usize,
     /// Reverse proxies (addresses or blocks such as `10.0.0.0/8`) whose
     /// `x-forwarded-for` names the client.
     pub trusted_proxies: Vec<String>,
@@ -113,6 +116,7 @@ impl Default for ServerConfig {
             max_connections_per_peer: 64,
             max_calls_per_peer: 1024,
             max_connections_per_identity: 64,
+            max_calls_per_identity: 256,
             trusted_proxies: Vec::new(),
             admin_listen: None,
             shutdown_grace_ms: 10_000,

@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use tonic::metadata::MetadataMap;
 use tonic::Status;
 
+use super::holding::Holding;
 use super::listener::{ConnInfo, ConnState};
 use crate::auth::{identify, Authenticator, Credentials};
 
@@ -87,10 +88,20 @@ where
         Box::pin(async move {
             let md = MetadataMap::from_headers(req.headers().clone());
             let conn = req.extensions().get::<ConnInfo>().map(|c| c.state.clone());
-            match bound(identify(&*auth, &md).await, conn) {
-                Ok(creds) => {
+            let creds = bound(identify(&*auth, &md).await, conn.clone());
+            // Counted for as long as the call's response streams.
+            let slot = creds.and_then(|c| {
+                let slot = conn.map(|conn| conn.call_as(&c.identity)).transpose()?;
+                Ok((c, slot))
+            });
+            match slot {
+                Ok((creds, slot)) => {
                     req.extensions_mut().insert(creds);
-                    inner.call(req).await
+                    let resp = inner.call(req).await?;
+                    Ok(match slot {
+                        Some(slot) => resp.map(|body| Holding::wrap(body, slot)),
+                        None => resp,
+                    })
                 }
                 Err(status) => Ok(status.into_http()),
             }

@@ -46,6 +46,8 @@ pub struct Limits {
     /// Most open connections whose first authenticated call was made by
     /// one identity (user and workspace).
     pub max_connections_per_identity: usize,
+    /// Most open calls of one identity over all its connections.
+    pub max_calls_per_identity: usize,
     /// Peers whose `x-forwarded-for` names the client (reverse proxies):
     /// their connections are not capped or closed as one peer's, and each
     /// call counts against the forwarded address instead.
@@ -135,6 +137,7 @@ impl Limits {
             max_connections_per_peer: server.max_connections_per_peer,
             max_calls_per_peer: server.max_calls_per_peer,
             max_connections_per_identity: server.max_connections_per_identity,
+            max_calls_per_identity: server.max_calls_per_identity,
             trusted_proxies,
         })
     }

@@ -55,11 +55,14 @@ pub struct ConnState {
     pub(crate) wake: Notify,
     identity: Mutex<Option<IdentitySlot>>,
     peers: Peers,
+    /// `server.max_connections_per_identity`.
     max_per_identity: usize,
+    /// `server.max_calls_per_identity`.
+    max_calls_per_identity: usize,
 }
 
 impl ConnState {
-    fn new(via_proxy: bool, peers: Peers, max_per_identity: usize) -> Self {
+    fn new(via_proxy: bool, peers: Peers, limits: &Limits) -> Self {
         ConnState {
             served: AtomicBool::new(false),
             via_proxy,
@@ -70,7 +73,8 @@ impl ConnState {
             wake: Notify::new(),
             identity: Mutex::new(None),
             peers,
-            max_per_identity,
+            max_per_identity: limits.max_connections_per_identity,
+            max_calls_per_identity: limits.max_calls_per_identity,
         }
     }
 
@@ -113,21 +117,27 @@ impl ConnState {
         if slot.is_some() {
             return Ok(());
         }
-        let owner: Owner = (id.user_id.clone(), id.workspace_id.clone());
-        let mut m = self.peers.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.by_identity.entry(owner.clone()).or_default();
-        if *n >= self.max_per_identity {
-            return Err(tonic::Status::resource_exhausted(format!(
+        *slot = Some(self.peers.take_identity(id, Kind::Conn, self.max_per_identity).ok_or_else(|| {
+            tonic::Status::resource_exhausted(format!(
                 "this user already has {} open connections, the limit (server.max_connections_per_identity); reuse one",
                 self.max_per_identity
-            )));
-        }
-        *n += 1;
-        *slot = Some(IdentitySlot {
-            peers: self.peers.clone(),
-            owner,
-        });
+            ))
+        })?);
         Ok(())
+    }
+
+    /// Counts a call of `id` until the slot drops; errs when `id` has the
+    /// most calls allowed open. Counted through trusted proxies too: unlike
+    /// a connection, a call has one identity.
+    pub(crate) fn call_as(&self, id: &Identity) -> Result<IdentitySlot, tonic::Status> {
+        self.peers
+            .take_identity(id, Kind::Call, self.max_calls_per_identity)
+            .ok_or_else(|| {
+                tonic::Status::resource_exhausted(format!(
+                    "this user already has {} open calls, the limit (server.max_calls_per_identity); retry when some end",
+                    self.max_calls_per_identity
+                ))
+            })
     }
 }
 
@@ -150,16 +160,17 @@ type Owner = (Arc<str>, Arc<str>);
 #[derive(Default)]
 struct PeerCounts {
     by_peer: HashMap<IpAddr, (usize, usize)>,
-    by_identity: HashMap<Owner, usize>,
+    /// Open connections and calls per identity.
+    by_identity: HashMap<Owner, (usize, usize)>,
 }
 
-/// Open connections and calls per peer address, and connections per
-/// identity, shared by the accept loop and every connection.
+/// Open connections and calls per peer address and per identity, shared
+/// by the accept loop and every connection.
 #[derive(Clone, Default)]
 pub struct Peers(Arc<Mutex<PeerCounts>>);
 
-/// Which count a [`PeerSlot`] holds.
-#[derive(Clone, Copy)]
+/// Which count a [`PeerSlot`] or [`IdentitySlot`] holds.
+#[derive(Clone, Copy, Debug)]
 enum Kind {
     Conn,
     Call,
@@ -195,6 +206,30 @@ impl Peers {
     pub fn call(&self, ip: IpAddr, max: usize) -> Option<PeerSlot> {
         self.take(canonical(ip), Kind::Call, max)
     }
+
+    /// Counts a connection or call of `id`, or `None` when it has `max`
+    /// open already.
+    fn take_identity(&self, id: &Identity, kind: Kind, max: usize) -> Option<IdentitySlot> {
+        let owner: Owner = (id.user_id.clone(), id.workspace_id.clone());
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.by_identity.entry(owner.clone()).or_default();
+        let n = match kind {
+            Kind::Conn => &mut e.0,
+            Kind::Call => &mut e.1,
+        };
+        if *n >= max {
+            if *e == (0, 0) {
+                m.by_identity.remove(&owner);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(IdentitySlot {
+            peers: self.clone(),
+            owner,
+            kind,
+        })
+    }
 }
 
 impl Drop for PeerSlot {
@@ -212,10 +247,12 @@ impl Drop for PeerSlot {
     }
 }
 
+/// A connection or call counted against its identity until dropped.
 #[derive(Debug)]
-struct IdentitySlot {
+pub(crate) struct IdentitySlot {
     peers: Peers,
     owner: Owner,
+    kind: Kind,
 }
 
 impl std::fmt::Debug for Peers {
@@ -227,9 +264,12 @@ impl std::fmt::Debug for Peers {
 impl Drop for IdentitySlot {
     fn drop(&mut self) {
         let mut m = self.peers.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.by_identity.get_mut(&self.owner) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(e) = m.by_identity.get_mut(&self.owner) {
+            match self.kind {
+                Kind::Conn => e.0 -= 1,
+                Kind::Call => e.1 -= 1,
+            }
+            if *e == (0, 0) {
                 m.by_identity.remove(&self.owner);
             }
         }
@@ -418,7 +458,7 @@ pub fn incoming(
                             state: Arc::new(ConnState::new(
                                 via_proxy,
                                 st.peers.clone(),
-                                st.limits.max_connections_per_identity,
+                                &st.limits,
                             )),
                         },
                         deadline: Some(Box::pin(tokio::time::sleep(st.limits.handshake_timeout))),

@@ -4,6 +4,7 @@
 pub mod caller;
 pub mod codec;
 pub mod deadline;
+mod holding;
 pub mod limits;
 pub mod listener;
 mod requests;

@@ -21,8 +21,9 @@ use tonic::body::Body;
 use tonic::service::Routes;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use super::holding::Holding;
 use super::limits::{canonical, Limits};
-use super::listener::{incoming, Conn, ConnInfo, ConnState, PeerSlot, Peers};
+use super::listener::{incoming, Conn, ConnInfo, ConnState, Peers};
 use super::service::Service;
 use crate::auth::Authenticator;
 use crate::engine::Engine;
@@ -226,29 +227,6 @@ fn unsupported_media_type() -> http::Response<Body> {
     r
 }
 
-/// A response body that holds its call's counts until it is done.
-struct Counted {
-    body: Body,
-    _guards: (super::listener::CallGuard, PeerSlot),
-}
-
-impl http_body::Body for Counted {
-    type Data = Bytes;
-    type Error = tonic::Status;
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
 impl<S> CallLimit<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
@@ -289,12 +267,7 @@ where
                 }
             };
             let resp = tower::util::ServiceExt::oneshot(inner, req).await?;
-            Ok(resp.map(|body| {
-                Body::new(Counted {
-                    body,
-                    _guards: (guard, slot),
-                })
-            }))
+            Ok(resp.map(|body| Holding::wrap(body, (guard, slot))))
         }
     }
 }

@@ -400,7 +400,7 @@ impl SqlGraph {
                 _ => (self.query.query(&tx, scope, params).await?, None),
             })
         };
-        let ((rows, window), seen) = tokio::try_join!(read, seen(&tx))?;
+        let ((rows, window), seen) = both(tokio::join!(read, seen(&tx)))?;
         let total = match &self.total {
             Some(t) => Some(self.total_of(&t.query(&tx, scope, params).await?, 0)?),
             None => None,
@@ -427,6 +427,15 @@ async fn seen(tx: &deadpool_postgres::Transaction<'_>) -> Result<Option<Seen>, E
     }))
 }
 
+/// A read and the snapshot query sent beside it. When the read fails the
+/// transaction is aborted and the snapshot query fails too: the read's
+/// error is the one that says what went wrong.
+fn both<T>(
+    (read, seen): (Result<T, EvalError>, Result<Option<Seen>, EvalError>),
+) -> Result<(T, Option<Seen>), EvalError> {
+    Ok((read?, seen?))
+}
+
 /// A read-only repeatable-read transaction, so a graph's queries agree.
 async fn read_snapshot(
     client: &mut deadpool_postgres::Object,
@@ -451,8 +460,10 @@ impl SqlGraph {
         let mut client = connection(&self.pool, &self.ctx).await?;
         let tx = read_snapshot(&mut client).await?;
         self.ctx.enter(&tx, scope).await?;
-        let (rows, seen) =
-            tokio::try_join!(self.query.query_many(&lateral.query, &tx, items), seen(&tx))?;
+        let (rows, seen) = both(tokio::join!(
+            self.query.query_many(&lateral.query, &tx, items),
+            seen(&tx)
+        ))?;
         let totals = match (&self.total, &lateral.total) {
             (Some(t), Some(sql)) => Some(t.query_many(sql, &tx, items).await?),
             _ => None,

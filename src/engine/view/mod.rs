@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
 
-use super::diff::{diff_fields, diff_refs};
+use self::content::Content;
+use super::diff::diff_fields;
 use super::error::{EngineError, EvalError};
 use super::frame::{term_start, Frame, FrameBody, Snapshot, ViewDiff};
 use super::identity::Scope;
@@ -392,29 +393,12 @@ impl View {
         st.last_error = None;
         let ws = &self.key.scope.workspace_id;
         let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
-        // The first result is sent as snapshots, never as a diff.
-        let mut diff = ViewDiff {
-            refs: if st.ready {
-                diff_refs(&st.refs, &refs)
-            } else {
-                Vec::new()
-            },
-            ..ViewDiff::default()
-        };
         let mut next: HashMap<RowKey, SharedFields> = HashMap::with_capacity(rows.len());
         for (k, fields) in rows {
             let shared = match st.rows.get(&k) {
-                None => {
-                    let shared = store.acquire(ws, &k, fields, &self.me);
-                    diff.rows.push((k.clone(), shared.clone()));
-                    shared
-                }
+                None => store.acquire(ws, &k, fields, &self.me),
                 Some(old) if **old == fields => old.clone(),
-                Some(old) => {
-                    let ops = diff_fields(old, &fields);
-                    diff.patches.push((k.clone(), ops));
-                    store.update(ws, &k, fields)
-                }
+                Some(_) => store.update(ws, &k, fields),
             };
             next.insert(k, shared);
         }
@@ -424,12 +408,25 @@ impl View {
             }
         }
         drop(store);
-        if total != st.total {
-            diff.total = total;
-        }
-        if window != st.window {
-            diff.window = window;
-        }
+        // The first result is sent as snapshots, never as a diff.
+        let diff = if st.ready {
+            content::diff(
+                &Content {
+                    refs: &st.refs,
+                    rows: &st.rows,
+                    total: st.total,
+                    window: st.window,
+                },
+                &Content {
+                    refs: &refs,
+                    rows: &next,
+                    total,
+                    window,
+                },
+            )
+        } else {
+            ViewDiff::default()
+        };
         st.refs = Arc::new(refs);
         st.rows = next;
         st.total = total;
@@ -618,5 +615,6 @@ fn new_epoch() -> u64 {
     rand::random::<u64>() >> 11
 }
 
+mod content;
 #[cfg(test)]
 mod tests;

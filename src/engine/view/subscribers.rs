@@ -130,22 +130,22 @@ impl View {
         let (frame, prev_version) = if held.stale {
             (self.snapshot_frame(&st), 0)
         } else {
-            let mut diff = ViewDiff {
-                refs: diff_refs(&held.refs, &st.refs),
-                total: (st.total != held.total).then_some(st.total).flatten(),
-                // Always: the client learns the new window's edges.
-                window: Some(st.window.unwrap_or_default()),
-                ..ViewDiff::default()
-            };
-            for (k, now) in &st.rows {
-                match held.rows.get(k) {
-                    None => diff.rows.push((k.clone(), now.clone())),
-                    Some(was) if Arc::ptr_eq(was, now) || **was == **now => {}
-                    Some(was) => diff.patches.push((k.clone(), diff_fields(was, now))),
-                }
-            }
-            diff.rows.sort_by(|a, b| a.0.cmp(&b.0));
-            diff.patches.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut diff = content::diff(
+                &Content {
+                    refs: &held.refs,
+                    rows: &held.rows,
+                    total: held.total,
+                    window: None,
+                },
+                &Content {
+                    refs: &st.refs,
+                    rows: &st.rows,
+                    total: st.total,
+                    window: st.window,
+                },
+            );
+            // Always: the client learns the new window's edges.
+            diff.window = Some(st.window.unwrap_or_default());
             let frame = Arc::new(Frame {
                 view_id: self.id.clone(),
                 epoch: self.epoch(),

@@ -13,6 +13,7 @@ use super::quota::{Held, Over};
 use super::scopes::{check_own, scopes_of};
 use super::state::{db_status, read_rows, Offline};
 use crate::engine::Identity;
+use crate::ops::offline_metrics::{self, FollowOpen};
 use crate::proto::{self as pb, pull_response::Kind, IntentOp};
 use crate::wire::status::status;
 
@@ -48,6 +49,7 @@ pub async fn pull_once(
         let scope: String = r.get(0);
         let floor = r.get::<_, i64>(1) as u64;
         if after.get(&scope).is_some_and(|&a| a < floor) {
+            offline_metrics::snapshot_required();
             return Ok(pb::PullResponse {
                 kind: Some(Kind::SnapshotRequired(pb::SnapshotRequired {
                     scope,
@@ -154,6 +156,7 @@ pub async fn pull_once(
         changes.push(change);
     }
     let has_more = cut || entries.len() > taken.len();
+    offline_metrics::pulled(changes.len());
     Ok(pb::PullResponse {
         kind: Some(Kind::Changes(pb::ChangeBatch {
             changes,
@@ -166,9 +169,13 @@ pub async fn pull_once(
     })
 }
 
+/// A follow stream's places (per client and identity) and its count in
+/// the open-follows gauge, all given back when the stream ends.
+pub type Following = (Held, FollowOpen);
+
 /// Takes a follow place of `client_id` and of `id`, if both have one free;
 /// it is given back when the stream ends.
-pub fn take_follow(o: &Offline, id: &Identity, client_id: &str) -> Result<Held, Status> {
+pub fn take_follow(o: &Offline, id: &Identity, client_id: &str) -> Result<Following, Status> {
     let cfg = &o.inner.cfg;
     o.inner
         .follows
@@ -178,6 +185,7 @@ pub fn take_follow(o: &Offline, id: &Identity, client_id: &str) -> Result<Held, 
             cfg.max_follows_per_client,
             cfg.max_follows_per_identity,
         )
+        .map(|held| (held, FollowOpen::new()))
         .map_err(|over| {
             let text = match over {
                 Over::Client(n) => format!(
@@ -199,7 +207,7 @@ pub async fn run(
     mut after: BTreeMap<String, u64>,
     max_rows: usize,
     max_bytes: usize,
-    follow: Option<Held>,
+    follow: Option<Following>,
     tx: mpsc::Sender<Result<pb::PullResponse, Status>>,
 ) {
     // Subscribed before the first read, so no commit falls in between.

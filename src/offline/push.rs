@@ -14,6 +14,7 @@ use super::spec::{ident, TableSpec};
 use super::state::{check_client, db_status, Offline};
 use crate::config::offline::{ConflictPolicy, PushPolicy};
 use crate::engine::{Identity, Value};
+use crate::ops::offline_metrics::{self, PushOutcome, Resolution};
 use crate::postgres::values::SqlParam;
 use crate::proto::{self as pb, intent_result::Status as Outcome, IntentOp};
 use crate::wire::convert::checked_value_from_pb;
@@ -155,11 +156,47 @@ pub async fn push(
     mut stream: Streaming<pb::PushChunk>,
 ) -> Result<pb::PushResponse, Status> {
     let bundle = collect(o, id, &mut stream).await?;
+    let r = with_retries(o, id, &bundle).await;
+    match &r {
+        Ok((resp, met)) => {
+            let outcome = if resp.replayed {
+                PushOutcome::Replayed
+            } else if resp.applied {
+                PushOutcome::Applied
+            } else {
+                PushOutcome::Refused
+            };
+            let rows = if outcome == PushOutcome::Applied {
+                bundle.intents.len()
+            } else {
+                0
+            };
+            offline_metrics::push(outcome, rows);
+            // A refused bundle's writes did not happen: its conflicts count
+            // as refusals, whatever else its intents met.
+            for &(policy, resolution) in met {
+                offline_metrics::conflict(policy, resolution);
+            }
+        }
+        Err(_) => offline_metrics::push(PushOutcome::Failed, 0),
+    }
+    r.map(|(resp, _)| resp)
+}
+
+/// The policy (its config name) and resolution of each conflict a bundle met.
+type Met = Vec<(&'static str, Resolution)>;
+
+/// Applies `bundle`, again after a lost transaction (see [`push`]).
+async fn with_retries(
+    o: &Offline,
+    id: &Identity,
+    bundle: &Bundle,
+) -> Result<(pb::PushResponse, Met), Status> {
     let mut c = o.conn().await?;
     let retries = o.inner.ctx.mutation_retries;
     let mut tries = 0u32;
     loop {
-        match attempt(o, id, &mut c, &bundle).await {
+        match attempt(o, id, &mut c, bundle).await {
             Err(s) if s.code() == Code::Aborted && tries < retries => {
                 tries += 1;
                 tracing::debug!(
@@ -189,13 +226,14 @@ pub async fn push(
     }
 }
 
-/// One try at applying `bundle` in its own transaction on `c`.
+/// One try at applying `bundle` in its own transaction on `c`; with the
+/// conflicts it met.
 async fn attempt(
     o: &Offline,
     id: &Identity,
     c: &mut deadpool_postgres::Object,
     bundle: &Bundle,
-) -> Result<pb::PushResponse, Status> {
+) -> Result<(pb::PushResponse, Met), Status> {
     let Bundle {
         client_id,
         bundle_id,
@@ -204,7 +242,7 @@ async fn attempt(
     } = bundle;
     let (client_id, bundle_id, digest) = (client_id.as_str(), *bundle_id, digest.as_slice());
     if let Some(r) = stored(&*c, client_id, bundle_id, digest).await? {
-        return Ok(r);
+        return Ok((r, Met::new()));
     }
     let tx = c
         .transaction()
@@ -220,7 +258,7 @@ async fn attempt(
     .await
     .map_err(|e| db_status("starting the push", e))?;
     if let Some(r) = stored(&tx, client_id, bundle_id, digest).await? {
-        return Ok(r);
+        return Ok((r, Met::new()));
     }
     super::scopes::enter(o, &tx, id).await?;
     // The caller's scopes as this transaction sees them.
@@ -234,8 +272,9 @@ async fn attempt(
     .map_err(|e| db_status("starting the push", e))?;
     let mut results = Vec::with_capacity(intents.len());
     let mut refused = false;
+    let mut met = Met::new();
     for (i, intent) in intents.iter().enumerate() {
-        let r = apply(o, id, &mine, &tx, i, intent.clone()).await?;
+        let r = apply(o, id, &mine, &tx, i, intent.clone(), &mut met).await?;
         refused |= r.status == Outcome::Conflict as i32;
         results.push(r);
     }
@@ -243,12 +282,16 @@ async fn attempt(
         // Nothing of a refused bundle applies; it is not stored, so the
         // device may rebase it and send it again under the same id.
         drop(tx);
-        return Ok(pb::PushResponse {
-            replayed: false,
-            applied: false,
-            committed: Vec::new(),
-            results,
-        });
+        met.retain(|(_, r)| *r == Resolution::Refused);
+        return Ok((
+            pb::PushResponse {
+                replayed: false,
+                applied: false,
+                committed: Vec::new(),
+                results,
+            },
+            met,
+        ));
     }
     // Sequence now rather than at commit, to answer with the sequences.
     tx.batch_execute(&format!(
@@ -295,6 +338,7 @@ async fn attempt(
         drop(tx);
         return stored(&*c, client_id, bundle_id, digest)
             .await?
+            .map(|r| (r, Met::new()))
             .ok_or_else(|| {
                 status(
                     Code::Aborted,
@@ -305,7 +349,7 @@ async fn attempt(
     tx.commit()
         .await
         .map_err(|e| db_status("committing the bundle", e))?;
-    Ok(response)
+    Ok((response, met))
 }
 
 /// The stored result of a bundle that already committed, marked replayed;
@@ -366,6 +410,7 @@ async fn apply(
     tx: &deadpool_postgres::Transaction<'_>,
     i: usize,
     intent: pb::RowIntent,
+    met: &mut Met,
 ) -> Result<pb::IntentResult, Status> {
     let invalid = |m: String| status(Code::InvalidArgument, format!("intent {i}: {m}"));
     let denied = |m: String| status(Code::PermissionDenied, format!("intent {i}: {m}"));
@@ -525,12 +570,24 @@ async fn apply(
     } else if intent.base_version == version {
         Decision::Apply
     } else {
-        match t.conflict {
-            ConflictPolicy::Reject => Decision::Conflict,
-            ConflictPolicy::ServerWins => Decision::Superseded,
-            ConflictPolicy::LastWriterWins if client_ms > write_ms => Decision::Apply,
-            ConflictPolicy::LastWriterWins => Decision::Superseded,
-        }
+        let (policy, decision, resolution) = match t.conflict {
+            ConflictPolicy::Reject => ("reject", Decision::Conflict, Resolution::Refused),
+            ConflictPolicy::ServerWins => {
+                ("server_wins", Decision::Superseded, Resolution::ServerKept)
+            }
+            ConflictPolicy::LastWriterWins if client_ms > write_ms => (
+                "last_writer_wins",
+                Decision::Apply,
+                Resolution::ClientApplied,
+            ),
+            ConflictPolicy::LastWriterWins => (
+                "last_writer_wins",
+                Decision::Superseded,
+                Resolution::ServerKept,
+            ),
+        };
+        met.push((policy, resolution));
+        decision
     };
     let server_row = || pb::ServerRow {
         table: t.name.clone(),

@@ -53,7 +53,8 @@ pub async fn prune(o: &Offline) -> Result<(), String> {
         let floor: i64 = s.get(2);
         let by_age: i64 = s.get::<_, Option<i64>>(3).unwrap_or(0);
         let by_count = seq - max_rows;
-        let (cut, reason) = if by_age >= by_count {
+        let by_age_wins = by_age >= by_count;
+        let (cut, reason) = if by_age_wins {
             (
                 by_age,
                 format!(
@@ -82,12 +83,14 @@ pub async fn prune(o: &Offline) -> Result<(), String> {
         )
         .await
         .map_err(err)?;
-        c.execute(
-            "DELETE FROM arcana_offline.changes WHERE scope = $1 AND seq <= $2",
-            &[&scope, &cut],
-        )
-        .await
-        .map_err(err)?;
+        let pruned = c
+            .execute(
+                "DELETE FROM arcana_offline.changes WHERE scope = $1 AND seq <= $2",
+                &[&scope, &cut],
+            )
+            .await
+            .map_err(err)?;
+        crate::ops::offline_metrics::floor_raised(by_age_wins, pruned);
     }
     Ok(())
 }

@@ -269,6 +269,7 @@ async fn chunks(
             tbl: tbl.clone(),
             id: id.clone(),
         };
+        crate::ops::offline_metrics::snapshot_rows(chunk.len());
         permit.send(Ok(pb::SnapshotChunk {
             rows: chunk,
             at: at

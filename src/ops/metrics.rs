@@ -291,6 +291,7 @@ impl Exporter {
             "Frames of owned views not published: the frames stream did not keep up",
             h.frames_unpublished.clone(),
         );
+        super::offline_metrics::register(&mut r);
         Exporter {
             registry: r,
             gauges: g,

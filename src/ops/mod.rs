@@ -7,5 +7,6 @@ pub mod devtools;
 pub mod health;
 pub mod logs;
 pub mod metrics;
+pub mod offline_metrics;
 pub mod slot;
 pub mod telemetry;

@@ -6,6 +6,7 @@
 //! every committed write is logged whoever made it.
 
 mod follow;
+mod order;
 mod pull;
 mod push;
 mod quota;

@@ -270,13 +270,22 @@ async fn attempt(
     )
     .await
     .map_err(|e| db_status("starting the push", e))?;
-    let mut results = Vec::with_capacity(intents.len());
+    // Foreign keys that are deferrable are checked at commit, so their
+    // rows may come in any order; the others are met by the order below.
+    tx.batch_execute("SET CONSTRAINTS ALL DEFERRED")
+        .await
+        .map_err(|e| db_status("starting the push", e))?;
+    let mut results = vec![pb::IntentResult::default(); intents.len()];
     let mut refused = false;
     let mut met = Met::new();
-    for (i, intent) in intents.iter().enumerate() {
-        let r = apply(o, id, &mine, &tx, i, intent.clone(), &mut met).await?;
+    for i in super::order::order(
+        intents,
+        |t| o.table(t).map_or(0, |s| s.rank),
+        |i| row_of(o, i),
+    ) {
+        let r = apply(o, id, &mine, &tx, i, intents[i].clone(), &mut met).await?;
         refused |= r.status == Outcome::Conflict as i32;
-        results.push(r);
+        results[i] = r;
     }
     if refused {
         // Nothing of a refused bundle applies; it is not stored, so the
@@ -350,6 +359,26 @@ async fn attempt(
         .await
         .map_err(|e| db_status("committing the bundle", e))?;
     Ok((response, met))
+}
+
+/// An intent's row: its table and the encoded values of the table's key
+/// columns (the whole intent when the table is not synced; applying it
+/// fails anyway).
+fn row_of(o: &Offline, i: &pb::RowIntent) -> Vec<u8> {
+    let mut out = i.table.as_bytes().to_vec();
+    out.push(0);
+    match o.table(&i.table) {
+        Some(t) => {
+            for (k, _) in &t.key {
+                if let Some(v) = i.values.get(k) {
+                    out.extend(v.encode_to_vec());
+                }
+                out.push(0xff);
+            }
+        }
+        None => out.extend(i.encode_to_vec()),
+    }
+    out
 }
 
 /// The stored result of a bundle that already committed, marked replayed;

@@ -61,6 +61,9 @@ pub struct TableSpec {
     /// `SELECT <columns> FROM t WHERE (<key>) IN (unnest of one text array
     /// per key column)`.
     pub select_by_keys: String,
+    /// Its rank among the synced tables by foreign keys: a bundle's rows
+    /// are written parents (lower ranks) first (see `order.rs`).
+    pub rank: usize,
 }
 
 /// Quotes an identifier.
@@ -155,6 +158,11 @@ pub async fn resolve(
             ));
         }
         out.push(spec);
+    }
+    let names: Vec<String> = out.iter().map(|t| t.name.clone()).collect();
+    let ranks = super::order::ranks(client, &names).await?;
+    for t in &mut out {
+        t.rank = ranks.get(&t.name).copied().unwrap_or(0);
     }
     Ok(out)
 }
@@ -332,6 +340,7 @@ async fn resolve_one(
         conflict: t.conflict,
         clock_skew_ms: t.clock_skew_ms,
         select_by_keys,
+        rank: 0,
     })
 }
 

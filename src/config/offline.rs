@@ -165,6 +165,11 @@ pub struct SyncTableConfig {
     /// milliseconds ahead of the server's clock is clamped to it.
     #[serde(default = "default_skew")]
     pub clock_skew_ms: u32,
+    /// Columns only the server writes (defaults, triggers), e.g.
+    /// `created_at`: they travel to devices, and a push's values for them
+    /// are ignored.
+    #[serde(default)]
+    pub protected: Vec<String>,
 }
 
 fn default_push() -> PushPolicy {

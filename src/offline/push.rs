@@ -460,11 +460,16 @@ async fn apply(
     }
     let mut values: BTreeMap<String, Value> = BTreeMap::new();
     for (k, v) in intent.values {
-        if t.column(&k).is_none() {
-            return Err(invalid(format!(
-                "column `{k}` of table `{}` is not synced",
-                t.name
-            )));
+        match t.column(&k) {
+            None => {
+                return Err(invalid(format!(
+                    "column `{k}` of table `{}` is not synced",
+                    t.name
+                )))
+            }
+            // The server's to write: a device may send back what it got.
+            Some(c) if c.protected => continue,
+            Some(_) => {}
         }
         let v = checked_value_from_pb(v)
             .map_err(|e| invalid(format!("column `{k}` of table `{}`: {e}", t.name)))?;

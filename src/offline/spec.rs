@@ -27,6 +27,8 @@ pub struct ColumnSpec {
     pub nullable: bool,
     /// Whether it is a key column.
     pub key: bool,
+    /// Written only by the server: a push's value for it is ignored.
+    pub protected: bool,
 }
 
 /// A checked sync table.
@@ -284,7 +286,20 @@ async fn resolve_one(
             kind: "",
             nullable: *nullable,
             key: key.contains(name),
+            protected: t.protected.contains(name),
         });
+    }
+    for p in &t.protected {
+        if !wanted.contains(p) {
+            return Err(format!(
+                "protected column `{p}` does not travel: add it to columns, or drop it from protected"
+            ));
+        }
+        if key.contains(p) || p == &scope_column || t.owner_column.as_ref() == Some(p) {
+            return Err(format!(
+                "column `{p}` cannot be protected: devices write a row's key, scope and owner columns"
+            ));
+        }
     }
     let stmt = client
         .prepare(&format!("SELECT {list} FROM {quoted}"))

@@ -1,6 +1,7 @@
-//! A bundle's rows are applied in an order the database's foreign keys
-//! accept, whatever order the device wrote them in: parents first for rows
-//! that end existing, children first for rows that end deleted.
+//! How a bundle's rows are written: in an order the database's foreign
+//! keys accept, whatever order the device wrote them in (parents first for
+//! rows that end existing, children first for rows that end deleted), and
+//! never into the columns the server owns.
 
 mod common;
 
@@ -18,7 +19,8 @@ CREATE TABLE comments (
     id           text PRIMARY KEY,
     workspace_id text NOT NULL REFERENCES workspaces(id),
     post_id      text NOT NULL REFERENCES posts(id),
-    body         text NOT NULL
+    body         text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT '2020-01-01 00:00:00+00'
 );
 -- Two tables that reference each other: only deferred checks let a pair
 -- of new rows in.
@@ -42,6 +44,7 @@ const CONFIG: &str = r#"
 [[offline.tables]]
 table = "comments"
 scope = "workspace"
+protected = ["created_at"]
 
 [[offline.tables]]
 table = "posts"
@@ -145,4 +148,56 @@ async fn rows_of_a_deferrable_cycle_apply_together() {
     assert!(r.applied);
     assert_eq!(count(&h, "left_side").await, 1);
     assert_eq!(count(&h, "right_side").await, 1);
+}
+
+#[tokio::test]
+async fn a_push_never_writes_a_protected_column() {
+    let h = Harness::with_extra(SCHEMA, CONFIG, |_| {}).await;
+    let mut d = Device::new(&h, "dev-alice", "protected-1").await;
+    let stamp = pb::Value {
+        kind: Some(pb::value::Kind::Timestamp(prost_types::Timestamp {
+            seconds: 946_684_800,
+            nanos: 0,
+        })),
+    };
+    let mut c = comment(IntentOp::Insert, "c1", "p1", 0);
+    c.values.insert("created_at".into(), stamp.clone());
+    let r = d
+        .push(vec![post(IntentOp::Insert, "p1", 0), c])
+        .await
+        .expect("the bundle applies");
+    assert!(r.applied);
+    let year = "SELECT extract(year FROM created_at)::bigint FROM comments WHERE id = 'c1'";
+    assert_eq!(h.query_i64(year).await, 2020, "the default stands");
+    let mut u = comment(IntentOp::Update, "c1", "p1", 1);
+    u.values.insert("created_at".into(), stamp);
+    u.values.insert("body".into(), text("changed"));
+    assert!(d.push(vec![u]).await.unwrap().applied);
+    assert_eq!(h.query_i64(year).await, 2020);
+    assert_eq!(
+        h.query_i64("SELECT count(*) FROM comments WHERE body = 'changed'")
+            .await,
+        1,
+        "the rest of the write applied"
+    );
+    // The column still travels to devices.
+    d.snapshot().await.unwrap();
+    let row = &d.rows[&("comments".to_owned(), "c1".to_owned())];
+    assert!(row.values.contains_key("created_at"));
+}
+
+#[tokio::test]
+async fn a_protected_key_is_refused_at_startup() {
+    let config = CONFIG.replace(r#"protected = ["created_at"]"#, r#"protected = ["id"]"#);
+    let db = fresh_database().await;
+    arcana::postgres::execute_script(&db, SCHEMA).await.unwrap();
+    let mut c =
+        arcana::config::Config::parse(&format!("{}\n{config}", arcana::app::DEMO_CONFIG)).unwrap();
+    c.changes.mode = arcana::config::ChangeMode::None;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let e = match arcana::app::App::start(&c, &db, listener).await {
+        Ok(_) => panic!("a protected key column was accepted"),
+        Err(e) => e,
+    };
+    assert!(e.contains("cannot be protected"), "{e}");
 }

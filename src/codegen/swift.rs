@@ -4,7 +4,8 @@
 
 use std::fmt::Write as _;
 
-use super::{groups, pascal, typed_columns, Column, Source};
+use super::common::{groups, pascal, typed_columns};
+use super::source::{Column, Source};
 use crate::proto::{FieldInfo, ParamInfo, ParamType};
 
 /// Swift's reserved words, escaped with backticks where a name is one.

@@ -2,7 +2,8 @@
 
 use std::fmt::Write as _;
 
-use super::{groups, pascal, typed_columns, Source};
+use super::common::{groups, pascal, typed_columns};
+use super::source::Source;
 use crate::proto::{FieldInfo, ParamInfo, ParamType};
 
 fn ts_key(name: &str) -> String {
@@ -202,7 +203,7 @@ pub fn typescript(source: &Source) -> String {
 
 /// A table's row type: every column the client can type, with its
 /// PostgreSQL type alongside.
-fn ts_table(out: &mut String, name: &str, what: &str, columns: &[super::Column]) {
+fn ts_table(out: &mut String, name: &str, what: &str, columns: &[super::source::Column]) {
     let (fields, note) = typed_columns(columns);
     let _ = writeln!(out, "\n/** {what} */");
     if let Some(note) = note {

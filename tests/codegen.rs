@@ -173,6 +173,77 @@ async fn typescript_has_graph_mutation_table_and_offline_types() {
         ts.contains("export const offlineTableNames = [\"tasks\", \"gadgets\"] as const;"),
         "{ts}"
     );
+    tsc(&ts);
+}
+
+/// Use of the generated types that must compile; each `@ts-expect-error`
+/// line must be an error.
+const TS_USE: &str = r#"
+import { createNodeClient, typed } from "CLIENT/src/node.js";
+import type { GadgetsTableRow, OfflineTables, Schema, Tables, TasksOfflineRow } from "./types.js";
+
+const client = typed<Schema>(createNodeClient({ baseUrl: "http://127.0.0.1:1", token: "dev-alice" }));
+export function use(): void {
+  const g = client.view("gadgets").items[0]!;
+  const flag: boolean = g.flag;
+  const label: string | null = g.label;
+  void [flag, label];
+  const row: GadgetsTableRow = { id: "u", workspace_id: "w", label: null, flag: true, ratio: null, born: null, blob: null, price: "1.50" };
+  // @ts-expect-error a NOT NULL column is not nullable
+  const bad: GadgetsTableRow = { ...row, flag: null };
+  // @ts-expect-error an untyped column is left out
+  void row.tags;
+  const due: Date | null = ({} as Tables["tasks"]).due_at;
+  const key: OfflineTables["tasks"]["key"] = ["id"];
+  const values: TasksOfflineRow = { title: "t", estimate: null, due_at: null, id: 1n, workspace_id: "w" };
+  // @ts-expect-error offline rows carry only the travelling columns
+  void values.points;
+  void [bad, due, key];
+}
+"#;
+
+/// Type-checks generated TypeScript and a use of it with the TS client's
+/// own compiler (installing the client's packages first if needed).
+fn tsc(code: &str) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let client = format!("{root}/clients/ts");
+    let compiler = format!("{client}/node_modules/typescript/bin/tsc");
+    if !std::path::Path::new(&compiler).exists() {
+        let out = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&client)
+            .output()
+            .expect("running npm (is Node.js installed?)");
+        assert!(
+            out.status.success(),
+            "npm ci: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("arcana-codegen-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("types.ts"), code).unwrap();
+    std::fs::write(dir.join("use.ts"), TS_USE.replace("CLIENT", &client)).unwrap();
+    std::fs::write(dir.join("package.json"), r#"{ "type": "module" }"#).unwrap();
+    std::fs::write(
+        dir.join("tsconfig.json"),
+        format!(
+            r#"{{ "extends": "{client}/tsconfig.json", "compilerOptions": {{ "rootDir": "/", "noEmit": true }}, "files": ["types.ts", "use.ts"] }}"#
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("node")
+        .args([&compiler, "-p", "tsconfig.json"])
+        .current_dir(&dir)
+        .output()
+        .expect("running node");
+    assert!(
+        out.status.success(),
+        "tsc: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -476,6 +476,52 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_empty_result_and_keyword_names_stay_valid_swift() {
+        use crate::proto::{DescribeResponse, MutationInfo};
+        let d = DescribeResponse {
+            mutations: vec![
+                MutationInfo {
+                    name: "drop_thing".into(),
+                    params: vec![ParamInfo {
+                        name: "default".into(),
+                        r#type: ParamType::Bool as i32,
+                        required: true,
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+                MutationInfo {
+                    name: "make_thing".into(),
+                    fields: vec![FieldInfo {
+                        nested: String::new(),
+                        name: "class".into(),
+                        kind: "bytes".into(),
+                        not_null: false,
+                    }],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let code = swift(&d.into());
+        assert!(
+            code.contains("public struct DropThingResult: Codable, Sendable, Hashable {\n  public init() {}\n"),
+            "{code}"
+        );
+        assert!(code.contains("  public var `default`: Bool\n"), "{code}");
+        assert!(
+            code.contains("    p[\"default\"] = .bool(`default`)\n"),
+            "{code}"
+        );
+        assert!(code.contains("  public var `class`: Data?\n"), "{code}");
+        assert!(code.contains("    case `class` = \"class\"\n"), "{code}");
+        assert!(
+            code.contains("    self.`class` = FieldValue.bytes(get(\"class\"))\n"),
+            "{code}"
+        );
+    }
+
+    #[test]
     fn swift_names_are_lower_camel_and_escaped() {
         assert_eq!(camel("due_at"), "dueAt");
         assert_eq!(camel("project_id"), "projectID");

@@ -83,6 +83,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// With `--config`: the database (overrides `database.url`).
+        /// DATABASE_URL is not read here, so a set environment cannot
+        /// clash with `--schema`.
         #[arg(long, requires = "config")]
         database_url: Option<String>,
         /// With `--config` and no database URL: start a throwaway
@@ -379,7 +381,9 @@ async fn codegen(
             schema: None,
         } => {
             let config = load(&config)?;
-            let url = database(&config, database_url)?;
+            let url = database_url.or_else(|| config.database.url.clone()).ok_or(
+                "no database: set database.url in the config or --database-url, or give --schema FILE to generate against a throwaway PostgreSQL",
+            )?;
             arcana::codegen::from_config(&config, &url).await?
         }
         Origin::Server { server, token } => {

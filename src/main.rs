@@ -70,17 +70,33 @@ enum Command {
         #[arg(long, requires = "cluster")]
         nats_url: Option<String>,
     },
-    /// Typed params and rows for every graph and mutation of a running server.
+    /// Typed params and rows for every graph and mutation, in TypeScript,
+    /// Go or Swift: from a config and its database (`--config`, which adds
+    /// the tables' and offline tables' row types), or from a running
+    /// server's Describe (`--server`, `--token`).
     Codegen {
-        /// `ts` or `go`.
-        #[arg(long, value_parser = ["ts", "go"])]
+        /// `ts`, `go` or `swift`.
+        #[arg(long, value_parser = ["ts", "go", "swift"])]
         lang: String,
-        /// The server to ask (Describe).
-        #[arg(long, default_value = arcana::config::DEFAULT_SERVER_URL)]
-        server: String,
-        /// A bearer token for Describe.
+        /// Generate from this TOML config, building its registry against
+        /// the database as the server would at startup; no server, no token.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// With `--config`: the database (overrides `database.url`).
+        /// DATABASE_URL is not read here, so a set environment cannot
+        /// clash with `--schema`.
+        #[arg(long, requires = "config")]
+        database_url: Option<String>,
+        /// With `--config` and no database URL: start a throwaway
+        /// PostgreSQL, load this SQL file into it, generate, and remove it.
+        #[arg(long, requires = "config", conflicts_with = "database_url")]
+        schema: Option<PathBuf>,
+        /// The server to ask (Describe) [default: http://127.0.0.1:50051].
+        #[arg(long, conflicts_with = "config")]
+        server: Option<String>,
+        /// A bearer token for Describe (not used with `--config`).
         #[arg(long, env = "ARCANA_TOKEN")]
-        token: String,
+        token: Option<String>,
         /// Write here instead of standard output.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -225,11 +241,27 @@ async fn main() {
         Command::Offline { action } => offline(action).await,
         Command::Codegen {
             lang,
+            config,
+            database_url,
+            schema,
             server,
             token,
             out,
             package,
-        } => codegen(&lang, server, &token, out, &package).await,
+        } => {
+            let from = match config {
+                Some(config) => Origin::Config {
+                    config,
+                    database_url,
+                    schema,
+                },
+                None => Origin::Server {
+                    server: server.unwrap_or_else(|| arcana::config::DEFAULT_SERVER_URL.to_owned()),
+                    token,
+                },
+            };
+            codegen(&lang, from, out, &package).await
+        }
     };
     if let Some(t) = telemetry {
         // Flushing blocks on the exporter, which runs on this runtime.
@@ -292,33 +324,76 @@ async fn run_until_ctrl_c(mut app: App, on_open: impl FnOnce(&App)) -> Result<()
     }
 }
 
+/// Where `codegen` reads the graphs and mutations from.
+enum Origin {
+    /// A config, against a database or a throwaway one loaded with `schema`.
+    Config {
+        config: PathBuf,
+        database_url: Option<String>,
+        schema: Option<PathBuf>,
+    },
+    /// A running server's Describe.
+    Server {
+        server: String,
+        token: Option<String>,
+    },
+}
+
 async fn codegen(
     lang: &str,
-    server: String,
-    token: &str,
+    from: Origin,
     out: Option<PathBuf>,
     package: &str,
 ) -> Result<(), String> {
-    let channel = tonic::transport::Endpoint::from_shared(server.clone())
-        .map_err(|e| format!("bad --server {server}: {e}"))?
-        .connect()
-        .await
-        .map_err(|e| format!("connecting to {server}: {e}"))?;
-    let mut client = arcana::proto::arcana_service_client::ArcanaServiceClient::new(channel);
-    let mut req = tonic::Request::new(arcana::proto::DescribeRequest {});
-    let value = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| "the token is not valid header text".to_owned())?;
-    req.metadata_mut().insert("authorization", value);
-    let d = client
-        .describe(req)
-        .await
-        .map_err(|s| format!("Describe: {:?}: {}", s.code(), s.message()))?
-        .into_inner();
-    let text = match lang {
-        "ts" => arcana::codegen::typescript(&d),
-        _ => arcana::codegen::go(&d, package),
+    let lang =
+        arcana::codegen::Lang::parse(lang).ok_or_else(|| format!("unknown --lang {lang}"))?;
+    let source = match from {
+        Origin::Config {
+            config,
+            database_url,
+            schema: Some(schema),
+        } => {
+            debug_assert!(database_url.is_none());
+            let config = load(&config)?;
+            let sql = std::fs::read_to_string(&schema)
+                .map_err(|e| format!("reading {}: {e}", schema.display()))?;
+            let pg = EmbeddedPostgres::start(EmbeddedOptions {
+                fast: true,
+                ..Default::default()
+            })
+            .await?;
+            let url = pg.url("postgres");
+            let r = async {
+                arcana::postgres::execute_script(&url, &sql)
+                    .await
+                    .map_err(|e| format!("loading {}: {e}", schema.display()))?;
+                arcana::codegen::from_config(&config, &url).await
+            }
+            .await;
+            tokio::task::spawn_blocking(move || pg.stop())
+                .await
+                .map_err(|e| e.to_string())?;
+            r?
+        }
+        Origin::Config {
+            config,
+            database_url,
+            schema: None,
+        } => {
+            let config = load(&config)?;
+            let url = database_url.or_else(|| config.database.url.clone()).ok_or(
+                "no database: set database.url in the config or --database-url, or give --schema FILE to generate against a throwaway PostgreSQL",
+            )?;
+            arcana::codegen::from_config(&config, &url).await?
+        }
+        Origin::Server { server, token } => {
+            let token = token.ok_or(
+                "asking a server needs --token (or ARCANA_TOKEN); or generate from --config",
+            )?;
+            describe(server, &token).await?.into()
+        }
     };
+    let text = arcana::codegen::generate(lang, &source, package);
     match out {
         Some(p) => {
             // `--out` may name a folder that does not exist yet.
@@ -333,6 +408,26 @@ async fn codegen(
             Ok(())
         }
     }
+}
+
+/// A running server's Describe response.
+async fn describe(server: String, token: &str) -> Result<arcana::proto::DescribeResponse, String> {
+    let channel = tonic::transport::Endpoint::from_shared(server.clone())
+        .map_err(|e| format!("bad --server {server}: {e}"))?
+        .connect()
+        .await
+        .map_err(|e| format!("connecting to {server}: {e}"))?;
+    let mut client = arcana::proto::arcana_service_client::ArcanaServiceClient::new(channel);
+    let mut req = tonic::Request::new(arcana::proto::DescribeRequest {});
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "the token is not valid header text".to_owned())?;
+    req.metadata_mut().insert("authorization", value);
+    Ok(client
+        .describe(req)
+        .await
+        .map_err(|s| format!("Describe: {:?}: {}", s.code(), s.message()))?
+        .into_inner())
 }
 
 fn load(path: &PathBuf) -> Result<Config, String> {

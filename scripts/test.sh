@@ -27,7 +27,7 @@ done
 
 echo "== generated code is current"
 bash scripts/generate.sh
-git diff --exit-code -- clients/ts/src/gen clients/go/arcanapb clients/ts/examples/demo-types.ts clients/go/examples/demotypes \
+git diff --exit-code -- clients/ts/src/gen clients/go/arcanapb clients/ts/examples/demo-types.ts clients/go/examples/demotypes clients/swift/Examples/DemoTypes.swift \
   || { echo "generated code is out of date: run scripts/generate.sh and commit"; exit 1; }
 (cd clients/ts && npx tsc -p examples --noEmit)
 echo "all tests passed"

@@ -6,6 +6,7 @@
 //! every committed write is logged whoever made it.
 
 mod follow;
+mod intent;
 mod order;
 mod pull;
 mod push;

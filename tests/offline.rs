@@ -567,6 +567,34 @@ async fn writes_from_psql_reach_pulls_and_follows() {
     assert_eq!(e.code(), Code::ResourceExhausted);
 }
 
+/// TRUNCATE fires no row triggers; the log still records every row it
+/// removed, so devices drop them.
+#[tokio::test]
+async fn a_truncate_reaches_devices_as_deletes() {
+    let h = harness().await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    h.sql("INSERT INTO notes VALUES ('t1', 'acme', 'one', NULL), ('t2', 'acme', 'two', NULL), ('g1', 'globex', 'theirs', NULL)")
+        .await;
+    a.pull().await.unwrap();
+    assert_eq!(a.column("notes", "title").len(), 2);
+    h.sql("TRUNCATE notes").await;
+    a.pull().await.unwrap();
+    assert!(a.column("notes", "title").is_empty(), "{:?}", a.rows);
+    // A fresh device sees nothing either, and rows written afterwards come
+    // through as before.
+    h.sql("INSERT INTO notes VALUES ('t3', 'acme', 'three', NULL)")
+        .await;
+    let mut b = Device::new(&h, "dev-alice", "b").await;
+    b.pull().await.unwrap();
+    a.pull().await.unwrap();
+    for d in [&a, &b] {
+        assert_eq!(
+            d.column("notes", "title").keys().collect::<Vec<_>>(),
+            vec!["t3"]
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_device_behind_retention_snapshots_and_converges() {
     let h = harness_with(|c| c.offline.retention_max_rows = 3).await;

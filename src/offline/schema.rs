@@ -243,7 +243,29 @@ BEGIN
     END IF;
 END
 $d$;
+-- TRUNCATE fires no row triggers: every row the log holds as live is
+-- logged deleted, from the log's own copy (the table is not read).
+CREATE OR REPLACE FUNCTION {tfunc}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $f$
+BEGIN
+    PERFORM arcana_offline.record(r.tbl, r.id, r.key, r.scope, 3::smallint)
+    FROM arcana_offline.rows AS r WHERE r.tbl = {tlit} AND NOT r.deleted;
+    RETURN NULL;
+END
+$f$;
+DO $d$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = {ttname}
+                   AND tgrelid = {regclass}::regclass) THEN
+        CREATE TRIGGER {ttrigger} BEFORE TRUNCATE ON {table}
+            FOR EACH STATEMENT EXECUTE FUNCTION {tfunc}();
+    END IF;
+END
+$d$;
 "#,
+        tfunc = format!("arcana_offline.{}", ident(&format!("truncate_{}", t.name))),
+        ttname = literal(&format!("{}_truncate", trigger_name(t))),
+        ttrigger = ident(&format!("{}_truncate", trigger_name(t))),
         func = function_name(t),
         ins = record_call(t, "NEW", 1),
         del = record_call(t, "OLD", 3),

@@ -567,6 +567,68 @@ async fn writes_from_psql_reach_pulls_and_follows() {
     assert_eq!(e.code(), Code::ResourceExhausted);
 }
 
+/// A pull can ask for some tables only: it gets their changes, and its
+/// position still moves past the other tables' changes.
+#[tokio::test]
+async fn a_pull_of_some_tables_gets_only_theirs_and_moves_past_the_rest() {
+    let h = harness().await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    h.sql("INSERT INTO notes VALUES ('n1', 'acme', 'note', NULL); INSERT INTO lww_notes VALUES ('l1', 'acme', 'lww', NULL); INSERT INTO notes VALUES ('n2', 'acme', 'note 2', NULL)")
+        .await;
+    let pull = |after: Vec<pb::ScopeSequence>, tables: Vec<String>| pb::PullRequest {
+        client_id: "a".into(),
+        after,
+        tables,
+        max_rows: 0,
+        max_bytes: 0,
+        follow: false,
+    };
+    let mut s = a
+        .client
+        .pull(pull(Vec::new(), vec!["lww_notes".into()]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::pull_response::Kind::Changes(b)) = s.next().await.unwrap().unwrap().kind else {
+        panic!()
+    };
+    assert_eq!(
+        b.changes.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        vec!["l1"]
+    );
+    assert!(!b.has_more);
+    let last = *seqs(&h, "workspace:acme").await.last().unwrap() as u64;
+    assert_eq!(
+        b.through
+            .iter()
+            .find(|t| t.scope == "workspace:acme")
+            .map(|t| t.sequence),
+        Some(last),
+        "the position moved past the notes"
+    );
+    // Small batches: each carries lww changes only, in order.
+    h.sql("INSERT INTO lww_notes VALUES ('l2', 'acme', 'lww 2', NULL); INSERT INTO notes VALUES ('n3', 'acme', 'note 3', NULL); INSERT INTO lww_notes VALUES ('l3', 'acme', 'lww 3', NULL)")
+        .await;
+    let mut req = pull(b.through.clone(), vec!["lww_notes".into()]);
+    req.max_rows = 1;
+    let mut s = a.client.pull(req).await.unwrap().into_inner();
+    let mut got = Vec::new();
+    while let Some(m) = s.next().await {
+        let Some(pb::pull_response::Kind::Changes(b)) = m.unwrap().kind else {
+            panic!()
+        };
+        got.extend(b.changes.iter().map(|c| c.id.clone()));
+    }
+    assert_eq!(got, vec!["l2", "l3"]);
+    let e = a
+        .client
+        .pull(pull(Vec::new(), vec!["nope".into()]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert!(e.message().contains("nope"), "{}", e.message());
+}
+
 /// TRUNCATE fires no row triggers; the log still records every row it
 /// removed, so devices drop them.
 #[tokio::test]

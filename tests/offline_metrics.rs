@@ -174,6 +174,7 @@ async fn offline_work_shows_on_metrics() {
             max_rows: 0,
             max_bytes: 0,
             follow: true,
+            tables: Vec::new(),
         })
         .await
         .unwrap()

@@ -18,13 +18,25 @@ use crate::proto::{self as pb, pull_response::Kind, IntentOp};
 use crate::wire::status::status;
 
 /// One read of the log: a batch, or the news that a scope must snapshot.
+/// What one pull asks for besides positions: its limits per batch, and the
+/// tables it wants (empty: all).
+#[derive(Clone, Debug)]
+pub struct Shape {
+    /// Most changes per batch.
+    pub max_rows: usize,
+    /// Most bytes of changes per batch (one change always goes).
+    pub max_bytes: usize,
+    /// Only these tables' changes; empty: every table.
+    pub tables: Vec<String>,
+}
+
 pub async fn pull_once(
     o: &Offline,
     who: &Identity,
     after: &BTreeMap<String, u64>,
-    max_rows: usize,
-    max_bytes: usize,
+    shape: &Shape,
 ) -> Result<pb::PullResponse, Status> {
+    let (max_rows, max_bytes) = (shape.max_rows, shape.max_bytes);
     let mut c = o.conn().await?;
     let tx = c
         .build_transaction()
@@ -38,9 +50,12 @@ pub async fn pull_once(
     let failed = |e| db_status("reading the change log", e);
     let scopes: Vec<&String> = after.keys().collect();
     let positions: Vec<i64> = after.values().map(|&s| s as i64).collect();
+    // Each scope's last sequence in this snapshot: where a pull that saw
+    // every change it wanted stands, other tables' changes included.
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
     for r in tx
         .query(
-            "SELECT scope, floor, floor_reason FROM arcana_offline.scopes WHERE scope = ANY($1)",
+            "SELECT scope, floor, floor_reason, seq FROM arcana_offline.scopes WHERE scope = ANY($1)",
             &[&scopes],
         )
         .await
@@ -48,6 +63,7 @@ pub async fn pull_once(
     {
         let scope: String = r.get(0);
         let floor = r.get::<_, i64>(1) as u64;
+        last.insert(scope.clone(), r.get::<_, i64>(3) as u64);
         if after.get(&scope).is_some_and(|&a| a < floor) {
             offline_metrics::snapshot_required();
             return Ok(pb::PullResponse {
@@ -64,9 +80,10 @@ pub async fn pull_once(
             "SELECT c.scope, c.seq, c.tbl, c.id, c.op, c.client_id, c.bundle_id \
              FROM unnest($1::text[], $2::int8[]) AS a(scope, after) \
              CROSS JOIN LATERAL (SELECT * FROM arcana_offline.changes c \
-                 WHERE c.scope = a.scope AND c.seq > a.after ORDER BY c.seq LIMIT $3) c \
+                 WHERE c.scope = a.scope AND c.seq > a.after \
+                 AND (cardinality($4::text[]) = 0 OR c.tbl = ANY($4)) ORDER BY c.seq LIMIT $3) c \
              ORDER BY c.scope, c.seq",
-            &[&scopes, &positions, &(max_rows as i64 + 1)],
+            &[&scopes, &positions, &(max_rows as i64 + 1), &shape.tables],
         )
         .await
         .map_err(failed)?;
@@ -156,6 +173,13 @@ pub async fn pull_once(
         changes.push(change);
     }
     let has_more = cut || entries.len() > taken.len();
+    if !has_more {
+        // Everything wanted is in: skip the other tables' changes too.
+        for (scope, seq) in last {
+            let at = through.entry(scope).or_default();
+            *at = (*at).max(seq);
+        }
+    }
     offline_metrics::pulled(changes.len());
     Ok(pb::PullResponse {
         kind: Some(Kind::Changes(pb::ChangeBatch {
@@ -205,8 +229,7 @@ pub async fn run(
     o: Offline,
     who: Identity,
     mut after: BTreeMap<String, u64>,
-    max_rows: usize,
-    max_bytes: usize,
+    shape: Shape,
     follow: Option<Following>,
     tx: mpsc::Sender<Result<pb::PullResponse, Status>>,
 ) {
@@ -220,13 +243,13 @@ pub async fn run(
         let r = if !first && sql_buckets {
             match scopes_of(&o, &who).await {
                 Ok(mine) => match check_own(&mine, after.keys()) {
-                    Ok(()) => pull_once(&o, &who, &after, max_rows, max_bytes).await,
+                    Ok(()) => pull_once(&o, &who, &after, &shape).await,
                     Err(e) => Err(e),
                 },
                 Err(e) => Err(e),
             }
         } else {
-            pull_once(&o, &who, &after, max_rows, max_bytes).await
+            pull_once(&o, &who, &after, &shape).await
         };
         let (more, stop) = match &r {
             Err(_) => (false, true),

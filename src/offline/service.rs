@@ -243,23 +243,24 @@ impl offline_service_server::OfflineService for Offline {
                 asked
             }
         };
-        let max_rows = bound(r.max_rows, cfg.max_pull_rows).max(1) as usize;
-        let max_bytes = bound(r.max_bytes, cfg.max_pull_bytes) as usize;
+        if let Some(t) = r.tables.iter().find(|t| self.table(t).is_none()) {
+            return Err(status(
+                Code::InvalidArgument,
+                format!("tables: `{t}` is not a synced table (Capabilities lists them)"),
+            ));
+        }
+        let shape = super::pull::Shape {
+            max_rows: bound(r.max_rows, cfg.max_pull_rows).max(1) as usize,
+            max_bytes: bound(r.max_bytes, cfg.max_pull_bytes) as usize,
+            tables: r.tables,
+        };
         let slot = if r.follow {
             Some(super::pull::take_follow(self, &id, &r.client_id)?)
         } else {
             None
         };
         let (tx, rx) = mpsc::channel(2);
-        tokio::spawn(super::pull::run(
-            self.clone(),
-            id,
-            after,
-            max_rows,
-            max_bytes,
-            slot,
-            tx,
-        ));
+        tokio::spawn(super::pull::run(self.clone(), id, after, shape, slot, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 

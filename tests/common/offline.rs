@@ -197,6 +197,7 @@ impl Device {
                 max_rows: 0,
                 max_bytes: 0,
                 follow: false,
+                tables: Vec::new(),
             })
             .await?
             .into_inner();

@@ -1191,7 +1191,12 @@ type PullRequest struct {
 	MaxRows  uint32 `protobuf:"varint,3,opt,name=max_rows,json=maxRows,proto3" json:"max_rows,omitempty"`
 	MaxBytes uint32 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
 	// Keep the stream open and send new changes as they commit.
-	Follow        bool `protobuf:"varint,5,opt,name=follow,proto3" json:"follow,omitempty"`
+	Follow bool `protobuf:"varint,5,opt,name=follow,proto3" json:"follow,omitempty"`
+	// Only changes of these tables; empty: every synced table. A batch's
+	// `through` still moves past the changes of other tables, so a device
+	// that pulls a few tables first and the rest later must keep a separate
+	// position for each set.
+	Tables        []string `protobuf:"bytes,6,rep,name=tables,proto3" json:"tables,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1259,6 +1264,13 @@ func (x *PullRequest) GetFollow() bool {
 		return x.Follow
 	}
 	return false
+}
+
+func (x *PullRequest) GetTables() []string {
+	if x != nil {
+		return x.Tables
+	}
+	return nil
 }
 
 type PullResponse struct {
@@ -1815,13 +1827,14 @@ const file_arcana_v1_offline_proto_rawDesc = "" +
 	"\x05scope\x18\x06 \x01(\tR\x05scope\x1aK\n" +
 	"\vValuesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12&\n" +
-	"\x05value\x18\x02 \x01(\v2\x10.arcana.v1.ValueR\x05value:\x028\x01\"\xaa\x01\n" +
+	"\x05value\x18\x02 \x01(\v2\x10.arcana.v1.ValueR\x05value:\x028\x01\"\xc2\x01\n" +
 	"\vPullRequest\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12.\n" +
 	"\x05after\x18\x02 \x03(\v2\x18.arcana.v1.ScopeSequenceR\x05after\x12\x19\n" +
 	"\bmax_rows\x18\x03 \x01(\rR\amaxRows\x12\x1b\n" +
 	"\tmax_bytes\x18\x04 \x01(\rR\bmaxBytes\x12\x16\n" +
-	"\x06follow\x18\x05 \x01(\bR\x06follow\"\x96\x01\n" +
+	"\x06follow\x18\x05 \x01(\bR\x06follow\x12\x16\n" +
+	"\x06tables\x18\x06 \x03(\tR\x06tables\"\x96\x01\n" +
 	"\fPullResponse\x122\n" +
 	"\achanges\x18\x01 \x01(\v2\x16.arcana.v1.ChangeBatchH\x00R\achanges\x12J\n" +
 	"\x11snapshot_required\x18\x02 \x01(\v2\x1b.arcana.v1.SnapshotRequiredH\x00R\x10snapshotRequiredB\x06\n" +

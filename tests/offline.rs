@@ -702,6 +702,81 @@ async fn a_device_behind_retention_snapshots_and_converges() {
     assert_eq!(want.len(), 5);
 }
 
+/// Waits until `q` (one bigint) reads `want`.
+async fn until_i64(h: &Harness, q: &str, want: i64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = h.query_i64(q).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{q}: {now}, not {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits for a whole retention pass: a client aged past the idle limit
+/// after it begins is deactivated by the pass, the next one by a later.
+async fn retention_pass(h: &Harness, probes: [&str; 2]) {
+    for p in probes {
+        h.sql(&format!(
+            "UPDATE arcana_offline.clients SET last_seen = now() - interval '1000 days' WHERE client_id = '{p}'"
+        ))
+        .await;
+        until_i64(
+            h,
+            &format!("SELECT (NOT active)::int::bigint FROM arcana_offline.clients WHERE client_id = '{p}'"),
+            1,
+        )
+        .await;
+    }
+}
+
+/// Compaction prunes what every active device has pulled, and no further:
+/// the slowest active device still pulls, only new devices snapshot.
+#[tokio::test]
+async fn compaction_prunes_only_what_every_active_device_has_pulled() {
+    let h = harness_with(|c| c.offline.compact_after_seconds = 0).await;
+    let floor = "SELECT floor FROM arcana_offline.scopes WHERE scope = 'workspace:acme'";
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    let mut b = Device::new(&h, "dev-alice", "b").await;
+    for p in ["p1", "p2"] {
+        Device::new(&h, "dev-alice", p).await;
+    }
+    h.sql("INSERT INTO notes VALUES ('n1', 'acme', 'one', NULL), ('n2', 'acme', 'two', NULL), ('n3', 'acme', 'three', NULL)")
+        .await;
+    // A pulls twice: the second pull says it holds all three. B pulled
+    // once, from 0.
+    a.pull().await.unwrap();
+    a.pull().await.unwrap();
+    b.pull().await.unwrap();
+    retention_pass(&h, ["p1", "p2"]).await;
+    assert_eq!(h.query_i64(floor).await, 0, "b still needs the changes");
+    // Once B says so too, they go.
+    b.pull().await.unwrap();
+    until_i64(&h, floor, 3).await;
+    h.sql("UPDATE notes SET title = 'later' WHERE id = 'n1'")
+        .await;
+    for d in [&mut a, &mut b] {
+        assert_eq!(
+            d.pull().await.unwrap(),
+            None,
+            "an active device never snapshots"
+        );
+        assert_eq!(d.column("notes", "title")["n1"].as_deref(), Some("later"));
+    }
+    let mut fresh = Device::new(&h, "dev-alice", "c").await;
+    let need = fresh.pull().await.unwrap().expect("a new device snapshots");
+    assert!(
+        need.reason.contains("compact_after_seconds"),
+        "{}",
+        need.reason
+    );
+}
+
 #[tokio::test]
 async fn a_snapshot_resumed_from_its_cursor_converges() {
     let h = harness_with(|c| c.offline.snapshot_chunk_rows = 2).await;

@@ -36,6 +36,10 @@ pub struct OfflineConfig {
     pub retention_max_rows: u64,
     /// How often the retention task runs, in milliseconds.
     pub retention_interval_ms: u64,
+    /// Change-log entries at least this many seconds old that every
+    /// active device of their scope has pulled are pruned before the
+    /// ceilings above: no active device has to snapshot for them.
+    pub compact_after_seconds: u64,
     /// A client not seen for this many seconds is deactivated and must
     /// register again and take a snapshot.
     pub client_idle_seconds: u64,
@@ -79,6 +83,7 @@ impl Default for OfflineConfig {
             retention_seconds: 30 * 24 * 3600,
             retention_max_rows: 1_000_000,
             retention_interval_ms: 60_000,
+            compact_after_seconds: 24 * 3600,
             client_idle_seconds: 90 * 24 * 3600,
             max_follows_per_client: 2,
             pool_size: 4,

@@ -87,6 +87,16 @@ CREATE TABLE IF NOT EXISTS arcana_offline.clients (
     active        boolean NOT NULL DEFAULT true
 );
 
+-- Where each device last pulled each scope from: it holds every change
+-- up to there, so compaction may prune them.
+CREATE TABLE IF NOT EXISTS arcana_offline.positions (
+    client_id text NOT NULL,
+    scope     text NOT NULL,
+    seq       bigint NOT NULL,
+    at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (client_id, scope)
+);
+
 CREATE TABLE IF NOT EXISTS arcana_offline.bundles (
     client_id text NOT NULL,
     bundle_id bigint NOT NULL,

@@ -243,6 +243,11 @@ impl offline_service_server::OfflineService for Offline {
                 asked
             }
         };
+        // Pulling from a position acknowledges every change up to it: the
+        // device no longer needs them (compaction, see retention.rs).
+        if r.tables.is_empty() {
+            super::retention::acknowledge(self, &r.client_id, &after).await?;
+        }
         if let Some(t) = r.tables.iter().find(|t| self.table(t).is_none()) {
             return Err(status(
                 Code::InvalidArgument,

@@ -119,10 +119,9 @@ pub fn snapshot_rows(rows: usize) {
     OFFLINE.snapshot_rows.inc_by(rows as u64);
 }
 
-/// Retention raised a scope's floor (`by_age` or by count), pruning up to
-/// `pruned` changes.
-pub fn floor_raised(by_age: bool, pruned: u64) {
-    let reason = if by_age { "age" } else { "count" };
+/// Retention raised a scope's floor (`reason`: `age`, `count` or
+/// `compacted`), pruning up to `pruned` changes.
+pub fn floor_raised(reason: &'static str, pruned: u64) {
     OFFLINE
         .floor_raises
         .get_or_create(&ReasonLabel { reason })

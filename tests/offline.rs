@@ -629,6 +629,52 @@ async fn a_pull_of_some_tables_gets_only_theirs_and_moves_past_the_rest() {
     assert!(e.message().contains("nope"), "{}", e.message());
 }
 
+/// Batches end between transactions: a transaction cut by the row or byte
+/// limit waits for the next batch, and one larger than a batch comes whole.
+#[tokio::test]
+async fn pulls_never_split_a_transaction() {
+    let h = harness().await;
+    let mut a = Device::new(&h, "dev-alice", "a").await;
+    h.sql("INSERT INTO notes VALUES ('a1', 'acme', 'alone', NULL)")
+        .await;
+    h.sql("INSERT INTO notes VALUES ('b1', 'acme', 'b', NULL), ('b2', 'acme', 'b', NULL), ('b3', 'acme', 'b', NULL)")
+        .await;
+    h.sql("INSERT INTO notes VALUES ('c1', 'acme', 'c', NULL), ('c2', 'acme', 'c', NULL)")
+        .await;
+    for (max_rows, max_bytes) in [(2, 0), (1, 0), (0, 1)] {
+        let mut s = a
+            .client
+            .pull(pb::PullRequest {
+                client_id: "a".into(),
+                after: vec![pb::ScopeSequence {
+                    scope: "workspace:acme".into(),
+                    sequence: 0,
+                }],
+                max_rows,
+                max_bytes,
+                follow: false,
+                tables: Vec::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut batches = Vec::new();
+        while let Some(m) = s.next().await {
+            let Some(pb::pull_response::Kind::Changes(b)) = m.unwrap().kind else {
+                panic!()
+            };
+            if !b.changes.is_empty() {
+                batches.push(b.changes.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
+            }
+        }
+        assert_eq!(
+            batches,
+            vec![vec!["a1"], vec!["b1", "b2", "b3"], vec!["c1", "c2"]],
+            "max_rows {max_rows}, max_bytes {max_bytes}"
+        );
+    }
+}
+
 /// TRUNCATE fires no row triggers; the log still records every row it
 /// removed, so devices drop them.
 #[tokio::test]

@@ -77,7 +77,7 @@ pub async fn pull_once(
     }
     let entries = tx
         .query(
-            "SELECT c.scope, c.seq, c.tbl, c.id, c.op, c.client_id, c.bundle_id \
+            "SELECT c.scope, c.seq, c.tbl, c.id, c.op, c.client_id, c.bundle_id, c.xid \
              FROM unnest($1::text[], $2::int8[]) AS a(scope, after) \
              CROSS JOIN LATERAL (SELECT * FROM arcana_offline.changes c \
                  WHERE c.scope = a.scope AND c.seq > a.after \
@@ -87,11 +87,43 @@ pub async fn pull_once(
         )
         .await
         .map_err(failed)?;
-    let taken = &entries[..entries.len().min(max_rows)];
+    // A batch ends between transactions: one cut by the row limit ends
+    // the batch before it, unless it began the batch, when the rest of it
+    // comes along (up to WHOLE_MAX changes).
+    let mut n = entries.len().min(max_rows);
+    let mut rest = Vec::new();
+    if n < entries.len() && tx_of(&entries[n - 1]) == tx_of(&entries[n]) {
+        let split = tx_of(&entries[n]);
+        let start = (0..n)
+            .rev()
+            .take_while(|&i| tx_of(&entries[i]) == split)
+            .last()
+            .unwrap_or(n);
+        if start > 0 {
+            n = start;
+        } else {
+            rest = tx
+                .query(
+                    "SELECT c.scope, c.seq, c.tbl, c.id, c.op, c.client_id, c.bundle_id, c.xid \
+                     FROM arcana_offline.changes c WHERE c.scope = $1 AND c.xid = $2 AND c.seq > $3 \
+                     AND (cardinality($4::text[]) = 0 OR c.tbl = ANY($4)) ORDER BY c.seq LIMIT $5",
+                    &[
+                        &split.0,
+                        &split.1,
+                        &entries[n - 1].get::<_, i64>(1),
+                        &shape.tables,
+                        &(WHOLE_MAX.saturating_sub(n) as i64),
+                    ],
+                )
+                .await
+                .map_err(failed)?;
+        }
+    }
+    let taken: Vec<&tokio_postgres::Row> = entries[..n].iter().chain(&rest).collect();
     // The rows as they stand now, in this same snapshot.
     let mut tbls = Vec::new();
     let mut ids = Vec::new();
-    for e in taken {
+    for e in &taken {
         tbls.push(e.get::<_, String>(2));
         ids.push(e.get::<_, String>(3));
     }
@@ -122,11 +154,13 @@ pub async fn pull_once(
             }
         }
     }
-    let mut through: BTreeMap<String, u64> = after.clone();
     let mut changes = Vec::with_capacity(taken.len());
+    // The transaction of each change, to end a batch cut by size between
+    // transactions too.
+    let mut txs: Vec<(String, i64)> = Vec::with_capacity(taken.len());
     let mut bytes = 0usize;
     let mut cut = false;
-    for e in taken {
+    for e in &taken {
         let scope: String = e.get(0);
         let seq = e.get::<_, i64>(1) as u64;
         let (tbl, id): (String, String) = (e.get(2), e.get(3));
@@ -164,15 +198,31 @@ pub async fn pull_once(
             moved_out,
         };
         let len = change.encoded_len();
+        let this = tx_of(e);
         if !changes.is_empty() && bytes + len > max_bytes {
-            cut = true;
-            break;
+            let start = txs.iter().rposition(|t| *t != this).map_or(0, |i| i + 1);
+            if txs.last() != Some(&this) {
+                // Cut between two transactions.
+                cut = true;
+                break;
+            }
+            if start > 0 {
+                // Cut before the transaction this change continues.
+                changes.truncate(start);
+                cut = true;
+                break;
+            }
+            // One transaction alone is past the size limit: it comes whole.
         }
         bytes += len;
-        through.insert(scope, seq);
+        txs.push(this);
         changes.push(change);
     }
-    let has_more = cut || entries.len() > taken.len();
+    let mut through: BTreeMap<String, u64> = after.clone();
+    for c in &changes {
+        through.insert(c.scope.clone(), c.sequence);
+    }
+    let has_more = cut || !rest.is_empty() || entries.len() > n;
     if !has_more {
         // Everything wanted is in: skip the other tables' changes too.
         for (scope, seq) in last {
@@ -196,6 +246,15 @@ pub async fn pull_once(
 /// A follow stream's places (per client and identity) and its count in
 /// the open-follows gauge, all given back when the stream ends.
 pub type Following = (Held, FollowOpen);
+
+/// Most changes of one transaction in one scope sent in one batch past the
+/// batch's limits; a larger transaction comes in batches of this many.
+const WHOLE_MAX: usize = 10_000;
+
+/// The scope and transaction of a change-log row.
+fn tx_of(r: &tokio_postgres::Row) -> (String, i64) {
+    (r.get(0), r.get(7))
+}
 
 /// Takes a follow place of `client_id` and of `id`, if both have one free;
 /// it is given back when the stream ends.

@@ -3,6 +3,7 @@
 
 pub mod caller;
 pub mod codec;
+pub mod connect;
 pub mod deadline;
 mod holding;
 pub mod limits;

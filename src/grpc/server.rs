@@ -197,31 +197,33 @@ fn forwarded(headers: &http::HeaderMap) -> Option<IpAddr> {
 }
 
 /// Whether a call's content type is one this server speaks: gRPC
-/// (`application/grpc`, `+proto`) or gRPC-Web (`application/grpc-web`,
-/// `-text`, `+proto`).
+/// (`application/grpc`, `+proto`), gRPC-Web (`application/grpc-web`,
+/// `-text`, `+proto`) or Connect (`application/json`, `application/proto`,
+/// `application/connect+json`, `+proto`).
 fn speaks(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.trim().to_ascii_lowercase();
-            ct == "application/grpc"
-                || ct.starts_with("application/grpc+")
-                || ct.starts_with("application/grpc;")
-                || ct.starts_with("application/grpc-web")
-        })
+    super::connect::is_connect(headers)
+        || headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                let ct = ct.trim().to_ascii_lowercase();
+                ct == "application/grpc"
+                    || ct.starts_with("application/grpc+")
+                    || ct.starts_with("application/grpc;")
+                    || ct.starts_with("application/grpc-web")
+            })
 }
 
 /// HTTP 415 for a call in a content type this server does not speak.
 fn unsupported_media_type() -> http::Response<Body> {
     let mut r = http::Response::new(Body::new(http_body_util::Full::new(Bytes::from_static(
-        b"unsupported content-type: send gRPC (application/grpc) or gRPC-Web (application/grpc-web, application/grpc-web-text)\n",
+        b"unsupported content-type: send gRPC (application/grpc), gRPC-Web (application/grpc-web, application/grpc-web-text) or Connect (application/json, application/proto, application/connect+json, application/connect+proto)\n",
     ))));
     *r.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
     r.headers_mut().insert(
         http::HeaderName::from_static("accept-post"),
         HeaderValue::from_static(
-            "application/grpc, application/grpc-web, application/grpc-web-text",
+            "application/grpc, application/grpc-web, application/grpc-web-text, application/json, application/proto, application/connect+json, application/connect+proto",
         ),
     );
     r
@@ -328,8 +330,13 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .prepare();
+    let connect = super::connect::ConnectLayer::new(
+        crate::proto::FILE_DESCRIPTOR_SET,
+        opts.max_message_bytes,
+    )?;
     let layered = tower::ServiceBuilder::new()
         .layer(cors(&opts.cors_origins))
+        .layer(connect)
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(crate::ops::metrics::GrpcCodesLayer)
         .layer(OversizedLayer)

@@ -1,0 +1,406 @@
+//! Connect protocol (unary and server streaming) and Server-Sent Events
+//! against the real server, over plain HTTP/1.1 and HTTP/2.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use arcana::proto as pb;
+use bytes::{Buf, Bytes, BytesMut};
+use common::{Harness, WAIT};
+use prost::Message;
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const DESCRIBE: &str = "/arcana.v1.ArcanaService/Describe";
+const MUTATE: &str = "/arcana.v1.ArcanaService/Mutate";
+const SUBSCRIBE: &str = "/arcana.v1.ArcanaService/Subscribe";
+const OPEN_SESSION: &str = "/arcana.v1.ArcanaService/OpenSession";
+
+/// An HTTP/1.1 response: status, headers (lower-case names), body.
+struct Response {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// One HTTP/1.1 request on its own connection, read to its end.
+async fn http1(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a whole head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut rest = &raw[split + 4..];
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split_whitespace().nth(1).unwrap();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|t| t == "chunked")
+    {
+        let mut out = Vec::new();
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").unwrap();
+            let n = usize::from_str_radix(std::str::from_utf8(&rest[..eol]).unwrap().trim(), 16)
+                .unwrap();
+            rest = &rest[eol + 2..];
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[..n]);
+            rest = &rest[n + 2..];
+        }
+        out
+    } else {
+        rest.to_vec()
+    };
+    Response {
+        status: status.parse().unwrap(),
+        headers,
+        body,
+    }
+}
+
+/// A unary Connect call in JSON as `token`.
+async fn json_call(addr: SocketAddr, path: &str, token: &str, body: Value) -> Response {
+    let auth = format!("Bearer {token}");
+    http1(
+        addr,
+        "POST",
+        path,
+        &[
+            ("content-type", "application/json"),
+            ("connect-protocol-version", "1"),
+            ("authorization", &auth),
+        ],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+fn envelope(flag: u8, msg: &[u8]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.extend_from_slice(&[flag]);
+    b.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    b.extend_from_slice(msg);
+    b.freeze()
+}
+
+/// A streaming call's answer over HTTP/2, read envelope by envelope.
+struct Envelopes {
+    body: h2::RecvStream,
+    buf: BytesMut,
+}
+
+impl Envelopes {
+    /// The next envelope: (flags, message JSON).
+    async fn next(&mut self) -> (u8, Value) {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() >= 5 + len {
+                    let flag = self.buf[0];
+                    self.buf.advance(5);
+                    let msg = self.buf.split_to(len);
+                    return (flag, serde_json::from_slice(&msg).unwrap());
+                }
+            }
+            let data = tokio::time::timeout(WAIT, self.body.data())
+                .await
+                .expect("a message in time")
+                .expect("the stream is open")
+                .unwrap();
+            let _ = self.body.flow_control().release_capacity(data.len());
+            self.buf.extend_from_slice(&data);
+        }
+    }
+
+    /// The next message that is not a batch-free empty one, as JSON.
+    async fn message(&mut self) -> Value {
+        let (flag, v) = self.next().await;
+        assert_eq!(flag, 0, "a message, not the end of the stream: {v}");
+        v
+    }
+}
+
+/// Opens a server-streaming Connect call in JSON over HTTP/2.
+async fn open_stream(addr: SocketAddr, path: &str, token: &str, msg: Value) -> (u16, Envelopes) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::post(format!("http://arcana{path}"))
+        .header("content-type", "application/connect+json")
+        .header("connect-protocol-version", "1")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())
+        .unwrap();
+    let (resp, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(envelope(0, msg.to_string().as_bytes()), true)
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        Envelopes {
+            body: resp.into_body(),
+            buf: BytesMut::new(),
+        },
+    )
+}
+
+#[tokio::test]
+async fn json_describe_answers_the_graphs() {
+    let h = Harness::start().await;
+    let r = json_call(h.app().addr, DESCRIBE, "dev-alice", json!({})).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.headers["content-type"], "application/json");
+    let v = r.json();
+    let graphs: Vec<&str> = v["graphs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert!(graphs.contains(&"project_tasks"), "{v}");
+    // Without connect-protocol-version too, as Connect servers accept.
+    let r = http1(
+        h.app().addr,
+        "POST",
+        DESCRIBE,
+        &[
+            ("content-type", "application/json; charset=utf-8"),
+            ("authorization", "Bearer dev-alice"),
+        ],
+        b"{}",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn binary_describe_answers_the_proto() {
+    let h = Harness::start().await;
+    let r = http1(
+        h.app().addr,
+        "POST",
+        DESCRIBE,
+        &[
+            ("content-type", "application/proto"),
+            ("authorization", "Bearer dev-alice"),
+        ],
+        &pb::DescribeRequest::default().encode_to_vec(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.headers["content-type"], "application/proto");
+    let d = pb::DescribeResponse::decode(&r.body[..]).unwrap();
+    assert!(d.graphs.iter().any(|g| g.name == "project_tasks"));
+}
+
+#[tokio::test]
+async fn errors_answer_the_connect_error_json() {
+    let h = Harness::start().await;
+    let addr = h.app().addr;
+    let r = json_call(addr, DESCRIBE, "nope", json!({})).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(r.json()["code"], "unauthenticated", "{}", r.json());
+    assert!(!r.json()["message"].as_str().unwrap().is_empty());
+
+    let r = json_call(
+        addr,
+        "/arcana.v1.ArcanaService/Nope",
+        "dev-alice",
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["code"], "unimplemented");
+
+    // Bidirectional and streaming methods are not unary Connect calls.
+    for m in ["Connect", "OpenSession"] {
+        let r = json_call(
+            addr,
+            &format!("/arcana.v1.ArcanaService/{m}"),
+            "dev-alice",
+            json!({}),
+        )
+        .await;
+        assert_eq!(r.status, 501, "{m}");
+        assert_eq!(r.json()["code"], "unimplemented");
+    }
+
+    let r = json_call(addr, MUTATE, "dev-alice", json!({"mutation": 5})).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["code"], "invalid_argument");
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("arcana.v1.MutateRequest"));
+
+    let r = http1(
+        addr,
+        "POST",
+        DESCRIBE,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer dev-alice"),
+            ("connect-timeout-ms", "soon"),
+        ],
+        b"{}",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("connect-timeout-ms"));
+
+    // Over server.max_message_bytes (JSON may take four times that).
+    let big = json!({ "mutation": "x".repeat(5 << 20) });
+    let r = json_call(addr, MUTATE, "dev-alice", big).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["code"], "resource_exhausted");
+}
+
+#[tokio::test]
+async fn json_mutate_changes_the_row() {
+    let h = Harness::start().await;
+    let r = json_call(
+        h.app().addr,
+        MUTATE,
+        "dev-alice",
+        json!({"mutation": "update_task", "params": {"id": {"int": "1"}, "title": {"string": "Renamed over Connect"}}}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["data"]["title"]["string"], "Renamed over Connect");
+    let n = h
+        .query_i64("SELECT count(*) FROM tasks WHERE id = 1 AND title = 'Renamed over Connect'")
+        .await;
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn curl_describes_in_json() {
+    let h = Harness::start().await;
+    let url = format!("http://{}{DESCRIBE}", h.app().addr);
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail-with-body",
+            "-H",
+            "content-type: application/json",
+        ])
+        .args(["-H", "authorization: Bearer dev-alice", "-d", "{}", &url])
+        .output()
+        .await
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["graphs"].as_array().is_some_and(|g| !g.is_empty()), "{v}");
+}
+
+#[tokio::test]
+async fn server_streaming_delivers_a_snapshot_then_a_diff() {
+    let h = Harness::start().await;
+    let addr = h.app().addr;
+    let (status, mut s) = open_stream(addr, OPEN_SESSION, "dev-alice", json!({})).await;
+    assert_eq!(status, 200);
+    let opened = s.message().await;
+    let session = opened["opened"]["sessionId"].as_str().unwrap().to_owned();
+    let r = json_call(
+        addr,
+        SUBSCRIBE,
+        "dev-alice",
+        json!({"graph": "project_tasks", "params": {"project_id": {"int": "1"}}, "sessionId": session}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let f = frame(s.message().await);
+    assert!(
+        f["snapshot"]["rows"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "{f}"
+    );
+    let r = json_call(
+        addr,
+        MUTATE,
+        "dev-alice",
+        json!({"mutation": "update_task", "params": {"id": {"int": "1"}, "status": {"string": "done"}}}),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let f = frame(s.message().await);
+    assert!(f.get("diff").is_some(), "{f}");
+}
+
+#[tokio::test]
+async fn streams_refused_end_with_an_error_message() {
+    let h = Harness::start().await;
+    let (status, mut s) = open_stream(h.app().addr, OPEN_SESSION, "nope", json!({})).await;
+    assert_eq!(status, 200);
+    let (flag, end) = s.next().await;
+    assert_eq!(flag, 2, "{end}");
+    assert_eq!(end["error"]["code"], "unauthenticated", "{end}");
+    let (_, mut s) = open_stream(
+        h.app().addr,
+        "/arcana.v1.ArcanaService/Connect",
+        "dev-alice",
+        json!({}),
+    )
+    .await;
+    let (flag, end) = s.next().await;
+    assert_eq!(flag, 2);
+    assert_eq!(end["error"]["code"], "unimplemented", "{end}");
+}
+
+/// The first view frame of a session message (a frame or a batch).
+fn frame(msg: Value) -> Value {
+    if let Some(f) = msg.get("frame") {
+        return f.clone();
+    }
+    msg["frames"]["frames"][0].clone()
+}

@@ -404,3 +404,176 @@ fn frame(msg: Value) -> Value {
     }
     msg["frames"]["frames"][0].clone()
 }
+
+/// An SSE stream over HTTP/2, read event by event.
+struct Events {
+    body: h2::RecvStream,
+    buf: String,
+}
+
+/// One server-sent event: (event, id, data).
+type Event = (String, Option<String>, Value);
+
+impl Events {
+    async fn next(&mut self) -> Event {
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = (String::new(), None, String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event = v.to_owned();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data.push_str(v);
+                    }
+                }
+                if !event.is_empty() {
+                    return (event, id, serde_json::from_str(&data).unwrap());
+                }
+            }
+            let data = tokio::time::timeout(WAIT, self.body.data())
+                .await
+                .expect("an event in time")
+                .expect("the stream is open")
+                .unwrap();
+            let _ = self.body.flow_control().release_capacity(data.len());
+            self.buf.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+}
+
+/// `GET path` over HTTP/2 with extra headers: (status, events).
+async fn sse(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, Events) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let mut req = http::Request::get(format!("http://arcana{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (resp, _) = send.send_request(req.body(()).unwrap(), true).unwrap();
+    let resp = tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
+    let status = resp.status().as_u16();
+    (
+        status,
+        Events {
+            body: resp.into_body(),
+            buf: String::new(),
+        },
+    )
+}
+
+const TASKS_SSE: &str = "/sse/project_tasks?project_id=1";
+
+#[tokio::test]
+async fn sse_sends_a_snapshot_then_diffs_and_resumes_from_last_event_id() {
+    let h = Harness::start().await;
+    let addr = h.app().addr;
+    let (status, mut ev) = sse(addr, TASKS_SSE, &[("authorization", "Bearer dev-alice")]).await;
+    assert_eq!(status, 200);
+    let (event, snap_id, data) = ev.next().await;
+    assert_eq!(event, "snapshot", "{data}");
+    assert!(
+        data["snapshot"]["rows"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty()),
+        "{data}"
+    );
+    let snap_id = snap_id.expect("a snapshot has an id");
+    assert_eq!(
+        snap_id,
+        format!(
+            "{}:{}",
+            data["epoch"].as_str().unwrap(),
+            data["version"].as_str().unwrap()
+        )
+    );
+
+    h.sql("UPDATE tasks SET title = 'Changed in SQL' WHERE id = 1")
+        .await;
+    h.notify("tasks", "1", &["title"]).await;
+    let (event, diff_id, data) = ev.next().await;
+    assert_eq!(event, "diff", "{data}");
+    let diff_id = diff_id.unwrap();
+    assert_ne!(diff_id, snap_id);
+    drop(ev);
+
+    // Back from the snapshot's id: the missed diff (or a snapshot), never
+    // the snapshot it already holds.
+    let (status, mut ev) = sse(
+        addr,
+        TASKS_SSE,
+        &[
+            ("authorization", "Bearer dev-alice"),
+            ("last-event-id", &snap_id),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (event, id, data) = ev.next().await;
+    assert!(event == "diff" || event == "snapshot", "{event} {data}");
+    assert_ne!(id.as_deref(), Some(snap_id.as_str()), "{data}");
+    if event == "diff" {
+        assert_eq!(id.as_deref(), Some(diff_id.as_str()), "{data}");
+    }
+}
+
+#[tokio::test]
+async fn sse_refusals_are_connect_errors() {
+    let h = Harness::start().await;
+    let addr = h.app().addr;
+    let r = http1(
+        addr,
+        "GET",
+        TASKS_SSE,
+        &[("authorization", "Bearer nope")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["code"], "unauthenticated");
+    let r = http1(addr, "GET", "/sse/nope?access_token=dev-alice", &[], b"").await;
+    assert_eq!(r.status, 404, "{}", r.json());
+    let r = http1(
+        addr,
+        "GET",
+        "/sse/project_tasks?project_id=one&access_token=dev-alice",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("project_id"),
+        "{}",
+        r.json()
+    );
+    let r = http1(
+        addr,
+        "GET",
+        "/sse/project_tasks?project_id=1&access_token=dev-alice",
+        &[("last-event-id", "yesterday")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+}
+
+/// `curl -N` with the token in the query, as an `EventSource` sends it.
+#[tokio::test]
+async fn curl_streams_events_with_a_query_token() {
+    let h = Harness::start().await;
+    let url = format!("http://{}{TASKS_SSE}&access_token=dev-alice", h.app().addr);
+    let out = tokio::process::Command::new("curl")
+        .args(["-sN", "--max-time", "2", &url])
+        .output()
+        .await
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("event: snapshot\nid: "), "{text}");
+}

@@ -11,6 +11,7 @@ pub mod listener;
 mod requests;
 pub mod server;
 pub mod service;
+pub mod sse;
 mod stream;
 pub mod tls;
 

@@ -115,7 +115,7 @@ fn cors(origins: &[String]) -> CorsLayer {
     let h = |s: &'static str| http::HeaderName::from_static(s);
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
         .allow_headers([
             h("content-type"),
             h("authorization"),
@@ -124,6 +124,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             h("grpc-timeout"),
             h("connect-protocol-version"),
             h("connect-timeout-ms"),
+            h("last-event-id"),
         ])
         .expose_headers([
             h("grpc-status"),
@@ -336,6 +337,9 @@ pub async fn serve(
     )?;
     let layered = tower::ServiceBuilder::new()
         .layer(cors(&opts.cors_origins))
+        .layer(super::sse::SseLayer::new(
+            crate::proto::FILE_DESCRIPTOR_SET,
+        )?)
         .layer(connect)
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(crate::ops::metrics::GrpcCodesLayer)

@@ -7,7 +7,7 @@
 //! served; client-streaming and bidirectional methods answer
 //! `unimplemented` (use gRPC or gRPC-Web for `Connect` and `Push`).
 
-mod json;
+pub(super) mod json;
 mod stream;
 mod unary;
 
@@ -383,4 +383,10 @@ fn uncompressed(headers: &HeaderMap, name: &str) -> Result<(), Error> {
             format!("{name} {v:?} is not supported: send the body uncompressed (identity)"),
         )),
     }
+}
+
+/// The Connect error answer (JSON, the code's HTTP status) for a status,
+/// for plain HTTP endpoints that fail before they stream.
+pub(super) fn error_response(s: &tonic::Status) -> http::Response<Body> {
+    Error::from_status(s).respond(false, Codec::Json)
 }

@@ -27,7 +27,7 @@ use prost_reflect::{DescriptorPool, MessageDescriptor};
 use tonic::body::Body;
 use tonic::{Code, Status};
 
-use super::connect::{error_response, json};
+use super::connect::{code_name, error_response, json};
 use crate::proto as pb;
 
 /// The path prefix of the SSE endpoint.
@@ -366,7 +366,7 @@ fn events(frames: Frames, desc: MessageDescriptor) -> http::Response<Body> {
                     }
                     m = frames.message() => {
                         let end = |s: Status| {
-                            let data = serde_json::json!({ "code": s.code() as i32, "message": s.message() });
+                            let data = serde_json::json!({ "code": code_name(s.code()), "message": s.message() });
                             Some((Ok(Frame::data(Bytes::from(format!("event: error\ndata: {data}\n\n")))), None))
                         };
                         match m {

@@ -270,7 +270,7 @@ fn envelope(flag: u8, msg: &[u8]) -> Bytes {
 }
 
 /// The Connect name of a status code.
-fn code_name(c: Code) -> &'static str {
+pub(super) fn code_name(c: Code) -> &'static str {
     match c {
         Code::Ok => "ok",
         Code::Cancelled => "canceled",

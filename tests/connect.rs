@@ -577,3 +577,23 @@ async fn curl_streams_events_with_a_query_token() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("event: snapshot\nid: "), "{text}");
 }
+
+/// A quiet stream gets a `: heartbeat` comment every 15 s.
+#[tokio::test]
+async fn sse_sends_heartbeats_when_quiet() {
+    let h = Harness::start().await;
+    let (status, mut ev) = sse(
+        h.app().addr,
+        TASKS_SSE,
+        &[("authorization", "Bearer dev-alice")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(ev.next().await.0, "snapshot");
+    let data = tokio::time::timeout(std::time::Duration::from_secs(20), ev.body.data())
+        .await
+        .expect("a heartbeat within 20 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&data[..], b": heartbeat\n\n");
+}

@@ -597,3 +597,111 @@ async fn sse_sends_heartbeats_when_quiet() {
         .unwrap();
     assert_eq!(&data[..], b": heartbeat\n\n");
 }
+
+/// An SSE stream is a session of its caller's, held to the same limit.
+#[tokio::test]
+async fn sse_streams_count_as_sessions() {
+    let h = Harness::with(|c| c.server.max_sessions_per_identity = 1).await;
+    let addr = h.app().addr;
+    let (status, mut first) = sse(addr, TASKS_SSE, &[("authorization", "Bearer dev-alice")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(first.next().await.0, "snapshot");
+    let r = http1(
+        addr,
+        "GET",
+        &format!("{TASKS_SSE}&access_token=dev-alice"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["code"], "resource_exhausted");
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("server.max_sessions_per_identity"));
+}
+
+/// Browsers may call Connect and open event streams from allowed origins.
+#[tokio::test]
+async fn cors_allows_connect_and_sse_from_allowed_origins() {
+    let h = Harness::with(|c| c.server.cors_origins = vec!["https://app.example".into()]).await;
+    let addr = h.app().addr;
+    let r = preflight(
+        addr,
+        DESCRIBE,
+        "POST",
+        "content-type,authorization,connect-protocol-version",
+        "https://app.example",
+    )
+    .await;
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://app.example")
+    );
+    let r = preflight(
+        addr,
+        TASKS_SSE,
+        "GET",
+        "last-event-id",
+        "https://app.example",
+    )
+    .await;
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .map(String::as_str),
+        Some("https://app.example")
+    );
+    assert!(r.headers["access-control-allow-methods"].contains("GET"));
+    let r = preflight(
+        addr,
+        DESCRIBE,
+        "POST",
+        "content-type",
+        "https://evil.example",
+    )
+    .await;
+    assert!(!r.headers.contains_key("access-control-allow-origin"));
+    let r = http1(
+        addr,
+        "POST",
+        DESCRIBE,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer dev-alice"),
+            ("origin", "https://app.example"),
+        ],
+        b"{}",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://app.example"
+    );
+}
+
+/// A CORS preflight for `method` on `path` from `origin`.
+async fn preflight(
+    addr: SocketAddr,
+    path: &str,
+    method: &str,
+    headers: &str,
+    origin: &str,
+) -> Response {
+    http1(
+        addr,
+        "OPTIONS",
+        path,
+        &[
+            ("origin", origin),
+            ("access-control-request-method", method),
+            ("access-control-request-headers", headers),
+        ],
+        b"",
+    )
+    .await
+}

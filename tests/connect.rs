@@ -705,3 +705,67 @@ async fn preflight(
     )
     .await
 }
+
+/// Connect and SSE over TLS, as curl speaks them (HTTP/2 by ALPN).
+#[tokio::test]
+async fn curl_speaks_connect_and_sse_over_tls() {
+    use rcgen::{CertificateParams, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("arcana-connect-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (crt, pem) = (dir.join("server.crt"), dir.join("server.key"));
+    std::fs::write(&crt, cert.pem()).unwrap();
+    std::fs::write(&pem, key.serialize_pem()).unwrap();
+    let tls = arcana::config::ServerTls {
+        cert: crt.clone(),
+        key: pem,
+        client_ca: None,
+        reload_interval_ms: 1000,
+    };
+    let h = Harness::with(move |c| c.server.tls = Some(tls)).await;
+    let port = h.app().addr.port();
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let curl = |args: &[&str]| {
+        let mut c = tokio::process::Command::new("curl");
+        c.args([
+            "-sS",
+            "--cacert",
+            crt.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+        ]);
+        c.args(args);
+        c
+    };
+    let out = curl(&[
+        "-H",
+        "content-type: application/json",
+        "-H",
+        "authorization: Bearer dev-alice",
+        "-d",
+        "{}",
+        &format!("https://localhost:{port}{DESCRIBE}"),
+    ])
+    .output()
+    .await
+    .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(v["graphs"].as_array().is_some_and(|g| !g.is_empty()), "{v}");
+    let out = curl(&[
+        "-N",
+        "--max-time",
+        "2",
+        &format!("https://localhost:{port}{TASKS_SSE}&access_token=dev-alice"),
+    ])
+    .output()
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("event: snapshot\n"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -769,3 +769,112 @@ async fn curl_speaks_connect_and_sse_over_tls() {
     assert!(text.starts_with("event: snapshot\n"), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `buf` CLI, installed through the Go toolchain when it is not on
+/// `PATH` (or in `$GOPATH/bin`) yet.
+async fn buf() -> std::path::PathBuf {
+    const VERSION: &str = "v1.50.0";
+    if let Ok(out) = tokio::process::Command::new("buf")
+        .arg("--version")
+        .output()
+        .await
+    {
+        if out.status.success() {
+            return "buf".into();
+        }
+    }
+    let gopath = tokio::process::Command::new("go")
+        .args(["env", "GOPATH"])
+        .output()
+        .await
+        .expect("buf is on PATH, or go is there to install it");
+    let bin = std::path::Path::new(String::from_utf8_lossy(&gopath.stdout).trim()).join("bin/buf");
+    if !bin.exists() {
+        let st = tokio::process::Command::new("go")
+            .args([
+                "install",
+                &format!("github.com/bufbuild/buf/cmd/buf@{VERSION}"),
+            ])
+            .status()
+            .await
+            .unwrap();
+        assert!(st.success(), "go install buf@{VERSION} failed");
+    }
+    bin
+}
+
+/// `buf curl` (a Connect client of the Connect authors) calls Describe and
+/// Mutate in JSON over HTTP/1.1, from the protos in `proto/`, reads a
+/// refusal, and opens a session stream.
+#[tokio::test]
+async fn buf_curl_calls_unary_and_streaming_methods() {
+    let h = Harness::start().await;
+    let buf = buf().await;
+    let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+    let call = |path: &str, data: &str| {
+        let mut c = tokio::process::Command::new(&buf);
+        c.args(["curl", "--schema", schema, "--protocol", "connect"])
+            .args(["-H", "authorization: Bearer dev-alice", "-d", data])
+            .arg(format!("http://{}{path}", h.app().addr));
+        c
+    };
+    let out = call(DESCRIBE, "{}").output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["graphs"].as_array().is_some_and(|g| !g.is_empty()), "{v}");
+    let out = call(
+        MUTATE,
+        r#"{"mutation": "update_task", "params": {"id": {"int": "2"}, "status": {"string": "done"}}}"#,
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let n = h
+        .query_i64("SELECT count(*) FROM tasks WHERE id = 2 AND status = 'done'")
+        .await;
+    assert_eq!(n, 1);
+    let out = tokio::process::Command::new(&buf)
+        .args(["curl", "--schema", schema, "--protocol", "connect"])
+        .args(["-H", "authorization: Bearer nope", "-d", "{}"])
+        .arg(format!("http://{}{DESCRIBE}", h.app().addr))
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Server streaming: the session opens and its first message arrives.
+    let mut child = tokio::process::Command::new(&buf)
+        .args(["curl", "--schema", schema, "--protocol", "connect"])
+        .args(["-H", "authorization: Bearer dev-alice", "-d", "{}"])
+        .arg(format!("http://{}{OPEN_SESSION}", h.app().addr))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    tokio::time::timeout(WAIT, async {
+        let mut chunk = [0u8; 1024];
+        while !seen.contains("sessionId") {
+            let n = stdout.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "buf curl ended: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no opened message: {seen}"));
+    child.kill().await.unwrap();
+}

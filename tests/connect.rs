@@ -878,3 +878,34 @@ async fn buf_curl_calls_unary_and_streaming_methods() {
     .unwrap_or_else(|_| panic!("no opened message: {seen}"));
     child.kill().await.unwrap();
 }
+
+/// A peer over its call limit is refused in the form each caller reads.
+#[tokio::test]
+async fn refusals_before_the_routes_are_connect_errors() {
+    let h = Harness::with(|c| c.server.max_calls_per_peer = 1).await;
+    let addr = h.app().addr;
+    let (status, mut held) = sse(addr, TASKS_SSE, &[("authorization", "Bearer dev-alice")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(held.next().await.0, "snapshot");
+    let r = json_call(addr, DESCRIBE, "dev-alice", json!({})).await;
+    assert_eq!(r.status, 429);
+    assert_eq!(r.json()["code"], "resource_exhausted");
+    assert!(r.json()["message"]
+        .as_str()
+        .unwrap()
+        .contains("server.max_calls_per_peer"));
+    let r = http1(
+        addr,
+        "GET",
+        &format!("{TASKS_SSE}&access_token=dev-alice"),
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 429);
+    let (status, mut s) = open_stream(addr, OPEN_SESSION, "dev-alice", json!({})).await;
+    assert_eq!(status, 200);
+    let (flag, end) = s.next().await;
+    assert_eq!(flag, 2);
+    assert_eq!(end["error"]["code"], "resource_exhausted", "{end}");
+}

@@ -266,7 +266,7 @@ where
                     let st = tonic::Status::resource_exhausted(format!(
                         "this address already has {max} open calls, the limit (server.max_calls_per_peer); retry when some end"
                     ));
-                    return Ok(st.into_http());
+                    return Ok(super::connect::refusal(&req, st));
                 }
             };
             let resp = tower::util::ServiceExt::oneshot(inner, req).await?;

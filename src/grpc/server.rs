@@ -230,6 +230,18 @@ fn unsupported_media_type() -> http::Response<Body> {
     r
 }
 
+/// A refusal in the form the caller reads: the Connect error for Connect
+/// calls and `/sse/` streams, a gRPC status otherwise.
+fn refusal(req: &http::Request<Body>, st: tonic::Status) -> http::Response<Body> {
+    if let Some(r) = super::connect::refusal(req, &st) {
+        return r;
+    }
+    if req.method() == Method::GET && req.uri().path().starts_with(super::sse::PREFIX) {
+        return super::connect::error_response(&st);
+    }
+    st.into_http()
+}
+
 impl<S> CallLimit<S>
 where
     S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
@@ -266,7 +278,7 @@ where
                     let st = tonic::Status::resource_exhausted(format!(
                         "this address already has {max} open calls, the limit (server.max_calls_per_peer); retry when some end"
                     ));
-                    return Ok(super::connect::refusal(&req, st));
+                    return Ok(refusal(&req, st));
                 }
             };
             let resp = tower::util::ServiceExt::oneshot(inner, req).await?;

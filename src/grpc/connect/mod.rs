@@ -392,18 +392,12 @@ pub(super) fn error_response(s: &tonic::Status) -> http::Response<Body> {
 }
 
 /// A refusal made before a call reaches the routes (a peer over its call
-/// limit), in the form the caller reads: the Connect error for Connect
-/// calls and `/sse/` streams, a gRPC status otherwise.
-pub fn refusal(req: &http::Request<Body>, s: tonic::Status) -> http::Response<Body> {
+/// limit) in the form a Connect caller reads; `None` for other requests.
+pub fn refusal(req: &http::Request<Body>, s: &tonic::Status) -> Option<http::Response<Body>> {
     match kind(req.headers()) {
         Some(k) if req.method() == http::Method::POST => {
-            Error::from_status(&s).respond(matches!(k, Kind::Streaming(_)), kind_codec(k))
+            Some(Error::from_status(s).respond(matches!(k, Kind::Streaming(_)), kind_codec(k)))
         }
-        _ if req.method() == http::Method::GET
-            && req.uri().path().starts_with(super::sse::PREFIX) =>
-        {
-            error_response(&s)
-        }
-        _ => s.into_http(),
+        _ => None,
     }
 }

@@ -401,3 +401,66 @@ pub fn refusal(req: &http::Request<Body>, s: &tonic::Status) -> Option<http::Res
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn content_types_name_the_kind_of_call() {
+        let k = |ct: &str| kind(&headers(&[("content-type", ct)]));
+        assert_eq!(k("application/json"), Some(Kind::Unary(Codec::Json)));
+        assert_eq!(
+            k("Application/JSON; charset=utf-8"),
+            Some(Kind::Unary(Codec::Json))
+        );
+        assert_eq!(k("application/proto"), Some(Kind::Unary(Codec::Proto)));
+        assert_eq!(
+            k("application/connect+json"),
+            Some(Kind::Streaming(Codec::Json))
+        );
+        assert_eq!(
+            k("application/connect+proto"),
+            Some(Kind::Streaming(Codec::Proto))
+        );
+        for other in ["application/grpc", "application/grpc-web", "text/plain"] {
+            assert_eq!(k(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn codes_map_to_the_connect_names_and_statuses() {
+        assert_eq!(code_name(Code::Cancelled), "canceled");
+        assert_eq!(http_status(Code::Unauthenticated), StatusCode::UNAUTHORIZED);
+        assert_eq!(http_status(Code::ResourceExhausted).as_u16(), 429);
+        assert_eq!(http_status(Code::Unimplemented).as_u16(), 501);
+        assert_eq!(http_status(Code::Cancelled).as_u16(), 499);
+    }
+
+    #[test]
+    fn the_timeout_becomes_a_grpc_timeout_within_eight_digits() {
+        let t = |ms: &str| {
+            let mut req = http::Request::new(Body::empty());
+            req.headers_mut()
+                .insert("connect-timeout-ms", ms.parse().unwrap());
+            grpc_request(&req, b"")
+                .map(|r| r.headers()["grpc-timeout"].to_str().unwrap().to_owned())
+                .map_err(|e| e.code)
+        };
+        assert_eq!(t("250").unwrap(), "250m");
+        assert_eq!(t("9999999999").unwrap(), "9999999S");
+        assert_eq!(t("-1").unwrap_err(), Code::InvalidArgument);
+        assert_eq!(t("12345678901").unwrap_err(), Code::InvalidArgument);
+    }
+}

@@ -909,3 +909,59 @@ async fn refusals_before_the_routes_are_connect_errors() {
     assert_eq!(flag, 2);
     assert_eq!(end["error"]["code"], "resource_exhausted", "{end}");
 }
+
+/// A mutation that holds its transaction for `secs` seconds.
+const SLOW: &str = r#"
+[[mutations]]
+name = "slow_rename"
+description = "Renames task 1 after sleeping."
+permissions = ["tasks:write"]
+sql = """
+UPDATE tasks SET title = :title
+WHERE id = 1 AND workspace_id = :workspace_id AND (SELECT true FROM pg_sleep(:secs))
+RETURNING id
+"""
+expect = "one"
+
+[mutations.params.title]
+type = "string"
+required = true
+
+[mutations.params.secs]
+type = "float"
+required = true
+"#;
+
+/// `connect-timeout-ms` is the call's deadline: past it the answer is 504
+/// `deadline_exceeded` and the mutation's work is dropped.
+#[tokio::test]
+async fn connect_timeout_ms_is_the_deadline() {
+    let h = Harness::with_extra("", SLOW, |_| {}).await;
+    let r = http1(
+        h.app().addr,
+        "POST",
+        MUTATE,
+        &[
+            ("content-type", "application/json"),
+            ("authorization", "Bearer dev-alice"),
+            ("connect-timeout-ms", "300"),
+        ],
+        json!({"mutation": "slow_rename", "params": {"title": {"string": "late"}, "secs": {"float": 3}}})
+            .to_string()
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["code"], "deadline_exceeded");
+    assert!(
+        r.json()["message"].as_str().unwrap().contains("300 ms"),
+        "{}",
+        r.json()
+    );
+    // Its transaction rolled back.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let n = h
+        .query_i64("SELECT count(*) FROM tasks WHERE title = 'late'")
+        .await;
+    assert_eq!(n, 0);
+}

@@ -965,3 +965,57 @@ async fn connect_timeout_ms_is_the_deadline() {
         .await;
     assert_eq!(n, 0);
 }
+
+/// The offline service's unary methods speak Connect too; its client
+/// streaming `Push` does not.
+#[tokio::test]
+async fn offline_unary_methods_speak_connect() {
+    const SCHEMA: &str = r#"
+CREATE TABLE notes (
+    id           text PRIMARY KEY,
+    workspace_id text NOT NULL REFERENCES workspaces(id),
+    title        text NOT NULL
+);
+GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO arcana_eval;
+"#;
+    const CONFIG: &str = r#"
+[offline]
+min_app_version = "1.0.0"
+
+[[offline.tables]]
+table = "notes"
+scope = "workspace"
+"#;
+    let h = Harness::with_extra(SCHEMA, CONFIG, |_| {}).await;
+    let addr = h.app().addr;
+    let r = json_call(
+        addr,
+        "/arcana.v1.OfflineService/Capabilities",
+        "dev-alice",
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(
+        r.json()["tables"].as_array().is_some_and(|t| !t.is_empty()),
+        "{}",
+        r.json()
+    );
+    let r = json_call(
+        addr,
+        "/arcana.v1.OfflineService/RegisterClient",
+        "dev-alice",
+        json!({"clientId": "device-1", "platform": "web", "appVersion": "0.9.0"}),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.json());
+    assert_eq!(r.json()["code"], "failed_precondition");
+    let r = json_call(
+        addr,
+        "/arcana.v1.OfflineService/Push",
+        "dev-alice",
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 501);
+}

@@ -29,6 +29,7 @@ use tonic::{Code, Status};
 
 use super::connect::{code_name, error_response, json};
 use crate::proto as pb;
+use crate::wire::status::shorten;
 
 /// The path prefix of the SSE endpoint.
 pub const PREFIX: &str = "/sse/";
@@ -181,14 +182,18 @@ where
         .find(|g| g.name == ask.graph)
         .ok_or_else(|| {
             Status::not_found(format!(
-                "no graph {:?}; Describe lists the graphs",
-                ask.graph
+                "no graph `{}`; Describe lists the graphs",
+                shorten(&ask.graph)
             ))
         })?;
     let mut params = std::collections::HashMap::new();
     for (k, v) in &ask.params {
         let p = graph.params.iter().find(|p| &p.name == k).ok_or_else(|| {
-            Status::invalid_argument(format!("graph {} has no param `{k}`", graph.name))
+            Status::invalid_argument(format!(
+                "graph {} has no param `{}`",
+                graph.name,
+                shorten(k)
+            ))
         })?;
         params.insert(k.clone(), value(p, v)?);
     }
@@ -235,8 +240,13 @@ where
 /// A query-string value as the param's type.
 fn value(p: &pb::ParamInfo, v: &str) -> Result<pb::Value, Status> {
     use pb::value::Kind;
-    let bad =
-        |ty: &str| Status::invalid_argument(format!("param `{}` must be {ty}, got {v:?}", p.name));
+    let bad = |ty: &str| {
+        Status::invalid_argument(format!(
+            "param `{}` must be {ty}, got `{}`",
+            p.name,
+            shorten(v)
+        ))
+    };
     let kind = match pb::ParamType::try_from(p.r#type).unwrap_or_default() {
         pb::ParamType::Int => Kind::Int(v.parse().map_err(|_| bad("an int"))?),
         pb::ParamType::Float => Kind::Float(v.parse().map_err(|_| bad("a float"))?),

@@ -5,6 +5,8 @@
 use prost::Message;
 use prost_reflect::{DeserializeOptions, DynamicMessage, MessageDescriptor};
 
+use crate::wire::status::tidy;
+
 /// The binary encoding of a JSON message of type `desc`; unknown fields are
 /// ignored (as Connect servers do), so older servers accept newer clients.
 pub(crate) fn to_binary(desc: &MessageDescriptor, json: &[u8]) -> Result<Vec<u8>, String> {
@@ -12,7 +14,15 @@ pub(crate) fn to_binary(desc: &MessageDescriptor, json: &[u8]) -> Result<Vec<u8>
     let opts = DeserializeOptions::new().deny_unknown_fields(false);
     let msg = DynamicMessage::deserialize_with_options(desc.clone(), &mut de, &opts)
         .and_then(|m| de.end().map(|()| m))
-        .map_err(|e| format!("the body is not a {} in proto3 JSON: {e}", desc.full_name()))?;
+        .map_err(|e| {
+            // serde's message may quote the input: keep it to a readable length.
+            let e = e.to_string();
+            format!(
+                "the body is not a {} in proto3 JSON: {}",
+                desc.full_name(),
+                tidy(&e)
+            )
+        })?;
     Ok(msg.encode_to_vec())
 }
 

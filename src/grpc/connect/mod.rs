@@ -23,6 +23,8 @@ use prost_reflect::{DescriptorPool, MethodDescriptor};
 use tonic::body::Body;
 use tonic::Code;
 
+use crate::wire::status::shorten;
+
 /// Largest answer relayed to a Connect client in one message: the server's
 /// own messages, bounded so a runaway one cannot exhaust memory.
 const MAX_ANSWER_BYTES: usize = 64 << 20;
@@ -155,7 +157,7 @@ impl ConnectLayer {
         let not_found = || {
             Error {
             code: Code::Unimplemented,
-            message: format!("no method {path}: call /<package>.<Service>/<Method>, e.g. /arcana.v1.ArcanaService/Describe"),
+            message: format!("no method `{}`: call /<package>.<Service>/<Method>, e.g. /arcana.v1.ArcanaService/Describe", shorten(path)),
             status: Some(StatusCode::NOT_FOUND),
         }
         };

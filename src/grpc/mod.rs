@@ -3,6 +3,7 @@
 
 pub mod caller;
 pub mod codec;
+pub mod connect;
 pub mod deadline;
 mod holding;
 pub mod limits;
@@ -10,6 +11,7 @@ pub mod listener;
 mod requests;
 pub mod server;
 pub mod service;
+pub mod sse;
 mod stream;
 pub mod tls;
 

@@ -115,7 +115,7 @@ fn cors(origins: &[String]) -> CorsLayer {
     let h = |s: &'static str| http::HeaderName::from_static(s);
     CorsLayer::new()
         .allow_origin(allow)
-        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_methods([Method::POST, Method::GET, Method::OPTIONS])
         .allow_headers([
             h("content-type"),
             h("authorization"),
@@ -124,6 +124,7 @@ fn cors(origins: &[String]) -> CorsLayer {
             h("grpc-timeout"),
             h("connect-protocol-version"),
             h("connect-timeout-ms"),
+            h("last-event-id"),
         ])
         .expose_headers([
             h("grpc-status"),
@@ -197,34 +198,48 @@ fn forwarded(headers: &http::HeaderMap) -> Option<IpAddr> {
 }
 
 /// Whether a call's content type is one this server speaks: gRPC
-/// (`application/grpc`, `+proto`) or gRPC-Web (`application/grpc-web`,
-/// `-text`, `+proto`).
+/// (`application/grpc`, `+proto`), gRPC-Web (`application/grpc-web`,
+/// `-text`, `+proto`) or Connect (`application/json`, `application/proto`,
+/// `application/connect+json`, `+proto`).
 fn speaks(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.trim().to_ascii_lowercase();
-            ct == "application/grpc"
-                || ct.starts_with("application/grpc+")
-                || ct.starts_with("application/grpc;")
-                || ct.starts_with("application/grpc-web")
-        })
+    super::connect::is_connect(headers)
+        || headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                let ct = ct.trim().to_ascii_lowercase();
+                ct == "application/grpc"
+                    || ct.starts_with("application/grpc+")
+                    || ct.starts_with("application/grpc;")
+                    || ct.starts_with("application/grpc-web")
+            })
 }
 
 /// HTTP 415 for a call in a content type this server does not speak.
 fn unsupported_media_type() -> http::Response<Body> {
     let mut r = http::Response::new(Body::new(http_body_util::Full::new(Bytes::from_static(
-        b"unsupported content-type: send gRPC (application/grpc) or gRPC-Web (application/grpc-web, application/grpc-web-text)\n",
+        b"unsupported content-type: send gRPC (application/grpc), gRPC-Web (application/grpc-web, application/grpc-web-text) or Connect (application/json, application/proto, application/connect+json, application/connect+proto)\n",
     ))));
     *r.status_mut() = http::StatusCode::UNSUPPORTED_MEDIA_TYPE;
     r.headers_mut().insert(
         http::HeaderName::from_static("accept-post"),
         HeaderValue::from_static(
-            "application/grpc, application/grpc-web, application/grpc-web-text",
+            "application/grpc, application/grpc-web, application/grpc-web-text, application/json, application/proto, application/connect+json, application/connect+proto",
         ),
     );
     r
+}
+
+/// A refusal in the form the caller reads: the Connect error for Connect
+/// calls and `/sse/` streams, a gRPC status otherwise.
+fn refusal(req: &http::Request<Body>, st: tonic::Status) -> http::Response<Body> {
+    if let Some(r) = super::connect::refusal(req, &st) {
+        return r;
+    }
+    if req.method() == Method::GET && req.uri().path().starts_with(super::sse::PREFIX) {
+        return super::connect::error_response(&st);
+    }
+    st.into_http()
 }
 
 impl<S> CallLimit<S>
@@ -263,7 +278,7 @@ where
                     let st = tonic::Status::resource_exhausted(format!(
                         "this address already has {max} open calls, the limit (server.max_calls_per_peer); retry when some end"
                     ));
-                    return Ok(st.into_http());
+                    return Ok(refusal(&req, st));
                 }
             };
             let resp = tower::util::ServiceExt::oneshot(inner, req).await?;
@@ -328,8 +343,16 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(reflection_alpha)
         .prepare();
+    let connect = super::connect::ConnectLayer::new(
+        crate::proto::FILE_DESCRIPTOR_SET,
+        opts.max_message_bytes,
+    )?;
     let layered = tower::ServiceBuilder::new()
         .layer(cors(&opts.cors_origins))
+        .layer(super::sse::SseLayer::new(
+            crate::proto::FILE_DESCRIPTOR_SET,
+        )?)
+        .layer(connect)
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(crate::ops::metrics::GrpcCodesLayer)
         .layer(OversizedLayer)

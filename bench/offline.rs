@@ -71,6 +71,7 @@ async fn client(addr: &str, id: &str) -> Client {
         client_id: id.into(),
         platform: "bench".into(),
         app_version: "1.0.0".into(),
+        replaces_client_id: String::new(),
     })
     .await
     .expect("register");
@@ -170,6 +171,7 @@ pub async fn run(bin: &Path, pg: &EmbeddedPostgres, quick: bool) {
             client_id: "follower".into(),
             platform: "bench".into(),
             app_version: "1.0.0".into(),
+            replaces_client_id: String::new(),
         })
         .await
         .expect("register")

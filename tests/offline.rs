@@ -190,6 +190,7 @@ async fn capabilities_and_registration() {
             client_id: "old".into(),
             platform: "ios".into(),
             app_version: "0.9.7".into(),
+            replaces_client_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -216,6 +217,7 @@ async fn capabilities_and_registration() {
             client_id: "known".into(),
             platform: "ios".into(),
             app_version: "1.2.0".into(),
+            replaces_client_id: String::new(),
         })
         .await
         .unwrap_err();
@@ -673,6 +675,66 @@ async fn pulls_never_split_a_transaction() {
             "max_rows {max_rows}, max_bytes {max_bytes}"
         );
     }
+}
+
+/// A device reinstalled with its outbox kept registers a new client id in
+/// place of the old: a bundle applied under the old id and pushed again
+/// under the new one is a replay, and the old id is released.
+#[tokio::test]
+async fn a_reinstalled_device_replays_nothing_under_its_new_id() {
+    let h = harness().await;
+    let mut old = Device::new(&h, "dev-alice", "phone-1").await;
+    let first = vec![note("notes", IntentOp::Insert, "r1", "once", 0)];
+    assert!(old.push_as(1, first.clone()).await.unwrap().applied);
+    let register = |client_id: &str, replaces: &str| pb::RegisterClientRequest {
+        client_id: client_id.into(),
+        platform: "test".into(),
+        app_version: "1.0.0".into(),
+        replaces_client_id: replaces.into(),
+    };
+    // Someone else's id cannot be taken over, nor an unknown one.
+    let mut carol = offline_client(&h, "dev-carol").await;
+    let e = carol
+        .register_client(register("carol-1", "phone-1"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    let e = old
+        .client
+        .register_client(register("phone-2", "never-seen"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{}", e.message());
+
+    old.client
+        .register_client(register("phone-2", "phone-1"))
+        .await
+        .unwrap();
+    let mut new = Device::new(&h, "dev-alice", "phone-2").await;
+    let r = new.push_as(1, first).await.unwrap();
+    assert!(r.replayed, "{r:?}");
+    assert_eq!(
+        h.query_i64("SELECT count(*) FROM notes WHERE id = 'r1'")
+            .await,
+        1
+    );
+    assert_eq!(
+        h.query_i64("SELECT version FROM arcana_offline.rows WHERE tbl = 'notes' AND id = 'r1'")
+            .await,
+        1,
+        "written once"
+    );
+    // The outbox goes on under the new id; the old id is released.
+    let r = new
+        .push_as(2, vec![note("notes", IntentOp::Update, "r1", "twice", 1)])
+        .await
+        .unwrap();
+    assert!(r.applied && !r.replayed);
+    let e = old
+        .push_as(3, vec![note("notes", IntentOp::Insert, "r2", "late", 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
 }
 
 /// TRUNCATE fires no row triggers; the log still records every row it
@@ -1200,6 +1262,7 @@ async fn a_server_killed_mid_push_applies_nothing_and_the_replay_works() {
         client_id: "k".into(),
         platform: "test".into(),
         app_version: "1.0.0".into(),
+        replaces_client_id: String::new(),
     })
     .await
     .unwrap();
@@ -1425,6 +1488,7 @@ async fn registered_scopes(h: &Harness, token: &str, client_id: &str) -> Vec<Str
             client_id: client_id.into(),
             platform: "test".into(),
             app_version: "1.0.0".into(),
+            replaces_client_id: String::new(),
         })
         .await
         .unwrap()
@@ -2562,6 +2626,7 @@ async fn registrations_and_follows_are_capped_per_identity() {
         client_id: id.into(),
         platform: platform.into(),
         app_version: app_version.into(),
+        replaces_client_id: String::new(),
     };
     let long = "p".repeat(65);
     for r in [

@@ -381,7 +381,11 @@ async fn stored<C: deadpool_postgres::GenericClient>(
 ) -> Result<Option<pb::PushResponse>, Status> {
     let row = c
         .query_opt(
-            "SELECT result, digest FROM arcana_offline.bundles WHERE client_id = $1 AND bundle_id = $2",
+            "WITH RECURSIVE lineage(id) AS (SELECT $1::text UNION \
+                 SELECT c.replaces FROM arcana_offline.clients c JOIN lineage l ON c.client_id = l.id \
+                 WHERE c.replaces IS NOT NULL) \
+             SELECT result, digest FROM arcana_offline.bundles \
+             WHERE client_id IN (SELECT id FROM lineage) AND bundle_id = $2 LIMIT 1",
             &[&client_id, &(bundle_id as i64)],
         )
         .await

@@ -87,6 +87,10 @@ CREATE TABLE IF NOT EXISTS arcana_offline.clients (
     active        boolean NOT NULL DEFAULT true
 );
 
+-- A client id registered in place of another (a reinstall): the old one's
+-- bundles count as its own.
+ALTER TABLE arcana_offline.clients ADD COLUMN IF NOT EXISTS replaces text;
+
 -- Where each device last pulled each scope from: it holds every change
 -- up to there, so compaction may prune them.
 CREATE TABLE IF NOT EXISTS arcana_offline.positions (

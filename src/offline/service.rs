@@ -144,6 +144,14 @@ impl offline_service_server::OfflineService for Offline {
                 .map_err(|e| db_status("registering the client", e))?;
             (row.get(1), row.get(2))
         };
+        let replaces = if !r.replaces_client_id.is_empty() && r.replaces_client_id != r.client_id {
+            replace(&tx, &id, &r.replaces_client_id).await?;
+            r.replaces_client_id.clone()
+        } else {
+            String::new()
+        };
+        // A replaced id was counted and is released now.
+        let held = held - i64::from(!replaces.is_empty());
         if !known && held >= max {
             return Err(status(
                 Code::ResourceExhausted,
@@ -154,13 +162,21 @@ impl offline_service_server::OfflineService for Offline {
         }
         let owner = tx
             .query_opt(
-                "INSERT INTO arcana_offline.clients (client_id, workspace_id, user_id, platform, app_version) \
-                 VALUES ($1, $2, $3, $4, $5) \
+                "INSERT INTO arcana_offline.clients (client_id, workspace_id, user_id, platform, app_version, replaces) \
+                 VALUES ($1, $2, $3, $4, $5, nullif($6, '')) \
                  ON CONFLICT (client_id) DO UPDATE SET platform = EXCLUDED.platform, \
-                     app_version = EXCLUDED.app_version, last_seen = now(), active = true \
+                     app_version = EXCLUDED.app_version, last_seen = now(), active = true, \
+                     replaces = coalesce(EXCLUDED.replaces, clients.replaces) \
                  WHERE clients.workspace_id = EXCLUDED.workspace_id AND clients.user_id = EXCLUDED.user_id \
                  RETURNING 1",
-                &[&r.client_id, &&*id.workspace_id, &&*id.user_id, &r.platform, &r.app_version],
+                &[
+                    &r.client_id,
+                    &&*id.workspace_id,
+                    &&*id.user_id,
+                    &r.platform,
+                    &r.app_version,
+                    &replaces,
+                ],
             )
             .await
             .map_err(|e| db_status("registering the client", e))?;
@@ -302,6 +318,50 @@ impl offline_service_server::OfflineService for Offline {
         ));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Releases `old`, a client id of the caller's, for `new`, which takes over
+/// its applied bundles (see `RegisterClientRequest.replaces_client_id`).
+async fn replace(
+    tx: &deadpool_postgres::Transaction<'_>,
+    id: &Identity,
+    old: &str,
+) -> Result<(), Status> {
+    let owner = tx
+        .query_opt(
+            "SELECT workspace_id = $2 AND user_id = $3 FROM arcana_offline.clients WHERE client_id = $1",
+            &[&old, &&*id.workspace_id, &&*id.user_id],
+        )
+        .await
+        .map_err(|e| db_status("replacing the client", e))?;
+    match owner.map(|r| r.get::<_, bool>(0)) {
+        None => return Err(status(
+            Code::InvalidArgument,
+            format!(
+                "replaces_client_id: `{old}` was never registered; leave it empty for a new device"
+            ),
+        )),
+        Some(false) => {
+            return Err(status(
+                Code::PermissionDenied,
+                format!("replaces_client_id: `{old}` is not one of your client ids"),
+            ))
+        }
+        Some(true) => {}
+    }
+    tx.execute(
+        "UPDATE arcana_offline.clients SET active = false WHERE client_id = $1",
+        &[&old],
+    )
+    .await
+    .map_err(|e| db_status("replacing the client", e))?;
+    tx.execute(
+        "DELETE FROM arcana_offline.positions WHERE client_id = $1",
+        &[&old],
+    )
+    .await
+    .map_err(|e| db_status("replacing the client", e))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -68,6 +68,7 @@ impl Device {
                 client_id: id.into(),
                 platform: "test".into(),
                 app_version: "1.0.0".into(),
+                replaces_client_id: String::new(),
             })
             .await
             .unwrap()

@@ -641,9 +641,14 @@ type RegisterClientRequest struct {
 	ClientId string `protobuf:"bytes,1,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
 	Platform string `protobuf:"bytes,2,opt,name=platform,proto3" json:"platform,omitempty"`
 	// Semantic version of the app ("1.4.2").
-	AppVersion    string `protobuf:"bytes,3,opt,name=app_version,json=appVersion,proto3" json:"app_version,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	AppVersion string `protobuf:"bytes,3,opt,name=app_version,json=appVersion,proto3" json:"app_version,omitempty"`
+	// The client id this device had before (a reinstall that kept its local
+	// outbox): bundles applied under it stay known, so pushing one again
+	// under the new id is a replay, not a second write. The old id must be
+	// the caller's; it is released. Number new bundles after the old ones.
+	ReplacesClientId string `protobuf:"bytes,4,opt,name=replaces_client_id,json=replacesClientId,proto3" json:"replaces_client_id,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *RegisterClientRequest) Reset() {
@@ -693,6 +698,13 @@ func (x *RegisterClientRequest) GetPlatform() string {
 func (x *RegisterClientRequest) GetAppVersion() string {
 	if x != nil {
 		return x.AppVersion
+	}
+	return ""
+}
+
+func (x *RegisterClientRequest) GetReplacesClientId() string {
+	if x != nil {
+		return x.ReplacesClientId
 	}
 	return ""
 }
@@ -1774,12 +1786,13 @@ const file_arcana_v1_offline_proto_rawDesc = "" +
 	"\rmax_pull_rows\x18\x04 \x01(\rR\vmaxPullRows\x12$\n" +
 	"\x0emax_pull_bytes\x18\x05 \x01(\rR\fmaxPullBytes\x12.\n" +
 	"\x13snapshot_chunk_rows\x18\x06 \x01(\rR\x11snapshotChunkRows\x12+\n" +
-	"\x11retention_seconds\x18\a \x01(\x04R\x10retentionSeconds\"q\n" +
+	"\x11retention_seconds\x18\a \x01(\x04R\x10retentionSeconds\"\x9f\x01\n" +
 	"\x15RegisterClientRequest\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\tR\bclientId\x12\x1a\n" +
 	"\bplatform\x18\x02 \x01(\tR\bplatform\x12\x1f\n" +
 	"\vapp_version\x18\x03 \x01(\tR\n" +
-	"appVersion\"k\n" +
+	"appVersion\x12,\n" +
+	"\x12replaces_client_id\x18\x04 \x01(\tR\x10replacesClientId\"k\n" +
 	"\x16RegisterClientResponse\x120\n" +
 	"\x06scopes\x18\x01 \x03(\v2\x18.arcana.v1.ScopeSequenceR\x06scopes\x12\x1f\n" +
 	"\vschema_hash\x18\x02 \x01(\tR\n" +

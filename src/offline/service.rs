@@ -334,20 +334,21 @@ async fn replace(
         )
         .await
         .map_err(|e| db_status("replacing the client", e))?;
-    match owner.map(|r| r.get::<_, bool>(0)) {
-        None => return Err(status(
+    let refusal = match owner.map(|r| r.get::<_, bool>(0)) {
+        Some(true) => None,
+        Some(false) => Some((
+            Code::PermissionDenied,
+            format!("replaces_client_id: `{old}` is not one of your client ids"),
+        )),
+        None => Some((
             Code::InvalidArgument,
             format!(
                 "replaces_client_id: `{old}` was never registered; leave it empty for a new device"
             ),
         )),
-        Some(false) => {
-            return Err(status(
-                Code::PermissionDenied,
-                format!("replaces_client_id: `{old}` is not one of your client ids"),
-            ))
-        }
-        Some(true) => {}
+    };
+    if let Some((code, message)) = refusal {
+        return Err(status(code, message));
     }
     tx.execute(
         "UPDATE arcana_offline.clients SET active = false WHERE client_id = $1",

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use arcana::proto as pb;
 use bytes::{Buf, Bytes, BytesMut};
-use common::{Harness, WAIT};
+use common::{Harness, SLOW_MUTATION, WAIT};
 use prost::Message;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -912,33 +912,11 @@ async fn refusals_before_the_routes_are_connect_errors() {
     assert_eq!(end["error"]["code"], "resource_exhausted", "{end}");
 }
 
-/// A mutation that holds its transaction for `secs` seconds.
-const SLOW: &str = r#"
-[[mutations]]
-name = "slow_rename"
-description = "Renames task 1 after sleeping."
-permissions = ["tasks:write"]
-sql = """
-UPDATE tasks SET title = :title
-WHERE id = 1 AND workspace_id = :workspace_id AND (SELECT true FROM pg_sleep(:secs))
-RETURNING id
-"""
-expect = "one"
-
-[mutations.params.title]
-type = "string"
-required = true
-
-[mutations.params.secs]
-type = "float"
-required = true
-"#;
-
 /// `connect-timeout-ms` is the call's deadline: past it the answer is 504
 /// `deadline_exceeded` and the mutation's work is dropped.
 #[tokio::test]
 async fn connect_timeout_ms_is_the_deadline() {
-    let h = Harness::with_extra("", SLOW, |_| {}).await;
+    let h = Harness::with_extra("", SLOW_MUTATION, |_| {}).await;
     let r = http1(
         h.app().addr,
         "POST",

@@ -12,28 +12,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use common::*;
 use prost::Message;
 
-/// A mutation that holds its transaction for `secs` seconds.
-const SLOW: &str = r#"
-[[mutations]]
-name = "slow_rename"
-description = "Renames task 1 after sleeping."
-permissions = ["tasks:write"]
-sql = """
-UPDATE tasks SET title = :title
-WHERE id = 1 AND workspace_id = :workspace_id AND (SELECT true FROM pg_sleep(:secs))
-RETURNING id
-"""
-expect = "one"
-
-[mutations.params.title]
-type = "string"
-required = true
-
-[mutations.params.secs]
-type = "float"
-required = true
-"#;
-
 /// One gRPC call on a raw HTTP/2 connection.
 struct Call {
     send: h2::SendStream<Bytes>,
@@ -161,7 +139,7 @@ const MUTATE: &str = "/arcana.v1.ArcanaService/Mutate";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unary_call_past_its_grpc_timeout_is_deadline_exceeded() {
-    let h = Harness::with_extra("", SLOW, |_| {}).await;
+    let h = Harness::with_extra("", SLOW_MUTATION, |_| {}).await;
     let conn = h2_connect(&h).await;
 
     // Sleeps 5 s; the deadline is 300 ms.
@@ -189,7 +167,7 @@ async fn a_unary_call_past_its_grpc_timeout_is_deadline_exceeded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_stream_outlives_its_grpc_timeout() {
-    let h = Harness::with_extra("", SLOW, |_| {}).await;
+    let h = Harness::with_extra("", SLOW_MUTATION, |_| {}).await;
     let conn = h2_connect(&h).await;
 
     // A session opened with a 200 ms deadline.

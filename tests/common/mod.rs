@@ -630,3 +630,26 @@ impl Live {
         self.views.get(view_id).expect("view present")
     }
 }
+
+/// Extra config: a mutation `slow_rename` that holds its transaction for
+/// `secs` seconds, for deadline tests.
+pub const SLOW_MUTATION: &str = r#"
+[[mutations]]
+name = "slow_rename"
+description = "Renames task 1 after sleeping."
+permissions = ["tasks:write"]
+sql = """
+UPDATE tasks SET title = :title
+WHERE id = 1 AND workspace_id = :workspace_id AND (SELECT true FROM pg_sleep(:secs))
+RETURNING id
+"""
+expect = "one"
+
+[mutations.params.title]
+type = "string"
+required = true
+
+[mutations.params.secs]
+type = "float"
+required = true
+"#;
